@@ -1,0 +1,220 @@
+"""Call resolution: validate inputs, pick the backend, mode and namespace.
+
+This is the only place that looks at which library the caller uses; the
+engine below it sees one Array-API namespace ``xp`` and one backend module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat as aac
+
+from .backends import BACKEND_NAMES, get_backend
+
+_MODES = ("auto", "forward", "backward")
+
+
+def native_backend(xp) -> str:
+    """Backend name matching an array-api-compat namespace."""
+    if aac.is_numpy_namespace(xp):
+        return "numpy"
+    if aac.is_torch_namespace(xp):
+        return "torch"
+    if aac.is_cupy_namespace(xp):
+        return "cupy"
+    return "generic"
+
+
+def namespace_of(x, what: str = "x"):
+    """``array_namespace(x)`` with an error that says what was expected."""
+    if isinstance(x, (list, tuple, int, float)) or not hasattr(x, "shape"):
+        raise TypeError(
+            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), "
+            f"got {type(x).__name__}"
+        )
+    try:
+        return aac.array_namespace(x)
+    except TypeError as err:
+        raise TypeError(
+            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), "
+            f"got {type(x).__module__}.{type(x).__name__}"
+        ) from err
+
+
+def _dtype_name(dt) -> str:
+    return str(dt).split(".")[-1]
+
+
+def _bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _move_to(backend: str, x, like_device=None):
+    """Convert ``x`` to ``backend``'s library (keeping dtype); return (x, xp)."""
+    be = get_backend(backend)
+    if backend == "numpy":
+        import numpy as np
+
+        out = be.convert(x, dtype=np.dtype(str(x.dtype).split(".")[-1]))
+        return out, aac.array_namespace(out)
+    if backend == "torch":
+        import torch
+
+        dt = getattr(torch, str(x.dtype).split(".")[-1])
+        out = be.convert(x, dtype=dt, device=like_device)
+        return out, aac.array_namespace(out)
+    if backend == "cupy":
+        import cupy
+
+        dt = cupy.dtype(str(x.dtype).split(".")[-1])
+        out = be.convert(x, dtype=dt, device=like_device)
+        return out, aac.array_namespace(out)
+    raise AssertionError(backend)
+
+
+@dataclass
+class CallContext:
+    """Everything the engine needs about one call."""
+
+    xp: Any
+    be: Any
+    x: Any
+    d: int
+    m: int
+    mode: str
+    gradient: bool
+    hessian: bool
+    laplacian: bool
+    hessian_diagonal: bool
+    V: Any = None
+    orig_backend: str = "numpy"
+    backend: str = "numpy"
+    orig_x: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    @property
+    def device(self):
+        return aac.device(self.x)
+
+    @property
+    def cache_key(self):
+        return (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(self.device), str(self.dtype))
+
+    @property
+    def second_order(self) -> bool:
+        return self.hessian or self.laplacian or self.hessian_diagonal
+
+    @property
+    def derivatives(self) -> bool:
+        return self.gradient or self.second_order
+
+    def seed_forward(self):
+        """(1, k, d): identity (k = d) or Vᵀ."""
+        xp = self.xp
+        if self.V is None:
+            return xp.eye(self.d, dtype=self.dtype, device=self.device)[None, :, :]
+        return xp.matrix_transpose(self.V)[None, :, :]
+
+    def seed_backward(self):
+        """(1, k, m): identity (k = m) or Vᵀ."""
+        xp = self.xp
+        if self.V is None:
+            return xp.eye(self.m, dtype=self.dtype, device=self.device)[None, :, :]
+        return xp.matrix_transpose(self.V)[None, :, :]
+
+    def finish(self, res):
+        res.mode = self.mode
+        if self.backend != self.orig_backend and self.orig_backend != "generic":
+            dev = aac.device(self.orig_x)
+            for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal"):
+                a = getattr(res, name)
+                if a is not None:
+                    setattr(res, name, _move_to(self.orig_backend, a, dev)[0])
+        return res
+
+
+def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplacian,
+                 hessian_diagonal) -> CallContext:
+    """Validate a network call and build its :class:`CallContext`."""
+    gradient = _bool("gradient", gradient)
+    hessian = _bool("hessian", hessian)
+    laplacian = _bool("laplacian", laplacian)
+    hessian_diagonal = _bool("hessian_diagonal", hessian_diagonal)
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if backend is not None and backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
+
+    xp0 = namespace_of(x)
+    d, m = net.in_features, net.out_features
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim {x.ndim})")
+    if x.shape[1] != d:
+        raise ValueError(f"x must have {d} features (shape (n, {d})), got shape {tuple(x.shape)}")
+    if not xp0.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x must have a real floating dtype (float32 or float64), got {x.dtype}")
+
+    native = native_backend(xp0)
+    chosen = native if backend is None else backend
+    xp, xc = xp0, x
+    if chosen not in (native, "generic"):
+        xc, xp = _move_to(chosen, x)
+    be = get_backend(chosen)
+
+    V = None
+    if directions is not None:
+        if isinstance(directions, (list, tuple)):
+            V = xp.asarray(directions, dtype=xc.dtype, device=aac.device(xc))
+        else:
+            xpv = namespace_of(directions, "directions")
+            if not xpv.isdtype(directions.dtype, "real floating"):
+                raise TypeError(f"directions must have a real floating dtype, got {directions.dtype}")
+            if _dtype_name(directions.dtype) != _dtype_name(x.dtype):
+                raise TypeError(f"directions dtype {directions.dtype} differs from x dtype {x.dtype}")
+            kind = native_backend(xpv)
+            same = kind == native and (native != "generic" or xpv is xp0)
+            if not same and kind != "numpy":
+                raise TypeError(
+                    f"directions must be the same kind of array as x ({type(x).__module__}) or a "
+                    f"NumPy array, got {type(directions).__module__}.{type(directions).__name__}"
+                )
+            if same and chosen in (native, "generic"):
+                V = directions
+            else:
+                V = be.convert(directions, xp=xp, dtype=xc.dtype, device=aac.device(xc))
+        if V.ndim != 2:
+            raise ValueError(f"directions must be a matrix (d, k) or (m, k), got shape {tuple(V.shape)}")
+
+    # mode: forward iff d < m (hessQuik); directions pick the side they fit
+    if mode == "auto":
+        if V is not None:
+            if V.shape[0] == d:
+                mode = "forward"
+            elif V.shape[0] == m:
+                mode = "backward"
+            else:
+                raise ValueError(
+                    f"directions must have shape ({d}, k) (forward) or ({m}, k) (backward), "
+                    f"got {tuple(V.shape)}"
+                )
+        elif (laplacian or hessian_diagonal) and not hessian:
+            mode = "forward"
+        else:
+            mode = "forward" if d < m else "backward"
+    if V is not None:
+        need = d if mode == "forward" else m
+        if V.shape[0] != need:
+            raise ValueError(
+                f"directions for mode={mode!r} must have shape ({need}, k), got {tuple(V.shape)}"
+            )
+    return CallContext(xp=xp, be=be, x=xc, d=d, m=m, mode=mode, gradient=gradient, hessian=hessian,
+                       laplacian=laplacian, hessian_diagonal=hessian_diagonal, V=V,
+                       orig_backend=native, backend=chosen, orig_x=x)

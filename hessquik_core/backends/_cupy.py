@@ -1,0 +1,53 @@
+"""CuPy backend (NVIDIA GPUs). Imported only when CuPy is used."""
+
+from __future__ import annotations
+
+import cupy as cp
+import numpy as np
+
+name = "cupy"
+
+
+def mm(a, b, *, xp=None):
+    """``a[..., p] @ b[p, q]`` as one cuBLAS GEMM."""
+    lead = a.shape[:-1]
+    out = cp.reshape(a, (-1, a.shape[-1])) @ b
+    return cp.reshape(out, (*lead, b.shape[-1]))
+
+
+def einsum(subscripts, a, b, *, xp=None):
+    return cp.einsum(subscripts, a, b)
+
+
+def to_numpy(a):
+    if isinstance(a, cp.ndarray):
+        return a.get()
+    from ._generic import to_numpy as _to_numpy
+
+    return _to_numpy(a)
+
+
+def convert(a, *, xp=None, dtype, device=None):
+    """Any supported array -> CuPy array of ``dtype`` on ``device``."""
+    if isinstance(a, cp.ndarray):
+        with _device(device):
+            return cp.asarray(a, dtype=dtype)
+    if type(a).__module__.split(".")[0] == "torch":
+        a = a.detach()
+        if a.is_cuda:
+            with _device(device):
+                return cp.asarray(cp.from_dlpack(a), dtype=dtype)
+        a = a.numpy()
+    with _device(device):
+        return cp.asarray(np.asarray(a), dtype=dtype)
+
+
+def _device(device):
+    return device if device is not None else cp.cuda.Device()
+
+
+def synchronize(device=None) -> None:
+    cp.cuda.Device(device.id if device is not None else None).synchronize()
+
+
+__all__ = ["convert", "einsum", "mm", "name", "synchronize", "to_numpy"]

@@ -1,0 +1,96 @@
+"""Generic backend: only functions of the Array API standard.
+
+Works for any conforming library (array-api-strict, JAX, ...). There is no
+``einsum`` in the standard, so two-operand contractions are planned once in
+pure Python (cached) and executed as permute_dims + reshape + matmul.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from math import prod
+
+import numpy as np
+
+name = "generic"
+
+
+def mm(a, b, *, xp):
+    """``a[..., p] @ b[p, q] -> [..., q]`` as a single 2-D matmul."""
+    lead = tuple(a.shape[:-1])
+    out = xp.reshape(a, (prod(lead), a.shape[-1])) @ b
+    return xp.reshape(out, (*lead, b.shape[-1]))
+
+
+@lru_cache(maxsize=256)
+def _plan(subscripts: str, ndim_a: int, ndim_b: int):
+    ins, out = subscripts.replace(" ", "").split("->")
+    sa, sb = ins.split(",")
+    if len(sa) != ndim_a or len(sb) != ndim_b:
+        raise ValueError(f"einsum {subscripts!r} does not match operands of ndim {ndim_a}, {ndim_b}")
+    if len(set(sa)) != len(sa) or len(set(sb)) != len(sb):
+        raise ValueError(f"einsum {subscripts!r}: repeated index within one operand is not supported")
+    batch = [c for c in out if c in sa and c in sb]
+    left = [c for c in out if c in sa and c not in sb]
+    right = [c for c in out if c in sb and c not in sa]
+    contr = [c for c in sa if c in sb and c not in out]
+    sum_a = tuple(i for i, c in enumerate(sa) if c not in sb and c not in out)
+    sum_b = tuple(i for i, c in enumerate(sb) if c not in sa and c not in out)
+    sa_r = [c for c in sa if c in sb or c in out]
+    sb_r = [c for c in sb if c in sa or c in out]
+    perm_a = tuple(sa_r.index(c) for c in batch + left + contr)
+    perm_b = tuple(sb_r.index(c) for c in batch + contr + right)
+    mid = batch + left + right
+    perm_out = tuple(mid.index(c) for c in out)
+    return sum_a, sum_b, sa_r, sb_r, batch, left, right, contr, perm_a, perm_b, perm_out
+
+
+def einsum(subscripts, a, b, *, xp):
+    """Two-operand einsum from standard functions only."""
+    sum_a, sum_b, sa_r, sb_r, batch, left, right, contr, perm_a, perm_b, perm_out = _plan(
+        subscripts, a.ndim, b.ndim
+    )
+    if sum_a:
+        a = xp.sum(a, axis=sum_a)
+    if sum_b:
+        b = xp.sum(b, axis=sum_b)
+    size = {}
+    for s, arr in ((sa_r, a), (sb_r, b)):
+        for c, n in zip(s, arr.shape):
+            size[c] = max(size.get(c, 1), n)
+    a = xp.permute_dims(a, perm_a)
+    b = xp.permute_dims(b, perm_b)
+    nb = len(batch)
+    bshape = tuple(size[c] for c in batch)
+    a = xp.broadcast_to(a, bshape + tuple(a.shape[nb:]))
+    b = xp.broadcast_to(b, bshape + tuple(b.shape[nb:]))
+    nl, nr, nc = (prod(size[c] for c in g) for g in (left, right, contr))
+    a = xp.reshape(a, (*bshape, nl, nc))
+    b = xp.reshape(b, (*bshape, nc, nr))
+    out = xp.reshape(a @ b, tuple(size[c] for c in batch + left + right))
+    return xp.permute_dims(out, perm_out)
+
+
+def to_numpy(a):
+    """Host copy of ``a`` as a NumPy array."""
+    if isinstance(a, np.ndarray):
+        return a
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        return a.detach().cpu().numpy()
+    if mod == "cupy":
+        return a.get()
+    try:
+        return np.asarray(a)
+    except Exception:  # libraries that refuse __array__ but speak DLPack
+        return np.from_dlpack(a)
+
+
+def convert(a, *, xp, dtype, device):
+    """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
+    host = to_numpy(a)
+    return xp.asarray(host, dtype=dtype, device=device)
+
+
+def synchronize(device=None) -> None:
+    """Nothing to wait for on a synchronous library."""

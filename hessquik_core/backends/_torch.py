@@ -1,0 +1,40 @@
+"""PyTorch backend (CPU and CUDA). Imported only when torch is used."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._generic import to_numpy
+
+name = "torch"
+
+
+def mm(a, b, *, xp=None):
+    """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""
+    return torch.matmul(a, b)
+
+
+def einsum(subscripts, a, b, *, xp=None):
+    return torch.einsum(subscripts, a, b)
+
+
+def convert(a, *, xp=None, dtype, device):
+    """Any supported array -> torch tensor of ``dtype`` on ``device``.
+
+    A torch tensor is moved with ``Tensor.to`` so autograd keeps flowing.
+    """
+    if isinstance(a, torch.Tensor):
+        return a.to(device=device, dtype=dtype)
+    if type(a).__module__.split(".")[0] == "cupy":
+        return torch.from_dlpack(a).to(device=device, dtype=dtype)
+    # copy: home arrays are read-only and must never alias a writable tensor
+    return torch.tensor(np.asarray(to_numpy(a)), dtype=dtype, device=device)
+
+
+def synchronize(device=None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
