@@ -57,7 +57,8 @@ def einsum(subscripts, a, b, *, xp):
     size = {}
     for s, arr in ((sa_r, a), (sb_r, b)):
         for c, n in zip(s, arr.shape):
-            size[c] = max(size.get(c, 1), n)
+            # broadcasting: a size-1 axis takes the other operand's size (0 included)
+            size[c] = n if size.get(c, 1) == 1 else size[c]
     a = xp.permute_dims(a, perm_a)
     b = xp.permute_dims(b, perm_b)
     nb = len(batch)
@@ -88,7 +89,15 @@ def to_numpy(a):
 
 def convert(a, *, xp, dtype, device):
     """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
+    if not isinstance(a, np.ndarray) and getattr(a, "__array_namespace__", None) is not None \
+            and a.__array_namespace__() is xp:
+        # already in the call's library: stay there, so that tracers (jax.grad
+        # with respect to parameters) are never forced through the host
+        return xp.asarray(a, dtype=dtype, device=device)
     host = to_numpy(a)
+    if not host.flags.writeable:
+        # read-only home arrays: some libraries (torch) warn when wrapping them
+        host = host.copy()
     return xp.asarray(host, dtype=dtype, device=device)
 
 
