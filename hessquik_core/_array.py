@@ -6,7 +6,7 @@ engine below it sees one Array-API namespace ``xp`` and one backend module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import array_api_compat as aac
@@ -90,6 +90,7 @@ class CallContext:
     hessian: bool
     laplacian: bool
     hessian_diagonal: bool
+    divergence: bool = False
     V: Any = None
     orig_backend: str = "numpy"
     backend: str = "numpy"
@@ -114,7 +115,18 @@ class CallContext:
 
     @property
     def derivatives(self) -> bool:
-        return self.gradient or self.second_order
+        return self.gradient or self.divergence or self.second_order
+
+    @property
+    def k(self) -> int:
+        """Number of tangent (forward) or output (backward) directions."""
+        if self.V is not None:
+            return self.V.shape[1]
+        return self.d if self.mode == "forward" else self.m
+
+    def batch(self, start: int, stop: int) -> "CallContext":
+        """The same call on ``x[start:stop]`` (for chunking)."""
+        return replace(self, x=self.x[start:stop, ...])
 
     def seed_forward(self):
         """(1, k, d): identity (k = d) or Vᵀ."""
@@ -132,18 +144,31 @@ class CallContext:
 
     def finish(self, res):
         res.mode = self.mode
-        if self.backend != self.orig_backend and self.orig_backend != "generic":
+        if self.backend != self.orig_backend:
             dev = aac.device(self.orig_x)
-            for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal"):
+            for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
                 a = getattr(res, name)
-                if a is not None:
+                if a is None:
+                    continue
+                if self.orig_backend == "generic":
+                    # e.g. array-api-strict or JAX input with backend="numpy": back through the host
+                    from .backends._generic import to_numpy
+
+                    xp0 = aac.array_namespace(self.orig_x)
+                    setattr(res, name, xp0.asarray(to_numpy(a), dtype=self.orig_x.dtype, device=dev))
+                else:
                     setattr(res, name, _move_to(self.orig_backend, a, dev)[0])
         return res
 
 
 def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplacian,
-                 hessian_diagonal) -> CallContext:
-    """Validate a network call and build its :class:`CallContext`."""
+                 hessian_diagonal, divergence=False) -> CallContext:
+    """Validate a network call and build its :class:`CallContext`.
+
+    ``mode="auto"`` is left for the caller to settle by the cost model,
+    except when ``directions`` decide it (their first axis is ``d`` or ``m``).
+    """
+    divergence = _bool("divergence", divergence)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
@@ -193,22 +218,21 @@ def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplac
         if V.ndim != 2:
             raise ValueError(f"directions must be a matrix (d, k) or (m, k), got shape {tuple(V.shape)}")
 
-    # mode: forward iff d < m (hessQuik); directions pick the side they fit
-    if mode == "auto":
-        if V is not None:
-            if V.shape[0] == d:
-                mode = "forward"
-            elif V.shape[0] == m:
-                mode = "backward"
-            else:
-                raise ValueError(
-                    f"directions must have shape ({d}, k) (forward) or ({m}, k) (backward), "
-                    f"got {tuple(V.shape)}"
-                )
-        elif (laplacian or hessian_diagonal) and not hessian:
+    if divergence and d != m:
+        raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
+    # with directions, their first axis picks the side they fit
+    if mode == "auto" and V is not None:
+        if V.shape[0] == d:
             mode = "forward"
+        elif V.shape[0] == m:
+            mode = "backward"
         else:
-            mode = "forward" if d < m else "backward"
+            raise ValueError(
+                f"directions must have shape ({d}, k) (forward) or ({m}, k) (backward), "
+                f"got {tuple(V.shape)}"
+            )
+    if V is not None and divergence:
+        raise ValueError("divergence is the trace of the full Jacobian: it cannot be combined with directions")
     if V is not None:
         need = d if mode == "forward" else m
         if V.shape[0] != need:
@@ -216,5 +240,6 @@ def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplac
                 f"directions for mode={mode!r} must have shape ({need}, k), got {tuple(V.shape)}"
             )
     return CallContext(xp=xp, be=be, x=xc, d=d, m=m, mode=mode, gradient=gradient, hessian=hessian,
-                       laplacian=laplacian, hessian_diagonal=hessian_diagonal, V=V,
+                       laplacian=laplacian, hessian_diagonal=hessian_diagonal,
+                       divergence=divergence, V=V,
                        orig_backend=native, backend=chosen, orig_x=x)

@@ -58,6 +58,9 @@ class Want:
     hessian: bool = False
     diagonal: bool = False
     laplacian: bool = False
+    #: ``(iu, ju)`` index arrays of the upper triangle when the Hessian is
+    #: carried packed, ``H : (n, k(k+1)/2, p)``; ``None`` for ``(n, k, k, p)``
+    pairs: tuple | None = None
 
     @property
     def any(self) -> bool:
@@ -144,9 +147,14 @@ def _act_fwd(s1, s2, GM, H, D, L, M, want, be, xp):
     Gf = s1[:, None, :] * GM
     Hf = Df = Lf = None
     if want.hessian:
-        Hf = (s2[:, None, :] * GM)[:, :, None, :] * GM[:, None, :, :]
+        if want.pairs is None:
+            Hf = (s2[:, None, :] * GM)[:, :, None, :] * GM[:, None, :, :]
+        else:
+            # symmetric: only the k(k+1)/2 pairs i <= j, which halves the GEMM below
+            iu, ju = want.pairs
+            Hf = xp.take(s2[:, None, :] * GM, iu, axis=1) * xp.take(GM, ju, axis=1)
         if H is not None:
-            Hf = Hf + s1[:, None, None, :] * be.mm(H, M, xp=xp)
+            Hf = Hf + _lift(s1, H.ndim, xp) * be.mm(H, M, xp=xp)
     if want.diagonal or want.laplacian:
         GM2 = GM * GM
         if want.diagonal:
@@ -158,6 +166,12 @@ def _act_fwd(s1, s2, GM, H, D, L, M, want, be, xp):
             if L is not None:
                 Lf = Lf + s1 * (L @ M)
     return Gf, Hf, Df, Lf
+
+
+def _lift(a, ndim, xp):
+    """``a : (n, q)`` -> ``(n, 1, ..., 1, q)`` with ``ndim`` axes, to scale a
+    packed ``(n, T, q)`` or full ``(n, k, k, q)`` Hessian alike."""
+    return xp.reshape(a, (a.shape[0], *([1] * (ndim - 2)), a.shape[-1]))
 
 
 def _sandwich(M, W, c, be, xp):
@@ -268,6 +282,78 @@ class SingleLayer(Layer):
             out = out + xp.sum(KW * K, axis=-1)
         return out
 
+    # -- derivatives with respect to the parameters (hessquik_core.curvature) --
+    def _param_grad(self, cache, P, u, dl, per_example, be, xp):
+        r"""Adjoint ``dl = ∂C/∂f : (n, q)`` to ``∂C/∂u`` and to the parameters.
+
+        With :math:`\delta = \sigma'(z) \odot dl`: :math:`\partial C/\partial u = \delta K^\top`,
+        :math:`\partial C/\partial K = \sum_n u_n \otimes \delta_n`,
+        :math:`\partial C/\partial b = \sum_n \delta_n`
+        (per example: the summands, shapes ``(n, p, q)`` and ``(n, q)``).
+        """
+        from .curvature import _ops
+
+        delta = cache[0] * dl
+        dlu = be.mm(delta, xp.matrix_transpose(P["K"]), xp=xp)
+        if per_example:
+            g = {"K": _ops.Outer(u, delta)}
+            if P["b"] is not None:
+                g["b"] = delta
+        else:
+            g = {"K": be.mm(xp.matrix_transpose(u), delta, xp=xp)}
+            if P["b"] is not None:
+                g["b"] = xp.sum(delta, axis=0)
+        return dlu, g
+
+    def _param_rfwd(self, cache, P, u, Ru, V, be, xp):
+        r"""Forward R-pass: :math:`R z = (Ru) K + u V_K + V_b`, :math:`R f = \sigma' \odot Rz`.
+
+        ``Ru : (n, k, p)`` or ``None`` (input independent of the parameters),
+        ``V['K'] : (k, p, q)``, ``V['b'] : (k, q)``. Returns ``(Rf, Rz)``.
+        """
+        from .curvature import _ops
+
+        Rz = _ops.lin_dirs(u, V["K"], be, xp)
+        if "b" in V:
+            Rz = Rz + V["b"][None, :, :]
+        if Ru is not None:
+            Rz = Rz + be.mm(Ru, P["K"], xp=xp)
+        return cache[0][:, None, :] * Rz, Rz
+
+    def _param_rbwd(self, cache, rcache, P, u, Ru, V, dl, Rdl, be, xp, need_dlu=True, need_Rdlu=True):
+        r"""Backward R-pass (Pearlmutter) of :meth:`_param_grad`.
+
+        :math:`R\delta = \sigma' \odot R dl + [\sigma'' \odot dl \odot Rz]`,
+        :math:`R(\partial_u C) = R\delta\, K^\top + [\delta V_K^\top]`,
+        :math:`R(\partial_K C) = \sum_n u_n \otimes R\delta_n + [Ru_n \otimes \delta_n]`,
+        :math:`R(\partial_b C) = \sum_n R\delta_n`. Bracketed terms carry the
+        layer's own curvature; ``dl=None`` drops them (Gauss–Newton).
+        Returns ``(dl_u, Rdl_u, {name: (k, *shape)})``; ``need_dlu=False`` /
+        ``need_Rdlu=False`` skip the input adjoints (``None``), e.g. at the first layer.
+        """
+        from .curvature import _ops
+
+        s1, s2 = cache
+        Kt = xp.matrix_transpose(P["K"])
+        Rdelta = s1[:, None, :] * Rdl
+        dlu = delta = None
+        if dl is not None:
+            delta = s1 * dl
+            Rdelta = Rdelta + (s2 * dl)[:, None, :] * rcache
+            if need_dlu:
+                dlu = be.mm(delta, Kt, xp=xp)
+        Rdlu = be.mm(Rdelta, Kt, xp=xp) if need_Rdlu else None
+        RK = _ops.outer_sum(u, Rdelta, be, xp)
+        if delta is not None:
+            if need_Rdlu:
+                Rdlu = Rdlu + _ops.lin_dirs_t(delta, V["K"], be, xp)
+            if Ru is not None:
+                RK = RK + _ops.outer_sum_r(Ru, delta, be, xp)
+        g = {"K": RK}
+        if P["b"] is not None:
+            g["b"] = xp.sum(Rdelta, axis=0)
+        return dlu, Rdlu, g
+
 
 class ResnetLayer(Layer):
     r"""Residual layer :math:`f(u) = u + h\,\sigma(uK + b)` of constant width.
@@ -286,7 +372,7 @@ class ResnetLayer(Layer):
     with :math:`R = (Dl\,J^\top)^\top`.
     """
 
-    def __init__(self, width: int, h: float = 1.0, act="antitanh", bias: bool = True,
+    def __init__(self, width: int, h: float = 1.0, act="identity", bias: bool = True,
                  *, dtype=np.float64, seed=None) -> None:
         super().__init__()
         self.width = _check_int("width", width)
@@ -342,6 +428,28 @@ class ResnetLayer(Layer):
             return dlu, h * be.mm(inner, Kt, xp=xp)
         R = _swap(Dl + h * be.mm(Dl * s1[:, None, None, :], Kt, xp=xp), xp)
         return dlu, R + h * be.mm(R * s1[:, None, None, :] + inner, Kt, xp=xp)
+
+    # -- derivatives with respect to the parameters (hessquik_core.curvature) --
+    # f = u + h s(u) with s the inner single layer: the inner layer sees the
+    # adjoint h dl; the identity path adds dl to the input adjoint.
+    def _param_grad(self, cache, P, u, dl, per_example, be, xp):
+        r""":math:`\partial C/\partial u = dl + h\,\delta K^\top`; parameter gradients are
+        ``h`` times the inner layer's. Keys ``'K'``, ``'b'`` (state keys ``layer.K``, ``layer.b``)."""
+        dlu, g = self.layer._param_grad(cache, P, u, self.h * dl, per_example, be, xp)
+        return dl + dlu, g
+
+    def _param_rfwd(self, cache, P, u, Ru, V, be, xp):
+        r""":math:`Rf = Ru + h\,\sigma' \odot Rz`."""
+        Rs, Rz = self.layer._param_rfwd(cache, P, u, Ru, V, be, xp)
+        return (self.h * Rs if Ru is None else Ru + self.h * Rs), Rz
+
+    def _param_rbwd(self, cache, rcache, P, u, Ru, V, dl, Rdl, be, xp, need_dlu=True, need_Rdlu=True):
+        r"""Inner layer's R-backward with adjoints ``h dl``, ``h Rdl``, plus the identity path."""
+        h = self.h
+        dlu, Rdlu, g = self.layer._param_rbwd(cache, rcache, P, u, Ru, V,
+                                              None if dl is None else h * dl, h * Rdl, be, xp,
+                                              need_dlu, need_Rdlu)
+        return (None if dlu is None else dl + dlu), (None if Rdlu is None else Rdl + Rdlu), g
 
 
 class ICNNLayer(Layer):
@@ -428,7 +536,7 @@ class ICNNLayer(Layer):
 
         d = self.input_dim
         Gf = xp.concat([Gs, passthrough(G, (n, k, d))], axis=-1)
-        Hf = None if Hs is None else xp.concat([Hs, passthrough(H, (n, k, k, d))], axis=-1)
+        Hf = None if Hs is None else xp.concat([Hs, passthrough(H, (*Hs.shape[:-1], d))], axis=-1)
         Df = None if Ds is None else xp.concat([Ds, passthrough(D, (n, k, d))], axis=-1)
         Lf = None if Ls is None else xp.concat([Ls, passthrough(L, (n, d))], axis=-1)
         return Gf, Hf, Df, Lf
@@ -452,6 +560,95 @@ class ICNNLayer(Layer):
             T = be.einsum("npa,nmab->nmpb", J, Dl, xp=xp)
             out = out + be.einsum("nmpb,nrb->nmpr", T, J, xp=xp)
         return dlu, out
+
+    # -- derivatives with respect to the parameters (hessquik_core.curvature) --
+    # With w = [u, x] the layer input, M = [L⁺; K], z = wM + b, f = [σ(z), x]
+    # and dl = [dl_s, dl_x]: δ = σ' ⊙ dl_s, ∂C/∂w = δMᵀ + [0, dl_x],
+    # ∂C/∂M = Σ_n w_n ⊗ δ_n, and the chain rule through L⁺ = softplus(L)
+    # multiplies the L-block by softplus'(L) = sigmoid(L).
+    def _param_grad(self, cache, P, u, dl, per_example, be, xp):
+        r"""Adjoint ``dl : (n, q + d)`` to ``∂C/∂[u, x]`` and to ``K``, ``L``, ``b``:
+        :math:`\partial C/\partial K = \sum_n x_n \otimes \delta_n`,
+        :math:`\partial C/\partial L = (\sum_n u_n \otimes \delta_n) \odot \mathrm{softplus}'(L)`,
+        :math:`\partial C/\partial b = \sum_n \delta_n`."""
+        from .curvature import _ops
+
+        s1, _, M = cache
+        q, s = self.out_width, self.n_in
+        delta = s1 * dl[:, :q]
+        dlu = _ops.add_tail(be.mm(delta, xp.matrix_transpose(M), xp=xp), dl[:, q:], s, xp)
+        if per_example:  # factors u_n ⊗ δ_n, formed in the (N, P) output
+            g = {"K": _ops.Outer(u[:, s:], delta)}
+            if P["b"] is not None:
+                g["b"] = delta
+            if P["L"] is not None:
+                g["L"] = _ops.Outer(u[:, :s], delta, _NONNEG(P["L"], 1, xp=xp)[1])
+            return dlu, g
+        gM = be.mm(xp.matrix_transpose(u), delta, xp=xp)
+        g = {"K": gM[s:, :]}
+        if P["b"] is not None:
+            g["b"] = xp.sum(delta, axis=0)
+        if P["L"] is not None:
+            g["L"] = gM[:s, :] * _NONNEG(P["L"], 1, xp=xp)[1]
+        return dlu, g
+
+    def _param_rfwd(self, cache, P, u, Ru, V, be, xp):
+        r""":math:`RM = [\mathrm{softplus}'(L) \odot V_L;\ V_K]`,
+        :math:`Rz = (Rw) M + w\,RM + V_b`, :math:`Rf = [\sigma' \odot Rz,\ Rx]`."""
+        from .curvature import _ops
+
+        s1, _, M = cache
+        s, d = self.n_in, self.input_dim
+        RM = V["K"]
+        if P["L"] is not None:
+            RM = xp.concat([_NONNEG(P["L"], 1, xp=xp)[1] * V["L"], RM], axis=1)
+        Rz = _ops.lin_dirs(u, RM, be, xp)
+        if "b" in V:
+            Rz = Rz + V["b"][None, :, :]
+        if Ru is not None:
+            Rz = Rz + be.mm(Ru, M, xp=xp)
+            Rx = Ru[..., s:]
+        else:
+            Rx = xp.zeros((u.shape[0], RM.shape[0], d), dtype=u.dtype, device=_dev(u))
+        return xp.concat([s1[:, None, :] * Rz, Rx], axis=-1), (Rz, RM)
+
+    def _param_rbwd(self, cache, rcache, P, u, Ru, V, dl, Rdl, be, xp, need_dlu=True, need_Rdlu=True):
+        r"""Backward R-pass: :math:`R\delta = \sigma' \odot R dl_s + [\sigma'' \odot dl_s \odot Rz]`,
+        :math:`R(\partial_w C) = R\delta M^\top + [\delta\, RM^\top] + [0, R dl_x]`,
+        :math:`R(\partial_M C) = \sum_n w_n \otimes R\delta_n + [Rw_n \otimes \delta_n]`, and for ``L``
+        :math:`R(\partial_L C) = R(\partial_{M_L} C) \odot \mathrm{softplus}'(L) + [\partial_{M_L} C \odot
+        \mathrm{softplus}''(L) \odot V_L]`. ``dl=None`` drops the bracketed (curvature) terms."""
+        from .curvature import _ops
+
+        s1, s2, M = cache
+        Rz, RM = rcache
+        q, s = self.out_width, self.n_in
+        Mt = xp.matrix_transpose(M)
+        Rdelta = s1[:, None, :] * Rdl[..., :q]
+        dlu = delta = None
+        if dl is not None:
+            delta = s1 * dl[:, :q]
+            Rdelta = Rdelta + (s2 * dl[:, :q])[:, None, :] * Rz
+            if need_dlu:
+                dlu = _ops.add_tail(be.mm(delta, Mt, xp=xp), dl[:, q:], s, xp)
+        Rdlu = _ops.add_tail(be.mm(Rdelta, Mt, xp=xp), Rdl[..., q:], s, xp) if need_Rdlu else None
+        RgM = _ops.outer_sum(u, Rdelta, be, xp)
+        if delta is not None:
+            if need_Rdlu:
+                Rdlu = Rdlu + _ops.lin_dirs_t(delta, RM, be, xp)
+            if Ru is not None:
+                RgM = RgM + _ops.outer_sum_r(Ru, delta, be, xp)
+        g = {"K": RgM[:, s:, :]}
+        if P["b"] is not None:
+            g["b"] = xp.sum(Rdelta, axis=0)
+        if P["L"] is not None:
+            _, sp1, sp2 = _NONNEG(P["L"], 2, xp=xp)
+            RL = RgM[:, :s, :] * sp1
+            if delta is not None:
+                gML = be.mm(xp.matrix_transpose(u[:, :s]), delta, xp=xp)
+                RL = RL + (gML * sp2)[None, :, :] * V["L"]
+            g["L"] = RL
+        return dlu, Rdlu, g
 
 
 class _QuadraticBase(Layer):
@@ -490,9 +687,13 @@ class _QuadraticBase(Layer):
         GA = be.mm(G[..., self._start:], xp.matrix_transpose(A), xp=xp)
         Hf = Df = Lf = None
         if want.hessian:
-            Hf = GA @ xp.matrix_transpose(GA)
+            if want.pairs is None:
+                Hf = GA @ xp.matrix_transpose(GA)
+            else:
+                iu, ju = want.pairs
+                Hf = xp.sum(xp.take(GA, iu, axis=1) * xp.take(GA, ju, axis=1), axis=-1)
             Hf = xp.broadcast_to(Hf, (n, *Hf.shape[1:])) if H is None else \
-                Hf + xp.sum(H * g[:, None, None, :], axis=-1)
+                Hf + xp.sum(H * _lift(g, H.ndim, xp), axis=-1)
             Hf = Hf[..., None]
         if want.diagonal or want.laplacian:
             GA2 = xp.sum(GA * GA, axis=-1)  # (1|n, k)
@@ -526,6 +727,102 @@ class _QuadraticBase(Layer):
         else:
             out = xp.broadcast_to(out, (g.shape[0], *out.shape[1:]))
         return dlu, out
+
+    # -- derivatives with respect to the parameters (hessquik_core.curvature) --
+    # f = u·c + ½|a|² + μ with y = u[s:], a = y Aᵀ and c = v (QuadraticLayer)
+    # or c = [softplus(w), v] (QuadraticICNNLayer). ∂f/∂c = u,
+    # ∂f/∂A = a ⊗ y, ∂f/∂μ = 1, and ∂f/∂u = g = c + [0, aA] (in the cache).
+    def _split_c(self, gc, P, Vw, gc_sum, xp):
+        """Map a derivative w.r.t. ``c`` (last axis) to ``v`` and, when present, ``w``.
+
+        ``Vw``/``gc_sum`` add the R-term of the softplus chain (exact Hessian only)."""
+        s = self._start
+        out = {"v": gc[..., s:]}
+        if P.get("w") is not None:
+            _, sp1, sp2 = _NONNEG(P["w"], 2, xp=xp)
+            gw = gc[..., :s] * sp1
+            if Vw is not None:
+                gw = gw + (gc_sum[:s] * sp2)[None, :] * Vw
+            out["w"] = gw
+        return out
+
+    def _param_grad(self, cache, P, u, dl, per_example, be, xp):
+        r"""Adjoint ``dl : (n, 1)``: :math:`\partial C/\partial u = dl\, g`,
+        :math:`\partial C/\partial c = \sum_n dl_n u_n`,
+        :math:`\partial C/\partial A = \sum_n dl_n\, a_n \otimes y_n`,
+        :math:`\partial C/\partial \mu = \sum_n dl_n`."""
+        from .curvature import _ops
+
+        g, A = cache
+        y = u[:, self._start:]
+        a = y @ xp.matrix_transpose(A)
+        dlu = dl * g
+        if per_example:
+            gc, gA, gmu = dl * u, _ops.Outer(dl * a, y), dl
+        else:
+            dlt = xp.matrix_transpose(dl)  # (1, n)
+            gc = be.mm(dlt, u, xp=xp)[0, :]
+            gA = be.mm(xp.matrix_transpose(dl * a), y, xp=xp)
+            gmu = xp.sum(dl, axis=0)
+        out = {"A": gA, "mu": gmu}
+        out.update(self._split_c(gc, P, None, None, xp))
+        return dlu, out
+
+    def _rc(self, P, V, xp):
+        if P.get("w") is None:
+            return V["v"]
+        return xp.concat([_NONNEG(P["w"], 1, xp=xp)[1] * V["w"], V["v"]], axis=-1)
+
+    def _param_rfwd(self, cache, P, u, Ru, V, be, xp):
+        r""":math:`Ra = (Ry) A^\top + y V_A^\top`,
+        :math:`Rf = (Ru)\cdot c + u \cdot Rc + a \cdot Ra + V_\mu`."""
+        from .curvature import _ops
+
+        g, A = cache
+        s = self._start
+        y = u[:, s:]
+        a = y @ xp.matrix_transpose(A)
+        Rc = self._rc(P, V, xp)  # (k, p)
+        Ra = _ops.lin_dirs_t(y, V["A"], be, xp)  # (n, k, r)
+        Rf = be.mm(u, xp.matrix_transpose(Rc), xp=xp) + V["mu"][None, :, 0]
+        if Ru is not None:
+            Ra = Ra + be.mm(Ru[..., s:], xp.matrix_transpose(A), xp=xp)
+            Rf = Rf + be.mm(Ru, self._lin(P, xp)[:, None], xp=xp)[..., 0]
+        Rf = Rf + xp.sum(a[:, None, :] * Ra, axis=-1)
+        return Rf[..., None], (a, Ra, Rc)
+
+    def _param_rbwd(self, cache, rcache, P, u, Ru, V, dl, Rdl, be, xp, need_dlu=True, need_Rdlu=True):
+        r"""Backward R-pass with ``Rdl : (n, k, 1)``:
+        :math:`R(\partial_u C) = R dl\, g + [dl\,(Rc + [0,\ Ra A + a V_A])]`,
+        :math:`R(\partial_c C) = \sum_n R dl_n u_n + [dl_n Ru_n]`,
+        :math:`R(\partial_A C) = \sum_n R dl_n\, a_n \otimes y_n
+        + [dl_n (Ra_n \otimes y_n + a_n \otimes Ry_n)]`,
+        :math:`R(\partial_\mu C) = \sum_n R dl_n`; ``dl=None`` drops the bracketed terms."""
+        from .curvature import _ops
+
+        g, A = cache
+        a, Ra, Rc = rcache
+        s = self._start
+        y = u[:, s:]
+        Rd = Rdl[..., 0]  # (n, k)
+        Rdlu = Rd[..., None] * g[:, None, :] if need_Rdlu else None
+        Rgc = be.mm(xp.matrix_transpose(Rd), u, xp=xp)  # (k, p)
+        RgA = _ops.outer_sum_r(Rd[..., None] * a[:, None, :], y, be, xp)  # (k, r, dy)
+        Rgmu = xp.sum(Rd, axis=0)[:, None]
+        dlu = gc = None
+        if dl is not None:
+            dlu = dl * g if need_dlu else None
+            if need_Rdlu:
+                Rg = _ops.pad_front(be.mm(Ra, A, xp=xp) + _ops.lin_dirs(a, V["A"], be, xp), s, xp)
+                Rdlu = Rdlu + dl[:, :, None] * (Rg + Rc[None, :, :])
+            gc = be.mm(xp.matrix_transpose(dl), u, xp=xp)[0, :]
+            RgA = RgA + _ops.outer_sum_r(dl[:, :, None] * Ra, y, be, xp)
+            if Ru is not None:
+                Rgc = Rgc + _ops.outer_sum_r(Ru, dl, be, xp)[..., 0]
+                RgA = RgA + _ops.outer_sum(dl * a, Ru[..., s:], be, xp)
+        out = {"A": RgA, "mu": Rgmu}
+        out.update(self._split_c(Rgc, P, None if dl is None else V.get("w"), gc, xp))
+        return dlu, Rdlu, out
 
 
 class QuadraticLayer(_QuadraticBase):

@@ -7,15 +7,17 @@ automatic differentiation, its input derivatives. See :meth:`NN.__call__`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._array import CallContext, resolve_call
+from ._cost import available_memory, estimate
 from ._module import Module
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer, Want, _check_int
 
-__all__ = ["ICNN", "NN", "FullyConnectedNN", "ResnetNN", "Result", "MODES"]
+__all__ = ["ICNN", "NN", "FullyConnectedNN", "MemoryBudgetError", "ResnetNN", "Result", "MODES"]
 
 MODES = ("auto", "forward", "backward")
 
@@ -32,6 +34,7 @@ class Result:
     hessian : (n, d, d, m); (n, k, k, m) = VᵀHV forward; (n, d, d, k) backward
     laplacian : (n, m)
     hessian_diagonal : (n, d, m) (or (n, k, m): the diagonal of VᵀHV)
+    divergence : (n,), trace of the Jacobian (d = m)
     mode : ``"forward"`` or ``"backward"``, the route actually taken
     """
 
@@ -40,6 +43,7 @@ class Result:
     hessian: Any = None
     laplacian: Any = None
     hessian_diagonal: Any = None
+    divergence: Any = None
     mode: str | None = None
 
     def __iter__(self):
@@ -104,7 +108,8 @@ class NN(Module):
     # -- evaluation -------------------------------------------------------
     def __call__(self, x, gradient: bool = False, hessian: bool = False, laplacian: bool = False,
                  directions=None, mode: str = "auto", backend: str | None = None, *,
-                 hessian_diagonal: bool = False) -> Result:
+                 hessian_diagonal: bool = False, divergence: bool = False,
+                 max_memory: float | None = None) -> Result:
         r"""Evaluate the network and the requested input derivatives.
 
         Parameters
@@ -114,37 +119,134 @@ class NN(Module):
             computation runs in ``x``'s dtype and on its device; parameters
             are converted (and cached) to match.
         gradient, hessian, laplacian, hessian_diagonal : bool
-            What to compute besides the value.
+            What to compute besides the value. The Laplacian and the
+            diagonal alone never form the full Hessian.
         directions : array, optional
             ``V``. Forward mode: shape (d, k), derivatives along the columns
-            (gradient ``Vᵀ∇f``, Hessian ``VᵀHV``). Backward mode: shape (m, k),
-            the output is contracted with ``V``. Same library as ``x`` (a
-            NumPy array or nested list is also accepted and converted).
+            (gradient ``Vᵀ∇f``, Hessian ``VᵀHV``, diagonal of ``VᵀHV``,
+            Laplacian ``tr(VᵀHV) = tr(VVᵀH)``). Backward mode: shape (m, k),
+            the outputs are contracted with ``V``. Same library as ``x`` (a
+            NumPy array or nested list is also accepted and converted);
+            another library raises ``TypeError``.
         mode : {"auto", "forward", "backward"}
-            ``"auto"`` picks forward iff ``d < m`` (hessQuik's rule); a
-            Laplacian or Hessian-diagonal request without the Hessian uses
-            forward mode unless ``"backward"`` is given.
+            ``"auto"`` takes the route the cost model (:meth:`cost`) finds
+            cheaper; with ``directions`` their first axis decides.
         backend : {None, "numpy", "torch", "cupy", "generic"}
-            ``None`` infers the backend from ``x``. Forcing another backend
-            converts ``x`` to it and the results back to ``x``'s library.
+            ``None`` infers the backend from ``x``. Forcing another library
+            converts ``x`` to it and the results back (torch autograd does not
+            cross such a conversion); ``"generic"`` keeps ``x``'s library but
+            uses only Array-API standard functions.
+        divergence : bool
+            Trace of the Jacobian, shape (n,), for networks with d = m.
+        max_memory : float, optional
+            Byte budget for the call's working memory. Default: half the
+            memory available on ``x``'s device. A call whose estimated peak
+            exceeds it runs in batch chunks (results are identical); if one
+            example alone exceeds it, :class:`MemoryBudgetError` is raised
+            before anything is allocated.
 
         Returns
         -------
         Result
             ``value (n, m)``, ``gradient (n, d, m)``, ``hessian (n, d, d, m)``,
-            ``laplacian (n, m)``, ``hessian_diagonal (n, d, m)``; ``None``
-            where not requested.
+            ``laplacian (n, m)``, ``hessian_diagonal (n, d, m)``,
+            ``divergence (n,)``; ``None`` where not requested.
         """
         ctx = resolve_call(self, x, directions=directions, mode=mode, backend=backend,
                            gradient=gradient, hessian=hessian, laplacian=laplacian,
-                           hessian_diagonal=hessian_diagonal)
-        out = _run(self, ctx)
-        return ctx.finish(out)
+                           hessian_diagonal=hessian_diagonal, divergence=divergence)
+        leaves = list(self._leaves())
+        n = ctx.x.shape[0]
+        if ctx.mode == "auto":
+            ctx.mode = "forward" if not ctx.derivatives else self._cost(ctx, leaves, n).chosen
+        route = self._cost(ctx, leaves, n, modes=(ctx.mode,)).routes[ctx.mode]
+        budget = _budget(max_memory, ctx)
+        if route.peak_bytes <= budget or n <= 1 and route.per_example_bytes <= budget:
+            return ctx.finish(_run(leaves, ctx))
+        if route.per_example_bytes > budget:
+            raise MemoryBudgetError(
+                f"one example needs an estimated {_fmt_bytes(route.per_example_bytes)} in "
+                f"{ctx.mode} mode, more than the memory budget of {_fmt_bytes(budget)} "
+                f"(max_memory); request less (e.g. laplacian or hessian_diagonal instead of hessian), "
+                f"use directions, or raise max_memory"
+            )
+        chunk = max(1, int(budget // route.per_example_bytes))
+        parts = [_run(leaves, ctx.batch(i, min(i + chunk, n))) for i in range(0, n, chunk)]
+        return ctx.finish(_stitch(parts, ctx.xp))
+
+    def cost(self, n: int, *, gradient: bool = True, hessian: bool = False, laplacian: bool = False,
+             hessian_diagonal: bool = False, num_directions: int | None = None,
+             itemsize: int = 8):
+        """Estimated flops and peak memory of forward and backward mode.
+
+        ``mode="auto"`` takes the route with the smaller estimate; printing
+        the returned :class:`~hessquik_core._cost.CostReport` shows why.
+
+        >>> import hessquik_core as hq
+        >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
+        backward
+        """
+        return estimate(list(self._leaves()), int(n), d=self.in_features, m=self.out_features,
+                        hessian=hessian, laplacian=laplacian, hessian_diagonal=hessian_diagonal,
+                        k_fwd=num_directions, k_bwd=num_directions, itemsize=itemsize)
+
+    def _cost(self, ctx, leaves, n, modes=("forward", "backward")):
+        kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
+        kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
+        itemsize = 4 if "32" in str(ctx.dtype) else 8
+        return estimate(leaves, n, d=ctx.d, m=ctx.m, hessian=ctx.hessian, laplacian=ctx.laplacian,
+                        hessian_diagonal=ctx.hessian_diagonal, k_fwd=kf, k_bwd=kb, itemsize=itemsize,
+                        modes=modes, packed=_packs(kf if kf is not None else ctx.d))
 
 
-def _run(net: NN, ctx: CallContext) -> Result:
+class MemoryBudgetError(MemoryError, ValueError):
+    """A call cannot fit its memory budget even one example at a time."""
+
+
+def _budget(max_memory, ctx) -> float:
+    if max_memory is None:
+        return 0.5 * available_memory(ctx.xp, ctx.device)
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
+        raise ValueError(f"max_memory must be a positive number of bytes or None, got {max_memory!r}")
+    return float(max_memory)
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b:.1f} {unit}"
+        b /= 1024
+    raise AssertionError
+
+
+def _stitch(parts: list[Result], xp) -> Result:
+    out = Result(value=None, mode=parts[0].mode)
+    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
+        if getattr(parts[0], name) is not None:
+            setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
+    return out
+
+
+def _packs(k: int) -> bool:
+    """Carry the forward Hessian as its upper triangle? Halves the dominant
+    GEMM; below a few directions the gathers cost more than they save."""
+    return k >= 4
+
+
+@lru_cache(maxsize=64)
+def _triangle(k: int):
+    """Pairs ``i <= j`` of the packed layout, and for each full ``(i, j)`` the
+    packed position that holds it (and the positions of the diagonal)."""
+    iu, ju = np.triu_indices(k)
+    pos = np.empty((k, k), dtype=np.int64)
+    pos[iu, ju] = np.arange(iu.size)
+    pos[ju, iu] = np.arange(iu.size)
+    diag = pos[np.arange(k), np.arange(k)]
+    return iu.astype(np.int64), ju.astype(np.int64), pos.reshape(-1), diag
+
+
+def _run(leaves: list, ctx: CallContext) -> Result:
     xp, be = ctx.xp, ctx.be
-    leaves = list(net._leaves())
     params = [leaf._eval_params(ctx.cache_key, be, xp, ctx.dtype, ctx.device) for leaf in leaves]
     u = ctx.x
     if not ctx.derivatives:
@@ -153,59 +255,80 @@ def _run(net: NN, ctx: CallContext) -> Result:
         return Result(value=u)
     order = 2 if ctx.second_order else 1
     if ctx.mode == "forward":
-        want = Want(hessian=ctx.hessian, diagonal=ctx.hessian_diagonal,
-                    laplacian=ctx.laplacian and not ctx.hessian)
-        G = ctx.seed_forward()  # (1, k, d): identity or Vᵀ
-        H = D = L = None
-        for leaf, P in zip(leaves, params):
-            u, cache = leaf._forward(u, P, order, be, xp)
-            G, H, D, L = leaf._fwd(cache, P, G, H, D, L, want, be, xp)
-        if ctx.laplacian and ctx.hessian:
-            L = _trace(H, xp)
-        return Result(value=u, gradient=G, hessian=H, laplacian=L, hessian_diagonal=D)
+        res = _run_forward(leaves, params, ctx, u, order)
+    else:
+        res = _run_backward(leaves, params, ctx, u, order)
+    if ctx.divergence:
+        g = res.gradient
+        eye = xp.eye(g.shape[1], dtype=g.dtype, device=ctx.device)
+        res.divergence = xp.sum(xp.sum(g * eye, axis=-1), axis=-1)
+    if not ctx.gradient:
+        res.gradient = None
+    return res
 
-    # backward: evaluate, keeping each layer's local derivatives, then sweep back
+
+def _run_forward(leaves, params, ctx, u, order) -> Result:
+    xp, be = ctx.xp, ctx.be
+    k = ctx.k
+    pairs = None
+    if ctx.hessian and _packs(k):
+        iu, ju, pos, diag = _triangle(k)
+        pairs = (xp.asarray(iu, device=ctx.device), xp.asarray(ju, device=ctx.device))
+    want = Want(hessian=ctx.hessian, diagonal=ctx.hessian_diagonal,
+                laplacian=ctx.laplacian and not ctx.hessian, pairs=pairs)
+    G = ctx.seed_forward()  # (1, k, d): identity or Vᵀ, shared by the batch
+    H = D = L = None
+    for leaf, P in zip(leaves, params):
+        u, cache = leaf._forward(u, P, order, be, xp)
+        G, H, D, L = leaf._fwd(cache, P, G, H, D, L, want, be, xp)
+    if ctx.hessian:
+        n, m = u.shape
+        if pairs is not None:
+            if ctx.laplacian:
+                L = xp.sum(xp.take(H, xp.asarray(diag, device=ctx.device), axis=1), axis=1)
+            H = xp.reshape(xp.take(H, xp.asarray(pos, device=ctx.device), axis=1), (n, k, k, m))
+        elif ctx.laplacian:
+            eye = xp.eye(k, dtype=H.dtype, device=ctx.device)
+            L = xp.sum(xp.sum(H * eye[None, :, :, None], axis=1), axis=1)
+    return Result(value=u, gradient=G, hessian=H, laplacian=L, hessian_diagonal=D)
+
+
+def _run_backward(leaves, params, ctx, u, order) -> Result:
+    """Evaluate keeping each layer's local derivatives, then sweep back."""
+    xp, be = ctx.xp, ctx.be
     caches = []
     for leaf, P in zip(leaves, params):
         u, cache = leaf._forward(u, P, order, be, xp)
         caches.append(cache)
-    dl = ctx.seed_backward()  # (1, m, m): identity or Vᵀ
+    dl = ctx.seed_backward()  # (1, k, m): identity or Vᵀ
     Dl = None
     lap = diag = None
-    last = len(leaves) - 1
-    for i in range(last, -1, -1):
+    for i in range(len(leaves) - 1, -1, -1):
         leaf, P, cache = leaves[i], params[i], caches[i]
         if i == 0 and ctx.second_order and not ctx.hessian:
             # only the trace / diagonal of the input Hessian is wanted:
-            # never form the (n, m, d, d) array
+            # never form the (n, k, d, d) array
             if ctx.laplacian:
                 lap = leaf._bwd_first(cache, P, dl, Dl, "trace", be, xp)
             if ctx.hessian_diagonal:
-                diag = leaf._bwd_first(cache, P, dl, Dl, "diag", be, xp)
+                diag = xp.permute_dims(leaf._bwd_first(cache, P, dl, Dl, "diag", be, xp), (0, 2, 1))
             dl, _ = leaf._bwd(cache, P, dl, None, False, be, xp)
             Dl = None
             break
         dl, Dl = leaf._bwd(cache, P, dl, Dl, ctx.second_order, be, xp)
     n = ctx.x.shape[0]
-    grad = xp.permute_dims(xp.broadcast_to(dl, (n, *dl.shape[1:])), (0, 2, 1))
+    if dl.shape[0] != n:  # a network that ignores its input (all-linear quadratic layer, n = 0)
+        dl = xp.broadcast_to(dl, (n, *dl.shape[1:]))
+    grad = xp.permute_dims(dl, (0, 2, 1))
     hess = None
     if ctx.hessian:
         hess = xp.permute_dims(Dl, (0, 2, 3, 1))
-        eye = xp.eye(hess.shape[1], dtype=hess.dtype, device=ctx.device)
-        if ctx.laplacian:
-            lap = xp.sum(xp.sum(Dl * eye, axis=-1), axis=-1)
-        if ctx.hessian_diagonal:
-            diag = xp.permute_dims(xp.sum(Dl * eye, axis=-1), (0, 2, 1))
-    elif diag is not None:
-        diag = xp.permute_dims(diag, (0, 2, 1))
-    return Result(value=u, gradient=grad if ctx.gradient else None, hessian=hess,
-                  laplacian=lap, hessian_diagonal=diag)
-
-
-def _trace(H, xp):
-    k = H.shape[1]
-    eye = xp.eye(k, dtype=H.dtype, device=None if not hasattr(H, "device") else H.device)
-    return xp.sum(xp.sum(H * eye[None, :, :, None], axis=1), axis=1)
+        if ctx.laplacian or ctx.hessian_diagonal:
+            eye = xp.eye(hess.shape[1], dtype=hess.dtype, device=ctx.device)
+            dg = xp.sum(Dl * eye, axis=-1)  # (n, k, d)
+            lap = xp.sum(dg, axis=-1) if ctx.laplacian else None
+            diag = xp.permute_dims(dg, (0, 2, 1)) if ctx.hessian_diagonal else None
+    return Result(value=u, gradient=grad, hessian=hess, laplacian=lap, hessian_diagonal=diag)
 
 
 class FullyConnectedNN(NN):

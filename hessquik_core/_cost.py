@@ -1,0 +1,181 @@
+r"""Cost model: floating-point work and peak memory of each route.
+
+For a chain of layers :math:`p_\ell \to q_\ell`, ``n`` examples, ``k``
+forward tangents (``d`` or the columns of ``V``) or ``k`` backward
+output directions (``m`` or the columns of ``V``), counting a
+multiply-add as two flops:
+
+=================  ====================================  ============================================
+quantity           forward mode                          backward mode
+=================  ====================================  ============================================
+gradient           :math:`2 n k \sum p_\ell q_\ell`       :math:`2 n k \sum p_\ell q_\ell`
+Hessian            :math:`+\,2 n T \sum p_\ell q_\ell`,   :math:`+\,2 n k \sum p_\ell q_\ell (p_\ell + q_\ell)`
+                   :math:`T = k(k+1)/2` (symmetric)
+Laplacian          :math:`+\,2 n \sum p_\ell q_\ell`      Hessian cost of layers :math:`\ell > 1`, and
+                                                         :math:`2 n k q_1^2` at the first layer
+Hessian diagonal   :math:`+\,2 n k \sum p_\ell q_\ell`    as Laplacian, :math:`2 n k q_1^2 p_1` first
+=================  ====================================  ============================================
+
+(the first forward layer costs no ``n`` factor for its input-derivative
+product: the seed is shared by the whole batch). A fixed per-array-operation
+overhead is added so that tiny problems are judged by call count. The model
+is validated against measured timings in ``benchmarks``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+#: flops charged per array operation, ~5 µs at ~4 GFLOP/s: the Python and
+#: dispatch overhead that dominates tiny problems
+OP_OVERHEAD_FLOPS = 2.0e4
+
+
+@dataclass
+class RouteCost:
+    mode: str
+    flops: float
+    peak_bytes: float
+    per_example_bytes: float
+    ops: int
+
+    @property
+    def score(self) -> float:
+        return self.flops + OP_OVERHEAD_FLOPS * self.ops
+
+
+@dataclass
+class CostReport:
+    """Estimated cost of each mode for one request; ``chosen`` is the cheaper."""
+
+    n: int
+    d: int
+    m: int
+    request: str
+    routes: dict = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> str:
+        return min(self.routes.values(), key=lambda r: r.score).mode
+
+    def __str__(self) -> str:
+        lines = [f"cost of {self.request} for n={self.n}, d={self.d}, m={self.m}:",
+                 f"  {'mode':9s} {'GFLOP':>10s} {'peak MiB':>10s} {'array ops':>10s}"]
+        for r in self.routes.values():
+            mark = "  <- chosen" if r.mode == self.chosen else ""
+            lines.append(f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}")
+        return "\n".join(lines)
+
+
+def _dims(leaf):
+    return leaf.in_features, leaf.out_features
+
+
+def _fwd_cost(leaves, n, k, hess, diag, lap, itemsize, packed):
+    T = k * (k + 1) // 2 if packed else k * k
+    flops = 0.0
+    ops = 0
+    peak = 0.0
+    for i, leaf in enumerate(leaves):
+        p, q = _dims(leaf)
+        first = i == 0
+        flops += 2 * n * p * q  # evaluation
+        flops += 2 * (1 if first else n) * k * p * q + n * k * q
+        ops += 6
+        live = n * k * (p + 2 * q)
+        if hess:
+            flops += 3 * n * T * q + (0 if first else 2 * n * T * p * q)
+            ops += 5
+            live += n * T * (p + 3 * q)
+        if diag:
+            flops += 3 * n * k * q + (0 if first else 2 * n * k * p * q)
+            ops += 4
+            live += n * k * (p + 2 * q)
+        if lap:
+            flops += 3 * n * k * q + (0 if first else 2 * n * p * q)
+            ops += 4
+        peak = max(peak, live * itemsize)
+    m = leaves[-1].out_features
+    if hess:
+        peak = max(peak, 2 * n * k * k * m * itemsize)  # unpacking the triangle
+    return flops, peak, ops
+
+
+def _bwd_cost(leaves, n, k, hess, diag, lap, itemsize):
+    second = hess or diag or lap
+    flops = 0.0
+    ops = 0
+    stored = 0.0
+    for leaf in leaves:
+        p, q = _dims(leaf)
+        flops += 2 * n * p * q
+        stored += 3 * n * q
+        ops += 4
+    peak = 0.0
+    for i in range(len(leaves) - 1, -1, -1):
+        p, q = _dims(leaves[i])
+        flops += 2 * n * k * p * q
+        ops += 3
+        live = n * k * (p + q)
+        if second:
+            if i == 0 and not hess:
+                flops += (2 * n * k * q * q if lap else 0) + (2 * n * k * q * q * p if diag else 0)
+                live += n * k * q * (q + (p if diag else 0))
+            else:
+                flops += 2 * n * k * (q * q + p * q * (p + q))
+                live += n * k * (q * q + 2 * p * q + p * p)
+            ops += 8
+        peak = max(peak, live * itemsize)
+    d = leaves[0].in_features
+    if hess:
+        peak = max(peak, 2 * n * k * d * d * itemsize)  # (n, k, d, d) and its transposed copy
+    return flops, peak + stored * itemsize, ops
+
+
+def estimate(leaves, n, *, d, m, hessian, laplacian, hessian_diagonal, k_fwd=None, k_bwd=None,
+             itemsize=8, modes=("forward", "backward"), packed=True) -> CostReport:
+    """Cost of each route in ``modes`` for ``n`` examples."""
+    k_fwd = d if k_fwd is None else k_fwd
+    k_bwd = m if k_bwd is None else k_bwd
+    parts = ["value", "gradient"] + [name for name, on in (("Hessian", hessian), ("Laplacian", laplacian),
+                                                             ("Hessian diagonal", hessian_diagonal)) if on]
+    report = CostReport(n=n, d=d, m=m, request=" + ".join(parts))
+    lap_fwd = laplacian and not hessian
+    for mode in modes:
+        n1 = max(n, 1)
+        if mode == "forward":
+            f, pk, ops = _fwd_cost(leaves, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
+        else:
+            f, pk, ops = _bwd_cost(leaves, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
+        report.routes[mode] = RouteCost(mode, f * n / n1, pk * n / n1, pk / n1, ops)
+    return report
+
+
+def available_memory(xp, device) -> int:
+    """Free memory (bytes) where the arrays of ``xp`` live: device memory
+    for CUDA torch/CuPy, available host RAM otherwise."""
+    import array_api_compat as aac
+
+    try:
+        if aac.is_torch_namespace(xp) and str(device).startswith("cuda"):
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0])
+        if aac.is_cupy_namespace(xp):
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+    except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    try:  # pragma: no cover - non-Linux
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 * 2**30

@@ -1,0 +1,143 @@
+r"""Weighted Laplacians and randomized (Hutchinson) trace estimates.
+
+All three rest on the forward directional recurrence: with ``V : (d, k)``
+seeded as the tangents, the network carries the diagonal of
+:math:`V^\top \nabla^2 f\, V` (``hessian_diagonal=True``) or its trace
+(``laplacian=True``) at cost :math:`O(n k \sum p_\ell q_\ell)`, never the
+``k × k`` block.
+
+* :func:`weighted_laplacian`: :math:`\mathrm{tr}(A\,\nabla^2 f) = \sum_{ij} A_{ij}\partial_i\partial_j f`
+  for :math:`A = S S^\top`, exactly, as :math:`\mathrm{tr}(S^\top \nabla^2 f\, S)`.
+* :func:`laplacian_estimate`: for random :math:`v` with
+  :math:`\mathbb{E}[vv^\top] = I` (Rademacher or Gaussian),
+  :math:`\mathbb{E}[v^\top \nabla^2 f\, v] = \Delta f`; the mean over ``k``
+  samples is unbiased with standard error :math:`s/\sqrt{k}`.
+* :func:`divergence_estimate`: likewise :math:`\mathbb{E}[v^\top J v] = \mathrm{tr}\,J`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._array import namespace_of
+
+__all__ = ["Estimate", "divergence_estimate", "laplacian_estimate", "weighted_laplacian"]
+
+_DISTRIBUTIONS = ("rademacher", "gaussian")
+
+
+@dataclass
+class Estimate:
+    """A Monte-Carlo estimate.
+
+    Attributes
+    ----------
+    value : array
+        Sample mean, (n, m) for the Laplacian, (n,) for the divergence.
+    stderr : array
+        Standard error of the mean, :math:`s / \\sqrt{k}` (sample standard
+        deviation with ``ddof=1``), same shape.
+    num_samples : int
+    """
+
+    value: Any
+    stderr: Any
+    num_samples: int
+
+
+def _probes(net, x, num_samples, seed, distribution):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2 (for a standard error), got {num_samples!r}")
+    if distribution not in _DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
+    namespace_of(x)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    d = net.in_features
+    dtype = np.dtype(str(x.dtype).split(".")[-1])
+    if distribution == "rademacher":
+        V = rng.choice(np.array([-1.0, 1.0]), size=(d, int(num_samples)))
+    else:
+        V = rng.standard_normal((d, int(num_samples)))
+    return V.astype(dtype)
+
+
+def _mean_stderr(samples, axis: int):
+    xp = namespace_of(samples, "samples")
+    k = samples.shape[axis]
+    mean = xp.mean(samples, axis=axis)
+    var = xp.sum((samples - xp.expand_dims(mean, axis=axis)) ** 2, axis=axis) / (k - 1)
+    return mean, xp.sqrt(var / k)
+
+
+def laplacian_estimate(net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher",
+                       backend: str | None = None) -> Estimate:
+    """Hutchinson estimate of the Laplacian of every output, (n, m).
+
+    Costs ``num_samples`` forward tangents instead of ``d``: worth it when
+    ``num_samples << d`` and a few digits suffice.
+
+    Parameters
+    ----------
+    net : NN
+    x : array (n, d)
+    num_samples : int, >= 2
+        Probe vectors ``k`` (shared by all examples in the batch).
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+        Rademacher probes have the smaller variance,
+        :math:`2\\sum_{i \\ne j} H_{ij}^2` against :math:`2\\|H\\|_F^2`.
+    backend : optional, as in :meth:`NN.__call__`.
+
+    Returns
+    -------
+    Estimate
+        ``value`` and ``stderr`` of shape (n, m).
+    """
+    V = _probes(net, x, num_samples, seed, distribution)
+    D = net(x, hessian_diagonal=True, directions=V, mode="forward", backend=backend).hessian_diagonal
+    mean, se = _mean_stderr(D, axis=1)  # D : (n, k, m), one vᵀHv per probe
+    return Estimate(mean, se, int(num_samples))
+
+
+def divergence_estimate(net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher",
+                        backend: str | None = None) -> Estimate:
+    """Hutchinson estimate of the divergence :math:`\\mathrm{tr}(\\partial f/\\partial x)`, (n,), d = m.
+
+    Each probe costs one forward tangent: :math:`v^\\top J v` from
+    :math:`G = V^\\top J^\\top` of shape (n, k, m).
+    """
+    if net.in_features != net.out_features:
+        raise ValueError(f"divergence needs d == m, got d={net.in_features}, m={net.out_features}")
+    V = _probes(net, x, num_samples, seed, distribution)
+    G = net(x, gradient=True, directions=V, mode="forward", backend=backend).gradient
+    xp = namespace_of(G, "gradient")
+    Vt = xp.asarray(V.T, device=_device(G)) if not isinstance(G, np.ndarray) else V.T
+    samples = xp.sum(G * Vt[None, :, :], axis=-1)  # (n, k): vₖᵀ J vₖ
+    mean, se = _mean_stderr(samples, axis=1)
+    return Estimate(mean, se, int(num_samples))
+
+
+def weighted_laplacian(net, x, S, *, backend: str | None = None):
+    """Exact :math:`\\mathrm{tr}(A \\nabla^2 f) = \\sum_{ij} A_{ij} \\partial_i \\partial_j f` with :math:`A = S S^\\top`.
+
+    Parameters
+    ----------
+    S : array (d, r)
+        A factor of the (positive semi-definite) coefficient matrix, e.g.
+        its Cholesky factor; ``r`` may be smaller than ``d``. Same library
+        as ``x`` or NumPy.
+
+    Returns
+    -------
+    array (n, m)
+    """
+    return net(x, laplacian=True, directions=S, mode="forward", backend=backend).laplacian
+
+
+def _device(a):
+    from array_api_compat import device
+
+    return device(a)
