@@ -9,10 +9,16 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, layers, networks
+from . import activations, checks, layers, networks
 from .activations import AntiTanh, Identity, Quadratic, Sigmoid, SiLU, Sin, Softplus, Tanh
 from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
-from .networks import ICNN, NN, FullyConnectedNN, ResnetNN, Result
+from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
+from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, Result
+from .interop_hessquik import from_hessquik
+from .interop import from_torch, to_torch
+from .io import load, save
+from . import compat
+from . import curvature
 
 __version__ = "0.1.0"
 
@@ -21,7 +27,9 @@ __all__ = [
     "NN",
     "AntiTanh",
     "FullyConnectedNN",
+    "Estimate",
     "ICNNLayer",
+    "MemoryBudgetError",
     "Identity",
     "Quadratic",
     "QuadraticICNNLayer",
@@ -36,6 +44,17 @@ __all__ = [
     "Softplus",
     "Tanh",
     "activations",
+    "curvature",
+    "checks",
+    "from_hessquik",
+    "from_torch",
+    "to_torch",
+    "save",
+    "load",
+    "compat",
+    "divergence_estimate",
+    "laplacian_estimate",
+    "weighted_laplacian",
     "layers",
     "networks",
 ]

@@ -141,20 +141,30 @@ class Module:
         be = get_backend(backend)
         if requires_grad and backend != "torch":
             raise ValueError("requires_grad=True needs backend='torch'")
+        if backend in ("numpy", "generic") and device is not None and str(device) != "cpu":
+            raise ValueError(f"backend {backend!r} keeps parameters on the CPU, got device={device!r}")
+        # ``dtype`` may be given as a name, a NumPy dtype or a torch/CuPy dtype: map it
+        # by name to the target library so that e.g. ``to("torch", dtype=np.float32)`` works
+        want = None if dtype is None else _dtype_name_checked(dtype)
+        staged = []  # convert everything first: a failure leaves the module untouched
         for mod in self.modules():
-            for name, p in list(mod._params.items()):
+            for name, p in mod._params.items():
                 if p is None:
                     continue
-                if backend == "numpy":
-                    arr = np.array(to_numpy(p), dtype=dtype or to_numpy(p).dtype)
+                if backend in ("numpy", "generic"):
+                    host = to_numpy(p)
+                    arr = np.array(host, dtype=np.dtype(want) if want else host.dtype)
                     arr.setflags(write=False)
                 else:
-                    dt = dtype if dtype is not None else _same_dtype(backend, p)
+                    dt = _same_dtype(backend, p) if want is None else _same_dtype(backend, want)
                     xp = _namespace_for(backend)
                     arr = be.convert(p, xp=xp, dtype=dt, device=device)
                     if backend == "torch":
                         arr = arr.detach().clone().requires_grad_(requires_grad)
-                mod._params[name] = arr
+                staged.append((mod, name, arr))
+        for mod, name, arr in staged:
+            mod._params[name] = arr
+        for mod in self.modules():
             mod._cache.clear()
         return self
 
@@ -199,6 +209,20 @@ def _namespace_for(backend: str):
 
 
 def _same_dtype(backend: str, p):
-    name = str(p.dtype).split(".")[-1]
+    """``p``'s dtype (or the dtype called ``p``) in ``backend``'s library."""
+    name = p if isinstance(p, str) else str(p.dtype).split(".")[-1]
     mod = __import__(backend if backend != "generic" else "numpy")
     return getattr(mod, name)
+
+
+def _dtype_name_checked(dtype) -> str:
+    """Name (``'float32'``...) of a floating dtype given in any library's spelling."""
+    if isinstance(dtype, str):
+        name = dtype.split(".")[-1]
+    elif isinstance(dtype, type) and issubclass(dtype, np.generic):
+        name = np.dtype(dtype).name
+    else:
+        name = str(dtype).split(".")[-1]
+    if name not in ("float16", "float32", "float64"):
+        raise TypeError(f"dtype must be a floating dtype (float16, float32 or float64), got {dtype!r}")
+    return name

@@ -1,0 +1,614 @@
+r"""Conversion to and from PyTorch ``nn.Module`` s.
+
+* :func:`from_torch` turns a ``torch.nn.Sequential`` (nested ones included)
+  of ``nn.Linear`` layers and smooth activations into a hessquik-core
+  network computing the same function, so its exact input gradients,
+  Hessians and Laplacians become available.
+* :func:`to_torch` goes the other way: an ``nn.Module`` whose ``forward``
+  equals the network's value, e.g. to keep training with PyTorch tools.
+
+Mapping (``nn.Linear`` stores :math:`W` with :math:`y = xW^\top + c`; a
+hessquik-core layer stores :math:`K = W^\top`, :math:`b = c`):
+
+=============================================  ==========================================
+PyTorch                                        hessquik-core
+=============================================  ==========================================
+``Linear`` [+ activation]                      ``SingleLayer(in, out, act)``
+``Tanh``, ``Sigmoid``, ``SiLU``                ``Tanh``, ``Sigmoid``, ``SiLU``
+``Softplus(beta, threshold)``                  ``Softplus(beta, threshold)``
+``Identity``, ``Dropout`` in eval mode         nothing (skipped)
+``ReLU`` (only with ``allow_relu=True``)       :class:`ReLU`
+:class:`ResidualBlock`                         ``ResnetLayer(width, h, act)``
+:class:`ICNNBlock`, :class:`QuadraticBlock`,   ``ICNNLayer``, ``QuadraticLayer``,
+:class:`QuadraticICNNBlock`                    ``QuadraticICNNLayer``
+:class:`AntiTanh`, :class:`Quadratic`,         the activations of the same names
+:class:`Sin` (torch modules defined here)
+=============================================  ==========================================
+
+The torch-side classes named in the table (``ResidualBlock``, ...) live in
+this module; they are created on first access so that importing
+hessquik-core never imports torch (``hessquik_core.interop.ResidualBlock``
+imports it). Any other module -- in particular a hand-written residual
+block, whose ``forward`` cannot be inspected -- raises an error naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import activations as A
+from .activations import Activation
+from .layers import ICNNLayer, Layer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
+from .networks import NN
+
+__all__ = [
+    "AntiTanh",  # noqa: F822 - created on first access by __getattr__
+    "ICNNBlock",  # noqa: F822 - created on first access by __getattr__
+    "Quadratic",  # noqa: F822 - created on first access by __getattr__
+    "QuadraticBlock",  # noqa: F822 - created on first access by __getattr__
+    "QuadraticICNNBlock",  # noqa: F822 - created on first access by __getattr__
+    "ReLU",
+    "ResidualBlock",  # noqa: F822 - created on first access by __getattr__
+    "Sin",  # noqa: F822 - created on first access by __getattr__
+    "from_torch",
+    "to_torch",
+]
+
+
+@dataclass(frozen=True)
+class ReLU(Activation):
+    r""":math:`\sigma = \max(z, 0)`, :math:`\sigma' = [z > 0]`, :math:`\sigma'' = 0`.
+
+    Only created by ``from_torch(..., allow_relu=True)``. The second
+    derivative is zero wherever it exists, so Hessians and Laplacians of a
+    ReLU network only contain the contributions of other (smooth) parts:
+    derivative-based losses (PINNs, score matching, ...) silently lose
+    their second-order terms.
+    """
+
+    name = "relu"
+
+    def _eval(self, z, order, xp):
+        zero = xp.zeros_like(z)
+        s = xp.maximum(z, zero)
+        if order == 0:
+            return s, None, None
+        ds = xp.where(z > 0, xp.ones_like(z), zero)
+        return s, ds, zero if order == 2 else None
+
+
+# --------------------------------------------------------------------------
+# torch-side modules, created lazily (PEP 562 module __getattr__)
+# --------------------------------------------------------------------------
+
+_TORCH_NAMES = (
+    "AntiTanh",
+    "Quadratic",
+    "Sin",
+    "ResidualBlock",
+    "ICNNBlock",
+    "QuadraticBlock",
+    "QuadraticICNNBlock",
+)
+_torch_classes: dict[str, type] = {}
+
+
+def _make_torch_classes() -> dict[str, type]:
+    if _torch_classes:
+        return _torch_classes
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class AntiTanh(nn.Module):
+        r""":math:`\log(2\cosh z) = |z| + \log(1 + e^{-2|z|})` (hessQuik's antiTanh)."""
+
+        def forward(self, z):
+            a = z.abs()
+            return a + torch.log1p(torch.exp(-2.0 * a))
+
+    class Quadratic(nn.Module):
+        r""":math:`z^2 / 2`."""
+
+        def forward(self, z):
+            return 0.5 * z * z
+
+    class Sin(nn.Module):
+        r""":math:`\sin z`."""
+
+        def forward(self, z):
+            return torch.sin(z)
+
+    class ResidualBlock(nn.Module):
+        r""":math:`u + h\,\sigma(\mathrm{linear}(u))`: the torch twin of ``ResnetLayer``."""
+
+        def __init__(
+            self,
+            width: int,
+            h: float = 1.0,
+            act: nn.Module | None = None,
+            bias: bool = True,
+            *,
+            dtype=None,
+            device=None,
+        ):
+            super().__init__()
+            self.h = float(h)
+            self.linear = nn.Linear(width, width, bias=bias, dtype=dtype, device=device)
+            self.act = nn.Identity() if act is None else act
+
+        def forward(self, u):
+            return u + self.h * self.act(self.linear(u))
+
+        def extra_repr(self) -> str:
+            return f"h={self.h}"
+
+    def _param(shape, dtype, device):
+        return nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+
+    class ICNNBlock(nn.Module):
+        r"""Input-convex block: input :math:`[u, x]` (``in_features`` then ``input_dim``
+        columns), output :math:`[\sigma(u\,\mathrm{softplus}(L) + xK + b),\ x]`."""
+
+        def __init__(
+            self,
+            input_dim: int,
+            in_features: int | None,
+            out_features: int,
+            act: nn.Module | None = None,
+            bias: bool = True,
+            *,
+            dtype=None,
+            device=None,
+        ):
+            super().__init__()
+            self.input_dim, self.in_features, self.out_features = input_dim, in_features, out_features
+            self.act = nn.Softplus() if act is None else act
+            self.K = _param((input_dim, out_features), dtype, device)
+            self.L = None if in_features is None else _param((in_features, out_features), dtype, device)
+            self.b = _param((out_features,), dtype, device) if bias else None
+
+        def forward(self, ux):
+            n_in = 0 if self.L is None else self.L.shape[0]
+            x = ux[:, n_in:]
+            z = x @ self.K
+            if self.L is not None:
+                z = ux[:, :n_in] @ F.softplus(self.L) + z
+            if self.b is not None:
+                z = z + self.b
+            return torch.cat([self.act(z), x], dim=-1)
+
+    class QuadraticBlock(nn.Module):
+        r""":math:`u v + \tfrac12 |u A^\top|^2 + \mu`, one output."""
+
+        def __init__(self, in_features: int, rank: int, *, dtype=None, device=None):
+            super().__init__()
+            self.v = _param((in_features,), dtype, device)
+            self.mu = _param((1,), dtype, device)
+            self.A = _param((rank, in_features), dtype, device)
+
+        def forward(self, u):
+            ua = u @ self.A.T
+            return (u @ self.v + 0.5 * (ua * ua).sum(-1) + self.mu)[:, None]
+
+    class QuadraticICNNBlock(nn.Module):
+        r""":math:`u\,\mathrm{softplus}(w) + x v + \tfrac12 |x A^\top|^2 + \mu` on input :math:`[u, x]`."""
+
+        def __init__(self, input_dim: int, in_features: int | None, rank: int, *, dtype=None, device=None):
+            super().__init__()
+            self.w = None if in_features is None else _param((in_features,), dtype, device)
+            self.v = _param((input_dim,), dtype, device)
+            self.mu = _param((1,), dtype, device)
+            self.A = _param((rank, input_dim), dtype, device)
+
+        def forward(self, ux):
+            n_in = 0 if self.w is None else self.w.shape[0]
+            x = ux[:, n_in:]
+            xa = x @ self.A.T
+            f = x @ self.v + 0.5 * (xa * xa).sum(-1) + self.mu
+            if self.w is not None:
+                f = ux[:, :n_in] @ F.softplus(self.w) + f
+            return f[:, None]
+
+    for cls in (AntiTanh, Quadratic, Sin, ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__  # so torch.save / pickle of a whole module finds them here
+        _torch_classes[cls.__name__] = cls
+    return _torch_classes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        return _make_torch_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------
+# from_torch
+# --------------------------------------------------------------------------
+
+_SMOOTH_HINT = (
+    "supported activations: Tanh, Sigmoid, Softplus, SiLU, Identity and hessquik_core.interop's "
+    "AntiTanh, Quadratic, Sin"
+)
+_NONSMOOTH = (
+    "LeakyReLU",
+    "ReLU6",
+    "Hardtanh",
+    "Hardswish",
+    "Hardsigmoid",
+    "ELU",
+    "CELU",
+    "SELU",
+    "PReLU",
+    "RReLU",
+    "Hardshrink",
+    "Softshrink",
+    "Threshold",
+)
+
+
+def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
+    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
+    from torch import nn
+
+    T = _make_torch_classes()
+    t = type(mod)
+    if t is nn.Tanh:
+        return A.Tanh()
+    if t is nn.Sigmoid:
+        return A.Sigmoid()
+    if t is nn.SiLU:
+        return A.SiLU()
+    if t is nn.Softplus:
+        return A.Softplus(beta=float(mod.beta), threshold=float(mod.threshold))
+    if t is T["AntiTanh"]:
+        return A.AntiTanh()
+    if t is T["Quadratic"]:
+        return A.Quadratic()
+    if t is T["Sin"]:
+        return A.Sin()
+    if t is nn.ReLU:
+        if allow_relu:
+            return ReLU()
+        raise ValueError(
+            f"submodule {path!r} is nn.ReLU: its second derivative is zero almost everywhere, so Hessians "
+            f"and Laplacians (and every loss built on them) would be silently wrong. Use a smooth "
+            f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), or pass allow_relu=True to convert anyway."
+        )
+    if t.__name__ in _NONSMOOTH and t.__module__.startswith("torch.nn"):
+        raise ValueError(
+            f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable; "
+            f"hessquik-core needs smooth activations ({_SMOOTH_HINT})"
+        )
+    return None
+
+
+def _walk(module, path: str, out: list) -> None:
+    """Flatten nested ``nn.Sequential`` s into ``(path, leaf)`` pairs."""
+    from torch import nn
+
+    if type(module) is nn.Sequential:
+        for name, child in module.named_children():
+            _walk(child, f"{path}.{name}" if path else name, out)
+    else:
+        out.append((path or "<root>", module))
+
+
+def _np(t, dtype) -> np.ndarray:
+    if str(t.dtype) == "torch.bfloat16" and dtype is None:
+        raise TypeError("bfloat16 parameters have no NumPy dtype: pass dtype=np.float32 (or call .float())")
+    arr = t.detach().cpu()
+    if str(arr.dtype) == "torch.bfloat16":
+        arr = arr.float()
+    arr = arr.numpy()
+    return np.array(arr, dtype=dtype if dtype is not None else arr.dtype)
+
+
+def _block_from_torch(mod, path, T, dtype, allow_relu):
+    """Our torch blocks -> layers (weights copied)."""
+    t = type(mod)
+    if t is T["ResidualBlock"]:
+        lin = mod.linear
+        act = _act_or_identity(mod.act, path + ".act", allow_relu)
+        layer = ResnetLayer(lin.in_features, h=mod.h, act=act, bias=lin.bias is not None)
+        state = {"layer.K": np.ascontiguousarray(_np(lin.weight, dtype).T)}
+        if lin.bias is not None:
+            state["layer.b"] = _np(lin.bias, dtype)
+    elif t is T["ICNNBlock"]:
+        act = _act_or_identity(mod.act, path + ".act", allow_relu)
+        layer = ICNNLayer(mod.input_dim, mod.in_features, mod.out_features, act=act, bias=mod.b is not None)
+        state = {k: _np(p, dtype) for k, p in (("K", mod.K), ("L", mod.L), ("b", mod.b)) if p is not None}
+    elif t is T["QuadraticBlock"]:
+        layer = QuadraticLayer(mod.v.shape[0], mod.A.shape[0])
+        state = {k: _np(getattr(mod, k), dtype) for k in ("v", "mu", "A")}
+    elif t is T["QuadraticICNNBlock"]:
+        layer = QuadraticICNNLayer(mod.v.shape[0], None if mod.w is None else mod.w.shape[0], mod.A.shape[0])
+        state = {k: _np(getattr(mod, k), dtype) for k in ("w", "v", "mu", "A") if getattr(mod, k) is not None}
+    else:
+        return None
+    try:
+        layer.load_state_dict(state)
+    except (TypeError, ValueError) as err:  # e.g. a block whose attributes were replaced by hand
+        raise ValueError(f"cannot convert submodule {path!r} ({t.__qualname__}): {err}") from None
+    return layer
+
+
+def _act_or_identity(mod, path, allow_relu):
+    from torch import nn
+
+    if type(mod) is nn.Identity:
+        return A.Identity()
+    act = _act_from_torch(mod, path, allow_relu)
+    if act is None:
+        raise ValueError(
+            f"submodule {path!r} ({type(mod).__qualname__}) is not a supported activation ({_SMOOTH_HINT})"
+        )
+    return act
+
+
+def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
+    r"""Build the hessquik-core network equal to a PyTorch ``nn.Sequential``.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential (or a single supported module)
+        Made of ``nn.Linear``, each optionally followed by one supported
+        activation (``Tanh``, ``Sigmoid``, ``Softplus(beta, threshold)``,
+        ``SiLU``; and this module's ``AntiTanh``, ``Quadratic``, ``Sin``),
+        ``nn.Identity``, ``nn.Dropout`` in eval mode, this module's
+        ``ResidualBlock`` / ``ICNNBlock`` / ``QuadraticBlock`` /
+        ``QuadraticICNNBlock``, and nested ``nn.Sequential`` s (flattened).
+    allow_relu : bool, default False
+        ``nn.ReLU`` is refused unless this is ``True``: the second
+        derivative of ReLU is zero almost everywhere, so every Hessian or
+        Laplacian of the result misses the kinks and derivative-based
+        losses break silently.
+    dtype : NumPy dtype, optional
+        Storage dtype of the copied parameters; default: each parameter's
+        own (float32 stays float32, so values are bitwise equal).
+
+    Returns
+    -------
+    NN
+        ``state_dict`` keys ``'0.K'``, ``'0.b'``, ... (one layer per
+        Linear/block). Weights are copied: later changes to ``module`` are
+        not seen.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending submodule (dotted path) for anything else:
+        non-smooth activations, unknown modules (e.g. a hand-written
+        residual block), an activation without a preceding ``nn.Linear``,
+        ``Dropout`` in training mode, or mismatched widths.
+    TypeError
+        If ``module`` is not a torch module.
+
+    Examples
+    --------
+    >>> import torch, numpy as np, hessquik_core as hq
+    >>> tm = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> net = hq.from_torch(tm.double())
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> np.allclose(net(x).value, tm(torch.from_numpy(x)).detach().numpy())
+    True
+    """
+    from torch import nn
+
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    T = _make_torch_classes()
+    leaves: list = []
+    _walk(module, "", leaves)
+    layers: list[Layer] = []
+    pending = None  # (path, nn.Linear) waiting for its activation
+    sources: list[str] = []
+
+    def flush(act=None):
+        nonlocal pending
+        path, lin = pending
+        layer = SingleLayer(
+            lin.in_features, lin.out_features, act=act or A.Identity(), bias=lin.bias is not None
+        )
+        state = {"K": np.ascontiguousarray(_np(lin.weight, dtype).T)}
+        if lin.bias is not None:
+            state["b"] = _np(lin.bias, dtype)
+        layer.load_state_dict(state)
+        layers.append(layer)
+        sources.append(path)
+        pending = None
+
+    for path, mod in leaves:
+        t = type(mod)
+        if t is nn.Identity:
+            continue
+        if isinstance(mod, nn.Dropout) and t.__module__.startswith("torch.nn"):
+            if mod.training and mod.p > 0:
+                raise ValueError(
+                    f"submodule {path!r} is {t.__name__}(p={mod.p}) in training mode, which is "
+                    f"random; call module.eval() first (dropout is then the identity)"
+                )
+            continue
+        if t is nn.Linear:
+            if pending is not None:
+                flush()
+            pending = (path, mod)
+            continue
+        act = _act_from_torch(mod, path, allow_relu)
+        if act is not None:
+            if pending is None:
+                raise ValueError(
+                    f"submodule {path!r} ({t.__name__}) is an activation not preceded by an "
+                    f"nn.Linear; hessquik-core layers have the form act(u K + b)"
+                )
+            flush(act)
+            continue
+        layer = _block_from_torch(mod, path, T, dtype, allow_relu)
+        if layer is None:
+            raise ValueError(
+                f"cannot convert submodule {path!r} ({t.__module__}.{t.__qualname__}): a module whose "
+                f"forward "
+                f"hessquik-core cannot recognise. Supported: nn.Sequential, nn.Linear, smooth activations "
+                f"({_SMOOTH_HINT}), nn.Identity, nn.Dropout (eval), and hessquik_core.interop's "
+                f"ResidualBlock / ICNNBlock / QuadraticBlock / QuadraticICNNBlock (write residual "
+                f"connections with ResidualBlock)"
+            )
+        if pending is not None:
+            flush()
+        layers.append(layer)
+        sources.append(path)
+    if pending is not None:
+        flush()
+    if not layers:
+        raise ValueError("the module contains no nn.Linear or block to convert")
+    for i in range(len(layers) - 1):
+        if layers[i].out_features != layers[i + 1].in_features:
+            raise ValueError(
+                f"width mismatch: submodule {sources[i]!r} outputs {layers[i].out_features} "
+                f"features, {sources[i + 1]!r} takes {layers[i + 1].in_features}"
+            )
+    return NN(*layers)
+
+
+# --------------------------------------------------------------------------
+# to_torch
+# --------------------------------------------------------------------------
+
+
+def _act_to_torch(act: Activation):
+    from torch import nn
+
+    T = _make_torch_classes()
+    t = type(act)
+    for base, make in (
+        (A.Tanh, nn.Tanh),
+        (A.Sigmoid, nn.Sigmoid),
+        (A.SiLU, nn.SiLU),
+        (A.AntiTanh, T["AntiTanh"]),
+        (A.Quadratic, T["Quadratic"]),
+        (A.Sin, T["Sin"]),
+        (ReLU, nn.ReLU),
+    ):
+        if isinstance(act, base):
+            return make()
+    if isinstance(act, A.Softplus):
+        return nn.Softplus(beta=act.beta, threshold=act.threshold)
+    if isinstance(act, A.Identity):
+        return None
+    raise TypeError(f"no torch equivalent for activation {t.__qualname__}")
+
+
+def to_torch(net, *, dtype=None, device=None):
+    r"""An ``nn.Module`` computing ``net(x).value``, with copies of its parameters.
+
+    Parameters
+    ----------
+    net : NN or Layer
+    dtype : torch dtype, optional
+        Parameter dtype; default: each parameter's own.
+    device : torch device, optional
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``NN`` becomes ``nn.Sequential`` (nesting kept); ``SingleLayer``
+        becomes ``nn.Linear(in, out)`` with ``weight = Kᵀ`` followed by the
+        activation (none for ``Identity``); ``ResnetLayer``, ``ICNNLayer``,
+        ``QuadraticLayer``, ``QuadraticICNNLayer`` become this module's
+        :class:`ResidualBlock`, :class:`ICNNBlock`, :class:`QuadraticBlock`,
+        :class:`QuadraticICNNBlock`. ``from_torch(to_torch(net))`` gives
+        back ``net``'s function (nesting flattened).
+
+    Examples
+    --------
+    >>> import torch, numpy as np, hessquik_core as hq
+    >>> net = hq.ResnetNN(width=3, depth=2, h=0.5, act="tanh", seed=0)
+    >>> tm = hq.to_torch(net)
+    >>> x = np.ones((2, 3))
+    >>> np.allclose(tm(torch.from_numpy(x)).detach().numpy(), net(x).value)
+    True
+    """
+    import torch
+    from torch import nn
+
+    from .backends._generic import to_numpy
+
+    T = _make_torch_classes()
+
+    def tensor(p):
+        host = np.array(to_numpy(p))  # writable copy
+        t = torch.from_numpy(host)
+        return t.to(dtype=dtype or t.dtype, device=device)
+
+    def assign(param, value):
+        with torch.no_grad():
+            if tuple(param.shape) != tuple(value.shape):  # pragma: no cover - guarded by the layers
+                raise AssertionError((param.shape, value.shape))
+            param.copy_(value)
+
+    def dt_of(layer):
+        return dtype or tensor(layer.parameters()[0]).dtype
+
+    def parts(mod) -> list:
+        """Modules that compute ``mod``, to be placed in the parent's Sequential."""
+        if isinstance(mod, NN):
+            return [nn.Sequential(*[m for blk in mod.blocks for m in parts(blk)])]
+        dt = dt_of(mod)
+        if isinstance(mod, SingleLayer) and _is_plain(mod, SingleLayer):
+            lin = nn.Linear(
+                mod.in_features, mod.out_features, bias=mod.b is not None, dtype=dt, device=device
+            )
+            assign(lin.weight, tensor(mod.K).T)
+            if mod.b is not None:
+                assign(lin.bias, tensor(mod.b))
+            act = _act_to_torch(mod.act)
+            return [lin] if act is None else [lin, act]
+        if isinstance(mod, ResnetLayer) and _is_plain(mod, ResnetLayer):
+            act = _act_to_torch(mod.act) or nn.Identity()
+            blk = T["ResidualBlock"](mod.width, mod.h, act, mod.layer.b is not None, dtype=dt, device=device)
+            assign(blk.linear.weight, tensor(mod.layer.K).T)
+            if mod.layer.b is not None:
+                assign(blk.linear.bias, tensor(mod.layer.b))
+            return [blk]
+        if isinstance(mod, ICNNLayer) and _is_plain(mod, ICNNLayer):
+            act = _act_to_torch(mod.act) or nn.Identity()
+            blk = T["ICNNBlock"](
+                mod.input_dim,
+                mod.n_in or None,
+                mod.out_width,
+                act,
+                mod.b is not None,
+                dtype=dt,
+                device=device,
+            )
+        elif isinstance(mod, QuadraticICNNLayer) and _is_plain(mod, QuadraticICNNLayer):
+            blk = T["QuadraticICNNBlock"](mod.input_dim, mod.n_in or None, mod.rank, dtype=dt, device=device)
+        elif isinstance(mod, QuadraticLayer) and _is_plain(mod, QuadraticLayer):
+            blk = T["QuadraticBlock"](mod.in_features, mod.rank, dtype=dt, device=device)
+        else:
+            raise TypeError(f"to_torch cannot convert {type(mod).__qualname__}: not a hessquik-core layer")
+        for key, p in mod.state_dict().items():
+            assign(getattr(blk, key), tensor(p))
+        return [blk]
+
+    if not isinstance(net, (NN, Layer)):
+        raise TypeError(f"net must be a hessquik-core network or layer, got {type(net).__name__}")
+    out = parts(net)
+    return out[0] if isinstance(net, NN) else nn.Sequential(*out)
+
+
+def _is_plain(mod, base) -> bool:
+    """``mod`` computes exactly what ``base`` does (its class only adds call conventions,
+    as hessquik_core.compat's layers do)."""
+    for name in ("_forward", "_fwd", "_bwd", "_lin", "_M"):
+        if getattr(type(mod), name, None) is not getattr(base, name, None):
+            return False
+    return True
