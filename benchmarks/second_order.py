@@ -49,26 +49,33 @@ def mlp(d: int, width: int, depth: int, m: int, seed: int = 0) -> hq.NN:
 
 
 def table_quantities(dims, n, width, repeat):
-    rows = ["| d | full Hessian (best mode) | Laplacian fwd | Laplacian bwd | diagonal fwd | diagonal bwd "
-            "| Hutchinson k=16 | Hessian / best Laplacian | peak MiB Hessian / Laplacian |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| d | full Hessian (best mode) | Laplacian fwd | Laplacian bwd | diagonal fwd | diagonal bwd "
+        "| Hutchinson k=16 | Hessian / best Laplacian | peak MiB Hessian / Laplacian |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for d in dims:
         net = mlp(d, width, 3, 1)
         x = np.random.default_rng(0).standard_normal((n, d))
         t = {}
-        t["hess"] = min(_time(lambda mode=mode: net(x, hessian=True, mode=mode), repeat)
-                        for mode in ("forward", "backward"))
+
+        def call(net=net, x=x, **kw):
+            return lambda: net(x, **kw)
+
+        t["hess"] = min(_time(call(hessian=True, mode=mode), repeat) for mode in ("forward", "backward"))
         for mode in ("forward", "backward"):
-            t[f"lap_{mode}"] = _time(lambda mode=mode: net(x, laplacian=True, mode=mode), repeat)
-            t[f"diag_{mode}"] = _time(lambda mode=mode: net(x, hessian_diagonal=True, mode=mode), repeat)
-        t["hutch"] = _time(lambda: hq.laplacian_estimate(net, x, 16, seed=0), repeat)
+            t[f"lap_{mode}"] = _time(call(laplacian=True, mode=mode), repeat)
+            t[f"diag_{mode}"] = _time(call(hessian_diagonal=True, mode=mode), repeat)
+        t["hutch"] = _time(lambda net=net, x=x: hq.laplacian_estimate(net, x, 16, seed=0), repeat)
         best_lap = min(t["lap_forward"], t["lap_backward"])
-        mem_h = _peak(lambda: net(x, hessian=True)) / 2**20
-        mem_l = _peak(lambda: net(x, laplacian=True)) / 2**20
+        mem_h = _peak(call(hessian=True)) / 2**20
+        mem_l = _peak(call(laplacian=True)) / 2**20
         ms = {k: f"{v * 1e3:.2f} ms" for k, v in t.items()}
-        rows.append(f"| {d} | {ms['hess']} | {ms['lap_forward']} | {ms['lap_backward']} | {ms['diag_forward']} "
-                    f"| {ms['diag_backward']} | {ms['hutch']} | {t['hess'] / best_lap:.1f}x "
-                    f"| {mem_h:.1f} / {mem_l:.1f} |")
+        rows.append(
+            f"| {d} | {ms['hess']} | {ms['lap_forward']} | {ms['lap_backward']} | {ms['diag_forward']} "
+            f"| {ms['diag_backward']} | {ms['hutch']} | {t['hess'] / best_lap:.1f}x "
+            f"| {mem_h:.1f} / {mem_l:.1f} |"
+        )
     return rows
 
 
@@ -77,9 +84,13 @@ def table_symmetry(dims, n, width, repeat, monkey):
     for d in dims:
         net = mlp(d, width, 3, 1)
         x = np.random.default_rng(0).standard_normal((n, d))
-        tp = _time(lambda: net(x, hessian=True, mode="forward"), repeat)
+
+        def fwd(net=net, x=x):
+            return net(x, hessian=True, mode="forward")
+
+        tp = _time(fwd, repeat)
         with monkey(lambda k: False):
-            tf = _time(lambda: net(x, hessian=True, mode="forward"), repeat)
+            tf = _time(fwd, repeat)
         rows.append(f"| {d} | {tp * 1e3:.2f} ms | {tf * 1e3:.2f} ms | {tf / tp:.2f}x |")
     return rows
 
@@ -99,8 +110,11 @@ class _Packs:
 
 
 def table_cost_model(grid, n, width, repeat):
-    rows = ["| d | m | request | predicted fwd/bwd flops | measured fwd/bwd time | model picks | faster | "
-            "auto's loss vs best |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| d | m | request | predicted fwd/bwd flops | measured fwd/bwd time | model picks | faster | "
+        "auto's loss vs best |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     agree = total = 0
     worst = 1.0
     for d, m in grid:
@@ -108,8 +122,8 @@ def table_cost_model(grid, n, width, repeat):
             net = mlp(d, width, 2, m)
             x = np.random.default_rng(1).standard_normal((n, d))
             rep = net.cost(n, **req)
-            tf = _time(lambda: net(x, mode="forward", **req), repeat)
-            tb = _time(lambda: net(x, mode="backward", **req), repeat)
+            tf = _time(lambda net=net, x=x, req=req: net(x, mode="forward", **req), repeat)
+            tb = _time(lambda net=net, x=x, req=req: net(x, mode="backward", **req), repeat)
             faster = "forward" if tf < tb else "backward"
             picked = rep.chosen
             loss = (tf if picked == "forward" else tb) / min(tf, tb)
@@ -117,10 +131,14 @@ def table_cost_model(grid, n, width, repeat):
             agree += picked == faster
             total += 1
             pf, pb = rep.routes["forward"].score, rep.routes["backward"].score
-            rows.append(f"| {d} | {m} | {next(iter(req))} | {pf / pb:.2f} | {tf / tb:.2f} | {picked} | {faster} "
-                        f"| {loss:.2f}x |")
-    summary = (f"The model picked the faster route in {agree} of {total} cases; where it missed, "
-               f"`mode=\"auto\"` was at most {worst:.2f}x slower than the better route.")
+            rows.append(
+                f"| {d} | {m} | {next(iter(req))} | {pf / pb:.2f} | {tf / tb:.2f} | {picked} | {faster} "
+                f"| {loss:.2f}x |"
+            )
+    summary = (
+        f"The model picked the faster route in {agree} of {total} cases; where it missed, "
+        f'`mode="auto"` was at most {worst:.2f}x slower than the better route.'
+    )
     return rows, summary
 
 

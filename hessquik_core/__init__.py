@@ -9,16 +9,14 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, checks, layers, networks
+from . import activations, checks, compat, curvature, layers, networks, training
 from .activations import AntiTanh, Identity, Quadratic, Sigmoid, SiLU, Sin, Softplus, Tanh
-from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
 from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
-from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, Result
-from .interop_hessquik import from_hessquik
 from .interop import from_torch, to_torch
+from .interop_hessquik import from_hessquik
 from .io import load, save
-from . import compat
-from . import curvature
+from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
+from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, Result
 
 __version__ = "0.1.0"
 
@@ -45,6 +43,7 @@ __all__ = [
     "Tanh",
     "activations",
     "curvature",
+    "training",
     "checks",
     "from_hessquik",
     "from_torch",

@@ -31,8 +31,7 @@ def namespace_of(x, what: str = "x"):
     """``array_namespace(x)`` with an error that says what was expected."""
     if isinstance(x, (list, tuple, int, float)) or not hasattr(x, "shape"):
         raise TypeError(
-            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), "
-            f"got {type(x).__name__}"
+            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), got {type(x).__name__}"
         )
     try:
         return aac.array_namespace(x)
@@ -124,7 +123,7 @@ class CallContext:
             return self.V.shape[1]
         return self.d if self.mode == "forward" else self.m
 
-    def batch(self, start: int, stop: int) -> "CallContext":
+    def batch(self, start: int, stop: int) -> CallContext:
         """The same call on ``x[start:stop]`` (for chunking)."""
         return replace(self, x=self.x[start:stop, ...])
 
@@ -161,8 +160,9 @@ class CallContext:
         return res
 
 
-def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplacian,
-                 hessian_diagonal, divergence=False) -> CallContext:
+def resolve_call(
+    net, x, *, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence=False
+) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
 
     ``mode="auto"`` is left for the caller to settle by the cost model,
@@ -228,18 +228,32 @@ def resolve_call(net, x, *, directions, mode, backend, gradient, hessian, laplac
             mode = "backward"
         else:
             raise ValueError(
-                f"directions must have shape ({d}, k) (forward) or ({m}, k) (backward), "
-                f"got {tuple(V.shape)}"
+                f"directions must have shape ({d}, k) (forward) or ({m}, k) (backward), got {tuple(V.shape)}"
             )
     if V is not None and divergence:
-        raise ValueError("divergence is the trace of the full Jacobian: it cannot be combined with directions")
+        raise ValueError(
+            "divergence is the trace of the full Jacobian: it cannot be combined with directions"
+        )
     if V is not None:
         need = d if mode == "forward" else m
         if V.shape[0] != need:
             raise ValueError(
                 f"directions for mode={mode!r} must have shape ({need}, k), got {tuple(V.shape)}"
             )
-    return CallContext(xp=xp, be=be, x=xc, d=d, m=m, mode=mode, gradient=gradient, hessian=hessian,
-                       laplacian=laplacian, hessian_diagonal=hessian_diagonal,
-                       divergence=divergence, V=V,
-                       orig_backend=native, backend=chosen, orig_x=x)
+    return CallContext(
+        xp=xp,
+        be=be,
+        x=xc,
+        d=d,
+        m=m,
+        mode=mode,
+        gradient=gradient,
+        hessian=hessian,
+        laplacian=laplacian,
+        hessian_diagonal=hessian_diagonal,
+        divergence=divergence,
+        V=V,
+        orig_backend=native,
+        backend=chosen,
+        orig_x=x,
+    )

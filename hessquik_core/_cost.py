@@ -60,11 +60,15 @@ class CostReport:
         return min(self.routes.values(), key=lambda r: r.score).mode
 
     def __str__(self) -> str:
-        lines = [f"cost of {self.request} for n={self.n}, d={self.d}, m={self.m}:",
-                 f"  {'mode':9s} {'GFLOP':>10s} {'peak MiB':>10s} {'array ops':>10s}"]
+        lines = [
+            f"cost of {self.request} for n={self.n}, d={self.d}, m={self.m}:",
+            f"  {'mode':9s} {'GFLOP':>10s} {'peak MiB':>10s} {'array ops':>10s}",
+        ]
         for r in self.routes.values():
             mark = "  <- chosen" if r.mode == self.chosen else ""
-            lines.append(f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}")
+            lines.append(
+                f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}"
+            )
         return "\n".join(lines)
 
 
@@ -133,13 +137,33 @@ def _bwd_cost(leaves, n, k, hess, diag, lap, itemsize):
     return flops, peak + stored * itemsize, ops
 
 
-def estimate(leaves, n, *, d, m, hessian, laplacian, hessian_diagonal, k_fwd=None, k_bwd=None,
-             itemsize=8, modes=("forward", "backward"), packed=True) -> CostReport:
+def estimate(
+    leaves,
+    n,
+    *,
+    d,
+    m,
+    hessian,
+    laplacian,
+    hessian_diagonal,
+    k_fwd=None,
+    k_bwd=None,
+    itemsize=8,
+    modes=("forward", "backward"),
+    packed=True,
+) -> CostReport:
     """Cost of each route in ``modes`` for ``n`` examples."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
-    parts = ["value", "gradient"] + [name for name, on in (("Hessian", hessian), ("Laplacian", laplacian),
-                                                             ("Hessian diagonal", hessian_diagonal)) if on]
+    parts = ["value", "gradient"] + [
+        name
+        for name, on in (
+            ("Hessian", hessian),
+            ("Laplacian", laplacian),
+            ("Hessian diagonal", hessian_diagonal),
+        )
+        if on
+    ]
     report = CostReport(n=n, d=d, m=m, request=" + ".join(parts))
     lap_fwd = laplacian and not hessian
     for mode in modes:

@@ -15,7 +15,8 @@ torch, has the same in-place version counter.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -40,9 +41,7 @@ def _as_home(value, shape: tuple[int, ...], key: str):
         if "float" not in str(arr.dtype):
             raise TypeError(f"parameter {key!r} must be a floating array, got dtype {arr.dtype}")
     if tuple(arr.shape) != tuple(shape):
-        raise ValueError(
-            f"parameter {key!r} must have shape {tuple(shape)}, got {tuple(arr.shape)}"
-        )
+        raise ValueError(f"parameter {key!r} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
     return arr
 
 
@@ -94,7 +93,7 @@ class Module:
         """Parameters by hessQuik key, e.g. ``{'0.K': ..., '0.b': ...}``."""
         return dict(self.named_parameters())
 
-    def _slots(self, prefix: str = "") -> Iterator[tuple[str, "Module", str]]:
+    def _slots(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
         for name, p in self._params.items():
             if p is not None:
                 yield prefix + name, self, name
@@ -124,7 +123,7 @@ class Module:
             mod._params[name] = arr
             mod._cache.clear()
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         yield self
         for child in self._children.values():
             yield from child.modules()

@@ -221,9 +221,7 @@ class SiLU(Activation):
         return val, ds, (s * sc * (2.0 + z * (sc - s))) if order == 2 else None
 
 
-_REGISTRY = {
-    cls.name: cls for cls in (AntiTanh, Identity, Quadratic, Sigmoid, Softplus, Tanh, Sin, SiLU)
-}
+_REGISTRY = {cls.name: cls for cls in (AntiTanh, Identity, Quadratic, Sigmoid, Softplus, Tanh, Sin, SiLU)}
 
 
 def get_activation(spec) -> Activation:
@@ -238,6 +236,4 @@ def get_activation(spec) -> Activation:
         if key in _REGISTRY:
             return _REGISTRY[key]()
         raise ValueError(f"unknown activation {spec!r}: expected one of {sorted(_REGISTRY)}")
-    raise TypeError(
-        f"act must be an Activation instance, class or name, got {type(spec).__name__}"
-    )
+    raise TypeError(f"act must be an Activation instance, class or name, got {type(spec).__name__}")

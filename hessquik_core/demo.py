@@ -45,18 +45,24 @@ def main(argv=None) -> int:
 
     net = paper_resnet(d)
     x = np.random.default_rng(1).standard_normal((n, d))
-    print(f"hessquik-core {hq.__version__}: {net.in_features} -> {net.out_features} network, "
-          f"{sum(p.size for p in net.parameters())} parameters, batch n = {n}")
+    print(
+        f"hessquik-core {hq.__version__}: {net.in_features} -> {net.out_features} network, "
+        f"{sum(p.size for p in net.parameters())} parameters, batch n = {n}"
+    )
 
     res = net(x, gradient=True, hessian=True, laplacian=True)
-    print(f"[numpy]   value {res.value.shape}  gradient {res.gradient.shape}  hessian {res.hessian.shape}"
-          f"  laplacian {res.laplacian.shape}  (mode={res.mode})")
+    print(
+        f"[numpy]   value {res.value.shape}  gradient {res.gradient.shape}  hessian {res.hessian.shape}"
+        f"  laplacian {res.laplacian.shape}  (mode={res.mode})"
+    )
     fwd = net(x, gradient=True, hessian=True, mode="forward")
     err = np.max(np.abs(fwd.hessian - res.hessian))
     print(f"[numpy]   forward vs backward mode, max |ΔH| = {err:.2e}")
     lap = net(x, laplacian=True)
-    print(f"[numpy]   Laplacian alone vs trace of Hessian, max diff = "
-          f"{np.max(np.abs(lap.laplacian - res.laplacian)):.2e}")
+    print(
+        f"[numpy]   Laplacian alone vs trace of Hessian, max diff = "
+        f"{np.max(np.abs(lap.laplacian - res.laplacian)):.2e}"
+    )
 
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -64,8 +70,10 @@ def main(argv=None) -> int:
         xt = torch.from_numpy(x)
         rt = net(xt, gradient=True, hessian=True, laplacian=True)
         diff = float((rt.hessian - torch.from_numpy(res.hessian)).abs().max())
-        print(f"[torch]   {type(rt.hessian).__module__}.Tensor {tuple(rt.hessian.shape)} "
-              f"{rt.hessian.dtype}, max |H_torch - H_numpy| = {diff:.2e}")
+        print(
+            f"[torch]   {type(rt.hessian).__module__}.Tensor {tuple(rt.hessian.shape)} "
+            f"{rt.hessian.dtype}, max |H_torch - H_numpy| = {diff:.2e}"
+        )
     else:
         print("[torch]   not installed: skipped (pip install 'hessquik-core[torch]')")
 
@@ -74,8 +82,10 @@ def main(argv=None) -> int:
         print("[taylor]  " + str(report).replace("\n", "\n          "))
 
     t = _best_time(lambda: net(x, gradient=True, hessian=True))
-    print(f"[timing]  value+gradient+Hessian of n={n}, d={d}: {t * 1e3:.2f} ms "
-          f"({t / n * 1e6:.2f} µs per example, numpy backend)")
+    print(
+        f"[timing]  value+gradient+Hessian of n={n}, d={d}: {t * 1e3:.2f} ms "
+        f"({t / n * 1e6:.2f} µs per example, numpy backend)"
+    )
     return 0
 
 

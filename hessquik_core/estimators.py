@@ -72,8 +72,9 @@ def _mean_stderr(samples, axis: int):
     return mean, xp.sqrt(var / k)
 
 
-def laplacian_estimate(net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher",
-                       backend: str | None = None) -> Estimate:
+def laplacian_estimate(
+    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+) -> Estimate:
     """Hutchinson estimate of the Laplacian of every output, (n, m).
 
     Costs ``num_samples`` forward tangents instead of ``d``: worth it when
@@ -102,8 +103,9 @@ def laplacian_estimate(net, x, num_samples: int = 16, *, seed=None, distribution
     return Estimate(mean, se, int(num_samples))
 
 
-def divergence_estimate(net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher",
-                        backend: str | None = None) -> Estimate:
+def divergence_estimate(
+    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+) -> Estimate:
     """Hutchinson estimate of the divergence :math:`\\mathrm{tr}(\\partial f/\\partial x)`, (n,), d = m.
 
     Each probe costs one forward tangent: :math:`v^\\top J v` from

@@ -223,8 +223,16 @@ class SingleLayer(Layer):
     :math:`Dl_u = K\,[\mathrm{diag}(\sigma')\, Dl\, \mathrm{diag}(\sigma') + \mathrm{diag}(\sigma'' \odot dl)]\,K^\top`.
     """
 
-    def __init__(self, in_features: int, out_features: int, act="identity", bias: bool = True,
-                 *, dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        act="identity",
+        bias: bool = True,
+        *,
+        dtype=np.float64,
+        seed=None,
+    ) -> None:
         super().__init__()
         self.in_features = _check_int("in_features", in_features)
         self.out_features = _check_int("out_features", out_features)
@@ -372,8 +380,9 @@ class ResnetLayer(Layer):
     with :math:`R = (Dl\,J^\top)^\top`.
     """
 
-    def __init__(self, width: int, h: float = 1.0, act="identity", bias: bool = True,
-                 *, dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self, width: int, h: float = 1.0, act="identity", bias: bool = True, *, dtype=np.float64, seed=None
+    ) -> None:
         super().__init__()
         self.width = _check_int("width", width)
         if not isinstance(h, (int, float)) or isinstance(h, bool) or not math.isfinite(h):
@@ -446,9 +455,9 @@ class ResnetLayer(Layer):
     def _param_rbwd(self, cache, rcache, P, u, Ru, V, dl, Rdl, be, xp, need_dlu=True, need_Rdlu=True):
         r"""Inner layer's R-backward with adjoints ``h dl``, ``h Rdl``, plus the identity path."""
         h = self.h
-        dlu, Rdlu, g = self.layer._param_rbwd(cache, rcache, P, u, Ru, V,
-                                              None if dl is None else h * dl, h * Rdl, be, xp,
-                                              need_dlu, need_Rdlu)
+        dlu, Rdlu, g = self.layer._param_rbwd(
+            cache, rcache, P, u, Ru, V, None if dl is None else h * dl, h * Rdl, be, xp, need_dlu, need_Rdlu
+        )
         return (None if dlu is None else dl + dlu), (None if Rdlu is None else Rdl + Rdlu), g
 
 
@@ -473,8 +482,17 @@ class ICNNLayer(Layer):
     b : (out_features,) or None
     """
 
-    def __init__(self, input_dim: int, in_features: int | None, out_features: int,
-                 act="softplus", bias: bool = True, *, dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        in_features: int | None,
+        out_features: int,
+        act="softplus",
+        bias: bool = True,
+        *,
+        dtype=np.float64,
+        seed=None,
+    ) -> None:
         super().__init__()
         self.input_dim = _check_int("input_dim", input_dim)
         self.n_in = 0 if in_features is None else _check_int("in_features", in_features)
@@ -503,12 +521,15 @@ class ICNNLayer(Layer):
         return self.out_width + self.input_dim
 
     def config(self) -> dict:
-        return {"input_dim": self.input_dim, "in_features": self.n_in or None,
-                "out_features": self.out_width, "bias": self.bias}
+        return {
+            "input_dim": self.input_dim,
+            "in_features": self.n_in or None,
+            "out_features": self.out_width,
+            "bias": self.bias,
+        }
 
     def __repr__(self) -> str:
-        return (f"ICNNLayer({self.input_dim}, {self.n_in or None}, {self.out_width}, "
-                f"act={self.act!r})")
+        return f"ICNNLayer({self.input_dim}, {self.n_in or None}, {self.out_width}, act={self.act!r})"
 
     def _M(self, P, xp):
         if P["L"] is None:
@@ -522,7 +543,7 @@ class ICNNLayer(Layer):
         if P["b"] is not None:
             z = z + P["b"]
         s0, s1, s2 = self.act(z, order, xp=xp)
-        return xp.concat([s0, u[:, self.n_in:]], axis=-1), (s1, s2, M)
+        return xp.concat([s0, u[:, self.n_in :]], axis=-1), (s1, s2, M)
 
     def _fwd(self, cache, P, G, H, D, L, want, be, xp):
         s1, s2, M = cache
@@ -543,10 +564,16 @@ class ICNNLayer(Layer):
 
     def _jacobian(self, s1, M, xp):
         n, p, d = s1.shape[0], self.in_features, self.input_dim
-        sel = xp.concat([xp.zeros((self.n_in, d), dtype=s1.dtype, device=_dev(s1)),
-                         xp.eye(d, dtype=s1.dtype, device=_dev(s1))], axis=0)
-        return xp.concat([M[None, :, :] * s1[:, None, :],
-                          xp.broadcast_to(sel[None, :, :], (n, p, d))], axis=-1)
+        sel = xp.concat(
+            [
+                xp.zeros((self.n_in, d), dtype=s1.dtype, device=_dev(s1)),
+                xp.eye(d, dtype=s1.dtype, device=_dev(s1)),
+            ],
+            axis=0,
+        )
+        return xp.concat(
+            [M[None, :, :] * s1[:, None, :], xp.broadcast_to(sel[None, :, :], (n, p, d))], axis=-1
+        )
 
     def _bwd(self, cache, P, dl, Dl, second, be, xp):
         s1, s2, M = cache
@@ -671,20 +698,23 @@ class _QuadraticBase(Layer):
     def _forward(self, u, P, order, be, xp):
         c = self._lin(P, xp)
         A = P["A"]
-        ya = u[:, self._start:] @ xp.matrix_transpose(A)
+        ya = u[:, self._start :] @ xp.matrix_transpose(A)
         f = u @ c + 0.5 * xp.sum(ya * ya, axis=-1) + P["mu"]
         if order == 0:
             return f[:, None], None
-        gy = c[self._start:] + ya @ A
-        g = gy if self._start == 0 else xp.concat(
-            [xp.broadcast_to(c[None, :self._start], (u.shape[0], self._start)), gy], axis=-1)
+        gy = c[self._start :] + ya @ A
+        g = (
+            gy
+            if self._start == 0
+            else xp.concat([xp.broadcast_to(c[None, : self._start], (u.shape[0], self._start)), gy], axis=-1)
+        )
         return f[:, None], (g, A)
 
     def _fwd(self, cache, P, G, H, D, L, want, be, xp):
         g, A = cache
         n = g.shape[0]
         Gf = xp.sum(G * g[:, None, :], axis=-1)[..., None]
-        GA = be.mm(G[..., self._start:], xp.matrix_transpose(A), xp=xp)
+        GA = be.mm(G[..., self._start :], xp.matrix_transpose(A), xp=xp)
         Hf = Df = Lf = None
         if want.hessian:
             if want.pairs is None:
@@ -692,14 +722,20 @@ class _QuadraticBase(Layer):
             else:
                 iu, ju = want.pairs
                 Hf = xp.sum(xp.take(GA, iu, axis=1) * xp.take(GA, ju, axis=1), axis=-1)
-            Hf = xp.broadcast_to(Hf, (n, *Hf.shape[1:])) if H is None else \
-                Hf + xp.sum(H * _lift(g, H.ndim, xp), axis=-1)
+            Hf = (
+                xp.broadcast_to(Hf, (n, *Hf.shape[1:]))
+                if H is None
+                else Hf + xp.sum(H * _lift(g, H.ndim, xp), axis=-1)
+            )
             Hf = Hf[..., None]
         if want.diagonal or want.laplacian:
             GA2 = xp.sum(GA * GA, axis=-1)  # (1|n, k)
             if want.diagonal:
-                Df = xp.broadcast_to(GA2, (n, GA2.shape[1])) if D is None else \
-                    GA2 + xp.sum(D * g[:, None, :], axis=-1)
+                Df = (
+                    xp.broadcast_to(GA2, (n, GA2.shape[1]))
+                    if D is None
+                    else GA2 + xp.sum(D * g[:, None, :], axis=-1)
+                )
                 Df = Df[..., None]
             if want.laplacian:
                 Lf = xp.broadcast_to(xp.sum(GA2, axis=-1), (n,))
@@ -717,8 +753,13 @@ class _QuadraticBase(Layer):
         s, p = self._start, self.in_features
         if s:
             z = xp.zeros((s, p - s), dtype=A.dtype, device=_dev(A))
-            Q = xp.concat([xp.concat([xp.zeros((s, s), dtype=A.dtype, device=_dev(A)), z], axis=1),
-                           xp.concat([xp.matrix_transpose(z), AtA], axis=1)], axis=0)
+            Q = xp.concat(
+                [
+                    xp.concat([xp.zeros((s, s), dtype=A.dtype, device=_dev(A)), z], axis=1),
+                    xp.concat([xp.matrix_transpose(z), AtA], axis=1),
+                ],
+                axis=0,
+            )
         else:
             Q = AtA
         out = dl[..., None] * Q  # (1|n, m, p, p)
@@ -754,7 +795,7 @@ class _QuadraticBase(Layer):
         from .curvature import _ops
 
         g, A = cache
-        y = u[:, self._start:]
+        y = u[:, self._start :]
         a = y @ xp.matrix_transpose(A)
         dlu = dl * g
         if per_example:
@@ -870,8 +911,9 @@ class QuadraticICNNLayer(_QuadraticBase):
     mu : (1,)
     """
 
-    def __init__(self, input_dim: int, in_features: int | None, rank: int, *,
-                 dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self, input_dim: int, in_features: int | None, rank: int, *, dtype=np.float64, seed=None
+    ) -> None:
         super().__init__()
         self.input_dim = _check_int("input_dim", input_dim)
         self.n_in = 0 if in_features is None else _check_int("in_features", in_features)

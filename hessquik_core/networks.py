@@ -6,9 +6,10 @@ automatic differentiation, its input derivatives. See :meth:`NN.__call__`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -106,10 +107,20 @@ class NN(Module):
         return f"{type(self).__name__}(\n  {inner}\n)"
 
     # -- evaluation -------------------------------------------------------
-    def __call__(self, x, gradient: bool = False, hessian: bool = False, laplacian: bool = False,
-                 directions=None, mode: str = "auto", backend: str | None = None, *,
-                 hessian_diagonal: bool = False, divergence: bool = False,
-                 max_memory: float | None = None) -> Result:
+    def __call__(
+        self,
+        x,
+        gradient: bool = False,
+        hessian: bool = False,
+        laplacian: bool = False,
+        directions=None,
+        mode: str = "auto",
+        backend: str | None = None,
+        *,
+        hessian_diagonal: bool = False,
+        divergence: bool = False,
+        max_memory: float | None = None,
+    ) -> Result:
         r"""Evaluate the network and the requested input derivatives.
 
         Parameters
@@ -152,9 +163,18 @@ class NN(Module):
             ``laplacian (n, m)``, ``hessian_diagonal (n, d, m)``,
             ``divergence (n,)``; ``None`` where not requested.
         """
-        ctx = resolve_call(self, x, directions=directions, mode=mode, backend=backend,
-                           gradient=gradient, hessian=hessian, laplacian=laplacian,
-                           hessian_diagonal=hessian_diagonal, divergence=divergence)
+        ctx = resolve_call(
+            self,
+            x,
+            directions=directions,
+            mode=mode,
+            backend=backend,
+            gradient=gradient,
+            hessian=hessian,
+            laplacian=laplacian,
+            hessian_diagonal=hessian_diagonal,
+            divergence=divergence,
+        )
         leaves = list(self._leaves())
         n = ctx.x.shape[0]
         if ctx.mode == "auto":
@@ -174,9 +194,17 @@ class NN(Module):
         parts = [_run(leaves, ctx.batch(i, min(i + chunk, n))) for i in range(0, n, chunk)]
         return ctx.finish(_stitch(parts, ctx.xp))
 
-    def cost(self, n: int, *, gradient: bool = True, hessian: bool = False, laplacian: bool = False,
-             hessian_diagonal: bool = False, num_directions: int | None = None,
-             itemsize: int = 8):
+    def cost(
+        self,
+        n: int,
+        *,
+        gradient: bool = True,
+        hessian: bool = False,
+        laplacian: bool = False,
+        hessian_diagonal: bool = False,
+        num_directions: int | None = None,
+        itemsize: int = 8,
+    ):
         """Estimated flops and peak memory of forward and backward mode.
 
         ``mode="auto"`` takes the route with the smaller estimate; printing
@@ -186,17 +214,37 @@ class NN(Module):
         >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
         backward
         """
-        return estimate(list(self._leaves()), int(n), d=self.in_features, m=self.out_features,
-                        hessian=hessian, laplacian=laplacian, hessian_diagonal=hessian_diagonal,
-                        k_fwd=num_directions, k_bwd=num_directions, itemsize=itemsize)
+        return estimate(
+            list(self._leaves()),
+            int(n),
+            d=self.in_features,
+            m=self.out_features,
+            hessian=hessian,
+            laplacian=laplacian,
+            hessian_diagonal=hessian_diagonal,
+            k_fwd=num_directions,
+            k_bwd=num_directions,
+            itemsize=itemsize,
+        )
 
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):
         kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
         kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
         itemsize = 4 if "32" in str(ctx.dtype) else 8
-        return estimate(leaves, n, d=ctx.d, m=ctx.m, hessian=ctx.hessian, laplacian=ctx.laplacian,
-                        hessian_diagonal=ctx.hessian_diagonal, k_fwd=kf, k_bwd=kb, itemsize=itemsize,
-                        modes=modes, packed=_packs(kf if kf is not None else ctx.d))
+        return estimate(
+            leaves,
+            n,
+            d=ctx.d,
+            m=ctx.m,
+            hessian=ctx.hessian,
+            laplacian=ctx.laplacian,
+            hessian_diagonal=ctx.hessian_diagonal,
+            k_fwd=kf,
+            k_bwd=kb,
+            itemsize=itemsize,
+            modes=modes,
+            packed=_packs(kf if kf is not None else ctx.d),
+        )
 
 
 class MemoryBudgetError(MemoryError, ValueError):
@@ -274,8 +322,12 @@ def _run_forward(leaves, params, ctx, u, order) -> Result:
     if ctx.hessian and _packs(k):
         iu, ju, pos, diag = _triangle(k)
         pairs = (xp.asarray(iu, device=ctx.device), xp.asarray(ju, device=ctx.device))
-    want = Want(hessian=ctx.hessian, diagonal=ctx.hessian_diagonal,
-                laplacian=ctx.laplacian and not ctx.hessian, pairs=pairs)
+    want = Want(
+        hessian=ctx.hessian,
+        diagonal=ctx.hessian_diagonal,
+        laplacian=ctx.laplacian and not ctx.hessian,
+        pairs=pairs,
+    )
     G = ctx.seed_forward()  # (1, k, d): identity or Vᵀ, shared by the batch
     H = D = L = None
     for leaf, P in zip(leaves, params):
@@ -347,15 +399,20 @@ class FullyConnectedNN(NN):
         if len(widths) < 2:
             raise ValueError(f"widths needs at least two entries (input and output), got {widths}")
         rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
-        super().__init__(*(SingleLayer(widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)
-                           for i in range(len(widths) - 1)))
+        super().__init__(
+            *(
+                SingleLayer(widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)
+                for i in range(len(widths) - 1)
+            )
+        )
 
 
 class ResnetNN(NN):
     """``depth`` residual layers :math:`u + h\\sigma(uK+b)` of constant ``width``."""
 
-    def __init__(self, width: int, depth: int, h: float = 1.0, act="softplus", *,
-                 dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self, width: int, depth: int, h: float = 1.0, act="softplus", *, dtype=np.float64, seed=None
+    ) -> None:
         depth = _check_int("depth", depth)
         rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
         super().__init__(*(ResnetLayer(width, h=h, act=act, dtype=dtype, seed=rng) for _ in range(depth)))
@@ -369,11 +426,16 @@ class ICNN(NN):
     for convex non-decreasing activations (softplus, quadratic on z ≥ 0, ...).
     """
 
-    def __init__(self, input_dim: int, widths: Sequence, act="softplus", *,
-                 dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self, input_dim: int, widths: Sequence, act="softplus", *, dtype=np.float64, seed=None
+    ) -> None:
         widths = list(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least two entries, e.g. [None, 16], got {widths}")
         rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
-        super().__init__(*(ICNNLayer(input_dim, widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)
-                           for i in range(len(widths) - 1)))
+        super().__init__(
+            *(
+                ICNNLayer(input_dim, widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)
+                for i in range(len(widths) - 1)
+            )
+        )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import array_api_compat as aac
 import numpy as np
@@ -79,8 +80,9 @@ def _cupy():
 def _torch_cuda():
     import torch
 
-    return Lib("torch-cuda", None, lambda a: torch.from_numpy(np.array(a)).cuda(),
-               lambda a: a.detach().cpu().numpy())
+    return Lib(
+        "torch-cuda", None, lambda a: torch.from_numpy(np.array(a)).cuda(), lambda a: a.detach().cpu().numpy()
+    )
 
 
 def _has(mod: str) -> bool:
@@ -110,14 +112,22 @@ LIB_PARAMS = [
     pytest.param(_numpy, id="numpy"),
     pytest.param(_generic_numpy, id="numpy-generic"),
     pytest.param(_torch, id="torch", marks=pytest.mark.skipif(not _has("torch"), reason="torch missing")),
-    pytest.param(_strict, id="array_api_strict",
-                 marks=pytest.mark.skipif(not _has("array_api_strict"), reason="array-api-strict missing")),
+    pytest.param(
+        _strict,
+        id="array_api_strict",
+        marks=pytest.mark.skipif(not _has("array_api_strict"), reason="array-api-strict missing"),
+    ),
     pytest.param(_jax, id="jax", marks=pytest.mark.skipif(not _has("jax"), reason="jax not installed")),
-    pytest.param(_cupy, id="cupy", marks=[pytest.mark.cuda,
-                                          pytest.mark.skipif(not _cupy_available(), reason="no CuPy GPU")]),
-    pytest.param(_torch_cuda, id="torch-cuda", marks=[pytest.mark.cuda,
-                                                      pytest.mark.skipif(not _cuda_available(),
-                                                                         reason="no CUDA GPU")]),
+    pytest.param(
+        _cupy,
+        id="cupy",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not _cupy_available(), reason="no CuPy GPU")],
+    ),
+    pytest.param(
+        _torch_cuda,
+        id="torch-cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not _cuda_available(), reason="no CUDA GPU")],
+    ),
 ]
 
 

@@ -17,11 +17,14 @@ def _nets(d, m, seed=0):
     rng = np.random.default_rng(seed)
     return {
         "mlp": hq.FullyConnectedNN([d, 7, 5, m], act="tanh", seed=rng),
-        "resnet": hq.NN(hq.SingleLayer(d, 6, act="antitanh", seed=rng),
-                        hq.ResnetNN(6, 2, h=0.5, act="softplus", seed=rng),
-                        hq.SingleLayer(6, m, act="sigmoid", seed=rng)),
-        "icnn": hq.NN(hq.ICNN(d, [None, 5, 4], act="softplus", seed=rng),
-                      hq.QuadraticICNNLayer(d, 4, 3, seed=rng)),
+        "resnet": hq.NN(
+            hq.SingleLayer(d, 6, act="antitanh", seed=rng),
+            hq.ResnetNN(6, 2, h=0.5, act="softplus", seed=rng),
+            hq.SingleLayer(6, m, act="sigmoid", seed=rng),
+        ),
+        "icnn": hq.NN(
+            hq.ICNN(d, [None, 5, 4], act="softplus", seed=rng), hq.QuadraticICNNLayer(d, 4, 3, seed=rng)
+        ),
         "quad": hq.NN(hq.SingleLayer(d, 5, act="silu", seed=rng), hq.QuadraticLayer(5, 2, seed=rng)),
     }
 
@@ -115,13 +118,16 @@ def test_laplacian_estimate_unbiased_and_error_shrinks(distribution):
     # unbiased: the mean of R independent estimates converges to the exact value;
     # judged by a z-score against the spread of those estimates (fixed seeds)
     R, k = 200, 8
-    ests = np.stack([hq.laplacian_estimate(net, x, k, seed=s, distribution=distribution).value
-                     for s in range(R)])
+    ests = np.stack(
+        [hq.laplacian_estimate(net, x, k, seed=s, distribution=distribution).value for s in range(R)]
+    )
     z = (ests.mean(0) - exact) / (ests.std(0, ddof=1) / np.sqrt(R))
     assert np.all(np.abs(z) < 4.5), z
     # the reported standard error shrinks like 1/sqrt(k) ...
-    se = {k: hq.laplacian_estimate(net, x, k, seed=1, distribution=distribution).stderr.mean()
-          for k in (64, 4096)}
+    se = {
+        k: hq.laplacian_estimate(net, x, k, seed=1, distribution=distribution).stderr.mean()
+        for k in (64, 4096)
+    }
     assert 0.6 / 8 < se[4096] / se[64] < 1.6 / 8
     # ... and describes the actual error
     big = hq.laplacian_estimate(net, x, 4096, seed=2, distribution=distribution)
@@ -188,8 +194,9 @@ def test_chunked_call_is_identical(lib, mode):
     route = net.cost(23, hessian=True, laplacian=True).routes[mode]
     budget = route.peak_bytes / 4  # forces at least 4 chunks
     assert route.per_example_bytes < budget
-    chunked = net(x, gradient=True, hessian=True, laplacian=True, mode=mode, backend=lib.backend,
-                  max_memory=budget)
+    chunked = net(
+        x, gradient=True, hessian=True, laplacian=True, mode=mode, backend=lib.backend, max_memory=budget
+    )
     for name in ("value", "gradient", "hessian", "laplacian"):
         a, b = getattr(chunked, name), getattr(whole, name)
         lib.check(a, b.shape, like=x)

@@ -89,8 +89,11 @@ def to_numpy(a):
 
 def convert(a, *, xp, dtype, device):
     """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
-    if not isinstance(a, np.ndarray) and getattr(a, "__array_namespace__", None) is not None \
-            and a.__array_namespace__() is xp:
+    if (
+        not isinstance(a, np.ndarray)
+        and getattr(a, "__array_namespace__", None) is not None
+        and a.__array_namespace__() is xp
+    ):
         # already in the call's library: stay there, so that tracers (jax.grad
         # with respect to parameters) are never forced through the host
         return xp.asarray(a, dtype=dtype, device=device)

@@ -11,9 +11,25 @@ from ._generic import to_numpy
 name = "numpy"
 
 
+def _blas_inner(a) -> bool:
+    """Is every trailing matrix of ``a`` a plain row- or column-major block?"""
+    it = a.itemsize
+    s2, s1 = a.strides[-2], a.strides[-1]
+    return (s1 == it and s2 >= a.shape[-1] * it) or (s2 == it and s1 >= a.shape[-2] * it)
+
+
 def mm(a, b, *, xp=None):
     """``a[..., p] @ b[p, q] -> [..., q]`` as one GEMM (NumPy's stacked matmul
-    would call BLAS once per leading index)."""
+    would call BLAS once per leading index).
+
+    A non-contiguous ``a`` whose trailing matrices are still row- or
+    column-major (the engine's ``matrix_transpose`` views) goes to the
+    stacked matmul, which hands the strides to BLAS: flattening it would
+    first copy all of ``a`` (10x slower for the ``(n, m, w, w)`` blocks of a
+    residual layer's backward sweep).
+    """
+    if a.ndim > 2 and not a.flags.c_contiguous and _blas_inner(a):
+        return np.matmul(a, b)
     lead = a.shape[:-1]
     out = np.reshape(a, (-1, a.shape[-1])) @ b
     return np.reshape(out, (*lead, b.shape[-1]))

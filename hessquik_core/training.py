@@ -1,0 +1,265 @@
+r"""Small helpers for training with losses built from input derivatives.
+
+The network call is differentiable in its parameters on the autodiff
+backends, so a loss that uses ``value``, ``gradient``, ``hessian``,
+``laplacian`` or ``hessian_diagonal`` is trained like any other loss:
+
+* **torch** — :func:`torch_parameters` turns the stored parameters into
+  leaf tensors (``requires_grad=True``) and returns them for an optimizer;
+  ``loss.backward()`` fills their ``.grad``. :func:`fit` is a ten-line loop
+  around a torch optimizer, for scripts that do not want to write one.
+* **JAX** (generic backend on ``jax.numpy``) — parameters are an explicit
+  pytree (:func:`jax_parameters`) and :func:`functional_call` evaluates the
+  network with them, so ``jax.grad`` / ``jax.jit`` see a pure function.
+
+Why it works: every derivative the library returns is an explicit formula of
+the parameters (products of weight matrices and activation derivatives,
+see :mod:`hessquik_core.layers`), computed with ordinary array operations.
+Autodiff of the loss with respect to the parameters therefore only ever
+differentiates those operations once, in reverse mode: no nested (double)
+backward passes through an input-derivative graph are needed.
+
+Examples
+--------
+>>> import numpy as np, torch, hessquik_core as hq
+>>> from hessquik_core.training import torch_parameters
+>>> net = hq.FullyConnectedNN([2, 8, 1], act="tanh", seed=0)
+>>> params = torch_parameters(net)          # leaf tensors, float64
+>>> x = torch.rand(16, 2, dtype=torch.float64)
+>>> loss = (net(x, laplacian=True).laplacian ** 2).mean()
+>>> loss.backward()
+>>> all(p.grad is not None for p in params)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._module import Module, _as_home
+
+__all__ = ["fit", "functional_call", "jax_parameters", "torch_parameters"]
+
+
+def _check_module(net) -> None:
+    if not isinstance(net, Module):
+        raise TypeError(f"net must be a hessquik_core network or layer, got {type(net).__name__}")
+
+
+def torch_parameters(net: Module, *, dtype=None, device=None) -> list:
+    """Make ``net``'s parameters trainable torch leaf tensors and return them.
+
+    Calls ``net.to("torch", dtype=dtype, device=device, requires_grad=True)``
+    unless the parameters already are such leaves, so calling it twice
+    returns the same tensors (an optimizer built on the first list keeps
+    working).
+
+    Parameters
+    ----------
+    net : Module
+        Any network or layer.
+    dtype : torch.dtype, optional
+        Parameter dtype; default keeps the stored precision.
+    device : torch.device or str, optional
+        Parameter device; default CPU.
+
+    Returns
+    -------
+    list of torch.Tensor
+        In ``net.named_parameters()`` order, ready for ``torch.optim``.
+    """
+    _check_module(net)
+    import torch
+
+    dev = None if device is None else torch.device(device)
+    params = net.parameters()
+    ready = all(
+        isinstance(p, torch.Tensor)
+        and p.is_leaf
+        and p.requires_grad
+        and (dtype is None or p.dtype == dtype)
+        and (dev is None or p.device == dev)
+        for p in params
+    )
+    if not ready:
+        net.to("torch", dtype=dtype, device=device, requires_grad=True)
+    return net.parameters()
+
+
+def jax_parameters(net: Module, *, dtype=None) -> dict:
+    """The parameters as a JAX pytree ``{hessQuik key: jax.Array}``.
+
+    Pass the dict (or any pytree transform of it) to :func:`functional_call`.
+    ``dtype`` defaults to the stored precision (float64 needs
+    ``jax.config.update("jax_enable_x64", True)``).
+    """
+    _check_module(net)
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .backends._generic import to_numpy
+
+    return {k: jnp.asarray(np.asarray(to_numpy(p)), dtype=dtype) for k, p in net.named_parameters()}
+
+
+def functional_call(net: Module, params: Mapping[str, Any], x, **kwargs):
+    """Evaluate ``net(x, **kwargs)`` with ``params`` in place of its parameters.
+
+    ``params`` maps hessQuik keys (``net.state_dict()`` keys) to arrays of
+    any backend, including JAX tracers; keys left out keep their stored
+    values. The stored parameters are restored afterwards, even on error, so
+    the call is a pure function of ``(params, x)``: this is what ``jax.grad``
+    and ``jax.jit`` need (compare ``torch.func.functional_call``).
+
+    Parameters
+    ----------
+    net : Module
+    params : mapping of str to array
+    x : array (n, d)
+    **kwargs
+        Forwarded to the network call (``gradient=True``, ``laplacian=True``, ...).
+
+    Returns
+    -------
+    Result
+
+    Raises
+    ------
+    ValueError
+        For an unknown key or a wrongly shaped array.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        import jax, jax.numpy as jnp, hessquik_core as hq
+        from hessquik_core.training import functional_call, jax_parameters
+
+        net = hq.FullyConnectedNN([2, 8, 1], act="tanh", seed=0)
+        p = jax_parameters(net, dtype=jnp.float32)
+        x = jnp.ones((4, 2), dtype=jnp.float32)
+
+        def loss(p):
+            return jnp.mean(functional_call(net, p, x, laplacian=True).laplacian ** 2)
+
+        g = jax.jit(jax.grad(loss))(p)   # same keys as p
+
+    Wrap the gradient in ``jax.jit``: un-jitted, JAX dispatches the many
+    small operations of the recurrences one by one, which works but is
+    slow.
+    """
+    _check_module(net)
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of keys to arrays, got {type(params).__name__}")
+    slots = {key: (mod, name) for key, mod, name in net._slots()}
+    unknown = sorted(set(params) - set(slots))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter keys {unknown}; expected keys of net.state_dict(): {sorted(slots)}"
+        )
+    staged = [
+        (slots[k][0], slots[k][1], _as_home(v, slots[k][0]._shapes[slots[k][1]], k))
+        for k, v in params.items()
+    ]
+    saved = [(mod, name, mod._params[name]) for mod, name, _ in staged]
+    try:
+        for mod, name, arr in staged:
+            mod._params[name] = arr
+            mod._cache.clear()
+        return net(x, **kwargs)
+    finally:
+        for mod, name, arr in saved:
+            mod._params[name] = arr
+            # the cache may now hold conversions of ``params`` (e.g. tracers)
+            mod._cache.clear()
+
+
+def fit(
+    loss_fn: Callable[[], Any],
+    params: Sequence,
+    *,
+    steps: int,
+    lr: float = 1e-2,
+    final_lr: float | None = None,
+    optimizer: str = "adam",
+    log_every: int = 0,
+    print_fn: Callable[[str], None] = print,
+) -> list[float]:
+    r"""Minimise ``loss_fn()`` over torch ``params``: a plain optimizer loop.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        No arguments, returns a scalar torch tensor that depends on ``params``
+        (typically through ``net(x, gradient=True, hessian=True, ...)``).
+    params : sequence of torch.Tensor
+        Leaf tensors, e.g. from :func:`torch_parameters`.
+    steps : int
+        Optimizer steps (for ``"lbfgs"``: outer steps, each up to 20 inner
+        iterations).
+    lr : float
+        Initial learning rate.
+    final_lr : float, optional
+        If given (Adam only), the rate decays geometrically from ``lr`` to
+        ``final_lr``: :math:`\eta_t = \eta_0 (\eta_T/\eta_0)^{t/T}`.
+    optimizer : {"adam", "lbfgs"}
+        ``torch.optim.Adam`` or ``torch.optim.LBFGS`` (strong-Wolfe line
+        search, a good finisher for small smooth problems).
+    log_every : int
+        Print the loss every ``log_every`` steps (0: never).
+    print_fn : callable
+        Where log lines go.
+
+    Returns
+    -------
+    list of float
+        The loss before each step.
+    """
+    import torch
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    if final_lr is not None and (optimizer != "adam" or not final_lr > 0):
+        raise ValueError(f"final_lr must be a positive number and needs optimizer='adam', got {final_lr!r}")
+    params = list(params)
+    if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
+        raise TypeError(
+            "params must be a non-empty sequence of torch tensors with requires_grad=True "
+            "(see torch_parameters)"
+        )
+
+    history: list[float] = []
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+        decay = 1.0 if final_lr is None or steps == 0 else (final_lr / lr) ** (1.0 / steps)
+        for step in range(steps):
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+            for group in opt.param_groups:
+                group["lr"] *= decay
+            history.append(float(loss.detach()))
+            if log_every and step % log_every == 0:
+                print_fn(f"step {step:5d}  loss {history[-1]:.4e}")
+        return history
+
+    opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    for step in range(steps):
+        history.append(float(opt.step(closure).detach()))
+        if log_every and step % log_every == 0:
+            print_fn(f"lbfgs {step:4d}  loss {history[-1]:.4e}")
+    return history

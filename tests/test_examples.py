@@ -1,0 +1,130 @@
+"""Every example in ``examples/`` runs in ``--quick`` mode and meets its stated accuracy.
+
+The examples are imported and their ``main(argv)`` is called in-process
+(their reported numbers come back as a dict); one subprocess call per
+script checks that it also runs as a command-line program.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("scipy")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPTS = ["hermite_peaks", "poisson", "icnn_convex", "scipy_newton"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(name, tmp_path, *extra):
+    out = _load(name).main(["--quick", "--outdir", str(tmp_path), *extra])
+    fig = Path(out["figure"])
+    assert fig.parent == tmp_path and fig.suffix == ".png" and fig.stat().st_size > 10_000
+    return out
+
+
+def test_hermite_peaks(tmp_path):
+    # stated thresholds for --quick (400 Adam steps on 300 points); the full run reaches ~3e-3 / 1e-2 / 3e-2
+    out = _run("hermite_peaks", tmp_path)
+    assert out["value_rel_err"] < 0.15
+    assert out["gradient_rel_err"] < 0.25
+    assert out["hessian_rel_err"] < 0.35
+    assert Path(out["weights"]).is_file()
+
+
+@pytest.mark.parametrize("dim, threshold", [(2, 0.05), (10, 0.10)])
+def test_poisson(tmp_path, dim, threshold):
+    # relative L2 error of the PINN solution against the analytic one
+    out = _run("poisson", tmp_path, "--dim", str(dim))
+    assert out["dim"] == dim
+    assert out["rel_l2_error"] < threshold
+
+
+def test_icnn_convex(tmp_path):
+    out = _run("icnn_convex", tmp_path)
+    # the ICNN is convex for any weights: every Hessian PSD, in and out of the training box
+    assert out["icnn_frac_not_psd_in"] == 0.0 and out["icnn_frac_not_psd_out"] == 0.0
+    assert out["icnn_min_eig_in"] > -1e-10 and out["icnn_min_eig_out"] > -1e-10
+    assert out["icnn_midpoint_violations"] == 0.0
+    # and it fits as well as the unconstrained network, to the noise level
+    assert out["icnn_rel_err"] < 0.03
+    # the unconstrained network is not convex (this is what the example demonstrates)
+    assert out["mlp_frac_not_psd_out"] > 0.1
+
+
+def test_scipy_newton(tmp_path):
+    out = _run("scipy_newton", tmp_path)
+    # the callbacks are the network's derivatives
+    assert out["jac_fd_error"] < 1e-4
+    assert out["hess_fd_error"] < 1e-6
+    # every method reaches the same stationary point of the surrogate from every start
+    for method, row in out["methods"].items():
+        assert row["agree_with_trust_exact"] == 1.0, method
+        assert row["max_grad_norm"] < 1e-5, method
+    # the surrogate's minimiser is near the true one, (1, 1)
+    assert out["minimiser_distance_to_true"] < 0.1
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help(name):
+    """Each example is a runnable script with the shared options."""
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--quick" in r.stdout and "--outdir" in r.stdout
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _python_blocks(page):
+    """The ```python blocks of a docs page (```{code-block} python blocks are not run)."""
+    import re
+
+    return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(encoding="utf-8"), re.S | re.M)
+
+
+@pytest.mark.parametrize("page", ["getting_started.md", "training.md", "backends.md", "derivations.md"])
+def test_docs_code_runs(page, monkeypatch, tmp_path):
+    """Every ```python block of the page runs, in order, in one namespace."""
+    import numpy as np
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ns: dict = {}
+    try:
+        blocks = _python_blocks(page)
+        assert blocks
+        for i, block in enumerate(blocks):
+            if "import jax" in block and importlib.util.find_spec("jax") is None:
+                continue
+            exec(compile(block, f"docs/{page} block {i}", "exec"), ns)
+    finally:
+        torch.set_num_threads(threads)
+    if page == "getting_started.md":
+        # the tutorial's stated result: a few-second run gives roughly 5 % / 10 % / 20 %
+        r, rel = ns["r"], ns["rel"]
+        assert rel(r.value, ns["f"]) < 0.15
+        assert rel(r.gradient, ns["g"]) < 0.25
+        assert rel(r.hessian, ns["H"]) < 0.35
+        assert isinstance(r.hessian, np.ndarray)
