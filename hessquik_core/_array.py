@@ -7,6 +7,7 @@ engine below it sees one Array-API namespace ``xp`` and one backend module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import array_api_compat as aac
@@ -104,7 +105,7 @@ class CallContext:
     def device(self):
         return aac.device(self.x)
 
-    @property
+    @cached_property
     def cache_key(self):
         return (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(self.device), str(self.dtype))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 #: flops charged per array operation, ~5 µs at ~4 GFLOP/s: the Python and
 #: dispatch overhead that dominates tiny problems
@@ -72,17 +73,12 @@ class CostReport:
         return "\n".join(lines)
 
 
-def _dims(leaf):
-    return leaf.in_features, leaf.out_features
-
-
-def _fwd_cost(leaves, n, k, hess, diag, lap, itemsize, packed):
+def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
     T = k * (k + 1) // 2 if packed else k * k
     flops = 0.0
     ops = 0
     peak = 0.0
-    for i, leaf in enumerate(leaves):
-        p, q = _dims(leaf)
+    for i, (p, q) in enumerate(dims):
         first = i == 0
         flops += 2 * n * p * q  # evaluation
         flops += 2 * (1 if first else n) * k * p * q + n * k * q
@@ -100,25 +96,25 @@ def _fwd_cost(leaves, n, k, hess, diag, lap, itemsize, packed):
             flops += 3 * n * k * q + (0 if first else 2 * n * p * q)
             ops += 4
         peak = max(peak, live * itemsize)
-    m = leaves[-1].out_features
+    m = dims[-1][1]
     if hess:
-        peak = max(peak, 2 * n * k * k * m * itemsize)  # unpacking the triangle
+        # the packed triangle and the (n, k, k, m) result it is expanded into
+        peak = max(peak, n * (k * k + T) * m * itemsize)
     return flops, peak, ops
 
 
-def _bwd_cost(leaves, n, k, hess, diag, lap, itemsize):
+def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
     second = hess or diag or lap
     flops = 0.0
     ops = 0
     stored = 0.0
-    for leaf in leaves:
-        p, q = _dims(leaf)
+    for p, q in dims:
         flops += 2 * n * p * q
         stored += 3 * n * q
         ops += 4
     peak = 0.0
-    for i in range(len(leaves) - 1, -1, -1):
-        p, q = _dims(leaves[i])
+    for i in range(len(dims) - 1, -1, -1):
+        p, q = dims[i]
         flops += 2 * n * k * p * q
         ops += 3
         live = n * k * (p + q)
@@ -127,18 +123,27 @@ def _bwd_cost(leaves, n, k, hess, diag, lap, itemsize):
                 flops += (2 * n * k * q * q if lap else 0) + (2 * n * k * q * q * p if diag else 0)
                 live += n * k * q * (q + (p if diag else 0))
             else:
+                # W (q, q), two (p, q) intermediates, the (p, p) result
                 flops += 2 * n * k * (q * q + p * q * (p + q))
                 live += n * k * (q * q + 2 * p * q + p * p)
             ops += 8
         peak = max(peak, live * itemsize)
-    d = leaves[0].in_features
-    if hess:
-        peak = max(peak, 2 * n * k * d * d * itemsize)  # (n, k, d, d) and its transposed copy
     return flops, peak + stored * itemsize, ops
 
 
-def estimate(
-    leaves,
+def estimate(leaves, n, **request) -> CostReport:
+    """Cost of each route for ``n`` examples (see :func:`_estimate`).
+
+    Memoised on the layer shapes: the model is pure arithmetic on them, and
+    it runs on every call.
+    """
+    dims = tuple((leaf.in_features, leaf.out_features) for leaf in leaves)
+    return _estimate(dims, n, **request)
+
+
+@lru_cache(maxsize=1024)
+def _estimate(
+    dims,
     n,
     *,
     d,
@@ -152,7 +157,8 @@ def estimate(
     modes=("forward", "backward"),
     packed=True,
 ) -> CostReport:
-    """Cost of each route in ``modes`` for ``n`` examples."""
+    """Cost of each route in ``modes`` for ``n`` examples of a chain with
+    layer shapes ``dims = ((p1, q1), (p2, q2), ...)``."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
     parts = ["value", "gradient"] + [
@@ -169,9 +175,9 @@ def estimate(
     for mode in modes:
         n1 = max(n, 1)
         if mode == "forward":
-            f, pk, ops = _fwd_cost(leaves, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
+            f, pk, ops = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
         else:
-            f, pk, ops = _bwd_cost(leaves, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
+            f, pk, ops = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
         report.routes[mode] = RouteCost(mode, f * n / n1, pk * n / n1, pk / n1, ops)
     return report
 

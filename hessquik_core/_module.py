@@ -186,11 +186,17 @@ class Module:
             conv = be.convert(p, xp=xp, dtype=dtype, device=device)
             out[name] = conv
             # tensors that carry an autograd graph must be converted anew each
-            # call: a cached conversion would hold a graph freed by .backward()
-            if not getattr(conv, "requires_grad", False):
+            # call: a cached conversion would hold a graph freed by .backward();
+            # likewise a value converted inside jax.jit/grad is a tracer that
+            # must not outlive its trace
+            if not getattr(conv, "requires_grad", False) and not _is_tracer(conv):
                 fresh[name] = (p, version, conv)
         self._cache[key] = fresh
         return out
+
+
+def _is_tracer(a) -> bool:
+    return any(c.__name__.endswith("Tracer") for c in type(a).__mro__)
 
 
 def _namespace_for(backend: str):

@@ -180,6 +180,8 @@ class NN(Module):
         if ctx.mode == "auto":
             ctx.mode = "forward" if not ctx.derivatives else self._cost(ctx, leaves, n).chosen
         route = self._cost(ctx, leaves, n, modes=(ctx.mode,)).routes[ctx.mode]
+        if max_memory is None and route.peak_bytes < _SMALL_CALL:
+            return ctx.finish(_run(leaves, ctx))  # no need to ask the OS how much memory is free
         budget = _budget(max_memory, ctx)
         if route.peak_bytes <= budget or n <= 1 and route.per_example_bytes <= budget:
             return ctx.finish(_run(leaves, ctx))
@@ -191,8 +193,7 @@ class NN(Module):
                 f"use directions, or raise max_memory"
             )
         chunk = max(1, int(budget // route.per_example_bytes))
-        parts = [_run(leaves, ctx.batch(i, min(i + chunk, n))) for i in range(0, n, chunk)]
-        return ctx.finish(_stitch(parts, ctx.xp))
+        return ctx.finish(_chunked(leaves, ctx, n, chunk))
 
     def cost(
         self,
@@ -247,6 +248,10 @@ class NN(Module):
         )
 
 
+#: calls estimated below this many bytes skip the free-memory query
+_SMALL_CALL = 64 * 2**20
+
+
 class MemoryBudgetError(MemoryError, ValueError):
     """A call cannot fit its memory budget even one example at a time."""
 
@@ -267,11 +272,39 @@ def _fmt_bytes(b: float) -> str:
     raise AssertionError
 
 
-def _stitch(parts: list[Result], xp) -> Result:
-    out = Result(value=None, mode=parts[0].mode)
-    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
-        if getattr(parts[0], name) is not None:
-            setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
+_FIELDS = ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence")
+
+
+def _chunked(leaves, ctx: CallContext, n: int, chunk: int) -> Result:
+    """Run the call on batch slices of ``chunk`` examples.
+
+    Mutable libraries (NumPy, torch, CuPy) get each slice written into
+    preallocated results, so the peak is the output plus one chunk's work;
+    immutable ones (JAX, generic) concatenate at the end.
+    """
+    xp = ctx.xp
+    first = _run(leaves, ctx.batch(0, chunk))
+    if ctx.backend == "generic":
+        parts = [first] + [_run(leaves, ctx.batch(i, min(i + chunk, n))) for i in range(chunk, n, chunk)]
+        out = Result(value=None, mode=first.mode)
+        for name in _FIELDS:
+            if getattr(first, name) is not None:
+                setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
+        return out
+    out = Result(value=None, mode=first.mode)
+    for name in _FIELDS:
+        a = getattr(first, name)
+        if a is not None:
+            full = xp.empty((n, *a.shape[1:]), dtype=a.dtype, device=ctx.device)
+            full[:chunk, ...] = a
+            setattr(out, name, full)
+    del first
+    for i in range(chunk, n, chunk):
+        part = _run(leaves, ctx.batch(i, min(i + chunk, n)))
+        for name in _FIELDS:
+            a = getattr(part, name)
+            if a is not None:
+                getattr(out, name)[i : i + a.shape[0], ...] = a
     return out
 
 

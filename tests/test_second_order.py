@@ -249,3 +249,45 @@ def test_backward_laplacian_cheaper_than_hessian_for_large_d():
     assert lap.chosen == "backward"
     # and the backward Laplacian never forms a d x d array per example
     assert lap.routes["backward"].per_example_bytes < 512 * 512 * 8
+
+
+def test_chunked_result_is_preallocated_not_concatenated(monkeypatch):
+    """NumPy chunks are written into one preallocated result (peak = output +
+    one chunk), never concatenated (which would hold the output twice)."""
+    import array_api_compat.numpy as xnp
+
+    net = _nets(5, 2)["mlp"]  # no layer of this net concatenates features
+    x = np.random.default_rng(2).standard_normal((30, 5))
+    whole = net(x, hessian=True, mode="backward")
+    route = net.cost(30, gradient=False, hessian=True).routes["backward"]
+
+    def no_concat(*args, **kwargs):
+        raise AssertionError("chunked results must not be concatenated")
+
+    monkeypatch.setattr(xnp, "concat", no_concat)
+    chunked = net(x, hessian=True, mode="backward", max_memory=route.peak_bytes / 5)
+    assert chunked.hessian.flags.writeable
+    np.testing.assert_array_equal(chunked.hessian, whole.hessian)
+
+
+def test_jax_jit_traces_the_engine():
+    """The engine is pure Array-API code, so jax.jit compiles a whole call;
+    the parameter cache must not keep tracers across traces."""
+    jax_mod = pytest.importorskip("jax")
+    jax_mod.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    nets = _nets(4, 2)
+    xn = np.random.default_rng(3).standard_normal((6, 4))
+    for name in ("mlp", "resnet"):
+        net = nets[name]
+        f = jax_mod.jit(lambda x, net=net: tuple(net(x, gradient=True, hessian=True)))
+        value, grad, hess = f(jnp.asarray(xn))
+        ref = net(xn, gradient=True, hessian=True)
+        _close(np.asarray(hess), ref.hessian)
+        # a second, different transformation of the same network must not
+        # see the first trace's cached tracers
+        g = jax_mod.jit(jax_mod.grad(lambda x, net=net: net(x, laplacian=True).laplacian.sum()))
+        assert np.all(np.isfinite(np.asarray(g(jnp.asarray(xn)))))
+        again = net(jnp.asarray(xn), gradient=True, hessian=True)
+        _close(np.asarray(again.hessian), ref.hessian)
