@@ -18,7 +18,10 @@ Hessian diagonal   :math:`+\,2 n k \sum p_\ell q_\ell`    as Laplacian, :math:`2
 
 (the first forward layer costs no ``n`` factor for its input-derivative
 product: the seed is shared by the whole batch). A fixed per-array-operation
-overhead is added so that tiny problems are judged by call count. The model
+overhead is added so that tiny problems are judged by call count, and the
+bytes that element-wise passes move are charged at ``FLOPS_PER_BYTE``:
+without kernel fusion the carried arrays' traffic, not the GEMMs, often
+decides (the packed forward Hessian of ``n·k(k+1)/2·w`` entries per layer). The model
 is validated against measured timings in ``benchmarks``.
 """
 
@@ -32,6 +35,12 @@ from functools import lru_cache
 #: dispatch overhead that dominates tiny problems
 OP_OVERHEAD_FLOPS = 2.0e4
 
+#: flops charged per byte that an element-wise pass moves: without kernel
+#: fusion every product, sum and gather reads and writes its operands, and
+#: on CPUs the ratio of GEMM rate to copy bandwidth is ~10 flops/byte (80
+#: GFLOP/s against ~12 GB/s on the benchmark machine)
+FLOPS_PER_BYTE = 12.0
+
 
 @dataclass
 class RouteCost:
@@ -40,10 +49,12 @@ class RouteCost:
     peak_bytes: float
     per_example_bytes: float
     ops: int
+    bytes_moved: float = 0.0
 
     @property
     def score(self) -> float:
-        return self.flops + OP_OVERHEAD_FLOPS * self.ops
+        """Flop-equivalents: GEMM flops + memory traffic + per-operation overhead."""
+        return self.flops + FLOPS_PER_BYTE * self.bytes_moved + OP_OVERHEAD_FLOPS * self.ops
 
 
 @dataclass
@@ -63,12 +74,13 @@ class CostReport:
     def __str__(self) -> str:
         lines = [
             f"cost of {self.request} for n={self.n}, d={self.d}, m={self.m}:",
-            f"  {'mode':9s} {'GFLOP':>10s} {'peak MiB':>10s} {'array ops':>10s}",
+            f"  {'mode':9s} {'GFLOP':>10s} {'GB moved':>10s} {'peak MiB':>10s} {'array ops':>10s}",
         ]
         for r in self.routes.values():
             mark = "  <- chosen" if r.mode == self.chosen else ""
             lines.append(
-                f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}"
+                f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.bytes_moved / 1e9:10.4f} "
+                f"{r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}"
             )
         return "\n".join(lines)
 
@@ -78,29 +90,38 @@ def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
     flops = 0.0
     ops = 0
     peak = 0.0
+    moved = 0.0  # entries passed through element-wise operations
     for i, (p, q) in enumerate(dims):
         first = i == 0
         flops += 2 * n * p * q  # evaluation
         flops += 2 * (1 if first else n) * k * p * q + n * k * q
         ops += 6
+        moved += 3 * n * k * q
         live = n * k * (p + 2 * q)
         if hess:
             flops += 3 * n * T * q + (0 if first else 2 * n * T * p * q)
             ops += 5
+            # two gathers and the outer product, reading H, sigma' * (H K),
+            # its GEMM output, the sum
+            moved += 8 * n * T * q
             live += n * T * (p + 3 * q)
         if diag:
             flops += 3 * n * k * q + (0 if first else 2 * n * k * p * q)
             ops += 4
+            moved += 4 * n * k * q
             live += n * k * (p + 2 * q)
         if lap:
             flops += 3 * n * k * q + (0 if first else 2 * n * p * q)
             ops += 4
+            moved += 3 * n * k * q
         peak = max(peak, live * itemsize)
     m = dims[-1][1]
     if hess:
-        # the packed triangle and the (n, k, k, m) result it is expanded into
+        # the packed triangle is gathered into the (n, k, k, m) result; a
+        # gather costs about twice a streaming pass
         peak = max(peak, n * (k * k + T) * m * itemsize)
-    return flops, peak, ops
+        moved += 6 * n * k * k * m
+    return flops, peak, ops, moved * itemsize
 
 
 def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
@@ -108,27 +129,33 @@ def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
     flops = 0.0
     ops = 0
     stored = 0.0
+    moved = 0.0
     for p, q in dims:
         flops += 2 * n * p * q
         stored += 3 * n * q
+        moved += 3 * n * q
         ops += 4
     peak = 0.0
     for i in range(len(dims) - 1, -1, -1):
         p, q = dims[i]
         flops += 2 * n * k * p * q
         ops += 3
+        moved += 3 * n * k * q
         live = n * k * (p + q)
         if second:
             if i == 0 and not hess:
                 flops += (2 * n * k * q * q if lap else 0) + (2 * n * k * q * q * p if diag else 0)
+                moved += 4 * n * k * q * q + (2 * n * k * q * p if diag else 0)
                 live += n * k * q * (q + (p if diag else 0))
             else:
-                # W (q, q), two (p, q) intermediates, the (p, p) result
+                # W (q, q), two (p, q) intermediates, the (p, p) result; about ten
+                # element-wise passes over the (q, q) blocks
                 flops += 2 * n * k * (q * q + p * q * (p + q))
+                moved += n * k * (10 * q * q + 2 * p * q + p * p)
                 live += n * k * (q * q + 2 * p * q + p * p)
             ops += 8
         peak = max(peak, live * itemsize)
-    return flops, peak + stored * itemsize, ops
+    return flops, peak + stored * itemsize, ops, moved * itemsize
 
 
 def estimate(leaves, n, **request) -> CostReport:
@@ -175,10 +202,10 @@ def _estimate(
     for mode in modes:
         n1 = max(n, 1)
         if mode == "forward":
-            f, pk, ops = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
+            f, pk, ops, mv = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
         else:
-            f, pk, ops = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
-        report.routes[mode] = RouteCost(mode, f * n / n1, pk * n / n1, pk / n1, ops)
+            f, pk, ops, mv = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
+        report.routes[mode] = RouteCost(mode, f * n / n1, pk * n / n1, pk / n1, ops, mv * n / n1)
     return report
 
 
