@@ -1,0 +1,7 @@
+"""``python -m benchmarks [--quick] [--out DIR] ...``"""
+
+import sys
+
+from .run import main
+
+sys.exit(main())

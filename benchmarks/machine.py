@@ -1,0 +1,339 @@
+r"""What this machine can do at best: the limit every timing is compared with.
+
+For a benchmark point the *machine limit* is the time below which no method
+can go on this machine,
+
+.. math::
+    t_\text{limit} = \max\Big(\frac{\text{flops}}{R_\text{GEMM}},\
+                              \frac{\text{output bytes}}{B_\text{copy}}\Big),
+
+with :math:`R_\text{GEMM}` the best measured matrix-multiply rate of the
+peer's own backend and dtype (NumPy, torch, JAX), and :math:`B_\text{copy}`
+the measured copy bandwidth (bytes written per second). ``flops`` is the
+GEMM work of this library's chain rule for that point, counted by
+instrumenting the backend's ``mm``/``einsum`` during a call (see
+:func:`count_flops`) — the minimal GEMM work of this algorithm, not of
+every algorithm.
+
+Two copy bandwidths are measured: into an already-touched buffer (STREAM
+style, the stricter bound) and into a freshly allocated array (what every
+method that returns a new output pays, page faults included). The table's
+"limit %" uses the stricter one; both are kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from math import prod
+
+import numpy as np
+
+__all__ = ["count_flops", "describe", "measure_copy", "measure_gemm", "threads"]
+
+
+def threads() -> int:
+    """Cores this process may run on (its CPU affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _gemm_call(backend: str, a, b):
+    """A zero-argument call computing ``a @ b`` on ``backend`` and waiting for it."""
+    if backend == "numpy":
+        return lambda: a @ b
+    if backend == "torch":
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        return lambda: ta @ tb
+    if backend == "torch-cuda":
+        import torch
+
+        ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+
+        def f():
+            ta @ tb
+            torch.cuda.synchronize()
+
+        return f
+    if backend == "cupy":
+        import cupy
+
+        ca, cb = cupy.asarray(a), cupy.asarray(b)
+
+        def g():
+            ca @ cb
+            cupy.cuda.Device().synchronize()
+
+        return g
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        mm = jax.jit(lambda u, v: u @ v)
+        return lambda: mm(ja, jb).block_until_ready()
+    raise ValueError(f"no GEMM measurement for backend {backend!r}")
+
+
+def measure_gemm(backend: str, dtype: str, *, quick: bool = False, tiny: bool = False) -> dict:
+    """Best square-GEMM rate (flop/s) of ``backend`` in ``dtype`` over a few sizes."""
+    sizes = (64, 128) if tiny else (256, 512, 1024) if quick else (256, 512, 1024, 2048)
+    reps = 3 if quick else 7
+    rng = np.random.default_rng(0)
+    rates = {}
+    for N in sizes:
+        a = rng.standard_normal((N, N)).astype(dtype)
+        b = rng.standard_normal((N, N)).astype(dtype)
+        t = _best(_gemm_call(backend, a, b), reps)
+        rates[N] = 2.0 * N**3 / t
+    best_n = max(rates, key=rates.get)
+    return {
+        "flops_per_s": rates[best_n],
+        "best_size": best_n,
+        "by_size": {str(k): v for k, v in rates.items()},
+    }
+
+
+def measure_copy(*, quick: bool = False, device: str = "cpu", tiny: bool = False) -> dict:
+    """Copy bandwidth in bytes written per second: into a touched buffer and into a new array."""
+    nbytes = (4 if tiny else 128 if quick else 512) * 2**20
+    reps = 3 if quick else 5
+    if device == "cpu":
+        src = np.random.default_rng(0).standard_normal(nbytes // 8)
+        dst = np.empty_like(src)
+        dst.fill(0.0)
+        t_touched = _best(lambda: np.copyto(dst, src), reps)
+        t_fresh = _best(lambda: src.copy(), reps)
+        return {
+            "touched_Bps": src.nbytes / t_touched,
+            "fresh_Bps": src.nbytes / t_fresh,
+            "array_bytes": src.nbytes,
+        }
+    import torch
+
+    src = torch.randn(nbytes // 8, dtype=torch.float64, device="cuda")
+    dst = torch.empty_like(src)
+
+    def touched():
+        dst.copy_(src)
+        torch.cuda.synchronize()
+
+    def fresh():
+        src.clone()
+        torch.cuda.synchronize()
+
+    t_touched = _best(touched, reps)
+    t_fresh = _best(fresh, reps)
+    b = src.numel() * 8
+    return {"touched_Bps": b / t_touched, "fresh_Bps": b / t_fresh, "array_bytes": b}
+
+
+# --------------------------------------------------------------------------
+# flop counting
+# --------------------------------------------------------------------------
+
+
+def _mm_flops(a, b) -> int:
+    return 2 * prod(a.shape[:-1]) * a.shape[-1] * b.shape[-1]
+
+
+def _einsum_flops(subscripts: str, a, b) -> int:
+    ins, _ = subscripts.replace(" ", "").split("->")
+    sa, sb = ins.split(",")
+    size = {}
+    for s, arr in ((sa, a), (sb, b)):
+        for c, n in zip(s, arr.shape):
+            size[c] = max(size.get(c, 1), n)
+    return 2 * prod(size.values())
+
+
+def count_flops(net, x, **kwargs) -> int:
+    """GEMM flops of one call ``net(x, **kwargs)`` on the NumPy backend.
+
+    Every ``mm`` and ``einsum`` the engine sends to the backend is counted
+    (``2·M·K·N`` for an ``(M, K) @ (K, N)`` product); the few plain ``@`` of
+    the value pass and elementwise work are not.
+    """
+    from hessquik_core.backends import _numpy as be
+
+    total = [0]
+    mm0, es0 = be.mm, be.einsum
+
+    def mm(a, b, *, xp=None):
+        total[0] += _mm_flops(a, b)
+        return mm0(a, b, xp=xp)
+
+    def einsum(sub, a, b, *, xp=None):
+        total[0] += _einsum_flops(sub, a, b)
+        return es0(sub, a, b, xp=xp)
+
+    be.mm, be.einsum = mm, einsum
+    try:
+        net(x, **kwargs)
+    finally:
+        be.mm, be.einsum = mm0, es0
+    return total[0]
+
+
+def flops_at(net, d: int, n: int, dtype, **kwargs) -> int:
+    """GEMM flops at batch ``n``, from two tiny calls: the count is affine in ``n``."""
+    x2 = np.zeros((2, d), dtype=dtype)
+    x3 = np.zeros((3, d), dtype=dtype)
+    f2 = count_flops(net, x2, **kwargs)
+    f3 = count_flops(net, x3, **kwargs)
+    return f2 + (f3 - f2) * (n - 2)
+
+
+# --------------------------------------------------------------------------
+# description
+# --------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def source_fingerprint() -> str:
+    """SHA-256 over hessquik_core's source files: which engine version was measured."""
+    import hashlib
+    from pathlib import Path
+
+    import hessquik_core
+
+    h = hashlib.sha256()
+    root = Path(hessquik_core.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other processes compete for the cores)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _numpy_blas() -> str:
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        return "unknown"
+
+
+def _flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    fl = line.split(":", 1)[1].split()
+                    keep = [f for f in ("avx2", "fma", "avx512f", "avx512_fp16", "amx_tile") if f in fl]
+                    return " ".join(keep)
+    except OSError:
+        pass
+    return ""
+
+
+def describe(n_threads: int) -> dict:
+    """Machine and software description (JSON-able)."""
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_flags": _flags(),
+        "logical_cpus": os.cpu_count(),
+        "threads_used": n_threads,
+        "memory_total_bytes": _mem_total(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numpy_blas": _numpy_blas(),
+        "hessquik_core": _version("hessquik-core"),
+        "hessQuik": _version("hessQuik") or _version("hessquik"),
+        "torch": _version("torch"),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "folx": _version("folx"),
+        "cupy": _version("cupy-cuda12x") or _version("cupy"),
+        "env": {
+            k: os.environ.get(k)
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+            if os.environ.get(k)
+        },
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_blas"] = "MKL" if torch.backends.mkl.is_available() else "other"
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    if "gpu" not in info:
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                info["gpu"] = out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    info.setdefault("gpu", None)
+    return info

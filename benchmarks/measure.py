@@ -1,0 +1,177 @@
+"""Timing (timeit-style) and peak-memory measurement.
+
+Timing follows :mod:`timeit`: a call is repeated ``number`` times per
+repeat, ``number`` chosen so that one repeat lasts at least ``min_repeat_s``
+(``Timer.autorange``), and ``repeat`` repeats are taken; the per-call
+minimum and median are reported. Each call's result is dropped before the
+next call starts, so at most one output is alive at a time.
+
+Peak memory of one call:
+
+* CPU — the growth of the resident set size above its value before the
+  call, read from ``VmHWM`` after resetting the high-water mark through
+  ``/proc/self/clear_refs`` (Linux); ``tracemalloc``'s peak is recorded as
+  well where asked (it sees NumPy's allocations, not torch's or XLA's);
+* GPU — ``torch.cuda.max_memory_allocated`` or the CuPy pool's high-water
+  mark.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Timing", "peak_memory", "rss_bytes", "time_call"]
+
+
+@dataclass
+class Timing:
+    min_s: float
+    median_s: float
+    number: int
+    repeat: int
+    total_s: float
+    samples: list  # per-call time of each repeat
+
+
+def time_call(
+    call: Callable[[], Any], *, min_repeat_s: float, repeat: int, max_total_s: float, first_s: float
+) -> Timing:
+    """Time ``call`` (already warmed up; ``first_s`` is how long that warm-up call took).
+
+    ``number`` calls per repeat so that a repeat lasts ``min_repeat_s``; fewer
+    repeats (at least one) where ``repeat`` of them would pass ``max_total_s``.
+    """
+    per = max(first_s, 1e-7)
+    number = max(1, int(min_repeat_s / per)) if per < min_repeat_s else 1
+    if number > 1:  # calibrate on a real repeat, as timeit.autorange does
+        t0 = time.perf_counter()
+        for _ in range(number):
+            out = call()
+            del out
+        per = (time.perf_counter() - t0) / number
+        number = max(1, int(min_repeat_s / per) + 1)
+    reps = max(1, min(repeat, int(max_total_s / max(per * number, 1e-9))))
+    times = []
+    t_all = time.perf_counter()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            out = call()
+            del out
+        times.append((time.perf_counter() - t0) / number)
+    return Timing(min(times), statistics.median(times), number, reps, time.perf_counter() - t_all, times)
+
+
+# --------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------
+
+_STATUS = "/proc/self/status"
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open(_STATUS) as fh:
+            m = re.search(key + r":\s+(\d+)\s+kB", fh.read())
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def can_reset_rss_peak() -> bool:
+    return os.path.exists("/proc/self/clear_refs") and _reset_hwm()
+
+
+def peak_memory(
+    call: Callable[[], Any], *, device: str, kind: str, use_tracemalloc: bool = False, collect: bool = True
+):
+    """Run ``call`` once; return ``(result, seconds, peak)``.
+
+    ``peak`` is a dict: ``rss`` (bytes above the pre-call RSS, CPU),
+    ``tracemalloc`` (bytes, when asked) or ``gpu`` (bytes, GPU), and
+    ``method`` naming what was measured.
+    """
+    if collect:
+        gc.collect()
+    peak: dict = {}
+    if device == "cuda":
+        reset, read = _gpu_counters(kind)
+        reset()
+        t0 = time.perf_counter()
+        out = call()
+        dt = time.perf_counter() - t0
+        peak["gpu"] = read()
+        peak["method"] = "max allocated (GPU)"
+        return out, dt, peak
+    base = rss_bytes()
+    ok = _reset_hwm()
+    if use_tracemalloc:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    out = call()
+    dt = time.perf_counter() - t0
+    if use_tracemalloc:
+        _, tpeak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peak["tracemalloc"] = tpeak
+    hwm = _status_kib("VmHWM")
+    if ok and base is not None and hwm is not None:
+        peak["rss"] = max(0, hwm * 1024 - base)
+        peak["method"] = "RSS high-water mark above the pre-call RSS"
+    return out, dt, peak
+
+
+def _gpu_counters(kind: str):
+    if kind == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        state = {"base": 0, "peak": 0}
+
+        # CuPy keeps no high-water mark: the pool's total bytes after the call
+        # (blocks are cached, not returned) bounds the call's peak from below
+        def reset():
+            pool.free_all_blocks()
+            state["base"] = pool.used_bytes()
+
+        def read():
+            return pool.total_bytes() - state["base"]
+
+        return reset, read
+    import torch
+
+    def reset():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        state_base[0] = torch.cuda.memory_allocated()
+
+    state_base = [0]
+
+    def read():
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - state_base[0]
+
+    return reset, read

@@ -1,0 +1,183 @@
+"""PNG figures mirroring the hessQuik paper's (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+__all__ = ["make_all"]
+
+_STYLE = {
+    "ours-numpy": dict(color="C0", marker="o", lw=2.2),
+    "ours-torch": dict(color="C1", marker="s", lw=2.2),
+    "ours-jax-jit": dict(color="C7", marker="*", lw=2.2),
+    "ours-numpy-bwd": dict(color="C0", marker="o", ls="--"),
+    "ours-torch-bwd": dict(color="C1", marker="s", ls="--"),
+    "ours-cupy": dict(color="C8", marker="o", lw=2.2),
+    "ours-torch-cuda": dict(color="C9", marker="s", lw=2.2),
+    "hessQuik-0.0.6": dict(color="C2", marker="^"),
+    "torch.func": dict(color="C3", marker="v"),
+    "jax": dict(color="C4", marker="D"),
+    "folx": dict(color="C5", marker="P"),
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ok(rows):
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def _peers(rows):
+    out = []
+    for r in rows:
+        if r["peer"] not in out:
+            out.append(r["peer"])
+    return out
+
+
+def _lines(ax, rows, x, title, xlabel):
+    for p in _peers(rows):
+        pts = sorted((r[x], r["min_s"]) for r in _ok(rows) if r["peer"] == p)
+        if pts:
+            ax.plot(*zip(*pts), label=p, **_STYLE.get(p, {}))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("time per call (s)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _w1(out: Path, rows):
+    plt = _plt()
+    ns = sorted({r["n"] for r in rows})
+    fig, axes = plt.subplots(1, len(ns), figsize=(6 * len(ns), 4.5), squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        _lines(ax, [r for r in rows if r["n"] == n], "d", f"W1: m = 1, n = {n}", "input dimension d")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "w1_time_vs_d.png", dpi=110)
+    plt.close(fig)
+
+
+def _heat(ax, fig, ds, ms, val, title, cmap, center=None, fmt="{:.2g}"):
+    import numpy as np
+
+    Z = np.full((len(ds), len(ms)), np.nan)
+    for (d, m), v in val.items():
+        Z[ds.index(d), ms.index(m)] = v
+    if center is None:
+        im = ax.imshow(np.log10(Z), origin="lower", cmap=cmap, aspect="auto")
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label("log10 time (s)")
+    else:
+        lim = np.nanmax(np.abs(np.log2(Z))) if np.isfinite(Z).any() else 1.0
+        im = ax.imshow(np.log2(Z), origin="lower", cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label("log2(peer time / ours-best time)")
+    for i in range(len(ds)):
+        for j in range(len(ms)):
+            if math.isfinite(Z[i, j]):
+                ax.text(j, i, fmt.format(Z[i, j]), ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(len(ms)), [str(m) for m in ms])
+    ax.set_yticks(range(len(ds)), [str(d) for d in ds])
+    ax.set_xlabel("output dimension m")
+    ax.set_ylabel("input dimension d")
+    ax.set_title(title, fontsize=9)
+
+
+def _w2(out: Path, rows):
+    plt = _plt()
+    ds = sorted({r["d"] for r in rows})
+    ms = sorted({r["m"] for r in rows})
+    peers = _peers(rows)
+    cols = min(3, len(peers))
+    nr = math.ceil(len(peers) / cols)
+    fig, axes = plt.subplots(nr, cols, figsize=(5.2 * cols, 4.2 * nr), squeeze=False)
+    for ax, p in zip(axes.flat, peers):
+        val = {(r["d"], r["m"]): r["min_s"] for r in _ok(rows) if r["peer"] == p}
+        _heat(ax, fig, ds, ms, val, f"W2 time: {p}", "viridis")
+    for ax in list(axes.flat)[len(peers) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "w2_heatmaps.png", dpi=110)
+    plt.close(fig)
+
+    others = [p for p in peers if "ratio" in next((r for r in _ok(rows) if r["peer"] == p), {})]
+    if not others:
+        return
+    cols = min(3, len(others))
+    nr = math.ceil(len(others) / cols)
+    fig, axes = plt.subplots(nr, cols, figsize=(5.2 * cols, 4.2 * nr), squeeze=False)
+    for ax, p in zip(axes.flat, others):
+        val = {(r["d"], r["m"]): r["ratio"] for r in _ok(rows) if r["peer"] == p and "ratio" in r}
+        _heat(ax, fig, ds, ms, val, f"W2 ratio {p} / ours-best (>1: ours faster)", "RdBu", center=1.0)
+    for ax in list(axes.flat)[len(others) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "w2_ratio_heatmaps.png", dpi=110)
+    plt.close(fig)
+
+
+def _w3(out: Path, rows):
+    plt = _plt()
+    ws = sorted({r["width"] for r in rows})
+    fig, axes = plt.subplots(1, len(ws), figsize=(6 * len(ws), 4.5), squeeze=False)
+    for ax, w in zip(axes[0], ws):
+        _lines(
+            ax,
+            [r for r in rows if r["width"] == w],
+            "d",
+            f"W3: Laplacian, tanh MLP width {w}, n = 256",
+            "input dimension d",
+        )
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "w3_time_vs_d.png", dpi=110)
+    plt.close(fig)
+
+
+def _w5(out: Path, rows):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for p in _peers(rows):
+        pts = sorted((r["n"], r["min_s"]) for r in _ok(rows) if r["peer"] == p)
+        if pts:
+            axes[0].plot(*zip(*pts), label=p, **_STYLE.get(p, {}))
+            axes[1].plot([a for a, _ in pts], [t / a for a, t in pts], label=p, **_STYLE.get(p, {}))
+    for ax, yl in zip(axes, ("time per call (s)", "time per example (s)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size n")
+        ax.set_ylabel(yl)
+        ax.grid(True, which="both", alpha=0.3)
+    d = rows[0]["d"] if rows else "?"
+    axes[0].set_title(f"W5: batch scaling, d = {d}, m = 1")
+    axes[1].set_title("per-example cost: overhead (left) to asymptotic rate (right)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "w5_batch_scaling.png", dpi=110)
+    plt.close(fig)
+
+
+def make_all(out: Path, data: dict) -> None:
+    out = Path(out)
+    by = {}
+    for r in data["rows"]:
+        by.setdefault(r["workload"], []).append(r)
+    if by.get("W1"):
+        _w1(out, by["W1"])
+    if by.get("W2"):
+        _w2(out, by["W2"])
+    if by.get("W3"):
+        _w3(out, by["W3"])
+    if by.get("W5"):
+        _w5(out, by["W5"])

@@ -1,0 +1,568 @@
+"""Markdown tables, target checks, CSV/JSON and plots from a run's records."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+from pathlib import Path
+
+__all__ = ["evaluate_targets", "write_all"]
+
+#: this library's CPU runs the targets compare with: eager NumPy/torch, and
+#: those plus the same engine traced by jax.jit
+OURS_EAGER = ("ours-numpy", "ours-torch")
+OURS_ALL = ("ours-numpy", "ours-torch", "ours-jax-jit")
+
+
+def _fmt_t(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def _fmt_b(b: float | None) -> str:
+    if b is None:
+        return "—"
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= f:
+            return f"{b / f:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return ""
+    st = r.get("status")
+    if st == "ok":
+        parts = [_fmt_t(r["min_s"])]
+        if "ratio" in r:
+            parts.append(f"{r['ratio']:.2f}×")
+        parts.append(f"{100 * r['frac']:.0f}%")
+        return " · ".join(parts)
+    if st == "skip-memory":
+        return "skip (memory)"
+    if st == "skip-time":
+        return "skip (time)"
+    if st == "skip-budget":
+        return "skip (run budget)"
+    if st == "mismatch":
+        return f"MISMATCH {r.get('rel_err', float('nan')):.1e}"
+    if st == "error-memory":
+        return "FAILED (memory)"
+    return "FAILED"
+
+
+def _peers_in(rows):
+    order = []
+    for r in rows:
+        if r["peer"] not in order:
+            order.append(r["peer"])
+    return order
+
+
+def _index(rows):
+    return {
+        (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"], r["peer"]): r
+        for r in rows
+    }
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------
+
+
+def _group(rows):
+    """{point tuple: {peer: row}} over all rows."""
+    g: dict = {}
+    for r in rows:
+        k = (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])
+        g.setdefault(k, {})[r["peer"]] = r
+    return g
+
+
+def _best_ours(peers: dict, ours=OURS_ALL):
+    ok = [peers[p] for p in ours if p in peers and peers[p].get("status") == "ok"]
+    return min(ok, key=lambda r: r["min_s"]) if ok else None
+
+
+def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
+    """Each target of the issue: met / missed / not measured, with the deciding numbers."""
+    rows = data["rows"]
+    g = _group(rows)
+    ram = data["machine"].get("memory_total_bytes") or 0
+    out = []
+
+    def vs(peer_family_name, pred, ratio_needed, label, better="faster"):
+        worst, bad, count, missing = None, [], 0, 0
+        for k, peers in g.items():
+            if not pred(k):
+                continue
+            b = _best_ours(peers, ours)
+            p = peers.get(peer_family_name)
+            if p is None or b is None:
+                missing += 1
+                continue
+            if p.get("status") != "ok":
+                continue
+            count += 1
+            ratio = p["min_s"] / b["min_s"]
+            if worst is None or ratio < worst[0]:
+                worst = (ratio, k)
+            if ratio < ratio_needed:
+                bad.append((k, ratio))
+        return {
+            "target": label,
+            "points": count,
+            "worst_ratio": None if worst is None else worst[0],
+            "worst_at": None if worst is None else _pt(worst[1]),
+            "misses": [(_pt(k), r) for k, r in bad],
+            "status": "not measured" if count == 0 else ("met" if not bad else "missed"),
+        }
+
+    w12 = lambda k: k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64"  # noqa: E731
+    out.append(vs("hessQuik-0.0.6", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than hessQuik 0.0.6"))
+    out.append(vs("torch.func", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than torch.func"))
+    out.append(
+        vs(
+            "jax",
+            lambda k: w12(k) and k[2] >= 16,
+            1.0,
+            "W1/W2, n=1000, float64, d ≥ 16: not slower than JAX-jit",
+        )
+    )
+    out.append(
+        vs(
+            "jax",
+            lambda k: k[0] == "W1" and k[5] == 10 and k[6] == "float64",
+            1 / 1.5,
+            "W1, n=10: within 1.5× of JAX-jit (JAX time / ours ≥ 0.67)",
+        )
+    )
+    w3 = lambda k: k[0] == "W3"  # noqa: E731
+    out.append(vs("folx", w3, 1.0, "W3: not slower than folx"))
+    out.append(
+        vs(
+            "torch.func",
+            lambda k: w3(k) and k[2] >= 256,
+            2.0,
+            "W3, d ≥ 256: ≥ 2× faster than the trace of torch.func's Hessian",
+        )
+    )
+
+    # machine limit at large d
+    fr, miss, cnt = [], [], 0
+    for k, peers in g.items():
+        if k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64" and k[2] >= 256:
+            b = _best_ours(peers, ours)
+            if b is None:
+                continue
+            cnt += 1
+            fr.append((b["frac"], b.get("frac_fresh"), _pt(k)))
+            if b["frac"] < 0.5:
+                miss.append((_pt(k), b["frac"]))
+    out.append(
+        {
+            "target": "W1/W2, n=1000, d ≥ 256: ≥ 50% of the machine limit",
+            "points": cnt,
+            "fractions": fr,
+            "misses": miss,
+            "status": "not measured" if cnt == 0 else ("met" if not miss else "missed"),
+        }
+    )
+
+    # no memory failure where the output fits in half the RAM
+    bad = [
+        (
+            _pt((r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])),
+            r["peer"],
+            r.get("status"),
+        )
+        for r in rows
+        if r["family"] == "ours"
+        and r["device"] == "cpu"
+        and r["out_bytes"] <= ram / 2
+        and r.get("status") in ("skip-memory", "error-memory")
+    ]
+    out.append(
+        {
+            "target": "no point whose output fits in half the RAM fails for memory (this library)",
+            "points": sum(1 for r in rows if r["family"] == "ours" and r["out_bytes"] <= ram / 2),
+            "misses": bad,
+            "status": "met" if not bad else "missed",
+        }
+    )
+    return out
+
+
+def _pt(k) -> str:
+    w, kind, d, m, width, n, dt, task = k
+    s = f"{w} d={d}"
+    if kind == "resnet":
+        s += f" m={m}"
+    else:
+        s += f" w={width}"
+    return s + f" n={n}" + ("" if dt == "float64" else f" {dt}")
+
+
+def _targets_md(targets: list[dict]) -> str:
+    lines = []
+    for t in targets:
+        mark = {"met": "✅ met", "missed": "❌ missed", "not measured": "⚪ not measured"}[t["status"]]
+        line = f"- **{t['target']}** — {mark}"
+        if "worst_ratio" in t and t["worst_ratio"] is not None:
+            line += (
+                f" (worst ratio peer/ours = {t['worst_ratio']:.2f} at {t['worst_at']}, {t['points']} points)"
+            )
+        if "fractions" in t and t["fractions"]:
+            fs = ", ".join(
+                f"{p}: {100 * f:.0f}% (fresh-alloc bound {100 * (ff or 0):.0f}%)"
+                for f, ff, p in t["fractions"]
+            )
+            line += f" — {fs}"
+        lines.append(line)
+        misses = t.get("misses") or []
+        if misses and "worst_ratio" in t:
+            shown = ", ".join(f"{p} ({r:.2f})" for p, r in misses[:12])
+            more = f" … and {len(misses) - 12} more" if len(misses) > 12 else ""
+            lines.append(f"  - misses: {shown}{more}")
+        elif misses and "fractions" not in t:
+            lines.append("  - misses: " + ", ".join(f"{p} {peer} {st}" for p, peer, st in misses))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# workload tables
+# --------------------------------------------------------------------------
+
+
+def _wl_rows(data, name):
+    return [r for r in data["rows"] if r["workload"] == name]
+
+
+def _point_keys(rows, keyfun):
+    seen = []
+    for r in rows:
+        k = keyfun(r)
+        if k not in seen:
+            seen.append(k)
+    return seen
+
+
+def _grid(rows, keyfun, labelfun) -> str:
+    peers = _peers_in(rows)
+    byk: dict = {}
+    for r in rows:
+        byk.setdefault(keyfun(r), {})[r["peer"]] = r
+    body = []
+    for k in _point_keys(rows, keyfun):
+        cells = byk[k]
+        any_r = next(iter(cells.values()))
+        body.append(labelfun(any_r) + [_cell(cells.get(p)) for p in peers])
+    return peers, body
+
+
+def _mem_grid(rows, keyfun, labelfun):
+    peers = _peers_in(rows)
+    byk: dict = {}
+    for r in rows:
+        byk.setdefault(keyfun(r), {})[r["peer"]] = r
+    body = []
+    for k in _point_keys(rows, keyfun):
+        cells = byk[k]
+        any_r = next(iter(cells.values()))
+        body.append(
+            labelfun(any_r)
+            + [_fmt_b(any_r["out_bytes"])]
+            + [
+                _fmt_b(cells[p].get("peak_bytes"))
+                if p in cells and cells[p].get("peak_bytes") is not None
+                else (_cell(cells.get(p)) if p in cells and cells[p]["status"] != "ok" else "—")
+                for p in peers
+            ]
+        )
+    return peers, body
+
+
+def _section(data, name, keyfun, labelfun, label_hdr) -> str:
+    rows = _wl_rows(data, name)
+    if not rows:
+        return ""
+    peers, body = _grid(rows, keyfun, labelfun)
+    s = _table(label_hdr + peers, body)
+    mpeers, mbody = _mem_grid(rows, keyfun, labelfun)
+    s += (
+        "\n\n<details><summary>Peak memory (output size, then each peer's peak)</summary>\n\n"
+        + _table(label_hdr + ["output"] + mpeers, mbody)
+        + "\n\n</details>"
+    )
+    return s
+
+
+def _w4_extra(data) -> str:
+    rows = [r for r in _wl_rows(data, "W4") if r.get("status") == "ok"]
+    by = {}
+    for r in rows:
+        by[(r["kind"], r["d"], r["width"], r["n"], r["peer"], r["dtype"])] = r["min_s"]
+    peers = _peers_in(rows)
+    keys = _point_keys(rows, lambda r: (r["kind"], r["d"], r["width"], r["n"]))
+    body = []
+    for kind, d, w, n in keys:
+        row = [f"{kind} d={d}" + (f" w={w}" if kind == "mlp" else ""), str(n)]
+        for p in peers:
+            a, b = by.get((kind, d, w, n, p, "float64")), by.get((kind, d, w, n, p, "float32"))
+            row.append(f"{a / b:.2f}" if a and b else "—")
+        body.append(row)
+    return "Speed-up of float32 over float64 (time f64 / time f32):\n\n" + _table(
+        ["point", "n"] + peers, body
+    )
+
+
+def _w5_extra(data) -> str:
+    rows = [r for r in _wl_rows(data, "W5") if r.get("status") == "ok"]
+    peers = _peers_in(rows)
+    by = {(r["n"], r["peer"]): r["min_s"] for r in rows}
+    ns = sorted({r["n"] for r in rows})
+    body = [[str(n)] + [f"{by[(n, p)] / n * 1e6:.3g}" if (n, p) in by else "—" for p in peers] for n in ns]
+    out = "Time per example (µs):\n\n" + _table(["n"] + peers, body)
+    # overhead (smallest n) and asymptotic rate (largest n)
+    lines = []
+    for p in peers:
+        have = [n for n in ns if (n, p) in by]
+        if len(have) >= 2:
+            lo, hi = have[0], have[-1]
+            lines.append(
+                f"- `{p}`: per-call overhead ≈ {_fmt_t(by[(lo, p)])} (n = {lo}); asymptotic "
+                f"{by[(hi, p)] / hi * 1e6:.3g} µs per example (n = {hi})"
+            )
+    return out + "\n\n" + "\n".join(lines)
+
+
+def _machine_md(data) -> str:
+    m = data["machine"]
+    lines = [
+        f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs; flags: {m.get('cpu_flags', '')})",
+        f"- threads used by every library: {m['threads_used']} "
+        f"(set: {', '.join(f'{k}={v}' for k, v in m.get('threads', {}).items())})",
+        f"- memory: {_fmt_b(m.get('memory_total_bytes'))} total; budget for one call "
+        f"{_fmt_b(data['memory_budget_bytes'])}",
+        f"- GPU: {m.get('gpu') or 'none'}",
+        f"- hessquik_core measured: source fingerprint `{m.get('hessquik_core_sources_sha256')}` "
+        "(SHA-256 over its .py files)",
+        f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end "
+        f"{m.get('load_average_end')} (other processes on the machine compete for its cores)",
+        f"- {m['platform']}, Python {m['python']}",
+        f"- numpy {m['numpy']} ({m.get('numpy_blas')}), torch {m.get('torch')} "
+        f"({m.get('torch_blas', '')}), jax {m.get('jax')}, folx {m.get('folx')}, "
+        f"hessQuik {m.get('hessQuik')}, hessquik-core {m.get('hessquik_core')}",
+    ]
+    gem = ", ".join(f"{k}: {v['flops_per_s'] / 1e9:.0f} GFLOP/s" for k, v in data["gemm"].items())
+    lines.append(f"- measured GEMM peak (best square size): {gem}")
+    c = data["copy"]["cpu"]
+    lines.append(
+        f"- measured copy bandwidth: {c['touched_Bps'] / 1e9:.1f} GB/s into a touched buffer, "
+        f"{c['fresh_Bps'] / 1e9:.1f} GB/s into a new array"
+    )
+    return "\n".join(lines)
+
+
+def _agreement_md(data) -> str:
+    """Largest deviation of each peer from this library's float64 NumPy result."""
+    worst: dict = {}
+    for r in data["rows"]:
+        e = r.get("rel_err")
+        if e is not None:
+            k = (r["peer"], r["dtype"])
+            worst[k] = max(worst.get(k, 0.0), e)
+    if not worst:
+        return "- no peer ran"
+    body = [[p, dt, f"{e:.1e}"] for (p, dt), e in sorted(worst.items())]
+    mism = sum(1 for r in data["rows"] if r.get("status") == "mismatch")
+    return (
+        "Largest deviation over all points (max abs difference / max abs entry, first rows of each "
+        f"batch; {mism} mismatches):\n\n" + _table(["peer", "dtype", "largest deviation"], body)
+    )
+
+
+def _net_label(r) -> str:
+    return r["kind"] + (f" w={r['width']}" if r["kind"] == "mlp" else "")
+
+
+# per workload: row key, row label cells, label header
+_LAYOUT = {
+    "W1": (lambda r: (r["n"], r["d"]), lambda r: [str(r["n"]), str(r["d"])], ["n", "d"]),
+    "W5": (lambda r: (r["n"], r["d"]), lambda r: [str(r["n"]), str(r["d"])], ["n", "d"]),
+    "W2": (lambda r: (r["d"], r["m"]), lambda r: [str(r["d"]), str(r["m"])], ["d", "m"]),
+    "W3": (lambda r: (r["width"], r["d"]), lambda r: [str(r["width"]), str(r["d"])], ["width", "d"]),
+    "W4": (
+        lambda r: (r["kind"], r["width"], r["d"], r["dtype"]),
+        lambda r: [_net_label(r), str(r["d"]), str(r["n"]), r["dtype"]],
+        ["network", "d", "n", "dtype"],
+    ),
+}
+
+
+def markdown(data: dict, analysis: str | None = None) -> str:
+    mode = "quick" if data["quick"] else "full"
+    when = data.get("date") or _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    s = [
+        f"# Benchmark results ({mode} run)",
+        "",
+        f"Produced by `python -m benchmarks{' --quick' if data['quick'] else ''}` on {when} in "
+        f"{data['wall_s'] / 60:.1f} min. Every peer runs in the same process, with the same weights, "
+        "the same inputs, the same dtype and the same thread count.",
+        "",
+        "## Machine",
+        "",
+        _machine_md(data),
+        "",
+        "## How to read the tables",
+        "",
+        "Each cell is `min time · ratio · limit%`:",
+        "",
+        "- *min time*: the fastest of the timeit-style repeats (the median is in `results.csv`); calls "
+        "under 0.5 s are timed in a second pass minutes later and the best of both passes is kept, "
+        "which removes most slow-downs caused by other processes on a shared machine;",
+        "- *ratio*: that time over this library's best CPU time at the same point "
+        "(the fastest of `ours-numpy`, `ours-torch` and `ours-jax-jit`, the last being this library's "
+        "engine on JAX arrays traced by `jax.jit`); above 1 means this library is that much faster;",
+        "- *limit%*: the machine limit over the time, where the limit is the larger of "
+        "GEMM-flops / measured GEMM rate of the peer's backend and output bytes / measured copy "
+        "bandwidth (see `benchmarks/machine.py`).",
+        "",
+        "Before a peer is timed its result is compared, on the first rows of the batch, with this "
+        "library's float64 NumPy result (max deviation relative to the largest entry: ≤ 1e-8 in "
+        "float64, ≤ 2e-3 in float32); a peer that disagrees is shown as MISMATCH and not timed. "
+        "`skip (memory)` / `skip (time)` mean the run predicted, from the peer's own measured growth "
+        "over smaller points, that the call would not fit in the memory budget or the per-call "
+        f"time cap ({data['max_call_s']:.0f} s); the reasons are listed under *Skipped points*.",
+        "",
+        "## Targets",
+        "",
+        "With this library's best CPU time over NumPy, torch and its jax.jit-traced run:",
+        "",
+        _targets_md(evaluate_targets(data, OURS_ALL)),
+        "",
+        "With the eager NumPy and torch backends only:",
+        "",
+        _targets_md(evaluate_targets(data, OURS_EAGER)),
+        "",
+    ]
+    plots = {
+        "W1": ["w1_time_vs_d.png"],
+        "W2": ["w2_heatmaps.png", "w2_ratio_heatmaps.png"],
+        "W3": ["w3_time_vs_d.png"],
+        "W4": [],
+        "W5": ["w5_batch_scaling.png"],
+    }
+    for w in data["workloads"]:
+        name = w["name"]
+        s += [f"## {w['title']}", ""]
+        key, lab, hdr = _LAYOUT.get(name, _LAYOUT["W4"])
+        s.append(_section(data, name, key, lab, hdr))
+        if name == "W4":
+            s += ["", _w4_extra(data)]
+        if name == "W5":
+            s += ["", _w5_extra(data)]
+        if not data.get("no_plots"):
+            for png in plots.get(name, []):
+                s += ["", f"![{name}]({png})"]
+        s.append("")
+    s += ["## Agreement with this library", "", _agreement_md(data), ""]
+    skipped = [r for r in data["rows"] if r.get("status") not in ("ok", None)]
+    s += ["## Skipped points, failures and notes", ""]
+    s += [f"- {n}" for n in data["notes"]]
+    seen = set()
+    for r in skipped:
+        k = (r["peer"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["status"])
+        if k in seen:
+            continue
+        seen.add(k)
+        s.append(
+            f"- {r['peer']} at {r['kind']} d={r['d']} m={r['m']} w={r['width']} n={r['n']} "
+            f"{r['dtype']}: {r['status']} — {r.get('note', '')}"
+        )
+    if not data["notes"] and not skipped:
+        s.append("- none")
+    peers_notes = [p for p in data["peers"] if p.get("note")]
+    if peers_notes:
+        s += ["", "Peer notes:", ""] + [f"- `{p['name']}`: {p['note']}" for p in peers_notes]
+    if analysis:
+        s += ["", analysis.strip(), ""]
+    return "\n".join(s) + "\n"
+
+
+CSV_FIELDS = [
+    "workload",
+    "kind",
+    "d",
+    "m",
+    "width",
+    "depth",
+    "n",
+    "dtype",
+    "task",
+    "peer",
+    "status",
+    "min_s",
+    "median_s",
+    "number",
+    "repeat",
+    "first_s",
+    "compile_s",
+    "ratio",
+    "ours_best_s",
+    "flops",
+    "out_bytes",
+    "limit_s",
+    "frac",
+    "limit_fresh_s",
+    "frac_fresh",
+    "peak_bytes",
+    "peak_method",
+    "rel_err",
+    "predicted_s",
+    "predicted_peak",
+    "note",
+]
+
+
+def write_all(out: Path, data: dict, plots: bool = True) -> None:
+    """results.json, results.csv, machine.json/txt, results.md and (optionally) the PNGs."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data.setdefault("date", _dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
+    data["no_plots"] = not plots
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in data["rows"]:
+            w.writerow(r)
+    mach = dict(data["machine"], gemm=data["gemm"], copy=data["copy"])
+    (out / "machine.json").write_text(json.dumps(mach, indent=1, default=str))
+    (out / "machine.txt").write_text(_machine_md(data).replace("- ", "") + "\n")
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            data["no_plots"] = True
+            data["notes"].append("plots not drawn: matplotlib is not installed.")
+        else:
+            from . import plots as _plots
+
+            _plots.make_all(out, data)
+    analysis_file = Path(__file__).parent / "analysis.md"
+    analysis = analysis_file.read_text() if (analysis_file.exists() and not data["quick"]) else None
+    (out / "results.md").write_text(markdown(data, analysis))
