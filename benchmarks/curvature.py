@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.measure import _reset_hwm, _status_kib
+
 CONFIGS = {
     "full": {"widths": [64, 256, 256, 10], "n_eig": 1000, "n_pex": 256, "repeats": 5},
     "quick": {"widths": [32, 96, 64, 10], "n_eig": 256, "n_pex": 128, "repeats": 3},
@@ -45,20 +47,7 @@ EIG_TOL = 1e-8
 
 
 def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+    return _status_kib(field) or 0
 
 
 def _problem(cfg, n, dtype):
@@ -237,7 +226,7 @@ def _run_case(case: str, cfg: dict) -> dict:
     # -- measure ------------------------------------------------------------
     warm()
     base = _rss_kib("VmRSS")
-    ok = _reset_peak()
+    ok = _reset_hwm()
     reps = 2 if task == "eig" else cfg["repeats"]
     times, walls = [], []
     res = None
