@@ -6,7 +6,7 @@ engine below it sees one Array-API namespace ``xp`` and one backend module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -95,7 +95,6 @@ class CallContext:
     orig_backend: str = "numpy"
     backend: str = "numpy"
     orig_x: Any = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def dtype(self):

@@ -109,9 +109,7 @@ class Layer(Module):
     def _bwd_first(self, cache, P, dl, Dl, what, be, xp):
         """``what`` is ``'trace'`` or ``'diag'`` of :math:`\\partial^2 g/\\partial u^2`."""
         _, full = self._bwd(cache, P, dl, Dl, True, be, xp)
-        p = full.shape[-1]
-        eye = xp.eye(p, dtype=full.dtype, device=_dev(full))
-        diag = xp.sum(full * eye, axis=-1)
+        diag = diagonal(full, xp)
         return xp.sum(diag, axis=-1) if what == "trace" else diag
 
     def config(self) -> dict:  # pragma: no cover - abstract
@@ -121,6 +119,13 @@ class Layer(Module):
         from .networks import NN
 
         return NN(self)(x, **kwargs)
+
+
+def diagonal(a, xp):
+    """Diagonal over the last two (square) axes: ``(..., p, p) -> (..., p)``
+    (the standard has ``linalg.diagonal`` only in an optional extension)."""
+    eye = xp.eye(a.shape[-1], dtype=a.dtype, device=_dev(a))
+    return xp.sum(a * eye, axis=-1)
 
 
 def _dev(a):

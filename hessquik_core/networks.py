@@ -16,7 +16,7 @@ import numpy as np
 from ._array import CallContext, resolve_call
 from ._cost import available_memory, estimate
 from ._module import Module
-from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer, Want, _check_int
+from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer, Want, _check_int, diagonal
 
 __all__ = ["ICNN", "NN", "FullyConnectedNN", "MemoryBudgetError", "ResnetNN", "Result", "MODES"]
 
@@ -340,9 +340,7 @@ def _run(leaves: list, ctx: CallContext) -> Result:
     else:
         res = _run_backward(leaves, params, ctx, u, order)
     if ctx.divergence:
-        g = res.gradient
-        eye = xp.eye(g.shape[1], dtype=g.dtype, device=ctx.device)
-        res.divergence = xp.sum(xp.sum(g * eye, axis=-1), axis=-1)
+        res.divergence = xp.sum(diagonal(res.gradient, xp), axis=-1)
     if not ctx.gradient:
         res.gradient = None
     return res
@@ -409,8 +407,7 @@ def _run_backward(leaves, params, ctx, u, order) -> Result:
     if ctx.hessian:
         hess = xp.permute_dims(Dl, (0, 2, 3, 1))
         if ctx.laplacian or ctx.hessian_diagonal:
-            eye = xp.eye(hess.shape[1], dtype=hess.dtype, device=ctx.device)
-            dg = xp.sum(Dl * eye, axis=-1)  # (n, k, d)
+            dg = diagonal(Dl, xp)  # (n, k, d)
             lap = xp.sum(dg, axis=-1) if ctx.laplacian else None
             diag = xp.permute_dims(dg, (0, 2, 1)) if ctx.hessian_diagonal else None
     return Result(value=u, gradient=grad, hessian=hess, laplacian=lap, hessian_diagonal=diag)
