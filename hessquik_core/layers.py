@@ -159,17 +159,16 @@ def _act_fwd(s1, s2, GM, H, D, L, M, want, be, xp):
             iu, ju = want.pairs
             Hf = xp.take(s2[:, None, :] * GM, iu, axis=1) * xp.take(GM, ju, axis=1)
         if H is not None:
-            Hf = Hf + _lift(s1, H.ndim, xp) * be.mm(H, M, xp=xp)
-    if want.diagonal or want.laplacian:
-        GM2 = GM * GM
-        if want.diagonal:
-            Df = s2[:, None, :] * GM2
-            if D is not None:
-                Df = Df + s1[:, None, :] * be.mm(D, M, xp=xp)
-        if want.laplacian:
-            Lf = s2 * xp.sum(GM2, axis=1)
-            if L is not None:
-                Lf = Lf + s1 * (L @ M)
+            Hf = be.addcmul(Hf, _lift(s1, H.ndim, xp), be.mm(H, M, xp=xp), xp=xp)
+    if want.diagonal:
+        Df = s2[:, None, :] * (GM * GM)
+        if D is not None:
+            Df = be.addcmul(Df, s1[:, None, :], be.mm(D, M, xp=xp), xp=xp)
+    if want.laplacian:
+        # Σ_i (GM)_i² as one contraction: no (n, k, q) square is stored
+        Lf = s2 * xp.vecdot(GM, GM, axis=-2)
+        if L is not None:
+            Lf = Lf + s1 * (L @ M)
     return Gf, Hf, Df, Lf
 
 
@@ -177,6 +176,12 @@ def _lift(a, ndim, xp):
     """``a : (n, q)`` -> ``(n, 1, ..., 1, q)`` with ``ndim`` axes, to scale a
     packed ``(n, T, q)`` or full ``(n, k, k, q)`` Hessian alike."""
     return xp.reshape(a, (a.shape[0], *([1] * (ndim - 2)), a.shape[-1]))
+
+
+def _outer(s):
+    """``s : (n, q)`` -> ``(n, 1, q, q)``, the per-example ``s sᵀ`` that scales a
+    symmetric ``(n, m, q, q)`` block on both sides in one pass."""
+    return s[:, None, :, None] * s[:, None, None, :]
 
 
 def _sandwich(M, W, c, be, xp):
@@ -189,7 +194,7 @@ def _sandwich(M, W, c, be, xp):
     Mt = xp.matrix_transpose(M)
     left = M * c[:, :, None, :]
     if W is not None:
-        left = left + _swap(be.mm(W, Mt, xp=xp), xp)
+        left += _swap(be.mm(W, Mt, xp=xp), xp)  # in place: ``left`` is ours
     return be.mm(left, Mt, xp=xp)
 
 
@@ -272,7 +277,7 @@ class SingleLayer(Layer):
         dlu = be.mm(s1[:, None, :] * dl, xp.matrix_transpose(K), xp=xp)
         if not second:
             return dlu, None
-        W = None if Dl is None else s1[:, None, :, None] * Dl * s1[:, None, None, :]
+        W = None if Dl is None else Dl * _outer(s1)
         return dlu, _sandwich(K, W, s2[:, None, :] * dl, be, xp)
 
     def _bwd_first(self, cache, P, dl, Dl, what, be, xp):
@@ -281,7 +286,7 @@ class SingleLayer(Layer):
         s1, s2 = cache
         K = P["K"]
         c = s2[:, None, :] * dl
-        W = None if Dl is None else s1[:, None, :, None] * Dl * s1[:, None, None, :]
+        W = None if Dl is None else Dl * _outer(s1)
         if what == "trace":
             KtK = xp.matrix_transpose(K) @ K
             eye = xp.eye(KtK.shape[0], dtype=KtK.dtype, device=_dev(KtK))
@@ -421,27 +426,45 @@ class ResnetLayer(Layer):
         return u + self.h * s, cache
 
     def _fwd(self, cache, P, G, H, D, L, want, be, xp):
-        h = self.h
-        Gs, Hs, Ds, Ls = self.layer._fwd(cache, P, G, H, D, L, want, be, xp)
-        Gf = G + h * Gs
-        Hf = None if Hs is None else (h * Hs if H is None else H + h * Hs)
-        Df = None if Ds is None else (h * Ds if D is None else D + h * Ds)
-        Lf = None if Ls is None else (h * Ls if L is None else L + h * Ls)
-        return Gf, Hf, Df, Lf
-
-    def _bwd(self, cache, P, dl, Dl, second, be, xp):
+        # the derivatives of h σ(uK + b) are those of σ with σ', σ'' scaled by
+        # h: scaling the (n, w) factors spares a pass over every carried array
         s1, s2 = cache
         h = self.h
         K = P["K"]
-        Kt = xp.matrix_transpose(K)
-        dlu = dl + h * be.mm(s1[:, None, :] * dl, Kt, xp=xp)
+        s2 = None if s2 is None else h * s2  # None: first order only
+        Gs, Hs, Ds, Ls = _act_fwd(h * s1, s2, be.mm(G, K, xp=xp), H, D, L, K, want, be, xp)
+        # the identity path, added in place into the fresh arrays just made
+        Gs += G
+        if H is not None:
+            Hs += H
+        if D is not None:
+            Ds += D
+        if L is not None:
+            Ls += L
+        return Gs, Hs, Ds, Ls
+
+    def _bwd(self, cache, P, dl, Dl, second, be, xp):
+        s1, s2 = cache
+        K = P["K"]
+        # h folded into the small (w, w) factor once, instead of a pass over
+        # every (n, m, w, w) block
+        hKt = self.h * xp.matrix_transpose(K)
+        dlu = be.addmm(dl, s1[:, None, :] * dl, hKt, xp=xp)
         if not second:
             return dlu, None
-        inner = K * (s2[:, None, :] * dl)[:, :, None, :]
+        c = (s2[:, None, :] * dl)[:, :, None, :]
         if Dl is None:
-            return dlu, h * be.mm(inner, Kt, xp=xp)
-        R = _swap(Dl + h * be.mm(Dl * s1[:, None, None, :], Kt, xp=xp), xp)
-        return dlu, R + h * be.mm(R * s1[:, None, None, :] + inner, Kt, xp=xp)
+            return dlu, be.mm(K * c, hKt, xp=xp)
+        # A = Dl Jᵀ; Dl symmetric, so Aᵀ = J Dl, and
+        # J Dl Jᵀ + h K diag(c) Kᵀ = Aᵀ + (Aᵀ diag(σ') + K diag(c)) h Kᵀ.
+        # Four (n, m, w, w) arrays are made; the sums go into the GEMM
+        # outputs or are fused (torch: addmm / addcmul_).
+        s1b = s1[:, None, None, :]
+        R = _swap(be.addmm(Dl, Dl * s1b, hKt, xp=xp), xp)
+        # K diag(c) is the accumulator: a fresh row-major array, so the GEMM
+        # below needs no copy (R * σ' would inherit R's transposed layout)
+        U = be.addcmul(K * c, R, s1b, xp=xp)
+        return dlu, be.addmm(R, U, hKt, xp=xp)
 
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --
     # f = u + h s(u) with s the inner single layer: the inner layer sees the

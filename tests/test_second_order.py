@@ -221,6 +221,93 @@ def test_chunking_really_splits(monkeypatch):
     assert len(calls) >= 3 and sum(calls) == 40
 
 
+def _strides(a):
+    return tuple(a.stride()) if callable(getattr(a, "stride", None)) else a.strides
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_cache_blocking_splits_and_is_identical(monkeypatch, backend, mode):
+    """Large eager CPU calls run in batch blocks (cache blocking); the result is
+    the unblocked one, bit for bit, with the same memory layout."""
+    import hessquik_core.networks as nw
+
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+    net = _nets(5, 3)["resnet"]
+    xn = np.random.default_rng(4).standard_normal((100, 5))
+    x = xn if backend == "numpy" else torch.from_numpy(xn)
+    kw = dict(gradient=True, hessian=True, laplacian=True, hessian_diagonal=True, mode=mode)
+    monkeypatch.setattr(nw, "_BLOCK_ABOVE", float("inf"))
+    whole = net(x, **kw)
+    calls = []
+    real = nw._run
+    monkeypatch.setattr(nw, "_run", lambda leaves, ctx: calls.append(ctx.x.shape[0]) or real(leaves, ctx))
+    monkeypatch.setattr(nw, "_BLOCK_ABOVE", 0)
+    monkeypatch.setattr(nw, "_BLOCK_TRAFFIC", 0.0)
+    monkeypatch.setattr(nw, "_BLOCK_BYTES", 1)  # blocks of _BLOCK_MIN examples
+    blocked = net(x, **kw)
+    assert calls == [16] * 6 + [4]
+    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal"):
+        a, b = getattr(blocked, name), getattr(whole, name)
+        assert type(a) is type(b) and a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
+        assert _strides(a) == _strides(b), name
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cache_blocking_is_off_where_it_cannot_help(monkeypatch):
+    import hessquik_core.networks as nw
+
+    torch = pytest.importorskip("torch")
+    net = _nets(5, 3)["resnet"]
+    monkeypatch.setattr(nw, "_BLOCK_ABOVE", 0)
+    monkeypatch.setattr(nw, "_BLOCK_TRAFFIC", 0.0)
+    monkeypatch.setattr(nw, "_BLOCK_BYTES", 1)
+    calls = []
+    real = nw._run
+    monkeypatch.setattr(nw, "_run", lambda leaves, ctx: calls.append(ctx.x.shape[0]) or real(leaves, ctx))
+    xn = np.random.default_rng(5).standard_normal((100, 5))
+    # autograd records the call: one graph over the whole batch
+    net(torch.tensor(xn, requires_grad=True), hessian=True)
+    # the generic backend (immutable libraries, XLA) is never blocked
+    net(xn, hessian=True, backend="generic")
+    # too few examples for two blocks
+    net(xn[:31], hessian=True)
+    assert calls == [100, 100, 31]
+    # with the default thresholds a small call is not blocked either
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(nw, "_run", lambda leaves, ctx: calls.append(ctx.x.shape[0]) or real(leaves, ctx))
+    net(xn, hessian=True)
+    assert calls == [100]
+
+
+def test_cache_blocking_triggers_on_a_benchmark_sized_call():
+    """The default thresholds block the W2 ResNet at d = 32, m = 16, n = 1000
+    (element-wise traffic ~20x the output), not the W1 d = 256 call whose cost
+    is writing its 500 MB Hessian."""
+    import hessquik_core.networks as nw
+    from hessquik_core._array import resolve_call
+
+    def block(d, m):
+        rng = np.random.default_rng(0)
+        net = hq.NN(
+            hq.SingleLayer(d, 16, act="antitanh", seed=rng),
+            hq.ResnetNN(16, 4, h=0.5, act="tanh", seed=rng),
+            hq.SingleLayer(16, m, seed=rng),
+        )
+        ctx = resolve_call(
+            net, np.zeros((1000, d)), directions=None, mode="backward", backend=None, gradient=True,
+            hessian=True, laplacian=False, hessian_diagonal=False, divergence=False,
+        )
+        leaves = list(net._leaves())
+        route = net._cost(ctx, leaves, 1000, modes=("backward",)).routes["backward"]
+        return nw._cache_block(ctx, leaves, route, 1000)
+
+    assert 16 <= block(32, 16) < 100
+    assert block(256, 1) == 1000
+
+
 def test_memory_budget_error_states_estimate_and_limit():
     net = _nets(5, 2)["mlp"]
     with pytest.raises(hq.MemoryBudgetError, match=r"estimated .* budget of 64\.0 B"):

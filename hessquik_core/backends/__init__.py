@@ -7,6 +7,11 @@ with the same function names (the opt_einsum / einops pattern):
 ``mm(a, b, *, xp)``
     Contract the last axis of ``a`` with the first axis of the matrix ``b``,
     as one GEMM over all leading axes.
+``addmm(c, a, b, *, xp)``
+    ``c + mm(a, b)``; torch fuses the sum into the GEMM (``beta = 1``).
+``addcmul(acc, a, b, *, xp)``
+    ``acc + a * b``; mutable libraries write into ``acc``, which must be a
+    temporary the engine owns (never a caller's array or a parameter).
 ``einsum(subscripts, a, b, *, xp)``
     Two-operand Einstein summation (NumPy: cached contraction path).
 ``convert(a, *, xp, dtype, device)``

@@ -15,6 +15,19 @@ def mm(a, b, *, xp=None):
     return cp.reshape(out, (*lead, b.shape[-1]))
 
 
+def addmm(c, a, b, *, xp=None):
+    """``c + a @ b``, the sum taken in place in the GEMM's output."""
+    out = mm(a, b)
+    out += c
+    return out
+
+
+def addcmul(acc, a, b, *, xp=None):
+    """``acc + a * b``, written into ``acc`` (a temporary the engine owns)."""
+    acc += a * b
+    return acc
+
+
 def einsum(subscripts, a, b, *, xp=None):
     return cp.einsum(subscripts, a, b)
 
@@ -50,4 +63,4 @@ def synchronize(device=None) -> None:
     cp.cuda.Device(device.id if device is not None else None).synchronize()
 
 
-__all__ = ["convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+__all__ = ["addcmul", "addmm", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]

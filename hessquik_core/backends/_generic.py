@@ -22,6 +22,16 @@ def mm(a, b, *, xp):
     return xp.reshape(out, (*lead, b.shape[-1]))
 
 
+def addmm(c, a, b, *, xp):
+    """``c + a @ b`` (immutable libraries: no in-place update)."""
+    return c + mm(a, b, xp=xp)
+
+
+def addcmul(acc, a, b, *, xp):
+    """``acc + a * b``; may reuse ``acc`` where a library allows (here: never)."""
+    return acc + a * b
+
+
 @lru_cache(maxsize=256)
 def _plan(subscripts: str, ndim_a: int, ndim_b: int):
     ins, out = subscripts.replace(" ", "").split("->")

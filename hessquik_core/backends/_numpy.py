@@ -35,6 +35,20 @@ def mm(a, b, *, xp=None):
     return np.reshape(out, (*lead, b.shape[-1]))
 
 
+def addmm(c, a, b, *, xp=None):
+    """``c + a @ b`` (``c`` has the result's shape); the sum is taken in place
+    in the GEMM's fresh output, so no third array is allocated."""
+    out = mm(a, b)
+    out += c
+    return out
+
+
+def addcmul(acc, a, b, *, xp=None):
+    """``acc + a * b``, written into ``acc`` (a temporary the engine owns)."""
+    acc += a * b
+    return acc
+
+
 @lru_cache(maxsize=512)
 def _path(subscripts: str, *shapes):
     ops = [np.empty(s, dtype=np.float64) for s in shapes]  # planning only looks at shapes
@@ -55,4 +69,4 @@ def synchronize(device=None) -> None:
     """NumPy is synchronous."""
 
 
-__all__ = ["convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+__all__ = ["addcmul", "addmm", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]

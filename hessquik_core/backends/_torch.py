@@ -15,6 +15,21 @@ def mm(a, b, *, xp=None):
     return torch.matmul(a, b)
 
 
+def addmm(c, a, b, *, xp=None):
+    """``c + a @ b`` as one GEMM with accumulation (BLAS ``beta = 1``): the
+    sum costs no extra pass over the result."""
+    p, q = b.shape
+    if c.is_contiguous() and a.is_contiguous() and c.shape == (*a.shape[:-1], q):
+        out = torch.addmm(c.reshape(-1, q), a.reshape(-1, p), b)
+        return out.reshape(c.shape)
+    return torch.matmul(a, b).add_(c)
+
+
+def addcmul(acc, a, b, *, xp=None):
+    """``acc + a * b``, fused and written into ``acc`` (a temporary the engine owns)."""
+    return acc.addcmul_(a, b)
+
+
 def einsum(subscripts, a, b, *, xp=None):
     return torch.einsum(subscripts, a, b)
 
@@ -37,4 +52,4 @@ def synchronize(device=None) -> None:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+__all__ = ["addcmul", "addmm", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
