@@ -297,8 +297,16 @@ def test_cache_blocking_triggers_on_a_benchmark_sized_call():
             hq.SingleLayer(16, m, seed=rng),
         )
         ctx = resolve_call(
-            net, np.zeros((1000, d)), directions=None, mode="backward", backend=None, gradient=True,
-            hessian=True, laplacian=False, hessian_diagonal=False, divergence=False,
+            net,
+            np.zeros((1000, d)),
+            directions=None,
+            mode="backward",
+            backend=None,
+            gradient=True,
+            hessian=True,
+            laplacian=False,
+            hessian_diagonal=False,
+            divergence=False,
         )
         leaves = list(net._leaves())
         route = net._cost(ctx, leaves, 1000, modes=("backward",)).routes["backward"]
