@@ -101,9 +101,9 @@ def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
         if hess:
             flops += 3 * n * T * q + (0 if first else 2 * n * T * p * q)
             ops += 5
-            # two gathers and the outer product, reading H, sigma' * (H K),
-            # its GEMM output, the sum
-            moved += 8 * n * T * q
+            # two gathers (an indexed copy costs ~3 streaming passes) and the
+            # outer product, the GEMM output H K and the fused sigma' (H K) sum
+            moved += 12 * n * T * q
             live += n * T * (p + 3 * q)
         if diag:
             flops += 3 * n * k * q + (0 if first else 2 * n * k * p * q)
@@ -148,10 +148,11 @@ def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
                 moved += 4 * n * k * q * q + (2 * n * k * q * p if diag else 0)
                 live += n * k * q * (q + (p if diag else 0))
             else:
-                # W (q, q), two (p, q) intermediates, the (p, p) result; about ten
-                # element-wise passes over the (q, q) blocks
+                # W (q, q), two (p, q) intermediates, the (p, p) result; about six
+                # element-wise passes over the (q, q) blocks (the sums are fused
+                # into GEMM outputs or taken in place)
                 flops += 2 * n * k * (q * q + p * q * (p + q))
-                moved += n * k * (10 * q * q + 2 * p * q + p * p)
+                moved += n * k * (6 * q * q + 2 * p * q + p * p)
                 live += n * k * (q * q + 2 * p * q + p * p)
             ops += 8
         peak = max(peak, live * itemsize)

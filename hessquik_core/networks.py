@@ -258,7 +258,7 @@ _SMALL_CALL = 64 * 2**20
 #: ``_BLOCK_ABOVE`` and whose element-wise traffic is at least
 #: ``_BLOCK_TRAFFIC`` times its output runs in batch blocks of about
 #: ``_BLOCK_BYTES`` working set, at least ``_BLOCK_MIN`` examples each
-_BLOCK_ABOVE = 32 * 2**20
+_BLOCK_ABOVE = 64 * 2**20
 _BLOCK_BYTES = 8 * 2**20
 _BLOCK_MIN = 16
 _BLOCK_TRAFFIC = 4.0
