@@ -12,6 +12,9 @@ with the same function names (the opt_einsum / einops pattern):
 ``addcmul(acc, a, b, *, xp)``
     ``acc + a * b``; mutable libraries write into ``acc``, which must be a
     temporary the engine owns (never a caller's array or a parameter).
+``sum_squares(a, *, axis, xp)``
+    ``Σ a²`` over one axis, without storing the squares where the library
+    can (NumPy and torch ``vecdot``).
 ``einsum(subscripts, a, b, *, xp)``
     Two-operand Einstein summation (NumPy: cached contraction path).
 ``convert(a, *, xp, dtype, device)``

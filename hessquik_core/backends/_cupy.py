@@ -28,6 +28,10 @@ def addcmul(acc, a, b, *, xp=None):
     return acc
 
 
+def sum_squares(a, *, axis, xp=None):
+    return cp.sum(a * a, axis=axis)
+
+
 def einsum(subscripts, a, b, *, xp=None):
     return cp.einsum(subscripts, a, b)
 
@@ -63,4 +67,4 @@ def synchronize(device=None) -> None:
     cp.cuda.Device(device.id if device is not None else None).synchronize()
 
 
-__all__ = ["addcmul", "addmm", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+__all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]

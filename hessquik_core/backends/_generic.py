@@ -32,6 +32,11 @@ def addcmul(acc, a, b, *, xp):
     return acc + a * b
 
 
+def sum_squares(a, *, axis, xp):
+    """``Σ a²`` over ``axis`` (XLA fuses the square into the sum)."""
+    return xp.sum(a * a, axis=axis)
+
+
 @lru_cache(maxsize=256)
 def _plan(subscripts: str, ndim_a: int, ndim_b: int):
     ins, out = subscripts.replace(" ", "").split("->")

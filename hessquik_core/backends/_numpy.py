@@ -49,6 +49,11 @@ def addcmul(acc, a, b, *, xp=None):
     return acc
 
 
+def sum_squares(a, *, axis, xp=None):
+    """``Σ a²`` over ``axis`` with ``np.vecdot``: no squared array is stored."""
+    return np.vecdot(a, a, axis=axis)
+
+
 @lru_cache(maxsize=512)
 def _path(subscripts: str, *shapes):
     ops = [np.empty(s, dtype=np.float64) for s in shapes]  # planning only looks at shapes
@@ -69,4 +74,4 @@ def synchronize(device=None) -> None:
     """NumPy is synchronous."""
 
 
-__all__ = ["addcmul", "addmm", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+__all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
