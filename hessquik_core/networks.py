@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import array_api_compat as aac
 import numpy as np
 
 from ._array import CallContext, resolve_call
@@ -208,11 +209,15 @@ class NN(Module):
         hessian_diagonal: bool = False,
         num_directions: int | None = None,
         itemsize: int = 8,
+        fused: bool = False,
     ):
         """Estimated flops and peak memory of forward and backward mode.
 
         ``mode="auto"`` takes the route with the smaller estimate; printing
         the returned :class:`~hessquik_core._cost.CostReport` shows why.
+        ``fused=True`` scores the routes as for JAX arrays, whose element-wise
+        chains XLA fuses (memory traffic weighs less, which favours forward
+        mode for the full Hessian).
 
         >>> import hessquik_core as hq
         >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
@@ -229,6 +234,7 @@ class NN(Module):
             k_fwd=num_directions,
             k_bwd=num_directions,
             itemsize=itemsize,
+            fused=bool(fused),
         )
 
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):
@@ -248,6 +254,7 @@ class NN(Module):
             itemsize=itemsize,
             modes=modes,
             packed=_packs(kf if kf is not None else ctx.d),
+            fused=aac.is_jax_namespace(ctx.xp),
         )
 
 

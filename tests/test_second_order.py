@@ -336,6 +336,28 @@ def test_cost_model_prefers_backward_for_scalar_output_and_forward_for_wide_outp
     assert "forward" in text and "backward" in text and "chosen" in text
 
 
+def test_cost_model_scores_traffic_lower_under_a_fusing_compiler():
+    """JAX (XLA fuses element-wise chains) is scored without the memory-traffic
+    charge: at d = m = 64 the packed forward Hessian moves ~2x the bytes of
+    backward but needs ~1/3 of its flops (measured traced: forward 1.7x faster;
+    eager torch: backward 1.6x faster)."""
+    rng = np.random.default_rng(0)
+    net = hq.NN(
+        hq.SingleLayer(64, 16, act="antitanh", seed=rng),
+        hq.ResnetNN(16, 4, h=0.5, act="tanh", seed=rng),
+        hq.SingleLayer(16, 64, seed=rng),
+    )
+    eager, fused = net.cost(1000, hessian=True), net.cost(1000, hessian=True, fused=True)
+    assert eager.chosen == "backward" and fused.chosen == "forward"
+    for mode in ("forward", "backward"):
+        e, f = eager.routes[mode], fused.routes[mode]
+        assert (e.flops, e.bytes_moved, e.peak_bytes) == (f.flops, f.bytes_moved, f.peak_bytes)
+        assert f.score < e.score
+    assert net(np.zeros((3, 64)), hessian=True).mode == net.cost(3, hessian=True).chosen
+    jnp = pytest.importorskip("jax.numpy")
+    assert net(jnp.zeros((1000, 64)), hessian=True).mode == "forward"
+
+
 def test_backward_laplacian_cheaper_than_hessian_for_large_d():
     net = hq.FullyConnectedNN([512, 16, 16, 1], act="tanh", seed=0)
     lap = net.cost(100, gradient=False, laplacian=True)
