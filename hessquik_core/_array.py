@@ -104,6 +104,11 @@ class CallContext:
     def device(self):
         return aac.device(self.x)
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per entry (float32 or float64), for the cost model."""
+        return 4 if "32" in str(self.dtype) else 8
+
     @cached_property
     def cache_key(self):
         return (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(self.device), str(self.dtype))

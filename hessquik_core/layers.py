@@ -165,7 +165,7 @@ def _act_fwd(s1, s2, GM, H, D, L, M, want, be, xp):
         if D is not None:
             Df = be.addcmul(Df, s1[:, None, :], be.mm(D, M, xp=xp), xp=xp)
     if want.laplacian:
-        # Σ_i (GM)_i² as one contraction: no (n, k, q) square is stored
+        # Σ_i (GM)_i² by the backend's vecdot (NumPy's stores no (n, k, q) square)
         Lf = s2 * be.sum_squares(GM, axis=1, xp=xp)
         if L is not None:
             Lf = Lf + s1 * (L @ M)

@@ -178,9 +178,13 @@ class NN(Module):
         )
         leaves = list(self._leaves())
         n = ctx.x.shape[0]
-        if ctx.mode == "auto":
-            ctx.mode = "forward" if not ctx.derivatives else self._cost(ctx, leaves, n).chosen
-        route = self._cost(ctx, leaves, n, modes=(ctx.mode,)).routes[ctx.mode]
+        # one estimate serves both the mode choice and the memory plan ("auto"
+        # never has directions: they fix the mode in resolve_call)
+        auto = ctx.mode == "auto"
+        report = self._cost(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
+        if auto:
+            ctx.mode = report.chosen if ctx.derivatives else "forward"
+        route = report.routes[ctx.mode]
         chunk = n
         # small calls need not ask the OS how much memory is free
         if max_memory is not None or route.peak_bytes >= _SMALL_CALL:
@@ -223,7 +227,7 @@ class NN(Module):
         >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
         backward
         """
-        return estimate(
+        return _estimate_routes(
             list(self._leaves()),
             int(n),
             d=self.in_features,
@@ -240,8 +244,7 @@ class NN(Module):
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):
         kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
         kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
-        itemsize = 4 if "32" in str(ctx.dtype) else 8
-        return estimate(
+        return _estimate_routes(
             leaves,
             n,
             d=ctx.d,
@@ -251,11 +254,17 @@ class NN(Module):
             hessian_diagonal=ctx.hessian_diagonal,
             k_fwd=kf,
             k_bwd=kb,
-            itemsize=itemsize,
+            itemsize=ctx.itemsize,
             modes=modes,
-            packed=_packs(kf if kf is not None else ctx.d),
             fused=aac.is_jax_namespace(ctx.xp),
         )
+
+
+def _estimate_routes(leaves, n, *, d, k_fwd, **request):
+    """The cost model as the engine runs it: the forward route carries the
+    packed triangle exactly when :func:`_packs` says so, for ``net.cost`` and
+    for ``mode="auto"`` alike."""
+    return estimate(leaves, n, d=d, k_fwd=k_fwd, packed=_packs(k_fwd if k_fwd is not None else d), **request)
 
 
 #: calls estimated below this many bytes skip the free-memory query
@@ -313,7 +322,7 @@ def _output_bytes(ctx: CallContext, n: int) -> float:
     entries += d * d * m if ctx.hessian else 0
     entries += d * m if ctx.hessian_diagonal else 0
     entries += m if ctx.laplacian else 0
-    return float(n * entries * (4 if "32" in str(ctx.dtype) else 8))
+    return float(n * entries * ctx.itemsize)
 
 
 class MemoryBudgetError(MemoryError, ValueError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cupy as cp
 import numpy as np
 
+from ._numpy import addcmul  # operators only: the same for CuPy arrays
+
 name = "cupy"
 
 
@@ -20,12 +22,6 @@ def addmm(c, a, b, *, xp=None):
     out = mm(a, b)
     out += c
     return out
-
-
-def addcmul(acc, a, b, *, xp=None):
-    """``acc + a * b``, written into ``acc`` (a temporary the engine owns)."""
-    acc += a * b
-    return acc
 
 
 def sum_squares(a, *, axis, xp=None):
