@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -22,6 +23,18 @@ ACTIVATIONS = ("antitanh", "identity", "quadratic", "sigmoid", "softplus", "tanh
 # --------------------------------------------------------------------------
 # torch reference forward, from the math of each layer
 # --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_jit_script_quiet():
+    """Silence torch's notice about its *own* use of ``torch.jit.script`` (it
+    loads the forward-AD decompositions that way the first time jacfwd /
+    hessian runs): a DeprecationWarning up to torch 2.13, a FutureWarning in
+    2.14. Nothing else is ignored."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=category)
+        yield
 
 
 def torch_act(act, z):
@@ -112,10 +125,7 @@ def truth(net, x: np.ndarray, hessian: bool = True):
     grad = jac.permute(0, 2, 1).detach().numpy()
     hess = None
     if hessian:
-        with warnings.catch_warnings():
-            # torch's forward-AD decompositions are loaded through the
-            # deprecated torch.jit.script the first time jacfwd runs
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        with torch_jit_script_quiet():
             H = vmap(t_hessian(f1))(xt)  # (n, m, d, d)
         hess = H.permute(0, 2, 3, 1).detach().numpy()
     return val, grad, hess

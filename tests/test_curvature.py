@@ -9,7 +9,6 @@ over the flattened parameter vector in state_dict order.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
@@ -18,9 +17,10 @@ import hessquik_core as hq
 from hessquik_core import curvature as cv
 
 torch = pytest.importorskip("torch")
-with warnings.catch_warnings():
+from _reference import torch_jit_script_quiet  # noqa: E402
+
+with torch_jit_script_quiet():
     # torch.func's forward mode imports this lazily and warns about its own use of torch.jit.script
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: E402, F401
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

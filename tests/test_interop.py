@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from _reference import LAYER_KINDS, make_network, rel_err, truth  # noqa: E402
+from _reference import LAYER_KINDS, make_network, rel_err, torch_jit_script_quiet, truth  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import hessian, jacrev, vmap  # noqa: E402
 
@@ -29,8 +28,7 @@ def _ad(module, x: np.ndarray):
     with torch.no_grad():
         val = module(xt).numpy()
     grad = vmap(jacrev(one))(xt).permute(0, 2, 1).detach().numpy()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+    with torch_jit_script_quiet():
         hess = vmap(hessian(one))(xt).permute(0, 2, 3, 1).detach().numpy()
     return val, grad, hess
 

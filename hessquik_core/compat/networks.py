@@ -135,10 +135,10 @@ class NNPytorchAD:
         if do_Hessian:
             with warnings.catch_warnings():
                 # torch loads its forward-AD decompositions through the deprecated
-                # torch.jit.script the first time jacfwd/hessian runs
-                warnings.filterwarnings(
-                    "ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning
-                )
+                # torch.jit.script the first time jacfwd/hessian runs (a
+                # DeprecationWarning up to torch 2.13, a FutureWarning in 2.14)
+                for category in (DeprecationWarning, FutureWarning):
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=category)
                 d2f = vmap(hessian(one))(xt).permute(0, 2, 3, 1)
         out = (f, df, d2f)
         if is_torch:
