@@ -29,7 +29,20 @@ few lines, which keeps ``safetensors`` an optional dependency.
 
 Integrity: ``sha256`` covers the architecture, the tensor table and every
 data byte, so a flipped bit anywhere that matters is reported instead of
-loaded. Writes go to a temporary file in the target directory that is
+loaded.
+
+Limits (the writer refuses what the reader would refuse): the JSON header is
+at most :data:`MAX_HEADER_BYTES` (16 MiB, some 60 000 layers), networks nest
+at most :data:`MAX_DEPTH` (64) levels, a tensor has at most 16 axes, and
+JSON objects may not repeat a key. :func:`load` reads and checks the
+8-byte length and the header before any tensor byte, reads only regular
+files (a FIFO or a device such as ``/dev/zero`` is refused without reading
+from it), and then reads exactly the data size the validated header
+announces, so a hostile or garbage file costs no more memory or time than
+its header (at most 16 MiB) before it is refused. Every malformed file
+raises :class:`FileFormatError` (a ``ValueError``) naming the field, with
+quoted values and key lists abbreviated (messages stay below
+:data:`FileFormatError.MAX_LENGTH` characters). Writes go to a temporary file in the target directory that is
 renamed over the destination only when complete, so a crash never leaves a
 half-written file behind.
 """
@@ -40,7 +53,10 @@ import hashlib
 import json
 import math
 import os
+import re
+import reprlib
 import secrets
+import stat
 import struct
 from typing import Any
 
@@ -48,19 +64,79 @@ import numpy as np
 
 from ._module import Module
 
-__all__ = ["FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_VERSION", "MAX_DEPTH", "MAX_HEADER_BYTES", "load", "save"]
 
 #: Version of the file layout written by :func:`save`; :func:`load` reads 1..FORMAT_VERSION.
 FORMAT_VERSION = 1
 _FORMAT = "hessquik-core"
-_MAX_HEADER = 100 * 2**20  # the safetensors reference implementation's limit
-_MAX_DEPTH = 64  # nesting of NN blocks in an architecture
+#: Largest JSON header :func:`save` writes and :func:`load` reads. Our headers hold about 250
+#: bytes per layer; the cap bounds what a hostile file can make the JSON parser allocate
+#: (the safetensors reference implementation allows 100 MB, which no network here needs).
+MAX_HEADER_BYTES = 16 * 2**20
+#: Deepest nesting of ``NN`` blocks in an architecture (both :func:`save` and :func:`load`).
+MAX_DEPTH = 64
+_MAX_HEADER = MAX_HEADER_BYTES
+_MAX_DEPTH = MAX_DEPTH
+_MAX_NDIM = 16  # axes of a stored tensor (ours have at most 2)
+_MAX_DIM = 2**63  # safetensors sizes are u64; keeps every product we print short
+_VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits only ("²".isdigit() is True)
 _DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _CODES = {np.dtype(v).name: k for k, v in _DTYPES.items()}
+_CODES_SET = frozenset(_DTYPES)
 
 
 class FileFormatError(ValueError):
-    """A file that is not a valid, intact hessquik-core network file."""
+    """A file that is not a valid, intact hessquik-core network file.
+
+    The message names the offending field; values quoted from the file are
+    abbreviated and the whole message is cut to at most :attr:`MAX_LENGTH`
+    characters, so a hostile file cannot produce a huge error.
+    """
+
+    MAX_LENGTH = 2000
+
+    def __init__(self, message: str) -> None:
+        message = str(message)
+        if len(message) > self.MAX_LENGTH:
+            tail = f" ... [message cut, {len(message)} characters]"
+            message = message[: self.MAX_LENGTH - len(tail)] + tail
+        super().__init__(message)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
+_REPR.maxlevel = 3
+
+
+def _q(value) -> str:
+    """A short repr of a value read from a file (strings, lists, dicts and ints abbreviated)."""
+    return _REPR.repr(value)
+
+
+def _names(keys, limit: int = 8) -> str:
+    """At most ``limit`` (abbreviated) names of a list, and how many there are."""
+    keys = list(keys)
+    shown = ", ".join(_q(k) for k in keys[:limit])
+    return f"[{shown}]" if len(keys) <= limit else f"[{shown}, ... ({len(keys)} in all)]"
+
+
+def _no_duplicates(pairs):
+    """``object_pairs_hook`` for ``json.loads``: strict safetensors readers refuse repeated keys."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise FileFormatError(f"duplicate key {_q(k)} in a JSON object")
+            seen.add(k)
+    return out
+
+
+def _json(text):
+    """``json.loads`` refusing duplicate keys; FileFormatError or ValueError/RecursionError."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
 
 
 # --------------------------------------------------------------------------
@@ -116,13 +192,19 @@ def _name_of(obj, table: dict, what: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _encode(mod, tables) -> dict:
+def _encode(mod, tables, depth=0) -> dict:
     nets, layers, acts = tables
     from .layers import Layer
     from .networks import NN
 
+    if depth > _MAX_DEPTH:  # the same limit as the reader's (_plan)
+        raise ValueError(
+            f"cannot save a network nested deeper than {_MAX_DEPTH} levels: the file format "
+            f"(and load) allows at most {_MAX_DEPTH}"
+        )
     if isinstance(mod, NN):
-        return {"network": _name_of(mod, nets, "network"), "blocks": [_encode(b, tables) for b in mod.blocks]}
+        blocks = [_encode(b, tables, depth + 1) for b in mod.blocks]
+        return {"network": _name_of(mod, nets, "network"), "blocks": blocks}
     if isinstance(mod, Layer):
         node: dict[str, Any] = {"layer": _name_of(mod, layers, "layer"), "config": mod.config()}
         act = getattr(mod, "act", None)
@@ -150,21 +232,27 @@ def _int(where, cfg, key, *, optional=False):
     if optional and v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        _fail(where, f"{key!r} must be a positive integer{' or null' if optional else ''}, got {v!r}")
+        _fail(where, f"{key!r} must be a positive integer{' or null' if optional else ''}, got {_q(v)}")
     return v
 
 
 def _bool(where, cfg, key):
     if not isinstance(cfg[key], bool):
-        _fail(where, f"{key!r} must be true or false, got {cfg[key]!r}")
+        _fail(where, f"{key!r} must be true or false, got {_q(cfg[key])}")
     return cfg[key]
 
 
 def _float(where, cfg, key):
     v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        _fail(where, f"{key!r} must be a finite number, got {v!r}")
-    return float(v)
+    ok = not isinstance(v, bool) and isinstance(v, (int, float))
+    if ok:
+        try:
+            v = float(v)  # an integer such as 10**400 has no float: OverflowError
+        except OverflowError:
+            ok = False
+    if not ok or not math.isfinite(v):
+        _fail(where, f"{key!r} must be a finite number, got {_q(cfg[key])}")
+    return v
 
 
 def _keys(where, obj, required: set, optional: set = frozenset()):
@@ -174,8 +262,17 @@ def _keys(where, obj, required: set, optional: set = frozenset()):
     extra = set(obj) - required - set(optional)
     if missing or extra:
         _fail(
-            where, f"expected keys {sorted(required)}; missing {sorted(missing)}, unexpected {sorted(extra)}"
+            where,
+            f"expected keys {sorted(required)}; missing {sorted(missing)}, unexpected {_names(sorted(extra))}",
         )
+
+
+def _class_name(where, node, key, table, what):
+    """``node[key]``, a class name from ``table`` (a hostile list or dict is not hashable)."""
+    name = node[key]
+    if not isinstance(name, str) or name not in table:
+        _fail(where, f"unknown {what} {_q(name)}; expected one of {sorted(table)}")
+    return name
 
 
 # per layer family: (config keys, validator -> parameter shapes). Shapes are checked
@@ -227,8 +324,7 @@ def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):
         _fail(where, f"networks nested deeper than {_MAX_DEPTH} levels")
     if isinstance(node, dict) and "network" in node:
         _keys(where, node, {"network", "blocks"})
-        if node["network"] not in nets:
-            _fail(where, f"unknown network class {node['network']!r}; expected one of {sorted(nets)}")
+        _class_name(where, node, "network", nets, "network class")
         blocks = node["blocks"]
         if not isinstance(blocks, list) or not blocks:
             _fail(where, "'blocks' must be a non-empty list")
@@ -236,9 +332,7 @@ def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):
             _plan(blk, tables, f"{where}.blocks[{i}]", f"{prefix}{i}.", depth + 1, out)
         return out
     if isinstance(node, dict) and "layer" in node:
-        if node["layer"] not in layers:
-            _fail(where, f"unknown layer class {node['layer']!r}; expected one of {sorted(layers)}")
-        cls = layers[node["layer"]]
+        cls = layers[_class_name(where, node, "layer", layers, "layer class")]
         has_act = "act" in node
         _keys(where, node, {"layer", "config"}, {"act"})
         shapes, needs_act = _layer_spec(cls, where, node["config"])
@@ -254,17 +348,16 @@ def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):
 
 def _act_from(node, acts, where):
     _keys(where, node, {"name", "config"})
-    if node["name"] not in acts:
-        _fail(where, f"unknown activation {node['name']!r}; expected one of {sorted(acts)}")
-    cls = acts[node["name"]]
+    cls = acts[_class_name(where, node, "name", acts, "activation")]
     cfg = node["config"]
     if not isinstance(cfg, dict):
         _fail(where, "'config' must be an object")
     expected = set(cls().config())
     _keys(where + ".config", cfg, expected)
+    kwargs = {k: _float(where, cfg, k) for k in cfg}  # outside the try: no doubled prefix
     try:
-        return cls(**{k: _float(where, cfg, k) for k in cfg})
-    except (TypeError, ValueError) as err:
+        return cls(**kwargs)
+    except (TypeError, ValueError, ArithmeticError) as err:
         _fail(where, str(err))
 
 
@@ -279,7 +372,7 @@ def _build(node, tables, where="architecture"):
         obj = cls.__new__(cls)  # the NN subclasses only differ in their constructor arguments
         try:
             NN.__init__(obj, *blocks)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, ArithmeticError) as err:
             _fail(where, str(err))
         return obj
     cls = layers[node["layer"]]
@@ -289,7 +382,7 @@ def _build(node, tables, where="architecture"):
     try:
         # throw-away initialisation, no larger than the tensors already in the file
         return cls(**kwargs, dtype=np.float64, seed=0)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ArithmeticError) as err:
         _fail(where, str(err))
 
 
@@ -329,6 +422,11 @@ def save(net: Module, path: str | os.PathLike) -> None:
     TypeError
         If ``net`` contains a class or activation that is not part of
         hessquik-core (only allow-listed classes are ever recorded).
+    ValueError
+        If the file would be one that :func:`load` refuses: networks nested
+        deeper than :data:`MAX_DEPTH` levels, a header beyond
+        :data:`MAX_HEADER_BYTES`, or a configuration the reader's validation
+        rejects (nothing is written then).
 
     Examples
     --------
@@ -344,6 +442,10 @@ def save(net: Module, path: str | os.PathLike) -> None:
 
     tables = _class_tables()
     architecture = json.dumps(_encode(net, tables), sort_keys=True, allow_nan=False)
+    try:  # the reader's own validation: save never writes a file that load refuses
+        _plan(_json(architecture), tables)
+    except FileFormatError as err:
+        raise ValueError(f"cannot save this network: load would refuse the file ({err})") from None
     table: dict[str, dict] = {}
     chunks = []
     offset = 0
@@ -369,6 +471,11 @@ def save(net: Module, path: str | os.PathLike) -> None:
     }
     header = json.dumps({"__metadata__": meta, **table}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # align the data to 8 bytes, as safetensors does
+    if len(header) > _MAX_HEADER:
+        raise ValueError(
+            f"cannot save this network: its header would take {len(header)} bytes, more than the "
+            f"{_MAX_HEADER} that load accepts (MAX_HEADER_BYTES)"
+        )
     _atomic_write(os.fspath(path), [struct.pack("<Q", len(header)), header, data])
 
 
@@ -416,12 +523,128 @@ def _sniff(raw: bytes) -> str:
     return ""
 
 
+def _open_regular(path: str):
+    """A binary file object for ``path``, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once (a plain ``open``
+    waits for a writer forever); ``fstat`` on the opened descriptor then
+    tells what it is, with no window for the name to be swapped.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path!r} is a directory")
+        if not stat.S_ISREG(mode):
+            kinds = [
+                (stat.S_ISFIFO, "a FIFO"),
+                (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"),
+            ]
+            kind = next((k for test, k in kinds if test(mode)), "not a regular file")
+            raise FileFormatError(
+                f"{path!r} is {kind}: hessquik-core reads networks only from regular files "
+                f"(nothing was read from it)"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read(fh, n: int) -> bytes:
+    """``n`` bytes (fewer only at the end of the file)."""
+    parts, got = [], 0
+    while got < n:
+        chunk = fh.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _check_table(path, header):
+    """Validate the tensor table (JSON only, no data read); return the data size it needs."""
+    spans = []
+    fields = {"dtype", "shape", "data_offsets"}
+    for key, info in header.items():
+        if (
+            type(info) is dict
+            and info.keys() == fields
+            and type(info["dtype"]) is str  # a list would not even hash
+            and info["dtype"] in _CODES_SET
+        ):
+            shape, offs = info["shape"], info["data_offsets"]
+            if (  # the common, valid entry: checked without building any message
+                type(shape) is list
+                and type(offs) is list
+                and len(shape) <= _MAX_NDIM
+                and len(offs) == 2
+                and all(type(v) is int and 0 <= v < _MAX_DIM for v in (*shape, *offs))
+                and offs[1] - offs[0] == math.prod(shape) * _DTYPES[info["dtype"]].itemsize
+            ):
+                spans.append((offs[0], offs[1], key))
+                continue
+        name = f"{path!r}: tensor {_q(key)}"
+        if not isinstance(info, dict) or set(info) != fields:
+            got = sorted(info) if isinstance(info, dict) else type(info).__name__
+            raise FileFormatError(
+                f"{name} is malformed: expected an object with keys ['data_offsets', 'dtype', 'shape'], "
+                f"got {_q(got)}"
+            )
+        code = info["dtype"]
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise FileFormatError(f"{name} has dtype {_q(code)}; hessquik-core stores only {sorted(_DTYPES)}")
+        dt = _DTYPES[code]
+        shape, offs = info["shape"], info["data_offsets"]
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(type(s) is int and 0 <= s < _MAX_DIM for s in shape)
+        ):
+            raise FileFormatError(
+                f"{name} has an invalid 'shape' {_q(shape)}: expected a list of at most {_MAX_NDIM} "
+                f"non-negative integers below 2**63"
+            )
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(type(o) is int and 0 <= o < _MAX_DIM for o in offs)
+            or offs[0] > offs[1]
+        ):
+            raise FileFormatError(
+                f"{name} has invalid 'data_offsets' {_q(offs)}: expected [begin, end], "
+                f"0 <= begin <= end < 2**63"
+            )
+        nbytes = math.prod(shape) * dt.itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise FileFormatError(
+                f"{name} of shape {tuple(shape)} and dtype {code} needs {nbytes} bytes, its "
+                f"data_offsets span {offs[1] - offs[0]}"
+            )
+        spans.append((offs[0], offs[1], key))
+    end = 0
+    for b, e, key in sorted(spans):
+        if b != end:
+            raise FileFormatError(f"{path!r}: tensor data is not contiguous at tensor {_q(key)}")
+        end = e
+    return end
+
+
 def load(path: str | os.PathLike, *, backend: str | None = None, device=None):
     """Read a network written by :func:`save`.
 
     Parameters
     ----------
     path : str or os.PathLike
+        A regular file. Its 8-byte length field and JSON header are read and
+        validated first (header at most :data:`MAX_HEADER_BYTES`), then
+        exactly the tensor bytes the header announces: a garbage or hostile
+        file is refused after reading at most its header. FIFOs and devices
+        are refused without reading.
     backend, device : optional
         If given, the loaded parameters are moved with
         ``net.to(backend, device=device)``; by default they are read-only
@@ -435,125 +658,120 @@ def load(path: str | os.PathLike, *, backend: str | None = None, device=None):
     Raises
     ------
     FileFormatError (a ValueError)
-        If the file is not a hessquik-core safetensors file, is truncated or
-        corrupted (checksum), was written by a newer format version, names
-        an unknown class or activation, or its tensors do not match its
-        architecture. The message says which. Nothing in the file is ever
-        executed or unpickled.
+        If the file is not a hessquik-core safetensors file, is not a regular
+        file, is truncated or corrupted (checksum), was written by a newer
+        format version, names an unknown class or activation, repeats a
+        JSON key, or its tensors do not match its architecture. The message
+        says which field. Nothing in the file is ever executed or unpickled.
+        This is the only exception a malformed file raises (``OSError`` is
+        left for files that cannot be opened or read).
     """
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    size = len(raw)
-    if size < 8:
-        raise FileFormatError(
-            f"{path!r} is truncated or not a hessquik-core file: {size} bytes, "
-            f"expected at least the 8-byte safetensors header length.{_sniff(raw)}"
-        )
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > _MAX_HEADER:
-        raise FileFormatError(
-            f"{path!r} is not a safetensors file: header length {n} exceeds {_MAX_HEADER} bytes.{_sniff(raw)}"
-        )
-    if 8 + n > size:
-        raise FileFormatError(
-            f"{path!r} is truncated: the header needs {n} bytes but only {size - 8} "
-            f"follow the length field.{_sniff(raw)}"
-        )
-    try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise FileFormatError(
-            f"{path!r} is not a safetensors file: its header is not valid JSON ({err}).{_sniff(raw)}"
-        ) from None
-    if not isinstance(header, dict):
-        raise FileFormatError(f"{path!r} is not a safetensors file: the header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise FileFormatError(
-            f"{path!r} is a safetensors file but not a hessquik-core network (no "
-            f"'format': '{_FORMAT}' metadata). For bare weights use "
-            f"net.load_state_dict(safetensors.numpy.load_file(path))."
-        )
-    version = meta.get("format_version")
-    if not isinstance(version, str) or not version.isdigit() or int(version) < 1:
-        raise FileFormatError(f"{path!r}: invalid format_version {version!r}")
-    if int(version) > FORMAT_VERSION:
-        raise FileFormatError(
-            f"{path!r} was written in format version {version}; this hessquik-core "
-            f"reads versions up to {FORMAT_VERSION}. Upgrade hessquik-core."
-        )
-    for key in ("architecture", "sha256"):
-        if not isinstance(meta.get(key), str):
-            raise FileFormatError(f"{path!r}: metadata entry {key!r} is missing")
+    with _open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = _read(fh, 8)
+        if len(head) < 8:
+            raise FileFormatError(
+                f"{path!r} is truncated or not a hessquik-core file: {len(head)} bytes, "
+                f"expected at least the 8-byte safetensors header length.{_sniff(head)}"
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER:
+            raise FileFormatError(
+                f"{path!r} is not a hessquik-core file: header length {n} exceeds {_MAX_HEADER} bytes "
+                f"(MAX_HEADER_BYTES).{_sniff(head)}"
+            )
+        if 8 + n > size:
+            raise FileFormatError(
+                f"{path!r} is truncated: the header needs {n} bytes but only {size - 8} "
+                f"follow the length field.{_sniff(head)}"
+            )
+        raw_header = _read(fh, n)
+        if len(raw_header) < n:  # the file shrank since fstat
+            raise FileFormatError(f"{path!r} is truncated: the header ends after {len(raw_header)} bytes")
+        try:
+            header = _json(raw_header.decode("utf-8"))
+        except FileFormatError as err:
+            raise FileFormatError(f"{path!r}: invalid header: {err}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise FileFormatError(
+                f"{path!r} is not a safetensors file: its header is not valid JSON ({err}).{_sniff(head)}"
+            ) from None
+        if not isinstance(header, dict):
+            raise FileFormatError(f"{path!r} is not a safetensors file: the header is not a JSON object")
+        meta = header.pop("__metadata__", None)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise FileFormatError(
+                f"{path!r} is a safetensors file but not a hessquik-core network (no "
+                f"'format': '{_FORMAT}' metadata). For bare weights use "
+                f"net.load_state_dict(safetensors.numpy.load_file(path))."
+            )
+        version = meta.get("format_version")
+        if not isinstance(version, str) or not _VERSION_RE.fullmatch(version) or int(version) < 1:
+            raise FileFormatError(
+                f"{path!r}: invalid format_version {_q(version)} in the metadata: expected a string of "
+                f"decimal digits such as '1'"
+            )
+        if int(version) > FORMAT_VERSION:
+            raise FileFormatError(
+                f"{path!r} was written in format version {version}; this hessquik-core "
+                f"reads versions up to {FORMAT_VERSION}. Upgrade hessquik-core."
+            )
+        for key in ("architecture", "sha256"):
+            if not isinstance(meta.get(key), str):
+                raise FileFormatError(
+                    f"{path!r}: metadata entry {key!r} is missing or not a string (got {_q(meta.get(key))})"
+                )
 
-    # tensor table: dtypes, shapes, and offsets that tile the data exactly
-    data = memoryview(raw)[8 + n :]
-    spans = []
-    for key, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise FileFormatError(f"{path!r}: tensor entry {key!r} is malformed")
-        dt = _DTYPES.get(info["dtype"])
-        if dt is None:
+        # tensor table: dtypes, shapes, and offsets that tile the data exactly
+        end = _check_table(path, header)
+        have = size - 8 - n
+        if end > have:
             raise FileFormatError(
-                f"{path!r}: tensor {key!r} has dtype {info['dtype']!r}; hessquik-core "
-                f"stores only {sorted(_DTYPES)}"
+                f"{path!r} is truncated: the tensors need {end} bytes of data, the file holds {have}"
             )
-        shape, offs = info["shape"], info["data_offsets"]
-        if (
-            not isinstance(shape, list)
-            or not all(type(s) is int and s >= 0 for s in shape)
-            or not isinstance(offs, list)
-            or len(offs) != 2
-            or not all(type(o) is int and o >= 0 for o in offs)
-            or offs[0] > offs[1]
-        ):
-            raise FileFormatError(f"{path!r}: tensor {key!r} has an invalid shape or data_offsets")
-        if offs[1] - offs[0] != math.prod(shape) * dt.itemsize:
+        if end < have:
+            raise FileFormatError(f"{path!r}: {have - end} unexpected bytes after the tensor data")
+
+        # architecture: validate completely and compare with the tensor table, still
+        # without reading tensor data (a hostile table costs no memory)
+        try:
+            arch = _json(meta["architecture"])
+        except FileFormatError as err:
+            raise FileFormatError(f"{path!r}: invalid architecture: {err}") from None
+        except (ValueError, RecursionError) as err:
+            raise FileFormatError(f"{path!r}: the architecture is not valid JSON ({err})") from None
+        tables = _class_tables()
+        expected = _plan(arch, tables)
+        unknown = sorted(set(header) - set(expected))
+        missing = sorted(set(expected) - set(header))
+        # save never writes such a file: it was damaged or made by hand
+        hint = "the file is corrupted or was not written by hessquik-core"
+        if unknown or missing:
             raise FileFormatError(
-                f"{path!r}: tensor {key!r} of shape {tuple(shape)} and dtype "
-                f"{info['dtype']} needs {math.prod(shape) * dt.itemsize} bytes, its "
-                f"data_offsets span {offs[1] - offs[0]}"
+                f"{path!r}: tensors do not match the architecture: unexpected {_names(unknown)}, "
+                f"missing {_names(missing)} ({hint})"
             )
-        spans.append((offs[0], offs[1], key))
-    end = 0
-    for b, e, key in sorted(spans):
-        if b != end:
-            raise FileFormatError(f"{path!r}: tensor data is not contiguous at tensor {key!r}")
-        end = e
-    if end > len(data):
+        for key, shape in expected.items():
+            if tuple(header[key]["shape"]) != shape:
+                raise FileFormatError(
+                    f"{path!r}: tensor {key!r} has shape {tuple(header[key]['shape'])}, "
+                    f"the architecture needs {shape} ({hint})"
+                )
+        # only now, with a valid header whose sizes match the file, read the data
+        data = _read(fh, end)
+    if len(data) < end:  # the file shrank since fstat
         raise FileFormatError(
             f"{path!r} is truncated: the tensors need {end} bytes of data, the file holds {len(data)}"
         )
-    if end < len(data):
-        raise FileFormatError(f"{path!r}: {len(data) - end} unexpected bytes after the tensor data")
     if _digest(meta["architecture"], header, data) != meta["sha256"]:
         raise FileFormatError(f"{path!r} is corrupted: its SHA-256 checksum does not match the contents")
-
-    # architecture: validate completely, compare with the tensors, then build
-    try:
-        arch = json.loads(meta["architecture"])
-    except (ValueError, RecursionError) as err:
-        raise FileFormatError(f"{path!r}: the architecture is not valid JSON ({err})") from None
-    tables = _class_tables()
-    expected = _plan(arch, tables)
-    unknown = sorted(set(header) - set(expected))
-    missing = sorted(set(expected) - set(header))
-    if unknown or missing:
-        raise FileFormatError(
-            f"{path!r}: tensors do not match the architecture: unexpected {unknown}, missing {missing}"
-        )
-    for key, shape in expected.items():
-        if tuple(header[key]["shape"]) != shape:
-            raise FileFormatError(
-                f"{path!r}: tensor {key!r} has shape {tuple(header[key]['shape'])}, "
-                f"the architecture needs {shape}"
-            )
     net = _build(arch, tables)
+    view = memoryview(data)
     state = {}
     for key, info in header.items():
         b, e = info["data_offsets"]
-        arr = np.frombuffer(data[b:e], dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
+        arr = np.frombuffer(view[b:e], dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
         state[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
     net.load_state_dict(state, strict=True)
     if backend is not None:
