@@ -6,6 +6,9 @@ engine below it sees one Array-API namespace ``xp`` and one backend module.
 
 from __future__ import annotations
 
+import math
+import numbers
+import sys
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -41,6 +44,59 @@ def namespace_of(x, what: str = "x"):
             f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), "
             f"got {type(x).__module__}.{type(x).__name__}"
         ) from err
+
+
+def as_plain_array(a, what: str = "x"):
+    """The door check for NumPy's special arrays, applied to every array argument once.
+
+    * ``numpy.ma.MaskedArray`` is refused (``TypeError``): the computation
+      would silently drop the mask.
+    * ``numpy.matrix`` becomes the ``ndarray`` with the same data
+      (``numpy.asarray``, no copy): its ``*`` and ``@`` differ from an
+      ndarray's, so it must not reach the engine; results are ndarrays.
+    * Non-native byte order (e.g. ``dtype('>f8')`` on a little-endian
+      machine) is converted once to the native dtype of the same kind (a
+      copy; the caller's array is not modified). Other libraries cannot
+      take such arrays and the engine compares dtypes by name; results
+      come back in native byte order.
+
+    Anything else (other libraries' arrays, lists) is returned unchanged.
+    """
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{what} is a numpy.ma.MaskedArray, which is not supported: the computation would "
+            f"silently ignore its mask. Pass {what}.filled(value) or drop the masked rows"
+        )
+    if isinstance(a, np.matrix):
+        a = np.asarray(a)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
+    """``max_memory`` as a float number of bytes (``None`` stays ``None``).
+
+    Any real number is accepted (``int``, ``float``, ``numbers.Real``, NumPy
+    integer and floating scalars, ``inf`` for no limit); ``bool``, NaN, zero
+    and negative values raise ``ValueError``, other types ``TypeError``.
+    """
+    if max_memory is None:
+        return None
+    np = sys.modules.get("numpy")
+    is_bool = isinstance(max_memory, bool) or (np is not None and isinstance(max_memory, np.bool_))
+    if is_bool or not isinstance(max_memory, numbers.Real):
+        raise TypeError(
+            f"{name} must be a positive number of bytes (int, float or a NumPy scalar) or None, "
+            f"got {type(max_memory).__name__} {max_memory!r}"
+        )
+    value = float(max_memory)
+    if math.isnan(value) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of bytes or None, got {max_memory!r}")
+    return value
 
 
 def _dtype_name(dt) -> str:
@@ -178,6 +234,7 @@ def resolve_call(
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
     hessian_diagonal = _bool("hessian_diagonal", hessian_diagonal)
+    x = as_plain_array(x, "x")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if backend is not None and backend not in BACKEND_NAMES:
@@ -204,6 +261,7 @@ def resolve_call(
         if isinstance(directions, (list, tuple)):
             V = xp.asarray(directions, dtype=xc.dtype, device=aac.device(xc))
         else:
+            directions = as_plain_array(directions, "directions")
             xpv = namespace_of(directions, "directions")
             if not xpv.isdtype(directions.dtype, "real floating"):
                 raise TypeError(f"directions must have a real floating dtype, got {directions.dtype}")

@@ -350,6 +350,48 @@ def _act_or_identity(mod, path, allow_relu):
     return act
 
 
+def _check_no_hooks(module) -> None:
+    """Refuse modules whose call differs from their ``forward``: forward hooks and pre-hooks
+    (including global ones, and the old ``torch.nn.utils.weight_norm``, which is a pre-hook)
+    and parametrizations (``torch.nn.utils.parametrize``) change what the module computes in
+    ways the conversion cannot see, so the converted network would compute something else."""
+    import torch.nn.modules.module as tmod
+
+    for kind, name, register in (
+        ("forward hook", "_global_forward_hooks", "register_module_forward_hook"),
+        ("forward pre-hook", "_global_forward_pre_hooks", "register_module_forward_pre_hook"),
+    ):
+        if getattr(tmod, name, None):
+            raise ValueError(
+                f"a global {kind} is registered (torch.nn.modules.module.{register}): it changes what "
+                f"every module computes, which the converted network would not; remove it first"
+            )
+    try:
+        from torch.nn.utils.parametrize import is_parametrized
+    except ImportError:  # pragma: no cover - old torch
+        is_parametrized = None
+    for path, mod in module.named_modules():
+        where = f"submodule {path or '<root>'!r} ({type(mod).__qualname__})"
+        if getattr(mod, "_forward_hooks", None):
+            raise ValueError(
+                f"{where} has a forward hook (register_forward_hook), which can change its output; "
+                f"the converted network would compute something else. Remove the hook before converting"
+            )
+        if getattr(mod, "_forward_pre_hooks", None):
+            raise ValueError(
+                f"{where} has a forward pre-hook (register_forward_pre_hook, or the old "
+                f"torch.nn.utils.weight_norm / spectral_norm), which can change its input or weights; "
+                f"the converted network would compute something else. Remove it before converting "
+                f"(e.g. torch.nn.utils.remove_weight_norm)"
+            )
+        if is_parametrized is not None and is_parametrized(mod):
+            raise ValueError(
+                f"{where} carries a parametrization (torch.nn.utils.parametrize): its weights are "
+                f"computed on every call. Convert a copy with the current weights made plain, "
+                f"torch.nn.utils.parametrize.remove_parametrizations(mod, name, leave_parametrized=True)"
+            )
+
+
 def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
     r"""Build the hessquik-core network equal to a PyTorch ``nn.Sequential``.
 
@@ -384,7 +426,10 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
         Naming the offending submodule (dotted path) for anything else:
         non-smooth activations, unknown modules (e.g. a hand-written
         residual block), an activation without a preceding ``nn.Linear``,
-        ``Dropout`` in training mode, or mismatched widths.
+        ``Dropout`` in training mode, or mismatched widths; and for any
+        (sub)module that carries a forward hook, a forward pre-hook (also
+        global ones) or a parametrization (``torch.nn.utils.parametrize``),
+        since the converted network would not compute what the module does.
     TypeError
         If ``module`` is not a torch module.
 
@@ -401,6 +446,7 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    _check_no_hooks(module)
     if dtype is not None:
         dtype = np.dtype(dtype)
         if not np.issubdtype(dtype, np.floating):

@@ -332,9 +332,9 @@ class MemoryBudgetError(MemoryError, ValueError):
 def _budget(max_memory, ctx) -> float:
     if max_memory is None:
         return 0.5 * available_memory(ctx.xp, ctx.device)
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not max_memory > 0:
-        raise ValueError(f"max_memory must be a positive number of bytes or None, got {max_memory!r}")
-    return float(max_memory)
+    from ._array import check_max_memory  # any real number type (numpy scalars included)
+
+    return check_max_memory(max_memory)
 
 
 def _fmt_bytes(b: float) -> str:

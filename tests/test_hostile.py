@@ -583,3 +583,376 @@ def test_property_mutated_files_raise_only_file_format_error(tmp_path, raw):
         _AUDIT["target"] = None
     assert _AUDIT["events"] == []
     assert not os.path.exists("pwned")
+
+
+# --------------------------------------------------------------------------
+# 5. non-native byte order: converted once, on every path
+# --------------------------------------------------------------------------
+
+_BIG = ">" if sys.byteorder == "little" else "<"  # the non-native byte order of this machine
+
+
+def _net_d3():
+    return hq.FullyConnectedNN([3, 4, 2], act="tanh", seed=0)
+
+
+@pytest.mark.parametrize("backend", [None, "numpy", "torch", "generic"])
+def test_case05_non_native_byte_order_is_converted_on_every_path(backend):
+    """Issue 16.5: ``np.ones((5, 3), '>f8')`` with backend='torch' gave AttributeError
+    (no torch.'>f8'); native directions with such x gave a dtype TypeError."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    net = _net_d3()
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    xb = x.astype(_BIG + "f8")
+    keep = xb.copy()
+    V = np.random.default_rng(1).standard_normal((3, 2))
+    want = net(x, gradient=True, hessian=True, backend=backend)
+    got = net(xb, gradient=True, hessian=True, backend=backend)
+    for name in ("value", "gradient", "hessian"):
+        a = getattr(got, name)
+        assert isinstance(a, np.ndarray) and a.dtype == np.float64 and a.dtype.isnative
+        np.testing.assert_array_equal(a, getattr(want, name))
+    ref = net(x, gradient=True, directions=V, backend=backend)
+    for xx, vv in ((xb, V), (x, V.astype(_BIG + "f8")), (xb, V.astype(_BIG + "f8"))):
+        got = net(xx, gradient=True, directions=vv, backend=backend)
+        np.testing.assert_array_equal(got.gradient, ref.gradient)
+    np.testing.assert_array_equal(xb, keep)  # the caller's array is not modified
+    assert xb.dtype.byteorder == _BIG
+
+
+def test_case05_non_native_byte_order_in_curvature():
+    torch = pytest.importorskip("torch")
+    from hessquik_core import curvature as cv
+
+    net = _net_d3()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3))
+    y = rng.integers(0, 2, 6)
+    P = cv.parameter_layout(net).size
+    v = rng.standard_normal(P)
+    want = cv.hvp(net, x, y, "cross_entropy", v)
+    xb, yb, vb = x.astype(_BIG + "f8"), y.astype(_BIG + "i8"), v.astype(_BIG + "f8")
+    for backend in (None, "torch"):
+        got = cv.hvp(net, xb, yb, "cross_entropy", vb, backend=backend)
+        assert isinstance(got, np.ndarray) and got.dtype.isnative
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # torch data with big-endian NumPy labels
+    got = cv.hvp(net, torch.from_numpy(x), yb, "cross_entropy", torch.from_numpy(v))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-14)
+    # a dense big-endian matrix as an operator
+    A = np.diag([3.0, 2.0, 1.0, 0.5]).astype(_BIG + "f8")
+    vals, _ = cv.top_eigenpairs(A, 2)
+    np.testing.assert_allclose(vals, [3.0, 2.0], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# 6. max_memory: any real number type
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [10**9, 1e9, np.int64(10**9), np.uint64(10**9), np.int32(10**9), np.float32(1e9), np.float64(1e9)]
+    + [__import__("fractions").Fraction(10**9), float("inf")],
+)
+def test_case06_max_memory_accepts_any_real_number(budget):
+    """Issue 16.6: ``max_memory=np.int64(10**9)`` was refused while np.float64 was accepted."""
+    net = _net_d3()
+    x = np.random.default_rng(0).standard_normal((7, 3))
+    want = net(x, gradient=True, hessian=True)
+    got = net(x, gradient=True, hessian=True, max_memory=budget)
+    np.testing.assert_array_equal(got.hessian, want.hessian)
+
+
+def test_case06_small_integer_budget_chunks_and_tiny_one_is_refused():
+    net = _net_d3()
+    x = np.random.default_rng(0).standard_normal((7, 3))
+    want = net(x, gradient=True, hessian=True)
+    one = net.cost(1, hessian=True).routes["backward"].peak_bytes
+    got = net(x, gradient=True, hessian=True, mode="backward", max_memory=np.int64(int(2.5 * one)))
+    np.testing.assert_allclose(got.hessian, want.hessian, rtol=1e-14, atol=1e-15)
+    with pytest.raises(hq.MemoryBudgetError):
+        net(x, gradient=True, hessian=True, max_memory=np.int64(1))
+
+
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (True, TypeError, "positive number of bytes"),
+        (np.bool_(True), TypeError, "positive number of bytes"),
+        ("1e9", TypeError, "got str"),
+        ([10**9], TypeError, "got list"),
+        (float("nan"), ValueError, "positive number"),
+        (np.float64("nan"), ValueError, "positive number"),
+        (-1, ValueError, "positive number"),
+        (0, ValueError, "positive number"),
+        (np.int64(-5), ValueError, "positive number"),
+    ],
+)
+def test_case06_max_memory_refuses_bool_nan_and_negative(bad, exc, match):
+    net = _net_d3()
+    with pytest.raises(exc, match=match):
+        net(np.ones((2, 3)), gradient=True, max_memory=bad)
+
+
+def test_case06_curvature_memory_budget_same_rules():
+    from hessquik_core import curvature as cv
+
+    net = _net_d3()
+    x, y = np.ones((4, 3)), np.array([0, 1, 0, 1])
+    a = cv.hessian_operator(net, x, y, "cross_entropy", memory_budget=np.int64(4096))
+    b = cv.hessian_operator(net, x, y, "cross_entropy", memory_budget=4096)
+    assert a.block_size == b.block_size
+    for bad, exc in ((float("nan"), ValueError), (-1.0, ValueError), (True, TypeError), ("1", TypeError)):
+        with pytest.raises(exc, match="memory_budget must be a positive number of bytes"):
+            cv.hessian_operator(net, x, y, "cross_entropy", memory_budget=bad)
+
+
+# --------------------------------------------------------------------------
+# 7. np.matrix converted, masked arrays refused, at the door
+# --------------------------------------------------------------------------
+
+
+def _matrix(a):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # NumPy discourages np.matrix
+        return np.asmatrix(a)
+
+
+def test_case07_matrix_is_converted_and_masked_array_refused():
+    """Issue 16.7: np.matrix and np.ma.MaskedArray failed deep inside with NumPy's messages
+    ("shapes (5,8) and (5,8) not aligned")."""
+    net = _net_d3()
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    V = np.random.default_rng(1).standard_normal((3, 2))
+    want = net(x, gradient=True, hessian=True)
+    got = net(_matrix(x), gradient=True, hessian=True)
+    for name in ("value", "gradient", "hessian"):
+        a = getattr(got, name)
+        assert type(a) is np.ndarray
+        np.testing.assert_array_equal(a, getattr(want, name))
+    got = net(x, gradient=True, directions=_matrix(V))
+    np.testing.assert_array_equal(got.gradient, net(x, gradient=True, directions=V).gradient)
+    masked = np.ma.masked_array(x, mask=np.zeros_like(x, dtype=bool))
+    with pytest.raises(TypeError, match=r"x is a numpy\.ma\.MaskedArray.*mask"):
+        net(masked, gradient=True)
+    with pytest.raises(TypeError, match=r"directions is a numpy\.ma\.MaskedArray"):
+        net(x, gradient=True, directions=np.ma.masked_array(V))
+
+
+def test_case07_matrix_and_masked_in_curvature():
+    from hessquik_core import curvature as cv
+
+    net = _net_d3()
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    P = cv.parameter_layout(net).size
+    v = rng.standard_normal((P, 2))
+    want = cv.hvp(net, x, y, "mse", v)
+    got = cv.hvp(net, _matrix(x), _matrix(y), "mse", _matrix(v))
+    assert type(got) is np.ndarray
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+    for args in ((np.ma.masked_array(x), y), (x, np.ma.masked_array(y))):
+        with pytest.raises(TypeError, match="MaskedArray"):
+            cv.gradient(net, *args, "mse")
+    with pytest.raises(TypeError, match="V is a numpy.ma.MaskedArray"):
+        cv.hessian_operator(net, x, y, "mse").matmat(np.ma.masked_array(v))
+    A = np.diag([3.0, 2.0, 1.0])
+    vals, vecs = cv.top_eigenpairs(_matrix(A), 1)
+    assert type(vecs) is np.ndarray and vecs.shape == (3, 1)
+    np.testing.assert_allclose(vals, [3.0])
+    with pytest.raises(TypeError, match="A is a numpy.ma.MaskedArray"):
+        cv.top_eigenpairs(np.ma.masked_array(A), 1)
+
+
+# --------------------------------------------------------------------------
+# 8. exactly zero operator: exact zero eigenpairs on the default eigensolver
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["LA", "LM", "SA"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_case08_zero_operator_gives_exact_zero_eigenpairs(which, dtype):
+    """Issue 16.8: ``top_eigenpairs(np.zeros((10, 10)), 3)`` raised ARPACK's "Starting vector
+    is zero" (-9) on the default CPU method."""
+    from hessquik_core import curvature as cv
+
+    vals, vecs = cv.top_eigenpairs(np.zeros((10, 10), dtype=dtype), 3, which=which)
+    assert vals.shape == (3,) and vecs.shape == (10, 3)
+    np.testing.assert_array_equal(vals, 0.0)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(3), atol=tol)
+
+
+def test_case08_empirical_fisher_of_a_network_with_zero_last_layer():
+    """The practical case: a zero last layer and zero targets make every per-example gradient,
+    hence the empirical Fisher, exactly zero."""
+    from hessquik_core import curvature as cv
+
+    net = hq.FullyConnectedNN([3, 4, 2], act="tanh", seed=0)
+    state = net.state_dict()
+    net.load_state_dict({**state, "1.K": np.zeros((4, 2)), "1.b": np.zeros(2)})
+    x, y = np.random.default_rng(0).standard_normal((6, 3)), np.zeros((6, 2))
+    op = cv.empirical_fisher_operator(net, x, y, "mse")
+    vals, vecs = cv.top_eigenpairs(op, 3)
+    np.testing.assert_array_equal(vals, 0.0)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(3), atol=1e-12)
+    np.testing.assert_array_equal(op @ vecs, 0.0)
+
+
+# --------------------------------------------------------------------------
+# 9. curvature argument mistakes: a TypeError/ValueError saying what was expected
+# --------------------------------------------------------------------------
+
+
+def test_case09_numpy_labels_with_torch_data_are_converted():
+    """Issue 16.9: torch x with NumPy labels gave AttributeError ('Int64DType' object has no
+    attribute 'is_floating_point'). Documented conversion: a NumPy y goes to x's library."""
+    torch = pytest.importorskip("torch")
+    from hessquik_core import curvature as cv
+
+    net = _net_d3()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 3))
+    labels, targets = rng.integers(0, 2, 6), rng.standard_normal((6, 2))
+    xt = torch.from_numpy(x)
+    for y, loss in ((labels, "cross_entropy"), (targets, "mse")):
+        want = cv.gradient(net, xt, torch.from_numpy(y), loss)
+        got = cv.gradient(net, xt, y, loss)
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="y must be an array of the same library as x"):
+        cv.gradient(net, x, torch.from_numpy(labels), "cross_entropy")
+    with pytest.raises(TypeError, match="integer class labels or floating targets"):
+        cv.gradient(net, xt, np.array(["a"] * 6), "cross_entropy")
+
+
+def test_case09_operand_mistakes():
+    """Issue 16.9: a list v, a float32 v on a float64 torch operator, a float64 v on a float32
+    NumPy operator (silently float64), a (P, 0) block, a NumPy v on a torch operator."""
+    torch = pytest.importorskip("torch")
+    from hessquik_core import curvature as cv
+
+    net = _net_d3()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((5, 3)), rng.integers(0, 2, 5)
+    P = cv.parameter_layout(net).size
+    with pytest.raises(TypeError, match=r"v must be an array of the operator's library \(numpy"):
+        cv.hvp(net, x, y, "cross_entropy", [0.0] * P)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    with pytest.raises(TypeError, match="v must have the operator's dtype torch.float64, got torch.float32"):
+        cv.hvp(net, xt, yt, "cross_entropy", torch.zeros(P, dtype=torch.float32))
+    with pytest.raises(TypeError, match=r"v must be an array of the operator's library \(torch\)"):
+        cv.hvp(net, xt, yt, "cross_entropy", np.zeros(P))
+    with pytest.raises(TypeError, match="v must have the operator's dtype float32, got float64"):
+        cv.hvp(net, x.astype(np.float32), y, "cross_entropy", np.zeros(P))
+    op32 = cv.hessian_operator(net, x.astype(np.float32), y, "cross_entropy")
+    assert (op32 @ np.ones(P, dtype=np.float32)).dtype == np.float32
+    for op in (cv.hessian_operator(net, x, y, "cross_entropy"), cv.aslinearoperator(np.eye(P))):
+        empty = op @ np.zeros((P, 0))
+        assert isinstance(empty, np.ndarray) and empty.shape == (P, 0)
+        assert op.matmat(np.zeros((P, 0))).shape == (P, 0)
+        assert op.quadratic_form(np.zeros((P, 0))).shape == (0,)
+    assert cv.hvp(net, x, y, "cross_entropy", np.zeros((P, 0))).shape == (P, 0)
+    with pytest.raises(TypeError, match="V must be an array"):
+        op.matmat([[1.0]] * P)
+
+
+@pytest.mark.parametrize("tol", [float("nan"), float("inf"), -1.0, True, "0", None])
+def test_case09_bad_tol_is_refused(tol):
+    """Issue 16.9: ``tol=NaN`` was accepted, then reported non-convergence with residuals 0."""
+    from hessquik_core import curvature as cv
+
+    A = np.diag(np.arange(1.0, 7.0))
+    for method in ("scipy", "lanczos"):
+        with pytest.raises(ValueError, match="tol must be a finite non-negative number"):
+            cv.top_eigenpairs(A, 2, tol=tol, method=method)
+
+
+def test_case09_numpy_scalar_tol_is_accepted():
+    from hessquik_core import curvature as cv
+
+    A = np.diag(np.arange(1.0, 7.0))
+    for tol in (np.float64(1e-10), np.float32(1e-6), 0, np.int64(0)):
+        vals, _ = cv.top_eigenpairs(A, 2, tol=tol)
+        np.testing.assert_allclose(vals, [6.0, 5.0], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# 10. from_torch refuses hooks and parametrizations, naming the module
+# --------------------------------------------------------------------------
+
+
+def _torch_model():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 2))).double()
+
+
+def test_case10_from_torch_refuses_hooks_and_parametrizations():
+    """Issue 16.10: a Linear with a forward hook (pre-hook, parametrization) was converted
+    without a word, and the converted network computed something else."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    from torch.nn.utils import parametrize
+
+    x = np.random.default_rng(0).standard_normal((4, 3))
+
+    m = _torch_model()
+    h = m[2][0].register_forward_hook(lambda mod, inp, out: 2 * out)
+    with pytest.raises(ValueError, match=r"submodule '2\.0' \(Linear\) has a forward hook"):
+        hq.from_torch(m)
+    h.remove()
+    net = hq.from_torch(m)  # without the hook: converted, and equal
+    np.testing.assert_allclose(net(x).value, m(torch.from_numpy(x)).detach().numpy(), rtol=1e-12)
+
+    m = _torch_model()
+    m[0].register_forward_pre_hook(lambda mod, inp: (inp[0] + 1,))
+    with pytest.raises(ValueError, match=r"submodule '0' \(Linear\) has a forward pre-hook"):
+        hq.from_torch(m)
+
+    m = _torch_model()
+    m.register_forward_hook(lambda mod, inp, out: out + 1)  # on the root Sequential
+    with pytest.raises(ValueError, match=r"submodule '<root>' \(Sequential\) has a forward hook"):
+        hq.from_torch(m)
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    m = _torch_model()
+    parametrize.register_parametrization(m[0], "weight", Doubled())
+    with pytest.raises(ValueError, match=r"submodule '0' .* carries a parametrization .*parametrize"):
+        hq.from_torch(m)
+    with torch.no_grad():
+        parametrize.remove_parametrizations(m[0], "weight", leave_parametrized=True)
+    net = hq.from_torch(m)
+    np.testing.assert_allclose(net(x).value, m(torch.from_numpy(x)).detach().numpy(), rtol=1e-12)
+
+    # inside a block: the Linear of a ResidualBlock
+    from hessquik_core.interop import ResidualBlock
+
+    block = ResidualBlock(3, h=0.5, act=nn.Tanh()).double()
+    block.linear.register_forward_hook(lambda mod, inp, out: out * 0)
+    with pytest.raises(ValueError, match=r"submodule '0\.linear' \(Linear\) has a forward hook"):
+        hq.from_torch(nn.Sequential(block))
+
+
+def test_case10_from_torch_refuses_global_hooks():
+    pytest.importorskip("torch")
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    for register, kind in (
+        (register_module_forward_hook, "hook"),
+        (register_module_forward_pre_hook, "pre-hook"),
+    ):
+        handle = register(lambda *args: None)
+        try:
+            with pytest.raises(ValueError, match=f"a global forward {kind} is registered"):
+                hq.from_torch(_torch_model())
+        finally:
+            handle.remove()
+    hq.from_torch(_torch_model())

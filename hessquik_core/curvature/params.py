@@ -30,7 +30,7 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from .._array import namespace_of, native_backend
+from .._array import as_plain_array, check_max_memory, namespace_of, native_backend
 from ..backends import BACKEND_NAMES, get_backend
 from . import _ops
 from .losses import Loss, get_loss
@@ -193,6 +193,7 @@ class _Bound:
 
     def __init__(self, net, x, backend):
         self.layout = parameter_layout(net)
+        x = as_plain_array(x, "x")
         xp0 = namespace_of(x)
         d = net.in_features
         if x.ndim != 2 or x.shape[1] != d:
@@ -373,13 +374,49 @@ def _check_batch_size(batch_size, n):
     return int(batch_size)
 
 
+def _same_library(xp_a, xp_b) -> bool:
+    kind = native_backend(xp_a)
+    if kind != native_backend(xp_b):
+        return False
+    return kind != "generic" or getattr(xp_a, "__name__", xp_a) == getattr(xp_b, "__name__", xp_b)
+
+
+def _lib_name(xp) -> str:
+    kind = native_backend(xp)
+    return getattr(xp, "__name__", str(xp)) if kind == "generic" else kind
+
+
+def _user_targets(y, B):
+    """Targets ``y`` in the library of ``x`` (``B.user_xp``).
+
+    A NumPy ``y`` with ``x`` of another library (e.g. NumPy labels for torch
+    data) is converted to that library, keeping its dtype (integer labels
+    stay integers) and moving it to ``x``'s device; any other mismatch is a
+    ``TypeError``.
+    """
+    y = as_plain_array(y, "y")
+    xpy = namespace_of(y, "y")
+    if _same_library(xpy, B.user_xp):
+        return y
+    if native_backend(xpy) == "numpy":
+        if y.dtype.kind not in "biuf":
+            raise TypeError(
+                f"y must hold integer class labels or floating targets, got a NumPy array of dtype {y.dtype}"
+            )
+        return _convert(y, B.user_be, B.user_xp, B.user_device)
+    raise TypeError(
+        f"y must be an array of the same library as x ({_lib_name(B.user_xp)}) "
+        f"or a NumPy array, got {type(y).__module__}.{type(y).__name__}"
+    )
+
+
 class _Problem:
     """Network, data, loss and mini-batches of one curvature computation."""
 
     def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None):
         self.loss: Loss = get_loss(loss)
         self.B = B = _Bound(net, x, backend)
-        namespace_of(y, "y")
+        y = _user_targets(y, B)
         N = x.shape[0]
         if y.ndim < 1 or y.shape[0] != N:
             raise ValueError(f"y must have {N} rows (one per example), got shape {tuple(y.shape)}")
@@ -447,23 +484,55 @@ class LinearOperatorBase:
         return f"{type(self).__name__}(P={self.size}, dtype={self.dtype})"
 
     # -- application -------------------------------------------------------
+    def _operand(self, v, what: str = "v"):
+        """Check that ``v`` is an array this operator takes: the operator's library, dtype and
+        device (no silent conversion: a float64 ``v`` on a float32 operator would return
+        float64, a float32 one on a float64 torch operator fail inside torch)."""
+        v = as_plain_array(v, what)
+        lib = _lib_name(self.xp)
+        if isinstance(v, (list, tuple)) or not hasattr(v, "shape"):
+            raise TypeError(
+                f"{what} must be an array of the operator's library ({lib}, dtype {self.dtype}), "
+                f"got {type(v).__name__}"
+            )
+        if not _same_library(namespace_of(v, what), self.xp):
+            raise TypeError(
+                f"{what} must be an array of the operator's library ({lib}), got "
+                f"{type(v).__module__}.{type(v).__name__}"
+            )
+        if v.dtype != self.dtype:
+            raise TypeError(
+                f"{what} must have the operator's dtype {self.dtype}, got {v.dtype}; convert it "
+                f"first (the operator follows the dtype of x)"
+            )
+        if str(aac.device(v)) != str(self.device):
+            raise ValueError(f"{what} is on device {aac.device(v)}, the operator on {self.device}")
+        return v
+
     def matmat(self, V):
-        """``A @ V`` for ``V : (P, k)``."""
+        """``A @ V`` for ``V : (P, k)`` of the operator's library, dtype and device; ``k = 0``
+        gives an empty ``(P, 0)`` result."""
+        V = self._operand(V, "V")
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must have shape ({self.size}, k), got {tuple(V.shape)}")
+        if V.shape[1] == 0:
+            return self.xp.zeros((self.size, 0), dtype=self.dtype, device=self.device)
         return self._matmat(V)
 
     def matvec(self, v):
         """``A @ v`` for ``v : (P,)``."""
+        v = self._operand(v)
         if v.ndim != 1 or v.shape[0] != self.size:
             raise ValueError(f"v must have shape ({self.size},), got {tuple(v.shape)}")
         return self._matmat(v[:, None])[:, 0]
 
     def __matmul__(self, V):
+        V = self._operand(V)
         return self.matvec(V) if V.ndim == 1 else self.matmat(V)
 
     def quadratic_form(self, v):
         r""":math:`v^\top A v` for ``v : (P,)`` (0-d array) or ``(P, k)`` (one per column, ``(k,)``)."""
+        v = self._operand(v)
         one = v.ndim == 1
         V = v[:, None] if one else v
         out = self.xp.sum(V * self.matmat(V), axis=0)
@@ -518,6 +587,7 @@ class DenseOperator(LinearOperatorBase):
     """A dense symmetric matrix ``(P, P)`` as an operator."""
 
     def __init__(self, A) -> None:
+        A = as_plain_array(A, "A")
         xp = namespace_of(A, "A")
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")
@@ -590,12 +660,7 @@ def _block_size(problem: _Problem, block_size, memory_budget) -> int:
     if block_size is not None:
         return min(_check_batch_size(block_size, P), P)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if (
-        not isinstance(budget, (int, float, np.integer, np.floating))
-        or isinstance(budget, bool)
-        or budget <= 0
-    ):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    budget = check_max_memory(budget, "memory_budget")  # any real number; NaN, bool refused
     itemsize = np.dtype(str(problem.B.dtype).split(".")[-1]).itemsize
     feat = sum(leaf.in_features + 2 * leaf.out_features for leaf in problem.B.leaves)
     per_dir = itemsize * (4 * problem.batch_size * feat + 4 * P)

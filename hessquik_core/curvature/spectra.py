@@ -21,6 +21,7 @@ probes on every backend; every stochastic estimate reports its spread.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,17 +156,27 @@ def top_eigenpairs(
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= float(tol) < math.inf):
+        raise ValueError(f"tol must be a finite non-negative number (0: machine precision), got {tol!r}")
+    tol = float(tol)
     if method == "auto":
         method = _auto_method(op)
     rng = _rng(seed)
     v0 = rng.standard_normal(P)
     if method == "scipy" and P > 1:
-        from scipy.sparse.linalg import eigsh
+        from scipy.sparse.linalg import ArpackError, eigsh
 
         A = op.to_scipy()
-        vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype))
+        try:
+            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype))
+        except ArpackError as err:
+            # -9 "Starting vector is zero": ARPACK cannot restart after an invariant subspace of
+            # a zero (or nearly so) operator, e.g. the empirical Fisher of a network whose last
+            # layer is zero. The native Lanczos restarts from random vectors orthogonal to the
+            # basis and returns the exact zero eigenpairs.
+            if "Starting vector is zero" not in str(err):
+                raise
+            return _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng)
         idx = _order(vals, which)
         return op.asarray(vals[idx]), op.asarray(vecs[:, idx])
     return _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng)
