@@ -29,7 +29,9 @@ few lines, which keeps ``safetensors`` an optional dependency.
 
 Integrity: ``sha256`` covers the architecture, the tensor table and every
 data byte, so a flipped bit anywhere that matters is reported instead of
-loaded.
+loaded. Writes go to a temporary file in the target directory that is
+renamed over the destination only when complete, so a crash never leaves a
+half-written file behind.
 
 Limits (the writer refuses what the reader would refuse): the JSON header is
 at most :data:`MAX_HEADER_BYTES` (16 MiB, some 60 000 layers), networks nest
@@ -37,14 +39,14 @@ at most :data:`MAX_DEPTH` (64) levels, a tensor has at most 16 axes, and
 JSON objects may not repeat a key. :func:`load` reads and checks the
 8-byte length and the header before any tensor byte, reads only regular
 files (a FIFO or a device such as ``/dev/zero`` is refused without reading
-from it), and then reads exactly the data size the validated header
-announces, so a hostile or garbage file costs no more memory or time than
-its header (at most 16 MiB) before it is refused. Every malformed file
+from it), checks the tensor table and the architecture against each other
+and against the file size, and only then reads exactly the data size they
+announce: a garbage or hostile file of any size is refused after reading at
+most its header (16 MiB), unless that header validly describes a network
+whose tensors the file really holds. Every malformed file
 raises :class:`FileFormatError` (a ``ValueError``) naming the field, with
 quoted values and key lists abbreviated (messages stay below
-:data:`FileFormatError.MAX_LENGTH` characters). Writes go to a temporary file in the target directory that is
-renamed over the destination only when complete, so a crash never leaves a
-half-written file behind.
+:data:`FileFormatError.MAX_LENGTH` characters).
 """
 
 from __future__ import annotations
