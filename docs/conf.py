@@ -47,6 +47,8 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True}
 autodoc_typehints = "signature"
+# annotations imported only under TYPE_CHECKING (estimators: ``net: NN``)
+autodoc_type_aliases = {"NN": "hessquik_core.NN"}
 
 html_theme = "furo"
 html_title = f"hessquik-core {release}"

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._array import namespace_of
+
+if TYPE_CHECKING:
+    from .networks import NN
 
 __all__ = ["Estimate", "divergence_estimate", "laplacian_estimate", "weighted_laplacian"]
 
@@ -107,7 +110,13 @@ def _mean_stderr(samples, axis: int):
 
 
 def laplacian_estimate(
-    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+    net: NN,
+    x: Any,
+    num_samples: int = 16,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    backend: str | None = None,
 ) -> Estimate:
     """Hutchinson estimate of the Laplacian of every output, (n, m).
 
@@ -138,12 +147,34 @@ def laplacian_estimate(
 
 
 def divergence_estimate(
-    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+    net: NN,
+    x: Any,
+    num_samples: int = 16,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    backend: str | None = None,
 ) -> Estimate:
     """Hutchinson estimate of the divergence :math:`\\mathrm{tr}(\\partial f/\\partial x)`, (n,), d = m.
 
     Each probe costs one forward tangent: :math:`v^\\top J v` from
     :math:`G = V^\\top J^\\top` of shape (n, k, m).
+
+    Parameters
+    ----------
+    net : NN
+        With as many outputs as inputs (d = m).
+    x : array of shape (n, d)
+    num_samples : int, >= 2
+        Probe vectors ``k`` (shared by all examples in the batch).
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
+
+    Returns
+    -------
+    Estimate
+        ``value`` and ``stderr`` of shape (n,).
     """
     if net.in_features != net.out_features:
         raise ValueError(f"divergence needs d == m, got d={net.in_features}, m={net.out_features}")
@@ -156,15 +187,18 @@ def divergence_estimate(
     return Estimate(mean, se, int(num_samples))
 
 
-def weighted_laplacian(net, x, S, *, backend: str | None = None):
+def weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -> Any:
     """Exact :math:`\\mathrm{tr}(A \\nabla^2 f) = \\sum_{ij} A_{ij} \\partial_i \\partial_j f` with :math:`A = S S^\\top`.
 
     Parameters
     ----------
+    net : NN
+    x : array of shape (n, d)
     S : array (d, r)
         A factor of the (positive semi-definite) coefficient matrix, e.g.
         its Cholesky factor; ``r`` may be smaller than ``d``. Same library
         as ``x`` or NumPy.
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
     Returns
     -------

@@ -137,7 +137,12 @@ class LowRankApproximation(LinearOperatorBase):
         return self.xp.sum(self.Q * self.Q * self.lam[None, :], axis=1)
 
     def trace(self) -> float:
-        """:math:`\\sum_k \\lambda_k`, a Python float."""
+        """:math:`\\sum_k \\lambda_k`.
+
+        Returns
+        -------
+        float
+        """
         return float(self.xp.sum(self.lam))
 
 
@@ -258,9 +263,19 @@ class FullRankApproximation(LowRankApproximation):
         return (-1.0 if neg % 2 else 1.0), logabs
 
     def diagonal(self) -> Any:
-        r""":math:`\tilde\lambda + \sum_k (\lambda_k - \tilde\lambda) Q_{ik}^2`, shape ``(P,)``."""
+        r""":math:`\tilde\lambda + \sum_k (\lambda_k - \tilde\lambda) Q_{ik}^2`.
+
+        Returns
+        -------
+        array of shape (P,)
+        """
         return self.lam_tilde + self.xp.sum(self.Q * self.Q * (self.lam - self.lam_tilde)[None, :], axis=1)
 
     def trace(self) -> float:
-        r""":math:`\sum_k \lambda_k + (P - K)\tilde\lambda`, a Python float."""
+        r""":math:`\sum_k \lambda_k + (P - K)\tilde\lambda`.
+
+        Returns
+        -------
+        float
+        """
         return super().trace() + (self.size - self.rank) * self.lam_tilde

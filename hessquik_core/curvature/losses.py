@@ -103,6 +103,18 @@ class Loss:
     def _targets(self, n, m, dtype, y, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _value(self, F, T, xp):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _d1(self, F, T, xp):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _hvp(self, F, T, R, xp):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _d2(self, F, T, xp):  # pragma: no cover - abstract
+        raise NotImplementedError
+
     # -- public: derivatives of the reduced loss C w.r.t. the output ---------
     def per_example(self, F: Any, y: Any) -> Any:
         r""":math:`\ell(f_n, y_n)` for every example (no reduction).

@@ -216,7 +216,7 @@ def _network(net):
     )
 
 
-def parameter_layout(net) -> ParameterLayout:
+def parameter_layout(net: Any) -> ParameterLayout:
     """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major).
 
     Parameters
@@ -244,7 +244,7 @@ def parameter_layout(net) -> ParameterLayout:
     return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
 
 
-def flatten_parameters(net, like: Any = None) -> Any:
+def flatten_parameters(net: Any, like: Any = None) -> Any:
     """:math:`\\theta` as one vector ``(P,)``.
 
     Parameters
@@ -701,11 +701,33 @@ class LinearOperatorBase:
 
     # -- host helpers (spectra) --------------------------------------------
     def asarray(self, a: Any) -> Any:
-        """A NumPy array (or nested list) as an array the operator accepts (its library, dtype, device)."""
+        """A NumPy array (or nested list) as an array the operator accepts.
+
+        Parameters
+        ----------
+        a : array_like
+            Host data.
+
+        Returns
+        -------
+        array
+            Same shape, in the operator's library, dtype and device.
+        """
         return self._be.convert(np.asarray(a), xp=self.xp, dtype=self.array_dtype, device=self.device)
 
     def to_numpy(self, a: Any) -> np.ndarray:
-        """An array of the operator's library as a NumPy array (a host copy for device arrays)."""
+        """An array of the operator's library as a NumPy array.
+
+        Parameters
+        ----------
+        a : array
+            In the operator's library.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same shape (a host copy for device arrays).
+        """
         return np.asarray(self._be.to_numpy(a))
 
     def to_scipy(self) -> Any:
@@ -789,6 +811,14 @@ class CurvatureOperator(LinearOperatorBase):
     network per pass (default from ``memory_budget`` bytes, see
     :func:`hessian`). Accepts and returns arrays of ``x``'s library (or
     NumPy, see :class:`LinearOperatorBase`).
+
+    Parameters
+    ----------
+    problem : object
+        Network, data, loss and mini-batches (private; built by the functions above).
+    kind : {"hessian", "ggn", "fisher"}
+    block_size : int, optional
+    memory_budget : float, optional
 
     Attributes
     ----------
