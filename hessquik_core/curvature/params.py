@@ -586,7 +586,7 @@ class LinearOperatorBase:
     # -- application -------------------------------------------------------
     def _from_host(self, V) -> tuple[Any, bool]:
         """``V`` in the operator's library; True when it came as NumPy for a non-NumPy operator."""
-        if isinstance(V, np.ndarray) and self._be.name != "numpy":
+        if isinstance(V, np.ndarray) and native_backend(self.xp) != "numpy":
             return self.asarray(V), True
         if not hasattr(V, "ndim") or not hasattr(V, "shape"):
             raise TypeError(
