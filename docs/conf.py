@@ -1,6 +1,6 @@
 """Sphinx configuration: furo theme, MyST markdown, autodoc + napoleon (NumPy docstrings).
 
-Build with ``nox -s docs`` or ``sphinx-build -W -b html docs docs/_build/html``.
+Build with ``nox -s docs`` or ``sphinx-build -n -W -b html docs docs/_build/html``.
 The performance page shows whatever the benchmarks have committed under
 ``benchmarks/results/``: at build start those files are copied to
 ``docs/_generated/`` (git-ignored) and listed, so a missing plot never
