@@ -165,10 +165,13 @@ def _problem(lib):
     x, y = rng.standard_normal((20, 3)), np.arange(20) % 3
     if lib == "torch":
         x, y = torch.tensor(x), torch.tensor(y)
+    elif lib == "array_api_strict":
+        xs = pytest.importorskip("array_api_strict")
+        x, y = xs.asarray(x), xs.asarray(y)
     return net, x, y
 
 
-@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("lib", ["numpy", "torch", "array_api_strict"])
 def test_scipy_eigsh_and_linear_operator_on_every_backend(lib):
     from scipy.sparse.linalg import LinearOperator, eigsh
 
