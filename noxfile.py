@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``nox -s tests_numpy`` ..., ``nox -s lint``,
-``nox -s docs``, ``nox -s bench -- --quick``.
+``nox -s docs``, ``nox -s bench -- --quick`` (``python -m pip install nox`` first).
 
 torch is pinned to the CPU wheel here (the package itself only asks for a
 range) so a session never pulls a multi-GB CUDA build.
@@ -34,16 +34,18 @@ def tests_backend(session, backend):
 
 @nox.session
 def lint(session):
-    session.install("ruff")
+    """ruff, and mypy on the annotated package (config in pyproject.toml)."""
+    session.install("ruff", "mypy>=1.10", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "hessquik_core")
 
 
 @nox.session
 def docs(session):
-    """Build the Sphinx site with warnings as errors."""
+    """Build the Sphinx site, nitpicky (every reference must resolve), warnings as errors."""
     _install(session, "test,docs")
-    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-n", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session

@@ -1,6 +1,6 @@
 """Sphinx configuration: furo theme, MyST markdown, autodoc + napoleon (NumPy docstrings).
 
-Build with ``nox -s docs`` or ``sphinx-build -W -b html docs docs/_build/html``.
+Build with ``nox -s docs`` or ``sphinx-build -n -W -b html docs docs/_build/html``.
 The performance page shows whatever the benchmarks have committed under
 ``benchmarks/results/``: at build start those files are copied to
 ``docs/_generated/`` (git-ignored) and listed, so a missing plot never
@@ -31,6 +31,9 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    # MathJax 3 shipped in a PyPI package and copied into _static/mathjax, so
+    # the built site shows its math offline (no CDN); sets mathjax_path.
+    "sphinx-mathjax-offline",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
@@ -44,10 +47,63 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True}
 autodoc_typehints = "signature"
+# annotations imported only under TYPE_CHECKING (estimators: ``net: NN``)
+autodoc_type_aliases = {"NN": "hessquik_core.NN"}
 
 html_theme = "furo"
 html_title = f"hessquik-core {release}"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+
+# --------------------------------------------------------------------------
+# nitpicky: every cross-reference must resolve (CI builds with ``-n -W``).
+# Left out, with reasons:
+# * objects of other projects: the build is offline, so there is no
+#   intersphinx inventory to resolve them against;
+# * the words of free-text type fields ("array", "optional", "callable",
+#   shape symbols such as ``n`` or ``d``): napoleon hands every word of a
+#   type field to the Python domain as a class name. The patterns below only
+#   match lower-case words, single letters and non-identifiers, so a dead
+#   reference to a documented (CamelCase or dotted) object still fails.
+# --------------------------------------------------------------------------
+nitpicky = True
+nitpick_ignore = [
+    ("py:class", name)
+    for name in (
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.random.Generator",
+        "numpy.random._generator.Generator",
+        "os.PathLike",
+        "types.ModuleType",
+        "collections.abc.Callable",
+        "collections.abc.Iterator",
+        "collections.abc.Mapping",
+        "collections.abc.Sequence",
+        "torch.Tensor",
+        "torch.device",
+        "torch.dtype",
+        "torch.nn.Module",
+        "torch.nn.Sequential",
+        "torch.nn.MSELoss",
+        "torch.nn.CrossEntropyLoss",
+        "nn.Module",
+        "hessQuik.networks.NN",
+        # the private problem object a CurvatureOperator is built from (users
+        # call hessian_operator & co.)
+        "hessquik_core.curvature.params._Problem",
+        "scipy.sparse.linalg.LinearOperator",
+        "matplotlib.axes.Axes",
+    )
+]
+nitpick_ignore_regex = [
+    ("py:class", r"[a-z][a-z_0-9]*"),  # array, optional, callable, in_features, ...
+    ("py:class", r"[A-Za-z]"),  # shape symbols N, P, H, d, ...
+    ("py:class", r".*[^\w.].*"),  # free text: spaces, quotes, braces, operators
+    ("py:class", r"[0-9.]+"),
+    ("py:class", r"[a-z]\w*\."),  # a word ending a sentence
+    ("py:exc", r".*\s.*"),  # "FileFormatError (a ValueError)"
+]
 
 # --------------------------------------------------------------------------
 # benchmark results -> docs/_generated/
@@ -138,11 +194,18 @@ _QUALIFIED = {
 _SHORT = re.compile(r"(?<![\w.`])(NN|Layer|Result)(?![\w`])")
 
 
+# Shapes in type fields ("array of shape (n, d)") become literals: a type
+# field holding markup is not split into cross-references, so the shape
+# symbols (n, d, K, ...) are not looked up as classes.
+_SHAPE = re.compile(r"(?<!`)(\([^()`]*\))(?!`)")
+
+
 def _qualify_types(app, what, name, obj, options, lines) -> None:
     for i, line in enumerate(lines):
         m = _TYPE_LINE.match(line)
         if m:
-            lines[i] = m.group(1) + _SHORT.sub(lambda t: _QUALIFIED[t.group(1)], m.group(2))
+            typ = _SHORT.sub(lambda t: _QUALIFIED[t.group(1)], m.group(2))
+            lines[i] = m.group(1) + _SHAPE.sub(r"``\1``", typ)
             continue
         m = _BARE_TYPE.match(line)
         if m:

@@ -34,7 +34,7 @@ __all__ = [
 
 
 class Activation:
-    """Base class: subclasses implement :meth:`_eval`."""
+    """Base class: subclasses implement ``_eval``."""
 
     #: JSON-able name used by ``save``/``load`` and ``repr``.
     name: str = "activation"

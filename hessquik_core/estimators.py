@@ -17,12 +17,16 @@ seeded as the tangents, the network carries the diagonal of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._array import namespace_of
+
+if TYPE_CHECKING:
+    from .networks import NN
 
 __all__ = ["Estimate", "divergence_estimate", "laplacian_estimate", "weighted_laplacian"]
 
@@ -31,21 +35,54 @@ _DISTRIBUTIONS = ("rademacher", "gaussian")
 
 @dataclass
 class Estimate:
-    """A Monte-Carlo estimate.
+    """A Monte-Carlo estimate; ``str(est)`` reads ``value ± stderr``.
 
     Attributes
     ----------
-    value : array
-        Sample mean, (n, m) for the Laplacian, (n,) for the divergence.
-    stderr : array
+    value : float or array
+        Sample mean: (n, m) for the Laplacian, (n,) for the divergence, a
+        float for a trace, (P,) for a curvature diagonal.
+    stderr : float or array
         Standard error of the mean, :math:`s / \\sqrt{k}` (sample standard
         deviation with ``ddof=1``), same shape.
     num_samples : int
+        Number of probes ``k``.
     """
 
     value: Any
     stderr: Any
     num_samples: int
+
+    def __str__(self) -> str:
+        v, s = _host(self.value), _host(self.stderr)
+        tail = f" ({self.num_samples} samples)"
+        if v.ndim == 0:
+            return _pm(float(v), float(s)) + tail
+        cells = np.empty(v.shape, dtype=object)
+        for i in np.ndindex(v.shape):
+            cells[i] = _pm(float(v[i]), float(s[i]))
+        body = np.array2string(cells, formatter={"all": str}, threshold=12, edgeitems=2, separator=", ")
+        return body + tail
+
+
+def _host(a) -> np.ndarray:
+    """A float64 NumPy copy of a scalar or an array of any library (for printing)."""
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        a = a.detach().cpu().numpy()
+    elif mod == "cupy":
+        a = a.get()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _pm(v: float, s: float) -> str:
+    """``v ± s`` with ``s`` to two significant digits and ``v`` to the same decimal place."""
+    if not (math.isfinite(s) and s > 0 and math.isfinite(v)):
+        return f"{v:.6g} ± {s:.2g}"
+    dec = 1 - math.floor(math.log10(s))
+    if 0 <= dec <= 6:
+        return f"{v:.{dec}f} ± {s:.{dec}f}"
+    return f"{v:.6g} ± {s:.2g}"
 
 
 def _probes(net, x, num_samples, seed, distribution):
@@ -73,7 +110,13 @@ def _mean_stderr(samples, axis: int):
 
 
 def laplacian_estimate(
-    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+    net: NN,
+    x: Any,
+    num_samples: int = 16,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    backend: str | None = None,
 ) -> Estimate:
     """Hutchinson estimate of the Laplacian of every output, (n, m).
 
@@ -90,7 +133,7 @@ def laplacian_estimate(
     distribution : {"rademacher", "gaussian"}
         Rademacher probes have the smaller variance,
         :math:`2\\sum_{i \\ne j} H_{ij}^2` against :math:`2\\|H\\|_F^2`.
-    backend : optional, as in :meth:`NN.__call__`.
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
     Returns
     -------
@@ -104,12 +147,34 @@ def laplacian_estimate(
 
 
 def divergence_estimate(
-    net, x, num_samples: int = 16, *, seed=None, distribution: str = "rademacher", backend: str | None = None
+    net: NN,
+    x: Any,
+    num_samples: int = 16,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    backend: str | None = None,
 ) -> Estimate:
     """Hutchinson estimate of the divergence :math:`\\mathrm{tr}(\\partial f/\\partial x)`, (n,), d = m.
 
     Each probe costs one forward tangent: :math:`v^\\top J v` from
     :math:`G = V^\\top J^\\top` of shape (n, k, m).
+
+    Parameters
+    ----------
+    net : NN
+        With as many outputs as inputs (d = m).
+    x : array of shape (n, d)
+    num_samples : int, >= 2
+        Probe vectors ``k`` (shared by all examples in the batch).
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
+
+    Returns
+    -------
+    Estimate
+        ``value`` and ``stderr`` of shape (n,).
     """
     if net.in_features != net.out_features:
         raise ValueError(f"divergence needs d == m, got d={net.in_features}, m={net.out_features}")
@@ -122,15 +187,18 @@ def divergence_estimate(
     return Estimate(mean, se, int(num_samples))
 
 
-def weighted_laplacian(net, x, S, *, backend: str | None = None):
+def weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -> Any:
     """Exact :math:`\\mathrm{tr}(A \\nabla^2 f) = \\sum_{ij} A_{ij} \\partial_i \\partial_j f` with :math:`A = S S^\\top`.
 
     Parameters
     ----------
+    net : NN
+    x : array of shape (n, d)
     S : array (d, r)
         A factor of the (positive semi-definite) coefficient matrix, e.g.
         its Cholesky factor; ``r`` may be smaller than ``d``. Same library
         as ``x`` or NumPy.
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
     Returns
     -------

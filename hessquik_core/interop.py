@@ -569,8 +569,9 @@ def to_torch(net, *, dtype=None, device=None):
         becomes ``nn.Linear(in, out)`` with ``weight = Kᵀ`` followed by the
         activation (none for ``Identity``); ``ResnetLayer``, ``ICNNLayer``,
         ``QuadraticLayer``, ``QuadraticICNNLayer`` become this module's
-        :class:`ResidualBlock`, :class:`ICNNBlock`, :class:`QuadraticBlock`,
-        :class:`QuadraticICNNBlock`. ``from_torch(to_torch(net))`` gives
+        :class:`~hessquik_core.interop.ResidualBlock`, :class:`~hessquik_core.interop.ICNNBlock`,
+        :class:`~hessquik_core.interop.QuadraticBlock`,
+        :class:`~hessquik_core.interop.QuadraticICNNBlock`. ``from_torch(to_torch(net))`` gives
         back ``net``'s function (nesting flattened).
 
     Examples

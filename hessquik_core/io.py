@@ -34,8 +34,8 @@ renamed over the destination only when complete, so a crash never leaves a
 half-written file behind.
 
 Limits (the writer refuses what the reader would refuse): the JSON header is
-at most :data:`MAX_HEADER_BYTES` (16 MiB, some 60 000 layers), networks nest
-at most :data:`MAX_DEPTH` (64) levels, a tensor has at most 16 axes, and
+at most ``hessquik_core.io.MAX_HEADER_BYTES`` (16 MiB, some 60 000 layers), networks nest
+at most ``hessquik_core.io.MAX_DEPTH`` (64) levels, a tensor has at most 16 axes, and
 JSON objects may not repeat a key. :func:`load` reads and checks the
 8-byte length and the header before any tensor byte, reads only regular
 files (a FIFO or a device such as ``/dev/zero`` is refused without reading
@@ -46,7 +46,7 @@ most its header (16 MiB), unless that header validly describes a network
 whose tensors the file really holds. Every malformed file
 raises :class:`FileFormatError` (a ``ValueError``) naming the field, with
 quoted values and key lists abbreviated (messages stay below
-:data:`FileFormatError.MAX_LENGTH` characters).
+``FileFormatError.MAX_LENGTH`` characters).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class FileFormatError(ValueError):
     """A file that is not a valid, intact hessquik-core network file.
 
     The message names the offending field; values quoted from the file are
-    abbreviated and the whole message is cut to at most :attr:`MAX_LENGTH`
+    abbreviated and the whole message is cut to at most ``MAX_LENGTH``
     characters, so a hostile file cannot produce a huge error.
     """
 
@@ -426,8 +426,8 @@ def save(net: Module, path: str | os.PathLike) -> None:
         hessquik-core (only allow-listed classes are ever recorded).
     ValueError
         If the file would be one that :func:`load` refuses: networks nested
-        deeper than :data:`MAX_DEPTH` levels, a header beyond
-        :data:`MAX_HEADER_BYTES`, or a configuration the reader's validation
+        deeper than ``hessquik_core.io.MAX_DEPTH`` levels, a header beyond
+        ``hessquik_core.io.MAX_HEADER_BYTES``, or a configuration the reader's validation
         rejects (nothing is written then).
 
     Examples
@@ -643,7 +643,7 @@ def load(path: str | os.PathLike, *, backend: str | None = None, device=None):
     ----------
     path : str or os.PathLike
         A regular file. Its 8-byte length field and JSON header are read and
-        validated first (header at most :data:`MAX_HEADER_BYTES`), then
+        validated first (header at most ``hessquik_core.io.MAX_HEADER_BYTES``), then
         exactly the tensor bytes the header announces: a garbage or hostile
         file is refused after reading at most its header. FIFOs and devices
         are refused without reading.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import array_api_compat as aac
 import numpy as np
@@ -23,30 +23,47 @@ __all__ = ["ICNN", "NN", "FullyConnectedNN", "MemoryBudgetError", "ResnetNN", "R
 
 MODES = ("auto", "forward", "backward")
 
+#: an array of any supported library (NumPy, torch, CuPy, Array-API)
+Array = Any
+
 
 @dataclass
 class Result:
     """What a network call returns; entries not requested are ``None``.
 
+    Arrays are of ``x``'s library (NumPy, torch, CuPy, ...), in its dtype
+    and on its device.
+
     Attributes
     ----------
-    value : (n, m)
-    gradient : (n, d, m); forward mode with ``V : (d, k)`` gives (n, k, m),
-        backward mode with ``V : (m, k)`` gives (n, d, k)
-    hessian : (n, d, d, m); (n, k, k, m) = VᵀHV forward; (n, d, d, k) backward
-    laplacian : (n, m)
-    hessian_diagonal : (n, d, m) (or (n, k, m): the diagonal of VᵀHV)
-    divergence : (n,), trace of the Jacobian (d = m)
-    mode : ``"forward"`` or ``"backward"``, the route actually taken
+    value : array
+        ``(n, m)``, the network's output.
+    gradient : array or None
+        ``(n, d, m)``. With ``directions`` ``V``: ``(n, k, m)`` in forward
+        mode (``V : (d, k)``), ``(n, d, k)`` in backward mode (``V : (m, k)``).
+    hessian : array or None
+        ``(n, d, d, m)``. With ``V``: ``(n, k, k, m)``, that is ``VᵀHV``, in
+        forward mode; ``(n, d, d, k)`` in backward mode.
+    laplacian : array or None
+        ``(n, m)``.
+    hessian_diagonal : array or None
+        ``(n, d, m)``; with ``V`` in forward mode ``(n, k, m)``, the
+        diagonal of ``VᵀHV``.
+    divergence : array or None
+        ``(n,)``, the trace of the Jacobian (networks with d = m).
+    mode : {"forward", "backward"} or None
+        The route actually taken.
     """
 
-    value: Any
-    gradient: Any = None
-    hessian: Any = None
-    laplacian: Any = None
-    hessian_diagonal: Any = None
-    divergence: Any = None
-    mode: str | None = None
+    # arrays of the caller's library: no common static type across NumPy,
+    # torch, CuPy and the Array-API libraries, hence the alias of Any
+    value: Array
+    gradient: Array = None
+    hessian: Array = None
+    laplacian: Array = None
+    hessian_diagonal: Array = None
+    divergence: Array = None
+    mode: Literal["forward", "backward"] | None = None
 
     def __iter__(self):
         # hessQuik-style unpacking: f, df, d2f = net(x, ...)

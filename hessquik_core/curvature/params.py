@@ -16,6 +16,12 @@ the training loss is :math:`C(\theta) = w\sum_n \ell(f(x_n;\theta), y_n)` with
 * those matrices as operators (matvec, dense assembly in column blocks of
   products under a memory budget, mini-batch accumulation).
 
+``net`` may also be a torch ``nn.Sequential`` (or a single supported torch
+module): it is converted once with :func:`hessquik_core.from_torch` (weights
+copied) and the parameter vector is that of the converted network, whose
+``K`` of a ``Linear`` layer is torch's ``weight`` transposed, see
+:class:`ParameterLayout`.
+
 Every layer owns its parameter derivatives (``_param_grad``, ``_param_rfwd``,
 ``_param_rbwd`` in :mod:`hessquik_core.layers`); this module only composes
 them. Parameter order is ``net.state_dict()`` order; each parameter is
@@ -24,13 +30,15 @@ flattened row-major (C order), see :class:`ParameterLayout`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as aac
 import numpy as np
 
-from .._array import as_plain_array, check_max_memory, namespace_of, native_backend
+from .._array import _dtype_name, as_plain_array, check_max_memory, namespace_of, native_backend
+from .._progress import progress_bar
 from ..backends import BACKEND_NAMES, get_backend
 from . import _ops
 from .losses import Loss, get_loss
@@ -74,17 +82,30 @@ class ParameterLayout:
     absent), each flattened row-major. Flat arrays carry the parameter axis
     last, so per-example gradients ``(N, P)`` unflatten to ``(N, *shape)``.
 
+    **torch's order.** A ``Linear`` layer's weight ``K`` is stored
+    ``(in, out)``, the transpose of torch's ``weight`` ``(out, in)`` (so a
+    layer computes ``u @ K + b``). To read an eigenvector (or any flat
+    vector) in the order of a torch model converted by
+    :func:`hessquik_core.from_torch`, unflatten it and transpose the
+    ``K`` blocks: ``layout.unflatten(v)["0.K"].T`` is the direction of
+    torch's ``0.weight``, ``layout.unflatten(v)["0.b"]`` that of ``0.bias``.
+
     Attributes
     ----------
     keys : tuple of str
+        Parameter keys in ``state_dict`` order.
     shapes : tuple of tuple of int
-    offsets, sizes : tuple of int
+        Shape of each parameter.
+    offsets : tuple of int
+        Start of each parameter in ``theta``.
+    sizes : tuple of int
+        Number of entries of each parameter.
     """
 
-    keys: tuple
-    shapes: tuple
-    offsets: tuple
-    sizes: tuple
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
 
     @property
     def size(self) -> int:
@@ -95,7 +116,18 @@ class ParameterLayout:
         return self.size
 
     def slice(self, key: str) -> slice:
-        """Slice of ``theta`` holding parameter ``key``."""
+        """Slice of ``theta`` holding parameter ``key`` (``KeyError`` for an unknown key).
+
+        Parameters
+        ----------
+        key : str
+            A ``state_dict`` key, e.g. ``"0.K"``.
+
+        Returns
+        -------
+        slice
+            ``theta[layout.slice(key)]`` is the flattened parameter.
+        """
         i = self._index(key)
         return slice(self.offsets[i], self.offsets[i] + self.sizes[i])
 
@@ -105,8 +137,19 @@ class ParameterLayout:
         except ValueError:
             raise KeyError(f"unknown parameter {key!r}; known: {list(self.keys)}") from None
 
-    def flatten(self, params) -> Any:
-        """Mapping ``key -> array (*lead, *shape)`` (all keys, one library) to ``(*lead, P)``."""
+    def flatten(self, params: Mapping[str, Any]) -> Any:
+        """Concatenate a mapping of parameters into flat vectors.
+
+        Parameters
+        ----------
+        params : mapping of str to array
+            Every key of the layout, each ``(*lead, *shape)`` (same leading
+            shape, one array library).
+
+        Returns
+        -------
+        array of shape (*lead, P)
+        """
         if not hasattr(params, "items"):
             raise TypeError(
                 f"params must be a mapping of parameter keys to arrays, got {type(params).__name__}"
@@ -126,8 +169,19 @@ class ParameterLayout:
             parts.append(xp.reshape(a, (*lead, size)))
         return xp.concat(parts, axis=-1)
 
-    def unflatten(self, theta) -> dict:
-        """``(*lead, P)`` to a dict ``key -> (*lead, *shape)`` (load it with ``net.load_state_dict``)."""
+    def unflatten(self, theta: Any) -> dict[str, Any]:
+        """Split flat vectors into parameters (the inverse of :meth:`flatten`).
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+
+        Returns
+        -------
+        dict of str to array
+            ``key -> (*lead, *shape)`` views of ``theta``; with no leading
+            axes, ``net.load_state_dict`` accepts it.
+        """
         xp = namespace_of(theta, "theta")
         if theta.ndim < 1 or theta.shape[-1] != self.size:
             raise ValueError(f"theta must have shape (..., {self.size}), got {tuple(theta.shape)}")
@@ -138,10 +192,43 @@ class ParameterLayout:
         }
 
 
-def parameter_layout(net) -> ParameterLayout:
-    """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major)."""
-    if not hasattr(net, "named_parameters") or not hasattr(net, "_leaves"):
-        raise TypeError(f"net must be a hessquik_core network or layer, got {type(net).__name__}")
+def _is_torch_module(obj) -> bool:
+    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
+
+
+def _network(net):
+    """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``)."""
+    if hasattr(net, "named_parameters") and hasattr(net, "_leaves"):
+        return net
+    if _is_torch_module(net):
+        from ..interop import from_torch
+
+        try:
+            return from_torch(net)
+        except ValueError as err:
+            raise ValueError(
+                f"net is a torch module: curvature functions convert it with hessquik_core.from_torch, "
+                f"which refused it: {err}"
+            ) from err
+    raise TypeError(
+        "net must be a hessquik_core network or layer, or a torch nn.Sequential "
+        f"(converted with hessquik_core.from_torch), got {type(net).__name__}"
+    )
+
+
+def parameter_layout(net: Any) -> ParameterLayout:
+    """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        A torch model is described as converted by :func:`hessquik_core.from_torch`.
+
+    Returns
+    -------
+    ParameterLayout
+    """
+    net = _network(net)
     keys, shapes, offsets, sizes = [], [], [], []
     off = 0
     for k, a in net.named_parameters():
@@ -157,12 +244,22 @@ def parameter_layout(net) -> ParameterLayout:
     return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
 
 
-def flatten_parameters(net, like=None):
+def flatten_parameters(net: Any, like: Any = None) -> Any:
     """:math:`\\theta` as one vector ``(P,)``.
 
-    Without ``like``: in the library of the stored parameters. With an
-    array ``like``: in its library, dtype and device.
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+    like : array, optional
+        Without it the vector is in the library of the stored parameters;
+        with it, in ``like``'s library, dtype and device.
+
+    Returns
+    -------
+    array of shape (P,)
+        Parameters in :class:`ParameterLayout` order.
     """
+    net = _network(net)
     layout = parameter_layout(net)
     state = dict(net.named_parameters())
     if like is not None:
@@ -414,6 +511,7 @@ class _Problem:
     """Network, data, loss and mini-batches of one curvature computation."""
 
     def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None):
+        net = _network(net)
         self.loss: Loss = get_loss(loss)
         self.B = B = _Bound(net, x, backend)
         y = _user_targets(y, B)
@@ -466,77 +564,174 @@ class _Problem:
 class LinearOperatorBase:
     """A symmetric linear operator on :math:`\\mathbb{R}^P`, applied to arrays of one library.
 
-    Subclasses implement ``_matmat(V : (P, k)) -> (P, k)``. Attributes
-    ``xp`` (namespace), ``dtype`` and ``device`` are those of the arrays
-    the operator accepts and returns.
+    Subclasses implement ``_matmat(V : (P, k)) -> (P, k)`` on arrays of the
+    operator's library. ``A @ V``, :meth:`matvec` and :meth:`matmat` accept
+    those arrays, and NumPy arrays too: an operator of another library
+    (torch, CuPy, ...) converts a NumPy argument in and returns a NumPy
+    result. So SciPy works with every operator, e.g.
+    ``scipy.sparse.linalg.eigsh(op, k)`` or
+    ``scipy.sparse.linalg.LinearOperator(op.shape, matvec=op.matvec, dtype=op.dtype)``
+    (:meth:`to_scipy` builds that).
+
+    Parameters
+    ----------
+    size : int
+        ``P``.
+    xp : module
+        Array-API namespace of the arrays the operator works on.
+    dtype : dtype
+        Their dtype, given in ``xp``'s or NumPy's spelling (``torch.float64``
+        or ``numpy.float64``).
+    device : device
+        Their device.
+
+    Attributes
+    ----------
+    xp : module
+        The operator's array namespace.
+    array_dtype : dtype
+        The dtype of the arrays it accepts and returns, in ``xp``'s
+        spelling (``torch.float64`` for a torch operator).
+    device : device
+        The device of those arrays.
     """
 
-    def __init__(self, size: int, xp, dtype, device) -> None:
+    def __init__(self, size: int, xp: Any, dtype: Any, device: Any) -> None:
         self.size = int(size)
-        self.xp, self.dtype, self.device = xp, dtype, device
+        self.xp, self.device = xp, device
+        if isinstance(dtype, np.dtype) and native_backend(xp) != "numpy":
+            dtype = getattr(xp, dtype.name)  # the library's own dtype object, by name
+        self.array_dtype = dtype
         self._be = get_backend(native_backend(xp))
 
     @property
+    def dtype(self) -> np.dtype:
+        """The entries' dtype as a :class:`numpy.dtype` (what SciPy expects); see ``array_dtype``."""
+        try:
+            return np.dtype(self.array_dtype)
+        except TypeError:  # torch.float64 & co.: by name
+            return np.dtype(_dtype_name(self.array_dtype))
+
+    @property
     def shape(self) -> tuple[int, int]:
+        """``(P, P)``."""
         return (self.size, self.size)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(P={self.size}, dtype={self.dtype})"
+        return f"{type(self).__name__}(P={self.size}, dtype={self.array_dtype})"
 
     # -- application -------------------------------------------------------
-    def _operand(self, v, what: str = "v"):
-        """Check that ``v`` is an array this operator takes: the operator's library, dtype and
-        device (no silent conversion: a float64 ``v`` on a float32 operator would return
-        float64, a float32 one on a float64 torch operator fail inside torch)."""
+    def _operand(self, v, what: str = "v") -> tuple[Any, bool]:
+        """``v`` as an array this operator takes, and whether it came from the host.
+
+        Arrays of the operator's library must have its dtype and device (no silent
+        conversion: a float64 ``v`` on a float32 operator would return float64, a float32 one
+        on a float64 torch operator fail inside torch). A NumPy array given to an operator of
+        another library (SciPy's eigensolvers do this) is converted in, after the same dtype
+        check, and the result goes back to NumPy (``host`` is True).
+        """
         v = as_plain_array(v, what)
         lib = _lib_name(self.xp)
-        if isinstance(v, (list, tuple)) or not hasattr(v, "shape"):
+        alt = "" if lib == "numpy" else " or a NumPy array"
+        if isinstance(v, (list, tuple)) or not hasattr(v, "shape") or not hasattr(v, "ndim"):
             raise TypeError(
-                f"{what} must be an array of the operator's library ({lib}, dtype {self.dtype}), "
-                f"got {type(v).__name__}"
+                f"{what} must be an array of the operator's library ({lib}, dtype {self.array_dtype})"
+                f"{alt}, got {type(v).__name__}"
             )
+        host = isinstance(v, np.ndarray) and native_backend(self.xp) != "numpy"
+        if host:
+            if v.dtype != self.dtype:
+                raise TypeError(
+                    f"{what} must have the operator's dtype {self.dtype}, got {v.dtype}; convert it "
+                    f"first (the operator follows the dtype of x)"
+                )
+            return self.asarray(v), True
         if not _same_library(namespace_of(v, what), self.xp):
             raise TypeError(
-                f"{what} must be an array of the operator's library ({lib}), got "
+                f"{what} must be an array of the operator's library ({lib}){alt}, got "
                 f"{type(v).__module__}.{type(v).__name__}"
             )
-        if v.dtype != self.dtype:
+        if v.dtype != self.array_dtype:
             raise TypeError(
-                f"{what} must have the operator's dtype {self.dtype}, got {v.dtype}; convert it "
+                f"{what} must have the operator's dtype {self.array_dtype}, got {v.dtype}; convert it "
                 f"first (the operator follows the dtype of x)"
             )
         if str(aac.device(v)) != str(self.device):
             raise ValueError(f"{what} is on device {aac.device(v)}, the operator on {self.device}")
-        return v
+        return v, False
 
-    def matmat(self, V):
-        """``A @ V`` for ``V : (P, k)`` of the operator's library, dtype and device; ``k = 0``
-        gives an empty ``(P, 0)`` result."""
-        V = self._operand(V, "V")
+    def matmat(self, V: Any) -> Any:
+        """``A @ V``.
+
+        Parameters
+        ----------
+        V : array of shape (P, k)
+            In the operator's library, dtype and device, or NumPy (then the result is NumPy);
+            ``k = 0`` gives an empty ``(P, 0)`` result.
+
+        Returns
+        -------
+        array of shape (P, k)
+        """
+        V, host = self._operand(V, "V")
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must have shape ({self.size}, k), got {tuple(V.shape)}")
         if V.shape[1] == 0:
-            return self.xp.zeros((self.size, 0), dtype=self.dtype, device=self.device)
-        return self._matmat(V)
+            out = self.xp.zeros((self.size, 0), dtype=self.array_dtype, device=self.device)
+        else:
+            out = self._matmat(V)
+        return self.to_numpy(out) if host else out
 
-    def matvec(self, v):
-        """``A @ v`` for ``v : (P,)``."""
-        v = self._operand(v)
-        if v.ndim != 1 or v.shape[0] != self.size:
+    def matvec(self, v: Any) -> Any:
+        """``A @ v``.
+
+        Parameters
+        ----------
+        v : array of shape (P,)
+            In the operator's library, or NumPy (then the result is NumPy).
+            SciPy's ``(P, 1)`` column vectors are accepted too.
+
+        Returns
+        -------
+        array of shape (P,) (or (P, 1) for a column)
+        """
+        v, host = self._operand(v)
+        if v.ndim == 2 and tuple(v.shape) == (self.size, 1):
+            out = self._matmat(v)
+        elif v.ndim != 1 or v.shape[0] != self.size:
             raise ValueError(f"v must have shape ({self.size},), got {tuple(v.shape)}")
-        return self._matmat(v[:, None])[:, 0]
+        else:
+            out = self._matmat(v[:, None])[:, 0]
+        return self.to_numpy(out) if host else out
 
-    def __matmul__(self, V):
-        V = self._operand(V)
+    # SciPy's LinearOperator protocol: the operator is symmetric
+    rmatvec = matvec
+    rmatmat = matmat
+
+    def __matmul__(self, V: Any) -> Any:
+        if not hasattr(V, "ndim"):
+            self._operand(V)  # raises the TypeError that says what is expected
         return self.matvec(V) if V.ndim == 1 else self.matmat(V)
 
-    def quadratic_form(self, v):
-        r""":math:`v^\top A v` for ``v : (P,)`` (0-d array) or ``(P, k)`` (one per column, ``(k,)``)."""
-        v = self._operand(v)
+    def quadratic_form(self, v: Any) -> Any:
+        r""":math:`v^\top A v`.
+
+        Parameters
+        ----------
+        v : array of shape (P,) or (P, k)
+            In the operator's library, dtype and device.
+
+        Returns
+        -------
+        array
+            0-d for ``(P,)``; ``(k,)``, one form per column, for ``(P, k)``.
+        """
+        v, host = self._operand(v)
         one = v.ndim == 1
         V = v[:, None] if one else v
         out = self.xp.sum(V * self.matmat(V), axis=0)
-        return out[0] if one else out
+        out = out[0] if one else out
+        return self.to_numpy(out) if host else out
 
     def _matmat(self, V):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -544,27 +739,72 @@ class LinearOperatorBase:
     def _default_block(self) -> int:
         return min(self.size, 64)
 
-    def to_dense(self, *, block_size: int | None = None):
-        """The ``(P, P)`` matrix, assembled from products with blocks of unit vectors."""
+    def to_dense(self, *, block_size: int | None = None, progress: bool | None = None) -> Any:
+        """The ``(P, P)`` matrix, assembled from products with blocks of unit vectors.
+
+        Parameters
+        ----------
+        block_size : int, optional
+            Columns per product (default: the operator's own block size).
+        progress : bool, optional
+            Progress bar over the blocks (tqdm); default: only when
+            interactive, see :func:`hessian`.
+
+        Returns
+        -------
+        array of shape (P, P)
+            In the operator's library.
+        """
         xp, P = self.xp, self.size
         bs = self._default_block() if block_size is None else _check_batch_size(block_size, P)
         cols = []
-        for j in range(0, P, bs):
-            k = min(bs, P - j)
-            E = xp.eye(P, k, k=-j, dtype=self.dtype, device=self.device)
-            cols.append(self._matmat(E))
+        with progress_bar(progress, total=-(-P // bs), desc="dense matrix", unit="block") as bar:
+            for j in range(0, P, bs):
+                k = min(bs, P - j)
+                E = xp.eye(P, k, k=-j, dtype=self.array_dtype, device=self.device)
+                cols.append(self._matmat(E))
+                bar.update()
         return cols[0] if len(cols) == 1 else xp.concat(cols, axis=1)
 
     # -- host helpers (spectra) --------------------------------------------
-    def asarray(self, a):
-        """A NumPy array as an array the operator accepts."""
-        return self._be.convert(np.asarray(a), xp=self.xp, dtype=self.dtype, device=self.device)
+    def asarray(self, a: Any) -> Any:
+        """A NumPy array (or nested list) as an array the operator accepts.
 
-    def to_numpy(self, a) -> np.ndarray:
+        Parameters
+        ----------
+        a : array_like
+            Host data.
+
+        Returns
+        -------
+        array
+            Same shape, in the operator's library, dtype and device.
+        """
+        return self._be.convert(np.asarray(a), xp=self.xp, dtype=self.array_dtype, device=self.device)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """An array of the operator's library as a NumPy array.
+
+        Parameters
+        ----------
+        a : array
+            In the operator's library.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same shape (a host copy for device arrays).
+        """
         return np.asarray(self._be.to_numpy(a))
 
-    def to_scipy(self):
-        """A ``scipy.sparse.linalg.LinearOperator`` acting on NumPy arrays (host round trips)."""
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` acting on NumPy arrays (host round trips).
+
+        Returns
+        -------
+        scipy.sparse.linalg.LinearOperator
+            Shape ``(P, P)``, :attr:`dtype`; symmetric, so ``rmatvec`` is ``matvec``.
+        """
         from scipy.sparse.linalg import LinearOperator
 
         def mm(V):
@@ -579,14 +819,20 @@ class LinearOperatorBase:
             matmat=mm,
             rmatvec=mm,
             rmatmat=mm,
-            dtype=np.dtype(str(self.dtype).split(".")[-1]),
+            dtype=self.dtype,
         )
 
 
 class DenseOperator(LinearOperatorBase):
-    """A dense symmetric matrix ``(P, P)`` as an operator."""
+    """A dense symmetric matrix as an operator.
 
-    def __init__(self, A) -> None:
+    Parameters
+    ----------
+    A : array of shape (P, P)
+        Symmetric (not checked), any array library.
+    """
+
+    def __init__(self, A: Any) -> None:
         A = as_plain_array(A, "A")
         xp = namespace_of(A, "A")
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
@@ -597,12 +843,22 @@ class DenseOperator(LinearOperatorBase):
     def _matmat(self, V):
         return self.A @ V
 
-    def to_dense(self, *, block_size=None):
+    def to_dense(self, *, block_size: int | None = None, progress: bool | None = None) -> Any:
         return self.A
 
 
-def aslinearoperator(A) -> LinearOperatorBase:
-    """An operator from an operator (returned as is) or a dense symmetric matrix."""
+def aslinearoperator(A: Any) -> LinearOperatorBase:
+    """An operator from an operator (returned as is) or a dense symmetric matrix.
+
+    Parameters
+    ----------
+    A : LinearOperatorBase or array of shape (P, P)
+
+    Returns
+    -------
+    LinearOperatorBase
+        ``A`` itself, or a :class:`DenseOperator` wrapping the matrix.
+    """
     if isinstance(A, LinearOperatorBase):
         return A
     return DenseOperator(A)
@@ -612,10 +868,27 @@ class CurvatureOperator(LinearOperatorBase):
     """Exact Hessian, Gauss–Newton or empirical Fisher of a training loss, as an operator.
 
     Built by :func:`hessian_operator`, :func:`ggn_operator`,
-    :func:`empirical_fisher_operator`. Products are exact (no sampling):
-    mini-batches only bound memory, the sum over them is the full-data
-    matrix. ``block_size`` directions are pushed through the network per
-    pass (default from ``memory_budget`` bytes, see :func:`hessian`).
+    :func:`empirical_fisher_operator` (not by hand). Products are exact (no
+    sampling): mini-batches only bound memory, the sum over them is the
+    full-data matrix. ``block_size`` directions are pushed through the
+    network per pass (default from ``memory_budget`` bytes, see
+    :func:`hessian`). Accepts and returns arrays of ``x``'s library (or
+    NumPy, see :class:`LinearOperatorBase`).
+
+    Parameters
+    ----------
+    problem : object
+        Network, data, loss and mini-batches (private; built by the functions above).
+    kind : {"hessian", "ggn", "fisher"}
+    block_size : int, optional
+    memory_budget : float, optional
+
+    Attributes
+    ----------
+    kind : str
+        ``"hessian"``, ``"ggn"`` or ``"fisher"``.
+    block_size : int
+        Directions per pass.
     """
 
     def __init__(self, problem: _Problem, kind: str, block_size=None, memory_budget=None) -> None:
@@ -672,22 +945,38 @@ def _block_size(problem: _Problem, block_size, memory_budget) -> int:
 # --------------------------------------------------------------------------
 
 
-def value_and_gradient(net, x, y, loss, *, batch_size: int | None = None, backend: str | None = None):
+def value_and_gradient(
+    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+) -> tuple[Any, Any]:
     r"""Training loss :math:`C` (0-d) and its gradient :math:`\nabla_\theta C` ``(P,)``.
 
     Parameters
     ----------
-    net : NN or Layer
-    x : array (N, d)
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
     y : array
         Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
         probabilities ``(N, m)`` for cross-entropy.
-    loss : Loss or str
-        ``"mse"``, ``"cross_entropy"`` or a :class:`Loss` instance.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
     batch_size : int, optional
         Examples per pass (bounds memory; the result is the full-data one).
     backend : str, optional
-        Force a backend (results return in ``x``'s library).
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    value : 0-d array
+        :math:`C`.
+    gradient : array of shape (P,)
+        :math:`\\nabla_\\theta C` in :class:`ParameterLayout` order.
     """
     pb = _Problem(net, x, y, loss, batch_size, backend)
     B, xp = pb.B, pb.B.xp
@@ -699,33 +988,86 @@ def value_and_gradient(net, x, y, loss, *, batch_size: int | None = None, backen
     return B.to_user(pb.w * val), B.to_user(grad)
 
 
-def gradient(net, x, y, loss, *, batch_size: int | None = None, backend: str | None = None):
-    r""":math:`\nabla_\theta C`, shape ``(P,)``; see :func:`value_and_gradient`."""
+def gradient(
+    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+) -> Any:
+    r""":math:`\nabla_\theta C`, the gradient of the training loss.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P,)
+        The second output of :func:`value_and_gradient`.
+    """
     return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
 
 
-def per_example_gradients(net, x, y, loss, *, backend: str | None = None):
+def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
     r"""Per-example gradients :math:`g_n = \nabla_\theta \ell(f(x_n;\theta), y_n)`, shape ``(N, P)``.
 
     One batched pass (no loop over examples). Rows are gradients of the
     *unreduced* per-example loss: :math:`\nabla C = w \sum_n g_n` (the mean of
     the rows for ``reduction="mean"``, their sum for ``"sum"``).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (N, P)
+        Row ``n`` is :math:`g_n` in :class:`ParameterLayout` order.
     """
     pb = _Problem(net, x, y, loss, None, backend)
     return pb.B.to_user(pb.per_example(0))
 
 
 def hessian_operator(
-    net,
-    x,
-    y,
-    loss,
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
     *,
-    batch_size=None,
-    block_size=None,
-    memory_budget=None,
-    backend=None,
-    cache_forward=None,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The exact Hessian :math:`H = \nabla_\theta^2 C` as an operator (Hessian-vector products).
 
@@ -735,6 +1077,40 @@ def hessian_operator(
     them) keeps each mini-batch's forward pass between products.
     The operator is a snapshot: it holds the parameters and data of its
     construction.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+    cache_forward : bool, optional
+        Keep each mini-batch's forward pass between products (default:
+        True without mini-batches, False with them).
+
+    Returns
+    -------
+    CurvatureOperator
+        ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
         _Problem(net, x, y, loss, batch_size, backend, cache_forward), "hessian", block_size, memory_budget
@@ -742,22 +1118,56 @@ def hessian_operator(
 
 
 def ggn_operator(
-    net,
-    x,
-    y,
-    loss,
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
     *,
-    batch_size=None,
-    block_size=None,
-    memory_budget=None,
-    backend=None,
-    cache_forward=None,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The generalised Gauss–Newton matrix :math:`w \sum_n J_n^\top \nabla_f^2 \ell_n J_n` as an operator.
 
     For softmax cross-entropy this is the Fisher information of the model's
     predictive distribution (the "true" Fisher); for half-MSE it is
     :math:`w\sum_n J_n^\top J_n`.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+    cache_forward : bool, optional
+        Keep each mini-batch's forward pass between products (default:
+        True without mini-batches, False with them).
+
+    Returns
+    -------
+    CurvatureOperator
+        ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
         _Problem(net, x, y, loss, batch_size, backend, cache_forward), "ggn", block_size, memory_budget
@@ -765,30 +1175,113 @@ def ggn_operator(
 
 
 def empirical_fisher_operator(
-    net,
-    x,
-    y,
-    loss,
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
     *,
-    batch_size=None,
-    block_size=None,
-    memory_budget=None,
-    backend=None,
-    cache_forward=None,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The outer-product (empirical Fisher) matrix :math:`G = \frac1N \sum_n g_n g_n^\top`.
 
     Applied without forming ``(N, P)``: :math:`Gv = \frac1N\sum_n (g_n\cdot v)\, g_n`
     where :math:`g_n\cdot v = \nabla_f\ell_n \cdot J_n v` comes from a forward
     R-pass and the weighted sum of gradients from one backward pass.
+    Always :math:`1/N`, whatever the loss's reduction.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+    cache_forward : bool, optional
+        Keep each mini-batch's forward pass between products (default:
+        True without mini-batches, False with them).
+
+    Returns
+    -------
+    CurvatureOperator
+        ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
         _Problem(net, x, y, loss, batch_size, backend, cache_forward), "fisher", block_size, memory_budget
     )
 
 
-def hvp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
-    r""":math:`Hv` for ``v : (P,)`` or ``(P, k)`` (exact Hessian of the training loss)."""
+def hvp(
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    v: Any,
+    *,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+) -> Any:
+    r""":math:`Hv`, products with the exact Hessian of the training loss.
+
+    Builds :func:`hessian_operator` and applies it once; keep the operator
+    for repeated products.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    v : array of shape (P,) or (P, k)
+        Directions, in ``x``'s library (or NumPy).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P,) or (P, k)
+        Like ``v``.
+    """
     return (
         hessian_operator(
             net,
@@ -804,8 +1297,53 @@ def hvp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=N
     )
 
 
-def ggn_vp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
-    r"""Generalised Gauss–Newton product for ``v : (P,)`` or ``(P, k)``."""
+def ggn_vp(
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    v: Any,
+    *,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+) -> Any:
+    r"""Products with the generalised Gauss–Newton matrix (see :func:`ggn_operator`).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    v : array of shape (P,) or (P, k)
+        Directions, in ``x``'s library (or NumPy).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P,) or (P, k)
+        Like ``v``.
+    """
     return (
         ggn_operator(
             net,
@@ -822,9 +1360,52 @@ def ggn_vp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budge
 
 
 def empirical_fisher_vp(
-    net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None
-):
-    r""":math:`Gv` with :math:`G = \frac1N\sum_n g_n g_n^\top`, for ``v : (P,)`` or ``(P, k)``."""
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    v: Any,
+    *,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+) -> Any:
+    r""":math:`Gv` with :math:`G = \frac1N\sum_n g_n g_n^\top` (see :func:`empirical_fisher_operator`).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    v : array of shape (P,) or (P, k)
+        Directions, in ``x``'s library (or NumPy).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P,) or (P, k)
+        Like ``v``.
+    """
     return (
         empirical_fisher_operator(
             net,
@@ -840,7 +1421,18 @@ def empirical_fisher_vp(
     )
 
 
-def hessian(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
+def hessian(
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    *,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    progress: bool | None = None,
+) -> Any:
     r"""The dense ``(P, P)`` Hessian of the training loss, from blocks of exact Hessian-vector products.
 
     Columns are computed ``block_size`` at a time (default: as many as fit
@@ -850,6 +1442,41 @@ def hessian(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=
     are summed (with the global factor :math:`w`, so the result is the
     Hessian of the full-data loss). Not symmetrised: it is symmetric to
     rounding because every column is exact.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+    progress : bool, optional
+        Progress bar over the column blocks (tqdm): ``None`` (default)
+        shows one only when tqdm is installed and the session is
+        interactive, ``True`` always, ``False`` never.
+
+    Returns
+    -------
+    array of shape (P, P)
+        In ``x``'s library, :class:`ParameterLayout` order.
     """
     return hessian_operator(
         net,
@@ -860,11 +1487,58 @@ def hessian(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense()
+    ).to_dense(progress=progress)
 
 
-def ggn(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
-    """The dense generalised Gauss–Newton matrix ``(P, P)``; see :func:`hessian`."""
+def ggn(
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    *,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    progress: bool | None = None,
+) -> Any:
+    """The dense generalised Gauss–Newton matrix, assembled like :func:`hessian`.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    block_size : int, optional
+        Directions pushed through the network per pass.
+    memory_budget : float, optional
+        Bytes of work arrays per pass that choose ``block_size`` when it is
+        not given (256 MiB by default; see :func:`hessian`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+    progress : bool, optional
+        Progress bar over the column blocks (tqdm): ``None`` (default)
+        shows one only when tqdm is installed and the session is
+        interactive, ``True`` always, ``False`` never.
+
+    Returns
+    -------
+    array of shape (P, P)
+        In ``x``'s library, :class:`ParameterLayout` order.
+    """
     return ggn_operator(
         net,
         x,
@@ -874,11 +1548,40 @@ def ggn(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense()
+    ).to_dense(progress=progress)
 
 
-def empirical_fisher(net, x, y, loss, *, backend=None):
-    r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients."""
+def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
+    r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients.
+
+    Forms ``A : (N, P)`` in one pass; for large ``N·P`` use
+    :func:`empirical_fisher_operator` or
+    :func:`~hessquik_core.curvature.empirical_fisher_eigenpairs`.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P, P)
+        In ``x``'s library, :class:`ParameterLayout` order.
+    """
     pb = _Problem(net, x, y, loss, None, backend)
     A = pb.per_example(0)
     xp = pb.B.xp

@@ -1,8 +1,8 @@
 r"""Spectra of curvature operators: eigenpairs, traces, diagonals and densities.
 
-Everything here acts on a symmetric operator (:class:`~.params.LinearOperatorBase`:
-a :class:`~.params.CurvatureOperator`, an approximation, or a dense matrix via
-:func:`~.params.aslinearoperator`) through products with blocks of vectors
+Everything here acts on a symmetric operator (:class:`~hessquik_core.curvature.LinearOperatorBase`:
+a :class:`~hessquik_core.curvature.CurvatureOperator`, an approximation, or a dense matrix via
+:func:`~hessquik_core.curvature.aslinearoperator`) through products with blocks of vectors
 only, in the operator's own array library. Random probes are drawn on the
 host with ``numpy.random.default_rng(seed)``, so one seed gives the same
 probes on every backend; every stochastic estimate reports its spread.
@@ -16,6 +16,16 @@ probes on every backend; every stochastic estimate reports its spread.
   randomised subspace iteration on :math:`G`-products, ``O(KP)`` memory.
 * :func:`hutchinson_trace`, :func:`hutchpp_trace`, :func:`hutchinson_diagonal`.
 * :func:`spectral_density`: stochastic Lanczos quadrature.
+
+Eigenvectors are in :class:`~hessquik_core.curvature.ParameterLayout`
+order (``state_dict`` order, each parameter row-major); a ``Linear``
+layer's ``K`` is torch's ``weight`` transposed, so
+``layout.unflatten(v)["0.K"].T`` is the direction of torch's ``0.weight``.
+
+The long computations (:func:`top_eigenpairs`, :func:`spectral_density`,
+:func:`empirical_fisher_eigenpairs`) take ``progress=``: ``None`` shows a
+tqdm bar only in an interactive session with tqdm installed, ``True``
+always, ``False`` never.
 """
 
 from __future__ import annotations
@@ -23,11 +33,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .._progress import Progress, progress_bar
 from ..estimators import Estimate
 from .params import (
+    LinearOperatorBase,
     _Problem,
     aslinearoperator,
     empirical_fisher_operator,
@@ -54,11 +67,17 @@ _METHODS = ("auto", "scipy", "lanczos")
 class LanczosNoConvergence(RuntimeError):
     """Raised when the wanted Ritz pairs have not converged within ``maxiter`` restarts.
 
-    ``eigenvalues``, ``eigenvectors`` and ``residuals`` hold the last Ritz
-    approximations (host NumPy arrays for the residuals).
+    Attributes
+    ----------
+    eigenvalues : array of shape (k,)
+        The last Ritz values (operator's library).
+    eigenvectors : array of shape (P, k)
+        The last Ritz vectors (operator's library).
+    residuals : numpy.ndarray of shape (k,)
+        Their residual estimates :math:`|\\beta_m z_{m,i}|`.
     """
 
-    def __init__(self, msg, eigenvalues, eigenvectors, residuals):
+    def __init__(self, msg: str, eigenvalues: Any, eigenvectors: Any, residuals: np.ndarray) -> None:
         super().__init__(msg)
         self.eigenvalues, self.eigenvectors, self.residuals = eigenvalues, eigenvectors, residuals
 
@@ -87,6 +106,25 @@ def _host_dtype(op):
     return np.dtype(str(op.dtype).split(".")[-1])
 
 
+class _Tracked(LinearOperatorBase):
+    """``op`` counting the vectors it is applied to, and ticking a progress bar by them."""
+
+    def __init__(self, op: LinearOperatorBase, bar: Progress) -> None:
+        super().__init__(op.size, op.xp, op.array_dtype, op.device)
+        self.op, self.bar, self.n_products = op, bar, 0
+
+    def _matmat(self, V):
+        self.n_products += int(V.shape[1])
+        self.bar.update(int(V.shape[1]))
+        return self.op._matmat(V)
+
+
+def _residuals(op, vals, vecs) -> np.ndarray:
+    """:math:`\\lVert A y_i - \\lambda_i y_i\\rVert` per pair (one block product), host array."""
+    R = op.matmat(vecs) - vecs * vals[None, :]
+    return op.to_numpy(op.xp.linalg.vector_norm(R, axis=0)).astype(np.float64)
+
+
 # --------------------------------------------------------------------------
 # top-K eigenpairs
 # --------------------------------------------------------------------------
@@ -110,7 +148,7 @@ def _auto_method(op) -> str:
 
 
 def top_eigenpairs(
-    op,
+    op: Any,
     k: int,
     *,
     which: str = "LA",
@@ -118,22 +156,28 @@ def top_eigenpairs(
     tol: float = 0.0,
     maxiter: int | None = None,
     ncv: int | None = None,
-    seed=0,
-):
+    seed: int | np.random.Generator | None = 0,
+    progress: bool | None = None,
+    return_info: bool = False,
+) -> tuple[Any, Any] | tuple[Any, Any, dict[str, Any]]:
     r"""``k`` extreme eigenpairs of a symmetric operator by Lanczos iteration.
 
     Parameters
     ----------
-    op : LinearOperatorBase or array (P, P)
-    k : int, ``1 <= k < P``
+    op : LinearOperatorBase or array of shape (P, P)
+        E.g. a :func:`~hessquik_core.curvature.hessian_operator`.
+    k : int
+        Number of pairs, ``1 <= k < P``.
     which : {"LA", "LM", "SA"}
         Algebraically largest (sorted descending), largest magnitude (sorted
         by descending :math:`|\lambda|`), smallest algebraic (ascending).
     method : {"auto", "scipy", "lanczos"}
         ``"scipy"``: ``scipy.sparse.linalg.eigsh`` (ARPACK) on host copies
         of the Lanczos vectors; ``"lanczos"``: thick-restart Lanczos with
-        full reorthogonalisation in the operator's library. ``"auto"``: see
-        :func:`_auto_method`.
+        full reorthogonalisation in the operator's library. ``"auto"``:
+        ``"scipy"`` for host arrays (NumPy, torch on CPU), ``"lanczos"`` for
+        device arrays (CUDA, CuPy), where every ARPACK step would copy two
+        ``P``-vectors across the bus.
     tol : float
         Relative accuracy: stop when every wanted Ritz residual is below
         ``max(tol, eps)·max|θ|``. 0 means machine precision (ARPACK's meaning).
@@ -141,13 +185,35 @@ def top_eigenpairs(
         Restarts (native) or ARPACK iterations.
     ncv : int, optional
         Lanczos basis size, default ``min(P, max(2k + 1, k + 20))``.
-    seed : int or Generator
+    seed : int or numpy.random.Generator
         Start vector ``N(0, I)`` from this seed.
+    progress : bool, optional
+        Progress bar counting the operator products (tqdm): ``None``
+        (default) only in an interactive session with tqdm installed,
+        ``True`` always, ``False`` never.
+    return_info : bool
+        Also return convergence information (costs ``k`` more products,
+        for the true residuals).
 
     Returns
     -------
-    eigenvalues : (k,) array, eigenvectors : (P, k) array
-        In the operator's library; eigenvectors orthonormal.
+    eigenvalues : array of shape (k,)
+        In the operator's library, ordered as ``which`` says.
+    eigenvectors : array of shape (P, k)
+        Orthonormal columns, in :class:`~hessquik_core.curvature.ParameterLayout`
+        order.
+    info : dict
+        Only with ``return_info=True``: ``"residuals"`` (host array
+        ``(k,)`` of :math:`\\lVert A y_i - \\lambda_i y_i\\rVert`),
+        ``"n_products"`` (operator-vector products the iteration used),
+        ``"method"`` (``"scipy"`` or ``"lanczos"``) and ``"restarts"``
+        (native Lanczos; ``None`` for ARPACK).
+
+    Raises
+    ------
+    LanczosNoConvergence
+        Native Lanczos without convergence in ``maxiter`` restarts
+        (ARPACK raises ``scipy.sparse.linalg.ArpackNoConvergence``).
     """
     op = aslinearoperator(op)
     P = op.size
@@ -159,30 +225,48 @@ def top_eigenpairs(
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (0 <= float(tol) < math.inf):
         raise ValueError(f"tol must be a finite non-negative number (0: machine precision), got {tol!r}")
     tol = float(tol)
+    if not isinstance(return_info, bool):
+        raise TypeError(f"return_info must be True or False, got {return_info!r}")
     if method == "auto":
         method = _auto_method(op)
     rng = _rng(seed)
     v0 = rng.standard_normal(P)
-    if method == "scipy" and P > 1:
-        from scipy.sparse.linalg import ArpackError, eigsh
+    with progress_bar(progress, desc=f"top {k} eigenpairs", unit="product") as bar:
+        tracked = _Tracked(op, bar)
+        restarts = None
+        if method == "scipy" and P > 1:
+            from scipy.sparse.linalg import ArpackError, eigsh
 
-        A = op.to_scipy()
-        try:
-            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype))
-        except ArpackError as err:
-            # -9 "Starting vector is zero": ARPACK cannot restart after an invariant subspace of
-            # a zero (or nearly so) operator, e.g. the empirical Fisher of a network whose last
-            # layer is zero. The native Lanczos restarts from random vectors orthogonal to the
-            # basis and returns the exact zero eigenpairs.
-            if "Starting vector is zero" not in str(err):
-                raise
-            return _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng)
-        idx = _order(vals, which)
-        return op.asarray(vals[idx]), op.asarray(vecs[:, idx])
-    return _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng)
+            A = tracked.to_scipy()
+            try:
+                vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype))
+            except ArpackError as err:
+                # -9 "Starting vector is zero": ARPACK cannot restart after an invariant subspace of
+                # a zero (or nearly so) operator, e.g. the empirical Fisher of a network whose last
+                # layer is zero. The native Lanczos below restarts from random vectors orthogonal
+                # to its basis and returns the exact zero eigenpairs.
+                if "Starting vector is zero" not in str(err):
+                    raise
+                method = "lanczos"
+            else:
+                idx = _order(vals, which)
+                vals, vecs = op.asarray(vals[idx]), op.asarray(vecs[:, idx])
+        else:
+            method = "lanczos"
+        if method == "lanczos":
+            vals, vecs, restarts = _thick_restart_lanczos(tracked, k, which, tol, maxiter, ncv, v0, rng, bar)
+    if not return_info:
+        return vals, vecs
+    info = {
+        "residuals": _residuals(op, vals, vecs),
+        "n_products": tracked.n_products,
+        "method": method,
+        "restarts": restarts,
+    }
+    return vals, vecs, info
 
 
-def _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng):
+def _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng, bar=None):
     r"""Thick-restart Lanczos (Wu & Simon 2000) with full reorthogonalisation.
 
     The basis ``W : (j, P)`` and every product stay in the operator's
@@ -202,7 +286,7 @@ def _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng):
     T = np.zeros((m, m))
     lock = 0
     anorm = 0.0
-    for _ in range(maxiter):
+    for restart in range(maxiter):
         beta = 0.0
         vnext = None
         for j in range(lock, m):
@@ -236,9 +320,11 @@ def _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng):
         order = _order(theta, which)
         want = order[:k]
         scale = max(float(np.max(np.abs(theta))), 1e-300)
+        if bar is not None:
+            bar.set_postfix_str(f"residual {float(np.max(res[want])) / scale:.1e} (relative)")
         if m == P or np.all(res[want] <= max(tol, eps) * scale):
             Y = op.asarray(Z[:, want].astype(hdt))
-            return op.asarray(theta[want]), xp.matrix_transpose(W) @ Y
+            return op.asarray(theta[want]), xp.matrix_transpose(W) @ Y, restart
         # restart with the Ritz vectors nearest the wanted end (more than k)
         lock = min(k + (m - k) // 2, m - 1)
         keep = order[:lock]
@@ -257,25 +343,72 @@ def _thick_restart_lanczos(op, k, which, tol, maxiter, ncv, v0, rng):
 
 
 def hessian_eigenpairs(
-    net,
-    x,
-    y,
-    loss,
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
     k: int,
     *,
     which: str = "LA",
     method: str = "auto",
     tol: float = 0.0,
-    maxiter=None,
-    ncv=None,
-    seed=0,
-    batch_size=None,
-    block_size=None,
-    backend=None,
-):
-    """Top-``k`` eigenpairs of the exact Hessian of the training loss (Lanczos on Hessian-vector products)."""
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    seed: int | np.random.Generator | None = 0,
+    batch_size: int | None = None,
+    block_size: int | None = None,
+    backend: str | None = None,
+    progress: bool | None = None,
+    return_info: bool = False,
+) -> tuple[Any, Any] | tuple[Any, Any, dict[str, Any]]:
+    """Extreme eigenpairs of the exact Hessian of the training loss.
+
+    :func:`top_eigenpairs` (Lanczos) on
+    :func:`~hessquik_core.curvature.hessian_operator`: every
+    iteration costs one Hessian-vector product, the ``(P, P)`` matrix is
+    never formed.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        A torch model is converted with :func:`hessquik_core.from_torch`.
+    x : array of shape (N, d)
+    y : array
+        Targets, ``(N, m)`` or labels ``(N,)``.
+    loss : Loss or str or torch loss
+        As in :func:`~hessquik_core.curvature.hessian_operator`.
+    k : int
+        Number of pairs, ``1 <= k < P``.
+    which, method, tol, maxiter, ncv, seed, progress, return_info
+        As in :func:`top_eigenpairs`.
+    batch_size : int, optional
+        Examples per pass (bounds memory, exact result).
+    block_size : int, optional
+        Directions per pass.
+    backend : str, optional
+        Force a backend; results return in ``x``'s library.
+
+    Returns
+    -------
+    eigenvalues : array of shape (k,)
+    eigenvectors : array of shape (P, k)
+        :class:`~hessquik_core.curvature.ParameterLayout` order.
+    info : dict
+        Only with ``return_info=True``, see :func:`top_eigenpairs`.
+    """
     op = hessian_operator(net, x, y, loss, batch_size=batch_size, block_size=block_size, backend=backend)
-    return top_eigenpairs(op, k, which=which, method=method, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)
+    return top_eigenpairs(
+        op,
+        k,
+        which=which,
+        method=method,
+        tol=tol,
+        maxiter=maxiter,
+        ncv=ncv,
+        seed=seed,
+        progress=progress,
+        return_info=return_info,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -284,19 +417,20 @@ def hessian_eigenpairs(
 
 
 def empirical_fisher_eigenpairs(
-    net,
-    x,
-    y,
-    loss,
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
     k: int,
     *,
     method: str = "incremental",
     batch_size: int | None = None,
     oversample: int = 10,
     n_iter: int = 2,
-    seed=0,
-    backend=None,
-):
+    seed: int | np.random.Generator | None = 0,
+    backend: str | None = None,
+    progress: bool | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
     r"""Top-``k`` eigenpairs of :math:`G = \frac1N\sum_n g_n g_n^\top = \frac1N A^\top A`.
 
     ``A : (N, P)`` holds the per-example gradients; it is never formed whole.
@@ -310,17 +444,50 @@ def empirical_fisher_eigenpairs(
     directions (their energy is reported). Memory ``O((r + b)P)``, one pass.
 
     ``method="randomized"``: subspace iteration on :math:`G`-products
-    (:func:`~.params.empirical_fisher_operator`, which never forms ``A``)
+    (:func:`~hessquik_core.curvature.empirical_fisher_operator`, which never forms ``A``)
     with ``k + oversample`` Gaussian probes and ``n_iter`` power steps,
     then Rayleigh–Ritz. Memory ``O((k + oversample)P)``, ``n_iter + 2``
     passes over the data.
 
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        A torch model is converted with :func:`hessquik_core.from_torch`.
+    x : array of shape (N, d)
+    y : array
+        Targets, ``(N, m)`` or labels ``(N,)``.
+    loss : Loss or str or torch loss
+        As in :func:`~hessquik_core.curvature.hessian_operator`.
+    k : int
+        Number of pairs (``k <= P``; ``k < P`` for ``"randomized"``).
+    method : {"incremental", "randomized"}
+    batch_size : int, optional
+        Rows of ``A`` per step (``"incremental"``, default ``k + oversample``)
+        or examples per pass (``"randomized"``, default all).
+    oversample : int
+        Extra rank kept beyond ``k``.
+    n_iter : int
+        Power steps (``"randomized"``).
+    seed : int or numpy.random.Generator
+        Gaussian probes (``"randomized"``).
+    backend : str, optional
+        Force a backend; results return in ``x``'s library.
+    progress : bool, optional
+        Progress bar over the mini-batches (``"incremental"``) or the
+        passes (``"randomized"``); ``None`` (default) only in an interactive
+        session with tqdm installed, ``True`` always, ``False`` never.
+
     Returns
     -------
-    eigenvalues : (k,) descending, eigenvectors : (P, k), info : dict
-        ``info["discarded"]``: for ``"incremental"``, the sum of the dropped
+    eigenvalues : array of shape (k,)
+        Descending.
+    eigenvectors : array of shape (P, k)
+        Orthonormal, :class:`~hessquik_core.curvature.ParameterLayout` order.
+    info : dict
+        ``"discarded"`` (``"incremental"``): the sum of the dropped
         :math:`\sigma^2/N` (an upper bound on the eigenvalue mass lost);
-        for ``"randomized"``, the Rayleigh–Ritz residual norms of the pairs.
+        ``"residuals"`` (``"randomized"``): host array ``(k,)`` of the
+        Rayleigh–Ritz residual norms :math:`\lVert G y_i - \lambda_i y_i\rVert`.
     """
     if method not in ("incremental", "randomized"):
         raise ValueError(f"method must be 'incremental' or 'randomized', got {method!r}")
@@ -331,15 +498,17 @@ def empirical_fisher_eigenpairs(
         pb = _Problem(net, x, y, loss, bs, backend)
         if k > pb.size:
             raise ValueError(f"k must be at most P = {pb.size}, got {k}")
-        return _incremental(pb, k, r)
+        with progress_bar(progress, total=len(pb.chunks), desc="empirical Fisher", unit="batch") as bar:
+            return _incremental(pb, k, r, bar)
     n_iter = _check_int("n_iter", n_iter, 0)
     op = empirical_fisher_operator(net, x, y, loss, batch_size=batch_size, backend=backend)
     if k >= op.size:
         raise ValueError(f"k must be below P = {op.size}, got {k}")
-    return _randomized(op, k, min(r, op.size), n_iter, seed)
+    with progress_bar(progress, total=n_iter + 2, desc="empirical Fisher", unit="pass") as bar:
+        return _randomized(op, k, min(r, op.size), n_iter, seed, bar)
 
 
-def _incremental(pb, k, r):
+def _incremental(pb, k, r, bar):
     B, xp, be = pb.B, pb.B.xp, pb.B.be
     F = None  # (P, rank): columns U_i sigma_i
     discarded = 0.0
@@ -354,19 +523,23 @@ def _incremental(pb, k, r):
         Qk = Q @ Uk
         S = s[:keep]
         F = Qk * be.convert(S[None, :], xp=xp, dtype=B.dtype, device=B.device)
+        bar.update()
     kk = min(k, S.shape[0])
     vals = be.convert(S[:kk] ** 2 / pb.N, xp=xp, dtype=B.dtype, device=B.device)
     return B.to_user(vals), B.to_user(Qk[:, :kk]), {"discarded": discarded / pb.N}
 
 
-def _randomized(op, k, r, n_iter, seed):
+def _randomized(op, k, r, n_iter, seed, bar):
     xp = op.xp
     Y = op.matmat(op.asarray(_rng(seed).standard_normal((op.size, r))))
+    bar.update()
     for _ in range(n_iter):
         Q, _ = xp.linalg.qr(Y)
         Y = op.matmat(Q)
+        bar.update()
     Q, _ = xp.linalg.qr(Y)
     AQ = op.matmat(Q)
+    bar.update()
     Bm = op.to_numpy(xp.matrix_transpose(Q) @ AQ).astype(np.float64)
     theta, Z = np.linalg.eigh(0.5 * (Bm + Bm.T))
     idx = np.argsort(-theta)[:k]
@@ -404,13 +577,32 @@ def _mean_se(s):
 
 
 def hutchinson_trace(
-    op, n_samples: int = 32, *, seed=None, distribution: str = "rademacher", block_size: int | None = None
+    op: Any,
+    n_samples: int = 32,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    block_size: int | None = None,
 ) -> Estimate:
     r"""Hutchinson's estimate :math:`\mathrm{tr} A \approx \frac1s\sum_i z_i^\top A z_i`.
 
-    Returns an :class:`~hessquik_core.estimators.Estimate` with Python
-    floats: ``value`` (sample mean), ``stderr`` (sample standard deviation
-    ``ddof=1`` over :math:`\sqrt s`), ``num_samples``.
+    Parameters
+    ----------
+    op : LinearOperatorBase or array of shape (P, P)
+        Symmetric operator or matrix.
+    n_samples : int
+        Probes ``s >= 2``.
+    seed : int or numpy.random.Generator, optional
+        Probes are drawn on the host, so a seed gives the same estimate on every backend.
+    distribution : {"rademacher", "gaussian"}
+    block_size : int, optional
+        Probes per product (default: all at once).
+
+    Returns
+    -------
+    Estimate
+        Python floats: ``value`` (sample mean), ``stderr`` (sample
+        standard deviation, ``ddof=1``, over :math:`\sqrt s`), ``num_samples``.
     """
     op = aslinearoperator(op)
     s = _check_int("n_samples", n_samples, 2)
@@ -421,7 +613,13 @@ def hutchinson_trace(
     return Estimate(value=mean, stderr=se, num_samples=s)
 
 
-def hutchpp_trace(op, n_matvecs: int = 48, *, seed=None, distribution: str = "rademacher") -> Estimate:
+def hutchpp_trace(
+    op: Any,
+    n_matvecs: int = 48,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+) -> Estimate:
     r"""Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with ``n_matvecs`` products.
 
     A third of the products sketch the range, :math:`Q = \mathrm{orth}(AS)`;
@@ -429,6 +627,20 @@ def hutchpp_trace(op, n_matvecs: int = 48, *, seed=None, distribution: str = "ra
     rest, :math:`\mathrm{tr}((I-QQ^\top)A(I-QQ^\top))`, from the last third.
     ``stderr`` is the standard error of that residual part (the sketch part
     has none given ``Q``); ``num_samples`` counts the residual probes.
+
+    Parameters
+    ----------
+    op : LinearOperatorBase or array of shape (P, P)
+        Symmetric operator or matrix.
+    n_matvecs : int
+        Total operator-vector products, ``>= 6``.
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+
+    Returns
+    -------
+    Estimate
+        Python floats ``value``, ``stderr`` and ``num_samples``.
     """
     op = aslinearoperator(op)
     total = _check_int("n_matvecs", n_matvecs, 6)
@@ -446,12 +658,33 @@ def hutchpp_trace(op, n_matvecs: int = 48, *, seed=None, distribution: str = "ra
 
 
 def hutchinson_diagonal(
-    op, n_samples: int = 32, *, seed=None, distribution: str = "rademacher", block_size: int | None = None
+    op: Any,
+    n_samples: int = 32,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    block_size: int | None = None,
 ) -> Estimate:
     r"""Estimate of :math:`\mathrm{diag}(A) \approx \frac1s \sum_i z_i \odot A z_i` (Bekas et al. 2007).
 
-    Unbiased for Rademacher probes (exact for diagonal ``A``). ``value`` and
-    ``stderr`` are ``(P,)`` arrays in the operator's library.
+    Unbiased for Rademacher probes (exact for diagonal ``A``).
+
+    Parameters
+    ----------
+    op : LinearOperatorBase or array of shape (P, P)
+        Symmetric operator or matrix.
+    n_samples : int
+        Probes ``s >= 2``.
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+    block_size : int, optional
+        Probes per product (default: all at once).
+
+    Returns
+    -------
+    Estimate
+        ``value`` and ``stderr``: arrays of shape (P,) in the operator's
+        library; ``num_samples``.
     """
     op = aslinearoperator(op)
     s = _check_int("n_samples", n_samples, 2)
@@ -476,8 +709,10 @@ class SpectralDensity:
 
     Attributes
     ----------
-    nodes, weights : numpy arrays (n_vectors, m)
-        Ritz values :math:`\theta_{lj}` and weights :math:`\tau_{lj}` per probe.
+    nodes : numpy.ndarray of shape (n_vectors, m)
+        Ritz values :math:`\theta_{lj}` per probe.
+    weights : numpy.ndarray of shape (n_vectors, m)
+        Quadrature weights :math:`\tau_{lj}` per probe (each row sums to 1).
     size : int
         ``P``.
     """
@@ -488,19 +723,46 @@ class SpectralDensity:
 
     @property
     def n_vectors(self) -> int:
+        """Number of probes ``L``."""
         return int(self.nodes.shape[0])
 
-    def trace(self, f=None) -> Estimate:
-        r"""Estimate of :math:`\mathrm{tr} f(A)` (default :math:`f(t)=t`): ``P·Σ_j τ_j f(θ_j)`` per probe."""
+    def trace(self, f: Any = None) -> Estimate:
+        r"""Estimate of :math:`\mathrm{tr} f(A)`: ``P·Σ_j τ_j f(θ_j)`` per probe, mean and spread.
+
+        Parameters
+        ----------
+        f : callable, optional
+            Elementwise function of a NumPy array (default :math:`f(t) = t`,
+            the trace); e.g. ``np.log`` for the log-determinant of a
+            positive definite ``A``.
+
+        Returns
+        -------
+        Estimate
+            Python floats ``value``, ``stderr``; ``num_samples = n_vectors``.
+        """
         vals = self.nodes if f is None else f(self.nodes)
         mean, se = _mean_se(self.size * np.sum(self.weights * vals, axis=1))
         return Estimate(value=mean, stderr=se, num_samples=self.n_vectors)
 
-    def density(self, grid, sigma: float | None = None):
-        r"""Gaussian-smoothed density on ``grid``: ``(mean, stderr)`` over the probes.
+    def density(self, grid: Any, sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        r"""Gaussian-smoothed density on ``grid``, mean and standard error over the probes.
 
         :math:`\hat\phi(t) = \frac{1}{L}\sum_l \sum_j \tau_{lj}\, \mathcal N(t;\theta_{lj},\sigma^2)`;
-        integrates to 1. ``sigma`` defaults to 1 % of the node range.
+        integrates to 1.
+
+        Parameters
+        ----------
+        grid : array_like of shape (G,)
+            Points :math:`t`.
+        sigma : float, optional
+            Width of the Gaussians; default 1 % of the node range.
+
+        Returns
+        -------
+        mean : numpy.ndarray of shape (G,)
+        stderr : numpy.ndarray of shape (G,)
+            Over the probes (NaN for a single probe).
         """
         grid = np.asarray(grid, dtype=np.float64)
         if sigma is None:
@@ -519,15 +781,91 @@ class SpectralDensity:
         )
         return per.mean(axis=0), se
 
+    def plot(
+        self,
+        ax: Any = None,
+        *,
+        grid: Any = None,
+        sigma: float | None = None,
+        n_points: int = 400,
+        stderr: bool = True,
+        log: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        r"""Plot the smoothed density :meth:`density` (matplotlib, imported here).
 
-def lanczos_tridiagonal(op, V, n_steps: int):
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Where to draw; default a new figure's axes.
+        grid : array_like of shape (G,), optional
+            Default ``n_points`` points spanning the nodes, with a margin of
+            five ``sigma``.
+        sigma : float, optional
+            As in :meth:`density`.
+        n_points : int
+            Grid size when ``grid`` is not given.
+        stderr : bool
+            Shade ``mean ± stderr`` over the probes (needs ``n_vectors > 1``).
+        log : bool
+            Logarithmic density axis (spectra of trained networks span decades).
+        **kwargs
+            Passed to ``ax.plot`` for the mean curve.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots()
+        if sigma is None:
+            sigma = 0.01 * (float(np.ptp(self.nodes)) or 1.0)
+        if grid is None:
+            n = _check_int("n_points", n_points, 2)
+            lo, hi = float(np.min(self.nodes)) - 5 * sigma, float(np.max(self.nodes)) + 5 * sigma
+            grid = np.linspace(lo, hi, n)
+        grid = np.asarray(grid, dtype=np.float64)
+        mean, se = self.density(grid, sigma)
+        kwargs.setdefault("label", f"SLQ density ({self.n_vectors} probes)")
+        (line,) = ax.plot(grid, mean, **kwargs)
+        if stderr and self.n_vectors > 1:
+            ax.fill_between(grid, np.maximum(mean - se, 0.0), mean + se, color=line.get_color(), alpha=0.25)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density")
+        return ax
+
+
+def lanczos_tridiagonal(
+    op: Any, V: Any, n_steps: int, *, progress: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     r"""``n_steps`` Lanczos steps from every column of ``V : (P, L)`` (unit norm), all at once.
 
     Each step is one product with an ``(P, L)`` block; every probe is fully
     reorthogonalised against its own basis (memory ``n_steps·P·L``). A probe
     whose Krylov space is exhausted continues with zero vectors, which
     leaves decoupled zero blocks of zero quadrature weight.
-    Returns host arrays ``alpha (L, m)``, ``beta (L, m-1)``.
+
+    Parameters
+    ----------
+    op : LinearOperatorBase
+    V : array of shape (P, L)
+        Start vectors with unit norm, in the operator's library.
+    n_steps : int
+        Lanczos steps ``m`` (at most ``P``).
+    progress : bool, optional
+        Progress bar over the steps; ``None`` (default) only when
+        interactive with tqdm installed.
+
+    Returns
+    -------
+    alpha : numpy.ndarray of shape (L, m)
+        Diagonals of the tridiagonal matrices.
+    beta : numpy.ndarray of shape (L, m - 1)
+        Off-diagonals.
     """
     xp = op.xp
     L = V.shape[1]
@@ -537,6 +875,7 @@ def lanczos_tridiagonal(op, V, n_steps: int):
     alpha = np.zeros((L, m))
     beta = np.zeros((L, max(m - 1, 0)))
     anorm = np.zeros(L)
+    bar = progress_bar(progress, total=m, desc="Lanczos steps", unit="step")
     for j in range(m):
         w = op.matmat(basis[j])
         Wst = xp.stack(basis, axis=0)  # (j+1, P, L)
@@ -547,6 +886,7 @@ def lanczos_tridiagonal(op, V, n_steps: int):
                 alpha[:, j] = op.to_numpy(h[j, :])
             else:
                 alpha[:, j] += op.to_numpy(h[j, :])
+        bar.update()
         if j + 1 == m:
             break
         b = op.to_numpy(xp.linalg.vector_norm(w, axis=0)).astype(np.float64)
@@ -556,22 +896,52 @@ def lanczos_tridiagonal(op, V, n_steps: int):
         beta[:, j] = b
         inv = op.asarray(np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, b))[None, :])
         basis.append(w * inv)
+    bar.close()
     return alpha, beta
 
 
 def spectral_density(
-    op, *, n_vectors: int = 8, n_steps: int = 30, seed=None, distribution: str = "rademacher"
+    op: Any,
+    *,
+    n_vectors: int = 8,
+    n_steps: int = 30,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "rademacher",
+    progress: bool | None = None,
 ) -> SpectralDensity:
     r"""Stochastic Lanczos quadrature nodes and weights (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
     ``n_vectors`` probes (Rademacher, normalised) each run ``n_steps``
-    Lanczos steps; see :class:`SpectralDensity` for the quadrature.
+    Lanczos steps, all probes in one block product per step; see
+    :class:`SpectralDensity` for the quadrature.
+
+    Parameters
+    ----------
+    op : LinearOperatorBase or array of shape (P, P)
+        Symmetric operator or matrix.
+    n_vectors : int
+        Probes ``L``.
+    n_steps : int
+        Lanczos steps ``m`` per probe (quadrature exact for polynomials of
+        degree below ``2m``).
+    seed : int or numpy.random.Generator, optional
+    distribution : {"rademacher", "gaussian"}
+    progress : bool, optional
+        Progress bar over the Lanczos steps (tqdm); ``None`` (default) only
+        in an interactive session with tqdm installed, ``True`` always,
+        ``False`` never.
+
+    Returns
+    -------
+    SpectralDensity
+        ``nodes`` and ``weights`` of shape (n_vectors, n_steps); ``.density(grid)``,
+        ``.trace(f)``, ``.plot()``.
     """
     op = aslinearoperator(op)
     nv = _check_int("n_vectors", n_vectors, 1)
     Z = _probes(_rng(seed), op.size, nv, distribution)
     Z = Z / np.linalg.norm(Z, axis=0, keepdims=True)
-    alpha, beta = lanczos_tridiagonal(op, op.asarray(Z), n_steps)
+    alpha, beta = lanczos_tridiagonal(op, op.asarray(Z), n_steps, progress=progress)
     m = alpha.shape[1]
     nodes = np.zeros((nv, m))
     weights = np.zeros((nv, m))
