@@ -31,6 +31,7 @@ import array_api_compat as aac
 import numpy as np
 
 from .._array import namespace_of, native_backend
+from .._dask_hook import dask_dispatch
 from ..backends import BACKEND_NAMES, get_backend
 from . import _ops
 from .losses import Loss, get_loss
@@ -607,6 +608,7 @@ def _block_size(problem: _Problem, block_size, memory_budget) -> int:
 # --------------------------------------------------------------------------
 
 
+@dask_dispatch
 def value_and_gradient(net, x, y, loss, *, batch_size: int | None = None, backend: str | None = None):
     r"""Training loss :math:`C` (0-d) and its gradient :math:`\nabla_\theta C` ``(P,)``.
 
@@ -634,11 +636,13 @@ def value_and_gradient(net, x, y, loss, *, batch_size: int | None = None, backen
     return B.to_user(pb.w * val), B.to_user(grad)
 
 
+@dask_dispatch
 def gradient(net, x, y, loss, *, batch_size: int | None = None, backend: str | None = None):
     r""":math:`\nabla_\theta C`, shape ``(P,)``; see :func:`value_and_gradient`."""
     return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
 
 
+@dask_dispatch
 def per_example_gradients(net, x, y, loss, *, backend: str | None = None):
     r"""Per-example gradients :math:`g_n = \nabla_\theta \ell(f(x_n;\theta), y_n)`, shape ``(N, P)``.
 
@@ -650,6 +654,7 @@ def per_example_gradients(net, x, y, loss, *, backend: str | None = None):
     return pb.B.to_user(pb.per_example(0))
 
 
+@dask_dispatch
 def hessian_operator(
     net,
     x,
@@ -676,6 +681,7 @@ def hessian_operator(
     )
 
 
+@dask_dispatch
 def ggn_operator(
     net,
     x,
@@ -699,6 +705,7 @@ def ggn_operator(
     )
 
 
+@dask_dispatch
 def empirical_fisher_operator(
     net,
     x,
@@ -722,6 +729,7 @@ def empirical_fisher_operator(
     )
 
 
+@dask_dispatch
 def hvp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
     r""":math:`Hv` for ``v : (P,)`` or ``(P, k)`` (exact Hessian of the training loss)."""
     return (
@@ -739,6 +747,7 @@ def hvp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=N
     )
 
 
+@dask_dispatch
 def ggn_vp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
     r"""Generalised Gauss–Newton product for ``v : (P,)`` or ``(P, k)``."""
     return (
@@ -756,6 +765,7 @@ def ggn_vp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budge
     )
 
 
+@dask_dispatch
 def empirical_fisher_vp(
     net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None
 ):
@@ -775,6 +785,7 @@ def empirical_fisher_vp(
     )
 
 
+@dask_dispatch
 def hessian(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
     r"""The dense ``(P, P)`` Hessian of the training loss, from blocks of exact Hessian-vector products.
 
@@ -798,6 +809,7 @@ def hessian(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=
     ).to_dense()
 
 
+@dask_dispatch
 def ggn(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
     """The dense generalised Gauss–Newton matrix ``(P, P)``; see :func:`hessian`."""
     return ggn_operator(
@@ -812,6 +824,7 @@ def ggn(net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None
     ).to_dense()
 
 
+@dask_dispatch
 def empirical_fisher(net, x, y, loss, *, backend=None):
     r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients."""
     pb = _Problem(net, x, y, loss, None, backend)

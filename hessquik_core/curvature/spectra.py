@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._dask_hook import dask_dispatch
 from ..estimators import Estimate
 from .params import (
     _Problem,
@@ -272,6 +273,7 @@ def hessian_eigenpairs(
 # --------------------------------------------------------------------------
 
 
+@dask_dispatch
 def empirical_fisher_eigenpairs(
     net,
     x,
