@@ -315,14 +315,32 @@ def test_products_are_tree_reductions():
     assert len([k for k in g if isinstance(k, tuple) and k[0].endswith("-sum1")]) == 1
 
 
-def test_operators_and_spectra_match_in_memory(scheduler):
+def test_operator_products_through_the_cluster(client):
     loss = cv.CrossEntropyLoss()
     net, x, y, xn, yn = _data("cross")
+    with dask.config.set(scheduler=client):
+        op, ref = cv.hessian_operator(net, x, y, loss), cv.hessian_operator(net, xn, yn, loss)
+        v = np.random.default_rng(3).standard_normal(op.size)
+        out = op @ v
+        assert isinstance(out, np.ndarray) and rel(out, ref @ v) <= RTOL
+        assert rel(op.quadratic_form(v), ref.quadratic_form(v)) <= RTOL
+        gop, gref = cv.ggn_operator(net, x, y, loss), cv.ggn_operator(net, xn, yn, loss)
+        t, rt = cv.hutchpp_trace(gop, 12, seed=2), cv.hutchpp_trace(gref, 12, seed=2)
+        assert abs(t.value - rt.value) <= 1e-10 * abs(rt.value)
+
+
+def test_operators_and_spectra_match_in_memory():
+    """The spectral routines on distributed operators (threaded scheduler: many small products)."""
+    loss = cv.CrossEntropyLoss()
+    net, x, y, xn, yn = _data("cross")
+    with dask.config.set(scheduler="threads"):
+        _spectra(net, x, y, xn, yn, loss)
+
+
+def _spectra(net, x, y, xn, yn, loss):
     op, ref = cv.hessian_operator(net, x, y, loss), cv.hessian_operator(net, xn, yn, loss)
     v = np.random.default_rng(3).standard_normal(op.size)
-    out = op @ v
-    assert isinstance(out, np.ndarray) and rel(out, ref @ v) <= RTOL
-    assert rel(op.quadratic_form(v), ref.quadratic_form(v)) <= RTOL
+    assert rel(op @ v, ref @ v) <= RTOL
     vals, vecs = cv.top_eigenpairs(op, 3)
     rvals, rvecs = cv.top_eigenpairs(ref, 3)
     assert rel(vals, rvals) <= 1e-10
@@ -391,3 +409,25 @@ def test_worker_killed_mid_computation_result_complete(client):
     # the nanny brought a fresh process up in place of the killed one
     client.wait_for_workers(2, timeout=60)
     assert before[victim] not in client.run(os.getpid).values()
+
+
+def test_benchmark_report_from_recorded_results(tmp_path):
+    """The benchmark's analysis (cost split, weak-scaling model, tables, plot) runs on its recorded numbers."""
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = root / "benchmarks" / "results" / "dask.json"
+    if not recorded.exists():
+        pytest.skip("no recorded benchmark results")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    bench = pytest.importorskip("benchmarks.dask_bench")
+    pytest.importorskip("matplotlib")
+    d = json.loads(recorded.read_text())
+    bench.write_results(d["config"], d["baseline"], d["cluster"], tmp_path, d["quick"])
+    md = (tmp_path / "dask.md").read_text()
+    assert "loaded, shared machine" in md and "Weak scaling" in md and (tmp_path / "dask.png").exists()
+    fit = bench.fit_chunk_cost(d["cluster"]["sweep"], d["cluster"]["workers"])
+    rows = bench.weak_scaling(fit["a_cpu_s"], fit["b_cpu_s_per_point"], 1e-3, 2**16, [1, 10**6], 1.125)
+    assert 0 < rows[1]["efficiency"] < rows[0]["efficiency"] <= 1
