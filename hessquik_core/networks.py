@@ -16,6 +16,7 @@ import numpy as np
 
 from ._array import CallContext, resolve_call
 from ._cost import available_memory, estimate
+from ._dask_hook import dask_call, is_dask
 from ._module import Module
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer, Want, _check_int, diagonal
 
@@ -181,6 +182,8 @@ class NN(Module):
             ``laplacian (n, m)``, ``hessian_diagonal (n, d, m)``,
             ``divergence (n,)``; ``None`` where not requested.
         """
+        if is_dask(x):  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
+            return dask_call(**locals())
         ctx = resolve_call(
             self,
             x,

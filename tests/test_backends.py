@@ -313,7 +313,7 @@ def test_import_does_not_pull_heavy_libraries():
         import sys
         import numpy as np
         import hessquik_core as hq
-        heavy = ("torch", "cupy", "jax", "hessQuik", "scipy", "matplotlib")
+        heavy = ("torch", "cupy", "jax", "hessQuik", "scipy", "matplotlib", "dask", "distributed")
         assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
         net = hq.NN(hq.FullyConnectedNN([3, 4, 2], act="tanh", seed=0), hq.QuadraticLayer(2, 1, seed=1))
         x = np.random.default_rng(0).normal(size=(5, 3))

@@ -39,6 +39,7 @@ import numpy as np
 
 from .._array import _dtype_name, as_plain_array, check_max_memory, namespace_of, native_backend
 from .._progress import progress_bar
+from .._dask_hook import dask_dispatch
 from ..backends import BACKEND_NAMES, get_backend
 from . import _ops
 from .losses import Loss, get_loss
@@ -945,6 +946,7 @@ def _block_size(problem: _Problem, block_size, memory_budget) -> int:
 # --------------------------------------------------------------------------
 
 
+@dask_dispatch
 def value_and_gradient(
     net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
 ) -> tuple[Any, Any]:
@@ -988,6 +990,7 @@ def value_and_gradient(
     return B.to_user(pb.w * val), B.to_user(grad)
 
 
+@dask_dispatch
 def gradient(
     net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
 ) -> Any:
@@ -1022,6 +1025,7 @@ def gradient(
     return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
 
 
+@dask_dispatch
 def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
     r"""Per-example gradients :math:`g_n = \nabla_\theta \ell(f(x_n;\theta), y_n)`, shape ``(N, P)``.
 
@@ -1057,6 +1061,7 @@ def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str |
     return pb.B.to_user(pb.per_example(0))
 
 
+@dask_dispatch
 def hessian_operator(
     net: Any,
     x: Any,
@@ -1117,6 +1122,7 @@ def hessian_operator(
     )
 
 
+@dask_dispatch
 def ggn_operator(
     net: Any,
     x: Any,
@@ -1174,6 +1180,7 @@ def ggn_operator(
     )
 
 
+@dask_dispatch
 def empirical_fisher_operator(
     net: Any,
     x: Any,
@@ -1232,6 +1239,7 @@ def empirical_fisher_operator(
     )
 
 
+@dask_dispatch
 def hvp(
     net: Any,
     x: Any,
@@ -1297,6 +1305,7 @@ def hvp(
     )
 
 
+@dask_dispatch
 def ggn_vp(
     net: Any,
     x: Any,
@@ -1359,6 +1368,7 @@ def ggn_vp(
     )
 
 
+@dask_dispatch
 def empirical_fisher_vp(
     net: Any,
     x: Any,
@@ -1421,6 +1431,7 @@ def empirical_fisher_vp(
     )
 
 
+@dask_dispatch
 def hessian(
     net: Any,
     x: Any,
@@ -1490,6 +1501,7 @@ def hessian(
     ).to_dense(progress=progress)
 
 
+@dask_dispatch
 def ggn(
     net: Any,
     x: Any,
@@ -1551,6 +1563,7 @@ def ggn(
     ).to_dense(progress=progress)
 
 
+@dask_dispatch
 def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
     r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients.
 

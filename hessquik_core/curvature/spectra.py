@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._progress import Progress, progress_bar
+from .._dask_hook import dask_dispatch
 from ..estimators import Estimate
 from .params import (
     LinearOperatorBase,
@@ -416,6 +417,7 @@ def hessian_eigenpairs(
 # --------------------------------------------------------------------------
 
 
+@dask_dispatch
 def empirical_fisher_eigenpairs(
     net: Any,
     x: Any,
