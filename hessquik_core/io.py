@@ -263,7 +263,8 @@ def _act_from(node, acts, where):
     expected = set(cls().config())
     _keys(where + ".config", cfg, expected)
     try:
-        return cls(**{k: _float(where, cfg, k) for k in cfg})
+        # numbers, except string options (GELU's approximate), which the class validates
+        return cls(**{k: cfg[k] if isinstance(cfg[k], str) else _float(where, cfg, k) for k in cfg})
     except (TypeError, ValueError) as err:
         _fail(where, str(err))
 
