@@ -1,0 +1,158 @@
+"""Gated-MLP forward rules (hessquik_core.rules.gated) against torch.func on
+the torch formula of the modified MLP, float64, <= 1e-12."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _reference import rel_err, torch_act, torch_jit_script_quiet
+
+import hessquik_core as hq
+from hessquik_core.rules import gated as R
+
+torch = pytest.importorskip("torch")
+from torch.func import hessian, jacrev, vmap  # noqa: E402
+
+TOL = 1e-12
+ACTS = ["tanh", "gelu", "sin", "silu"]
+
+
+def close(a, b, what, tol=TOL):
+    err = rel_err(np.asarray(a), np.asarray(b))
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+def _params(d, w, m, depth, rng):
+    def lin(p, q, s=1.0):
+        return rng.normal(size=(p, q)) * s / np.sqrt(p), rng.normal(size=q) * 0.2
+
+    return lin(d, w), lin(d, w), lin(d, w), [lin(w, w, 1.5) for _ in range(depth)], lin(w, m)
+
+
+def _torch_net(params, act):
+    (Wu, bu), (Wv, bv), (W1, b1), gates, (Wo, bo) = [
+        [tuple(torch.as_tensor(a) for a in p) for p in x]
+        if isinstance(x, list)
+        else tuple(torch.as_tensor(a) for a in x)
+        for x in params
+    ]
+    a = hq.activations.get_activation(act)
+
+    def f(x):
+        U = torch_act(a, x @ Wu + bu)
+        V = torch_act(a, x @ Wv + bv)
+        H = torch_act(a, x @ W1 + b1)
+        for W, b in gates:
+            Z = torch_act(a, H @ W + b)
+            H = (1 - Z) * U + Z * V
+        return H @ Wo + bo
+
+    return f
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_whole_block_against_torch_func(act, depth, rng):
+    d, w, m, n = 3, 5, 2, 4
+    params = _params(d, w, m, depth, rng)
+    x = rng.normal(size=(n, d))
+    f = _torch_net(params, act)
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        v_true = f(xt).numpy()
+    g_true = vmap(jacrev(f))(xt).detach().numpy().transpose(0, 2, 1)
+    with torch_jit_script_quiet():
+        h_true = vmap(hessian(f))(xt).detach().numpy().transpose(0, 2, 3, 1)
+    (enc_u, enc_v, first, gates, readout) = params
+    v, g, h = R.gated_mlp_forward(x, (enc_u, enc_v), first, gates, readout, act)
+    close(v, v_true, "value")
+    close(g, g_true, "gradient")
+    close(h, h_true, "hessian")
+
+
+def _random_state(n, k, w, rng):
+    arrs = [rng.normal(size=(n, w)) for _ in range(3)]
+    G = [rng.normal(size=(n, k, w)) for _ in range(3)]
+    H = []
+    for _ in range(3):
+        a = rng.normal(size=(n, k, k, w))
+        H.append(a + a.transpose(0, 2, 1, 3))
+    return arrs, G, H
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_step_shortcuts_match_full_hessian(act, rng):
+    n, k, w = 3, 4, 5
+    (U, V, Hs), (GU, GV, GH), (HU, HV, HH) = _random_state(n, k, w, rng)
+    W = rng.normal(size=(w, w))
+    b = rng.normal(size=w)
+    out, Z, s1, s2 = R.gated_step(U, V, Hs, W, b, act)
+    G, Hf = R.gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
+    G0, none = R.gated_step_forward_tangents(GU, GV, GH, None, None, None, U, V, W, Z, s1, s2)
+    assert none is None
+    np.testing.assert_array_equal(G0, G)
+    np.testing.assert_allclose(Hf, Hf.transpose(0, 2, 1, 3), rtol=0, atol=1e-14)  # symmetric
+
+    def tr(a):
+        return np.trace(a, axis1=1, axis2=2)
+
+    def dg(a):
+        return np.diagonal(a, axis1=1, axis2=2).transpose(0, 2, 1)
+
+    GL, L = R.gated_step_forward_laplacian(GU, GV, GH, tr(HU), tr(HV), tr(HH), U, V, W, Z, s1, s2)
+    close(GL, G, "laplacian route gradient", 0)
+    close(L, tr(Hf), "laplacian shortcut", 1e-13)
+    GD, Dg = R.gated_step_forward_diagonal(GU, GV, GH, dg(HU), dg(HV), dg(HH), U, V, W, Z, s1, s2)
+    close(Dg, dg(Hf), "diagonal shortcut", 1e-13)
+
+
+def test_step_against_torch_func_along_a_curve(rng):
+    """U, V, H given as smooth functions of x (d = 2): the step's rule must
+    reproduce torch.func's derivatives of the composed map."""
+    n, d, w = 3, 2, 4
+    A = [rng.normal(size=(d, w)) for _ in range(3)]
+    W = rng.normal(size=(w, w))
+    b = rng.normal(size=w)
+    At = [torch.as_tensor(a) for a in A]
+    Wt, bt = torch.as_tensor(W), torch.as_tensor(b)
+
+    def parts(x):  # U = sin(xA0), V = (xA1)^2 / 2, H = tanh(xA2)
+        return torch.sin(x @ At[0]), 0.5 * (x @ At[1]) ** 2, torch.tanh(x @ At[2])
+
+    def f(x):
+        U, V, H = parts(x)
+        Z = torch.sigmoid(H @ Wt + bt)
+        return (1 - Z) * U + Z * V
+
+    x = rng.normal(size=(n, d))
+    xt = torch.as_tensor(x)
+    g_true = vmap(jacrev(f))(xt).detach().numpy().transpose(0, 2, 1)
+    with torch_jit_script_quiet():
+        h_true = vmap(hessian(f))(xt).detach().numpy().transpose(0, 2, 3, 1)
+    vals, Gs, Hs = [], [], []
+    for fn in (lambda x: parts(x)[0], lambda x: parts(x)[1], lambda x: parts(x)[2]):
+        with torch.no_grad():
+            vals.append(fn(xt).numpy())
+        Gs.append(vmap(jacrev(fn))(xt).detach().numpy().transpose(0, 2, 1))
+        with torch_jit_script_quiet():
+            Hs.append(vmap(hessian(fn))(xt).detach().numpy().transpose(0, 2, 3, 1))
+    out, Z, s1, s2 = R.gated_step(*vals, W, b, "sigmoid")
+    with torch.no_grad():
+        close(out, f(xt).numpy(), "value")
+    G, H = R.gated_step_forward_tangents(*Gs, *Hs, vals[0], vals[1], W, Z, s1, s2)
+    close(G, g_true, "gradient")
+    close(H, h_true, "hessian")
+
+
+def test_every_backend(lib, rng):
+    n, d, w, m = 2, 2, 3, 1
+    params = _params(d, w, m, 2, rng)
+    x = rng.normal(size=(n, d))
+    ref = R.gated_mlp_forward(x, params[:2], params[2], params[3], params[4], "tanh")
+    L = lib.asarray
+    conv = [tuple(L(a) for a in p) for p in params[:3]]
+    gates = [tuple(L(a) for a in p) for p in params[3]]
+    out = R.gated_mlp_forward(L(x), conv[:2], conv[2], gates, tuple(L(a) for a in params[4]), "tanh")
+    for a, e in zip(out, ref):
+        lib.check(a, e.shape, like=L(x))
+        np.testing.assert_allclose(lib.to_numpy(a), e, rtol=1e-12, atol=1e-13)
