@@ -107,6 +107,10 @@ def _erf_small(x, xp):
 
 def _erfc_nonneg(a, xp):
     """erfc(a) for a >= 0 to full relative precision (Clenshaw on q)."""
+    # erfc(30) = 2.6e-393 is 0 in every float type: clamping there keeps
+    # round(128 a) and (a - z)(a + z) finite (no exp(+big) * exp(-big)) for
+    # every finite or infinite a
+    a = xp.where(a > 30.0, xp.full_like(a, 30.0), a)
     t = (a - _K) / (a + _K)
     t2 = 2.0 * t
     b1 = xp.zeros_like(a)

@@ -292,9 +292,10 @@ class GELU(Activation):
         \sigma'' = 2 s\bar s\,\bigl(2u' + z\,(u'' - 2(s - \bar s)\,u'^2)\bigr),
 
     :math:`u' = \sqrt{2/\pi}(1 + 3cz^2)`, :math:`u'' = 6\sqrt{2/\pi}\,c z`.
-    For :math:`|z|` beyond a few units :math:`s\bar s` underflows to an exact
-    0, which multiplies finite numbers up to :math:`|z| \approx 10^{12}`
-    (float32; :math:`z^3` overflows after that).
+    For :math:`|z|` beyond a few tens :math:`s\bar s` underflows to an exact
+    0; the cubic is evaluated at :math:`z` clamped to :math:`[-10^3, 10^3]`,
+    which changes no result and keeps :math:`z^3` and :math:`u'^2` finite for
+    every finite :math:`z`.
     """
 
     approximate: str = "none"
@@ -320,19 +321,23 @@ class GELU(Activation):
         return val, ds, (2.0 * pdf - zpdf * z) if order == 2 else None
 
     def _eval_tanh(self, z, order, xp):
-        z2 = z * z
-        u = _SQRT2_PI * (z + _GELU_C * (z2 * z))
+        # beyond |z| = 1e3, s sc = e^{-2|u|}/(1+e^{-2|u|})² is an exact 0 in every
+        # float type, so the cubic may be evaluated at the clamped zc (no z³ or
+        # u'² overflow) without changing any result
+        zc = xp.where(xp.abs(z) > 1e3, 1e3 * xp.sign(z), z)
+        z2 = zc * zc
+        u = _SQRT2_PI * (zc + _GELU_C * (z2 * zc))
         s, sc = _sigmoid_parts(2.0 * u, xp)
         val = z * s
         if order == 0:
             return val, None, None
         q = 2.0 * (s * sc)  # (1 - tanh² u) / 2
         du = _SQRT2_PI * (1.0 + 3.0 * _GELU_C * z2)
-        ds = s + z * (q * du)
+        ds = s + zc * (q * du)
         if order == 1:
             return val, ds, None
-        d2u = (6.0 * _SQRT2_PI * _GELU_C) * z
-        return val, ds, q * (2.0 * du + z * (d2u - 2.0 * (s - sc) * (du * du)))
+        d2u = (6.0 * _SQRT2_PI * _GELU_C) * zc
+        return val, ds, q * (2.0 * du + zc * (d2u - 2.0 * (s - sc) * (du * du)))
 
 
 @dataclass(frozen=True)
@@ -367,8 +372,9 @@ class Mish(Activation):
             return val, None, None
         s, sc = _sigmoid_parts(z, xp)
         dt = one_m_t * (2.0 - one_m_t) * s  # (1 - t²) s
-        ds = t + z * dt
-        return val, ds, (dt * (2.0 + z * (sc - 2.0 * t * s))) if order == 2 else None
+        zdt = z * dt  # 0 wherever dt underflows, so no inf * 0 below
+        ds = t + zdt
+        return val, ds, (2.0 * dt + zdt * (sc - 2.0 * t * s)) if order == 2 else None
 
 
 @dataclass(frozen=True)

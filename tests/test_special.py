@@ -51,6 +51,18 @@ def test_erfc_float64_relative_precision_in_tails():
     assert np.all(c[x > 27.5] < 1e-300) and np.all(c >= 0.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_and_infinite_arguments(dtype):
+    big = np.finfo(dtype).max
+    x = np.array([-np.inf, -big, -1e30, -1e7, -31.0, 31.0, 1e7, 1e30, big, np.inf], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        e = _special.erf(x, xp=np)
+        c = _special.erfc(x, xp=np)
+    np.testing.assert_array_equal(e, np.sign(x))
+    np.testing.assert_array_equal(c, np.where(x < 0, 2.0, 0.0).astype(dtype))
+    assert np.isnan(_special.erf(np.array([np.nan], dtype=dtype), xp=np)[0])
+
+
 def test_float32():
     x = _grid().astype(np.float32)
     e = _special.erf(x, xp=np)
