@@ -260,11 +260,12 @@ def _act_from(node, acts, where):
     cfg = node["config"]
     if not isinstance(cfg, dict):
         _fail(where, "'config' must be an object")
-    expected = set(cls().config())
-    _keys(where + ".config", cfg, expected)
+    defaults = cls().config()
+    _keys(where + ".config", cfg, set(defaults))
     try:
         # numbers, except string options (GELU's approximate), which the class validates
-        return cls(**{k: cfg[k] if isinstance(cfg[k], str) else _float(where, cfg, k) for k in cfg})
+        str_ok = {k for k in cfg if isinstance(defaults[k], str) and isinstance(cfg[k], str)}
+        return cls(**{k: cfg[k] if k in str_ok else _float(where, cfg, k) for k in cfg})
     except (TypeError, ValueError) as err:
         _fail(where, str(err))
 
