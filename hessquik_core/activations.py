@@ -250,11 +250,10 @@ def _backend_of(xp):
     other libraries use the standard-only series of :mod:`hessquik_core._special`)."""
     from .backends import get_backend
 
-    name = getattr(xp, "__name__", "")
-    for lib in ("torch", "cupy", "numpy"):
-        if lib in name.split("."):
-            return get_backend(lib)
-    return get_backend("generic")
+    # the library itself: "array_api_compat.torch" -> torch, but "jax.numpy" -> jax
+    parts = getattr(xp, "__name__", "").split(".")
+    lib = parts[1] if parts[0] == "array_api_compat" and len(parts) > 1 else parts[0]
+    return get_backend(lib if lib in ("torch", "cupy", "numpy") else "generic")
 
 
 #: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi)

@@ -378,3 +378,26 @@ def test_check_activation_tails_and_consistency():
         hq.checks.check_activation("tanh", hs=[1e-3, 1e-2])
     with pytest.raises(TypeError):
         hq.checks.check_activation(3)
+
+
+def test_new_under_jax_jit():
+    """GELU's erf comes from JAX itself (never through NumPy), so jit traces it."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import array_api_compat as aac
+    import jax.numpy as jnp
+
+    from hessquik_core.activations import _backend_of
+
+    assert _backend_of(aac.array_namespace(jnp.ones(1))).name == "generic"
+    assert _backend_of(aac.array_namespace(np.ones(1))).name == "numpy"
+    assert _backend_of(aac.array_namespace(torch.ones(1))).name == "torch"
+    z = np.linspace(-4.0, 4.0, 9)
+    for act in NEW:
+        f = jax.jit(lambda a, act=act: act(a, 2))
+        for got, ref in zip(f(jnp.asarray(z)), act(z, 2)):
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-13, atol=1e-15)
+    net = hq.FullyConnectedNN([2, 5, 1], act=hq.GELU(), seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 2))
+    lap = jax.jit(lambda a: net(a, laplacian=True).laplacian)(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(lap), net(x, laplacian=True).laplacian, rtol=1e-13, atol=1e-14)
