@@ -44,9 +44,11 @@ from array_api_compat import array_namespace
 __all__ = [
     "gated_mlp_forward",
     "gated_step",
+    "gated_step_backward",
     "gated_step_forward_diagonal",
     "gated_step_forward_laplacian",
     "gated_step_forward_tangents",
+    "gated_step_state_forward_tangents",
 ]
 
 
@@ -193,3 +195,107 @@ def gated_mlp_forward(x, encoders, first, gates, readout, act, *, xp=None):
     if bo is not None:
         out = out + bo
     return out, GH @ Wo, HH @ Wo
+
+
+# --------------------------------------------------------------------------
+# the gated step as a layer on the state S = [U, V, H] (both modes)
+# --------------------------------------------------------------------------
+#
+# The block is a chain once U and V travel with H: the state S = [U, V, H]
+# (width 3w) is produced by ONE dense layer of the block input,
+# S = σ(x [W_u, W_v, W_1] + [b_u, b_v, b_1]) (a SingleLayer), every gated
+# step maps S -> [U, V, H⁺], and the read-out is linear in the H block
+# (weights [0; 0; W_o]). So forward and backward mode, Laplacian and
+# diagonal shortcuts all follow the network's usual recurrences, with the
+# step's local derivatives below. In the row convention (rows: inputs
+# U, V, H; columns: outputs U, V, H⁺) the step's Jacobian is
+#
+#     J = [[I, 0, P], [0, I, Q], [0, 0, R]],  P = diag(1 - Z), Q = diag(Z),
+#     R = W diag(σ' ⊙ D),  D = V - U,
+#
+# and the only second derivatives are those of H⁺_j:
+#     ∂²H⁺_j/∂H_i∂H_k = σ''_j D_j W_ij W_kj,
+#     ∂²H⁺_j/∂H_i∂U_k = -σ'_j W_ij δ_jk,   ∂²H⁺_j/∂H_i∂V_k = +σ'_j W_ij δ_jk.
+
+
+def gated_step_state_forward_tangents(G, Hs, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Forward rule of one gated step on the state ``S = [U, V, H]``.
+
+    Parameters
+    ----------
+    G : (n, k, 3w) tangents of the state; Hs : (n, k, k, 3w) or None.
+    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+
+    Returns
+    -------
+    (n, k, 3w) and (n, k, k, 3w) or None: tangents of ``[U, V, H⁺]``
+    (the U and V blocks pass through unchanged).
+    """
+    xp = xp if xp is not None else array_namespace(G, W)
+    w = U.shape[-1]
+    GU, GV, GH = G[..., :w], G[..., w : 2 * w], G[..., 2 * w :]
+    if Hs is None:
+        Gp, _ = gated_step_forward_tangents(GU, GV, GH, None, None, None, U, V, W, Z, s1, s2)
+        return xp.concat([GU, GV, Gp], axis=-1), None
+    HU, HV, HH = Hs[..., :w], Hs[..., w : 2 * w], Hs[..., 2 * w :]
+    Gp, Hp = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
+    return xp.concat([GU, GV, Gp], axis=-1), xp.concat([HU, HV, Hp], axis=-1)
+
+
+def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Backward rule of one gated step on the state ``S = [U, V, H]``.
+
+    Parameters
+    ----------
+    A : (n, 3w, m) adjoint :math:`\partial g_c/\partial [U, V, H^{+}]` of the rest of the network.
+    B : (n, 3w, 3w, m) or None, its second-order term.
+    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+
+    Returns
+    -------
+    A_in : (n, 3w, m) :math:`J A`:
+        :math:`[A_U + (1 - Z)\odot A_H,\ A_V + Z\odot A_H,\ W(\sigma'\odot D\odot A_H)]`.
+    B_in : (n, 3w, 3w, m) or None, :math:`J B_c J^\top + \sum_j A_{H,jc}\,\nabla^2 H^{+}_j`
+        with the curvature blocks
+        :math:`[HH] = W\,\mathrm{diag}(\sigma''\odot D\odot A_H)\,W^\top`,
+        :math:`[HU] = -W\,\mathrm{diag}(\sigma'\odot A_H)`,
+        :math:`[HV] = +W\,\mathrm{diag}(\sigma'\odot A_H)` and their transposes.
+        The sandwich uses the block structure of :math:`J` (two diagonal blocks
+        and one dense :math:`w\times w` block), :math:`O(w^3)` per direction at most.
+    """
+    xp = xp if xp is not None else array_namespace(A, W)
+    w = U.shape[-1]
+    D = V - U
+    p, q = 1.0 - Z, Z
+    c = s1 * D  # (n, w)
+    R = W * c[:, None, :]  # (n, w, w): R_ij = W_ij σ'_j D_j
+    AU, AV, AH = A[:, :w, :], A[:, w : 2 * w, :], A[:, 2 * w :, :]
+    A_in = xp.concat([AU + p[:, :, None] * AH, AV + q[:, :, None] * AH, R @ AH], axis=1)
+    if B is None:
+        return A_in, None
+    C = xp.permute_dims(B, (0, 3, 1, 2))  # (n, m, 3w, 3w)
+    # rows: J C
+    Cu, Cv, Ch = C[:, :, :w, :], C[:, :, w : 2 * w, :], C[:, :, 2 * w :, :]
+    X = xp.concat(
+        [Cu + p[:, None, :, None] * Ch, Cv + q[:, None, :, None] * Ch, R[:, None, :, :] @ Ch], axis=2
+    )
+    # columns: (J C) Jᵀ
+    Xu, Xv, Xh = X[..., :w], X[..., w : 2 * w], X[..., 2 * w :]
+    Rt = xp.matrix_transpose(R)[:, None, :, :]  # (n, 1, w, w)
+    Y = xp.concat([Xu + Xh * p[:, None, None, :], Xv + Xh * q[:, None, None, :], Xh @ Rt], axis=3)
+    # curvature of H⁺ weighted by the H block of the adjoint
+    ah = xp.permute_dims(AH, (0, 2, 1))  # (n, m, w)
+    Wb = W[None, None, :, :]  # (1, 1, w, w)
+    KHH = (Wb * (s2 * D)[:, None, :][:, :, None, :] * ah[:, :, None, :]) @ xp.matrix_transpose(W)
+    KHV = Wb * (s1[:, None, :] * ah)[:, :, None, :]  # (n, m, w, w): rows H, cols V
+    zero = xp.zeros_like(KHH)
+    KHVt = xp.matrix_transpose(KHV)
+    curv = xp.concat(
+        [
+            xp.concat([zero, zero, -KHVt], axis=3),  # row block U: [UU, UV, UH]
+            xp.concat([zero, zero, KHVt], axis=3),  # row block V
+            xp.concat([-KHV, KHV, KHH], axis=3),  # row block H
+        ],
+        axis=2,
+    )
+    return A_in, xp.permute_dims(Y + curv, (0, 2, 3, 1))
