@@ -428,12 +428,14 @@ class CustomActivation(Activation):
                 )
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"custom activation: name must be a non-empty string, got {self.name!r}")
+        # inspect the signatures once, not on every call
+        object.__setattr__(self, "_xp_kw", tuple(_takes_xp(getattr(self, k)) for k in ("f", "df", "d2f")))
 
     def __repr__(self) -> str:
         return f"custom(name={self.name!r})"
 
     def _apply(self, fn, z, xp, what):
-        out = fn(z, xp=xp) if _takes_xp(fn) else fn(z)
+        out = fn(z, xp=xp) if self._xp_kw[("f", "df", "d2f").index(what)] else fn(z)
         if not hasattr(out, "shape"):  # a constant, e.g. d2f = lambda z: 0.0
             return xp.full_like(z, float(out))
         if tuple(out.shape) != tuple(z.shape):

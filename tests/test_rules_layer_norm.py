@@ -176,3 +176,16 @@ def test_every_backend(lib, rng):
     for a, e in zip(out, ref):
         lib.check(a, e.shape, like=L(z))
         np.testing.assert_allclose(lib.to_numpy(a), e, rtol=1e-12, atol=1e-13)
+
+
+def test_param_adjoint_against_autograd(rng):
+    w, n = 5, 3
+    ln, gamma, beta = _ln(w, True, 1e-5, seed=7)
+    z = rng.normal(size=(n, w))
+    c = rng.normal(size=(n, w))
+    _, xhat, _ = R.layer_norm_forward(z, 1e-5, gamma, beta)
+    dg, db = R.layer_norm_param_adjoint(c[:, :, None], xhat)
+    loss = (ln(torch.as_tensor(z)) * torch.as_tensor(c)).sum()
+    gw, gb = torch.autograd.grad(loss, [ln.weight, ln.bias])
+    close(dg.sum(axis=0)[:, 0], gw.numpy(), "d/dgamma")
+    close(db.sum(axis=0)[:, 0], gb.numpy(), "d/dbeta")

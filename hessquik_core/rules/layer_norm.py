@@ -312,3 +312,21 @@ def layer_norm_backward(A, B, xhat, inv_std, gamma=None, *, xp=None):
     )
     Bz = C - (r / w) * Q
     return Az, xp.permute_dims(Bz, (0, 2, 3, 1))
+
+
+def layer_norm_param_adjoint(A, xhat, *, xp=None):
+    r"""Per-example adjoints of the affine parameters.
+
+    :math:`\partial y/\partial\gamma = \mathrm{diag}(\hat x)` and
+    :math:`\partial y/\partial\beta = I`, so for an output adjoint ``A``
+    (n, w, m) (:math:`\partial g_c/\partial y`):
+
+    Returns
+    -------
+    dgamma : (n, w, m) :math:`\hat x \odot A_{:,c}`, :math:`\partial g_c/\partial\gamma` per example.
+    dbeta : (n, w, m) :math:`A`, :math:`\partial g_c/\partial\beta` per example.
+    """
+    return xhat[:, :, None] * A, A
+
+
+__all__ += ["layer_norm_param_adjoint"]
