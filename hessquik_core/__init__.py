@@ -10,7 +10,19 @@ library.
 """
 
 from . import activations, checks, compat, curvature, layers, networks, training
-from .activations import AntiTanh, Identity, Quadratic, Sigmoid, SiLU, Sin, Softplus, Tanh
+from .activations import (
+    GELU,
+    AntiTanh,
+    Gaussian,
+    Identity,
+    Mish,
+    Quadratic,
+    Sigmoid,
+    SiLU,
+    Sin,
+    Softplus,
+    Tanh,
+)
 from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
 from .interop import from_torch, to_torch
 from .interop_hessquik import from_hessquik
@@ -25,6 +37,9 @@ __all__ = [
     "NN",
     "AntiTanh",
     "FullyConnectedNN",
+    "GELU",
+    "Gaussian",
+    "Mish",
     "Estimate",
     "ICNNLayer",
     "MemoryBudgetError",

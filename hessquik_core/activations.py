@@ -237,3 +237,264 @@ def get_activation(spec) -> Activation:
             return _REGISTRY[key]()
         raise ValueError(f"unknown activation {spec!r}: expected one of {sorted(_REGISTRY)}")
     raise TypeError(f"act must be an Activation instance, class or name, got {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------
+# GELU, Mish, Gaussian and user-defined activations
+# --------------------------------------------------------------------------
+
+
+def _backend_of(xp):
+    """The backend module whose ``erf``/``erfc`` suit namespace ``xp``
+    (torch and CuPy have native kernels, JAX its own ``lax.erf``; NumPy and
+    other libraries use the standard-only series of :mod:`hessquik_core._special`)."""
+    from .backends import get_backend
+
+    # the library itself: "array_api_compat.torch" -> torch, but "jax.numpy" -> jax
+    parts = getattr(xp, "__name__", "").split(".")
+    lib = parts[1] if parts[0] == "array_api_compat" and len(parts) > 1 else parts[0]
+    return get_backend(lib if lib in ("torch", "cupy", "numpy") else "generic")
+
+
+#: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi)
+_RSQRT2 = 0.7071067811865476
+_RSQRT2PI = 0.3989422804014327
+_SQRT2_PI = 0.7978845608028654
+#: the cubic coefficient of the tanh approximation of GELU (Hendrycks & Gimpel)
+_GELU_C = 0.044715
+
+
+@dataclass(frozen=True)
+class GELU(Activation):
+    r"""Gaussian error linear unit, as ``torch.nn.GELU(approximate=...)``.
+
+    ``approximate="none"`` (exact): with :math:`\Phi` the standard normal
+    CDF and :math:`\varphi = \Phi'` its density,
+
+    .. math::
+        \sigma = z\,\Phi(z),\quad \sigma' = \Phi + z\varphi,\quad
+        \sigma'' = \varphi\,(2 - z^2)
+
+    (:math:`\varphi' = -z\varphi`). :math:`\Phi(z) = \tfrac12\operatorname{erfc}(-z/\sqrt2)`
+    keeps full relative precision in the lower tail, where
+    :math:`1 + \operatorname{erf}` would cancel; :math:`\varphi(2 - z^2)` is
+    formed as :math:`2\varphi - (z\varphi)z`, so no :math:`\infty \cdot 0` arises.
+
+    ``approximate="tanh"``: :math:`\sigma = \tfrac12 z(1 + \tanh u)`,
+    :math:`u = \sqrt{2/\pi}(z + c z^3)`, :math:`c = 0.044715`. With
+    :math:`s = \tfrac12(1 + \tanh u) = \mathrm{sigmoid}(2u)` and
+    :math:`\bar s = 1 - s` (both from :math:`e^{-2|u|}`),
+    :math:`\tfrac12(1 - \tanh^2 u) = 2 s \bar s`, and
+
+    .. math::
+        \sigma' = s + 2 z s\bar s\, u',\qquad
+        \sigma'' = 2 s\bar s\,\bigl(2u' + z\,(u'' - 2(s - \bar s)\,u'^2)\bigr),
+
+    :math:`u' = \sqrt{2/\pi}(1 + 3cz^2)`, :math:`u'' = 6\sqrt{2/\pi}\,c z`.
+    For :math:`|z|` beyond a few tens :math:`s\bar s` underflows to an exact
+    0; the cubic is evaluated at :math:`z` clamped to :math:`[-10^3, 10^3]`,
+    which changes no result and keeps :math:`z^3` and :math:`u'^2` finite for
+    every finite :math:`z`.
+    """
+
+    approximate: str = "none"
+    name = "gelu"
+
+    def __post_init__(self):
+        if self.approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {self.approximate!r}")
+
+    def config(self) -> dict:
+        return {"approximate": self.approximate}
+
+    def _eval(self, z, order, xp):
+        if self.approximate == "tanh":
+            return self._eval_tanh(z, order, xp)
+        cdf = 0.5 * _backend_of(xp).erfc(-_RSQRT2 * z, xp=xp)
+        val = z * cdf
+        if order == 0:
+            return val, None, None
+        pdf = _RSQRT2PI * xp.exp(-0.5 * (z * z))
+        zpdf = z * pdf
+        ds = cdf + zpdf
+        return val, ds, (2.0 * pdf - zpdf * z) if order == 2 else None
+
+    def _eval_tanh(self, z, order, xp):
+        # beyond |z| = 1e3, s sc = e^{-2|u|}/(1+e^{-2|u|})² is an exact 0 in every
+        # float type, so the cubic may be evaluated at the clamped zc (no z³ or
+        # u'² overflow) without changing any result
+        zc = xp.where(xp.abs(z) > 1e3, 1e3 * xp.sign(z), z)
+        z2 = zc * zc
+        u = _SQRT2_PI * (zc + _GELU_C * (z2 * zc))
+        s, sc = _sigmoid_parts(2.0 * u, xp)
+        val = z * s
+        if order == 0:
+            return val, None, None
+        q = 2.0 * (s * sc)  # (1 - tanh² u) / 2
+        du = _SQRT2_PI * (1.0 + 3.0 * _GELU_C * z2)
+        ds = s + zc * (q * du)
+        if order == 1:
+            return val, ds, None
+        d2u = (6.0 * _SQRT2_PI * _GELU_C) * zc
+        return val, ds, q * (2.0 * du + zc * (d2u - 2.0 * (s - sc) * (du * du)))
+
+
+@dataclass(frozen=True)
+class Mish(Activation):
+    r"""Mish, :math:`\sigma(z) = z \tanh(\operatorname{softplus} z)`, as ``torch.nn.Mish``.
+
+    With :math:`t = \tanh(\operatorname{softplus} z)`, :math:`s = \mathrm{sigmoid}(z)`
+    and :math:`t' = (1 - t^2)s`,
+
+    .. math::
+        \sigma' = t + z(1 - t^2)s,\qquad
+        \sigma'' = (1 - t^2)\,s\,\bigl(2 + z(1 - s - 2ts)\bigr).
+
+    :math:`t = w/(w + 2)` with :math:`w = e^z(e^z + 2)`, so
+    :math:`1 - t = 2/(w + 2)`; in terms of :math:`e = e^{-|z|} \le 1` this is
+    :math:`1 - t = 2e^2/(1 + 2e + 2e^2)` for :math:`z \ge 0` and
+    :math:`2/(e^2 + 2e + 2)` for :math:`z < 0`. Both :math:`t` and
+    :math:`1 - t^2 = (1 - t)(2 - (1 - t))` keep full relative precision in
+    both tails, and nothing overflows.
+    """
+
+    name = "mish"
+
+    def _eval(self, z, order, xp):
+        e = xp.exp(-xp.abs(z))
+        e2 = e * e
+        pos = z >= 0
+        one_m_t = xp.where(pos, 2.0 * e2 / (1.0 + 2.0 * e + 2.0 * e2), 2.0 / (e2 + 2.0 * e + 2.0))
+        t = xp.where(pos, (1.0 + 2.0 * e) / (1.0 + 2.0 * e + 2.0 * e2), (e2 + 2.0 * e) / (e2 + 2.0 * e + 2.0))
+        val = z * t
+        if order == 0:
+            return val, None, None
+        s, sc = _sigmoid_parts(z, xp)
+        dt = one_m_t * (2.0 - one_m_t) * s  # (1 - t²) s
+        zdt = z * dt  # 0 wherever dt underflows, so no inf * 0 below
+        ds = t + zdt
+        return val, ds, (2.0 * dt + zdt * (sc - 2.0 * t * s)) if order == 2 else None
+
+
+@dataclass(frozen=True)
+class Gaussian(Activation):
+    r"""Gaussian bump :math:`\sigma(z) = e^{-z^2}`.
+
+    .. math::
+        \sigma' = -2z\sigma,\qquad \sigma'' = (4z^2 - 2)\sigma = 4z(z\sigma) - 2\sigma
+
+    (the last form keeps :math:`\infty \cdot 0` out for huge :math:`|z|`).
+    """
+
+    name = "gaussian"
+
+    def _eval(self, z, order, xp):
+        s = xp.exp(-(z * z))
+        if order == 0:
+            return s, None, None
+        zs = z * s
+        return s, -2.0 * zs, (4.0 * (z * zs) - 2.0 * s) if order == 2 else None
+
+
+def _takes_xp(fn) -> bool:
+    import inspect
+
+    try:
+        return "xp" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+@dataclass(frozen=True)
+class CustomActivation(Activation):
+    r"""An activation from three user functions :math:`\sigma, \sigma', \sigma''`.
+
+    Made by :func:`custom`; see there. Compares equal when the same three
+    functions and name are used. Not saveable with :func:`hessquik_core.save`
+    (a file holds data, never code) and without a torch twin for
+    :func:`hessquik_core.to_torch`.
+    """
+
+    f: object
+    df: object
+    d2f: object
+    name: str = "custom"
+
+    def __post_init__(self):
+        for key in ("f", "df", "d2f"):
+            if not callable(getattr(self, key)):
+                raise TypeError(
+                    f"custom activation: {key} must be callable, got {type(getattr(self, key)).__name__}"
+                )
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"custom activation: name must be a non-empty string, got {self.name!r}")
+        # inspect the signatures once, not on every call
+        object.__setattr__(self, "_xp_kw", tuple(_takes_xp(getattr(self, k)) for k in ("f", "df", "d2f")))
+
+    def __repr__(self) -> str:
+        return f"custom(name={self.name!r})"
+
+    def _apply(self, fn, z, xp, what):
+        out = fn(z, xp=xp) if self._xp_kw[("f", "df", "d2f").index(what)] else fn(z)
+        if not hasattr(out, "shape"):  # a constant, e.g. d2f = lambda z: 0.0
+            return xp.full_like(z, float(out))
+        if tuple(out.shape) != tuple(z.shape):
+            raise ValueError(
+                f"custom activation {self.name!r}: {what} returned shape {tuple(out.shape)}, "
+                f"expected the input's shape {tuple(z.shape)}"
+            )
+        return out
+
+    def _eval(self, z, order, xp):
+        s = self._apply(self.f, z, xp, "f")
+        ds = self._apply(self.df, z, xp, "df") if order >= 1 else None
+        d2s = self._apply(self.d2f, z, xp, "d2f") if order == 2 else None
+        return s, ds, d2s
+
+
+def custom(f, df, d2f, *, name: str = "custom") -> CustomActivation:
+    r"""An activation from its value and first two derivatives.
+
+    Parameters
+    ----------
+    f, df, d2f : callable
+        :math:`\sigma`, :math:`\sigma'`, :math:`\sigma''`, elementwise. Each
+        is called as ``fn(z)``, or as ``fn(z, xp=xp)`` if it has a parameter
+        named ``xp`` (the array namespace of ``z``: write ``xp.tanh(z)`` and
+        the activation runs on every backend). Each must return an array of
+        ``z``'s shape (a Python number is broadcast, for constants).
+    name : str
+        Shown in ``repr`` and error messages.
+
+    Returns
+    -------
+    CustomActivation
+
+    Notes
+    -----
+    Verify the three functions agree with
+    :func:`hessquik_core.checks.check_activation`. Custom activations
+    cannot be saved by :func:`hessquik_core.save` (files hold no code);
+    subclass :class:`Activation` for finer control (implement
+    ``_eval(self, z, order, xp)`` returning ``(sigma, dsigma or None, d2sigma or None)``).
+
+    Examples
+    --------
+    >>> import numpy as np, hessquik_core as hq
+    >>> act = hq.activations.custom(
+    ...     lambda z, xp: xp.sin(z) + z,
+    ...     lambda z, xp: xp.cos(z) + 1.0,
+    ...     lambda z, xp: -xp.sin(z),
+    ...     name="sin_plus_z",
+    ... )
+    >>> bool(hq.checks.check_activation(act))
+    True
+    >>> net = hq.FullyConnectedNN([2, 8, 1], act=act, seed=0)
+    >>> net(np.ones((3, 2)), laplacian=True).laplacian.shape
+    (3, 1)
+    """
+    return CustomActivation(f, df, d2f, name)
+
+
+_REGISTRY.update({cls.name: cls for cls in (GELU, Mish, Gaussian)})
+__all__ += ["CustomActivation", "GELU", "Gaussian", "Mish", "custom"]

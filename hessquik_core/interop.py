@@ -231,7 +231,7 @@ def __getattr__(name: str) -> Any:
 # --------------------------------------------------------------------------
 
 _SMOOTH_HINT = (
-    "supported activations: Tanh, Sigmoid, Softplus, SiLU, Identity and hessquik_core.interop's "
+    "supported activations: Tanh, Sigmoid, Softplus, SiLU, GELU, Mish, Identity and hessquik_core.interop's "
     "AntiTanh, Quadratic, Sin"
 )
 _NONSMOOTH = (
@@ -263,6 +263,10 @@ def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
         return A.Sigmoid()
     if t is nn.SiLU:
         return A.SiLU()
+    if t is nn.GELU:
+        return A.GELU(approximate=mod.approximate)
+    if t is nn.Mish:
+        return A.Mish()
     if t is nn.Softplus:
         return A.Softplus(beta=float(mod.beta), threshold=float(mod.threshold))
     if t is T["AntiTanh"]:
@@ -538,6 +542,7 @@ def _act_to_torch(act: Activation):
         (A.Tanh, nn.Tanh),
         (A.Sigmoid, nn.Sigmoid),
         (A.SiLU, nn.SiLU),
+        (A.Mish, nn.Mish),
         (A.AntiTanh, T["AntiTanh"]),
         (A.Quadratic, T["Quadratic"]),
         (A.Sin, T["Sin"]),
@@ -547,6 +552,8 @@ def _act_to_torch(act: Activation):
             return make()
     if isinstance(act, A.Softplus):
         return nn.Softplus(beta=act.beta, threshold=act.threshold)
+    if isinstance(act, A.GELU):
+        return nn.GELU(approximate=act.approximate)
     if isinstance(act, A.Identity):
         return None
     raise TypeError(f"no torch equivalent for activation {t.__qualname__}")

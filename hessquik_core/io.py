@@ -354,9 +354,12 @@ def _act_from(node, acts, where):
     cfg = node["config"]
     if not isinstance(cfg, dict):
         _fail(where, "'config' must be an object")
-    expected = set(cls().config())
-    _keys(where + ".config", cfg, expected)
-    kwargs = {k: _float(where, cfg, k) for k in cfg}  # outside the try: no doubled prefix
+    defaults = cls().config()
+    _keys(where + ".config", cfg, set(defaults))
+    # numbers, except string options (GELU's approximate), which the class validates;
+    # converted outside the try: no doubled prefix
+    str_ok = {k for k in cfg if isinstance(defaults[k], str) and isinstance(cfg[k], str)}
+    kwargs = {k: cfg[k] if k in str_ok else _float(where, cfg, k) for k in cfg}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, ArithmeticError) as err:

@@ -155,3 +155,249 @@ def test_softplus_parameters():
     np.testing.assert_allclose(s, torch.nn.functional.softplus(torch.tensor(z), 3.0, 7.0).numpy(), rtol=1e-15)
     np.testing.assert_array_equal(s1[z * 3 > 7], 1.0)
     np.testing.assert_array_equal(s2[z * 3 > 7], 0.0)
+
+
+# --------------------------------------------------------------------------
+# GELU (exact and tanh), Mish, Gaussian; user-defined activations
+# --------------------------------------------------------------------------
+
+NEW = [hq.GELU(), hq.GELU(approximate="tanh"), hq.Mish(), hq.Gaussian()]
+NEW_IDS = ["gelu", "gelu-tanh", "mish", "gaussian"]
+
+
+def _torch_module(act):
+    if act.name == "gelu":
+        return torch.nn.GELU(approximate=act.approximate)
+    if act.name == "mish":
+        return torch.nn.Mish()
+    return lambda z: torch.exp(-(z * z))
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+def test_new_match_torch_modules_float64(act):
+    """σ against torch.nn.GELU / nn.Mish themselves; σ', σ'' by autograd on them."""
+    z = _grid(-12.0, 12.0, 481)
+    zt = torch.tensor(z, requires_grad=True)
+    t = _torch_module(act)(zt)
+    (t1,) = torch.autograd.grad(t.sum(), zt, create_graph=True)
+    (t2,) = torch.autograd.grad(t1.sum(), zt)
+    s, s1, s2 = act(z, 2)
+    np.testing.assert_allclose(s, t.detach().numpy(), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(s1, t1.detach().numpy(), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(s2, t2.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_new_overflow_safe_and_limits(act, dtype):
+    """|z| >= 1e3 (up to 1e4): finite, no warnings, and the right limits."""
+    z = np.array([-1e4, -3e3, -1e3, 1e3, 3e3, 1e4], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        s, s1, s2 = act(z, 2)
+    for a in (s, s1, s2):
+        assert a.dtype == dtype and np.all(np.isfinite(a))
+    np.testing.assert_array_equal(s2, 0.0)
+    if act.name == "gaussian":
+        np.testing.assert_array_equal(s, 0.0)
+        np.testing.assert_array_equal(s1, 0.0)
+    else:  # GELU, Mish -> relu in the tails: σ = max(z, 0), σ' = 1[z > 0]
+        np.testing.assert_array_equal(s, np.maximum(z, 0))
+        np.testing.assert_array_equal(s1, (z > 0).astype(dtype))
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_new_finite_up_to_the_largest_float(act, dtype):
+    big = float(np.finfo(dtype).max)
+    z = np.array([-big, -1e30, -1e9, 1e9, 1e30, big], dtype=dtype)
+    # beyond the 1e4 of the contract z² may overflow to inf (harmlessly: it only
+    # enters exp(-z²)), but no inf * 0 = nan and no wrong limit may follow
+    with np.errstate(over="ignore", invalid="raise", divide="raise", under="ignore"):
+        out = act(z, 2)
+    for a in out:
+        assert np.all(np.isfinite(a))
+    if act.name != "gaussian":
+        np.testing.assert_array_equal(out[0], np.maximum(z, 0))
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+def test_new_float32_against_float64(act):
+    z = _grid(-10.0, 10.0, 401)
+    ref = act(z, 2)
+    out = act(z.astype(np.float32), 2)
+    for a, r in zip(out, ref):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(
+            a, r, rtol=0, atol=8 * np.finfo(np.float32).eps * max(1.0, np.abs(r).max())
+        )
+
+
+def test_new_tails_keep_relative_precision():
+    # GELU(-10) = -10 Φ(-10) = -10 erfc(10/√2)/2 ≈ -7.62e-23: no 1 + erf cancellation
+    import math
+
+    s, s1, _ = hq.GELU()(np.array([-10.0]), 1)
+    # (erfc's relative condition number at 10/√2 is 2x² = 100: the rounding of
+    # 10/√2 alone is worth 1e-14; 1 + erf would give 0 or garbage here)
+    np.testing.assert_allclose(s, -10.0 * 0.5 * math.erfc(10.0 / math.sqrt(2.0)), rtol=1e-13)
+    # Mish(-40) = -40 tanh(log1p(e^-40)) ≈ -40 e^-40
+    s, _, _ = hq.Mish()(np.array([-40.0]), 0)
+    np.testing.assert_allclose(s, -40.0 * math.tanh(math.log1p(math.exp(-40.0))), rtol=1e-14)
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+def test_new_every_backend(act, lib, rng):
+    z_np = rng.normal(size=(5, 4)) * 3
+    z = lib.asarray(z_np)
+    ref = act(z_np, 2)
+    for a, r in zip(act(z, 2), ref):
+        lib.check(a, z_np.shape, like=z)
+        np.testing.assert_allclose(lib.to_numpy(a), r, rtol=1e-13, atol=1e-15)
+    z32 = lib.asarray(z_np.astype(np.float32))
+    for a, r in zip(act(z32, 2), ref):
+        lib.check(a, z_np.shape, like=z32)
+        np.testing.assert_allclose(lib.to_numpy(a), r, rtol=0, atol=1e-5 * max(1.0, np.abs(r).max()))
+
+
+@pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
+def test_new_taylor_rates_via_checks(act):
+    report = hq.checks.check_activation(act)
+    report.assert_passed()
+    assert np.nanmin(report.order1) > 1.9 and np.nanmin(report.order2) > 2.8
+    assert report.fd_error1 < 1e-8 and report.fd_error2 < 1e-8
+
+
+@pytest.mark.parametrize("name, cls", [("gelu", hq.GELU), ("mish", hq.Mish), ("gaussian", hq.Gaussian)])
+def test_new_registry(name, cls):
+    assert get_activation(name) == cls()
+    assert get_activation(name.upper()) == cls()
+    assert type(get_activation(name))(**get_activation(name).config()) == cls()
+    assert hq.activations.GELU is hq.GELU
+
+
+def test_gelu_options():
+    assert hq.GELU().config() == {"approximate": "none"}
+    assert hq.GELU(approximate="tanh") != hq.GELU()
+    for bad in ("exact", "Tanh", None, 1):
+        with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh'"):
+            hq.GELU(approximate=bad)
+
+
+def _softsin():
+    """A user activation z + sin(z)/2 (monotone), in both call styles."""
+    return hq.activations.custom(
+        lambda z, xp: z + 0.5 * xp.sin(z),
+        lambda z, xp: 1.0 + 0.5 * xp.cos(z),
+        lambda z, xp: -0.5 * xp.sin(z),
+        name="softsin",
+    )
+
+
+def test_custom_activation(rng):
+    act = _softsin()
+    z = rng.normal(size=(4, 3))
+    s, s1, s2 = act(z, 2)
+    np.testing.assert_allclose(s, z + 0.5 * np.sin(z), rtol=1e-15)
+    np.testing.assert_allclose(s2, -0.5 * np.sin(z), rtol=1e-15)
+    assert act(z, 0)[1] is None and act(z, 1)[2] is None
+    assert repr(act) == "custom(name='softsin')" and act.name == "softsin"
+    # plain one-argument functions (NumPy only) and constants
+    quad = hq.activations.custom(lambda z: 0.5 * z * z, lambda z: z, lambda z: 1.0, name="q")
+    np.testing.assert_array_equal(quad(z, 2)[2], np.ones_like(z))
+    assert bool(hq.checks.check_activation(quad))
+    assert bool(hq.checks.check_activation(act))
+    with pytest.raises(TypeError, match="df must be callable"):
+        hq.activations.custom(np.sin, 3.0, np.sin)
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        hq.activations.custom(np.sin, np.cos, np.sin, name="")
+    wrong = hq.activations.custom(np.sin, lambda z: np.cos(z)[:1], np.sin, name="w")
+    with pytest.raises(ValueError, match=r"df returned shape \(1, 3\), expected the input's shape \(4, 3\)"):
+        wrong(z, 1)
+
+
+def test_custom_activation_every_backend(lib, rng):
+    act = _softsin()
+    z_np = rng.normal(size=(3, 2))
+    z = lib.asarray(z_np)
+    for a, r in zip(act(z, 2), act(z_np, 2)):
+        lib.check(a, z_np.shape, like=z)
+        np.testing.assert_allclose(lib.to_numpy(a), r, rtol=1e-14)
+
+
+class _Cubic(hq.activations.Activation):
+    """The subclass route: σ = z³/3 + z."""
+
+    name = "cubic"
+
+    def _eval(self, z, order, xp):
+        s = z * z * z / 3.0 + z
+        if order == 0:
+            return s, None, None
+        return s, z * z + 1.0, (2.0 * z) if order == 2 else None
+
+
+def test_check_activation_detects_wrong_derivatives():
+    good = _Cubic()
+    assert hq.checks.check_activation(good).passed
+
+    class WrongSecond(_Cubic):
+        def _eval(self, z, order, xp):
+            s, s1, s2 = super()._eval(z, order, xp)
+            return s, s1, None if s2 is None else z  # should be 2z
+
+    class WrongFirst(_Cubic):
+        def _eval(self, z, order, xp):
+            s, s1, s2 = super()._eval(z, order, xp)
+            return s, None if s1 is None else s1 * 1.001, s2
+
+    r2 = hq.checks.check_activation(WrongSecond())
+    assert r2.first_order_ok and not r2.second_order_ok and not r2
+    r1 = hq.checks.check_activation(WrongFirst())
+    assert not r1.first_order_ok and not r1
+    with pytest.raises(AssertionError, match="FAILED"):
+        r1.assert_passed()
+    assert "passed: False" in str(r1)
+
+
+def test_check_activation_tails_and_consistency():
+    blowup = hq.activations.custom(np.exp, np.exp, np.exp, name="exp")
+    with np.errstate(over="ignore"):
+        r = hq.checks.check_activation(blowup)
+    assert r.first_order_ok and r.second_order_ok
+    assert r.tails_ok is False and not r.passed
+    assert hq.checks.check_activation(blowup, tails=False).tails_ok is None
+    # float64 result for float32 input: not consistent with the contract
+    up = hq.activations.custom(
+        lambda z: np.asarray(np.sin(z), dtype=np.float64), np.cos, lambda z: -np.sin(z), name="up"
+    )
+    r = hq.checks.check_activation(up)
+    assert not r.consistent and not r.passed
+    with pytest.raises(ValueError, match="z must be a non-empty 1-D array"):
+        hq.checks.check_activation("tanh", z=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="hs must be"):
+        hq.checks.check_activation("tanh", hs=[1e-3, 1e-2])
+    with pytest.raises(TypeError):
+        hq.checks.check_activation(3)
+
+
+def test_new_under_jax_jit():
+    """GELU's erf comes from JAX itself (never through NumPy), so jit traces it."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import array_api_compat as aac
+    import jax.numpy as jnp
+
+    from hessquik_core.activations import _backend_of
+
+    assert _backend_of(aac.array_namespace(jnp.ones(1))).name == "generic"
+    assert _backend_of(aac.array_namespace(np.ones(1))).name == "numpy"
+    assert _backend_of(aac.array_namespace(torch.ones(1))).name == "torch"
+    z = np.linspace(-4.0, 4.0, 9)
+    for act in NEW:
+        f = jax.jit(lambda a, act=act: act(a, 2))
+        for got, ref in zip(f(jnp.asarray(z)), act(z, 2)):
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-13, atol=1e-15)
+    net = hq.FullyConnectedNN([2, 5, 1], act=hq.GELU(), seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 2))
+    lap = jax.jit(lambda a: net(a, laplacian=True).laplacian)(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(lap), net(x, laplacian=True).laplacian, rtol=1e-13, atol=1e-14)

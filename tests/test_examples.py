@@ -102,7 +102,9 @@ def _python_blocks(page):
     return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(encoding="utf-8"), re.S | re.M)
 
 
-@pytest.mark.parametrize("page", ["getting_started.md", "training.md", "backends.md", "derivations.md"])
+@pytest.mark.parametrize(
+    "page", ["getting_started.md", "training.md", "backends.md", "derivations.md", "activations.md"]
+)
 def test_docs_code_runs(page, monkeypatch, tmp_path):
     """Every ```python block of the page runs, in order, in one namespace."""
     import numpy as np

@@ -170,7 +170,7 @@ def test_relu_needs_opt_in():
         (nn.LeakyReLU(), "not twice differentiable"),
         (nn.ELU(), "not twice differentiable"),
         (nn.Hardtanh(), "not twice differentiable"),
-        (nn.GELU(), r"cannot convert submodule '1' \(torch\.nn\.modules\.activation\.GELU\)"),
+        (nn.Tanhshrink(), r"cannot convert submodule '1' \(torch\.nn\.modules\.activation\.Tanhshrink\)"),
     ],
 )
 def test_unsupported_activations_name_the_submodule(mod, match):

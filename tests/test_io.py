@@ -296,6 +296,14 @@ def test_missing_and_unexpected_tensors(tmp_path):
             "beta must be positive",
         ),
         (_single(act={"name": "tanh", "config": {"x": 1}}), "unexpected"),
+        (
+            _single(act={"name": "gelu", "config": {"approximate": "erf"}}),
+            "approximate must be 'none' or 'tanh'",
+        ),
+        (
+            _single(act={"name": "softplus", "config": {"beta": "2", "threshold": 20.0}}),
+            "must be a finite number",
+        ),
         (_single(config={"in_features": 2, "out_features": 3, "bias": True, "__class__": "x"}), "unexpected"),
         (_single(config={"in_features": "2", "out_features": 3, "bias": True}), "positive integer"),
         (_single(config={"in_features": 2, "out_features": 3, "bias": 1}), "true or false"),

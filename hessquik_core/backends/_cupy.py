@@ -64,3 +64,17 @@ def synchronize(device=None) -> None:
 
 
 __all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+
+
+def erf(a, *, xp=None):
+    """``erf`` elementwise (CuPy's own ``cupyx.scipy.special.erf`` kernel)."""
+    import cupyx.scipy.special as cs
+
+    return cs.erf(a)
+
+
+def erfc(a, *, xp=None):
+    """``erfc`` elementwise (CuPy's own ``cupyx.scipy.special.erfc`` kernel)."""
+    import cupyx.scipy.special as cs
+
+    return cs.erfc(a)

@@ -121,3 +121,26 @@ def convert(a, *, xp, dtype, device):
 
 def synchronize(device=None) -> None:
     """Nothing to wait for on a synchronous library."""
+
+
+def erf(a, *, xp):
+    """``erf`` elementwise: JAX's own (``jax.lax.erf``), otherwise standard
+    functions only (:mod:`hessquik_core._special`, a few ulps in float64)."""
+    if getattr(xp, "__name__", "").startswith("jax"):
+        import jax
+
+        return jax.lax.erf(a)
+    from .._special import erf as _erf
+
+    return _erf(a, xp=xp)
+
+
+def erfc(a, *, xp):
+    """``erfc`` elementwise, full relative precision in the upper tail."""
+    if getattr(xp, "__name__", "").startswith("jax"):
+        import jax
+
+        return jax.lax.erfc(a)
+    from .._special import erfc as _erfc
+
+    return _erfc(a, xp=xp)

@@ -75,3 +75,18 @@ def synchronize(device=None) -> None:
 
 
 __all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+
+
+def erf(a, *, xp=None):
+    """``erf`` elementwise (NumPy has none, SciPy is never imported):
+    standard functions only, a few ulps in float64."""
+    from .._special import erf as _erf
+
+    return _erf(a, xp=np)
+
+
+def erfc(a, *, xp=None):
+    """``erfc`` elementwise, full relative precision in the upper tail."""
+    from .._special import erfc as _erfc
+
+    return _erfc(a, xp=np)

@@ -59,3 +59,13 @@ def synchronize(device=None) -> None:
 
 
 __all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
+
+
+def erf(a, *, xp=None):
+    """``erf`` elementwise (``torch.special.erf``)."""
+    return torch.special.erf(a)
+
+
+def erfc(a, *, xp=None):
+    """``erfc`` elementwise (``torch.special.erfc``)."""
+    return torch.special.erfc(a)

@@ -1,0 +1,301 @@
+r"""Forward-mode rules of the gated ("modified") MLP, as pure array functions.
+
+The block (Wang, Teng & Perdikaris' modified MLP for PINNs) has two
+encoders of the block input :math:`x`,
+
+.. math::
+    U = \sigma(xW_u + b_u), \qquad V = \sigma(xW_v + b_v),
+
+a first hidden state (e.g. :math:`H_1 = \sigma(xW_1 + b_1)`) and gated
+steps
+
+.. math::
+    Z = \sigma(H W + b), \qquad H^{+} = (1 - Z)\odot U + Z \odot V = U + Z \odot D,
+    \quad D = V - U .
+
+**One gated step.** With tangents :math:`G_U, G_V, G_H` (``(n, k, w)``, row
+:math:`i` along direction :math:`i`) and second tangents
+:math:`H_U, H_V, H_H` (``(n, k, k, w)``), the pre-gate has tangents
+:math:`T = G_H W` and second tangents :math:`H_H W`, so
+:math:`G_Z = \sigma'\odot T`,
+:math:`H_{Z,ij} = \sigma''\odot T_i \odot T_j + \sigma'\odot (H_{H,ij} W)`, and
+the product rule on :math:`U + Z\odot D` gives
+
+.. math::
+    G^{+}_i &= G_{U,i} + G_{Z,i}\odot D + Z\odot G_{D,i},\\
+    H^{+}_{ij} &= H_{U,ij} + H_{Z,ij}\odot D + G_{Z,i}\odot G_{D,j} + G_{D,i}\odot G_{Z,j}
+    + Z\odot H_{D,ij},
+
+:math:`G_D = G_V - G_U`, :math:`H_D = H_V - H_U`. Traces and diagonals over
+:math:`i = j` give the Laplacian and Hessian-diagonal shortcuts
+(:math:`\sum_i G_{Z,i}\odot G_{D,i}` appears twice), which never form a
+:math:`k \times k` block. The encoders are ordinary dense layers; their
+tangents are those of ``SingleLayer`` (see
+:func:`hessquik_core.rules.fourier.pointwise_linear_forward_tangents`).
+
+Shapes: ``n`` examples, width ``w`` (gate weight ``W`` is ``(w, w)``),
+``k`` forward tangents. Nothing here modifies its arguments.
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+__all__ = [
+    "gated_mlp_forward",
+    "gated_step",
+    "gated_step_backward",
+    "gated_step_forward_diagonal",
+    "gated_step_forward_laplacian",
+    "gated_step_forward_tangents",
+    "gated_step_state_forward_tangents",
+]
+
+
+def gated_step(U, V, H, W, b, act, *, xp=None):
+    r"""Value of one gated step and the gate's activation derivatives.
+
+    Parameters
+    ----------
+    U, V, H : (n, w) encoder outputs and current hidden state.
+    W : (w, w), b : (w,) or None, gate weights.
+    act : :class:`hessquik_core.activations.Activation` (or name).
+
+    Returns
+    -------
+    out : (n, w) :math:`U + Z\odot(V - U)`.
+    Z : (n, w) :math:`\sigma(HW + b)`.
+    s1, s2 : (n, w) :math:`\sigma'`, :math:`\sigma''` at :math:`HW + b`.
+    """
+    from ..activations import get_activation
+
+    xp = xp if xp is not None else array_namespace(U, V, H, W)
+    pre = H @ W
+    if b is not None:
+        pre = pre + b
+    Z, s1, s2 = get_activation(act)(pre, 2, xp=xp)
+    return U + Z * (V - U), Z, s1, s2
+
+
+def _gate_tangents(GH, W, s1):
+    T = GH @ W  # (n, k, w) tangents of the pre-gate
+    return T, s1[:, None, :] * T
+
+
+def gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Tangents (and second tangents) of one gated step's output.
+
+    Parameters
+    ----------
+    GU, GV, GH : (n, k, w) tangents of U, V and the hidden state.
+    HU, HV, HH : (n, k, k, w) second tangents, or all ``None`` (gradient only).
+    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+
+    Returns
+    -------
+    G : (n, k, w) and Hs : (n, k, k, w) or None, as in the module docstring.
+    """
+    T, GZ = _gate_tangents(GH, W, s1)
+    D = V - U
+    GD = GV - GU
+    G = GU + GZ * D[:, None, :] + Z[:, None, :] * GD
+    if HH is None:
+        return G, None
+    HZ = s2[:, None, None, :] * (T[:, :, None, :] * T[:, None, :, :]) + s1[:, None, None, :] * (HH @ W)
+    cross = GZ[:, :, None, :] * GD[:, None, :, :]
+    Hs = HU + HZ * D[:, None, None, :] + cross + _swap(cross) + Z[:, None, None, :] * (HV - HU)
+    return G, Hs
+
+
+def _swap(a):
+    """Swap the two tangent axes of (n, k, k, w) (the transpose of a pair term)."""
+    xp = array_namespace(a)
+    return xp.permute_dims(a, (0, 2, 1, 3))
+
+
+def gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Laplacian shortcut of one gated step.
+
+    ``LU, LV, LH`` : (n, w) Laplacians (traces over the tangents) of U, V, H.
+    Returns ``(G (n, k, w), L (n, w))`` with
+    :math:`L^{+} = L_U + L_Z\odot D + 2\sum_i G_{Z,i}\odot G_{D,i} + Z\odot(L_V - L_U)`,
+    :math:`L_Z = \sigma''\odot\sum_i T_i^2 + \sigma'\odot(L_H W)`.
+    """
+    xp = xp if xp is not None else array_namespace(GU, W)
+    T, GZ = _gate_tangents(GH, W, s1)
+    D = V - U
+    GD = GV - GU
+    G = GU + GZ * D[:, None, :] + Z[:, None, :] * GD
+    LZ = s2 * xp.sum(T * T, axis=1) + s1 * (LH @ W)
+    L = LU + LZ * D + 2.0 * xp.sum(GZ * GD, axis=1) + Z * (LV - LU)
+    return G, L
+
+
+def gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Hessian-diagonal shortcut of one gated step.
+
+    ``DU, DV, DH`` : (n, k, w) second tangents :math:`H_{ii}` of U, V, H.
+    Returns ``(G, Dg)``, both (n, k, w), with
+    :math:`D^{+}_i = D_{U,i} + D_{Z,i}\odot D + 2\,G_{Z,i}\odot G_{D,i} + Z\odot(D_{V,i} - D_{U,i})`.
+    """
+    T, GZ = _gate_tangents(GH, W, s1)
+    D = V - U
+    GD = GV - GU
+    G = GU + GZ * D[:, None, :] + Z[:, None, :] * GD
+    DZ = s2[:, None, :] * (T * T) + s1[:, None, :] * (DH @ W)
+    Dg = DU + DZ * D[:, None, :] + 2.0 * (GZ * GD) + Z[:, None, :] * (DV - DU)
+    return G, Dg
+
+
+def _dense(x, G, H, W, b, act, xp):
+    """σ(xW + b) with its tangents, for tangents G (n, k, p), H (n, k, k, p) or None of x."""
+    from ..activations import get_activation
+
+    pre = x @ W
+    if b is not None:
+        pre = pre + b
+    s0, s1, s2 = get_activation(act)(pre, 2, xp=xp)
+    T = G @ W
+    Gy = s1[:, None, :] * T
+    Hy = s2[:, None, None, :] * (T[:, :, None, :] * T[:, None, :, :])
+    if H is not None:
+        Hy = Hy + s1[:, None, None, :] * (H @ W)
+    return s0, Gy, Hy
+
+
+def gated_mlp_forward(x, encoders, first, gates, readout, act, *, xp=None):
+    r"""Value, gradient and Hessian of a whole gated MLP at its input (reference composition).
+
+    Parameters
+    ----------
+    x : (n, d)
+    encoders : ((W_u, b_u), (W_v, b_v)), each ``W`` (d, w)
+    first : (W_1, b_1), first hidden state :math:`H_1 = \sigma(xW_1 + b_1)`
+    gates : sequence of (W, b), ``W`` (w, w), one per gated step
+    readout : (W_o, b_o), ``W_o`` (w, m), linear
+    act : activation of the encoders, first layer and gates
+
+    Returns
+    -------
+    value (n, m), gradient (n, d, m), hessian (n, d, d, m)
+    """
+    xp = xp if xp is not None else array_namespace(x)
+    n, d = x.shape
+    eye = xp.eye(d, dtype=x.dtype, device=getattr(x, "device", None))
+    G0 = xp.broadcast_to(xp.reshape(eye, (1, d, d)), (n, d, d))
+    (Wu, bu), (Wv, bv) = encoders
+    U, GU, HU = _dense(x, G0, None, Wu, bu, act, xp)
+    V, GV, HV = _dense(x, G0, None, Wv, bv, act, xp)
+    H, GH, HH = _dense(x, G0, None, *first, act, xp)
+    for W, b in gates:
+        H, Z, s1, s2 = gated_step(U, V, H, W, b, act, xp=xp)
+        GH, HH = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
+    Wo, bo = readout
+    out = H @ Wo
+    if bo is not None:
+        out = out + bo
+    return out, GH @ Wo, HH @ Wo
+
+
+# --------------------------------------------------------------------------
+# the gated step as a layer on the state S = [U, V, H] (both modes)
+# --------------------------------------------------------------------------
+#
+# The block is a chain once U and V travel with H: the state S = [U, V, H]
+# (width 3w) is produced by ONE dense layer of the block input,
+# S = σ(x [W_u, W_v, W_1] + [b_u, b_v, b_1]) (a SingleLayer), every gated
+# step maps S -> [U, V, H⁺], and the read-out is linear in the H block
+# (weights [0; 0; W_o]). So forward and backward mode, Laplacian and
+# diagonal shortcuts all follow the network's usual recurrences, with the
+# step's local derivatives below. In the row convention (rows: inputs
+# U, V, H; columns: outputs U, V, H⁺) the step's Jacobian is
+#
+#     J = [[I, 0, P], [0, I, Q], [0, 0, R]],  P = diag(1 - Z), Q = diag(Z),
+#     R = W diag(σ' ⊙ D),  D = V - U,
+#
+# and the only second derivatives are those of H⁺_j:
+#     ∂²H⁺_j/∂H_i∂H_k = σ''_j D_j W_ij W_kj,
+#     ∂²H⁺_j/∂H_i∂U_k = -σ'_j W_ij δ_jk,   ∂²H⁺_j/∂H_i∂V_k = +σ'_j W_ij δ_jk.
+
+
+def gated_step_state_forward_tangents(G, Hs, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Forward rule of one gated step on the state ``S = [U, V, H]``.
+
+    Parameters
+    ----------
+    G : (n, k, 3w) tangents of the state; Hs : (n, k, k, 3w) or None.
+    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+
+    Returns
+    -------
+    (n, k, 3w) and (n, k, k, 3w) or None: tangents of ``[U, V, H⁺]``
+    (the U and V blocks pass through unchanged).
+    """
+    xp = xp if xp is not None else array_namespace(G, W)
+    w = U.shape[-1]
+    GU, GV, GH = G[..., :w], G[..., w : 2 * w], G[..., 2 * w :]
+    if Hs is None:
+        Gp, _ = gated_step_forward_tangents(GU, GV, GH, None, None, None, U, V, W, Z, s1, s2)
+        return xp.concat([GU, GV, Gp], axis=-1), None
+    HU, HV, HH = Hs[..., :w], Hs[..., w : 2 * w], Hs[..., 2 * w :]
+    Gp, Hp = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
+    return xp.concat([GU, GV, Gp], axis=-1), xp.concat([HU, HV, Hp], axis=-1)
+
+
+def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
+    r"""Backward rule of one gated step on the state ``S = [U, V, H]``.
+
+    Parameters
+    ----------
+    A : (n, 3w, m) adjoint :math:`\partial g_c/\partial [U, V, H^{+}]` of the rest of the network.
+    B : (n, 3w, 3w, m) or None, its second-order term.
+    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+
+    Returns
+    -------
+    A_in : (n, 3w, m) :math:`J A`:
+        :math:`[A_U + (1 - Z)\odot A_H,\ A_V + Z\odot A_H,\ W(\sigma'\odot D\odot A_H)]`.
+    B_in : (n, 3w, 3w, m) or None, :math:`J B_c J^\top + \sum_j A_{H,jc}\,\nabla^2 H^{+}_j`
+        with the curvature blocks
+        :math:`[HH] = W\,\mathrm{diag}(\sigma''\odot D\odot A_H)\,W^\top`,
+        :math:`[HU] = -W\,\mathrm{diag}(\sigma'\odot A_H)`,
+        :math:`[HV] = +W\,\mathrm{diag}(\sigma'\odot A_H)` and their transposes.
+        The sandwich uses the block structure of :math:`J` (two diagonal blocks
+        and one dense :math:`w\times w` block), :math:`O(w^3)` per direction at most.
+    """
+    xp = xp if xp is not None else array_namespace(A, W)
+    w = U.shape[-1]
+    D = V - U
+    p, q = 1.0 - Z, Z
+    c = s1 * D  # (n, w)
+    R = W * c[:, None, :]  # (n, w, w): R_ij = W_ij σ'_j D_j
+    AU, AV, AH = A[:, :w, :], A[:, w : 2 * w, :], A[:, 2 * w :, :]
+    A_in = xp.concat([AU + p[:, :, None] * AH, AV + q[:, :, None] * AH, R @ AH], axis=1)
+    if B is None:
+        return A_in, None
+    C = xp.permute_dims(B, (0, 3, 1, 2))  # (n, m, 3w, 3w)
+    # rows: J C
+    Cu, Cv, Ch = C[:, :, :w, :], C[:, :, w : 2 * w, :], C[:, :, 2 * w :, :]
+    X = xp.concat(
+        [Cu + p[:, None, :, None] * Ch, Cv + q[:, None, :, None] * Ch, R[:, None, :, :] @ Ch], axis=2
+    )
+    # columns: (J C) Jᵀ
+    Xu, Xv, Xh = X[..., :w], X[..., w : 2 * w], X[..., 2 * w :]
+    Rt = xp.matrix_transpose(R)[:, None, :, :]  # (n, 1, w, w)
+    Y = xp.concat([Xu + Xh * p[:, None, None, :], Xv + Xh * q[:, None, None, :], Xh @ Rt], axis=3)
+    # curvature of H⁺ weighted by the H block of the adjoint
+    ah = xp.permute_dims(AH, (0, 2, 1))  # (n, m, w)
+    Wb = W[None, None, :, :]  # (1, 1, w, w)
+    KHH = (Wb * (s2 * D)[:, None, :][:, :, None, :] * ah[:, :, None, :]) @ xp.matrix_transpose(W)
+    KHV = Wb * (s1[:, None, :] * ah)[:, :, None, :]  # (n, m, w, w): rows H, cols V
+    zero = xp.zeros_like(KHH)
+    KHVt = xp.matrix_transpose(KHV)
+    curv = xp.concat(
+        [
+            xp.concat([zero, zero, -KHVt], axis=3),  # row block U: [UU, UV, UH]
+            xp.concat([zero, zero, KHVt], axis=3),  # row block V
+            xp.concat([-KHV, KHV, KHH], axis=3),  # row block H
+        ],
+        axis=2,
+    )
+    return A_in, xp.permute_dims(Y + curv, (0, 2, 3, 1))
