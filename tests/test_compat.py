@@ -443,6 +443,11 @@ def test_core_keywords_still_give_a_result():
     np.testing.assert_array_equal(res.hessian, d2f)
     with pytest.raises(TypeError, match="cannot mix"):
         ours(x, do_gradient=True, hessian=True)
+    # layers too (their hessQuik default is forward mode)
+    layer = c_lay.singleLayer(d, 2, act=c_act.tanhActivation())
+    res = layer(x, gradient=True, hessian=True, mode="forward")
+    assert isinstance(res, hq.Result)
+    np.testing.assert_array_equal(res.hessian, layer(x, do_gradient=True, do_Hessian=True)[2])
     with pytest.raises(TypeError):
         ours(x, not_a_keyword=True)
 

@@ -26,6 +26,7 @@ def hessquik_call(
     d2ud2x=None,
     v=None,
     forward_mode=AUTO,
+    default_forward: bool | None = None,
     kwargs=None,
 ):
     r"""``core(x, ...)`` in hessQuik's convention, returning ``(f, df, d2f)``.
@@ -34,8 +35,11 @@ def hessquik_call(
     the Hessian ``(n, d, d, m)`` if ``do_Hessian``, else the Laplacian
     ``(n, 1, m)`` if ``do_Laplacian``, else ``None``. Directions ``v`` are
     ``(k, d)`` (one per row) in forward mode and ``(m, k)`` in backward mode,
-    as in hessQuik. With hessquik-core keywords in ``kwargs`` the call is an
-    ordinary hessquik-core call returning a :class:`~hessquik_core.Result`.
+    as in hessQuik. ``forward_mode`` not given means ``default_forward``
+    (hessQuik's layers: ``True``), or, if that is ``None``, forward iff
+    ``d < m`` (hessQuik's networks). With hessquik-core keywords in ``kwargs``
+    the call is an ordinary hessquik-core call returning a
+    :class:`~hessquik_core.Result`.
     """
     kwargs = kwargs or {}
     hq_used = (
@@ -73,7 +77,7 @@ def hessquik_call(
     if do_Laplacian and not do_Hessian:
         forward = True  # hessQuik computes a Laplacian alone in forward mode
     elif forward_mode is AUTO:
-        forward = d < m
+        forward = d < m if default_forward is None else default_forward
     else:
         forward = forward_mode
     V = None

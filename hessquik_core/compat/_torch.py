@@ -163,6 +163,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
                 d=self.dim_input(),
                 m=self.dim_output(),
                 forward_mode=forward_mode,
+                default_forward=self._FORWARD_DEFAULT,
                 kwargs=kwargs,
                 **flags,
             )
@@ -173,7 +174,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
             do_gradient=False,
             do_Hessian=False,
             do_Laplacian=False,
-            forward_mode=True,
+            forward_mode=AUTO,
             dudx=None,
             d2ud2x=None,
             v=None,
@@ -191,9 +192,9 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
                 derivative is requested; the third entry is the Hessian
                 ``(n, d, d, m)`` if ``do_Hessian``, else the Laplacian
                 ``(n, 1, m)`` if ``do_Laplacian``, else ``None``.
-            forward_mode : bool
-                Forward (default for layers) or backward mode; networks pick
-                forward iff ``d < m`` when it is not given. A Laplacian
+            forward_mode : bool, optional
+                Forward or backward mode; not given: forward for a layer (as
+                hessQuik's layers), forward iff ``d < m`` for a network. A Laplacian
                 without the Hessian is always computed in forward mode.
             v : array, optional
                 Directions: ``(k, d)``, one per row, in forward mode (giving
