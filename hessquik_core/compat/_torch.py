@@ -79,7 +79,6 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
 
     from .. import layers as L
     from .. import networks as N
-    from .._module import Module as CoreModule
     from .activations import as_compat
 
     def seed_from_torch(seed):
@@ -143,7 +142,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
 
         def __getstate__(self):
             # the twin is rebuilt on demand: pickles and deep copies hold only torch state
-            state = self.__dict__.copy()
+            state = super().__getstate__()
             state.pop("_core", None)
             state.pop("_core_cache", None)
             return state
@@ -447,7 +446,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
         def __init__(self, *args) -> None:
             blocks = []
             for i, a in enumerate(args):
-                if isinstance(a, CoreModule):
+                if isinstance(a, (L.Layer, N.NN)):
                     a = from_core(a)  # hessquik-core layers and networks are accepted as well
                 if not isinstance(a, _Block):
                     raise TypeError(f"block {i} must be a compat layer or network, got {type(a).__name__}")
