@@ -147,7 +147,7 @@ def _json(text):
 
 
 def _class_tables():
-    from . import compat, interop
+    from . import interop
     from . import layers as L
     from . import networks as N
     from .activations import _REGISTRY
@@ -157,10 +157,12 @@ def _class_tables():
         "FullyConnectedNN": N.FullyConnectedNN,
         "ResnetNN": N.ResnetNN,
         "ICNN": N.ICNN,
-        "compat.NN": compat.networks.NN,
-        "compat.fullyConnectedNN": compat.networks.fullyConnectedNN,
-        "compat.resnetNN": compat.networks.resnetNN,
-        "compat.ICNN": compat.networks.ICNN,
+        # compat's classes are torch modules now (saved through .to_core()); files that
+        # name them load as the hessquik-core classes computing the same function
+        "compat.NN": N.NN,
+        "compat.fullyConnectedNN": N.FullyConnectedNN,
+        "compat.resnetNN": N.ResnetNN,
+        "compat.ICNN": N.ICNN,
     }
     layers = {
         "SingleLayer": L.SingleLayer,
@@ -168,11 +170,11 @@ def _class_tables():
         "ICNNLayer": L.ICNNLayer,
         "QuadraticLayer": L.QuadraticLayer,
         "QuadraticICNNLayer": L.QuadraticICNNLayer,
-        "compat.singleLayer": compat.layers.singleLayer,
-        "compat.resnetLayer": compat.layers.resnetLayer,
-        "compat.ICNNLayer": compat.layers.ICNNLayer,
-        "compat.quadraticLayer": compat.layers.quadraticLayer,
-        "compat.quadraticICNNLayer": compat.layers.quadraticICNNLayer,
+        "compat.singleLayer": L.SingleLayer,
+        "compat.resnetLayer": L.ResnetLayer,
+        "compat.ICNNLayer": L.ICNNLayer,
+        "compat.quadraticLayer": L.QuadraticLayer,
+        "compat.quadraticICNNLayer": L.QuadraticICNNLayer,
     }
     acts = dict(_REGISTRY)
     acts["relu"] = interop.ReLU
@@ -222,7 +224,8 @@ def _encode(mod, tables, depth=0) -> dict:
                 )
             node["act"] = {"name": act.name, "config": act.config()}
         return node
-    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}")
+    hint = " (a hessquik_core.compat module: save mod.to_core())" if hasattr(mod, "to_core") else ""
+    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}{hint}")
 
 
 def _fail(where: str, msg: str):

@@ -8,6 +8,7 @@ the same) and every returned array is compared.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -77,6 +78,18 @@ fx, dfxv, d2fxv = f(x, do_gradient=True, do_Hessian=True, v=v, forward_mode=Fals
 out = (fx, dfxv, d2fxv)
 """,
 }
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """hessQuik's checks run with torch's default dtype set to float64; compat
+    parameters follow the default dtype as hessQuik's do."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 README_SHAPES = {
     "hessian": [(20, 64), (20, 10, 64), (20, 10, 10, 64)],
     "laplacian": [(20, 64), (20, 10, 64), (20, 1, 64)],
@@ -130,7 +143,10 @@ def test_readme_examples_float64_match_hessquik():
     with hessQuik to float64 round-off."""
     ns_ref, ref = _run_readme(IMPORTS_HESSQUIK, torch.float64)
     ns_c, ours = _run_readme(IMPORTS_COMPAT, torch.float64, reference_f=ns_ref["f"])
-    assert isinstance(ns_c["f"], hq.NN) and type(ns_c["f"]).__module__ == "hessquik_core.compat.networks"
+    assert (
+        isinstance(ns_c["f"], torch.nn.Sequential)
+        and type(ns_c["f"]).__module__ == "hessquik_core.compat.networks"
+    )
     for name in README_BLOCKS:
         for a, b, shape in zip(ours[name], ref[name], README_SHAPES[name]):
             assert isinstance(a, torch.Tensor) and a.dtype == torch.float64
@@ -427,6 +443,11 @@ def test_core_keywords_still_give_a_result():
     np.testing.assert_array_equal(res.hessian, d2f)
     with pytest.raises(TypeError, match="cannot mix"):
         ours(x, do_gradient=True, hessian=True)
+    # layers too (their hessQuik default is forward mode)
+    layer = c_lay.singleLayer(d, 2, act=c_act.tanhActivation())
+    res = layer(x, gradient=True, hessian=True, mode="forward")
+    assert isinstance(res, hq.Result)
+    np.testing.assert_array_equal(res.hessian, layer(x, do_gradient=True, do_Hessian=True)[2])
     with pytest.raises(TypeError):
         ours(x, not_a_keyword=True)
 
@@ -446,37 +467,119 @@ def test_bad_calls_raise_clear_errors():
         ours(x, do_Hessian="yes")
 
 
-def test_compat_classes_are_core_classes():
+def test_compat_classes_are_torch_modules():
     f = c_net.NN(c_lay.singleLayer(3, 4, c_act.tanhActivation()), c_lay.resnetLayer(4, h=0.5))
-    assert isinstance(f, hq.NN) and isinstance(f[0], hq.SingleLayer) and isinstance(f[1], hq.ResnetLayer)
-    assert isinstance(f[0].act, hq.Tanh)
+    assert isinstance(f, torch.nn.Sequential) and isinstance(f[0], torch.nn.Module) and len(f) == 2
+    assert isinstance(f[0], c_lay.hessQuikLayer) and isinstance(f[0].act, hq.Tanh)
+    assert [k for k, _ in f.named_parameters()] == ["0.K", "0.b", "1.layer.K", "1.layer.b"]
+    assert all(isinstance(p, torch.nn.Parameter) and p.dtype == torch.float64 for p in f.parameters())
     # hessQuik defaults: identity in single/resnet layers, softplus in networks and ICNN layers
-    assert type(f[1].act).__name__ == "identityActivation"
-    assert type(c_net.resnetNN(3, 1)[0].act).__name__ == "softplusActivation"
+    assert type(f[1].layer.act).__name__ == "identityActivation"
+    assert type(c_net.resnetNN(3, 1)[0].layer.act).__name__ == "softplusActivation"
     assert type(c_lay.ICNNLayer(3, None, 2).act).__name__ == "softplusActivation"
     # a core activation or name is accepted and turned into the compat class
     assert type(c_lay.singleLayer(2, 2, act="sigmoid").act).__name__ == "sigmoidActivation"
-    # core layers can be mixed into a compat network
-    g = c_net.NN(hq.SingleLayer(3, 4, act="tanh", seed=0), c_lay.singleLayer(4, 2))
+    # hessquik-core layers can be mixed into a compat network (converted, weights copied)
+    core = hq.SingleLayer(3, 4, act="tanh", seed=0)
+    g = c_net.NN(core, c_lay.singleLayer(4, 2))
+    np.testing.assert_array_equal(g[0].K.detach().numpy(), core.K)
     assert len(g(np.zeros((2, 3)), do_gradient=True)) == 3
-    # dtype as in hessQuik (torch dtype) sets the storage dtype
-    assert c_lay.singleLayer(3, 4, dtype=torch.float32).K.dtype == np.float32
-    assert c_net.fullyConnectedNN([2, 3], dtype="float32")[0].K.dtype == np.float32
+    with pytest.raises(TypeError, match="block 1"):
+        c_net.NN(c_lay.singleLayer(3, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="incompatible composition for block 0 to block 1"):
+        c_net.NN(c_lay.singleLayer(3, 4), c_lay.singleLayer(5, 2))
+    # hessQuik's attributes
+    icnn = c_lay.ICNNLayer(3, None, 5)
+    assert (icnn.input_dim, icnn.in_features, icnn.out_features) == (3, None, 5)
+    assert (icnn.dim_input(), icnn.dim_output()) == (3, 8)
+
+
+def test_parameters_follow_torch_default_dtype_and_dtype_argument():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        assert c_lay.singleLayer(3, 4).K.dtype == torch.float32
+        assert c_net.resnetNN(3, 2)[1].layer.b.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
+    assert c_lay.quadraticLayer(3, 2).A.dtype == torch.float64
+    assert c_lay.singleLayer(3, 4, dtype=torch.float32).K.dtype == torch.float32
+    assert c_net.fullyConnectedNN([2, 3], dtype="float32")[0].K.dtype == torch.float32
+    assert c_net.ICNN(2, [None, 3], dtype=np.float32)[0].K.dtype == torch.float32
+    with pytest.raises(TypeError, match="floating dtype"):
+        c_lay.singleLayer(3, 4, dtype=torch.int64)
+
+
+def test_initial_weights_follow_torch_manual_seed():
+    torch.manual_seed(7)
+    a = c_net.fullyConnectedNN([3, 5, 2])
+    torch.manual_seed(7)
+    b = c_net.fullyConnectedNN([3, 5, 2])
+    c = c_net.fullyConnectedNN([3, 5, 2])
+    for (k, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert torch.equal(p, q), k
+        assert not torch.equal(p, r), k
 
 
 def test_torch_style_to():
     _, ours, d = _pair("resnetNN")
     x = torch.randn(4, d, dtype=torch.float64)
     before = ours(x, do_gradient=True, do_Hessian=True)
-    ours.to("cpu")
-    assert all(isinstance(p, torch.Tensor) for p in ours.parameters())
+    assert ours.to("cpu") is ours
+    assert all(p.device.type == "cpu" for p in ours.parameters())
     ours.to(torch.float32)
     assert all(p.dtype == torch.float32 for p in ours.parameters())
-    ours.to("numpy", dtype=np.float64)
-    assert all(isinstance(p, np.ndarray) for p in ours.parameters())
+    # the call runs in x's dtype; the weights' float32 round trip changes results at float32 level
+    mid = ours(x, do_gradient=True, do_Hessian=True)
+    assert all(a.dtype == torch.float64 and _rel(a, b) < 1e-5 for a, b in zip(mid, before))
+    ours.double()
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    ours.to("torch", requires_grad=False)  # hessquik-core's spelling
+    assert not any(p.requires_grad for p in ours.parameters())
+    ours.requires_grad_(True)
+    with pytest.raises(TypeError, match="to_core"):
+        ours.to("numpy")
     after = ours(x, do_gradient=True, do_Hessian=True)
-    for a, b in zip(after, before):  # float32 round trip of the weights: float32-level change only
+    for a, b in zip(after, before):
         assert _rel(a, b) < 1e-5
+
+
+def test_train_eval_modes_and_state_dict_round_trip():
+    ref, ours, d = _pair("nested")
+    assert ours.training and all(m.training for m in ours.modules())
+    ours.eval()
+    assert not any(m.training for m in ours.modules())
+    ours.train()
+    sd = ours.state_dict()
+    assert list(sd) == list(ref.state_dict())
+    twin = _pair("nested")[1]
+    for p in twin.parameters():
+        torch.nn.init.zeros_(p)
+    twin.load_state_dict(sd)  # torch tensors, as torch.save / torch.load would give them
+    x = torch.randn(3, d, dtype=torch.float64)
+    for a, b in zip(twin(x, do_gradient=True, do_Hessian=True), ours(x, do_gradient=True, do_Hessian=True)):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        twin.load_state_dict({k: v for k, v in sd.items() if k != "0.K"})
+    # deep copies (and pickles) carry only torch state; the copy computes the same
+    clone = copy.deepcopy(ours)
+    for a, b in zip(clone(x, do_gradient=True, do_Hessian=True), ours(x, do_gradient=True, do_Hessian=True)):
+        assert torch.equal(a, b)
+    assert all(p is not q for p, q in zip(clone.parameters(), ours.parameters()))
+
+
+def test_edited_or_replaced_parameters_are_used():
+    _, ours, d = _pair("fullyConnectedNN")
+    x = torch.randn(3, d, dtype=torch.float64)
+    f0 = ours(x)[0]
+    with torch.no_grad():
+        ours[0].K.mul_(2.0)  # in place
+    f1 = ours(x)[0]
+    ours[0].K.data = ours[0].K.data / 2.0  # .data assignment (hessQuik's insert_data)
+    assert torch.allclose(ours(x)[0], f0) and not torch.allclose(f1, f0)
+    ours[1].b = torch.nn.Parameter(torch.zeros_like(ours[1].b))  # replaced
+    ours.append(c_lay.singleLayer(4, 2))  # nn.Sequential editing rebuilds the core twin
+    assert ours(x)[0].shape == (3, 2)
 
 
 def test_reference_ad_wrappers_agree():
@@ -494,12 +597,16 @@ def test_reference_ad_wrappers_agree():
     assert isinstance(ad_np[1], np.ndarray) and ad_np[2] is None
 
 
-def test_save_load_keeps_compat_classes(tmp_path):
+def test_save_load_through_to_core_and_from_core(tmp_path):
     _, ours, d = _pair("ICNN_quadratic")
     p = tmp_path / "compat.safetensors"
-    hq.save(ours, p)
-    back = hq.load(p)
-    assert type(back) is type(ours) and type(back[0]) is type(ours[0]) and type(back[1]) is type(ours[1])
+    with pytest.raises(TypeError, match="to_core"):
+        hq.save(ours, p)
+    core = ours.to_core()
+    assert isinstance(core, hq.NN) and all(isinstance(w, np.ndarray) for w in core.parameters())
+    hq.save(core, p)
+    back = c_net.from_core(hq.load(p))
+    assert type(back) is c_net.NN and type(back[1]) is c_lay.quadraticICNNLayer
     x = torch.randn(4, d, dtype=torch.float64)
     for a, b in zip(back(x, do_gradient=True, do_Hessian=True), ours(x, do_gradient=True, do_Hessian=True)):
         assert torch.equal(a, b)
@@ -518,7 +625,9 @@ def test_migration_guide_examples_run():
     torch.manual_seed(0)
     for i, block in enumerate(blocks):
         exec(compile(block, f"docs/migration.md block {i}", "exec"), ns)
-    assert isinstance(ns["g"], c_net.NN) and isinstance(ns["g_torch"].parameters()[0], torch.Tensor)
+    assert isinstance(ns["g"], hq.NN) and isinstance(ns["g_torch"].parameters()[0], torch.Tensor)
+    assert ns["grad_ok"] and ns["hess_ok"] and ns["weights_ok"]
+    assert isinstance(ns["f3"], c_net.NN) and torch.equal(ns["f3"][0].K, ns["f2"][0].K)
     assert [type(b).__name__ for b in hq.from_torch(ns["model"])] == [
         "SingleLayer",
         "ResnetLayer",

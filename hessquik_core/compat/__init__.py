@@ -7,22 +7,26 @@ Replace the import lines of a hessQuik script,
     import hessquik_core.compat.activations as act   # was: hessQuik.activations
     import hessquik_core.compat.layers as lay        # was: hessQuik.layers
     import hessquik_core.compat.networks as net      # was: hessQuik.networks
+    from hessquik_core.compat import utils           # was: hessQuik.utils
 
 and the rest runs as before: ``f(x, do_gradient=True, do_Hessian=True)``
 returns the 3-tuple ``(f, df, d2f)`` with hessQuik's shapes, ``forward_mode``
 and ``v`` follow hessQuik's conventions, and ``do_Laplacian=True`` puts the
-Laplacian, shape ``(n, 1, m)``, in the third slot. Unlike hessQuik, ``x`` may
-be a NumPy, CuPy, torch or any Array-API array; results come back in ``x``'s
-library.
+Laplacian, shape ``(n, 1, m)``, in the third slot.
 
-Every class here *is* the corresponding hessquik-core class (``compat.layers.
-singleLayer`` subclasses :class:`hessquik_core.SingleLayer`, ``compat.networks.NN``
-subclasses :class:`hessquik_core.NN`), so calls with hessquik-core's own keywords
+As in hessQuik, the layers and networks are ``torch.nn.Module`` s holding
+``nn.Parameter`` s (``NN`` is an ``nn.Sequential``), so optimizers,
+``state_dict()``, ``.to(device/dtype)``, ``train()/eval()`` and
+``loss.backward()`` through any returned derivative work as they do there;
+the derivatives themselves are computed by hessquik-core (torch backend).
+``x`` may also be a NumPy, CuPy or any Array-API array (results in ``x``'s
+library, without autograd). Calls with hessquik-core's own keywords
 (``gradient=``, ``hessian=``, ``directions=`` ...) return a
-:class:`~hessquik_core.Result`, and :func:`hessquik_core.save` /
-:func:`hessquik_core.load` keep the compat classes.
+:class:`~hessquik_core.Result`; ``module.to_core()`` and
+``networks.from_core(core)`` convert to and from hessquik-core networks.
 
-Importing this package does not import torch.
+Importing this package does not import torch; the layer and network classes
+import it when first used (and ``compat.utils`` when imported).
 """
 
 from . import activations, layers, networks

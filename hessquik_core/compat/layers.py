@@ -1,107 +1,33 @@
-"""hessQuik's layer names, as hessquik-core layers with hessQuik's call.
+"""hessQuik's layers: torch ``nn.Module`` s computing through hessquik-core.
 
-Constructor arguments and defaults follow hessQuik
-(``singleLayer(in_features, out_features, act=identityActivation(), bias=True,
-device=None, dtype=None)``); parameters are stored as NumPy arrays
-(``dtype=None`` means float64) unless ``device`` names a non-CPU torch device.
-Initial values are drawn from hessquik-core's own initialisation, so they
-differ from hessQuik's (load weights with ``load_state_dict``; the keys are
-the same).
+``singleLayer``, ``resnetLayer``, ``ICNNLayer``, ``quadraticLayer`` and
+``quadraticICNNLayer`` take hessQuik's constructor arguments and defaults
+(``singleLayer(in_features, out_features, act=identityActivation(),
+bias=True, device=None, dtype=None)``) and hold their weights as
+``nn.Parameter`` s with hessQuik's names and shapes, in torch's default
+dtype unless ``dtype=`` says otherwise. Gradients of anything a call returns
+(value, gradient, Hessian, Laplacian) reach the parameters through autograd.
 
-Note: ``ICNNLayer.in_features`` / ``out_features`` are hessquik-core's
-*total* widths (``dim_input()`` / ``dim_output()`` in hessQuik), not
-hessQuik's attributes of the same names.
+Initial values come from hessquik-core's initialiser (seeded from torch's
+generator, so ``torch.manual_seed`` makes them reproducible); they differ
+from hessQuik's: copy weights with ``load_state_dict`` (same keys).
+
+The classes are created on first access, which imports torch; importing this
+module does not.
 """
 
 from __future__ import annotations
 
-from .. import layers as _L
-from ._call import HessQuikCallMixin, place, storage_dtype
-from .activations import as_compat
+from ._torch import LAYER_NAMES, torch_classes
 
-__all__ = ["ICNNLayer", "hessQuikLayer", "quadraticICNNLayer", "quadraticLayer", "resnetLayer", "singleLayer"]
-
-#: hessQuik's base class name for layers.
-hessQuikLayer = _L.Layer
+__all__ = list(LAYER_NAMES)
 
 
-class singleLayer(HessQuikCallMixin, _L.SingleLayer):
-    r""":math:`\sigma(uK + b)`; hessQuik's ``singleLayer``."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        act=None,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        seed=None,
-    ) -> None:
-        super().__init__(
-            in_features,
-            out_features,
-            act=as_compat(act, "identity"),
-            bias=bias,
-            dtype=storage_dtype(dtype),
-            seed=seed,
-        )
-        place(self, device, dtype)
+def __getattr__(name: str):
+    if name in LAYER_NAMES or name == "_Block":
+        return torch_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class resnetLayer(HessQuikCallMixin, _L.ResnetLayer):
-    r""":math:`u + h\,\sigma(uK + b)`; hessQuik's ``resnetLayer`` (default activation: identity)."""
-
-    def __init__(
-        self, width: int, h: float = 1.0, act=None, bias: bool = True, device=None, dtype=None, *, seed=None
-    ) -> None:
-        super().__init__(
-            width, h=h, act=as_compat(act, "identity"), bias=bias, dtype=storage_dtype(dtype), seed=seed
-        )
-        place(self, device, dtype)
-
-
-class ICNNLayer(HessQuikCallMixin, _L.ICNNLayer):
-    r"""Input-convex layer on :math:`[u, x]`; hessQuik's ``ICNNLayer`` (default: softplus)."""
-
-    def __init__(
-        self,
-        input_dim: int,
-        in_features: int | None,
-        out_features: int,
-        act=None,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        seed=None,
-    ) -> None:
-        super().__init__(
-            input_dim,
-            in_features,
-            out_features,
-            act=as_compat(act, "softplus"),
-            bias=bias,
-            dtype=storage_dtype(dtype),
-            seed=seed,
-        )
-        place(self, device, dtype)
-
-
-class quadraticLayer(HessQuikCallMixin, _L.QuadraticLayer):
-    r""":math:`u v + \tfrac12 |uA^\top|^2 + \mu`; hessQuik's ``quadraticLayer``."""
-
-    def __init__(self, in_features: int, rank: int, device=None, dtype=None, *, seed=None) -> None:
-        super().__init__(in_features, rank, dtype=storage_dtype(dtype), seed=seed)
-        place(self, device, dtype)
-
-
-class quadraticICNNLayer(HessQuikCallMixin, _L.QuadraticICNNLayer):
-    r"""Input-convex quadratic output layer; hessQuik's ``quadraticICNNLayer``."""
-
-    def __init__(
-        self, input_dim: int, in_features: int | None, rank: int, device=None, dtype=None, *, seed=None
-    ) -> None:
-        super().__init__(input_dim, in_features, rank, dtype=storage_dtype(dtype), seed=seed)
-        place(self, device, dtype)
+def __dir__():
+    return sorted(set(globals()) | set(LAYER_NAMES))
