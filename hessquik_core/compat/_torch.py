@@ -594,6 +594,8 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
             pass
 
         def forward(self, x, do_gradient: bool = False, do_Hessian: bool = False, **kwargs):
+            """``(f, df, d2f)`` of the wrapped network at ``x : (n, d)`` by torch autograd, as
+            hessQuik's ``NNPytorchAD.forward`` (the graph is kept, so the outputs train)."""
             is_torch = isinstance(x, torch.Tensor)
             xt = x if is_torch else torch.from_numpy(np.array(x))
             want = bool(do_gradient or do_Hessian)
