@@ -1,37 +1,44 @@
-"""Array-library backends.
+"""Array-library backends: one object per library, declaring its capabilities.
 
 The chain-rule engine is written once against the Python Array API standard.
-What the standard lacks is supplied here, one small module per library, all
-with the same function names (the opt_einsum / einops pattern):
+What the standard lacks is supplied by a :class:`~hessquik_core.backends.base.Backend`
+object, one small module per library, all with the same methods (the
+opt_einsum / einops pattern):
 
-``mm(a, b, *, xp)``
+``mm(a, b)``
     Contract the last axis of ``a`` with the first axis of the matrix ``b``,
     as one GEMM over all leading axes.
-``addmm(c, a, b, *, xp)``
+``addmm(c, a, b)``
     ``c + mm(a, b)``; torch fuses the sum into the GEMM (``beta = 1``).
-``addcmul(acc, a, b, *, xp)``
+``addcmul(acc, a, b)``
     ``acc + a * b``; mutable libraries write into ``acc``, which must be a
     temporary the engine owns (never a caller's array or a parameter).
-``sum_squares(a, *, axis, xp)``
+``sum_squares(a, *, axis)``
     ``Σ a²`` over one axis, without storing the squares where the library
     can (NumPy and torch ``vecdot``).
-``einsum(subscripts, a, b, *, xp)``
+``einsum(subscripts, a, b)``
     Two-operand Einstein summation (NumPy: cached contraction path).
-``convert(a, *, xp, dtype, device)``
+``convert(a, *, dtype, device)``
     Move an array of *any* supported library into this backend.
 ``to_numpy(a)``
     Host copy as a NumPy array (for persistence and conversions).
 ``synchronize(device)``
     Block until queued device work is done (for timing).
 
+and the capabilities the engine asks instead of names: ``mutable``,
+``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``.
+
 Modules are imported lazily: asking for the ``"torch"`` backend imports
-torch, nothing else ever does.
+torch, nothing else ever does. A new backend is one module here, named in
+``_MODULES``, that defines ``BACKEND``.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import sys
+
+from .base import Backend
 
 BACKEND_NAMES = ("numpy", "torch", "cupy", "generic")
 
@@ -42,9 +49,13 @@ _MODULES = {
     "generic": "hessquik_core.backends._generic",
 }
 
+#: the library whose arrays each backend owns (top-level module name)
+_LIBRARIES = {"numpy": "numpy", "torch": "torch", "cupy": "cupy"}
 
-def get_backend(name: str) -> ModuleType:
-    """Return the backend module called ``name``.
+
+def get_backend(name: str) -> Backend:
+    """Return the backend called ``name`` (bound to its library's namespace;
+    the generic one is bound to a call's namespace with :meth:`Backend.bind`).
 
     Raises
     ------
@@ -56,7 +67,38 @@ def get_backend(name: str) -> ModuleType:
         raise ValueError(
             f"unknown backend {name!r}: expected one of {', '.join(map(repr, BACKEND_NAMES))} or None"
         )
-    return importlib.import_module(_MODULES[name])
+    return importlib.import_module(_MODULES[name]).BACKEND
 
 
-__all__ = ["BACKEND_NAMES", "get_backend"]
+def backend_for(xp) -> Backend:
+    """The native backend of namespace ``xp``: the library's own where it has
+    one (only libraries already imported can own ``xp``), else the generic
+    backend bound to ``xp``."""
+    for name, lib in _LIBRARIES.items():
+        if lib in sys.modules:
+            be = get_backend(name)
+            if be.owns_namespace(xp):
+                return be
+    return get_backend("generic").bind(xp)
+
+
+def owner_of(a) -> Backend:
+    """The backend whose library ``a`` belongs to (generic for any other array)."""
+    lib = type(a).__module__.split(".")[0]
+    for name, owned in _LIBRARIES.items():
+        if owned == lib:
+            return get_backend(name)
+    return get_backend("generic")
+
+
+def to_numpy(a):
+    """Host copy of an array of any supported library, as a NumPy array."""
+    if type(a).__module__.split(".")[0] == "numpy":
+        import numpy as np
+
+        if isinstance(a, np.ndarray):
+            return a
+    return owner_of(a).to_numpy(a)
+
+
+__all__ = ["BACKEND_NAMES", "Backend", "backend_for", "get_backend", "owner_of", "to_numpy"]

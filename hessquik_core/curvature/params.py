@@ -16,8 +16,8 @@ the training loss is :math:`C(\theta) = w\sum_n \ell(f(x_n;\theta), y_n)` with
 * those matrices as operators (matvec, dense assembly in column blocks of
   products under a memory budget, mini-batch accumulation).
 
-Every layer owns its parameter derivatives (``_param_grad``, ``_param_rfwd``,
-``_param_rbwd`` in :mod:`hessquik_core.layers`); this module only composes
+Every layer owns its parameter derivatives (``param_vjp``, ``param_rop_forward``,
+``param_rop_backward`` in :mod:`hessquik_core.layers`); this module only composes
 them. Parameter order is ``net.state_dict()`` order; each parameter is
 flattened row-major (C order), see :class:`ParameterLayout`.
 """
@@ -30,9 +30,9 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from .._array import namespace_of, native_backend
-from ..backends import BACKEND_NAMES, get_backend
-from . import _ops
+from .._array import namespace_of, resolve_input
+from ..backends import backend_for
+from ..rules.directions import fill_rows
 from .losses import Loss, get_loss
 
 __all__ = [
@@ -167,7 +167,7 @@ def flatten_parameters(net, like=None):
     state = dict(net.named_parameters())
     if like is not None:
         xp = namespace_of(like, "like")
-        be = get_backend(native_backend(xp))
+        be = backend_for(xp)
         state = {k: be.convert(a, xp=xp, dtype=like.dtype, device=aac.device(like)) for k, a in state.items()}
     return layout.flatten(state)
 
@@ -193,32 +193,17 @@ class _Bound:
 
     def __init__(self, net, x, backend):
         self.layout = parameter_layout(net)
-        xp0 = namespace_of(x)
-        d = net.in_features
-        if x.ndim != 2 or x.shape[1] != d:
-            raise ValueError(f"x must have shape (N, {d}), got shape {tuple(x.shape)}")
-        if not xp0.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"x must have a real floating dtype (float32 or float64), got {x.dtype}")
+        # the one call-resolution path, shared with network calls
+        inp = resolve_input(net, x, backend)
         if x.shape[0] < 1:
             raise ValueError("x must hold at least one example")
-        if backend is not None and backend not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
-        native = native_backend(xp0)
-        chosen = native if backend is None else backend
-        self.user_xp, self.user_device = xp0, aac.device(x)
-        self.user_be = get_backend(native)
-        self.converted = chosen not in (native, "generic")
-        if self.converted:
-            be = get_backend(chosen)
-            import importlib
-
-            xp = aac.array_namespace(importlib.import_module(chosen).empty(0))
-            x = _convert(x, be, xp, None)
-        else:
-            be, xp = get_backend(chosen), xp0
+        self.user_xp, self.user_device = inp.user_be.xp, aac.device(x)
+        self.user_be = inp.user_be
+        self.converted = inp.converted
+        be, xp, x = inp.be, inp.xp, inp.x
         self.be, self.xp, self.x = be, xp, x
         self.dtype, self.device = x.dtype, aac.device(x)
-        key = (chosen, getattr(xp, "__name__", str(xp)), str(self.device), str(self.dtype))
+        key = inp.cache_key
         self.leaves = list(net._leaves())
         self.params = [
             {k: _detached(v) for k, v in leaf._eval_params(key, be, xp, self.dtype, self.device).items()}
@@ -233,13 +218,13 @@ class _Bound:
             for k, _ in leaf.named_parameters():
                 if j >= len(self.layout.keys) or not self.layout.keys[j].endswith(k):
                     raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
-                slots.append((k.rsplit(".", 1)[-1], j))
+                slots.append((leaf.local_param_name(k), j))
                 j += 1
             self.slots.append(slots)
         if j != len(self.layout.keys):  # pragma: no cover - structural invariant
             raise RuntimeError("leaf parameters do not cover state_dict")
         for leaf in self.leaves:
-            if not hasattr(leaf, "_param_grad"):
+            if not hasattr(leaf, "param_vjp"):
                 raise TypeError(f"layer {leaf!r} has no parameter derivatives")
 
     # -- conversions between the user's library and the call's ---------------
@@ -259,7 +244,7 @@ class _Bound:
         u = x
         for leaf, P in zip(self.leaves, self.params):
             inputs.append(u)
-            u, cache = leaf._forward(u, P, order, self.be, self.xp)
+            u, cache = leaf.evaluate(u, P, order, self.be)
             caches.append(cache)
         return u, inputs, caches
 
@@ -290,9 +275,7 @@ class _Bound:
         dl = w * loss._d1(F, T, xp)
         grads = [None] * len(self.leaves)
         for i in range(len(self.leaves) - 1, -1, -1):
-            dl, grads[i] = self.leaves[i]._param_grad(
-                caches[i], self.params[i], inputs[i], dl, per_example, be, xp
-            )
+            dl, grads[i] = self.leaves[i].param_vjp(caches[i], self.params[i], inputs[i], dl, per_example, be)
         if not per_example:
             return loss._value(F, T, xp), self.join(grads, ())
         lay = self.layout
@@ -301,7 +284,7 @@ class _Bound:
             for slots, g in zip(self.slots, grads)
             for name, j in slots
         ]
-        A = _ops.fill_rows(parts, x.shape[0], lay.size, self.dtype, self.device, be, xp)
+        A = fill_rows(parts, x.shape[0], lay.size, self.dtype, self.device, be)
         return loss._value(F, T, xp), A
 
     def prepare(self, x, T, loss, w, kind):
@@ -319,9 +302,7 @@ class _Bound:
             for i in range(len(self.leaves) - 1, -1, -1):
                 dls[i] = dl
                 if i:
-                    dl, _ = self.leaves[i]._param_grad(
-                        caches[i], self.params[i], inputs[i], dl, False, be, xp
-                    )
+                    dl, _ = self.leaves[i].param_vjp(caches[i], self.params[i], inputs[i], dl, False, be)
         return F, inputs, caches, dls
 
     def rop_pass(self, x, T, loss, w, V, kind, prep=None):
@@ -338,7 +319,7 @@ class _Bound:
         Ru, Rins, rcaches = None, [], []
         for leaf, P, u, cache, Vl in zip(self.leaves, self.params, inputs, caches, Vs):
             Rins.append(Ru)
-            Ru, rc = leaf._param_rfwd(cache, P, u, Ru, Vl, be, xp)
+            Ru, rc = leaf.param_rop_forward(cache, P, u, Ru, Vl, be)
             rcaches.append(rc)
         # Ru : (n, k, m) = J_n v, the output tangent of every direction
         if kind == "fisher":
@@ -348,7 +329,7 @@ class _Bound:
             Rdl = w * loss._hvp(F, T, Ru, xp)
         out = [None] * len(self.leaves)
         for i in range(len(self.leaves) - 1, -1, -1):
-            _, Rdl, out[i] = self.leaves[i]._param_rbwd(
+            _, Rdl, out[i] = self.leaves[i].param_rop_backward(
                 caches[i],
                 rcaches[i],
                 self.params[i],
@@ -358,7 +339,6 @@ class _Bound:
                 None if dls is None else dls[i],
                 Rdl,
                 be,
-                xp,
                 need_dlu=False,
                 need_Rdlu=i > 0,
             )
@@ -437,7 +417,7 @@ class LinearOperatorBase:
     def __init__(self, size: int, xp, dtype, device) -> None:
         self.size = int(size)
         self.xp, self.dtype, self.device = xp, dtype, device
-        self._be = get_backend(native_backend(xp))
+        self._be = backend_for(xp)
 
     @property
     def shape(self) -> tuple[int, int]:
