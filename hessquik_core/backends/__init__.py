@@ -49,6 +49,9 @@ _MODULES = {
     "generic": "hessquik_core.backends._generic",
 }
 
+#: backends already imported, by name (every call asks for its backend)
+_LOADED: dict[str, Backend] = {}
+
 #: the library whose arrays each backend owns (top-level module name)
 _LIBRARIES = {"numpy": "numpy", "torch": "torch", "cupy": "cupy"}
 
@@ -63,11 +66,15 @@ def get_backend(name: str) -> Backend:
         If ``name`` is not one of ``"numpy"``, ``"torch"``, ``"cupy"``,
         ``"generic"``.
     """
+    be = _LOADED.get(name) if isinstance(name, str) else None
+    if be is not None:
+        return be
     if not isinstance(name, str) or name not in _MODULES:
         raise ValueError(
             f"unknown backend {name!r}: expected one of {', '.join(map(repr, BACKEND_NAMES))} or None"
         )
-    return importlib.import_module(_MODULES[name]).BACKEND
+    be = _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    return be
 
 
 def backend_for(xp) -> Backend:

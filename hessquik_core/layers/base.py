@@ -88,6 +88,8 @@ class Layer(Module):
         block with children, theirs under dotted names (``"U.K"``), all in the
         call's namespace, dtype and device (converted once, cached)."""
         out = self._converted(key, be, xp, dtype, device)
+        if not self._children:
+            return out
         for cname, child in self._children.items():
             for name, value in child._eval_params(key, be, xp, dtype, device).items():
                 out[f"{cname}.{name}"] = value
@@ -146,8 +148,9 @@ class Layer(Module):
         return _ENGINE[0](self, x, **kwargs)
 
     # -- torch twin ---------------------------------------------------------------
-    def to_torch(self, *, dtype, device) -> list:
-        """``nn.Module`` s computing this layer, with copies of its parameters."""
+    def to_torch(self, kit) -> list:
+        """``nn.Module`` s computing this layer, with copies of its parameters
+        (``kit``: torch, the twin classes and copy helpers of :mod:`hessquik_core.interop`)."""
         raise TypeError(f"to_torch cannot convert {type(self).__qualname__}: not a hessquik-core layer")
 
     #: class name of the torch twin (in :mod:`hessquik_core.interop`) that
@@ -166,10 +169,10 @@ class Layer(Module):
         raise NotImplementedError  # pragma: no cover - abstract
 
     @classmethod
-    def from_torch(cls, module, convert):
-        """Build the layer equal to its torch twin ``module``. ``convert(t)``
-        copies a torch parameter to NumPy; ``convert.act(m, path)`` converts an
-        activation module. Returns ``(layer, state)``."""
+    def from_torch(cls, module, kit):
+        """Build the layer equal to its torch twin ``module``: ``kit.numpy(t)``
+        copies a torch parameter to NumPy, ``kit.act(m, suffix)`` converts an
+        activation module. Returns ``(layer, state)``; the caller loads ``state``."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 
