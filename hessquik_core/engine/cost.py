@@ -173,7 +173,7 @@ def estimate(leaves, n, **request) -> CostReport:
     Memoised on the layer shapes: the model is pure arithmetic on them, and
     it runs on every call.
     """
-    dims = tuple(leaf.cost_shape for leaf in leaves)
+    dims = tuple(shape for leaf in leaves for shape in leaf.cost_shapes)
     return _estimate(dims, n, **request)
 
 

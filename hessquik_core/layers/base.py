@@ -68,7 +68,7 @@ class Layer(Module):
     and, for :mod:`hessquik_core.curvature`, ``param_vjp``,
     ``param_rop_forward`` and ``param_rop_backward``. Its class states its
     file-format ``config_schema`` and :meth:`parameter_shapes`; the cost model
-    reads :attr:`cost_shape`; :mod:`hessquik_core.interop` asks
+    reads :attr:`cost_shapes`; :mod:`hessquik_core.interop` asks
     :meth:`to_torch` and :meth:`from_torch`.
     """
 
@@ -109,9 +109,10 @@ class Layer(Module):
         raise NotImplementedError  # pragma: no cover - abstract
 
     @property
-    def cost_shape(self) -> tuple[int, int]:
-        """``(p, q)`` of the layer's dominant GEMM, for the cost model."""
-        return (self.in_features, self.out_features)
+    def cost_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``((p, q), ...)``: the GEMMs of the layer in evaluation order, for the
+        cost model (one for a plain layer; a block lists its internal ones)."""
+        return ((self.in_features, self.out_features),)
 
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
