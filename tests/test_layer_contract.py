@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _reference import torch_jit_script_quiet
+from layer_checks import check_input_derivatives, check_save_load, check_to_torch
 
 import hessquik_core as hq
 from hessquik_core.layers import Layer
@@ -56,9 +56,8 @@ def _net():
     )
 
 
-def _truth(net, x):
-    from torch.func import hessian, jacrev, vmap
-
+def _torch_f(net):
+    """The network of :func:`_net` written in plain torch, from its parameters."""
     l0, l2 = net[0], net[2]
     K0, b0 = (torch.tensor(np.asarray(a)) for a in (l0.K, l0.b))
     K2, b2 = (torch.tensor(np.asarray(a)) for a in (l2.K, l2.b))
@@ -68,52 +67,41 @@ def _truth(net, x):
         u = u * (0.5 * (u * u).sum())
         return torch.sigmoid(u @ K2 + b2)
 
-    xt = torch.from_numpy(x)
-    with torch_jit_script_quiet():
-        g = vmap(jacrev(f))(xt).permute(0, 2, 1)  # (n, d, m)
-        H = vmap(hessian(f))(xt).permute(0, 2, 3, 1)  # (n, d, d, m)
-    return vmap(f)(xt).numpy(), g.numpy(), H.numpy()
+    return f
 
 
-@pytest.mark.parametrize("mode", ["forward", "backward"])
-@pytest.mark.parametrize("backend", [None, "generic", "torch"])
-def test_generic_rule_agrees_with_torch_func(mode, backend):
+def test_generic_rule_agrees_with_torch_func():
     net = _net()
     x = np.random.default_rng(0).standard_normal((5, 3))
-    v, g, H = _truth(net, x)
-    r = net(x, gradient=True, hessian=True, laplacian=True, hessian_diagonal=True, mode=mode, backend=backend)
-    for got, want in (
-        (r.value, v),
-        (r.gradient, g),
-        (r.hessian, H),
-        (r.laplacian, np.trace(H, axis1=1, axis2=2)),
-        (r.hessian_diagonal, np.diagonal(H, axis1=1, axis2=2).transpose(0, 2, 1)),
-    ):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-11, atol=1e-12)
-    # the trace / diagonal-only routes (backward: the first layer's shortcut)
-    r2 = net(x, laplacian=True, hessian_diagonal=True, mode=mode, backend=backend)
-    np.testing.assert_allclose(
-        np.asarray(r2.laplacian), np.trace(H, axis1=1, axis2=2), rtol=1e-11, atol=1e-12
-    )
+    check_input_derivatives(net, _torch_f(net), x)
 
 
-def test_generic_rule_at_the_first_layer_and_with_directions():
-    """First layer (seed shared by the batch, zero input Hessian), packed forward
-    Hessian (k >= 4) and directions in both modes."""
+def test_generic_rule_at_the_first_layer():
+    """First layer (seed shared by the batch, zero input Hessian) and the packed
+    forward Hessian (d >= 4 directions)."""
     net = hq.NN(CubicScale(5), hq.SingleLayer(5, 2, act="tanh", seed=1))
-    x = np.random.default_rng(1).standard_normal((4, 5))
-    full = net(x, gradient=True, hessian=True, mode="backward")
-    fwd = net(x, gradient=True, hessian=True, hessian_diagonal=True, laplacian=True, mode="forward")
-    np.testing.assert_allclose(fwd.hessian, full.hessian, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(
-        fwd.laplacian, np.trace(full.hessian, axis1=1, axis2=2), rtol=1e-12, atol=1e-13
+    K, b = (torch.tensor(np.asarray(a)) for a in (net[1].K, net[1].b))
+
+    def f(xi):
+        return torch.tanh((xi * (0.5 * (xi * xi).sum())) @ K + b)
+
+    check_input_derivatives(net, f, np.random.default_rng(1).standard_normal((4, 5)), backends=(None,))
+
+
+def test_layer_checks_cover_a_registered_layer():
+    """The same checks on a built-in layer, with persistence and the torch twin."""
+    rng = np.random.default_rng(2)
+    net = hq.NN(
+        hq.SingleLayer(3, 4, act="softplus", seed=rng), hq.ResnetLayer(4, h=0.5, act="tanh", seed=rng)
     )
-    V = np.random.default_rng(2).standard_normal((5, 2))
-    rv = net(x, gradient=True, hessian=True, directions=V)
-    want = np.einsum("ndem,da,eb->nabm", full.hessian, V, V)
-    np.testing.assert_allclose(rv.hessian, want, rtol=1e-12, atol=1e-12)
-    W = np.random.default_rng(3).standard_normal((2, 3))
-    rb = net(x, hessian=True, laplacian=True, directions=W)
-    np.testing.assert_allclose(
-        rb.hessian, np.einsum("ndem,mk->ndek", full.hessian, W), rtol=1e-12, atol=1e-12
-    )
+    l0, l1 = net[0], net[1].layer
+    K0, b0, K1, b1 = (torch.tensor(np.asarray(a)) for a in (l0.K, l0.b, l1.K, l1.b))
+
+    def f(xi):
+        u = torch.nn.functional.softplus(xi @ K0 + b0)
+        return u + 0.5 * torch.tanh(u @ K1 + b1)
+
+    x = rng.standard_normal((4, 3))
+    check_input_derivatives(net, f, x, backends=(None,))
+    check_save_load(net, x)
+    check_to_torch(net, x)
