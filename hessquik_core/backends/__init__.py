@@ -29,31 +29,40 @@ and the capabilities the engine asks instead of names: ``mutable``,
 ``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``.
 
 Modules are imported lazily: asking for the ``"torch"`` backend imports
-torch, nothing else ever does. A new backend is one module here, named in
-``_MODULES``, that defines ``BACKEND``.
+torch, nothing else ever does. A new backend is one module ``_<name>.py``
+here that defines ``BACKEND``, a :class:`~hessquik_core.backends.base.Backend`
+owning the arrays of the library called ``<name>``; it is found by its file
+name, without being imported until a call needs it.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 
 from .base import Backend
 
-BACKEND_NAMES = ("numpy", "torch", "cupy", "generic")
 
-_MODULES = {
-    "numpy": "hessquik_core.backends._numpy",
-    "torch": "hessquik_core.backends._torch",
-    "cupy": "hessquik_core.backends._cupy",
-    "generic": "hessquik_core.backends._generic",
-}
+def _discover() -> tuple[str, ...]:
+    """Backend names from the module files ``_<name>.py`` of this package, found
+    without importing them (importing a backend imports its library)."""
+    found = {m.name[1:] for m in pkgutil.iter_modules(__path__) if m.name[:1] == "_" and m.name[:2] != "__"}
+    known = ("numpy", "torch", "cupy")
+    return (*[n for n in known if n in found], *sorted(found - {*known, "generic"}), "generic")
+
+
+#: every backend: one module ``_<name>.py`` each, defining ``BACKEND``
+BACKEND_NAMES = _discover()
+
+_MODULES = {name: f"{__name__}._{name}" for name in BACKEND_NAMES}
 
 #: backends already imported, by name (every call asks for its backend)
 _LOADED: dict[str, Backend] = {}
 
-#: the library whose arrays each backend owns (top-level module name)
-_LIBRARIES = {"numpy": "numpy", "torch": "torch", "cupy": "cupy"}
+#: the library whose arrays each backend owns (top-level module name): by
+#: convention the backend's own name; the generic backend owns none
+_LIBRARIES = {name: name for name in BACKEND_NAMES if name != "generic"}
 
 
 def get_backend(name: str) -> Backend:
