@@ -174,7 +174,9 @@ def count_flops(net, x, **kwargs) -> int:
     (``2·M·K·N`` for an ``(M, K) @ (K, N)`` product); the few plain ``@`` of
     the value pass and elementwise work are not.
     """
-    from hessquik_core.backends import _numpy as be
+    from hessquik_core.backends import get_backend
+
+    be = get_backend("numpy")
 
     total = [0]
     mm0, es0 = be.mm, be.einsum

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import hessquik_core as hq
-import hessquik_core.networks as nw
+import hessquik_core.engine.forward as nw
 
 
 def _time(fn, repeat: int, budget_s: float = 2.0) -> float:

@@ -32,6 +32,9 @@ from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, R
 
 __version__ = "0.1.0"
 
+# every registered layer (one file each in hessquik_core/layers) is hq.<ClassName>
+globals().update(layers.LAYERS)
+
 __all__ = [
     "ICNN",
     "NN",
@@ -72,3 +75,4 @@ __all__ = [
     "layers",
     "networks",
 ]
+__all__ += sorted(set(layers.LAYERS) - set(__all__))

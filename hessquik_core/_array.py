@@ -1,7 +1,10 @@
 """Call resolution: validate inputs, pick the backend, mode and namespace.
 
 This is the only place that looks at which library the caller uses; the
-engine below it sees one Array-API namespace ``xp`` and one backend module.
+engine below it sees one Array-API namespace ``xp`` and one bound backend
+(``ctx.be``, handed to the layers as ``ops``). Network calls
+(:func:`resolve_call`) and curvature calls (:func:`resolve_input`) take the
+same path.
 """
 
 from __future__ import annotations
@@ -15,20 +18,9 @@ from typing import Any
 
 import array_api_compat as aac
 
-from .backends import BACKEND_NAMES, get_backend
+from .backends import BACKEND_NAMES, Backend, backend_for, get_backend
 
 _MODES = ("auto", "forward", "backward")
-
-
-def native_backend(xp) -> str:
-    """Backend name matching an array-api-compat namespace."""
-    if aac.is_numpy_namespace(xp):
-        return "numpy"
-    if aac.is_torch_namespace(xp):
-        return "torch"
-    if aac.is_cupy_namespace(xp):
-        return "cupy"
-    return "generic"
 
 
 def namespace_of(x, what: str = "x"):
@@ -109,27 +101,9 @@ def _bool(name: str, value) -> bool:
     return value
 
 
-def _move_to(backend: str, x, like_device=None):
-    """Convert ``x`` to ``backend``'s library (keeping dtype); return (x, xp)."""
-    be = get_backend(backend)
-    if backend == "numpy":
-        import numpy as np
-
-        out = be.convert(x, dtype=np.dtype(str(x.dtype).split(".")[-1]))
-        return out, aac.array_namespace(out)
-    if backend == "torch":
-        import torch
-
-        dt = getattr(torch, str(x.dtype).split(".")[-1])
-        out = be.convert(x, dtype=dt, device=like_device)
-        return out, aac.array_namespace(out)
-    if backend == "cupy":
-        import cupy
-
-        dt = cupy.dtype(str(x.dtype).split(".")[-1])
-        out = be.convert(x, dtype=dt, device=like_device)
-        return out, aac.array_namespace(out)
-    raise AssertionError(backend)
+def _move_to(be: Backend, x, like_device=None):
+    """Convert ``x`` to backend ``be``'s library (keeping dtype by name)."""
+    return be.convert(x, dtype=be.dtype(_dtype_name(x.dtype)), device=like_device)
 
 
 @dataclass
@@ -148,9 +122,10 @@ class CallContext:
     hessian_diagonal: bool
     divergence: bool = False
     V: Any = None
-    orig_backend: str = "numpy"
     backend: str = "numpy"
     orig_x: Any = None
+    #: the caller's backend when the call runs in another library, else ``None``
+    native: Any = None
 
     @property
     def dtype(self):
@@ -204,21 +179,67 @@ class CallContext:
 
     def finish(self, res):
         res.mode = self.mode
-        if self.backend != self.orig_backend:
+        if self.native is not None:
+            # the call ran in another library: results go back to the caller's
             dev = aac.device(self.orig_x)
             for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
                 a = getattr(res, name)
-                if a is None:
-                    continue
-                if self.orig_backend == "generic":
-                    # e.g. array-api-strict or JAX input with backend="numpy": back through the host
-                    from .backends._generic import to_numpy
-
-                    xp0 = aac.array_namespace(self.orig_x)
-                    setattr(res, name, xp0.asarray(to_numpy(a), dtype=self.orig_x.dtype, device=dev))
-                else:
-                    setattr(res, name, _move_to(self.orig_backend, a, dev)[0])
+                if a is not None:
+                    setattr(res, name, _move_to(self.native, a, dev))
         return res
+
+
+@dataclass
+class InputContext:
+    """The resolved input of a call: ``x`` in the library the call runs in."""
+
+    x: Any
+    xp: Any
+    be: Backend  # bound to ``xp``
+    backend: str
+    orig_x: Any
+    user_be: Backend  # the caller's library, bound to its namespace
+    converted: bool  # ``x`` was moved to another library
+
+    @cached_property
+    def cache_key(self):
+        return (
+            self.backend,
+            getattr(self.xp, "__name__", str(self.xp)),
+            str(aac.device(self.x)),
+            str(self.x.dtype),
+        )
+
+
+def resolve_input(net, x, backend) -> InputContext:
+    """Validate ``x : (n, d)`` for ``net`` and move it to the backend that runs the call.
+
+    ``backend=None`` keeps ``x``'s library; a backend that owns another
+    library converts ``x`` to it (results are converted back by the caller);
+    the generic backend runs on ``x``'s own namespace.
+    """
+    if backend is not None and backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
+    x = as_plain_array(x, "x")
+    xp0 = namespace_of(x)
+    d = net.in_features
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim {x.ndim})")
+    if x.shape[1] != d:
+        raise ValueError(f"x must have shape (n, {d}): {d} features per row, got shape {tuple(x.shape)}")
+    if not xp0.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x must have a real floating dtype (float32 or float64), got {x.dtype}")
+    native = backend_for(xp0)
+    chosen = native if backend is None else get_backend(backend)
+    # a backend that owns a library other than x's runs on a converted copy;
+    # one that owns none (generic) runs on x's namespace
+    converted = chosen.library is not None and chosen.library != native.library
+    if converted:
+        xc = _move_to(chosen, x)
+        be = chosen
+    else:
+        xc, be = x, chosen.bind(xp0)
+    return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
 
 
 def resolve_call(
@@ -237,24 +258,11 @@ def resolve_call(
     x = as_plain_array(x, "x")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if backend is not None and backend not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
 
-    xp0 = namespace_of(x)
+    inp = resolve_input(net, x, backend)
     d, m = net.in_features, net.out_features
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim {x.ndim})")
-    if x.shape[1] != d:
-        raise ValueError(f"x must have {d} features (shape (n, {d})), got shape {tuple(x.shape)}")
-    if not xp0.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"x must have a real floating dtype (float32 or float64), got {x.dtype}")
-
-    native = native_backend(xp0)
-    chosen = native if backend is None else backend
-    xp, xc = xp0, x
-    if chosen not in (native, "generic"):
-        xc, xp = _move_to(chosen, x)
-    be = get_backend(chosen)
+    xp, xc, be = inp.xp, inp.x, inp.be
+    native = inp.user_be
 
     V = None
     if directions is not None:
@@ -267,17 +275,17 @@ def resolve_call(
                 raise TypeError(f"directions must have a real floating dtype, got {directions.dtype}")
             if _dtype_name(directions.dtype) != _dtype_name(x.dtype):
                 raise TypeError(f"directions dtype {directions.dtype} differs from x dtype {x.dtype}")
-            kind = native_backend(xpv)
-            same = kind == native and (native != "generic" or xpv is xp0)
-            if not same and kind != "numpy":
+            owner = backend_for(xpv)
+            same = owner is native
+            if not same and not owner.interchange:
                 raise TypeError(
                     f"directions must be the same kind of array as x ({type(x).__module__}) or a "
                     f"NumPy array, got {type(directions).__module__}.{type(directions).__name__}"
                 )
-            if same and chosen in (native, "generic"):
+            if same and not inp.converted:
                 V = directions
             else:
-                V = be.convert(directions, xp=xp, dtype=xc.dtype, device=aac.device(xc))
+                V = be.convert(directions, dtype=xc.dtype, device=aac.device(xc))
         if V.ndim != 2:
             raise ValueError(f"directions must be a matrix (d, k) or (m, k), got shape {tuple(V.shape)}")
 
@@ -316,7 +324,7 @@ def resolve_call(
         hessian_diagonal=hessian_diagonal,
         divergence=divergence,
         V=V,
-        orig_backend=native,
-        backend=chosen,
+        backend=inp.backend,
         orig_x=x,
+        native=native if inp.converted else None,
     )

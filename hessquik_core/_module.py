@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends._generic import to_numpy
+from .backends import get_backend, to_numpy
 
 
 def _library(a) -> str:
@@ -135,12 +135,10 @@ class Module:
         ``requires_grad=True`` (torch only) makes them leaf tensors that a
         torch optimizer can train. Returns ``self``.
         """
-        from .backends import get_backend
-
         be = get_backend(backend)
-        if requires_grad and backend != "torch":
+        if requires_grad and not be.autograd:
             raise ValueError("requires_grad=True needs backend='torch'")
-        if backend in ("numpy", "generic") and device is not None and str(device) != "cpu":
+        if be.host_storage and device is not None and str(device) != "cpu":
             raise ValueError(f"backend {backend!r} keeps parameters on the CPU, got device={device!r}")
         # ``dtype`` may be given as a name, a NumPy dtype or a torch/CuPy dtype: map it
         # by name to the target library so that e.g. ``to("torch", dtype=np.float32)`` works
@@ -150,16 +148,13 @@ class Module:
             for name, p in mod._params.items():
                 if p is None:
                     continue
-                if backend in ("numpy", "generic"):
+                if be.host_storage:
                     host = to_numpy(p)
                     arr = np.array(host, dtype=np.dtype(want) if want else host.dtype)
                     arr.setflags(write=False)
                 else:
-                    dt = _same_dtype(backend, p) if want is None else _same_dtype(backend, want)
-                    xp = _namespace_for(backend)
-                    arr = be.convert(p, xp=xp, dtype=dt, device=device)
-                    if backend == "torch":
-                        arr = arr.detach().clone().requires_grad_(requires_grad)
+                    dt = be.dtype(str(p.dtype).split(".")[-1] if want is None else want)
+                    arr = be.home(be.convert(p, dtype=dt, device=device), requires_grad)
                 staged.append((mod, name, arr))
         for mod, name, arr in staged:
             mod._params[name] = arr
@@ -197,27 +192,6 @@ class Module:
 
 def _is_tracer(a) -> bool:
     return any(c.__name__.endswith("Tracer") for c in type(a).__mro__)
-
-
-def _namespace_for(backend: str):
-    from array_api_compat import array_namespace
-
-    if backend == "torch":
-        import torch
-
-        return array_namespace(torch.empty(0))
-    if backend == "cupy":
-        import cupy
-
-        return array_namespace(cupy.empty(0))
-    return array_namespace(np.empty(0))
-
-
-def _same_dtype(backend: str, p):
-    """``p``'s dtype (or the dtype called ``p``) in ``backend``'s library."""
-    name = p if isinstance(p, str) else str(p.dtype).split(".")[-1]
-    mod = __import__(backend if backend != "generic" else "numpy")
-    return getattr(mod, name)
 
 
 def _dtype_name_checked(dtype) -> str:

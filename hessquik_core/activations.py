@@ -245,15 +245,12 @@ def get_activation(spec) -> Activation:
 
 
 def _backend_of(xp):
-    """The backend module whose ``erf``/``erfc`` suit namespace ``xp``
-    (torch and CuPy have native kernels, JAX its own ``lax.erf``; NumPy and
-    other libraries use the standard-only series of :mod:`hessquik_core._special`)."""
-    from .backends import get_backend
+    """The backend bound to namespace ``xp``, for its ``erf``/``erfc`` (torch and CuPy
+    have native kernels, JAX its own ``lax.erf``; NumPy and other libraries use the
+    standard-only series of ``hessquik_core._special``)."""
+    from .backends import backend_for
 
-    # the library itself: "array_api_compat.torch" -> torch, but "jax.numpy" -> jax
-    parts = getattr(xp, "__name__", "").split(".")
-    lib = parts[1] if parts[0] == "array_api_compat" and len(parts) > 1 else parts[0]
-    return get_backend(lib if lib in ("torch", "cupy", "numpy") else "generic")
+    return backend_for(xp)
 
 
 #: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi)

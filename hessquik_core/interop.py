@@ -41,7 +41,7 @@ import numpy as np
 
 from . import activations as A
 from .activations import Activation
-from .layers import ICNNLayer, Layer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
+from .layers import LAYERS, Layer, SingleLayer
 from .networks import NN
 
 __all__ = [
@@ -312,28 +312,29 @@ def _np(t, dtype) -> np.ndarray:
     return np.array(arr, dtype=dtype if dtype is not None else arr.dtype)
 
 
+class _FromTorchKit:
+    """What a layer's ``from_torch`` needs: parameter copies and activation conversion."""
+
+    def __init__(self, path, dtype, allow_relu):
+        self.path, self.dtype, self.allow_relu = path, dtype, allow_relu
+
+    def numpy(self, t) -> np.ndarray:
+        return _np(t, self.dtype)
+
+    def act(self, mod, suffix: str):
+        return _act_or_identity(mod, self.path + suffix, self.allow_relu)
+
+
 def _block_from_torch(mod, path, T, dtype, allow_relu):
-    """Our torch blocks -> layers (weights copied)."""
+    """Our torch blocks -> layers (weights copied): the registered layer whose
+    torch twin ``mod`` is converts it."""
     t = type(mod)
-    if t is T["ResidualBlock"]:
-        lin = mod.linear
-        act = _act_or_identity(mod.act, path + ".act", allow_relu)
-        layer = ResnetLayer(lin.in_features, h=mod.h, act=act, bias=lin.bias is not None)
-        state = {"layer.K": np.ascontiguousarray(_np(lin.weight, dtype).T)}
-        if lin.bias is not None:
-            state["layer.b"] = _np(lin.bias, dtype)
-    elif t is T["ICNNBlock"]:
-        act = _act_or_identity(mod.act, path + ".act", allow_relu)
-        layer = ICNNLayer(mod.input_dim, mod.in_features, mod.out_features, act=act, bias=mod.b is not None)
-        state = {k: _np(p, dtype) for k, p in (("K", mod.K), ("L", mod.L), ("b", mod.b)) if p is not None}
-    elif t is T["QuadraticBlock"]:
-        layer = QuadraticLayer(mod.v.shape[0], mod.A.shape[0])
-        state = {k: _np(getattr(mod, k), dtype) for k in ("v", "mu", "A")}
-    elif t is T["QuadraticICNNBlock"]:
-        layer = QuadraticICNNLayer(mod.v.shape[0], None if mod.w is None else mod.w.shape[0], mod.A.shape[0])
-        state = {k: _np(getattr(mod, k), dtype) for k in ("w", "v", "mu", "A") if getattr(mod, k) is not None}
+    for cls in LAYERS.values():
+        if cls.torch_twin is not None and T.get(cls.torch_twin) is t:
+            break
     else:
         return None
+    layer, state = cls.from_torch(mod, _FromTorchKit(path, dtype, allow_relu))
     try:
         layer.load_state_dict(state)
     except (TypeError, ValueError) as err:  # e.g. a block whose attributes were replaced by hand
@@ -608,50 +609,15 @@ def to_torch(net, *, dtype=None, device=None):
                 raise AssertionError((param.shape, value.shape))
             param.copy_(value)
 
-    def dt_of(layer):
-        return dtype or tensor(layer.parameters()[0]).dtype
+    kit = _ToTorchKit(nn, T, tensor, assign, dtype, device)
 
     def parts(mod) -> list:
         """Modules that compute ``mod``, to be placed in the parent's Sequential."""
         if isinstance(mod, NN):
             return [nn.Sequential(*[m for blk in mod.blocks for m in parts(blk)])]
-        dt = dt_of(mod)
-        if isinstance(mod, SingleLayer) and _is_plain(mod, SingleLayer):
-            lin = nn.Linear(
-                mod.in_features, mod.out_features, bias=mod.b is not None, dtype=dt, device=device
-            )
-            assign(lin.weight, tensor(mod.K).T)
-            if mod.b is not None:
-                assign(lin.bias, tensor(mod.b))
-            act = _act_to_torch(mod.act)
-            return [lin] if act is None else [lin, act]
-        if isinstance(mod, ResnetLayer) and _is_plain(mod, ResnetLayer):
-            act = _act_to_torch(mod.act) or nn.Identity()
-            blk = T["ResidualBlock"](mod.width, mod.h, act, mod.layer.b is not None, dtype=dt, device=device)
-            assign(blk.linear.weight, tensor(mod.layer.K).T)
-            if mod.layer.b is not None:
-                assign(blk.linear.bias, tensor(mod.layer.b))
-            return [blk]
-        if isinstance(mod, ICNNLayer) and _is_plain(mod, ICNNLayer):
-            act = _act_to_torch(mod.act) or nn.Identity()
-            blk = T["ICNNBlock"](
-                mod.input_dim,
-                mod.n_in or None,
-                mod.out_width,
-                act,
-                mod.b is not None,
-                dtype=dt,
-                device=device,
-            )
-        elif isinstance(mod, QuadraticICNNLayer) and _is_plain(mod, QuadraticICNNLayer):
-            blk = T["QuadraticICNNBlock"](mod.input_dim, mod.n_in or None, mod.rank, dtype=dt, device=device)
-        elif isinstance(mod, QuadraticLayer) and _is_plain(mod, QuadraticLayer):
-            blk = T["QuadraticBlock"](mod.in_features, mod.rank, dtype=dt, device=device)
-        else:
+        if not isinstance(mod, Layer) or not _is_plain(mod):
             raise TypeError(f"to_torch cannot convert {type(mod).__qualname__}: not a hessquik-core layer")
-        for key, p in mod.state_dict().items():
-            assign(getattr(blk, key), tensor(p))
-        return [blk]
+        return mod.to_torch(kit)
 
     if not isinstance(net, (NN, Layer)):
         raise TypeError(f"net must be a hessquik-core network or layer, got {type(net).__name__}")
@@ -659,10 +625,33 @@ def to_torch(net, *, dtype=None, device=None):
     return out[0] if isinstance(net, NN) else nn.Sequential(*out)
 
 
-def _is_plain(mod, base) -> bool:
-    """``mod`` computes exactly what ``base`` does (its class only adds call conventions,
-    as hessquik_core.compat's layers do)."""
-    for name in ("_forward", "_fwd", "_bwd", "_lin", "_M"):
+class _ToTorchKit:
+    """What a layer's ``to_torch`` needs: torch, the twin classes, parameter copies."""
+
+    def __init__(self, nn, twins, tensor, assign, dtype, device):
+        self.nn, self.twins, self.tensor, self.assign = nn, twins, tensor, assign
+        self.dtype, self.device = dtype, device
+
+    def dtype_of(self, layer):
+        return self.dtype or self.tensor(layer.parameters()[0]).dtype
+
+    def act(self, act):
+        return _act_to_torch(act)
+
+    def copy_state(self, layer, module) -> None:
+        for key, p in layer.state_dict().items():
+            self.assign(getattr(module, key), self.tensor(p))
+
+
+def _is_plain(mod) -> bool:
+    """``mod`` computes exactly what the registered layer class it derives from
+    does (its own class only adds call conventions, as hessquik_core.compat's
+    layers do)."""
+    registered = set(LAYERS.values())
+    base = next((c for c in type(mod).__mro__ if c in registered), None)
+    if base is None:
+        return False
+    for name in ("evaluate", "forward_step", "backward_step", "_lin", "_M"):
         if getattr(type(mod), name, None) is not getattr(base, name, None):
             return False
     return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations as _act
-from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
+from .layers import LAYERS, ICNNLayer, ResnetLayer, SingleLayer
 from .networks import ICNN, NN, FullyConnectedNN, ResnetNN
 
 __all__ = ["from_hessquik"]
@@ -68,40 +68,36 @@ def _check_nonneg(layer, where: str) -> None:
         raise TypeError(f"cannot convert {_name(layer)}{where}: its nonneg map is not torch's softplus")
 
 
-def _layer(mod, where: str):
-    """Convert one hessQuik layer (weights are loaded by the caller)."""
-    import hessQuik.layers as hlay
+class _Kit:
+    """What a layer's ``from_hessquik`` needs (see :meth:`Layer.from_hessquik`)."""
 
-    t = type(mod)
-    if t not in (
-        hlay.singleLayer,
-        hlay.resnetLayer,
-        hlay.ICNNLayer,
-        hlay.quadraticLayer,
-        hlay.quadraticICNNLayer,
-    ):
-        raise _unsupported(mod, where)
-    dt = _dtype(mod)
-    if t is hlay.singleLayer:
-        act = _activation(mod.act, where + ".act")
-        return SingleLayer(mod.in_features, mod.out_features, act=act, bias=mod.b is not None, dtype=dt)
-    if t is hlay.resnetLayer:
-        inner = mod.layer
-        if type(inner) is not hlay.singleLayer:
-            raise _unsupported(inner, where + ".layer")
-        act = _activation(inner.act, where + ".layer.act")
-        return ResnetLayer(mod.width, h=float(mod.h), act=act, bias=inner.b is not None, dtype=dt)
-    if t is hlay.ICNNLayer:
-        _check_nonneg(mod, where)
-        act = _activation(mod.act, where + ".act")
-        return ICNNLayer(
-            mod.input_dim, mod.in_features, mod.out_features, act=act, bias=mod.b is not None, dtype=dt
-        )
-    if t is hlay.quadraticLayer:
-        return QuadraticLayer(mod.in_features, mod.rank, dtype=dt)
-    # quadraticICNNLayer
-    _check_nonneg(mod, where)
-    return QuadraticICNNLayer(mod.input_dim, mod.in_features, mod.rank, dtype=dt)
+    def __init__(self, mod, where):
+        self.where, self.dtype = where, _dtype(mod)
+
+    def act(self, a, suffix: str):
+        return _activation(a, self.where + suffix)
+
+    def unsupported(self, module, suffix: str = ""):
+        return _unsupported(module, self.where + suffix)
+
+    def check_nonneg(self, layer) -> None:
+        _check_nonneg(layer, self.where)
+
+    @staticmethod
+    def is_hessquik_layer(module) -> bool:
+        import hessQuik.layers as hlay
+
+        return type(module) is getattr(hlay, type(module).__name__, None)
+
+
+def _layer(mod, where: str):
+    """Convert one hessQuik layer (weights are loaded by the caller): the registered
+    layer that names its hessQuik class converts it (exact types only)."""
+    for cls in LAYERS.values():
+        if cls.hessquik_name is not None and cls.hessquik_name == type(mod).__name__:
+            if _Kit.is_hessquik_layer(mod):
+                return cls.from_hessquik(mod, _Kit(mod, where))
+    raise _unsupported(mod, where)
 
 
 def _same_acts(layers) -> bool:

@@ -148,9 +148,9 @@ def _json(text):
 
 def _class_tables():
     from . import interop
-    from . import layers as L
     from . import networks as N
     from .activations import _REGISTRY
+    from .layers import LAYERS
 
     nets = {
         "NN": N.NN,
@@ -165,16 +165,13 @@ def _class_tables():
         "compat.ICNN": N.ICNN,
     }
     layers = {
-        "SingleLayer": L.SingleLayer,
-        "ResnetLayer": L.ResnetLayer,
-        "ICNNLayer": L.ICNNLayer,
-        "QuadraticLayer": L.QuadraticLayer,
-        "QuadraticICNNLayer": L.QuadraticICNNLayer,
-        "compat.singleLayer": L.SingleLayer,
-        "compat.resnetLayer": L.ResnetLayer,
-        "compat.ICNNLayer": L.ICNNLayer,
-        "compat.quadraticLayer": L.QuadraticLayer,
-        "compat.quadraticICNNLayer": L.QuadraticICNNLayer,
+        **LAYERS,  # every registered layer class, by class name
+        # compat's classes are torch modules now: files naming them load as the core classes
+        "compat.singleLayer": LAYERS["SingleLayer"],
+        "compat.resnetLayer": LAYERS["ResnetLayer"],
+        "compat.ICNNLayer": LAYERS["ICNNLayer"],
+        "compat.quadraticLayer": LAYERS["QuadraticLayer"],
+        "compat.quadraticICNNLayer": LAYERS["QuadraticICNNLayer"],
     }
     acts = dict(_REGISTRY)
     acts["relu"] = interop.ReLU
@@ -280,45 +277,23 @@ def _class_name(where, node, key, table, what):
     return name
 
 
-# per layer family: (config keys, validator -> parameter shapes). Shapes are checked
-# against the stored tensors *before* a layer is built, so a malicious config such as
-# in_features = 10**12 is rejected without allocating anything.
-def _layer_spec(cls, where, cfg):
-    from . import layers as L
+# per layer class: its config schema and parameter shapes (asked of the class).
+# Shapes are checked against the stored tensors *before* a layer is built, so a
+# malicious config such as in_features = 10**12 is rejected without allocating anything.
+_CHECKS = {
+    "int": lambda where, cfg, key: _int(where, cfg, key),
+    "int?": lambda where, cfg, key: _int(where, cfg, key, optional=True),
+    "bool": lambda where, cfg, key: _bool(where, cfg, key),
+    "float": lambda where, cfg, key: _float(where, cfg, key),
+}
 
-    if issubclass(cls, L.SingleLayer):
-        _keys(where + ".config", cfg, {"in_features", "out_features", "bias"})
-        p, q = _int(where, cfg, "in_features"), _int(where, cfg, "out_features")
-        bias = _bool(where, cfg, "bias")
-        return {"K": (p, q), **({"b": (q,)} if bias else {})}, True
-    if issubclass(cls, L.ResnetLayer):
-        _keys(where + ".config", cfg, {"width", "h", "bias"})
-        w = _int(where, cfg, "width")
-        _float(where, cfg, "h")
-        bias = _bool(where, cfg, "bias")
-        return {"layer.K": (w, w), **({"layer.b": (w,)} if bias else {})}, True
-    if issubclass(cls, L.ICNNLayer):
-        _keys(where + ".config", cfg, {"input_dim", "in_features", "out_features", "bias"})
-        d, n = _int(where, cfg, "input_dim"), _int(where, cfg, "in_features", optional=True)
-        q, bias = _int(where, cfg, "out_features"), _bool(where, cfg, "bias")
-        shapes = {"K": (d, q)}
-        if n is not None:
-            shapes["L"] = (n, q)
-        if bias:
-            shapes["b"] = (q,)
-        return shapes, True
-    if issubclass(cls, L.QuadraticICNNLayer):
-        _keys(where + ".config", cfg, {"input_dim", "in_features", "rank"})
-        d, n = _int(where, cfg, "input_dim"), _int(where, cfg, "in_features", optional=True)
-        r = _int(where, cfg, "rank")
-        shapes = {} if n is None else {"w": (n,)}
-        shapes.update({"v": (d,), "mu": (1,), "A": (r, d)})
-        return shapes, False
-    if issubclass(cls, L.QuadraticLayer):
-        _keys(where + ".config", cfg, {"in_features", "rank"})
-        p, r = _int(where, cfg, "in_features"), _int(where, cfg, "rank")
-        return {"v": (p,), "mu": (1,), "A": (r, p)}, False
-    raise AssertionError(cls)  # pragma: no cover - the allow-list only holds the classes above
+
+def _layer_spec(cls, where, cfg):
+    schema = cls.config_schema
+    _keys(where + ".config", cfg, set(schema))
+    for key, kind in schema.items():
+        _CHECKS[kind](where, cfg, key)
+    return cls.parameter_shapes(cfg), cls.has_activation
 
 
 def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):

@@ -868,7 +868,9 @@ def test_case09_operand_mistakes():
     v = rng.standard_normal(P)
     host = cv.hvp(net, xt, yt, "cross_entropy", v)
     assert isinstance(host, np.ndarray) and host.dtype == np.float64
-    np.testing.assert_allclose(host, cv.hvp(net, xt, yt, "cross_entropy", torch.from_numpy(v)).numpy(), rtol=1e-14)
+    np.testing.assert_allclose(
+        host, cv.hvp(net, xt, yt, "cross_entropy", torch.from_numpy(v)).numpy(), rtol=1e-14
+    )
     with pytest.raises(TypeError, match="v must have the operator's dtype float64, got float32"):
         cv.hvp(net, xt, yt, "cross_entropy", np.zeros(P, dtype=np.float32))
     with pytest.raises(TypeError, match="v must have the operator's dtype float32, got float64"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hessquik_core as hq
-from hessquik_core.networks import _packs
+from hessquik_core.engine.forward import _packs
 
 
 def _nets(d, m, seed=0):
@@ -178,7 +178,7 @@ def test_packed_forward_hessian_equals_unpacked(name, monkeypatch):
     net = _nets(d, 2)[name]
     x = np.random.default_rng(6).standard_normal((3, d))
     packed = net(x, hessian=True, laplacian=True, mode="forward")
-    monkeypatch.setattr("hessquik_core.networks._packs", lambda k: False)
+    monkeypatch.setattr("hessquik_core.engine.forward._packs", lambda k: False)
     full = net(x, hessian=True, laplacian=True, mode="forward")
     _close(packed.hessian, full.hessian)
     _close(packed.laplacian, full.laplacian)
@@ -209,7 +209,7 @@ def test_chunked_call_is_identical(lib, mode):
 
 
 def test_chunking_really_splits(monkeypatch):
-    import hessquik_core.networks as nw
+    import hessquik_core.engine.plan as nw
 
     calls = []
     real = nw._run
@@ -230,7 +230,7 @@ def _strides(a):
 def test_cache_blocking_splits_and_is_identical(monkeypatch, backend, mode):
     """Large eager CPU calls run in batch blocks (cache blocking); the result is
     the unblocked one, bit for bit, with the same memory layout."""
-    import hessquik_core.networks as nw
+    import hessquik_core.engine.plan as nw
 
     if backend == "torch":
         torch = pytest.importorskip("torch")
@@ -256,7 +256,7 @@ def test_cache_blocking_splits_and_is_identical(monkeypatch, backend, mode):
 
 
 def test_cache_blocking_is_off_where_it_cannot_help(monkeypatch):
-    import hessquik_core.networks as nw
+    import hessquik_core.engine.plan as nw
 
     torch = pytest.importorskip("torch")
     net = _nets(5, 3)["resnet"]
@@ -286,7 +286,7 @@ def test_cache_blocking_triggers_on_a_benchmark_sized_call():
     """The default thresholds block the W2 ResNet at d = 32, m = 16, n = 1000
     (element-wise traffic ~20x the output), not the W1 d = 256 call whose cost
     is writing its 500 MB Hessian."""
-    import hessquik_core.networks as nw
+    import hessquik_core.engine.plan as nw
     from hessquik_core._array import resolve_call
 
     def block(d, m):

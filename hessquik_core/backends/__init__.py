@@ -1,50 +1,73 @@
-"""Array-library backends.
+"""Array-library backends: one object per library, declaring its capabilities.
 
 The chain-rule engine is written once against the Python Array API standard.
-What the standard lacks is supplied here, one small module per library, all
-with the same function names (the opt_einsum / einops pattern):
+What the standard lacks is supplied by a :class:`~hessquik_core.backends.base.Backend`
+object, one small module per library, all with the same methods (the
+opt_einsum / einops pattern):
 
-``mm(a, b, *, xp)``
+``mm(a, b)``
     Contract the last axis of ``a`` with the first axis of the matrix ``b``,
     as one GEMM over all leading axes.
-``addmm(c, a, b, *, xp)``
+``addmm(c, a, b)``
     ``c + mm(a, b)``; torch fuses the sum into the GEMM (``beta = 1``).
-``addcmul(acc, a, b, *, xp)``
+``addcmul(acc, a, b)``
     ``acc + a * b``; mutable libraries write into ``acc``, which must be a
     temporary the engine owns (never a caller's array or a parameter).
-``sum_squares(a, *, axis, xp)``
+``sum_squares(a, *, axis)``
     ``Σ a²`` over one axis, without storing the squares where the library
     can (NumPy and torch ``vecdot``).
-``einsum(subscripts, a, b, *, xp)``
+``einsum(subscripts, a, b)``
     Two-operand Einstein summation (NumPy: cached contraction path).
-``convert(a, *, xp, dtype, device)``
+``convert(a, *, dtype, device)``
     Move an array of *any* supported library into this backend.
 ``to_numpy(a)``
     Host copy as a NumPy array (for persistence and conversions).
 ``synchronize(device)``
     Block until queued device work is done (for timing).
 
+and the capabilities the engine asks instead of names: ``mutable``,
+``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``.
+
 Modules are imported lazily: asking for the ``"torch"`` backend imports
-torch, nothing else ever does.
+torch, nothing else ever does. A new backend is one module ``_<name>.py``
+here that defines ``BACKEND``, a :class:`~hessquik_core.backends.base.Backend`
+owning the arrays of the library called ``<name>``; it is found by its file
+name, without being imported until a call needs it.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import pkgutil
+import sys
 
-BACKEND_NAMES = ("numpy", "torch", "cupy", "generic")
-
-_MODULES = {
-    "numpy": "hessquik_core.backends._numpy",
-    "torch": "hessquik_core.backends._torch",
-    "cupy": "hessquik_core.backends._cupy",
-    "generic": "hessquik_core.backends._generic",
-}
+from .base import Backend
 
 
-def get_backend(name: str) -> ModuleType:
-    """Return the backend module called ``name``.
+def _discover() -> tuple[str, ...]:
+    """Backend names from the module files ``_<name>.py`` of this package, found
+    without importing them (importing a backend imports its library)."""
+    found = {m.name[1:] for m in pkgutil.iter_modules(__path__) if m.name[:1] == "_" and m.name[:2] != "__"}
+    known = ("numpy", "torch", "cupy")
+    return (*[n for n in known if n in found], *sorted(found - {*known, "generic"}), "generic")
+
+
+#: every backend: one module ``_<name>.py`` each, defining ``BACKEND``
+BACKEND_NAMES = _discover()
+
+_MODULES = {name: f"{__name__}._{name}" for name in BACKEND_NAMES}
+
+#: backends already imported, by name (every call asks for its backend)
+_LOADED: dict[str, Backend] = {}
+
+#: the library whose arrays each backend owns (top-level module name): by
+#: convention the backend's own name; the generic backend owns none
+_LIBRARIES = {name: name for name in BACKEND_NAMES if name != "generic"}
+
+
+def get_backend(name: str) -> Backend:
+    """Return the backend called ``name`` (bound to its library's namespace;
+    the generic one is bound to a call's namespace with :meth:`Backend.bind`).
 
     Raises
     ------
@@ -52,11 +75,46 @@ def get_backend(name: str) -> ModuleType:
         If ``name`` is not one of ``"numpy"``, ``"torch"``, ``"cupy"``,
         ``"generic"``.
     """
+    be = _LOADED.get(name) if isinstance(name, str) else None
+    if be is not None:
+        return be
     if not isinstance(name, str) or name not in _MODULES:
         raise ValueError(
             f"unknown backend {name!r}: expected one of {', '.join(map(repr, BACKEND_NAMES))} or None"
         )
-    return importlib.import_module(_MODULES[name])
+    be = _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    return be
 
 
-__all__ = ["BACKEND_NAMES", "get_backend"]
+def backend_for(xp) -> Backend:
+    """The native backend of namespace ``xp``: the library's own where it has
+    one (only libraries already imported can own ``xp``), else the generic
+    backend bound to ``xp``."""
+    for name, lib in _LIBRARIES.items():
+        if lib in sys.modules:
+            be = get_backend(name)
+            if be.owns_namespace(xp):
+                return be
+    return get_backend("generic").bind(xp)
+
+
+def owner_of(a) -> Backend:
+    """The backend whose library ``a`` belongs to (generic for any other array)."""
+    lib = type(a).__module__.split(".")[0]
+    for name, owned in _LIBRARIES.items():
+        if owned == lib:
+            return get_backend(name)
+    return get_backend("generic")
+
+
+def to_numpy(a):
+    """Host copy of an array of any supported library, as a NumPy array."""
+    if type(a).__module__.split(".")[0] == "numpy":
+        import numpy as np
+
+        if isinstance(a, np.ndarray):
+            return a
+    return owner_of(a).to_numpy(a)
+
+
+__all__ = ["BACKEND_NAMES", "Backend", "backend_for", "get_backend", "owner_of", "to_numpy"]

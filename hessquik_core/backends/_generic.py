@@ -1,8 +1,9 @@
 """Generic backend: only functions of the Array API standard.
 
-Works for any conforming library (array-api-strict, JAX, ...). There is no
-``einsum`` in the standard, so two-operand contractions are planned once in
-pure Python (cached) and executed as permute_dims + reshape + matmul.
+Works for any conforming library (array-api-strict, JAX, ...), bound to the
+call's namespace. There is no ``einsum`` in the standard, so two-operand
+contractions are planned once in pure Python (cached) and executed as
+permute_dims + reshape + matmul.
 """
 
 from __future__ import annotations
@@ -10,31 +11,10 @@ from __future__ import annotations
 from functools import lru_cache
 from math import prod
 
+import array_api_compat as aac
 import numpy as np
 
-name = "generic"
-
-
-def mm(a, b, *, xp):
-    """``a[..., p] @ b[p, q] -> [..., q]`` as a single 2-D matmul."""
-    lead = tuple(a.shape[:-1])
-    out = xp.reshape(a, (prod(lead), a.shape[-1])) @ b
-    return xp.reshape(out, (*lead, b.shape[-1]))
-
-
-def addmm(c, a, b, *, xp):
-    """``c + a @ b`` (immutable libraries: no in-place update)."""
-    return c + mm(a, b, xp=xp)
-
-
-def addcmul(acc, a, b, *, xp):
-    """``acc + a * b``; may reuse ``acc`` where a library allows (here: never)."""
-    return acc + a * b
-
-
-def sum_squares(a, *, axis, xp):
-    """``Σ a²`` over ``axis`` (XLA fuses the square into the sum)."""
-    return xp.sum(a * a, axis=axis)
+from .base import Backend
 
 
 @lru_cache(maxsize=256)
@@ -60,87 +40,105 @@ def _plan(subscripts: str, ndim_a: int, ndim_b: int):
     return sum_a, sum_b, sa_r, sb_r, batch, left, right, contr, perm_a, perm_b, perm_out
 
 
-def einsum(subscripts, a, b, *, xp):
-    """Two-operand einsum from standard functions only."""
-    sum_a, sum_b, sa_r, sb_r, batch, left, right, contr, perm_a, perm_b, perm_out = _plan(
-        subscripts, a.ndim, b.ndim
-    )
-    if sum_a:
-        a = xp.sum(a, axis=sum_a)
-    if sum_b:
-        b = xp.sum(b, axis=sum_b)
-    size = {}
-    for s, arr in ((sa_r, a), (sb_r, b)):
-        for c, n in zip(s, arr.shape):
-            # broadcasting: a size-1 axis takes the other operand's size (0 included)
-            size[c] = n if size.get(c, 1) == 1 else size[c]
-    a = xp.permute_dims(a, perm_a)
-    b = xp.permute_dims(b, perm_b)
-    nb = len(batch)
-    bshape = tuple(size[c] for c in batch)
-    a = xp.broadcast_to(a, bshape + tuple(a.shape[nb:]))
-    b = xp.broadcast_to(b, bshape + tuple(b.shape[nb:]))
-    nl, nr, nc = (prod(size[c] for c in g) for g in (left, right, contr))
-    a = xp.reshape(a, (*bshape, nl, nc))
-    b = xp.reshape(b, (*bshape, nc, nr))
-    out = xp.reshape(a @ b, tuple(size[c] for c in batch + left + right))
-    return xp.permute_dims(out, perm_out)
+class GenericBackend(Backend):
+    """Any Array-API namespace, standard functions only; treated as immutable."""
+
+    name = "generic"
+    library = None
+    mutable = False
+    host_storage = True
+
+    @property
+    def fuses(self) -> bool:
+        # JAX arrays (traced or not) run through XLA, which fuses element-wise chains
+        return self.xp is not None and aac.is_jax_namespace(self.xp)
+
+    def available_memory(self, device) -> int:
+        # the library's own backend knows its devices (torch on CUDA under backend="generic")
+        from . import backend_for
+
+        native = backend_for(self.xp) if self.xp is not None else self
+        return native.available_memory(device) if native is not self else super().available_memory(device)
+
+    def mm(self, a, b, *, xp=None):
+        """``a[..., p] @ b[p, q] -> [..., q]`` as a single 2-D matmul."""
+        xp = self.xp if xp is None else xp
+        lead = tuple(a.shape[:-1])
+        out = xp.reshape(a, (prod(lead), a.shape[-1])) @ b
+        return xp.reshape(out, (*lead, b.shape[-1]))
+
+    def einsum(self, subscripts, a, b, *, xp=None):
+        """Two-operand einsum from standard functions only."""
+        xp = self.xp if xp is None else xp
+        sum_a, sum_b, sa_r, sb_r, batch, left, right, contr, perm_a, perm_b, perm_out = _plan(
+            subscripts, a.ndim, b.ndim
+        )
+        if sum_a:
+            a = xp.sum(a, axis=sum_a)
+        if sum_b:
+            b = xp.sum(b, axis=sum_b)
+        size = {}
+        for s, arr in ((sa_r, a), (sb_r, b)):
+            for c, n in zip(s, arr.shape):
+                # broadcasting: a size-1 axis takes the other operand's size (0 included)
+                size[c] = n if size.get(c, 1) == 1 else size[c]
+        a = xp.permute_dims(a, perm_a)
+        b = xp.permute_dims(b, perm_b)
+        nb = len(batch)
+        bshape = tuple(size[c] for c in batch)
+        a = xp.broadcast_to(a, bshape + tuple(a.shape[nb:]))
+        b = xp.broadcast_to(b, bshape + tuple(b.shape[nb:]))
+        nl, nr, nc = (prod(size[c] for c in g) for g in (left, right, contr))
+        a = xp.reshape(a, (*bshape, nl, nc))
+        b = xp.reshape(b, (*bshape, nc, nr))
+        out = xp.reshape(a @ b, tuple(size[c] for c in batch + left + right))
+        return xp.permute_dims(out, perm_out)
+
+    def erf(self, a, *, xp=None):
+        xp = self.xp if xp is None else xp
+        if getattr(xp, "__name__", "").startswith("jax"):  # JAX's own kernel (jit-friendly)
+            import jax
+
+            return jax.lax.erf(a)
+        return super().erf(a, xp=xp)
+
+    def erfc(self, a, *, xp=None):
+        xp = self.xp if xp is None else xp
+        if getattr(xp, "__name__", "").startswith("jax"):
+            import jax
+
+            return jax.lax.erfc(a)
+        return super().erfc(a, xp=xp)
+
+    def convert(self, a, *, xp=None, dtype, device=None):
+        """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
+        xp = self.xp if xp is None else xp
+        if (
+            not isinstance(a, np.ndarray)
+            and getattr(a, "__array_namespace__", None) is not None
+            and a.__array_namespace__() is xp
+        ):
+            # already in the call's library: stay there, so that tracers (jax.grad
+            # with respect to parameters) are never forced through the host
+            return xp.asarray(a, dtype=dtype, device=device)
+        host = to_numpy(a)
+        if not host.flags.writeable:
+            # read-only home arrays: some libraries (torch) warn when wrapping them
+            host = host.copy()
+        return xp.asarray(host, dtype=dtype, device=device)
+
+    def to_numpy(self, a):
+        try:
+            return np.asarray(a)
+        except Exception:  # libraries that refuse __array__ but speak DLPack
+            return np.from_dlpack(a)
 
 
 def to_numpy(a):
-    """Host copy of ``a`` as a NumPy array."""
-    if isinstance(a, np.ndarray):
-        return a
-    mod = type(a).__module__.split(".")[0]
-    if mod == "torch":
-        return a.detach().cpu().numpy()
-    if mod == "cupy":
-        return a.get()
-    try:
-        return np.asarray(a)
-    except Exception:  # libraries that refuse __array__ but speak DLPack
-        return np.from_dlpack(a)
+    """Host copy of ``a`` as a NumPy array (kept here for its old import path)."""
+    from . import to_numpy as _to_numpy
+
+    return _to_numpy(a)
 
 
-def convert(a, *, xp, dtype, device):
-    """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
-    if (
-        not isinstance(a, np.ndarray)
-        and getattr(a, "__array_namespace__", None) is not None
-        and a.__array_namespace__() is xp
-    ):
-        # already in the call's library: stay there, so that tracers (jax.grad
-        # with respect to parameters) are never forced through the host
-        return xp.asarray(a, dtype=dtype, device=device)
-    host = to_numpy(a)
-    if not host.flags.writeable:
-        # read-only home arrays: some libraries (torch) warn when wrapping them
-        host = host.copy()
-    return xp.asarray(host, dtype=dtype, device=device)
-
-
-def synchronize(device=None) -> None:
-    """Nothing to wait for on a synchronous library."""
-
-
-def erf(a, *, xp):
-    """``erf`` elementwise: JAX's own (``jax.lax.erf``), otherwise standard
-    functions only (:mod:`hessquik_core._special`, a few ulps in float64)."""
-    if getattr(xp, "__name__", "").startswith("jax"):
-        import jax
-
-        return jax.lax.erf(a)
-    from .._special import erf as _erf
-
-    return _erf(a, xp=xp)
-
-
-def erfc(a, *, xp):
-    """``erfc`` elementwise, full relative precision in the upper tail."""
-    if getattr(xp, "__name__", "").startswith("jax"):
-        import jax
-
-        return jax.lax.erfc(a)
-    from .._special import erfc as _erfc
-
-    return _erfc(a, xp=xp)
+BACKEND = GenericBackend()

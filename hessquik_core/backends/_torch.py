@@ -2,70 +2,114 @@
 
 from __future__ import annotations
 
+import array_api_compat as aac
 import numpy as np
 import torch
 
-from ._generic import to_numpy
-
-name = "torch"
-
-
-def mm(a, b, *, xp=None):
-    """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""
-    return torch.matmul(a, b)
+from . import to_numpy
+from .base import Backend
 
 
-def addmm(c, a, b, *, xp=None):
-    """``c + a @ b`` as one GEMM with accumulation (BLAS ``beta = 1``): the
-    sum costs no extra pass over the result."""
-    p, q = b.shape
-    if c.is_contiguous() and a.is_contiguous() and c.shape == (*a.shape[:-1], q):
-        out = torch.addmm(c.reshape(-1, q), a.reshape(-1, p), b)
-        return out.reshape(c.shape)
-    return torch.matmul(a, b).add_(c)
+class TorchBackend(Backend):
+    """torch tensors: mutable, eager; CPU and CUDA; autograd flows through ``convert``."""
+
+    name = "torch"
+    library = "torch"
+    mutable = True
+    autograd = True
+
+    def __init__(self, xp=None) -> None:
+        super().__init__(aac.array_namespace(torch.empty(0)) if xp is None else xp)
+
+    @classmethod
+    def owns_namespace(cls, xp) -> bool:
+        return aac.is_torch_namespace(xp)
+
+    def cache_blocking(self, x, arrays) -> bool:
+        """CPU tensors only (GPU kernels want big batches), and not while
+        autograd records the call (one graph over the whole batch)."""
+        if x.device.type != "cpu":
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not (x.requires_grad or any(getattr(a, "requires_grad", False) for a in arrays))
+
+    def available_memory(self, device) -> int:
+        if str(device).startswith("cuda"):
+            try:
+                return int(torch.cuda.mem_get_info(device)[0])
+            except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
+                pass
+        return super().available_memory(device)
+
+    def mm(self, a, b, *, xp=None):
+        """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""
+        return torch.matmul(a, b)
+
+    def addmm(self, c, a, b, *, xp=None):
+        """``c + a @ b`` as one GEMM with accumulation (BLAS ``beta = 1``): the
+        sum costs no extra pass over the result."""
+        p, q = b.shape
+        if c.is_contiguous() and a.is_contiguous() and c.shape == (*a.shape[:-1], q):
+            out = torch.addmm(c.reshape(-1, q), a.reshape(-1, p), b)
+            return out.reshape(c.shape)
+        return torch.matmul(a, b).add_(c)
+
+    def addcmul(self, acc, a, b, *, xp=None):
+        """``acc + a * b``, fused and written into ``acc`` (a temporary the engine owns)."""
+        return acc.addcmul_(a, b)
+
+    def sum_squares(self, a, *, axis, xp=None):
+        """``Σ a²`` over ``axis`` (``torch.linalg.vecdot``; the array-api-compat
+        wrapper of vecdot is ~20x slower here)."""
+        return torch.linalg.vecdot(a, a, dim=axis)
+
+    def einsum(self, subscripts, a, b, *, xp=None):
+        return torch.einsum(subscripts, a, b)
+
+    def erf(self, a, *, xp=None):
+        return torch.special.erf(a)
+
+    def erfc(self, a, *, xp=None):
+        return torch.special.erfc(a)
+
+    def convert(self, a, *, xp=None, dtype, device=None):
+        """Any supported array -> torch tensor of ``dtype`` on ``device``.
+
+        A torch tensor is moved with ``Tensor.to`` so autograd keeps flowing;
+        an array on a GPU crosses by DLPack, anything else through the host.
+        """
+        if isinstance(a, torch.Tensor):
+            return a.to(device=device, dtype=dtype)
+        if _on_accelerator(a):
+            return torch.from_dlpack(a).to(device=device, dtype=dtype)
+        # copy: home arrays are read-only and must never alias a writable tensor
+        return torch.tensor(np.asarray(to_numpy(a)), dtype=dtype, device=device)
+
+    def dtype(self, name: str):
+        return getattr(torch, name)
+
+    def to_numpy(self, a):
+        return a.detach().cpu().numpy()
+
+    def home(self, a, requires_grad: bool = False):
+        return a.detach().clone().requires_grad_(requires_grad)
+
+    def view(self, a, shape):
+        return a.view(shape)  # Tensor.view never copies (it raises instead)
+
+    def multiply(self, a, b, *, out):
+        torch.mul(a, b, out=out)
+
+    def synchronize(self, device=None) -> None:
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
 
 
-def addcmul(acc, a, b, *, xp=None):
-    """``acc + a * b``, fused and written into ``acc`` (a temporary the engine owns)."""
-    return acc.addcmul_(a, b)
+def _on_accelerator(a) -> bool:
+    """Does ``a`` live on a device other than the CPU (DLPack device type 1)?"""
+    dev = getattr(a, "__dlpack_device__", None)
+    return dev is not None and dev()[0] != 1
 
 
-def sum_squares(a, *, axis, xp=None):
-    """``Σ a²`` over ``axis`` (``torch.linalg.vecdot``; the array-api-compat
-    wrapper of vecdot is ~20x slower here)."""
-    return torch.linalg.vecdot(a, a, dim=axis)
-
-
-def einsum(subscripts, a, b, *, xp=None):
-    return torch.einsum(subscripts, a, b)
-
-
-def convert(a, *, xp=None, dtype, device):
-    """Any supported array -> torch tensor of ``dtype`` on ``device``.
-
-    A torch tensor is moved with ``Tensor.to`` so autograd keeps flowing.
-    """
-    if isinstance(a, torch.Tensor):
-        return a.to(device=device, dtype=dtype)
-    if type(a).__module__.split(".")[0] == "cupy":
-        return torch.from_dlpack(a).to(device=device, dtype=dtype)
-    # copy: home arrays are read-only and must never alias a writable tensor
-    return torch.tensor(np.asarray(to_numpy(a)), dtype=dtype, device=device)
-
-
-def synchronize(device=None) -> None:
-    if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-__all__ = ["addcmul", "addmm", "sum_squares", "convert", "einsum", "mm", "name", "synchronize", "to_numpy"]
-
-
-def erf(a, *, xp=None):
-    """``erf`` elementwise (``torch.special.erf``)."""
-    return torch.special.erf(a)
-
-
-def erfc(a, *, xp=None):
-    """``erfc`` elementwise (``torch.special.erfc``)."""
-    return torch.special.erfc(a)
+BACKEND = TorchBackend()

@@ -22,8 +22,8 @@ copied) and the parameter vector is that of the converted network, whose
 ``K`` of a ``Linear`` layer is torch's ``weight`` transposed, see
 :class:`ParameterLayout`.
 
-Every layer owns its parameter derivatives (``_param_grad``, ``_param_rfwd``,
-``_param_rbwd`` in :mod:`hessquik_core.layers`); this module only composes
+Every layer owns its parameter derivatives (``param_vjp``, ``param_rop_forward``,
+``param_rop_backward`` in :mod:`hessquik_core.layers`); this module only composes
 them. Parameter order is ``net.state_dict()`` order; each parameter is
 flattened row-major (C order), see :class:`ParameterLayout`.
 """
@@ -37,11 +37,11 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from .._array import _dtype_name, as_plain_array, check_max_memory, namespace_of, native_backend
-from .._progress import progress_bar
+from .._array import _dtype_name, as_plain_array, check_max_memory, namespace_of, resolve_input
 from .._dask_hook import dask_dispatch
-from ..backends import BACKEND_NAMES, get_backend
-from . import _ops
+from .._progress import progress_bar
+from ..backends import backend_for
+from ..rules.directions import fill_rows
 from .losses import Loss, get_loss
 
 __all__ = [
@@ -265,7 +265,7 @@ def flatten_parameters(net: Any, like: Any = None) -> Any:
     state = dict(net.named_parameters())
     if like is not None:
         xp = namespace_of(like, "like")
-        be = get_backend(native_backend(xp))
+        be = backend_for(xp)
         state = {k: be.convert(a, xp=xp, dtype=like.dtype, device=aac.device(like)) for k, a in state.items()}
     return layout.flatten(state)
 
@@ -291,33 +291,17 @@ class _Bound:
 
     def __init__(self, net, x, backend):
         self.layout = parameter_layout(net)
-        x = as_plain_array(x, "x")
-        xp0 = namespace_of(x)
-        d = net.in_features
-        if x.ndim != 2 or x.shape[1] != d:
-            raise ValueError(f"x must have shape (N, {d}), got shape {tuple(x.shape)}")
-        if not xp0.isdtype(x.dtype, "real floating"):
-            raise TypeError(f"x must have a real floating dtype (float32 or float64), got {x.dtype}")
+        # the one call-resolution path, shared with network calls
+        inp = resolve_input(net, x, backend)
         if x.shape[0] < 1:
             raise ValueError("x must hold at least one example")
-        if backend is not None and backend not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
-        native = native_backend(xp0)
-        chosen = native if backend is None else backend
-        self.user_xp, self.user_device = xp0, aac.device(x)
-        self.user_be = get_backend(native)
-        self.converted = chosen not in (native, "generic")
-        if self.converted:
-            be = get_backend(chosen)
-            import importlib
-
-            xp = aac.array_namespace(importlib.import_module(chosen).empty(0))
-            x = _convert(x, be, xp, None)
-        else:
-            be, xp = get_backend(chosen), xp0
+        self.user_xp, self.user_device = inp.user_be.xp, aac.device(x)
+        self.user_be = inp.user_be
+        self.converted = inp.converted
+        be, xp, x = inp.be, inp.xp, inp.x
         self.be, self.xp, self.x = be, xp, x
         self.dtype, self.device = x.dtype, aac.device(x)
-        key = (chosen, getattr(xp, "__name__", str(xp)), str(self.device), str(self.dtype))
+        key = inp.cache_key
         self.leaves = list(net._leaves())
         self.params = [
             {k: _detached(v) for k, v in leaf._eval_params(key, be, xp, self.dtype, self.device).items()}
@@ -332,13 +316,13 @@ class _Bound:
             for k, _ in leaf.named_parameters():
                 if j >= len(self.layout.keys) or not self.layout.keys[j].endswith(k):
                     raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
-                slots.append((k.rsplit(".", 1)[-1], j))
+                slots.append((leaf.local_param_name(k), j))
                 j += 1
             self.slots.append(slots)
         if j != len(self.layout.keys):  # pragma: no cover - structural invariant
             raise RuntimeError("leaf parameters do not cover state_dict")
         for leaf in self.leaves:
-            if not hasattr(leaf, "_param_grad"):
+            if not hasattr(leaf, "param_vjp"):
                 raise TypeError(f"layer {leaf!r} has no parameter derivatives")
 
     # -- conversions between the user's library and the call's ---------------
@@ -358,7 +342,7 @@ class _Bound:
         u = x
         for leaf, P in zip(self.leaves, self.params):
             inputs.append(u)
-            u, cache = leaf._forward(u, P, order, self.be, self.xp)
+            u, cache = leaf.evaluate(u, P, order, self.be)
             caches.append(cache)
         return u, inputs, caches
 
@@ -389,9 +373,7 @@ class _Bound:
         dl = w * loss._d1(F, T, xp)
         grads = [None] * len(self.leaves)
         for i in range(len(self.leaves) - 1, -1, -1):
-            dl, grads[i] = self.leaves[i]._param_grad(
-                caches[i], self.params[i], inputs[i], dl, per_example, be, xp
-            )
+            dl, grads[i] = self.leaves[i].param_vjp(caches[i], self.params[i], inputs[i], dl, per_example, be)
         if not per_example:
             return loss._value(F, T, xp), self.join(grads, ())
         lay = self.layout
@@ -400,7 +382,7 @@ class _Bound:
             for slots, g in zip(self.slots, grads)
             for name, j in slots
         ]
-        A = _ops.fill_rows(parts, x.shape[0], lay.size, self.dtype, self.device, be, xp)
+        A = fill_rows(parts, x.shape[0], lay.size, self.dtype, self.device, be)
         return loss._value(F, T, xp), A
 
     def prepare(self, x, T, loss, w, kind):
@@ -418,9 +400,7 @@ class _Bound:
             for i in range(len(self.leaves) - 1, -1, -1):
                 dls[i] = dl
                 if i:
-                    dl, _ = self.leaves[i]._param_grad(
-                        caches[i], self.params[i], inputs[i], dl, False, be, xp
-                    )
+                    dl, _ = self.leaves[i].param_vjp(caches[i], self.params[i], inputs[i], dl, False, be)
         return F, inputs, caches, dls
 
     def rop_pass(self, x, T, loss, w, V, kind, prep=None):
@@ -437,7 +417,7 @@ class _Bound:
         Ru, Rins, rcaches = None, [], []
         for leaf, P, u, cache, Vl in zip(self.leaves, self.params, inputs, caches, Vs):
             Rins.append(Ru)
-            Ru, rc = leaf._param_rfwd(cache, P, u, Ru, Vl, be, xp)
+            Ru, rc = leaf.param_rop_forward(cache, P, u, Ru, Vl, be)
             rcaches.append(rc)
         # Ru : (n, k, m) = J_n v, the output tangent of every direction
         if kind == "fisher":
@@ -447,7 +427,7 @@ class _Bound:
             Rdl = w * loss._hvp(F, T, Ru, xp)
         out = [None] * len(self.leaves)
         for i in range(len(self.leaves) - 1, -1, -1):
-            _, Rdl, out[i] = self.leaves[i]._param_rbwd(
+            _, Rdl, out[i] = self.leaves[i].param_rop_backward(
                 caches[i],
                 rcaches[i],
                 self.params[i],
@@ -457,7 +437,6 @@ class _Bound:
                 None if dls is None else dls[i],
                 Rdl,
                 be,
-                xp,
                 need_dlu=False,
                 need_Rdlu=i > 0,
             )
@@ -473,15 +452,13 @@ def _check_batch_size(batch_size, n):
 
 
 def _same_library(xp_a, xp_b) -> bool:
-    kind = native_backend(xp_a)
-    if kind != native_backend(xp_b):
-        return False
-    return kind != "generic" or getattr(xp_a, "__name__", xp_a) == getattr(xp_b, "__name__", xp_b)
+    # array_namespace gives one namespace object per library (array_api_compat.numpy,
+    # array_api_compat.torch, array_api_strict, jax.numpy, ...)
+    return getattr(xp_a, "__name__", xp_a) == getattr(xp_b, "__name__", xp_b)
 
 
 def _lib_name(xp) -> str:
-    kind = native_backend(xp)
-    return getattr(xp, "__name__", str(xp)) if kind == "generic" else kind
+    return backend_for(xp).library or getattr(xp, "__name__", str(xp))
 
 
 def _user_targets(y, B):
@@ -496,7 +473,7 @@ def _user_targets(y, B):
     xpy = namespace_of(y, "y")
     if _same_library(xpy, B.user_xp):
         return y
-    if native_backend(xpy) == "numpy":
+    if backend_for(xpy).interchange and not backend_for(B.user_xp).interchange:
         if y.dtype.kind not in "biuf":
             raise TypeError(
                 f"y must hold integer class labels or floating targets, got a NumPy array of dtype {y.dtype}"
@@ -600,10 +577,12 @@ class LinearOperatorBase:
     def __init__(self, size: int, xp: Any, dtype: Any, device: Any) -> None:
         self.size = int(size)
         self.xp, self.device = xp, device
-        if isinstance(dtype, np.dtype) and native_backend(xp) != "numpy":
-            dtype = getattr(xp, dtype.name)  # the library's own dtype object, by name
+        self._be = backend_for(xp)
+        if isinstance(dtype, np.dtype):
+            dtype = self._be.dtype(dtype.name)  # the library's own dtype object, by name
+            if isinstance(dtype, type) and issubclass(dtype, np.generic):
+                dtype = np.dtype(dtype)
         self.array_dtype = dtype
-        self._be = get_backend(native_backend(xp))
 
     @property
     def dtype(self) -> np.dtype:
@@ -633,13 +612,14 @@ class LinearOperatorBase:
         """
         v = as_plain_array(v, what)
         lib = _lib_name(self.xp)
-        alt = "" if lib == "numpy" else " or a NumPy array"
+        alt = "" if self._be.interchange else " or a NumPy array"
         if isinstance(v, (list, tuple)) or not hasattr(v, "shape") or not hasattr(v, "ndim"):
             raise TypeError(
                 f"{what} must be an array of the operator's library ({lib}, dtype {self.array_dtype})"
                 f"{alt}, got {type(v).__name__}"
             )
-        host = isinstance(v, np.ndarray) and native_backend(self.xp) != "numpy"
+        # NumPy (the interchange format) given to an operator of another library
+        host = isinstance(v, np.ndarray) and not self._be.interchange
         if host:
             if v.dtype != self.dtype:
                 raise TypeError(

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress, progress_bar
 from .._dask_hook import dask_dispatch
+from .._progress import Progress, progress_bar
 from ..estimators import Estimate
 from .params import (
     LinearOperatorBase,
@@ -240,7 +240,9 @@ def top_eigenpairs(
 
             A = tracked.to_scipy()
             try:
-                vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype))
+                vals, vecs = eigsh(
+                    A, k=k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0.astype(A.dtype)
+                )
             except ArpackError as err:
                 # -9 "Starting vector is zero": ARPACK cannot restart after an invariant subspace of
                 # a zero (or nearly so) operator, e.g. the empirical Fisher of a network whose last

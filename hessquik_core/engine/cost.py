@@ -27,7 +27,6 @@ is validated against measured timings in ``benchmarks``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -174,7 +173,7 @@ def estimate(leaves, n, **request) -> CostReport:
     Memoised on the layer shapes: the model is pure arithmetic on them, and
     it runs on every call.
     """
-    dims = tuple((leaf.in_features, leaf.out_features) for leaf in leaves)
+    dims = tuple(shape for leaf in leaves for shape in leaf.cost_shapes)
     return _estimate(dims, n, **request)
 
 
@@ -227,32 +226,3 @@ def _estimate(
             FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
         )
     return report
-
-
-def available_memory(xp, device) -> int:
-    """Free memory (bytes) where the arrays of ``xp`` live: device memory
-    for CUDA torch/CuPy, available host RAM otherwise."""
-    import array_api_compat as aac
-
-    try:
-        if aac.is_torch_namespace(xp) and str(device).startswith("cuda"):
-            import torch
-
-            return int(torch.cuda.mem_get_info(device)[0])
-        if aac.is_cupy_namespace(xp):
-            import cupy
-
-            return int(cupy.cuda.runtime.memGetInfo()[0])
-    except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    try:  # pragma: no cover - non-Linux
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 8 * 2**30

@@ -1,0 +1,193 @@
+"""The backend contract: one object per array library, with its capabilities.
+
+The chain-rule engine is written once against the Python Array API
+standard; what the standard lacks is supplied by a :class:`Backend`, and
+every decision that depends on the library (may results be written in
+place? does a compiler fuse element-wise work? how much memory is free?)
+is asked of the backend's *capabilities*, never of its name.
+
+A backend object is *bound* to one Array-API namespace (``backend.xp``):
+NumPy, torch and CuPy each have one; the generic backend is bound to the
+namespace of the call (array-api-strict, ``jax.numpy``, ...) by
+:meth:`Backend.bind`. The engine hands the bound object to the layers as
+``ops``: ``ops.xp`` is the namespace, ``ops.mm(a, b)`` the contraction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class Backend:
+    """Operations the Array API standard lacks, and what the library can do.
+
+    Capabilities (class attributes)
+    -------------------------------
+    name : str
+        The ``backend=`` keyword that selects it.
+    library : str or None
+        Top-level module of the arrays it owns (``"numpy"``); ``None`` for
+        the generic backend, which owns no library.
+    mutable : bool
+        Arrays may be written in place: engine-owned temporaries are
+        updated in place (``addcmul``) and chunked results are written into
+        preallocated arrays. Immutable libraries get fresh arrays.
+    interchange : bool
+        Its arrays are the host interchange format that every call accepts
+        besides its own library's (NumPy: ``directions`` may be NumPy for a
+        torch ``x``).
+    host_storage : bool
+        ``Module.to(name)`` keeps parameters as read-only NumPy home arrays
+        (converted per call) rather than as this library's arrays.
+    autograd : bool
+        The library records gradients: ``Module.to(name, requires_grad=True)``
+        makes trainable leaves.
+    """
+
+    name: str = "backend"
+    library: str | None = None
+    mutable: bool = False
+    interchange: bool = False
+    host_storage: bool = False
+    autograd: bool = False
+
+    def __init__(self, xp: Any = None) -> None:
+        self.xp = xp
+        self._bound: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<{self.name} backend on {getattr(self.xp, '__name__', self.xp)}>"
+
+    # -- binding -------------------------------------------------------------
+    def bind(self, xp) -> Backend:
+        """This backend bound to namespace ``xp`` (cached)."""
+        if xp is self.xp:
+            return self
+        key = id(xp)
+        out = self._bound.get(key)
+        if out is None or out.xp is not xp:
+            out = self._bound[key] = type(self)(xp)
+        return out
+
+    @classmethod
+    def owns_namespace(cls, xp) -> bool:
+        """Is ``xp`` this library's own namespace (so ``backend=None`` picks it)?"""
+        return False
+
+    # -- capabilities that depend on the call ---------------------------------
+    @property
+    def fuses(self) -> bool:
+        """Does a compiler fuse chains of element-wise operations (XLA)?
+        The cost model then charges memory traffic less."""
+        return False
+
+    def cache_blocking(self, x, arrays) -> bool:
+        """May a large call on ``x`` run in batch blocks that stay in cache?
+
+        True for eager CPU libraries; ``arrays`` are the call's other
+        inputs and parameters (a library that records a graph over them
+        may refuse)."""
+        return False
+
+    def available_memory(self, device) -> int:
+        """Free memory (bytes) on ``device``: host RAM unless overridden."""
+        return host_memory()
+
+    # -- the operations -------------------------------------------------------
+    def mm(self, a, b, *, xp=None):
+        """Contract the last axis of ``a`` with the first of the matrix ``b``, one GEMM."""
+        raise NotImplementedError
+
+    def addmm(self, c, a, b, *, xp=None):
+        """``c + mm(a, b)``."""
+        return c + self.mm(a, b, xp=xp)
+
+    def addcmul(self, acc, a, b, *, xp=None):
+        """``acc + a * b``; a mutable library writes into ``acc``, which must be
+        a temporary the engine owns (never a caller's array or a parameter)."""
+        return acc + a * b
+
+    def sum_squares(self, a, *, axis, xp=None):
+        """``Σ a²`` over ``axis``, without storing the squares where the library can."""
+        xp = self.xp if xp is None else xp
+        return xp.sum(a * a, axis=axis)
+
+    def einsum(self, subscripts, a, b, *, xp=None):
+        """Two-operand Einstein summation."""
+        raise NotImplementedError
+
+    def erf(self, a, *, xp=None):
+        """``erf`` elementwise. The standard has none (nor has NumPy, and SciPy is
+        never imported): standard functions only, a few ulps in float64
+        (``hessquik_core._special``); libraries with a native kernel override it."""
+        from .._special import erf
+
+        return erf(a, xp=self.xp if xp is None else xp)
+
+    def erfc(self, a, *, xp=None):
+        """``erfc`` elementwise, full relative precision in the upper tail."""
+        from .._special import erfc
+
+        return erfc(a, xp=self.xp if xp is None else xp)
+
+    def convert(self, a, *, xp=None, dtype, device=None):
+        """An array of *any* supported library as this backend's array."""
+        raise NotImplementedError
+
+    def dtype(self, name: str):
+        """The library's floating dtype called ``name`` (``"float32"``)."""
+        return getattr(self.xp, name)
+
+    def to_numpy(self, a):
+        """Host copy of one of this library's arrays, as a NumPy array."""
+        import numpy as np
+
+        return np.asarray(a)
+
+    def home(self, a, requires_grad: bool = False):
+        """A converted parameter as a home array of this library (``Module.to``)."""
+        return a
+
+    def view(self, a, shape):
+        """A view of ``a`` with ``shape`` that writes through to ``a``, or ``None``."""
+        return None
+
+    def multiply(self, a, b, *, out):
+        """``out[...] = a * b`` without a temporary (mutable libraries)."""
+        raise NotImplementedError
+
+    def synchronize(self, device=None) -> None:
+        """Block until queued device work is done (for timing)."""
+
+
+class InPlaceUpdates:
+    """``addmm`` / ``addcmul`` for mutable libraries whose arrays update in place
+    with the ``+=`` operator (NumPy, CuPy): mix in before :class:`Backend`."""
+
+    def addmm(self, c, a, b, *, xp=None):
+        """``c + a @ b`` (``c`` has the result's shape); the sum is taken in place
+        in the GEMM's fresh output, so no third array is allocated."""
+        out = self.mm(a, b)
+        out += c
+        return out
+
+    def addcmul(self, acc, a, b, *, xp=None):
+        """``acc + a * b``, written into ``acc`` (a temporary the engine owns)."""
+        acc += a * b
+        return acc
+
+
+def host_memory() -> int:
+    """Available host RAM in bytes."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    try:  # pragma: no cover - non-Linux
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 * 2**30

@@ -1,0 +1,190 @@
+r"""The dense layer :math:`f(u) = \sigma(uK + b)`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..activations import Activation, get_activation
+from ..carry import Adjoints, Request, Tangents
+from ..rules import affine
+from ..rules.directions import weight_gradient
+from .base import Layer, check_int, register_layer, rng_of
+
+
+class AffineCache(NamedTuple):
+    """What the derivative steps of :math:`\\sigma(uM + b)` keep from the evaluation."""
+
+    dsigma: Any  # (n, q): σ'(z), None for order 0
+    d2sigma: Any  # (n, q): σ''(z), None below order 2
+
+
+@register_layer
+class SingleLayer(Layer):
+    r"""Single layer :math:`f(u) = \sigma(u K + b)`.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        :math:`p` and :math:`q`.
+    act : Activation or str, default ``Identity()``
+        Pointwise activation :math:`\sigma`.
+    bias : bool, default True
+        Whether :math:`b` exists.
+    dtype : NumPy dtype, default float64
+        Storage dtype of the parameters (calls compute in the input's dtype).
+    seed : int or numpy.random.Generator, optional
+        Seed of the initialisation (hessQuik's distribution:
+        :math:`K, b \sim U(\pm 1/\sqrt{q})`).
+
+    Attributes
+    ----------
+    K : (p, q)
+    b : (q,) or None
+
+    Notes
+    -----
+    With :math:`z = uK + b`, :math:`J = K\,\mathrm{diag}(\sigma'(z))` and
+
+    .. math::
+        \partial f = \sigma'(z) \odot (\partial u\, K),\qquad
+        \partial^2 f = \sigma''(z) \odot (\partial u K)(\partial u K)^\top + \sigma'(z) \odot (\partial^2 u\, K)
+
+    forward, and backward
+    :math:`dl_u = K(\sigma' \odot dl)`,
+    :math:`Dl_u = K\,[\mathrm{diag}(\sigma')\, Dl\, \mathrm{diag}(\sigma') + \mathrm{diag}(\sigma'' \odot dl)]\,K^\top`
+    (:mod:`hessquik_core.rules.affine`).
+    """
+
+    config_schema = {"in_features": "int", "out_features": "int", "bias": "bool"}
+    has_activation = True
+    torch_twin = None  # nn.Linear + activation, recognised by from_torch itself
+    hessquik_name = "singleLayer"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        act="identity",
+        bias: bool = True,
+        *,
+        dtype=np.float64,
+        seed=None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features)
+        self.out_features = check_int("out_features", out_features)
+        self.act: Activation = get_activation(act)
+        self.bias = bool(bias)
+        rng = rng_of(seed)
+        bound = 1.0 / math.sqrt(self.out_features)
+        p, q = self.in_features, self.out_features
+        self._register("K", rng.uniform(-bound, bound, (p, q)).astype(dtype), (p, q))
+        self._register("b", rng.uniform(-bound, bound, (q,)).astype(dtype) if bias else None, (q,))
+
+    def config(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias}
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict:
+        p, q = config["in_features"], config["out_features"]
+        return {"K": (p, q), **({"b": (q,)} if config["bias"] else {})}
+
+    def __repr__(self) -> str:
+        return f"SingleLayer({self.in_features}, {self.out_features}, act={self.act!r}, bias={self.bias})"
+
+    # -- input derivatives ----------------------------------------------------------
+    def evaluate(self, u, params, order, ops):
+        s0, s1, s2 = affine.evaluate(u, params["K"], params["b"], self.act, order, ops.xp)
+        return s0, AffineCache(s1, s2)
+
+    def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
+        K = params["K"]
+        return affine.forward_step(
+            cache.dsigma, cache.d2sigma, ops.mm(tangents.jacobian, K), tangents, K, request, ops
+        )
+
+    def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
+        return affine.backward_step(cache.dsigma, cache.d2sigma, params["K"], adjoints, second, ops)
+
+    def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
+        return affine.backward_first(cache.dsigma, cache.d2sigma, params["K"], adjoints, what, ops)
+
+    # -- derivatives with respect to the parameters (hessquik_core.curvature) --------
+    def param_vjp(self, cache, params, u, dl, per_example, ops):
+        r"""Adjoint ``dl = ∂C/∂f : (n, q)`` to ``∂C/∂u`` and to the parameters.
+
+        With :math:`\delta = \sigma'(z) \odot dl`: :math:`\partial C/\partial u = \delta K^\top`,
+        :math:`\partial C/\partial K = \sum_n u_n \otimes \delta_n`,
+        :math:`\partial C/\partial b = \sum_n \delta_n`
+        (per example: the summands, shapes ``(n, p, q)`` and ``(n, q)``).
+        """
+        delta, dlu = affine.param_vjp(cache.dsigma, params["K"], dl, ops)
+        g = {"K": weight_gradient(u, delta, per_example, ops)}
+        if params["b"] is not None:
+            g["b"] = delta if per_example else ops.xp.sum(delta, axis=0)
+        return dlu, g
+
+    def param_rop_forward(self, cache, params, u, Ru, V, ops):
+        r"""Forward R-pass: :math:`R z = (Ru) K + u V_K + V_b`, :math:`R f = \sigma' \odot Rz`.
+
+        ``Ru : (n, k, p)`` or ``None`` (input independent of the parameters),
+        ``V['K'] : (k, p, q)``, ``V['b'] : (k, q)``. Returns ``(Rf, Rz)``.
+        """
+        return affine.param_rop_forward(cache.dsigma, params["K"], V["K"], u, Ru, V.get("b"), ops)
+
+    def param_rop_backward(
+        self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
+    ):
+        r"""Backward R-pass (Pearlmutter) of :meth:`param_vjp` (:func:`~hessquik_core.rules.affine.param_rop_backward`).
+
+        Returns ``(dl_u, Rdl_u, {name: (k, *shape)})``; ``need_dlu=False`` /
+        ``need_Rdlu=False`` skip the input adjoints (``None``), e.g. at the first layer.
+        """
+        r = affine.param_rop_backward(
+            cache.dsigma,
+            cache.d2sigma,
+            params["K"],
+            V["K"],
+            u,
+            Ru,
+            rcache,
+            dl,
+            Rdl,
+            ops,
+            bias=params["b"] is not None,
+            need_dlu=need_dlu,
+            need_Rdlu=need_Rdlu,
+        )
+        g = {"K": r.RgM}
+        if r.Rgb is not None:
+            g["b"] = r.Rgb
+        return r.dl_u, r.Rdl_u, g
+
+    @classmethod
+    def from_hessquik(cls, module, kit):
+        act = kit.act(module.act, ".act")
+        return cls(
+            module.in_features, module.out_features, act=act, bias=module.b is not None, dtype=kit.dtype
+        )
+
+    # -- torch twin -----------------------------------------------------------------
+    def to_torch(self, kit) -> list:
+        """``nn.Linear(in, out)`` with ``weight = Kᵀ``, then the activation (none for identity)."""
+        lin = kit.nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.b is not None,
+            dtype=kit.dtype_of(self),
+            device=kit.device,
+        )
+        kit.assign(lin.weight, kit.tensor(self.K).T)
+        if self.b is not None:
+            kit.assign(lin.bias, kit.tensor(self.b))
+        act = kit.act(self.act)
+        return [lin] if act is None else [lin, act]
+
+
+__all__ = ["AffineCache", "SingleLayer"]
