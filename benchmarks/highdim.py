@@ -298,6 +298,7 @@ def run(args) -> dict:
     rows, checks = [], {}
     tmp = Path(tempfile.mkdtemp(prefix="highdim-"))
     itemsize = np.dtype(args.dtype).itemsize
+    failed: dict = {}  # method -> (d, status) of its first failure: larger d is not tried
     for d in args.d:
         n = max(1, int(args.nd // d))
         rows_of: dict = {}
@@ -314,18 +315,36 @@ def run(args) -> dict:
                 budget_s=args.budget_s,
                 rows_path=str(tmp / f"{method}_{d}.npz"),
             )
+            if method in failed:
+                d0, st0 = failed[method]
+                rec.update(status="not-run", note=f"{st0} at d = {d0:,} (n·d fixed: larger d costs more)")
+                rows.append(rec)
+                continue
+            if time.perf_counter() - t_start > args.max_total_s:
+                rec.update(
+                    status="not-run", note=f"the run's time budget ({args.max_total_s:.0f} s) is used up"
+                )
+                rows.append(rec)
+                continue
             if method in EXTERNAL:
-                # folx carries a dense (d, width) Jacobian per example and layer; vmap(grad)
-                # keeps the (n, d, width) cotangent of the first layer
-                need = 4 * n * d * args.width * itemsize
-                if need > 0.5 * avail:
+                # folx (sparsity_threshold=0) starts from the dense d x d identity Jacobian of
+                # x and carries a (d, width) one per layer; vmap(grad) keeps (n, d, width)
+                # cotangents. Where the full batch does not fit, the largest n that does is
+                # run instead, and said so (its time is for that n, not extrapolated)
+                per_ex = (d * d + 4 * d * args.width) * itemsize if method == "folx-laplacian" else 0
+                per_ex = per_ex or 4 * d * args.width * itemsize
+                n_fit = int(0.4 * avail // per_ex)
+                if n_fit < 1:
                     rec.update(
                         status="skip-memory",
-                        note=f"needs ~{need / 2**30:.0f} GiB (n·d·width per layer) > half the "
-                        f"available {avail / 2**30:.0f} GiB",
+                        note=f"one example needs ~{per_ex / 2**30:.0f} GiB > 40% of the available "
+                        f"{avail / 2**30:.0f} GiB",
                     )
                     rows.append(rec)
                     continue
+                if n_fit < n:
+                    rec["n"] = cfg["n"] = n_fit
+                    rec["note"] = f"run at n = {n_fit} (n = {n} needs ~{n * per_ex / 2**30:.0f} GiB)"
             if method == "laplacian":
                 cfg["save_exact"] = str(exact_path)
             if method.startswith("hutchinson"):
@@ -345,6 +364,8 @@ def run(args) -> dict:
                     cfg["exact"] = str(exact_path)
             res = _in_process(cfg) if args.in_process else _spawn(cfg, args.timeout_s)
             rec.update(res)
+            if rec["status"] in ("timeout", "crash"):
+                failed[method] = (d, rec["status"])
             if rec["status"] == "ok":
                 t_of[method] = rec["min_s"]
                 p = Path(cfg["rows_path"])
@@ -366,7 +387,7 @@ def run(args) -> dict:
         for r in rows:
             if r["d"] == d and r.get("status") == "ok":
                 b = base["numpy-forward-vec" if r["method"] in VECTOR else "numpy-forward"]
-                if b:
+                if b and r["n"] == n:  # a method run at a smaller n has no ratio
                     r["over_forward"] = r["min_s"] / b
     desc["load_average_end"] = machine.load_average()
     return {
@@ -434,6 +455,8 @@ def markdown(data: dict) -> str:
                 c = _fmt_t(r["min_s"])
                 if r.get("over_forward") is not None:
                     c += f" ({r['over_forward']:.1f}×)"
+                elif r["n"] != idx.get((d, "numpy-forward"), r)["n"]:
+                    c += f" at n = {r['n']}"
                 if r.get("k") is not None:
                     c += f", k = {r['k']}"
                     if r.get("rel_rms_error") is not None:
@@ -443,7 +466,7 @@ def markdown(data: dict) -> str:
                 cells.append(f"**{r['status']}**")
         lines.append(f"| `{mth}` | " + " | ".join(cells) + " |")
     lines.append("")
-    bad = [r for r in data["rows"] if r["status"] not in ("ok", "not-run")]
+    bad = [r for r in data["rows"] if r["status"] != "ok" or r.get("note")]
     if bad:
         lines += ["## Failures, refusals and skips (with their messages)", ""]
         for r in bad:
@@ -531,7 +554,10 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=10.0, help="timing time per method (after warm-up)")
-    p.add_argument("--timeout-s", type=float, default=None, help="limit per method (default 240 s)")
+    p.add_argument("--timeout-s", type=float, default=None, help="limit per method (default 120 s)")
+    p.add_argument(
+        "--max-total-s", type=float, default=1800.0, help="methods not started by then are not run"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--label", default="")
     p.add_argument(
@@ -557,7 +583,7 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     if args.nd is None:
         args.nd = 2e4 if args.smoke else (2.5e5 if args.quick else 2.5e7)
     if args.timeout_s is None:
-        args.timeout_s = 60.0 if args.quick else 240.0
+        args.timeout_s = 60.0 if args.quick else 120.0
     if args.quick:
         args.repeat, args.budget_s = min(args.repeat, 3), min(args.budget_s, 1.0)
     args.methods = args.methods.split(",")
