@@ -494,17 +494,22 @@ def plot(out: Path, data: dict) -> Path | None:
     ok = [r for r in data["rows"] if r["status"] == "ok"]
     if not ok:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for mth in data["config"]["methods"]:
-        pts = sorted((r["d"], r["min_s"]) for r in ok if r["method"] == mth)
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    colors = plt.get_cmap("tab20").colors
+    for i, mth in enumerate(data["config"]["methods"]):
+        # a method run at a reduced n (folx where the batch does not fit) is not on this plot
+        pts = sorted((r["d"], r["min_s"]) for r in ok if r["method"] == mth and "over_forward" in r)
         if pts:
             ls = "--" if "forward" in mth else ("-." if mth.startswith(("hutch", "folx", "jax")) else "-")
-            ax.plot(*zip(*pts), ls, marker="o", label=mth)
+            ax.plot(*zip(*pts), ls, marker="o", color=colors[(2 * i) % 20 + (i >= 10)], label=mth)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("input dimension d (n·d fixed)")
     ax.set_ylabel("time per call (s)")
-    ax.set_title(data["title"] + (f"\n{data['label']}" if data.get("label") else ""), fontsize=9)
+    title = data["title"] + (f". {data['label']}" if data.get("label") else "")
+    ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -564,9 +569,15 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
         "--in-process", action="store_true", help="no subprocesses (and no time limit): for the test suite"
     )
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--replot", type=Path, default=None, help="rebuild highdim.md and the plot from DIR")
     args = p.parse_args(argv)
     if args.child is not None:
         return _child_main(args.child)
+    if args.replot is not None:
+        write_all(
+            args.replot, json.loads((args.replot / "highdim.json").read_text()), plots=not args.no_plots
+        )
+        return 0
     from . import machine
 
     args.threads = args.threads or machine.threads()
