@@ -531,7 +531,7 @@ def parse_args(argv=None):
     args.dtypes = (args.dtypes or ("float64" if quick else "float64,float32")).split(",")
     args.losses = (args.losses or ",".join(LOSSES)).split(",")
     if args.n is None:
-        args.n = 32 if small else (256 if quick else 1024)
+        args.n = 32 if small else (128 if quick else 1024)
     if args.compile_d is None:
         # one compile costs ~40 s on a 2-core machine: none in the quick run
         args.compile_d = [] if quick else [2, 16]
