@@ -20,12 +20,12 @@
 #
 # Environment: PYTHON (default: python3), GPU_CHECK_JAX=1 to pip install jax[cuda12],
 # GPU_CHECK_NO_INSTALL=1 to install nothing, GPU_CHECK_BUDGET_S (default 460) for the
-# total time of the stages.
+# total time of the stages, GPU_CHECK_RESULTS for another results folder.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
-RES="$ROOT/benchmarks/results/gpu"
+RES="${GPU_CHECK_RESULTS:-$ROOT/benchmarks/results/gpu}"
 mkdir -p "$RES"
 LOG="$RES/gpu_check.log"
 : >"$LOG"

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -130,3 +133,16 @@ def test_highdim_smoke_records_results_and_failures(tmp_path):
     )
     assert bad["status"] == "error" and "no-such-method" in bad["note"]
     assert "highdim" in (tmp_path / "highdim.md").read_text() or (tmp_path / "highdim.md").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs the whole check")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_without_gpu_exits_cleanly(tmp_path):
+    script = Path(_ROOT) / "benchmarks" / "gpu_check.sh"
+    env = dict(os.environ, GPU_CHECK_RESULTS=str(tmp_path / "gpu"), OUT=str(tmp_path / "out"))
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "no NVIDIA GPU found" in p.stdout
+    summary = (tmp_path / "gpu" / "summary.txt").read_text()
+    assert "no NVIDIA GPU on this machine" in summary
+    assert (tmp_path / "out" / "gpu" / "summary.txt").exists()
