@@ -60,6 +60,8 @@ import numpy as np
 LOSSES = ("laplacian", "gradient", "hessian_diagonal")
 #: where every peer runs ("cpu" or "cuda"; set from --device)
 DEVICE = "cpu"
+#: let torch.compile use Inductor's on-disk caches (--warm-compile)
+WARM_COMPILE = False
 ALL_PEERS = (
     "ours-auto",
     "ours-fwd",
@@ -195,7 +197,12 @@ def _make_ours(mode: str, compiled: bool = False):
 
         fn = loss_fn
         if compiled:
+            import torch._inductor.config as inductor_config
+
             torch._dynamo.reset()  # a fresh cache: no recompile limit reached across points
+            # a cold compile, what a user's first run pays: Inductor's on-disk caches
+            # (kept across processes) would otherwise make every later run look cheap
+            inductor_config.force_disable_caches = not WARM_COMPILE
             fn = torch.compile(loss_fn)
 
         def call():
@@ -516,6 +523,11 @@ def parse_args(argv=None):
     p.add_argument("--prefix", default="w6", help="output file stem (default w6)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every peer runs")
+    p.add_argument(
+        "--warm-compile",
+        action="store_true",
+        help="let torch.compile reuse Inductor's on-disk caches (default: cold compiles)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--replot", type=Path, default=None, help="rebuild w6.md and plot from DIR/w6.json")
     args = p.parse_args(argv)
@@ -769,6 +781,7 @@ def run(args) -> dict:
             "trimmed_grid": args.trim,
             "peers": args.peers,
             "device": args.device,
+            "warm_compile": args.warm_compile,
         },
         "machine": desc,
         "memory_budget_bytes": mem_budget,
@@ -1010,8 +1023,8 @@ def write_all(out: Path, data: dict, prefix: str = "w6", plots: bool = True) -> 
 
 def main(argv=None, *, configure_threads: bool = True) -> int:
     args = parse_args(argv)
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, WARM_COMPILE
+    DEVICE, WARM_COMPILE = args.device, args.warm_compile
     if args.replot is not None:
         data = json.loads((args.replot / f"{args.prefix}.json").read_text())
         write_all(args.replot, data, args.prefix, plots=not args.no_plots)
