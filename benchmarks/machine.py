@@ -92,6 +92,14 @@ def _gemm_call(backend: str, a, b):
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         mm = jax.jit(lambda u, v: u @ v)
         return lambda: mm(ja, jb).block_until_ready()
+    if backend == "jax-cuda":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        gpu = jax.devices("gpu")[0]
+        ja, jb = jax.device_put(a, gpu), jax.device_put(b, gpu)
+        mm = jax.jit(lambda u, v: u @ v)
+        return lambda: mm(ja, jb).block_until_ready()
     raise ValueError(f"no GEMM measurement for backend {backend!r}")
 
 

@@ -145,6 +145,10 @@ def peak_memory(
 
 
 def _gpu_counters(kind: str):
+    if kind == "jax-cuda":
+        # XLA preallocates its GPU pool and exposes no high-water mark through torch
+        # or CuPy: not measured
+        return (lambda: None), (lambda: None)
     if kind == "cupy":
         import cupy
 

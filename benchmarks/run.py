@@ -102,7 +102,11 @@ def parse_args(argv=None):
         default=None,
         help="output folder (default: benchmarks/results, or build/bench-quick with --quick)",
     )
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W5", help="comma-separated subset, e.g. W1,W3")
+    p.add_argument(
+        "--workloads",
+        default="W1,W2,W3,W4,W5",
+        help="comma-separated subset, e.g. W1,W3 (W6, the training step: benchmarks/training_step.py)",
+    )
     p.add_argument(
         "--peers", default=None, help="comma-separated peer names or families (default: every available one)"
     )
@@ -142,6 +146,17 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     args = parse_args(argv)
     if args.smoke:
         args.quick = True
+    if "W6" in args.workloads.split(","):
+        # the training-step workload has its own runner (benchmarks/training_step.py)
+        from . import training_step
+
+        w6 = [f for f, on in (("--quick", args.quick and not args.smoke), ("--smoke", args.smoke)) if on]
+        w6 += ["--no-plots"] * args.no_plots + (["--out", str(args.out)] if args.out else [])
+        w6 += [f"--threads={args.threads}"] if args.threads else []
+        rc = training_step.main(w6, configure_threads=configure_threads)
+        args.workloads = ",".join(w for w in args.workloads.split(",") if w != "W6")
+        if rc or not args.workloads:
+            return rc
     from . import machine
 
     n_threads = args.threads or machine.threads()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,3 +52,97 @@ def test_smoke_plots(tmp_path):
     )
     assert rc == 0
     assert (tmp_path / "w1_time_vs_d.png").stat().st_size > 0
+
+
+def test_w6_training_step_smoke(tmp_path):
+    """W6 (training step) on a tiny grid: every peer's loss and weight gradient agree
+    with this library's before they are timed, and the tables are written."""
+    ts = pytest.importorskip("benchmarks.training_step")
+    peers = "ours-auto,torch.func,hessQuik-0.0.6"
+    rc = ts.main(
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--peers",
+            peers,
+            "--no-plots",
+            "--repeat",
+            "2",
+            "--max-call-s",
+            "1e3",
+        ],
+        configure_threads=False,
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "w6.json").read_text())
+    losses = {r["loss"] for r in data["rows"]}
+    assert losses == {"laplacian", "gradient", "hessian_diagonal"}
+    for r in data["rows"]:
+        assert r["status"] in ("ok", "unavailable"), r
+        if r["status"] == "ok":
+            assert r["rel_err"] <= 1e-8 and r["min_s"] > 0 and r["rounds"] >= 2
+    md = (tmp_path / "w6.md").read_text()
+    assert "Ratio ours-auto / peer" in md and "load average" in md
+    assert (tmp_path / "w6.csv").exists()
+
+
+def test_w6_agreement_check_catches_a_wrong_gradient():
+    ts = pytest.importorskip("benchmarks.training_step")
+    import numpy as np
+
+    ref = (1.0, [np.ones((2, 3)), np.zeros(3)])
+    assert ts.compare((1.0, [np.ones((2, 3)), np.zeros(3)]), ref)[0] == 0.0
+    err, where = ts.compare((1.0, [np.ones((2, 3)), np.full(3, 0.1)]), ref)
+    assert err > ts.tolerance("float32") > ts.tolerance("float64") and where == "gradient 1"
+    assert ts.compare((1.1, ref[1]), ref)[1] == "loss"
+
+
+def test_highdim_smoke_records_results_and_failures(tmp_path):
+    """The high-dimensional harness runs in process on tiny sizes, cross-checks the
+    methods against each other, and records a failing call instead of crashing."""
+    hd = pytest.importorskip("benchmarks.highdim")
+    methods = "numpy-forward,value,laplacian,hessian_diagonal,gradient,hutchinson-2,hutchinson-eq"
+    rc = hd.main(
+        [
+            "--smoke",
+            "--in-process",
+            "--d",
+            "50",
+            "--nd",
+            "1000",
+            "--methods",
+            methods,
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+        ],
+        configure_threads=False,
+    )
+    assert rc == 0
+    data = json.loads((tmp_path / "highdim.json").read_text())
+    st = {r["method"]: r for r in data["rows"]}
+    assert all(r["status"] == "ok" for r in st.values()), st
+    assert st["hutchinson-eq"]["k"] >= 2 and 0 < st["hutchinson-eq"]["rel_rms_error"] < 10
+    chk = data["checks"]["50"]
+    assert chk["laplacian vs sum(hessian_diagonal)"] < 1e-12
+    assert chk["value: value vs numpy-forward"] < 1e-12
+    # a refusal is a result: recorded with its message
+    bad = hd._in_process(
+        {"method": "no-such-method", "d": 3, "n": 2, "dtype": "float64", "width": 4, "depth": 1}
+    )
+    assert bad["status"] == "error" and "no-such-method" in bad["note"]
+    assert "highdim" in (tmp_path / "highdim.md").read_text() or (tmp_path / "highdim.md").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs the whole check")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_without_gpu_exits_cleanly(tmp_path):
+    script = Path(_ROOT) / "benchmarks" / "gpu_check.sh"
+    env = dict(os.environ, GPU_CHECK_RESULTS=str(tmp_path / "gpu"), OUT=str(tmp_path / "out"))
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "no NVIDIA GPU found" in p.stdout
+    summary = (tmp_path / "gpu" / "summary.txt").read_text()
+    assert "no NVIDIA GPU on this machine" in summary
+    assert (tmp_path / "out" / "gpu" / "summary.txt").exists()
