@@ -221,7 +221,9 @@ class SiLU(Activation):
         return val, ds, (s * sc * (2.0 + z * (sc - s))) if order == 2 else None
 
 
-_REGISTRY = {cls.name: cls for cls in (AntiTanh, Identity, Quadratic, Sigmoid, Softplus, Tanh, Sin, SiLU)}
+_REGISTRY: dict[str, type[Activation]] = {
+    cls.name: cls for cls in (AntiTanh, Identity, Quadratic, Sigmoid, Softplus, Tanh, Sin, SiLU)
+}
 
 
 def get_activation(spec) -> Activation:

@@ -458,7 +458,7 @@ def _same_library(xp_a, xp_b) -> bool:
 
 
 def _lib_name(xp) -> str:
-    return backend_for(xp).library or getattr(xp, "__name__", str(xp))
+    return str(backend_for(xp).library or getattr(xp, "__name__", xp))
 
 
 def _user_targets(y, B):

@@ -128,7 +128,9 @@ def _output_bytes(ctx: CallContext, n: int) -> float:
 def _budget(max_memory, ctx) -> float:
     if max_memory is None:
         return 0.5 * ctx.be.available_memory(ctx.device)
-    return check_max_memory(max_memory)  # any real number type (numpy scalars included)
+    budget = check_max_memory(max_memory)  # any real number type (numpy scalars included)
+    assert budget is not None  # None was handled above
+    return budget
 
 
 def _fmt_bytes(b: float) -> str:
