@@ -243,3 +243,9 @@ def test_cost_title_names_the_request():
     assert value_only.routes["forward"].flops < with_grad.routes["forward"].flops
     assert net.cost(10, gradient=False, hessian=True).request == "value + Hessian"
     assert net.cost(10, laplacian=True).request == "value + gradient + Laplacian"
+
+
+def test_load_with_a_device_alone(net, tmp_path):
+    hq.save(net, tmp_path / "n.hqk")
+    back = hq.load(tmp_path / "n.hqk", device="cpu")
+    assert _kinds(back) == {("torch", "float64")}
