@@ -69,6 +69,26 @@ def as_plain_array(a, what: str = "x"):
     return a
 
 
+def as_batch(x, d: int):
+    """A single point ``x : (d,)`` as a batch of one, ``(1, d)`` (a view)."""
+    x = as_plain_array(x, "x")
+    xp = namespace_of(x)
+    if x.shape[0] != d:
+        raise ValueError(
+            f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim 1): a single point has shape ({d},)"
+        )
+    return xp.expand_dims(x, axis=0)
+
+
+def unbatch(res):
+    """Drop the batch axis of a batch-of-one result (every entry is ``(1, ...)``)."""
+    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
+        a = getattr(res, name)
+        if a is not None:
+            setattr(res, name, a[0, ...])
+    return res
+
+
 def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
     """``max_memory`` as a float number of bytes (``None`` stays ``None``).
 
@@ -224,7 +244,11 @@ def resolve_input(net, x, backend) -> InputContext:
     xp0 = namespace_of(x)
     d = net.in_features
     if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim {x.ndim})")
+        hint = ""
+        if x.ndim == 1 and x.shape[0] == d:
+            # a single point where a batch is needed (the network call itself takes one)
+            hint = f": for a single point pass x[None], shape (1, {d})"
+        raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim {x.ndim}){hint}")
     if x.shape[1] != d:
         raise ValueError(f"x must have shape (n, {d}): {d} features per row, got shape {tuple(x.shape)}")
     if not xp0.isdtype(x.dtype, "real floating"):

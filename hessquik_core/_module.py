@@ -129,35 +129,74 @@ class Module:
             yield from child.modules()
 
     # -- conversion ----------------------------------------------------------
-    def to(self, backend: str = "numpy", *, device=None, dtype=None, requires_grad: bool = False):
-        """Move the stored parameters (in place) to ``backend`` / ``device`` / ``dtype``.
+    def to(self, backend: Any = None, dtype: Any = None, *, device=None, requires_grad: bool | None = None):
+        """Move the stored parameters (in place) to a backend, device and/or dtype.
 
-        ``requires_grad=True`` (torch only) makes them leaf tensors that a
-        torch optimizer can train. Returns ``self``.
+        Accepts hessquik-core's spelling and torch's:
+
+        * ``to("numpy")``, ``to("torch")``, ``to("cupy")``, ``to("generic")``:
+          a backend by name (``device=`` / ``dtype=`` optional).
+        * ``to("cpu")``, ``to("cuda")``, ``to("cuda:0")``, ``to("mps")``,
+          ``to(torch.device(...))``, ``to(device="cuda")``: torch tensors on
+          that device (device strings name torch devices).
+        * ``to(torch.float32)``, ``to(np.float32)``, ``to("float32")``,
+          ``to(dtype=...)``: convert the dtype, keeping each parameter's
+          library (and device): NumPy parameters become NumPy arrays of the
+          matching NumPy dtype, torch tensors torch tensors.
+        * ``to("cuda", torch.float32)``, ``to("torch", torch.float64)``:
+          both at once.
+        * ``to()`` with nothing: NumPy (hessquik-core's home library).
+
+        ``requires_grad=True`` (torch only) makes the parameters leaf
+        tensors that a torch optimizer can train; ``False`` detaches them;
+        ``None`` (default) keeps each tensor's flag when the parameters stay
+        torch tensors. The parameters are new tensors afterwards (as after
+        ``torch.nn.Module.to`` across devices): build the optimizer after
+        moving. Returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            For an unknown backend or device name, or a device the backend
+            cannot hold parameters on.
+        TypeError
+            For a non-floating dtype or an argument that is neither a
+            backend, a device nor a dtype.
         """
-        be = get_backend(backend)
-        if requires_grad and not be.autograd:
-            raise ValueError("requires_grad=True needs backend='torch'")
-        if be.host_storage and device is not None and str(device) != "cpu":
-            raise ValueError(f"backend {backend!r} keeps parameters on the CPU, got device={device!r}")
+        name, device, dtype = _to_request(backend, dtype, device)
         # ``dtype`` may be given as a name, a NumPy dtype or a torch/CuPy dtype: map it
         # by name to the target library so that e.g. ``to("torch", dtype=np.float32)`` works
         want = None if dtype is None else _dtype_name_checked(dtype)
         staged = []  # convert everything first: a failure leaves the module untouched
         for mod in self.modules():
-            for name, p in mod._params.items():
+            for pname, p in mod._params.items():
                 if p is None:
                     continue
+                # a dtype-only request keeps each parameter's own library
+                be = get_backend(name) if name is not None else _home_backend(p)
+                if requires_grad and not be.autograd:
+                    raise ValueError(
+                        f"requires_grad=True needs backend='torch', got backend {be.name!r} "
+                        f"(parameter {pname!r} is a {type(p).__module__}.{type(p).__name__})"
+                    )
+                if be.host_storage and device is not None and str(device) != "cpu":
+                    raise ValueError(
+                        f"backend {be.name!r} keeps parameters on the CPU, got device={device!r}"
+                    )
                 if be.host_storage:
                     host = to_numpy(p)
                     arr = np.array(host, dtype=np.dtype(want) if want else host.dtype)
                     arr.setflags(write=False)
                 else:
                     dt = be.dtype(str(p.dtype).split(".")[-1] if want is None else want)
-                    arr = be.home(be.convert(p, dtype=dt, device=device), requires_grad)
-                staged.append((mod, name, arr))
-        for mod, name, arr in staged:
-            mod._params[name] = arr
+                    grad = (
+                        bool(getattr(p, "requires_grad", False)) if requires_grad is None else requires_grad
+                    )
+                    dev = device if device is not None or name is not None else getattr(p, "device", None)
+                    arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
+                staged.append((mod, pname, arr))
+        for mod, pname, arr in staged:
+            mod._params[pname] = arr
         for mod in self.modules():
             mod._cache.clear()
         return self
@@ -205,3 +244,86 @@ def _dtype_name_checked(dtype) -> str:
     if name not in ("float16", "float32", "float64"):
         raise TypeError(f"dtype must be a floating dtype (float16, float32 or float64), got {dtype!r}")
     return name
+
+
+_FLOAT_NAMES = ("float16", "float32", "float64")
+
+
+def _is_dtype(obj) -> bool:
+    if isinstance(obj, str):
+        return obj.split(".")[-1] in _FLOAT_NAMES or obj.split(".")[-1] in ("int32", "int64", "bool")
+    if isinstance(obj, np.dtype) or (isinstance(obj, type) and issubclass(obj, np.generic)):
+        return True
+    return type(obj).__name__ == "dtype"  # torch.dtype, cupy/jax dtypes (NumPy's)
+
+
+def _torch_device(obj):
+    """``obj`` as a ``torch.device`` if it names one, else ``None``."""
+    if type(obj).__module__.split(".")[0] == "torch" and type(obj).__name__ == "device":
+        return obj
+    if not isinstance(obj, str):
+        return None
+    head = obj.split(":")[0]
+    if head not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        return None
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"device {obj!r} names a torch device, but torch is not installed") from None
+    try:
+        return torch.device(obj)
+    except RuntimeError as err:
+        raise ValueError(f"invalid device {obj!r}: {err}") from None
+
+
+def _to_request(target, dtype, device):
+    """Sort ``Module.to``'s arguments into ``(backend name or None, device, dtype)``.
+
+    A backend name of ``None`` means "keep each parameter's library" (a
+    dtype-only request); nothing at all means NumPy.
+    """
+    from .backends import BACKEND_NAMES
+
+    name = None
+    if target is not None:
+        if isinstance(target, str) and target in BACKEND_NAMES:
+            name = target
+        elif _is_dtype(target):
+            if dtype is not None:
+                raise TypeError(f"dtype given twice: {target!r} and dtype={dtype!r}")
+            dtype = target
+        else:
+            dev = _torch_device(target)
+            if dev is None and not isinstance(target, str):
+                raise TypeError(
+                    f"to() takes a backend name, a device or a dtype, got {type(target).__name__} {target!r}"
+                )
+            if dev is None:
+                raise ValueError(
+                    f"unknown backend or device {target!r}: expected a backend "
+                    f"({', '.join(map(repr, BACKEND_NAMES))}), a torch device ('cpu', 'cuda', "
+                    f"'cuda:0', 'mps', torch.device(...)) or a floating dtype"
+                )
+            if device is not None:
+                raise TypeError(f"device given twice: {target!r} and device={device!r}")
+            name, device = "torch", dev
+    if name is None and device is not None:
+        dev = _torch_device(device)
+        if dev is None:
+            raise ValueError(
+                f"device={device!r} without a backend must name a torch device ('cpu', 'cuda', "
+                f"'cuda:0', 'mps' or a torch.device); for another library pass its backend, "
+                f"e.g. to('cupy', device=...)"
+            )
+        name, device = "torch", dev
+    if name is None and dtype is None:
+        name = "numpy"
+    return name, device, dtype
+
+
+def _home_backend(p):
+    """The backend a parameter's own library belongs to (host storage for others)."""
+    from .backends import owner_of
+
+    be = owner_of(p)
+    return get_backend("numpy") if be.library is None else be

@@ -630,7 +630,8 @@ def load(path: str | os.PathLike, *, backend: str | None = None, device=None):
         are refused without reading.
     backend, device : optional
         If given, the loaded parameters are moved with
-        ``net.to(backend, device=device)``; by default they are read-only
+        ``net.to(backend, device=device)`` (``device`` alone names a torch
+        device, e.g. ``"cuda"``); by default they are read-only
         NumPy arrays of the stored dtypes.
 
     Returns
@@ -757,6 +758,6 @@ def load(path: str | os.PathLike, *, backend: str | None = None, device=None):
         arr = np.frombuffer(view[b:e], dtype=_DTYPES[info["dtype"]]).reshape(info["shape"])
         state[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
     net.load_state_dict(state, strict=True)
-    if backend is not None:
+    if backend is not None or device is not None:  # device alone: a torch device (Module.to)
         net.to(backend, device=device)
     return net

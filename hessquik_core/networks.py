@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import resolve_call
+from ._array import as_batch, resolve_call, unbatch
 from ._dask_hook import dask_call, is_dask
 from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, estimate_call, estimate_routes
@@ -93,10 +93,12 @@ class NN(Module):
 
         Parameters
         ----------
-        x : array of shape (n, d)
+        x : array of shape (n, d) or (d,)
             NumPy, CuPy, torch or any Array-API array, floating dtype. The
             computation runs in ``x``'s dtype and on its device; parameters
-            are converted (and cached) to match.
+            are converted (and cached) to match. A single point ``(d,)``
+            gives results without the batch axis (``value (m,)``,
+            ``gradient (d, m)``, ...; ``directions`` keep their meaning).
         gradient, hessian, laplacian, hessian_diagonal : bool
             What to compute besides the value. The Laplacian and the
             diagonal alone never form the full Hessian.
@@ -129,10 +131,15 @@ class NN(Module):
         Result
             ``value (n, m)``, ``gradient (n, d, m)``, ``hessian (n, d, d, m)``,
             ``laplacian (n, m)``, ``hessian_diagonal (n, d, m)``,
-            ``divergence (n,)``; ``None`` where not requested.
+            ``divergence (n,)``; ``None`` where not requested. Unpacking
+            it yields only the requested quantities, in this order (see
+            :class:`Result`).
         """
         if is_dask(x):  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
             return dask_call(**locals())
+        single = getattr(x, "ndim", None) == 1  # one point (d,): a batch of one, squeezed after
+        if single:
+            x = as_batch(x, self.in_features)
         ctx = resolve_call(
             self,
             x,
@@ -145,7 +152,8 @@ class NN(Module):
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
         )
-        return call(list(self._leaves()), ctx, max_memory)
+        res = call(list(self._leaves()), ctx, max_memory)
+        return unbatch(res) if single else res
 
     def cost(
         self,
@@ -161,7 +169,8 @@ class NN(Module):
     ):
         """Estimated flops and peak memory of forward and backward mode.
 
-        ``mode="auto"`` takes the route with the smaller estimate; printing
+        ``gradient=False`` (and no second-order request) prices a value-only
+        call. ``mode="auto"`` takes the route with the smaller estimate; printing
         the returned :class:`~hessquik_core.engine.cost.CostReport` shows why.
         ``fused=True`` scores the routes as for JAX arrays, whose element-wise
         chains XLA fuses (memory traffic weighs less, which favours forward
@@ -176,6 +185,7 @@ class NN(Module):
             int(n),
             d=self.in_features,
             m=self.out_features,
+            gradient=bool(gradient),
             hessian=hessian,
             laplacian=laplacian,
             hessian_diagonal=hessian_diagonal,
@@ -194,7 +204,29 @@ set_engine(lambda layer, x, **kwargs: NN(layer)(x, **kwargs))
 
 
 class FullyConnectedNN(NN):
-    """Stack of :class:`SingleLayer` s: ``widths = [d, w1, ..., m]``, one activation.
+    """Stack of :class:`SingleLayer` s: ``widths = [d, w1, ..., m]``.
+
+    .. note::
+       By default the activation is applied to **every** layer, the output
+       layer included (hessQuik's ``fullyConnectedNN``): ``act="tanh"``
+       gives outputs in (-1, 1). For the linear read-out usual in torch
+       (``nn.Sequential(..., nn.Linear)``) pass ``output_act=None``.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        ``[d, w1, ..., m]``, at least two entries.
+    act : str or Activation
+        The activation of the hidden layers.
+    output_act : "same", None, str or Activation
+        The activation of the last layer. ``"same"`` (default): ``act``,
+        hessQuik's convention, kept as the default so that existing code
+        and saved files compute what they always did. ``None`` (or
+        ``"identity"``): a linear read-out. Saved files store each layer's
+        activation, so :func:`~hessquik_core.save` / ``load`` round-trip
+        any choice, and files written before this option load unchanged.
+    dtype, seed
+        Parameter dtype and initialisation seed (as for the layers).
 
     Examples
     --------
@@ -202,17 +234,28 @@ class FullyConnectedNN(NN):
     >>> net = hq.FullyConnectedNN([3, 8, 2], act="tanh", seed=0)
     >>> net(np.zeros((5, 3)), gradient=True).gradient.shape
     (5, 3, 2)
+    >>> hq.FullyConnectedNN([3, 8, 2], act="tanh", output_act=None, seed=0)[-1].act.name
+    'identity'
     """
 
-    def __init__(self, widths: Sequence[int], act="softplus", *, dtype=np.float64, seed=None) -> None:
+    def __init__(
+        self, widths: Sequence[int], act="softplus", *, output_act="same", dtype=np.float64, seed=None
+    ) -> None:
         widths = list(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least two entries (input and output), got {widths}")
+        if isinstance(output_act, str) and output_act == "same":
+            last = act
+        elif output_act is None:
+            last = "identity"
+        else:
+            last = output_act
         rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        n = len(widths) - 1
         super().__init__(
             *(
-                SingleLayer(widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)
-                for i in range(len(widths) - 1)
+                SingleLayer(widths[i], widths[i + 1], act=act if i < n - 1 else last, dtype=dtype, seed=rng)
+                for i in range(n)
             )
         )
 

@@ -28,7 +28,7 @@ def x(rng):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(3,), (2, 3, 1), (), (1, 1, 3)])
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 1), (), (1, 1, 3)])
 def test_wrong_ndim(net, shape, lib):
     xx = lib.asarray(np.zeros(shape))
     with pytest.raises(ValueError, match=r"x must have shape \(n, 3\), got shape .*ndim"):

@@ -193,21 +193,31 @@ def _estimate(
     modes=("forward", "backward"),
     packed=True,
     fused=False,
+    gradient=True,
 ) -> CostReport:
     """Cost of each route in ``modes`` for ``n`` examples of a chain with
     layer shapes ``dims = ((p1, q1), (p2, q2), ...)``; ``fused``: score
-    memory traffic at :data:`FUSED_FLOPS_PER_BYTE` (a fusing compiler)."""
+    memory traffic at :data:`FUSED_FLOPS_PER_BYTE` (a fusing compiler);
+    ``gradient=False`` with no second-order request: the value alone (one
+    evaluation pass, the same for both routes)."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
-    parts = ["value", "gradient"] + [
-        name
-        for name, on in (
-            ("Hessian", hessian),
-            ("Laplacian", laplacian),
-            ("Hessian diagonal", hessian_diagonal),
-        )
-        if on
-    ]
+    if not (gradient or hessian or laplacian or hessian_diagonal):
+        return _value_only(dims, n, d, m, itemsize, modes, fused)
+    # the title names what was asked for; the sweeps carry the gradient anyway
+    parts = (
+        ["value"]
+        + (["gradient"] if gradient else [])
+        + [
+            name
+            for name, on in (
+                ("Hessian", hessian),
+                ("Laplacian", laplacian),
+                ("Hessian diagonal", hessian_diagonal),
+            )
+            if on
+        ]
+    )
     report = CostReport(n=n, d=d, m=m, request=" + ".join(parts))
     lap_fwd = laplacian and not hessian
     for mode in modes:
@@ -223,6 +233,25 @@ def _estimate(
             pk / n1,
             ops,
             mv * n / n1,
+            FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
+        )
+    return report
+
+
+def _value_only(dims, n, d, m, itemsize, modes, fused) -> CostReport:
+    """A call without derivatives: one evaluation pass, whichever the route."""
+    report = CostReport(n=n, d=d, m=m, request="value")
+    flops = sum(2.0 * n * p * q for p, q in dims)
+    moved = sum(2.0 * n * q for _, q in dims) * itemsize  # bias add and activation, per layer
+    peak = max(n * (p + q) for p, q in dims) * itemsize
+    for mode in modes:
+        report.routes[mode] = RouteCost(
+            mode,
+            flops,
+            peak,
+            peak / max(n, 1),
+            2 * len(dims),
+            moved,
             FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
         )
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +21,20 @@ class Result:
     """What a network call returns; entries not requested are ``None``.
 
     Arrays are of ``x``'s library (NumPy, torch, CuPy, ...), in its dtype
-    and on its device.
+    and on its device. For a single point ``x`` of shape ``(d,)`` every
+    entry drops its leading batch axis (``value (m,)``, ``gradient (d, m)``,
+    ``hessian (d, d, m)``, ..., ``divergence ()``).
+
+    **Unpacking** yields exactly the requested quantities, never a
+    ``None``: the value first, then, of those asked for, gradient, hessian,
+    laplacian, hessian_diagonal, divergence, in this fixed order (the order
+    of the attributes below). So ``f, g = net(x, gradient=True)``,
+    ``f, g, L = net(x, gradient=True, laplacian=True)`` and hessQuik's
+    ``f, df, d2f = net(x, gradient=True, hessian=True)`` all mean what they
+    say; unpacking into more or fewer names than were requested raises
+    Python's ``ValueError`` (``not enough values to unpack``) instead of
+    handing out ``None`` or the wrong quantity. Attribute access
+    (``res.laplacian``) is always unambiguous.
 
     Attributes
     ----------
@@ -53,6 +67,9 @@ class Result:
     divergence: Array = None
     mode: Literal["forward", "backward"] | None = None
 
-    def __iter__(self):
-        # hessQuik-style unpacking: f, df, d2f = net(x, ...)
-        return iter((self.value, self.gradient, self.hessian))
+    def __iter__(self) -> Iterator[Array]:
+        # the requested quantities only, in FIELDS order: a slot never holds
+        # None or a quantity other than the one its position stands for
+        # among those asked for (entries not requested are None; the value
+        # is always computed)
+        return iter(tuple(getattr(self, f) for f in FIELDS if f == "value" or getattr(self, f) is not None))
