@@ -328,9 +328,16 @@ class _FromTorchKit:
 def _block_from_torch(mod, path, T, dtype, allow_relu):
     """Our torch blocks -> layers (weights copied): the registered layer whose
     torch twin ``mod`` is converts it."""
+    from torch import nn
+
     t = type(mod)
     for cls in LAYERS.values():
-        if cls.torch_twin is not None and T.get(cls.torch_twin) is t:
+        if cls.torch_twin is None:
+            continue
+        # a layer file's own twin class, else this module's, else torch.nn's (nn.LayerNorm)
+        own = getattr(cls, "torch_twin_class", None)
+        twin = own() if own is not None else T.get(cls.torch_twin) or getattr(nn, cls.torch_twin, None)
+        if twin is t:
             break
     else:
         return None

@@ -285,7 +285,23 @@ _CHECKS = {
     "int?": lambda where, cfg, key: _int(where, cfg, key, optional=True),
     "bool": lambda where, cfg, key: _bool(where, cfg, key),
     "float": lambda where, cfg, key: _float(where, cfg, key),
+    "floats": lambda where, cfg, key: _numbers(where, cfg, key, float),
+    "ints?": lambda where, cfg, key: None if cfg[key] is None else _numbers(where, cfg, key, int),
 }
+
+
+def _numbers(where, cfg, key, kind):
+    """A non-empty list of finite floats (``kind=float``) or of integers >= 0 (``int``)."""
+    v = cfg[key]
+    if not isinstance(v, list) or not v or len(v) > 10**6:
+        _fail(where, f"{key!r} must be a non-empty list, got {_q(v)}")
+    for i, e in enumerate(v):
+        sub = {key: e}
+        if kind is float:
+            _float(where, sub, key)
+        elif isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            _fail(where, f"{key!r}[{i}] must be an integer >= 0, got {_q(e)}")
+    return v
 
 
 def _layer_spec(cls, where, cfg):

@@ -392,7 +392,9 @@ def test_case04_error_messages_are_capped(tmp_path):
     q = _rewrite(tmp_path, p, arch_fn=_first_layer("layer", "L" * 10**6))
     with pytest.raises(FileFormatError, match="unknown layer class 'LLL") as info:
         hq.load(q)
-    assert len(str(info.value)) < 400
+    assert (
+        len(str(info.value)) < 600
+    )  # the hostile name is capped; the list of known classes grows with the layers
     assert len(str(FileFormatError("x" * 10**6))) <= FileFormatError.MAX_LENGTH
 
 

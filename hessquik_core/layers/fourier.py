@@ -1,0 +1,382 @@
+r"""Input embeddings: random Fourier features and the exact periodic embedding.
+
+Both are a fixed-structure linear map followed by a *per-column* pointwise
+function, :math:`f_j(u) = \phi_j(z_j)`, :math:`z = uK` (no bias)
+(:mod:`hessquik_core.rules.fourier`). The Jacobian is therefore
+:math:`K\,\mathrm{diag}(\phi'(z))`, the form of the affine rule
+:math:`\sigma(uM + b)` with :math:`M = K` and the activation derivatives
+taken per column, so both modes, the Laplacian/diagonal shortcuts and the
+parameter R-passes are those of :mod:`hessquik_core.rules.affine` (no
+recurrence is written twice).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..carry import Adjoints, Request, Tangents
+from ..rules import affine
+from ..rules import fourier as rules
+from ..rules.directions import weight_gradient
+from .base import Layer, check_int, register_layer
+
+_TWO_PI = 2.0 * math.pi
+
+
+class PointwiseLinearCache(NamedTuple):
+    """What the steps of :math:`\\phi(uK)` keep: the per-column derivatives and ``K``."""
+
+    dsigma: Any  # (n, q): φ'(z), None for order 0
+    d2sigma: Any  # (n, q): φ''(z), None below order 2
+    K: Any  # (p, q) in the call's namespace
+
+
+class _PointwiseLinear(Layer):
+    """Shared steps of :math:`\\phi(uK)` with per-column :math:`\\phi` (the affine rule with ``M = K``)."""
+
+    def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
+        K = cache.K
+        return affine.forward_step(
+            cache.dsigma, cache.d2sigma, ops.mm(tangents.jacobian, K), tangents, K, request, ops
+        )
+
+    def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
+        return affine.backward_step(cache.dsigma, cache.d2sigma, cache.K, adjoints, second, ops)
+
+    def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
+        return affine.backward_first(cache.dsigma, cache.d2sigma, cache.K, adjoints, what, ops)
+
+
+@functools.cache
+def _torch_twins() -> dict[str, type]:
+    """The torch twins of the two embeddings (built once, on first use: torch is optional)."""
+    import torch
+    from torch import nn
+
+    class FourierFeatures(nn.Module):
+        r"""torch twin of :class:`hessquik_core.FourierFeatures`:
+        :math:`x \mapsto [\sin(2\pi xB), \cos(2\pi xB)]`; ``B`` is a parameter
+        (``requires_grad=trainable``)."""
+
+        def __init__(self, in_features, num_features, scale=1.0, trainable=False, *, dtype=None, device=None):
+            super().__init__()
+            self.in_features, self.num_features = in_features, num_features
+            self.scale, self.trainable = float(scale), bool(trainable)
+            B = torch.empty((in_features, num_features), dtype=dtype, device=device)
+            self.B = nn.Parameter(B, requires_grad=self.trainable)
+
+        def forward(self, x):
+            z = x @ (_TWO_PI * self.B)  # the same order of operations as the rule
+            return torch.cat([torch.sin(z), torch.cos(z)], dim=-1)
+
+        def extra_repr(self) -> str:
+            return f"{self.in_features}, {self.num_features}, scale={self.scale}, trainable={self.trainable}"
+
+    class PeriodicEmbedding(nn.Module):
+        r"""torch twin of :class:`hessquik_core.PeriodicEmbedding`:
+        :math:`x \mapsto [\cos(\omega_S x_S), \sin(\omega_S x_S), x_R]` (no parameters)."""
+
+        def __init__(self, in_features, periods, axes=None, *, dtype=None, device=None):
+            super().__init__()
+            self.in_features = in_features
+            self.periods, self.axes = tuple(float(p) for p in periods), axes
+            K = rules.periodic_embedding_matrix(in_features, self.periods, axes)
+            self.register_buffer("K", torch.tensor(K, dtype=dtype or torch.float64, device=device))
+
+        def forward(self, x):
+            s = len(self.periods)
+            z = x @ self.K
+            return torch.cat([torch.cos(z[..., :s]), torch.sin(z[..., s : 2 * s]), z[..., 2 * s :]], dim=-1)
+
+        def extra_repr(self) -> str:
+            return f"{self.in_features}, periods={self.periods}, axes={self.axes}"
+
+    return {"FourierFeatures": FourierFeatures, "PeriodicEmbedding": PeriodicEmbedding}
+
+
+@register_layer
+class FourierFeatures(_PointwiseLinear):
+    r"""Random Fourier features :math:`f(u) = [\sin(2\pi uB), \cos(2\pi uB)]`.
+
+    Parameters
+    ----------
+    in_features : int
+        :math:`d`.
+    num_features : int
+        :math:`F`; the layer has :math:`2F` outputs (sines first).
+    scale : float, default 1.0
+        Standard deviation of the entries of :math:`B \sim N(0, \text{scale}^2)`.
+    trainable : bool, default False
+        Whether :math:`B` is meant to be trained: the torch twin's ``B`` has
+        ``requires_grad=trainable``. :math:`B` is a parameter of the layer in
+        both cases (saved by ``hq.save``; :mod:`hessquik_core.curvature`
+        differentiates with respect to it, so with ``trainable=False``
+        ignore its block of the parameter vector).
+    dtype : NumPy dtype, default float64
+    seed : int or numpy.random.Generator, optional
+        Seed of :math:`B`.
+
+    Attributes
+    ----------
+    B : (d, F)
+
+    Notes
+    -----
+    With :math:`K = 2\pi[B, B]` and :math:`z = uK`, :math:`f = \phi(z)` with
+    :math:`\phi = \sin` on the first :math:`F` columns and :math:`\cos` on the
+    last :math:`F`: the affine rule with per-column :math:`\phi', \phi''`. The
+    gradient with respect to :math:`B` is :math:`2\pi` times the sum of the
+    two column blocks of the gradient with respect to :math:`K`.
+    """
+
+    config_schema = {"in_features": "int", "num_features": "int", "scale": "float", "trainable": "bool"}
+    torch_twin = "FourierFeatures"
+
+    def __init__(
+        self,
+        in_features: int,
+        num_features: int,
+        scale: float = 1.0,
+        trainable: bool = False,
+        *,
+        dtype=np.float64,
+        seed=None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features)
+        self.num_features = check_int("num_features", num_features)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+            raise TypeError(f"scale must be a positive finite number, got {scale!r}")
+        self.scale = float(scale)
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {trainable!r}")
+        self.trainable = bool(trainable)
+        self.out_features = 2 * self.num_features
+        B = rules.fourier_features_matrix(self.in_features, self.num_features, self.scale, seed)
+        self._register("B", B.astype(dtype), (self.in_features, self.num_features))
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "num_features": self.num_features,
+            "scale": self.scale,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict:
+        return {"B": (config["in_features"], config["num_features"])}
+
+    def __repr__(self) -> str:
+        return (
+            f"FourierFeatures({self.in_features}, {self.num_features}, scale={self.scale}, "
+            f"trainable={self.trainable})"
+        )
+
+    # -- input derivatives ----------------------------------------------------------
+    def evaluate(self, u, params, order, ops):
+        y, s1, s2, K = rules.fourier_features_eval(u, params["B"], order, xp=ops.xp)
+        return y, PointwiseLinearCache(s1, s2, K)
+
+    # -- derivatives with respect to B (hessquik_core.curvature) ------------------------
+    def _fold(self, g, ops):
+        """:math:`2\\pi(g_{:, :F} + g_{:, F:})`: a gradient with respect to ``K`` → ``B``."""
+        F = self.num_features
+        return _TWO_PI * (g[..., :F] + g[..., F:])
+
+    def _RK(self, V, ops):
+        """Directions of ``K = 2π[B, B]`` from those of ``B`` ``(k, d, F)``."""
+        VB = V["B"]
+        return _TWO_PI * ops.xp.concat([VB, VB], axis=-1)
+
+    def param_vjp(self, cache, params, u, dl, per_example, ops):
+        r""":math:`\delta = \phi' \odot dl`, :math:`\partial C/\partial u = \delta K^\top`,
+        :math:`\partial C/\partial B = \sum_n u_n \otimes 2\pi(\delta_{n,:F} + \delta_{n,F:})`."""
+        delta, dlu = affine.param_vjp(cache.dsigma, cache.K, dl, ops)
+        return dlu, {"B": weight_gradient(u, self._fold(delta, ops), per_example, ops)}
+
+    def param_rop_forward(self, cache, params, u, Ru, V, ops):
+        """Forward R-pass: the affine rule's with ``RM = 2π[V_B, V_B]``, no bias."""
+        return affine.param_rop_forward(cache.dsigma, cache.K, self._RK(V, ops), u, Ru, None, ops)
+
+    def param_rop_backward(
+        self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
+    ):
+        """Backward R-pass: the affine rule's, the ``K`` block folded to ``B``."""
+        r = affine.param_rop_backward(
+            cache.dsigma,
+            cache.d2sigma,
+            cache.K,
+            self._RK(V, ops),
+            u,
+            Ru,
+            rcache,
+            dl,
+            Rdl,
+            ops,
+            bias=False,
+            need_dlu=need_dlu,
+            need_Rdlu=need_Rdlu,
+        )
+        return r.dl_u, r.Rdl_u, {"B": self._fold(r.RgM, ops)}
+
+    # -- torch twin -----------------------------------------------------------------
+    @classmethod
+    def torch_twin_class(cls):
+        """The twin module class (:meth:`from_torch` recognises it)."""
+        return _torch_twins()["FourierFeatures"]
+
+    def to_torch(self, kit) -> list:
+        """The twin module (this file), ``B`` copied."""
+        mod = self.torch_twin_class()(
+            self.in_features,
+            self.num_features,
+            self.scale,
+            self.trainable,
+            dtype=kit.dtype_of(self),
+            device=kit.device,
+        )
+        kit.assign(mod.B, kit.tensor(self.B))
+        return [mod]
+
+    @classmethod
+    def from_torch(cls, module, kit):
+        layer = cls(module.in_features, module.num_features, module.scale, module.trainable)
+        return layer, {"B": kit.numpy(module.B)}
+
+
+@register_layer
+class PeriodicEmbedding(_PointwiseLinear):
+    r"""Exact periodic embedding of selected coordinates.
+
+    :math:`f(u) = [\cos(\omega_S \odot u_S), \sin(\omega_S \odot u_S), u_R]`,
+    :math:`\omega_i = 2\pi / P_i`: the coordinates :math:`S` (``axes``) are
+    embedded, the others (:math:`R`) passed through in their order. Every
+    output is exactly :math:`P_i`-periodic in :math:`u_i`, which imposes
+    periodic boundary conditions on any network that follows.
+
+    Parameters
+    ----------
+    in_features : int
+        :math:`d`.
+    periods : sequence of float
+        :math:`P_i > 0`, one per embedded coordinate.
+    axes : sequence of int, optional
+        The embedded coordinates (default: the first ``len(periods)``).
+    trainable : bool, default False
+        Trainable frequencies are not implemented yet (``True`` raises
+        ``NotImplementedError``): the layer has no parameters.
+    dtype, seed : optional
+        Accepted for the common layer signature; unused (no parameters).
+
+    Notes
+    -----
+    :math:`K` has columns :math:`\omega_i e_i` (twice) and :math:`e_j`; the
+    per-column functions are :math:`\cos`, :math:`\sin` and the identity, so
+    the derivatives are the affine rule's with per-column
+    :math:`\phi', \phi''`. The output has :math:`d + |S|` features.
+    """
+
+    config_schema = {"in_features": "int", "periods": "floats", "axes": "ints?", "trainable": "bool"}
+    torch_twin = "PeriodicEmbedding"
+
+    def __init__(
+        self, in_features: int, periods, axes=None, trainable: bool = False, *, dtype=np.float64, seed=None
+    ) -> None:
+        # dtype and seed: accepted for the common constructor signature (no parameters)
+        super().__init__()
+        self.in_features = check_int("in_features", in_features)
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {trainable!r}")
+        if trainable:
+            raise NotImplementedError(
+                "PeriodicEmbedding(trainable=True): trainable periods are not implemented yet; "
+                "use trainable=False (fixed periods)"
+            )
+        self.trainable = False
+        if isinstance(periods, (int, float)) and not isinstance(periods, bool):
+            periods = [periods]
+        K = rules.periodic_embedding_matrix(self.in_features, periods, axes)  # validates
+        self.periods = tuple(float(p) for p in periods)
+        self.axes = None if axes is None else tuple(int(a) for a in axes)
+        self._K = K
+        self.out_features = int(K.shape[1])
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.in_features,
+            "periods": list(self.periods),
+            "axes": None if self.axes is None else list(self.axes),
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict:
+        return {}
+
+    @property
+    def cost_shapes(self) -> tuple[tuple[int, int], ...]:
+        return ((self.in_features, self.out_features),)
+
+    def __repr__(self) -> str:
+        return f"PeriodicEmbedding({self.in_features}, periods={self.periods}, axes={self.axes})"
+
+    def evaluate(self, u, params, order, ops):
+        xp = ops.xp
+        from array_api_compat import device
+
+        K = xp.asarray(self._K, dtype=u.dtype, device=device(u))
+        y, s1, s2, _ = rules.periodic_embedding_eval(u, K, len(self.periods), order, xp=xp)
+        return y, PointwiseLinearCache(s1, s2, K)
+
+    # -- no parameters (hessquik_core.curvature) ---------------------------------------
+    def param_vjp(self, cache, params, u, dl, per_example, ops):
+        _, dlu = affine.param_vjp(cache.dsigma, cache.K, dl, ops)
+        return dlu, {}
+
+    def param_rop_forward(self, cache, params, u, Ru, V, ops):
+        if Ru is None:
+            return None, None
+        Rz = ops.mm(Ru, cache.K)
+        return cache.dsigma[:, None, :] * Rz, Rz
+
+    def param_rop_backward(
+        self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
+    ):
+        xp = ops.xp
+        Kt = xp.matrix_transpose(cache.K)
+        dlu = None
+        Rdelta = None if Rdl is None else cache.dsigma[:, None, :] * Rdl
+        if dl is not None:
+            if need_dlu:
+                dlu = ops.mm(cache.dsigma * dl, Kt)
+            if rcache is not None:  # the layer's own curvature: φ'' ⊙ dl ⊙ Rz
+                own = (cache.d2sigma * dl)[:, None, :] * rcache
+                Rdelta = own if Rdelta is None else Rdelta + own
+        Rdlu = None if (not need_Rdlu or Rdelta is None) else ops.mm(Rdelta, Kt)
+        return dlu, Rdlu, {}
+
+    # -- torch twin -----------------------------------------------------------------
+    @classmethod
+    def torch_twin_class(cls):
+        """The twin module class (:meth:`from_torch` recognises it)."""
+        return _torch_twins()["PeriodicEmbedding"]
+
+    def to_torch(self, kit) -> list:
+        """The twin module (this file), ``K`` as a buffer."""
+        return [
+            self.torch_twin_class()(
+                self.in_features, self.periods, self.axes, dtype=kit.dtype or None, device=kit.device
+            )
+        ]
+
+    @classmethod
+    def from_torch(cls, module, kit):
+        return cls(module.in_features, module.periods, module.axes), {}
+
+
+__all__ = ["FourierFeatures", "PeriodicEmbedding", "PointwiseLinearCache"]

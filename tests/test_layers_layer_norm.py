@@ -1,0 +1,173 @@
+"""LayerNorm as a layer (generic rule for the input derivatives, own parameter
+derivatives): every input derivative in both modes against torch.func, float32
+against float64 truth, Taylor rates, save/load, nn.LayerNorm round trips,
+curvature products on the flattened parameters, and the array libraries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from layer_checks import check_input_derivatives, check_save_load, check_to_torch
+
+import hessquik_core as hq
+from hessquik_core import curvature as cv
+
+torch = pytest.importorskip("torch")
+
+from _layer_torch import curvature_truth, forward, torch_params  # noqa: E402
+
+
+def _net(affine=True, eps=1e-5):
+    rng = np.random.default_rng(7)
+    ln = hq.LayerNorm(5, eps=eps, elementwise_affine=affine)
+    if affine:  # nontrivial γ, β (the initial values 1, 0 would hide errors)
+        ln.gamma = 1.0 + 0.3 * rng.standard_normal(5)
+        ln.beta = 0.2 * rng.standard_normal(5)
+    return hq.NN(
+        hq.FourierFeatures(3, 4, scale=0.5, seed=rng),
+        hq.SingleLayer(8, 5, act="tanh", seed=rng),
+        ln,
+        hq.SingleLayer(5, 2, act="sigmoid", seed=rng),
+    )
+
+
+def _f(net):
+    P = torch_params(net)
+    return lambda xi: forward(net, P, xi)
+
+
+def _x(n=5, d=3, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_input_derivatives_vs_torch_func(affine):
+    net = _net(affine)
+    check_input_derivatives(net, _f(net), _x())
+
+
+def test_first_layer_and_auto():
+    """LayerNorm first (shared seed, zero input Hessian), packed forward Hessian, auto."""
+    rng = np.random.default_rng(1)
+    ln = hq.LayerNorm(4, eps=0.1)
+    ln.gamma = 1.0 + 0.3 * rng.standard_normal(4)
+    ln.beta = rng.standard_normal(4)
+    net = hq.NN(ln, hq.SingleLayer(4, 2, act="tanh", seed=2))
+    x = _x(4, 4, 1)
+    check_input_derivatives(net, _f(net), x, backends=(None,))
+    a = net(x, gradient=True, hessian=True, mode="auto")
+    b = net(x, gradient=True, hessian=True, mode="forward")
+    np.testing.assert_allclose(a.hessian, b.hessian, rtol=1e-12, atol=1e-13)
+
+
+def test_divergence_vs_torch_func():
+    net = hq.NN(hq.SingleLayer(3, 3, act="tanh", seed=0), hq.LayerNorm(3))
+    x = _x(4, 3)
+    from torch.func import jacrev, vmap
+
+    J = vmap(jacrev(_f(net)))(torch.tensor(x)).numpy()
+    div = np.trace(J, axis1=1, axis2=2)
+    for mode in ("forward", "backward"):
+        np.testing.assert_allclose(net(x, divergence=True, mode=mode).divergence, div, rtol=1e-11, atol=1e-12)
+
+
+def test_float32_against_float64_truth():
+    net = _net()
+    x = _x()
+    r64 = net(x, gradient=True, hessian=True, laplacian=True)
+    for mode in ("forward", "backward"):
+        r32 = net(x.astype(np.float32), gradient=True, hessian=True, laplacian=True, mode=mode)
+        assert r32.hessian.dtype == np.float32
+        for name in ("value", "gradient", "hessian", "laplacian"):
+            want = getattr(r64, name)
+            assert np.max(np.abs(getattr(r32, name) - want)) <= 1e-4 * max(1.0, np.max(np.abs(want))), name
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_taylor_rates(mode):
+    rep = hq.checks.taylor_check(_net(), _x(3), mode=mode, seed=0)
+    assert rep.passed, rep
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_save_load_and_torch_round_trip(affine):
+    net = _net(affine, eps=1e-3)
+    x = _x()
+    check_save_load(net, x)
+    check_to_torch(net, x)
+    tm = hq.to_torch(net)
+    ln = [m for m in tm if isinstance(m, torch.nn.LayerNorm)]
+    assert len(ln) == 1 and ln[0].eps == 1e-3
+
+
+def test_from_plain_torch_layer_norm():
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.LayerNorm(6), torch.nn.Linear(6, 1)
+    )
+    tm = tm.double()
+    with torch.no_grad():
+        tm[2].weight.normal_()
+        tm[2].bias.normal_()
+    net = hq.from_torch(tm)
+    assert isinstance(net[1], hq.LayerNorm)
+    x = _x(4, 3)
+    np.testing.assert_allclose(net(x).value, tm(torch.tensor(x)).detach().numpy(), rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match="normalized_shape"):
+        hq.from_torch(torch.nn.Sequential(torch.nn.LayerNorm((2, 3))))
+
+
+def test_config_cost_and_bad_input():
+    ln = hq.LayerNorm(6, eps=1e-6)
+    assert ln.cost_shapes == ((6, 6),)
+    assert hq.LayerNorm.parameter_shapes(ln.config()) == {"gamma": (6,), "beta": (6,)}
+    assert hq.LayerNorm.parameter_shapes(hq.LayerNorm(6, elementwise_affine=False).config()) == {}
+    with pytest.raises(ValueError):
+        hq.LayerNorm(0)
+    with pytest.raises(ValueError):
+        hq.LayerNorm(3, eps=0.0)
+    with pytest.raises(TypeError):
+        hq.LayerNorm(3, eps="1e-5")
+    with pytest.raises(TypeError):
+        hq.LayerNorm(3, elementwise_affine=1)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_curvature_vs_torch_func(affine):
+    net = _net(affine)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 3))
+    y = rng.standard_normal((4, 2))
+    v = rng.standard_normal(cv.parameter_layout(net).size)
+    want = curvature_truth(net, x, y, v)
+    tol = dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(cv.gradient(net, x, y, "mse"), want["gradient"], **tol)
+    np.testing.assert_allclose(cv.per_example_gradients(net, x, y, "mse"), want["per_example"], **tol)
+    np.testing.assert_allclose(cv.hvp(net, x, y, "mse", v), want["hvp"], **tol)
+    np.testing.assert_allclose(cv.ggn_vp(net, x, y, "mse", v), want["ggn_vp"], **tol)
+
+
+def test_all_libraries(lib):
+    net = _net()
+    x = _x(4, 3)
+    want = net(x, gradient=True, hessian=True, laplacian=True, hessian_diagonal=True)
+    xl = lib.asarray(x)
+    for mode in ("forward", "backward"):
+        r = net(
+            xl,
+            gradient=True,
+            hessian=True,
+            laplacian=True,
+            hessian_diagonal=True,
+            mode=mode,
+            backend=lib.backend,
+        )
+        lib.check(r.hessian, want.hessian.shape, xl)
+        for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal"):
+            np.testing.assert_allclose(
+                lib.to_numpy(getattr(r, name)), getattr(want, name), rtol=1e-12, atol=1e-13
+            )
+    g = cv.gradient(net, xl, lib.asarray(np.zeros((4, 2))), "mse", backend=lib.backend)
+    np.testing.assert_allclose(
+        lib.to_numpy(g), cv.gradient(net, x, np.zeros((4, 2)), "mse"), rtol=1e-12, atol=1e-13
+    )
