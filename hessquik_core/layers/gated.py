@@ -494,7 +494,7 @@ class GatedResidual(Layer):
     :math:`\nabla^2 f = \alpha \nabla^2 g`; the block evaluates ``g``'s
     per-example Jacobian and Hessian (forward mode through ``g``'s leaves,
     :math:`O(p^3)` per example) and the engine applies the generic rule.
-    It has a torch twin (:class:`GatedResidualTorch` made by ``to_torch``)
+    It has a torch twin (``GatedResidualBlock``, made by ``to_torch``)
     but, holding an arbitrary block, no file format yet: ``hq.save`` refuses
     it, and :mod:`hessquik_core.curvature` does not support it yet.
     """
