@@ -178,18 +178,16 @@ def main(argv=None) -> dict:
 
 
 def plot(X, Y, errors, histories, k, adam_steps, path: Path) -> Path:
-    """The two error fields |u_θ - u| (same colour scale) and the two loss curves."""
+    """The two error fields |u_θ - u| (each on its own colour scale) and the two loss curves."""
     plt = pyplot()
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.3), constrained_layout=True)
-    top = max(float(np.abs(e).max()) for e in errors.values())
-    levels = np.linspace(0.0, top, 21)
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.3), constrained_layout=True)
     for a, (name, e) in zip(ax[:2], errors.items()):
-        c = a.contourf(X, Y, np.abs(e), levels=levels, cmap="magma")
-        a.set_title(rf"$|u_\theta - u|$, {name}")
+        c = a.contourf(X, Y, np.abs(e), levels=20, cmap="magma")
+        a.set_title(rf"$|u_\theta - u|$, {name} (max {np.abs(e).max():.2g})")
         a.set_aspect("equal")
         a.set_xlabel("$x$")
         a.set_ylabel("$y$")
-    fig.colorbar(c, ax=ax[:2], shrink=0.9)
+        fig.colorbar(c, ax=a, shrink=0.9)
     for name, h in histories.items():
         ax[2].semilogy(h, label=name)
     ax[2].axvline(adam_steps, color="gray", ls="--", lw=1, label="Adam → L-BFGS")

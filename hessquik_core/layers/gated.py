@@ -499,7 +499,7 @@ class GatedResidual(Layer):
     it, and :mod:`hessquik_core.curvature` does not support it yet.
     """
 
-    config_schema: dict = {}
+    config_schema = {}
     torch_twin = "GatedResidualBlock"
 
     def __init__(self, block=None, alpha: float = 0.0, *, dtype=np.float64) -> None:
