@@ -82,8 +82,25 @@ def get_backend(name: str) -> Backend:
         raise ValueError(
             f"unknown backend {name!r}: expected one of {', '.join(map(repr, BACKEND_NAMES))} or None"
         )
-    be = _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    be = _LOADED[name] = _import(name).BACKEND
     return be
+
+
+def _import(name: str):
+    # import statements, not importlib.import_module: torch.compile traces an
+    # import statement (even of a module not yet loaded) but graph-breaks on
+    # importlib, which it never traces
+    if name == "numpy":
+        from . import _numpy as mod
+    elif name == "torch":
+        from . import _torch as mod
+    elif name == "cupy":
+        from . import _cupy as mod
+    elif name == "generic":
+        from . import _generic as mod
+    else:  # a backend module added since (found by _discover)
+        mod = importlib.import_module(_MODULES[name])
+    return mod
 
 
 def backend_for(xp) -> Backend:

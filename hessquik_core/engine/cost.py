@@ -77,7 +77,13 @@ class CostReport:
 
     @property
     def chosen(self) -> str:
-        return min(self.routes.values(), key=lambda r: r.score).mode
+        # a plain loop, not ``min(..., key=...)``: torch.compile traces it
+        # without a graph break (dynamo cannot call min with a key)
+        best = None
+        for r in self.routes.values():
+            if best is None or r.score < best.score:
+                best = r
+        return best.mode
 
     def __str__(self) -> str:
         lines = [
