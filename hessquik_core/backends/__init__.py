@@ -91,16 +91,22 @@ def _import(name: str):
     # import statement (even of a module not yet loaded) but graph-breaks on
     # importlib, which it never traces
     if name == "numpy":
-        from . import _numpy as mod
-    elif name == "torch":
-        from . import _torch as mod
-    elif name == "cupy":
-        from . import _cupy as mod
-    elif name == "generic":
-        from . import _generic as mod
-    else:  # a backend module added since (found by _discover)
-        mod = importlib.import_module(_MODULES[name])
-    return mod
+        from . import _numpy
+
+        return _numpy
+    if name == "torch":
+        from . import _torch
+
+        return _torch
+    if name == "cupy":
+        from . import _cupy
+
+        return _cupy
+    if name == "generic":
+        from . import _generic
+
+        return _generic
+    return importlib.import_module(_MODULES[name])  # a backend module added since (found by _discover)
 
 
 def backend_for(xp) -> Backend:

@@ -79,9 +79,10 @@ class CostReport:
     def chosen(self) -> str:
         # a plain loop, not ``min(..., key=...)``: torch.compile traces it
         # without a graph break (dynamo cannot call min with a key)
-        best = None
-        for r in self.routes.values():
-            if best is None or r.score < best.score:
+        routes = list(self.routes.values())
+        best = routes[0]
+        for r in routes[1:]:
+            if r.score < best.score:
                 best = r
         return best.mode
 
