@@ -13,7 +13,6 @@ import math
 import numbers
 import sys
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Any
 
 import array_api_compat as aac
@@ -160,8 +159,10 @@ class CallContext:
         """Bytes per entry (float32 or float64), for the cost model."""
         return 4 if "32" in str(self.dtype) else 8
 
-    @cached_property
+    @property
     def cache_key(self):
+        # a plain property (a few str() calls), not functools.cached_property:
+        # its RLock is a graph break under torch.compile(fullgraph=True)
         return (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(self.device), str(self.dtype))
 
     @property
@@ -221,7 +222,7 @@ class InputContext:
     user_be: Backend  # the caller's library, bound to its namespace
     converted: bool  # ``x`` was moved to another library
 
-    @cached_property
+    @property
     def cache_key(self):
         return (
             self.backend,

@@ -40,7 +40,7 @@ from typing import Any
 
 from ._module import Module, _as_home
 
-__all__ = ["fit", "functional_call", "jax_parameters", "torch_parameters"]
+__all__ = ["backward_in_chunks", "fit", "functional_call", "jax_parameters", "torch_parameters"]
 
 
 def _check_module(net) -> None:
@@ -174,6 +174,56 @@ def functional_call(net: Module, params: Mapping[str, Any], x, **kwargs):
             mod._params[name] = arr
             # the cache may now hold conversions of ``params`` (e.g. tracers)
             mod._cache.clear()
+
+
+def backward_in_chunks(loss_fn: Callable[[slice], Any], n: int, *, chunk: int = 128):
+    r"""Backpropagate a loss that is a sum over ``n`` points, ``chunk`` points at a time.
+
+    ``loss_fn(s)`` returns the contribution of the points ``s`` (a slice of
+    ``range(n)``) to the total loss, e.g. ``((net(x[s], laplacian=True).laplacian
+    + f[s]) ** 2).sum() / n`` for a mean over all ``n``; each contribution is
+    backpropagated at once, so the parameters' ``.grad`` accumulate the
+    gradient of the total, exactly (up to the order of the floating-point sums)
+    the gradient of one call on all points.
+
+    Why: eager torch records a training step's carries on its tape, and at
+    ``d ≳ 16`` the ``(n, d, width)`` Jacobian carries of one big call no longer
+    fit the CPU caches, so the element-wise passes of the backward sweep run at
+    memory bandwidth. A chunk of 64-256 points keeps its tape cache-resident:
+    measured on 2 shared cores (tanh MLP, width 64, depth 4, n = 1024,
+    float64, one thread), d = 64: 1514 ms in one call, 719 ms in chunks of 64;
+    d = 16: 283 ms, 198 ms (chunks of 256); at d = 2 the per-call overhead of
+    many small calls costs more than it saves (44 ms, 57 ms with 256).
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(s: slice) -> scalar torch tensor``, the loss of the points ``s``.
+    n : int
+        Number of points (``n >= 1``).
+    chunk : int
+        Points per backward pass (``chunk >= 1``).
+
+    Returns
+    -------
+    torch.Tensor
+        The total loss (detached), for logging.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` or ``chunk`` is not a positive integer.
+    """
+    for name, v in (("n", n), ("chunk", chunk)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    total = None
+    for start in range(0, n, chunk):
+        part = loss_fn(slice(start, min(start + chunk, n)))
+        part.backward()
+        part = part.detach()
+        total = part if total is None else total + part
+    return total
 
 
 def fit(

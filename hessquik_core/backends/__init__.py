@@ -82,8 +82,31 @@ def get_backend(name: str) -> Backend:
         raise ValueError(
             f"unknown backend {name!r}: expected one of {', '.join(map(repr, BACKEND_NAMES))} or None"
         )
-    be = _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    be = _LOADED[name] = _import(name).BACKEND
     return be
+
+
+def _import(name: str):
+    # import statements, not importlib.import_module: torch.compile traces an
+    # import statement (even of a module not yet loaded) but graph-breaks on
+    # importlib, which it never traces
+    if name == "numpy":
+        from . import _numpy
+
+        return _numpy
+    if name == "torch":
+        from . import _torch
+
+        return _torch
+    if name == "cupy":
+        from . import _cupy
+
+        return _cupy
+    if name == "generic":
+        from . import _generic
+
+        return _generic
+    return importlib.import_module(_MODULES[name])  # a backend module added since (found by _discover)
 
 
 def backend_for(xp) -> Backend:

@@ -77,7 +77,14 @@ class CostReport:
 
     @property
     def chosen(self) -> str:
-        return min(self.routes.values(), key=lambda r: r.score).mode
+        # a plain loop, not ``min(..., key=...)``: torch.compile traces it
+        # without a graph break (dynamo cannot call min with a key)
+        routes = list(self.routes.values())
+        best = routes[0]
+        for r in routes[1:]:
+            if r.score < best.score:
+                best = r
+        return best.mode
 
     def __str__(self) -> str:
         lines = [
