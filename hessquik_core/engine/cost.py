@@ -93,6 +93,15 @@ class CostReport:
         return "\n".join(lines)
 
 
+def _value_cost(dims, n, itemsize):
+    """The plain forward pass: one GEMM and one activation per layer; live
+    are a layer's input and output, ``n·(p + q)`` entries."""
+    flops = sum(2 * n * p * q for p, q in dims)
+    peak = max(n * (p + q) for p, q in dims) * itemsize
+    moved = sum(3 * n * q for _, q in dims) * itemsize
+    return flops, peak, 2 * len(dims), moved
+
+
 def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
     T = k * (k + 1) // 2 if packed else k * k
     flops = 0.0
@@ -193,26 +202,35 @@ def _estimate(
     modes=("forward", "backward"),
     packed=True,
     fused=False,
+    derivatives=True,
 ) -> CostReport:
     """Cost of each route in ``modes`` for ``n`` examples of a chain with
     layer shapes ``dims = ((p1, q1), (p2, q2), ...)``; ``fused``: score
-    memory traffic at :data:`FUSED_FLOPS_PER_BYTE` (a fusing compiler)."""
+    memory traffic at :data:`FUSED_FLOPS_PER_BYTE` (a fusing compiler);
+    ``derivatives=False``: a value-only call, the plain forward pass in
+    every mode (nothing is carried, so the mode changes nothing)."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
-    parts = ["value", "gradient"] + [
-        name
-        for name, on in (
-            ("Hessian", hessian),
-            ("Laplacian", laplacian),
-            ("Hessian diagonal", hessian_diagonal),
-        )
-        if on
-    ]
+    parts = (
+        ["value"]
+        + (["gradient"] if derivatives else [])
+        + [
+            name
+            for name, on in (
+                ("Hessian", hessian),
+                ("Laplacian", laplacian),
+                ("Hessian diagonal", hessian_diagonal),
+            )
+            if on
+        ]
+    )
     report = CostReport(n=n, d=d, m=m, request=" + ".join(parts))
     lap_fwd = laplacian and not hessian
     for mode in modes:
         n1 = max(n, 1)
-        if mode == "forward":
+        if not derivatives:
+            f, pk, ops, mv = _value_cost(dims, n1, itemsize)
+        elif mode == "forward":
             f, pk, ops, mv = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
         else:
             f, pk, ops, mv = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
