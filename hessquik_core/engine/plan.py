@@ -56,7 +56,9 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
     # small calls need not ask the OS how much memory is free
     if max_memory is not None or route.peak_bytes >= _SMALL_CALL or result >= _SMALL_CALL:
         available = float(ctx.be.available_memory(ctx.device))
-        budget = 0.5 * available if max_memory is None else check_max_memory(max_memory)
+        # any real number type (numpy scalars included); NaN, bool and negatives refused
+        checked = None if max_memory is None else check_max_memory(max_memory)
+        budget = 0.5 * available if checked is None else checked
         if result >= _SMALL_CALL and result + min(route.per_example_bytes, route.peak_bytes) > available:
             # the result is allocated whole whatever the chunking: refuse now
             # rather than after the work (or with a raw allocator error)
