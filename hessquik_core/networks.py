@@ -88,6 +88,7 @@ class NN(Module):
         hessian_diagonal: bool = False,
         divergence: bool = False,
         max_memory: float | None = None,
+        progress: bool | None = None,
     ) -> Result:
         r"""Evaluate the network and the requested input derivatives.
 
@@ -120,11 +121,23 @@ class NN(Module):
         divergence : bool
             Trace of the Jacobian, shape (n,), for networks with d = m.
         max_memory : float, optional
-            Byte budget for the call's working memory. Default: half the
-            memory available on ``x``'s device. A call whose estimated peak
-            exceeds it runs in batch chunks (results are identical); if one
-            example alone exceeds it, :class:`MemoryBudgetError` is raised
-            before anything is allocated.
+            Byte budget for the call's working memory (the temporaries of
+            the chain rule). Default: half the memory available on ``x``'s
+            device. A call whose estimated peak exceeds it runs in batch
+            chunks (results are identical); if one example alone exceeds
+            it, :class:`MemoryBudgetError` is raised before anything is
+            allocated. The result is not counted against ``max_memory``: it
+            is allocated once, whole, and must fit in the memory available
+            on the device next to one chunk's work, otherwise
+            :class:`MemoryBudgetError` (stating its size) is raised before
+            any layer runs. Allocator failures during the call (NumPy's
+            ``MemoryError``, torch's out-of-memory errors) are raised as
+            :class:`MemoryBudgetError` too.
+        progress : bool, optional
+            A progress bar (tqdm) over the batch chunks of a call that the
+            memory budget splits. ``None``: only when standard error is a
+            terminal and tqdm is installed; ``True``: always (needs tqdm);
+            ``False``: never. An unchunked call shows no bar.
 
         Returns
         -------
@@ -136,7 +149,7 @@ class NN(Module):
             :class:`Result`).
         """
         if is_dask(x):  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
-            return dask_call(**locals())
+            return dask_call(**{k: v for k, v in locals().items() if k != "progress"})
         single = getattr(x, "ndim", None) == 1  # one point (d,): a batch of one, squeezed after
         if single:
             x = as_batch(x, self.in_features)
@@ -152,7 +165,7 @@ class NN(Module):
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
         )
-        res = call(list(self._leaves()), ctx, max_memory)
+        res = call(list(self._leaves()), ctx, max_memory, progress)
         return unbatch(res) if single else res
 
     def cost(
@@ -185,6 +198,7 @@ class NN(Module):
             int(n),
             d=self.in_features,
             m=self.out_features,
+            derivatives=bool(gradient or hessian or laplacian or hessian_diagonal),
             gradient=bool(gradient),
             hessian=hessian,
             laplacian=laplacian,

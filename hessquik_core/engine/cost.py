@@ -100,6 +100,15 @@ class CostReport:
         return "\n".join(lines)
 
 
+def _value_cost(dims, n, itemsize):
+    """The plain forward pass: one GEMM and one activation per layer; live
+    are a layer's input and output, ``n·(p + q)`` entries."""
+    flops = sum(2 * n * p * q for p, q in dims)
+    peak = max(n * (p + q) for p, q in dims) * itemsize
+    moved = sum(3 * n * q for _, q in dims) * itemsize
+    return flops, peak, 2 * len(dims), moved
+
+
 def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
     T = k * (k + 1) // 2 if packed else k * k
     flops = 0.0
@@ -200,21 +209,21 @@ def _estimate(
     modes=("forward", "backward"),
     packed=True,
     fused=False,
-    gradient=True,
+    derivatives=True,
+    gradient=None,
 ) -> CostReport:
     """Cost of each route in ``modes`` for ``n`` examples of a chain with
     layer shapes ``dims = ((p1, q1), (p2, q2), ...)``; ``fused``: score
     memory traffic at :data:`FUSED_FLOPS_PER_BYTE` (a fusing compiler);
-    ``gradient=False`` with no second-order request: the value alone (one
-    evaluation pass, the same for both routes)."""
+    ``derivatives=False``: a value-only call, the plain forward pass in
+    every mode (nothing is carried, so the mode changes nothing); ``gradient``:
+    whether the title names the gradient (default: whenever derivatives are
+    carried, as the sweeps always carry it)."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
-    if not (gradient or hessian or laplacian or hessian_diagonal):
-        return _value_only(dims, n, d, m, itemsize, modes, fused)
-    # the title names what was asked for; the sweeps carry the gradient anyway
     parts = (
         ["value"]
-        + (["gradient"] if gradient else [])
+        + (["gradient"] if (derivatives if gradient is None else gradient) else [])
         + [
             name
             for name, on in (
@@ -229,7 +238,9 @@ def _estimate(
     lap_fwd = laplacian and not hessian
     for mode in modes:
         n1 = max(n, 1)
-        if mode == "forward":
+        if not derivatives:
+            f, pk, ops, mv = _value_cost(dims, n1, itemsize)
+        elif mode == "forward":
             f, pk, ops, mv = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
         else:
             f, pk, ops, mv = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
@@ -240,25 +251,6 @@ def _estimate(
             pk / n1,
             ops,
             mv * n / n1,
-            FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
-        )
-    return report
-
-
-def _value_only(dims, n, d, m, itemsize, modes, fused) -> CostReport:
-    """A call without derivatives: one evaluation pass, whichever the route."""
-    report = CostReport(n=n, d=d, m=m, request="value")
-    flops = sum(2.0 * n * p * q for p, q in dims)
-    moved = sum(2.0 * n * q for _, q in dims) * itemsize  # bias add and activation, per layer
-    peak = max(n * (p + q) for p, q in dims) * itemsize
-    for mode in modes:
-        report.routes[mode] = RouteCost(
-            mode,
-            flops,
-            peak,
-            peak / max(n, 1),
-            2 * len(dims),
-            moved,
             FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
         )
     return report

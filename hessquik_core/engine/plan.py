@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from itertools import chain
 
+import array_api_compat as aac
+
 from .._array import CallContext, check_max_memory
+from .._progress import progress_bar
 from ..rules.contractions import diagonal
 from . import forward
 from .backward import run_backward
@@ -30,20 +33,42 @@ _BLOCK_MIN = 16
 _BLOCK_TRAFFIC = 4.0
 
 
-def call(leaves: list, ctx: CallContext, max_memory) -> Result:
-    """Run a resolved call: settle the mode, plan the memory, run (in chunks)."""
+def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = None) -> Result:
+    """Run a resolved call: settle the mode, plan the memory, run (in chunks).
+
+    Everything that can refuse the call does so here, before any layer runs:
+    a result that cannot be allocated at all, one example whose working
+    memory exceeds the budget. ``progress`` shows one bar over the chunks
+    (:func:`~hessquik_core._progress.progress_bar`)."""
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {progress!r}")
     n = ctx.x.shape[0]
     # one estimate serves both the mode choice and the memory plan ("auto"
-    # never has directions: they fix the mode in resolve_call)
+    # never has directions: they fix the mode in resolve_call); a value-only
+    # call is priced as the plain forward pass it is
     auto = ctx.mode == "auto"
     report = estimate_call(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
     if auto:
         ctx.mode = report.chosen if ctx.derivatives else "forward"
     route = report.routes[ctx.mode]
+    result = _result_bytes(ctx, n)
     chunk = n
     # small calls need not ask the OS how much memory is free
-    if max_memory is not None or route.peak_bytes >= _SMALL_CALL:
-        budget = _budget(max_memory, ctx)
+    if max_memory is not None or route.peak_bytes >= _SMALL_CALL or result >= _SMALL_CALL:
+        available = float(ctx.be.available_memory(ctx.device))
+        # any real number type (numpy scalars included); NaN, bool and negatives refused
+        checked = None if max_memory is None else check_max_memory(max_memory)
+        budget = 0.5 * available if checked is None else checked
+        if result >= _SMALL_CALL and result + min(route.per_example_bytes, route.peak_bytes) > available:
+            # the result is allocated whole whatever the chunking: refuse now
+            # rather than after the work (or with a raw allocator error)
+            raise MemoryBudgetError(
+                f"the result ({_result_fields(ctx)}) needs {_fmt_bytes(result)}, more than the "
+                f"{_fmt_bytes(available)} of memory available on {ctx.device} (the memory budget "
+                f"of the working memory is {_fmt_bytes(budget)}); request less: hessian_diagonal "
+                f"or laplacian instead of hessian, directions (k columns instead of d), or a "
+                f"smaller batch (n = {n})"
+            )
         if route.peak_bytes > budget and not (n <= 1 and route.per_example_bytes <= budget):
             if route.per_example_bytes > budget:
                 raise MemoryBudgetError(
@@ -53,10 +78,11 @@ def call(leaves: list, ctx: CallContext, max_memory) -> Result:
                     f"hessian), use directions, or raise max_memory"
                 )
             chunk = max(1, int(budget // route.per_example_bytes))
-    chunk = min(chunk, _cache_block(ctx, leaves, route, n))
+    if ctx.derivatives:  # a value-only call is one pass with nothing carried: never blocked
+        chunk = min(chunk, _cache_block(ctx, leaves, route, n))
     if chunk >= n:
-        return ctx.finish(_run(leaves, ctx))
-    return ctx.finish(_chunked(leaves, ctx, n, chunk))
+        return ctx.finish(_guarded(leaves, ctx))
+    return ctx.finish(_chunked(leaves, ctx, n, chunk, progress))
 
 
 def estimate_routes(leaves, n, *, d, k_fwd, **request):
@@ -85,6 +111,7 @@ def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward")):
         itemsize=ctx.itemsize,
         modes=modes,
         fused=ctx.be.fuses,
+        derivatives=ctx.derivatives,
     )
 
 
@@ -125,12 +152,51 @@ def _output_bytes(ctx: CallContext, n: int) -> float:
     return float(n * entries * ctx.itemsize)
 
 
-def _budget(max_memory, ctx) -> float:
-    if max_memory is None:
-        return 0.5 * ctx.be.available_memory(ctx.device)
-    budget = check_max_memory(max_memory)  # any real number type (numpy scalars included)
-    assert budget is not None  # None was handled above
-    return budget
+def _result_bytes(ctx: CallContext, n: int) -> float:
+    """Bytes of what the call returns (only what was requested: the Jacobian
+    a divergence is taken from is working memory, not result)."""
+    d, m = (ctx.k, ctx.m) if ctx.mode == "forward" else (ctx.d, ctx.k)
+    entries = ctx.m + (d * m if ctx.gradient else 0) + (1 if ctx.divergence else 0)
+    entries += d * d * m if ctx.hessian else 0
+    entries += d * m if ctx.hessian_diagonal else 0
+    entries += m if ctx.laplacian else 0
+    return float(n * entries * ctx.itemsize)
+
+
+def _result_fields(ctx: CallContext) -> str:
+    n = ctx.x.shape[0]
+    d, m = (ctx.k, ctx.m) if ctx.mode == "forward" else (ctx.d, ctx.k)
+    shapes = {
+        "gradient": (n, d, m),
+        "hessian": (n, d, d, m),
+        "hessian_diagonal": (n, d, m),
+        "laplacian": (n, m),
+        "divergence": (n,),
+    }
+    parts = [f"value {(n, ctx.m)}"]
+    parts += [f"{name} {shape}" for name, shape in shapes.items() if getattr(ctx, name)]
+    return ", ".join(parts)
+
+
+def _guarded(leaves: list, ctx: CallContext) -> Result:
+    """:func:`_run`, with the allocator's failures (NumPy's ``MemoryError``,
+    torch's ``OutOfMemoryError`` / "not enough memory" ``RuntimeError``)
+    reported as :class:`MemoryBudgetError`: the estimate was too low for
+    this machine's allocator, and the remedy is the same."""
+    try:
+        return _run(leaves, ctx)
+    except MemoryBudgetError:
+        raise
+    except (MemoryError, RuntimeError) as err:
+        text = str(err).lower()
+        if isinstance(err, RuntimeError) and "out of memory" not in text and "not enough memory" not in text:
+            raise
+        raise MemoryBudgetError(
+            f"the allocator failed on a batch of {ctx.x.shape[0]} examples in {ctx.mode} mode "
+            f"({type(err).__name__}: {str(err)[:200]}); pass a smaller max_memory (smaller chunks), "
+            f"request less (laplacian or hessian_diagonal instead of hessian, directions), or use "
+            f"a smaller batch"
+        ) from err
 
 
 def _fmt_bytes(b: float) -> str:
@@ -141,37 +207,52 @@ def _fmt_bytes(b: float) -> str:
     raise AssertionError
 
 
-def _chunked(leaves, ctx: CallContext, n: int, chunk: int) -> Result:
+def _chunked(leaves, ctx: CallContext, n: int, chunk: int, progress: bool | None = None) -> Result:
     """Run the call on batch slices of ``chunk`` examples.
 
-    Mutable libraries (NumPy, torch, CuPy) get each slice written into
-    preallocated results, so the peak is the output plus one chunk's work;
-    immutable ones (JAX, generic) concatenate at the end.
+    Every library whose arrays can be written (NumPy, torch, CuPy, and the
+    generic backend on those or on array-api-strict) gets each slice
+    written into preallocated results, so the peak is the output plus one
+    chunk's work. JAX arrays are immutable: their chunks are concatenated
+    at the end (the peak holds the output twice; under ``jax.jit`` XLA
+    plans that buffer itself).
     """
     xp = ctx.xp
-    first = _run(leaves, ctx.batch(0, chunk))
-    if not ctx.be.mutable:
-        parts = [first] + [_run(leaves, ctx.batch(i, min(i + chunk, n))) for i in range(chunk, n, chunk)]
+    with progress_bar(progress, total=-(-n // chunk), desc="hessquik chunks", unit="chunk") as bar:
+        first = _guarded(leaves, ctx.batch(0, chunk))
+        bar.update()
+        if not _writable(ctx, first.value):
+            parts = [first]
+            for i in range(chunk, n, chunk):
+                parts.append(_guarded(leaves, ctx.batch(i, min(i + chunk, n))))
+                bar.update()
+            out = Result(value=None, mode=first.mode)
+            for name in FIELDS:
+                if getattr(first, name) is not None:
+                    setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
+            return out
         out = Result(value=None, mode=first.mode)
         for name in FIELDS:
-            if getattr(first, name) is not None:
-                setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
-        return out
-    out = Result(value=None, mode=first.mode)
-    for name in FIELDS:
-        a = getattr(first, name)
-        if a is not None:
-            full = _empty_like_layout(a, n, xp, ctx.device)
-            full[:chunk, ...] = a
-            setattr(out, name, full)
-    del first
-    for i in range(chunk, n, chunk):
-        part = _run(leaves, ctx.batch(i, min(i + chunk, n)))
-        for name in FIELDS:
-            a = getattr(part, name)
+            a = getattr(first, name)
             if a is not None:
-                getattr(out, name)[i : i + a.shape[0], ...] = a
+                full = _empty_like_layout(a, n, xp, ctx.device)
+                full[:chunk, ...] = a
+                setattr(out, name, full)
+        del first
+        for i in range(chunk, n, chunk):
+            part = _guarded(leaves, ctx.batch(i, min(i + chunk, n)))
+            for name in FIELDS:
+                a = getattr(part, name)
+                if a is not None:
+                    getattr(out, name)[i : i + a.shape[0], ...] = a
+            bar.update()
     return out
+
+
+def _writable(ctx: CallContext, a) -> bool:
+    """Can results be assembled in place? The backend's capability, or, for
+    the generic backend, any library but JAX (whose arrays are immutable)."""
+    return bool(ctx.be.mutable) or not aac.is_jax_array(a)
 
 
 def _empty_like_layout(a, n: int, xp, device):
