@@ -1,10 +1,16 @@
 """Before/after timing of engine points, public API only: run with PYTHONPATH=<tree>.
 
-python ab_bench.py OUT.json [--train]   (one process; best of R interleaved repeats)
+PYTHONPATH=<tree> python benchmarks/ab_engine.py OUT.json [--train]   (one process; best of R interleaved repeats)
 """
-import json, os, sys, time
+
+import json
+import os
+import sys
+import time
+
 import numpy as np
 import torch
+
 import hessquik_core as hq
 
 torch.set_num_threads(2)
@@ -14,9 +20,11 @@ R = int(os.environ.get("AB_REPEATS", "5"))
 
 def resnet(d, m, w=16, depth=4, seed=2022):
     rng = np.random.default_rng(seed)
-    return hq.NN(hq.SingleLayer(d, w, act="antitanh", seed=rng),
-                 hq.ResnetNN(w, depth, h=0.5, act="tanh", seed=rng),
-                 hq.SingleLayer(w, m, act="identity", seed=rng))
+    return hq.NN(
+        hq.SingleLayer(d, w, act="antitanh", seed=rng),
+        hq.ResnetNN(w, depth, h=0.5, act="tanh", seed=rng),
+        hq.SingleLayer(w, m, act="identity", seed=rng),
+    )
 
 
 def mlp(d, w, depth=4, seed=2022):
@@ -52,11 +60,13 @@ for wl, label, make, d, n, task in points:
 
 
 def once(net, xx, kw):
-    t = time.perf_counter(); net(xx, **kw); return time.perf_counter() - t
+    t = time.perf_counter()
+    net(xx, **kw)
+    return time.perf_counter() - t
 
 
 best = {}
-for name, net, xx, kw in cases:  # warm-up (parameter conversion caches)
+for _name, net, xx, kw in cases:  # warm-up (parameter conversion caches)
     once(net, xx, kw)
 for r in range(R):
     for name, net, xx, kw in cases:
@@ -75,14 +85,18 @@ if "--train" in sys.argv:
         tnet = net.to("torch", requires_grad=True) if hasattr(net, "to") else net
         x = torch.from_numpy(rng.standard_normal((1024, d)))
         params = [p for p in tnet.parameters()] if hasattr(tnet, "parameters") else None
-        def step():
+
+        def step(tnet=tnet, x=x):
             res = tnet(x, laplacian=True)
             loss = ((res.laplacian + 1.0) ** 2).mean()
             loss.backward()
+
         step()
         tt = []
         for _ in range(R):
-            t = time.perf_counter(); step(); tt.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            step()
+            tt.append(time.perf_counter() - t)
         best[f"W6 mlp w=64 d={d} n=1024 torch step"] = min(tt)
 
 json.dump({"load": os.getloadavg(), "best": best}, open(out, "w"), indent=1)
