@@ -273,7 +273,9 @@ def _empty_like_layout(a, n: int, xp, device):
 def _run(leaves: list, ctx: CallContext) -> Result:
     """One unchunked call: parameters in the call's library, then the sweep."""
     xp, ops = ctx.xp, ctx.be
-    params = [leaf._eval_params(ctx.cache_key, ops, xp, ctx.dtype, ctx.device) for leaf in leaves]
+    # the cache key, dtype and device once per call, not once per layer (a few str() calls each)
+    key, dtype, device = ctx.cache_key, ctx.dtype, ctx.device
+    params = [leaf._eval_params(key, ops, xp, dtype, device) for leaf in leaves]
     u = ctx.x
     if not ctx.derivatives:
         for leaf, P in zip(leaves, params):
