@@ -22,7 +22,7 @@ from typing import Any
 import array_api_compat as aac
 
 from .._array import namespace_of
-from .params import LinearOperatorBase
+from .operators import LinearOperatorBase
 
 __all__ = ["FullRankApproximation", "LowRankApproximation"]
 

@@ -40,13 +40,9 @@ import numpy as np
 from .._dask_hook import dask_dispatch
 from .._progress import Progress, progress_bar
 from ..estimators import Estimate
-from .params import (
-    LinearOperatorBase,
-    _Problem,
-    aslinearoperator,
-    empirical_fisher_operator,
-    hessian_operator,
-)
+from .operators import LinearOperatorBase, aslinearoperator
+from .problem import _Problem
+from .products import empirical_fisher_operator, hessian_operator
 
 __all__ = [
     "LanczosNoConvergence",

@@ -1,0 +1,130 @@
+r"""The gradient and the per-example gradients of a training loss with respect to the parameters.
+
+For the training loss :math:`C(\theta) = w\sum_n \ell(f(x_n;\theta), y_n)`
+(:math:`w = 1/N` for ``reduction="mean"``, 1 for ``"sum"``): one backward
+pass of the layers' ``param_vjp`` per mini-batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._dask_hook import dask_dispatch
+from .problem import _Problem
+
+__all__ = ["gradient", "per_example_gradients", "value_and_gradient"]
+
+
+@dask_dispatch
+def value_and_gradient(
+    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+) -> tuple[Any, Any]:
+    r"""Training loss :math:`C` (0-d) and its gradient :math:`\nabla_\theta C` ``(P,)``.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    value : 0-d array
+        :math:`C`.
+    gradient : array of shape (P,)
+        :math:`\\nabla_\\theta C` in :class:`ParameterLayout` order.
+    """
+    pb = _Problem(net, x, y, loss, batch_size, backend)
+    B, xp = pb.B, pb.B.xp
+    val = grad = None
+    for xb, Tb in pb.chunks:
+        v, g = B.grad_pass(xb, Tb, pb.loss, pb.w, False)
+        v = xp.sum(v)
+        val, grad = (v, g) if val is None else (val + v, grad + g)
+    return B.to_user(pb.w * val), B.to_user(grad)
+
+
+@dask_dispatch
+def gradient(
+    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+) -> Any:
+    r""":math:`\nabla_\theta C`, the gradient of the training loss.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    batch_size : int, optional
+        Examples per pass (bounds memory; the result is the full-data one).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (P,)
+        The second output of :func:`value_and_gradient`.
+    """
+    return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
+
+
+@dask_dispatch
+def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
+    r"""Per-example gradients :math:`g_n = \nabla_\theta \ell(f(x_n;\theta), y_n)`, shape ``(N, P)``.
+
+    One batched pass (no loop over examples). Rows are gradients of the
+    *unreduced* per-example loss: :math:`\nabla C = w \sum_n g_n` (the mean of
+    the rows for ``reduction="mean"``, their sum for ``"sum"``).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        The network; a torch model is converted with
+        :func:`hessquik_core.from_torch` (weights copied).
+    x : array of shape (N, d)
+        Inputs, floating (NumPy, torch, CuPy or any Array-API array); the
+        computation runs in its library, dtype and device.
+    y : array
+        Targets: ``(N, m)`` floating for MSE; integer labels ``(N,)`` or
+        probabilities ``(N, m)`` for cross-entropy.
+    loss : Loss or str or torch loss
+        ``"mse"``, ``"cross_entropy"``, a :class:`Loss`, or a
+        ``torch.nn.MSELoss`` / ``torch.nn.CrossEntropyLoss`` (its
+        ``reduction`` kept, see :func:`get_loss`).
+    backend : str, optional
+        Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
+        results return in ``x``'s library.
+
+    Returns
+    -------
+    array of shape (N, P)
+        Row ``n`` is :math:`g_n` in :class:`ParameterLayout` order.
+    """
+    pb = _Problem(net, x, y, loss, None, backend)
+    return pb.B.to_user(pb.per_example(0))

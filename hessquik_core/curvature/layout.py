@@ -1,0 +1,218 @@
+r"""The parameter vector :math:`\theta \in \mathbb{R}^P` of a network: layout, flattening, resolution.
+
+:class:`ParameterLayout` says where each ``state_dict`` entry lives in
+:math:`\theta` (``state_dict`` order, each parameter flattened row-major);
+:func:`parameter_layout` and :func:`flatten_parameters` build it and the
+vector for a network, layer or torch model (converted once with
+:func:`hessquik_core.from_torch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as aac
+import numpy as np
+
+from .._array import namespace_of
+from ..backends import backend_for
+
+__all__ = ["ParameterLayout", "flatten_parameters", "parameter_layout"]
+
+
+@dataclass(frozen=True)
+class ParameterLayout:
+    """Where each parameter lives in the flat vector :math:`\\theta \\in \\mathbb{R}^P`.
+
+    ``theta = concat([ravel(p) for p in state_dict().values()])``: parameters
+    in ``state_dict`` order (``'0.K', '0.b', '1.K', ...``; switched-off ones
+    absent), each flattened row-major. Flat arrays carry the parameter axis
+    last, so per-example gradients ``(N, P)`` unflatten to ``(N, *shape)``.
+
+    **torch's order.** A ``Linear`` layer's weight ``K`` is stored
+    ``(in, out)``, the transpose of torch's ``weight`` ``(out, in)`` (so a
+    layer computes ``u @ K + b``). To read an eigenvector (or any flat
+    vector) in the order of a torch model converted by
+    :func:`hessquik_core.from_torch`, unflatten it and transpose the
+    ``K`` blocks: ``layout.unflatten(v)["0.K"].T`` is the direction of
+    torch's ``0.weight``, ``layout.unflatten(v)["0.b"]`` that of ``0.bias``.
+
+    Attributes
+    ----------
+    keys : tuple of str
+        Parameter keys in ``state_dict`` order.
+    shapes : tuple of tuple of int
+        Shape of each parameter.
+    offsets : tuple of int
+        Start of each parameter in ``theta``.
+    sizes : tuple of int
+        Number of entries of each parameter.
+    """
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """:math:`P`, the number of scalar parameters."""
+        return int(sum(self.sizes))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def slice(self, key: str) -> slice:
+        """Slice of ``theta`` holding parameter ``key`` (``KeyError`` for an unknown key).
+
+        Parameters
+        ----------
+        key : str
+            A ``state_dict`` key, e.g. ``"0.K"``.
+
+        Returns
+        -------
+        slice
+            ``theta[layout.slice(key)]`` is the flattened parameter.
+        """
+        i = self._index(key)
+        return slice(self.offsets[i], self.offsets[i] + self.sizes[i])
+
+    def _index(self, key):
+        try:
+            return self.keys.index(key)
+        except ValueError:
+            raise KeyError(f"unknown parameter {key!r}; known: {list(self.keys)}") from None
+
+    def flatten(self, params: Mapping[str, Any]) -> Any:
+        """Concatenate a mapping of parameters into flat vectors.
+
+        Parameters
+        ----------
+        params : mapping of str to array
+            Every key of the layout, each ``(*lead, *shape)`` (same leading
+            shape, one array library).
+
+        Returns
+        -------
+        array of shape (*lead, P)
+        """
+        if not hasattr(params, "items"):
+            raise TypeError(
+                f"params must be a mapping of parameter keys to arrays, got {type(params).__name__}"
+            )
+        missing = [k for k in self.keys if k not in params]
+        extra = sorted(set(params) - set(self.keys))
+        if missing or extra:
+            raise ValueError(f"parameter keys mismatch: missing {missing}, unexpected {extra}")
+        first = params[self.keys[0]]
+        xp = namespace_of(first, f"params[{self.keys[0]!r}]")
+        lead = tuple(first.shape[: first.ndim - len(self.shapes[0])])
+        parts = []
+        for key, shape, size in zip(self.keys, self.shapes, self.sizes):
+            a = params[key]
+            if tuple(a.shape) != (*lead, *shape):
+                raise ValueError(f"params[{key!r}] must have shape {(*lead, *shape)}, got {tuple(a.shape)}")
+            parts.append(xp.reshape(a, (*lead, size)))
+        return xp.concat(parts, axis=-1)
+
+    def unflatten(self, theta: Any) -> dict[str, Any]:
+        """Split flat vectors into parameters (the inverse of :meth:`flatten`).
+
+        Parameters
+        ----------
+        theta : array of shape (..., P)
+
+        Returns
+        -------
+        dict of str to array
+            ``key -> (*lead, *shape)`` views of ``theta``; with no leading
+            axes, ``net.load_state_dict`` accepts it.
+        """
+        xp = namespace_of(theta, "theta")
+        if theta.ndim < 1 or theta.shape[-1] != self.size:
+            raise ValueError(f"theta must have shape (..., {self.size}), got {tuple(theta.shape)}")
+        lead = tuple(theta.shape[:-1])
+        return {
+            k: xp.reshape(theta[..., o : o + s], (*lead, *shape))
+            for k, shape, o, s in zip(self.keys, self.shapes, self.offsets, self.sizes)
+        }
+
+
+def _is_torch_module(obj) -> bool:
+    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
+
+
+def _network(net):
+    """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``)."""
+    if hasattr(net, "named_parameters") and hasattr(net, "_leaves"):
+        return net
+    if _is_torch_module(net):
+        from ..interop import from_torch
+
+        try:
+            return from_torch(net)
+        except ValueError as err:
+            raise ValueError(
+                f"net is a torch module: curvature functions convert it with hessquik_core.from_torch, "
+                f"which refused it: {err}"
+            ) from err
+    raise TypeError(
+        "net must be a hessquik_core network or layer, or a torch nn.Sequential "
+        f"(converted with hessquik_core.from_torch), got {type(net).__name__}"
+    )
+
+
+def parameter_layout(net: Any) -> ParameterLayout:
+    """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major).
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+        A torch model is described as converted by :func:`hessquik_core.from_torch`.
+
+    Returns
+    -------
+    ParameterLayout
+    """
+    net = _network(net)
+    keys, shapes, offsets, sizes = [], [], [], []
+    off = 0
+    for k, a in net.named_parameters():
+        shape = tuple(int(s) for s in a.shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        keys.append(k)
+        shapes.append(shape)
+        offsets.append(off)
+        sizes.append(size)
+        off += size
+    if not keys:
+        raise ValueError("the network has no parameters")
+    return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
+
+
+def flatten_parameters(net: Any, like: Any = None) -> Any:
+    """:math:`\\theta` as one vector ``(P,)``.
+
+    Parameters
+    ----------
+    net : NN or Layer or torch.nn.Sequential
+    like : array, optional
+        Without it the vector is in the library of the stored parameters;
+        with it, in ``like``'s library, dtype and device.
+
+    Returns
+    -------
+    array of shape (P,)
+        Parameters in :class:`ParameterLayout` order.
+    """
+    net = _network(net)
+    layout = parameter_layout(net)
+    state = dict(net.named_parameters())
+    if like is not None:
+        xp = namespace_of(like, "like")
+        be = backend_for(xp)
+        state = {k: be.convert(a, xp=xp, dtype=like.dtype, device=aac.device(like)) for k, a in state.items()}
+    return layout.flatten(state)
