@@ -11,11 +11,23 @@ beyond ``order``), all of ``z``'s shape, dtype and device. The formulas are
 chosen so that no intermediate overflows for :math:`|z|` up to
 :math:`10^4` in float32 or float64: exponentials are only ever taken of
 :math:`-|z|`.
+
+A new activation is one class here: ``_eval`` (σ, σ′, σ″), its ``name``, its
+``torch_twin`` and ``hessquik_name`` (the torch module and the hessQuik class
+computing the same function), and ``@register_activation``. Everything else
+(:func:`get_activation`, ``hq.save``/``hq.load``, ``to_torch``/``from_torch``,
+``from_hessquik``, :mod:`hessquik_core.compat`) finds it in the registry
+:data:`ACTIVATIONS`.
+
+This module is over 400 lines because each activation's numerically careful
+formulas and their derivation (which intermediate can overflow or cancel)
+belong next to each other; the classes share nothing beyond the base class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from array_api_compat import array_namespace
 
@@ -34,10 +46,31 @@ __all__ = [
 
 
 class Activation:
-    """Base class: subclasses implement ``_eval``."""
+    """Base class: subclasses implement ``_eval``.
+
+    A registered subclass (:func:`register_activation`) also states, as class
+    attributes, its twins in other libraries; :mod:`hessquik_core.interop`,
+    :mod:`hessquik_core.interop_hessquik` and :mod:`hessquik_core.io` read them
+    and never list activation types themselves.
+    """
 
     #: JSON-able name used by ``save``/``load`` and ``repr``.
     name: str = "activation"
+    #: the torch module computing the same function: a class name in ``torch.nn``
+    #: (``"Tanh"``) or in :mod:`hessquik_core.interop` (``"AntiTanh"``); ``None``: none
+    torch_twin: ClassVar[str | None] = None
+    #: the hessQuik 0.0.6 class computing the same function (``"tanhActivation"``)
+    hessquik_name: ClassVar[str | None] = None
+    #: whether :func:`get_activation` accepts the name (False: the class is
+    #: registered for files and conversions only, like the non-smooth ReLU)
+    by_name: ClassVar[bool] = True
+    #: whether its second derivative exists everywhere; ``from_torch`` refuses
+    #: a non-smooth twin unless asked (``allow_relu=True``)
+    smooth: ClassVar[bool] = True
+    #: True on a class that only changes how the activation is *called*
+    #: (:mod:`hessquik_core.compat`'s hessQuik-named classes): it saves and
+    #: converts as its registered base class. Read from the class itself, not inherited.
+    call_convention_only: ClassVar[bool] = False
 
     def __call__(self, z, order: int = 2, *, xp=None):
         """Return ``(sigma, dsigma, d2sigma)``; entries beyond ``order`` are ``None``."""
@@ -54,6 +87,70 @@ class Activation:
         """Constructor arguments, for serialisation."""
         return {}
 
+    # -- twins in other libraries (read by interop and interop_hessquik) --------
+    @classmethod
+    def from_twin(cls, module: Any) -> Activation:
+        """The activation equal to a torch or hessQuik twin ``module``.
+
+        The twin's attributes of the names of :meth:`config`'s keys (``beta``,
+        ``threshold`` of a softplus, ``approximate`` of a GELU) are the
+        constructor arguments, converted to the types of the defaults.
+        """
+        defaults = cls().config()
+        return cls(**{k: type(v)(getattr(module, k)) for k, v in defaults.items()})
+
+    def to_torch(self, nn: Any, twins: dict[str, type]) -> Any:
+        """A torch module computing this activation, or ``None`` for none (the identity).
+
+        Parameters
+        ----------
+        nn : module
+            ``torch.nn``.
+        twins : dict of str to type
+            The torch classes of :mod:`hessquik_core.interop` by name.
+        """
+        if self.torch_twin is None or registered_class(self) is None:
+            raise TypeError(f"no torch equivalent for activation {type(self).__qualname__}")
+        twin = twins.get(self.torch_twin) or getattr(nn, self.torch_twin)
+        return twin(**self.config())
+
+
+#: the registered activations, by name (:func:`register_activation`)
+ACTIVATIONS: dict[str, type[Activation]] = {}
+_REGISTRY = ACTIVATIONS  # the registry's former name
+
+
+def register_activation(cls):
+    """Class decorator: make an activation known by its ``name``.
+
+    :func:`get_activation` then accepts the name (unless ``by_name`` is
+    False), ``hq.save`` / ``hq.load`` write and read it (its :meth:`~Activation.config`
+    must be the constructor's keyword arguments), and the conversions find
+    it through ``torch_twin`` / ``hessquik_name``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Activation)) or "name" not in vars(cls):
+        raise TypeError("register_activation expects an Activation subclass that sets its own name")
+    if cls.name in ACTIVATIONS and ACTIVATIONS[cls.name] is not cls:
+        raise ValueError(f"an activation named {cls.name!r} is already registered: {ACTIVATIONS[cls.name]}")
+    ACTIVATIONS[cls.name] = cls
+    return cls
+
+
+def registered_class(act: Activation) -> type[Activation] | None:
+    """The registered class computing ``act``'s function, ``None`` if there is none.
+
+    ``type(act)`` itself when it is registered; its registered base for a class
+    marked ``call_convention_only``; ``None`` for anything else, in particular
+    subclasses of registered activations, which may change the math.
+    """
+    cls = ACTIVATIONS.get(getattr(act, "name", None))  # type: ignore[arg-type]
+    if cls is None:
+        return None
+    t = type(act)
+    if t is cls or (vars(t).get("call_convention_only", False) and isinstance(act, cls)):
+        return cls
+    return None
+
 
 def _sigmoid_parts(z, xp):
     r"""Return :math:`s=\mathrm{sigmoid}(z)` and :math:`1-s`, both to full
@@ -65,6 +162,7 @@ def _sigmoid_parts(z, xp):
     return xp.where(pos, inv, small), xp.where(pos, small, inv)
 
 
+@register_activation
 @dataclass(frozen=True)
 class AntiTanh(Activation):
     r"""Antiderivative of tanh, as defined by hessQuik.
@@ -75,6 +173,8 @@ class AntiTanh(Activation):
     """
 
     name = "antitanh"
+    torch_twin = "AntiTanh"
+    hessquik_name = "antiTanhActivation"
 
     def _eval(self, z, order, xp):
         a = xp.abs(z)
@@ -85,11 +185,18 @@ class AntiTanh(Activation):
         return s, t, (1.0 - t * t) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Identity(Activation):
     r""":math:`\sigma(z) = z,\ \sigma' = 1,\ \sigma'' = 0`."""
 
     name = "identity"
+    torch_twin = "Identity"
+    hessquik_name = "identityActivation"
+
+    def to_torch(self, nn: Any, twins: dict[str, type]) -> Any:
+        """``None``: no module (a ``Linear`` alone; blocks place ``nn.Identity``)."""
+        return None
 
     def _eval(self, z, order, xp):
         if order == 0:
@@ -98,11 +205,14 @@ class Identity(Activation):
         return z, one, xp.zeros_like(z) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Quadratic(Activation):
     r""":math:`\sigma(z) = z^2/2,\ \sigma' = z,\ \sigma'' = 1`."""
 
     name = "quadratic"
+    torch_twin = "Quadratic"
+    hessquik_name = "quadraticActivation"
 
     def _eval(self, z, order, xp):
         s = 0.5 * z * z
@@ -111,6 +221,7 @@ class Quadratic(Activation):
         return s, z, xp.ones_like(z) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Sigmoid(Activation):
     r"""Logistic sigmoid.
@@ -125,6 +236,8 @@ class Sigmoid(Activation):
     """
 
     name = "sigmoid"
+    torch_twin = "Sigmoid"
+    hessquik_name = "sigmoidActivation"
 
     def _eval(self, z, order, xp):
         s, sc = _sigmoid_parts(z, xp)
@@ -134,6 +247,7 @@ class Sigmoid(Activation):
         return s, ds, (ds * (sc - s)) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Softplus(Activation):
     r"""Softplus with PyTorch's ``beta`` and ``threshold``.
@@ -152,6 +266,8 @@ class Softplus(Activation):
     beta: float = 1.0
     threshold: float = 20.0
     name = "softplus"
+    torch_twin = "Softplus"
+    hessquik_name = "softplusActivation"
 
     def __post_init__(self):
         if not self.beta > 0:
@@ -175,11 +291,14 @@ class Softplus(Activation):
         return s, ds, xp.where(lin, xp.zeros_like(z), self.beta * sg * sgc)
 
 
+@register_activation
 @dataclass(frozen=True)
 class Tanh(Activation):
     r""":math:`\sigma = \tanh z,\ \sigma' = 1 - \sigma^2,\ \sigma'' = -2\sigma\sigma'`."""
 
     name = "tanh"
+    torch_twin = "Tanh"
+    hessquik_name = "tanhActivation"
 
     def _eval(self, z, order, xp):
         t = xp.tanh(z)
@@ -189,11 +308,13 @@ class Tanh(Activation):
         return t, dt, (-2.0 * t * dt) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Sin(Activation):
     r""":math:`\sigma = \sin z,\ \sigma' = \cos z,\ \sigma'' = -\sin z`."""
 
     name = "sin"
+    torch_twin = "Sin"
 
     def _eval(self, z, order, xp):
         s = xp.sin(z)
@@ -202,6 +323,7 @@ class Sin(Activation):
         return s, xp.cos(z), (-s) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class SiLU(Activation):
     r"""Sigmoid-weighted linear unit :math:`\sigma(z) = z\,s(z)`, :math:`s` the sigmoid.
@@ -211,6 +333,7 @@ class SiLU(Activation):
     """
 
     name = "silu"
+    torch_twin = "SiLU"
 
     def _eval(self, z, order, xp):
         s, sc = _sigmoid_parts(z, xp)
@@ -219,11 +342,6 @@ class SiLU(Activation):
             return val, None, None
         ds = s * (1.0 + z * sc)
         return val, ds, (s * sc * (2.0 + z * (sc - s))) if order == 2 else None
-
-
-_REGISTRY: dict[str, type[Activation]] = {
-    cls.name: cls for cls in (AntiTanh, Identity, Quadratic, Sigmoid, Softplus, Tanh, Sin, SiLU)
-}
 
 
 def get_activation(spec) -> Activation:
@@ -235,9 +353,10 @@ def get_activation(spec) -> Activation:
         return spec()
     if isinstance(spec, str):
         key = spec.lower().replace("_", "").replace("activation", "")
-        if key in _REGISTRY:
-            return _REGISTRY[key]()
-        raise ValueError(f"unknown activation {spec!r}: expected one of {sorted(_REGISTRY)}")
+        names = sorted(k for k, c in ACTIVATIONS.items() if c.by_name)
+        if key in names:
+            return ACTIVATIONS[key]()
+        raise ValueError(f"unknown activation {spec!r}: expected one of {names}")
     raise TypeError(f"act must be an Activation instance, class or name, got {type(spec).__name__}")
 
 
@@ -263,6 +382,7 @@ _SQRT2_PI = 0.7978845608028654
 _GELU_C = 0.044715
 
 
+@register_activation
 @dataclass(frozen=True)
 class GELU(Activation):
     r"""Gaussian error linear unit, as ``torch.nn.GELU(approximate=...)``.
@@ -298,6 +418,7 @@ class GELU(Activation):
 
     approximate: str = "none"
     name = "gelu"
+    torch_twin = "GELU"
 
     def __post_init__(self):
         if self.approximate not in ("none", "tanh"):
@@ -338,6 +459,7 @@ class GELU(Activation):
         return val, ds, q * (2.0 * du + zc * (d2u - 2.0 * (s - sc) * (du * du)))
 
 
+@register_activation
 @dataclass(frozen=True)
 class Mish(Activation):
     r"""Mish, :math:`\sigma(z) = z \tanh(\operatorname{softplus} z)`, as ``torch.nn.Mish``.
@@ -358,6 +480,7 @@ class Mish(Activation):
     """
 
     name = "mish"
+    torch_twin = "Mish"
 
     def _eval(self, z, order, xp):
         e = xp.exp(-xp.abs(z))
@@ -375,6 +498,7 @@ class Mish(Activation):
         return val, ds, (2.0 * dt + zdt * (sc - 2.0 * t * s)) if order == 2 else None
 
 
+@register_activation
 @dataclass(frozen=True)
 class Gaussian(Activation):
     r"""Gaussian bump :math:`\sigma(z) = e^{-z^2}`.
@@ -495,5 +619,40 @@ def custom(f, df, d2f, *, name: str = "custom") -> CustomActivation:
     return CustomActivation(f, df, d2f, name)
 
 
-_REGISTRY.update({cls.name: cls for cls in (GELU, Mish, Gaussian)})
-__all__ += ["CustomActivation", "GELU", "Gaussian", "Mish", "custom"]
+@register_activation
+@dataclass(frozen=True)
+class ReLU(Activation):
+    r""":math:`\sigma = \max(z, 0)`, :math:`\sigma' = [z > 0]`, :math:`\sigma'' = 0`.
+
+    Only created by ``from_torch(..., allow_relu=True)`` (also
+    ``hessquik_core.interop.ReLU``; :func:`get_activation` does not accept the
+    name). The second derivative is zero wherever it exists, so Hessians and
+    Laplacians of a ReLU network only contain the contributions of other
+    (smooth) parts: derivative-based losses (PINNs, score matching, ...)
+    silently lose their second-order terms.
+    """
+
+    name = "relu"
+    torch_twin = "ReLU"
+    by_name = False
+    smooth = False
+
+    def _eval(self, z, order, xp):
+        zero = xp.zeros_like(z)
+        s = xp.maximum(z, zero)
+        if order == 0:
+            return s, None, None
+        ds = xp.where(z > 0, xp.ones_like(z), zero)
+        return s, ds, zero if order == 2 else None
+
+
+__all__ += [
+    "ACTIVATIONS",
+    "CustomActivation",
+    "GELU",
+    "Gaussian",
+    "Mish",
+    "custom",
+    "register_activation",
+    "registered_class",
+]

@@ -34,13 +34,12 @@ block, whose ``forward`` cannot be inspected -- raises an error naming it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import activations as A
-from .activations import Activation
+from .activations import ACTIVATIONS, Activation, ReLU
 from .layers import LAYERS, Layer, SingleLayer
 from .networks import NN
 
@@ -56,28 +55,6 @@ __all__ = [
     "from_torch",
     "to_torch",
 ]
-
-
-@dataclass(frozen=True)
-class ReLU(Activation):
-    r""":math:`\sigma = \max(z, 0)`, :math:`\sigma' = [z > 0]`, :math:`\sigma'' = 0`.
-
-    Only created by ``from_torch(..., allow_relu=True)``. The second
-    derivative is zero wherever it exists, so Hessians and Laplacians of a
-    ReLU network only contain the contributions of other (smooth) parts:
-    derivative-based losses (PINNs, score matching, ...) silently lose
-    their second-order terms.
-    """
-
-    name = "relu"
-
-    def _eval(self, z, order, xp):
-        zero = xp.zeros_like(z)
-        s = xp.maximum(z, zero)
-        if order == 0:
-            return s, None, None
-        ds = xp.where(z > 0, xp.ones_like(z), zero)
-        return s, ds, zero if order == 2 else None
 
 
 # --------------------------------------------------------------------------
@@ -230,10 +207,17 @@ def __getattr__(name: str) -> Any:
 # from_torch
 # --------------------------------------------------------------------------
 
-_SMOOTH_HINT = (
-    "supported activations: Tanh, Sigmoid, Softplus, SiLU, GELU, Mish, Identity and hessquik_core.interop's "
-    "AntiTanh, Quadratic, Sin"
-)
+
+def _smooth_hint() -> str:
+    """The smooth activations ``from_torch`` converts (from the registry), for error messages."""
+    twins = [c.torch_twin for c in ACTIVATIONS.values() if c.smooth and c.torch_twin is not None]
+    ours = [t for t in twins if t in _TORCH_NAMES]
+    return (
+        f"supported activations: {', '.join(t for t in twins if t not in ours)} "
+        f"and hessquik_core.interop's {', '.join(ours)}"
+    )
+
+
 _NONSMOOTH = (
     "LeakyReLU",
     "ReLU6",
@@ -251,42 +235,37 @@ _NONSMOOTH = (
 )
 
 
-def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
-    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
+def _torch_twins() -> dict[type, type[Activation]]:
+    """torch class -> registered activation class, from each activation's ``torch_twin``
+    (a class of this module first, else of ``torch.nn``); exact types only."""
     from torch import nn
 
     T = _make_torch_classes()
+    out: dict[type, type[Activation]] = {}
+    for cls in ACTIVATIONS.values():
+        if cls.torch_twin is not None:
+            twin = T.get(cls.torch_twin) or getattr(nn, cls.torch_twin, None)
+            if twin is not None:
+                out[twin] = cls
+    return out
+
+
+def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
+    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
     t = type(mod)
-    if t is nn.Tanh:
-        return A.Tanh()
-    if t is nn.Sigmoid:
-        return A.Sigmoid()
-    if t is nn.SiLU:
-        return A.SiLU()
-    if t is nn.GELU:
-        return A.GELU(approximate=mod.approximate)
-    if t is nn.Mish:
-        return A.Mish()
-    if t is nn.Softplus:
-        return A.Softplus(beta=float(mod.beta), threshold=float(mod.threshold))
-    if t is T["AntiTanh"]:
-        return A.AntiTanh()
-    if t is T["Quadratic"]:
-        return A.Quadratic()
-    if t is T["Sin"]:
-        return A.Sin()
-    if t is nn.ReLU:
-        if allow_relu:
-            return ReLU()
-        raise ValueError(
-            f"submodule {path!r} is nn.ReLU: its second derivative is zero almost everywhere, so Hessians "
-            f"and Laplacians (and every loss built on them) would be silently wrong. Use a smooth "
-            f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), or pass allow_relu=True to convert anyway."
-        )
+    cls = _torch_twins().get(t)
+    if cls is not None:
+        if not cls.smooth and not allow_relu:
+            raise ValueError(
+                f"submodule {path!r} is nn.{t.__name__}: its second derivative is zero almost everywhere, so "
+                f"Hessians and Laplacians (and every loss built on them) would be silently wrong. Use a smooth "
+                f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), or pass allow_relu=True to convert anyway."
+            )
+        return cls.from_twin(mod)
     if t.__name__ in _NONSMOOTH and t.__module__.startswith("torch.nn"):
         raise ValueError(
             f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable; "
-            f"hessquik-core needs smooth activations ({_SMOOTH_HINT})"
+            f"hessquik-core needs smooth activations ({_smooth_hint()})"
         )
     return None
 
@@ -350,14 +329,10 @@ def _block_from_torch(mod, path, T, dtype, allow_relu):
 
 
 def _act_or_identity(mod, path, allow_relu):
-    from torch import nn
-
-    if type(mod) is nn.Identity:
-        return A.Identity()
     act = _act_from_torch(mod, path, allow_relu)
     if act is None:
         raise ValueError(
-            f"submodule {path!r} ({type(mod).__qualname__}) is not a supported activation ({_SMOOTH_HINT})"
+            f"submodule {path!r} ({type(mod).__qualname__}) is not a supported activation ({_smooth_hint()})"
         )
     return act
 
@@ -515,7 +490,7 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
                 f"cannot convert submodule {path!r} ({t.__module__}.{t.__qualname__}): a module whose "
                 f"forward "
                 f"hessquik-core cannot recognise. Supported: nn.Sequential, nn.Linear, smooth activations "
-                f"({_SMOOTH_HINT}), nn.Identity, nn.Dropout (eval), and hessquik_core.interop's "
+                f"({_smooth_hint()}), nn.Identity, nn.Dropout (eval), and hessquik_core.interop's "
                 f"ResidualBlock / ICNNBlock / QuadraticBlock / QuadraticICNNBlock (write residual "
                 f"connections with ResidualBlock)"
             )
@@ -542,29 +517,10 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
 
 
 def _act_to_torch(act: Activation):
+    """The torch module of ``act`` (``None`` for the identity), from its class's ``torch_twin``."""
     from torch import nn
 
-    T = _make_torch_classes()
-    t = type(act)
-    for base, make in (
-        (A.Tanh, nn.Tanh),
-        (A.Sigmoid, nn.Sigmoid),
-        (A.SiLU, nn.SiLU),
-        (A.Mish, nn.Mish),
-        (A.AntiTanh, T["AntiTanh"]),
-        (A.Quadratic, T["Quadratic"]),
-        (A.Sin, T["Sin"]),
-        (ReLU, nn.ReLU),
-    ):
-        if isinstance(act, base):
-            return make()
-    if isinstance(act, A.Softplus):
-        return nn.Softplus(beta=act.beta, threshold=act.threshold)
-    if isinstance(act, A.GELU):
-        return nn.GELU(approximate=act.approximate)
-    if isinstance(act, A.Identity):
-        return None
-    raise TypeError(f"no torch equivalent for activation {t.__qualname__}")
+    return act.to_torch(nn, _make_torch_classes())
 
 
 def to_torch(net, *, dtype=None, device=None):

@@ -33,20 +33,13 @@ def _unsupported(module, where: str = ""):
 
 
 def _activation(a, where: str) -> _act.Activation:
-    """hessQuik activation object -> hessquik_core activation (exact types only)."""
+    """hessQuik activation object -> hessquik_core activation: the registered activation
+    naming ``type(a)`` as its ``hessquik_name`` converts it (exact types only)."""
     import hessQuik.activations as hact
 
-    simple = {
-        hact.antiTanhActivation: _act.AntiTanh,
-        hact.identityActivation: _act.Identity,
-        hact.quadraticActivation: _act.Quadratic,
-        hact.sigmoidActivation: _act.Sigmoid,
-        hact.tanhActivation: _act.Tanh,
-    }
-    if type(a) in simple:
-        return simple[type(a)]()
-    if type(a) is hact.softplusActivation:
-        return _act.Softplus(beta=float(a.beta), threshold=float(a.threshold))
+    for cls in _act.ACTIVATIONS.values():
+        if cls.hessquik_name is not None and type(a) is getattr(hact, cls.hessquik_name, None):
+            return cls.from_twin(a)
     raise _unsupported(a, where)
 
 

@@ -147,9 +147,8 @@ def _json(text):
 
 
 def _class_tables():
-    from . import interop
     from . import networks as N
-    from .activations import _REGISTRY
+    from .activations import ACTIVATIONS
     from .layers import LAYERS
 
     nets = {
@@ -173,9 +172,7 @@ def _class_tables():
         "compat.quadraticLayer": LAYERS["QuadraticLayer"],
         "compat.quadraticICNNLayer": LAYERS["QuadraticICNNLayer"],
     }
-    acts = dict(_REGISTRY)
-    acts["relu"] = interop.ReLU
-    return nets, layers, acts
+    return nets, layers, dict(ACTIVATIONS)
 
 
 def _name_of(obj, table: dict, what: str) -> str:
@@ -210,11 +207,9 @@ def _encode(mod, tables, depth=0) -> dict:
         node: dict[str, Any] = {"layer": _name_of(mod, layers, "layer"), "config": mod.config()}
         act = getattr(mod, "act", None)
         if act is not None:
-            from .compat import activations as cact
+            from .activations import registered_class
 
-            compat_acts = {getattr(cact, n) for n in cact.__all__} - {cact.hessQuikActivationFunction}
-            exact = type(act) in set(acts.values()) | compat_acts  # subclasses could change the math
-            if not exact or not isinstance(act, acts.get(act.name, ())):
+            if registered_class(act) is None:  # unregistered, or a subclass that could change the math
                 raise TypeError(
                     f"cannot save activation {act!r}: not one of hessquik-core's activations "
                     f"({', '.join(sorted(acts))})"

@@ -76,13 +76,19 @@ class tanhActivation(_HessQuikActivation, _A.Tanh):
     r"""hessQuik's ``tanhActivation``: :math:`\tanh z`."""
 
 
-_COMPAT = {
-    _A.AntiTanh: antiTanhActivation,
-    _A.Identity: identityActivation,
-    _A.Quadratic: quadraticActivation,
-    _A.Sigmoid: sigmoidActivation,
-    _A.Tanh: tanhActivation,
-}
+#: hessquik-core class -> its hessQuik-named class here (which saves and converts as it)
+_COMPAT: dict[type, type] = {}
+for _cls in (
+    antiTanhActivation,
+    identityActivation,
+    quadraticActivation,
+    sigmoidActivation,
+    softplusActivation,
+    tanhActivation,
+):
+    _cls.call_convention_only = True
+    _COMPAT[_cls.__mro__[2]] = _cls
+del _cls
 
 
 def as_compat(act, default: str) -> Activation:
@@ -91,7 +97,5 @@ def as_compat(act, default: str) -> Activation:
     a = _A.get_activation(default if act is None else act)
     if isinstance(a, _HessQuikActivation):
         return a
-    if type(a) is _A.Softplus:
-        return softplusActivation(a.beta, a.threshold)
     cls = _COMPAT.get(type(a))
-    return cls() if cls is not None else a
+    return cls(**a.config()) if cls is not None else a

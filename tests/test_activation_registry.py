@@ -1,0 +1,112 @@
+"""A new activation is one class: registered, it is found by name, saved and loaded,
+and converted to and from torch without any edit elsewhere (issue 11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import hessquik_core as hq
+from hessquik_core import activations as A
+
+
+@dataclass(frozen=True)
+class _LogSigmoid(A.Activation):
+    r""":math:`\sigma = \log s(z) = -\mathrm{softplus}(-z)`, :math:`\sigma' = 1 - s`, :math:`\sigma'' = -s(1-s)`."""
+
+    name = "logsigmoid"
+    torch_twin = "LogSigmoid"  # torch.nn.LogSigmoid
+
+    def _eval(self, z, order, xp):
+        # log s(z) = min(z, 0) - log(1 + e^{-|z|}): no overflow for any z
+        val = xp.minimum(z, xp.zeros_like(z)) - xp.log1p(xp.exp(-xp.abs(z)))
+        if order == 0:
+            return val, None, None
+        e = xp.exp(-xp.abs(z))
+        s = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        sc = xp.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
+        return val, sc, (-s * sc) if order == 2 else None
+
+
+@pytest.fixture
+def registered():
+    A.register_activation(_LogSigmoid)
+    try:
+        yield _LogSigmoid
+    finally:
+        del A.ACTIVATIONS[_LogSigmoid.name]
+
+
+def test_registered_activation_is_everywhere(registered, tmp_path):
+    assert hq.checks.check_activation(registered())
+    assert type(A.get_activation("logsigmoid")) is registered
+    net = hq.FullyConnectedNN([3, 5, 2], act="logsigmoid", seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    ref = net(x, gradient=True, laplacian=True)
+    # save / load: the file names the activation, load finds it in the registry
+    hq.save(net, tmp_path / "n.hq")
+    back = hq.load(tmp_path / "n.hq")
+    assert type(back.blocks[0].act) is registered
+    np.testing.assert_array_equal(back(x, laplacian=True).laplacian, ref.laplacian)
+    # torch twin both ways
+    torch = pytest.importorskip("torch")
+    tm = hq.to_torch(net)
+    assert isinstance(tm[1], torch.nn.LogSigmoid)
+    np.testing.assert_allclose(tm(torch.from_numpy(x)).detach().numpy(), ref.value, rtol=1e-13, atol=1e-14)
+    again = hq.from_torch(tm)
+    assert type(again.blocks[0].act) is registered
+    np.testing.assert_allclose(again(x, laplacian=True).laplacian, ref.laplacian, rtol=1e-13, atol=1e-14)
+
+
+def test_unregistered_activation_is_refused(tmp_path):
+    assert "logsigmoid" not in A.ACTIVATIONS
+    with pytest.raises(ValueError, match="unknown activation"):
+        A.get_activation("logsigmoid")
+    net = hq.NN(hq.SingleLayer(2, 2, act=_LogSigmoid()))
+    with pytest.raises(TypeError, match="cannot save activation"):
+        hq.save(net, tmp_path / "x")
+    with pytest.raises(TypeError, match="no torch equivalent"):
+        hq.to_torch(net)
+
+
+def test_register_activation_checks_its_argument(registered):
+    class Nameless(A.Tanh):
+        pass
+
+    with pytest.raises(TypeError, match="sets its own name"):
+        A.register_activation(Nameless)
+    with pytest.raises(TypeError, match="Activation subclass"):
+        A.register_activation(int)
+
+    @dataclass(frozen=True)
+    class Clash(A.Activation):
+        name = "logsigmoid"
+
+    with pytest.raises(ValueError, match="already registered"):
+        A.register_activation(Clash)
+
+
+def test_relu_is_registered_for_files_but_not_by_name(tmp_path):
+    from hessquik_core.interop import ReLU
+
+    assert ReLU is A.ReLU and A.ACTIVATIONS["relu"] is ReLU
+    with pytest.raises(ValueError, match="unknown activation"):
+        A.get_activation("relu")
+    net = hq.NN(hq.SingleLayer(2, 3, act=ReLU()), hq.SingleLayer(3, 1))
+    hq.save(net, tmp_path / "r.hq")
+    assert type(hq.load(tmp_path / "r.hq").blocks[0].act) is ReLU
+
+
+def test_registered_class_of_variants():
+    from hessquik_core.compat import activations as cact
+
+    assert A.registered_class(A.Tanh()) is A.Tanh
+    assert A.registered_class(cact.softplusActivation(2.0)) is A.Softplus  # call convention only
+
+    class Sub(cact.tanhActivation):  # may change the math: not a variant
+        pass
+
+    assert A.registered_class(Sub()) is None
+    assert A.registered_class(A.custom(np.sin, np.cos, np.sin)) is None
