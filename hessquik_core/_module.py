@@ -20,16 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_backend, to_numpy
-
-
-def _library(a) -> str:
-    return type(a).__module__.split(".")[0]
+from .backends import get_backend, owner_of, to_numpy
 
 
 def _as_home(value, shape: tuple[int, ...], key: str):
     """Validate a parameter value and return the array to store."""
-    if _library(value) == "numpy" or isinstance(value, (list, tuple, float, int)):
+    # host data (NumPy, the interchange format, or Python numbers) is stored as a read-only copy
+    if isinstance(value, (list, tuple, float, int)) or owner_of(value).interchange:
         arr = np.array(value, copy=True)
         if not np.issubdtype(arr.dtype, np.floating):
             raise TypeError(f"parameter {key!r} must be a floating array, got dtype {arr.dtype}")
@@ -219,18 +216,12 @@ class Module:
                     continue
             conv = be.convert(p, xp=xp, dtype=dtype, device=device)
             out[name] = conv
-            # tensors that carry an autograd graph must be converted anew each
-            # call: a cached conversion would hold a graph freed by .backward();
-            # likewise a value converted inside jax.jit/grad is a tracer that
-            # must not outlive its trace
-            if not getattr(conv, "requires_grad", False) and not _is_tracer(conv):
+            # tensors that carry an autograd graph (or tracers of jax.jit) must be
+            # converted anew each call: the backend says which may be kept
+            if be.cacheable(conv):
                 fresh[name] = (p, version, conv)
         self._cache[key] = fresh
         return out
-
-
-def _is_tracer(a) -> bool:
-    return any(c.__name__.endswith("Tracer") for c in type(a).__mro__)
 
 
 def _dtype_name_checked(dtype) -> str:
@@ -257,23 +248,13 @@ def _is_dtype(obj) -> bool:
     return type(obj).__name__ == "dtype"  # torch.dtype, cupy/jax dtypes (NumPy's)
 
 
-def _torch_device(obj):
-    """``obj`` as a ``torch.device`` if it names one, else ``None``."""
-    if type(obj).__module__.split(".")[0] == "torch" and type(obj).__name__ == "device":
-        return obj
-    if not isinstance(obj, str):
-        return None
-    head = obj.split(":")[0]
-    if head not in ("cpu", "cuda", "mps", "xpu", "meta"):
-        return None
-    try:
-        import torch
-    except ImportError:
-        raise ValueError(f"device {obj!r} names a torch device, but torch is not installed") from None
-    try:
-        return torch.device(obj)
-    except RuntimeError as err:
-        raise ValueError(f"invalid device {obj!r}: {err}") from None
+def _device(obj):
+    """``(backend name, device)`` if ``obj`` is or names a device (``"cuda:0"``,
+    ``torch.device(...)``), else ``None``."""
+    from .backends import device_backend
+
+    found = device_backend(obj)
+    return None if found is None else (found[0].name, found[1])
 
 
 def _to_request(target, dtype, device):
@@ -293,7 +274,7 @@ def _to_request(target, dtype, device):
                 raise TypeError(f"dtype given twice: {target!r} and dtype={dtype!r}")
             dtype = target
         else:
-            dev = _torch_device(target)
+            dev = _device(target)
             if dev is None and not isinstance(target, str):
                 raise TypeError(
                     f"to() takes a backend name, a device or a dtype, got {type(target).__name__} {target!r}"
@@ -306,16 +287,16 @@ def _to_request(target, dtype, device):
                 )
             if device is not None:
                 raise TypeError(f"device given twice: {target!r} and device={device!r}")
-            name, device = "torch", dev
+            name, device = dev
     if name is None and device is not None:
-        dev = _torch_device(device)
+        dev = _device(device)
         if dev is None:
             raise ValueError(
                 f"device={device!r} without a backend must name a torch device ('cpu', 'cuda', "
                 f"'cuda:0', 'mps' or a torch.device); for another library pass its backend, "
                 f"e.g. to('cupy', device=...)"
             )
-        name, device = "torch", dev
+        name, device = dev
     if name is None and dtype is None:
         name = "numpy"
     return name, device, dtype

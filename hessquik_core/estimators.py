@@ -67,12 +67,9 @@ class Estimate:
 
 def _host(a) -> np.ndarray:
     """A float64 NumPy copy of a scalar or an array of any library (for printing)."""
-    mod = type(a).__module__.split(".")[0]
-    if mod == "torch":
-        a = a.detach().cpu().numpy()
-    elif mod == "cupy":
-        a = a.get()
-    return np.asarray(a, dtype=np.float64)
+    from .backends import to_numpy
+
+    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def _pm(v: float, s: float) -> str:

@@ -130,6 +130,42 @@ def owner_of(a) -> Backend:
     return get_backend("generic")
 
 
+def model_backend(obj) -> Backend | None:
+    """The backend of the library whose model ``obj`` is (a ``torch.nn.Module``:
+    the torch backend), ``None`` for anything else; only imported libraries are asked."""
+    for name, lib in _LIBRARIES.items():
+        if lib in sys.modules and get_backend(name).is_model(obj):
+            return get_backend(name)
+    return None
+
+
+#: device names that ``Module.to`` reads as a backend's devices: torch's spelling
+_DEVICE_NAMES = {"cpu": "torch", "cuda": "torch", "mps": "torch", "xpu": "torch", "meta": "torch"}
+
+
+def device_backend(obj) -> tuple[Backend, object] | None:
+    """``(backend, device)`` when ``obj`` is a device object of an imported library
+    or a device name (``"cuda:0"``: torch's), else ``None``.
+
+    Raises
+    ------
+    ValueError
+        For a device name whose library is not installed or that the library refuses.
+    """
+    if isinstance(obj, str):
+        name = _DEVICE_NAMES.get(obj.split(":")[0])
+        if name is None:
+            return None
+        try:
+            be = get_backend(name)
+        except ImportError:
+            raise ValueError(f"device {obj!r} names a {name} device, but {name} is not installed") from None
+        return be, be.as_device(obj)
+    be = owner_of(obj)
+    dev = None if be.library is None else be.as_device(obj)
+    return None if dev is None else (be, dev)
+
+
 def to_numpy(a):
     """Host copy of an array of any supported library, as a NumPy array."""
     if type(a).__module__.split(".")[0] == "numpy":
@@ -140,4 +176,13 @@ def to_numpy(a):
     return owner_of(a).to_numpy(a)
 
 
-__all__ = ["BACKEND_NAMES", "Backend", "backend_for", "get_backend", "owner_of", "to_numpy"]
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "backend_for",
+    "device_backend",
+    "get_backend",
+    "model_backend",
+    "owner_of",
+    "to_numpy",
+]

@@ -16,6 +16,7 @@ class CuPyBackend(InPlaceUpdates, Backend):
     name = "cupy"
     library = "cupy"
     mutable = True
+    dask_chunks = True
 
     def __init__(self, xp=None) -> None:
         super().__init__(aac.array_namespace(cp.empty(0)) if xp is None else xp)
@@ -29,6 +30,9 @@ class CuPyBackend(InPlaceUpdates, Backend):
             return int(cp.cuda.runtime.memGetInfo()[0])
         except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
             return super().available_memory(device)
+
+    def host_resident(self, device) -> bool:
+        return False  # CUDA device memory
 
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q]`` as one cuBLAS GEMM."""

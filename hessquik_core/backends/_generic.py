@@ -60,6 +60,21 @@ class GenericBackend(Backend):
         native = backend_for(self.xp) if self.xp is not None else self
         return native.available_memory(device) if native is not self else super().available_memory(device)
 
+    def host_resident(self, device) -> bool:
+        from . import backend_for
+
+        native = backend_for(self.xp) if self.xp is not None else self
+        if native is not self:  # torch or CuPy arrays under backend="generic"
+            return native.host_resident(device)
+        # JAX names its accelerators cuda:0 / gpu:0 / TpuDevice(...)
+        dev = str(device).lower()
+        return not any(k in dev for k in ("cuda", "gpu", "tpu"))
+
+    def writable(self, a) -> bool:
+        # immutable as far as the engine's own temporaries go, but results may be
+        # assembled in place in any library except JAX, whose arrays cannot be written
+        return not aac.is_jax_array(a)
+
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q] -> [..., q]`` as a single 2-D matmul."""
         xp = self.xp if xp is None else xp

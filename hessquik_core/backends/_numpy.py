@@ -32,6 +32,7 @@ class NumPyBackend(InPlaceUpdates, Backend):
     mutable = True
     interchange = True
     host_storage = True
+    dask_chunks = True
 
     def __init__(self, xp=None) -> None:
         super().__init__(aac.array_namespace(np.empty(0)) if xp is None else xp)
@@ -42,6 +43,9 @@ class NumPyBackend(InPlaceUpdates, Backend):
 
     def cache_blocking(self, x, arrays) -> bool:
         return True
+
+    def cacheable(self, a) -> bool:
+        return True  # NumPy arrays carry no autograd graph and are never tracers
 
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q] -> [..., q]`` as one GEMM (NumPy's stacked matmul

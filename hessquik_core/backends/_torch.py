@@ -42,6 +42,22 @@ class TorchBackend(Backend):
                 pass
         return super().available_memory(device)
 
+    def host_resident(self, device) -> bool:
+        return device is None or torch.device(device).type == "cpu"
+
+    def as_device(self, obj):
+        if isinstance(obj, torch.device):
+            return obj
+        if not isinstance(obj, str):
+            return None
+        try:
+            return torch.device(obj)
+        except RuntimeError as err:
+            raise ValueError(f"invalid device {obj!r}: {err}") from None
+
+    def is_model(self, obj) -> bool:
+        return isinstance(obj, torch.nn.Module)
+
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""
         return torch.matmul(a, b)

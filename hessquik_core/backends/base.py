@@ -43,6 +43,9 @@ class Backend:
     autograd : bool
         The library records gradients: ``Module.to(name, requires_grad=True)``
         makes trainable leaves.
+    dask_chunks : bool
+        Its arrays can be the chunks of a Dask array that :mod:`hessquik_core.dask`
+        evaluates natively, task by task.
     """
 
     name: str = "backend"
@@ -51,6 +54,7 @@ class Backend:
     interchange: bool = False
     host_storage: bool = False
     autograd: bool = False
+    dask_chunks: bool = False
 
     def __init__(self, xp: Any = None) -> None:
         self.xp = xp
@@ -93,6 +97,33 @@ class Backend:
     def available_memory(self, device) -> int:
         """Free memory (bytes) on ``device``: host RAM unless overridden."""
         return host_memory()
+
+    def host_resident(self, device) -> bool:
+        """Do arrays on ``device`` live in host memory, so that a host round trip
+        (SciPy's ARPACK on every Lanczos step) costs no bus transfer?"""
+        return True
+
+    def writable(self, a) -> bool:
+        """May the engine write results into ``a`` (an array it allocated) in place?"""
+        return bool(self.mutable)
+
+    def cacheable(self, a) -> bool:
+        """May a converted parameter ``a`` be kept between calls? Not while it carries
+        an autograd graph (freed by ``.backward()``) or is a tracer of a compiling
+        transformation (``jax.jit``), which must not outlive its trace."""
+        return not getattr(a, "requires_grad", False) and not any(
+            c.__name__.endswith("Tracer") for c in type(a).__mro__
+        )
+
+    def as_device(self, obj):
+        """``obj`` as one of this library's device objects (a device object or, for
+        the library that owns device names, a name such as ``"cuda:0"``), else ``None``."""
+        return None
+
+    def is_model(self, obj) -> bool:
+        """Is ``obj`` a model of this library that :mod:`hessquik_core.interop`
+        converts (a ``torch.nn.Module``)? Asked of imported libraries only."""
+        return False
 
     # -- the operations -------------------------------------------------------
     def mm(self, a, b, *, xp=None):

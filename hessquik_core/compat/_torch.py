@@ -79,6 +79,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
 
     from .. import layers as L
     from .. import networks as N
+    from ..backends import BACKEND_NAMES
     from .activations import as_compat
 
     def seed_from_torch(seed):
@@ -233,7 +234,7 @@ def _build(torch) -> dict[str, object]:  # noqa: C901 - one closure over torch f
             """torch's ``to``; ``to("torch", device=..., dtype=..., requires_grad=...)``
             (hessquik-core's spelling) is accepted as well."""
             requires_grad = kwargs.pop("requires_grad", None)
-            if args and isinstance(args[0], str) and args[0] in ("torch", "numpy", "cupy", "generic"):
+            if args and isinstance(args[0], str) and args[0] in BACKEND_NAMES:
                 if args[0] != "torch":
                     raise TypeError(
                         f"compat modules keep their parameters as torch tensors, got backend {args[0]!r}; "

@@ -17,7 +17,7 @@ import array_api_compat as aac
 import numpy as np
 
 from .._array import namespace_of
-from ..backends import backend_for
+from ..backends import backend_for, model_backend
 
 __all__ = ["ParameterLayout", "flatten_parameters", "parameter_layout"]
 
@@ -141,15 +141,11 @@ class ParameterLayout:
         }
 
 
-def _is_torch_module(obj) -> bool:
-    return any(c.__name__ == "Module" and c.__module__.startswith("torch.nn") for c in type(obj).__mro__)
-
-
 def _network(net):
     """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``)."""
     if hasattr(net, "named_parameters") and hasattr(net, "_leaves"):
         return net
-    if _is_torch_module(net):
+    if model_backend(net) is not None:  # a torch model (the only library with one)
         from ..interop import from_torch
 
         try:

@@ -21,6 +21,7 @@ import array_api_compat as aac
 import numpy as np
 
 from .._progress import progress_bar
+from ..backends import owner_of
 from ..curvature import params as _p
 from ..curvature.losses import get_loss
 from ..curvature.params import LinearOperatorBase, parameter_layout
@@ -30,7 +31,6 @@ from ._graph import (
     check_chunked,
     da,
     graph,
-    library,
     meta_like,
     snapshot,
     to_library,
@@ -251,7 +251,7 @@ class DaskCurvatureOperator(LinearOperatorBase):
             deps.append(V)
             vref = (V.name, 0, 0)
         else:
-            if library(V) not in ("numpy", "cupy"):
+            if not owner_of(V).dask_chunks:
                 raise TypeError(
                     f"V must be a NumPy or dask array, got {type(V).__module__}.{type(V).__name__}"
                 )

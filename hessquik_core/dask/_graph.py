@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import get_backend, owner_of
+from ..backends import to_numpy as to_numpy
+
 try:
     import dask
     import dask.array as da
@@ -19,9 +22,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
         "hessquik_core.dask needs Dask: pip install 'hessquik-core[dask]' (dask[array] and distributed)"
     ) from exc
-
-#: chunk libraries a task can run natively
-LIBRARIES = ("numpy", "cupy")
 
 #: fan-in of the tree reductions
 SPLIT_EVERY = 8
@@ -61,7 +61,7 @@ def snapshot(net):
     """
     memo = {id(mod._cache): {} for mod in net.modules()}
     snap = copy.deepcopy(net, memo)
-    if any(library(p) != "numpy" for p in snap.parameters()):
+    if not all(owner_of(p).interchange for p in snap.parameters()):
         snap.to("numpy")
     return snap
 
@@ -87,7 +87,7 @@ def check_chunked(a, name: str, *, batch_chunks=None) -> str:
             f"{tuple(a.chunks[0])}); {name} = {name}.rechunk({{0: x.chunks[0]}})"
         )
     lib = library(a._meta)
-    if lib not in LIBRARIES:
+    if not owner_of(a._meta).dask_chunks:  # NumPy and CuPy: chunk libraries a task runs natively
         raise TypeError(f"{name} has chunks of type {type(a._meta).__name__} ({lib}); expected NumPy or CuPy")
     return lib
 
@@ -108,27 +108,19 @@ def check_chunk(a, lib: str, dtype: str, name: str, index: int) -> None:
         )
 
 
-def to_numpy(a) -> np.ndarray:
-    if library(a) == "cupy":
-        return a.get()
-    return np.asarray(a)
-
-
 def to_library(a, lib: str):
     """A host array in the chunk library (CuPy chunks get device copies)."""
-    if a is None or lib == "numpy":
+    be = get_backend(lib)
+    if a is None or be.interchange:
         return a
-    import cupy
-
-    return cupy.asarray(a)
+    return be.convert(a, dtype=be.dtype(np.dtype(a.dtype).name))
 
 
 def meta_like(lib: str, ndim: int, dtype):
-    if lib == "cupy":
-        import cupy
-
-        return cupy.empty((0,) * ndim, dtype=dtype)
-    return np.empty((0,) * ndim, dtype=dtype)
+    be = get_backend(lib)
+    if be.interchange:
+        return np.empty((0,) * ndim, dtype=dtype)
+    return be.xp.empty((0,) * ndim, dtype=be.dtype(np.dtype(dtype).name))
 
 
 def graph(name: str, layer: dict, deps: list, extra_layers: dict | None = None) -> HighLevelGraph:

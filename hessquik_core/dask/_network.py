@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import owner_of, to_numpy
 from ._graph import (
     Shared,
     check_chunk,
@@ -72,13 +73,13 @@ def call(
                 "directions must be a NumPy or CuPy array (sent whole to every worker), got a dask array; "
                 "pass directions.compute()"
             )
-        dlib = library(directions)
-        if not isinstance(directions, (list, tuple)) and dlib not in ("numpy", lib):
+        host = isinstance(directions, (list, tuple)) or owner_of(directions).interchange
+        if not host and library(directions) != lib:
             raise TypeError(
                 f"directions must be a NumPy array (or of x's chunk library, {lib}), got "
                 f"{type(directions).__module__}.{type(directions).__name__}"
             )
-        directions = np.array(directions.get() if dlib == "cupy" else directions, dtype=x.dtype)
+        directions = np.array(directions if host else to_numpy(directions), dtype=x.dtype)
     kwargs = dict(
         gradient=gradient,
         hessian=hessian,

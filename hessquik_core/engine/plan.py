@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from itertools import chain
 
-import array_api_compat as aac
-
 from .._array import CallContext, check_max_memory
 from .._progress import progress_bar
 from ..rules.contractions import diagonal
@@ -250,9 +248,9 @@ def _chunked(leaves, ctx: CallContext, n: int, chunk: int, progress: bool | None
 
 
 def _writable(ctx: CallContext, a) -> bool:
-    """Can results be assembled in place? The backend's capability, or, for
-    the generic backend, any library but JAX (whose arrays are immutable)."""
-    return bool(ctx.be.mutable) or not aac.is_jax_array(a)
+    """Can results be assembled in place? The backend's capability (the generic
+    backend: any library but JAX, whose arrays are immutable)."""
+    return ctx.be.writable(a)
 
 
 def _empty_like_layout(a, n: int, xp, device):

@@ -1,0 +1,96 @@
+"""Decisions that depend on the array library are asked of the backend's capabilities
+(issue 11: nothing outside ``hessquik_core/backends/`` tests a backend's name)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import hessquik_core as hq
+from hessquik_core.backends import backend_for, device_backend, get_backend, model_backend, owner_of
+
+ROOT = pathlib.Path(hq.__file__).parent
+
+
+def test_numpy_capabilities():
+    be = get_backend("numpy")
+    a = np.zeros(3)
+    assert be.host_resident("cpu") and be.writable(a) and be.cacheable(a) and be.dask_chunks
+    assert not be.is_model(a) and be.as_device("cuda") is None
+
+
+def test_generic_capabilities_follow_the_library():
+    xps = pytest.importorskip("array_api_strict")
+    a = xps.zeros(3)
+    be = backend_for(xps)
+    assert be.name == "generic" and not be.mutable
+    assert be.writable(a)  # array-api-strict arrays can be written: results assembled in place
+    assert be.host_resident(a.device) and be.cacheable(a) and not be.dask_chunks
+
+
+def test_generic_on_jax_refuses_in_place_and_tracers():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    be = backend_for(jnp)
+    assert not be.writable(jnp.zeros(3))
+    seen = []
+    jax.jit(lambda t: seen.append(be.cacheable(t)) or t)(jnp.zeros(2))
+    assert seen == [False]  # a tracer must not outlive its trace
+    assert be.cacheable(jnp.zeros(2))
+
+
+def test_torch_capabilities():
+    torch = pytest.importorskip("torch")
+    be = get_backend("torch")
+    assert be.host_resident(torch.device("cpu")) and not be.host_resident("cuda:0")
+    assert not be.cacheable(torch.zeros(2, requires_grad=True)) and be.cacheable(torch.zeros(2))
+    lin = torch.nn.Linear(2, 2)
+    assert model_backend(lin) is be and model_backend(np.zeros(2)) is None
+    assert owner_of(torch.zeros(1)) is be
+
+
+def test_device_backend():
+    torch = pytest.importorskip("torch")
+    be, dev = device_backend("cpu")
+    assert be.name == "torch" and dev == torch.device("cpu")
+    assert device_backend(torch.device("cpu"))[1] == torch.device("cpu")
+    assert device_backend("banana") is None and device_backend(np.float32) is None
+    with pytest.raises(ValueError, match="invalid device"):
+        device_backend("cuda:x")
+    net = hq.FullyConnectedNN([2, 3, 1], seed=0).to("cpu")
+    assert all(isinstance(p, torch.Tensor) for p in net.parameters())
+
+
+def test_auto_lanczos_method_asks_the_backend():
+    from hessquik_core.curvature.spectra import _auto_method
+
+    net = hq.FullyConnectedNN([2, 3, 1], seed=0)
+    op = hq.curvature.hessian_operator(net, np.ones((4, 2)), np.ones((4, 1)), "mse")
+    assert _auto_method(op) == "scipy"
+
+
+_NAME_TESTS = re.compile(
+    r"is_(jax|cupy|torch|numpy)_(array|namespace)"
+    r"|[!=]= \"(cupy|torch|jax|numpy|generic)\""
+    r"|in \(\"(numpy|torch|cupy)\""
+    r"|__module__\.split\(\"\.\"\)\[0\] =="
+)
+#: files that may name libraries: the backends themselves; torch interop recognises
+#: torch's own classes; compat is the torch-only hessQuik layer; the Dask hook
+#: recognises Dask arrays (Dask wraps chunks of a backend's library, it is no backend)
+_ALLOWED = ("backends/", "compat/_torch.py", "_dask_hook.py")
+
+
+def test_nothing_outside_backends_tests_a_backend_name():
+    hits = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(_ALLOWED):
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if _NAME_TESTS.search(line):
+                hits.append(f"{rel}:{i}: {line.strip()}")
+    assert not hits, "library-name tests outside backends/ (use a backend capability):\n" + "\n".join(hits)
