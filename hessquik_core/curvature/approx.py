@@ -87,6 +87,15 @@ class LowRankApproximation(LinearOperatorBase):
     def _coef(self, V):
         return self.xp.matrix_transpose(self.Q) @ V  # (K, k)
 
+    def _rhs(self, b, damping):
+        """``solve``'s arguments checked: the damping, whether ``b`` is one vector, ``b`` as ``(P, k)``."""
+        delta = _as_scalar(damping, "damping")
+        one = b.ndim == 1
+        B = b[:, None] if one else b
+        if B.ndim != 2 or B.shape[0] != self.size:
+            raise ValueError(f"b must have shape ({self.size},) or ({self.size}, k), got {tuple(b.shape)}")
+        return delta, one, B
+
     def _matmat(self, V):
         return self.Q @ (self.lam[:, None] * self._coef(V))
 
@@ -113,11 +122,7 @@ class LowRankApproximation(LinearOperatorBase):
         ZeroDivisionError
             When an eigenvalue plus the damping is zero.
         """
-        delta = _as_scalar(damping, "damping")
-        one = b.ndim == 1
-        B = b[:, None] if one else b
-        if B.ndim != 2 or B.shape[0] != self.size:
-            raise ValueError(f"b must have shape ({self.size},) or ({self.size}, k), got {tuple(b.shape)}")
+        delta, one, B = self._rhs(b, damping)
         c = self._coef(B)
         denom = self.lam + delta
         if bool(self.xp.any(denom == 0)):
@@ -219,11 +224,7 @@ class FullRankApproximation(LowRankApproximation):
         ZeroDivisionError
             When an eigenvalue plus the damping is zero.
         """
-        delta = _as_scalar(damping, "damping")
-        one = b.ndim == 1
-        B = b[:, None] if one else b
-        if B.ndim != 2 or B.shape[0] != self.size:
-            raise ValueError(f"b must have shape ({self.size},) or ({self.size}, k), got {tuple(b.shape)}")
+        delta, one, B = self._rhs(b, damping)
         lt = self.lam_tilde + delta
         denom = self.lam + delta
         if lt == 0.0 or bool(self.xp.any(denom == 0)):
