@@ -54,7 +54,9 @@ class Module:
     # -- parameter access --------------------------------------------------
     def _register(self, name: str, value, shape: tuple[int, ...] | None) -> None:
         self._shapes[name] = None if shape is None else tuple(shape)
-        self._params[name] = None if value is None else _as_home(value, shape, name)
+        if value is not None and shape is None:
+            raise TypeError(f"parameter {name!r} is switched off (no shape) and takes no value")
+        self._params[name] = None if value is None or shape is None else _as_home(value, shape, name)
 
     def __getattr__(self, name: str) -> Any:
         d = self.__dict__
@@ -201,7 +203,7 @@ class Module:
     def _converted(self, key, be, xp, dtype, device) -> dict:
         """This module's own parameters in the call's backend/device/dtype."""
         entry = self._cache.get(key)
-        out = {}
+        out: dict[str, Any] = {}
         fresh = {}
         for name, p in self._params.items():
             if p is None:

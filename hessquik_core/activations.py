@@ -50,7 +50,7 @@ class Activation:
 
     A registered subclass (:func:`register_activation`) also states, as class
     attributes, its twins in other libraries; :mod:`hessquik_core.interop`,
-    :mod:`hessquik_core.interop_hessquik` and :mod:`hessquik_core.io` read them
+    ``hessquik_core.interop_hessquik`` and ``hessquik_core.io`` read them
     and never list activation types themselves.
     """
 
@@ -61,7 +61,7 @@ class Activation:
     torch_twin: ClassVar[str | None] = None
     #: the hessQuik 0.0.6 class computing the same function (``"tanhActivation"``)
     hessquik_name: ClassVar[str | None] = None
-    #: whether :func:`get_activation` accepts the name (False: the class is
+    #: whether :func:`~hessquik_core.activations.get_activation` accepts the name (False: the class is
     #: registered for files and conversions only, like the non-smooth ReLU)
     by_name: ClassVar[bool] = True
     #: whether its second derivative exists everywhere; ``from_torch`` refuses
@@ -625,7 +625,7 @@ class ReLU(Activation):
     r""":math:`\sigma = \max(z, 0)`, :math:`\sigma' = [z > 0]`, :math:`\sigma'' = 0`.
 
     Only created by ``from_torch(..., allow_relu=True)`` (also
-    ``hessquik_core.interop.ReLU``; :func:`get_activation` does not accept the
+    ``hessquik_core.interop.ReLU``; :func:`~hessquik_core.activations.get_activation` does not accept the
     name). The second derivative is zero wherever it exists, so Hessians and
     Laplacians of a ReLU network only contain the contributions of other
     (smooth) parts: derivative-based losses (PINNs, score matching, ...)

@@ -30,6 +30,12 @@ this module; they are created on first access so that importing
 hessquik-core never imports torch (``hessquik_core.interop.ResidualBlock``
 imports it). Any other module -- in particular a hand-written residual
 block, whose ``forward`` cannot be inspected -- raises an error naming it.
+
+Layers and activations state their own torch twins (``torch_twin``,
+``from_torch``, ``to_torch``); this module walks the torch module tree and
+asks them. It is over 400 lines because ``from_torch`` and ``to_torch`` are
+one mapping read in both directions, with the twin classes built in one lazy
+closure.
 """
 
 from __future__ import annotations
@@ -356,7 +362,7 @@ def _check_no_hooks(module) -> None:
     try:
         from torch.nn.utils.parametrize import is_parametrized
     except ImportError:  # pragma: no cover - old torch
-        is_parametrized = None
+        is_parametrized = None  # type: ignore[assignment]
     for path, mod in module.named_modules():
         where = f"submodule {path or '<root>'!r} ({type(mod).__qualname__})"
         if getattr(mod, "_forward_hooks", None):

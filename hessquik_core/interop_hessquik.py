@@ -11,6 +11,8 @@ torch and hessQuik are imported only when the function is called.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import activations as _act
@@ -86,6 +88,7 @@ class _Kit:
 def _layer(mod, where: str):
     """Convert one hessQuik layer (weights are loaded by the caller): the registered
     layer that names its hessQuik class converts it (exact types only)."""
+    cls: Any  # a registered layer class
     for cls in LAYERS.values():
         if cls.hessquik_name is not None and cls.hessquik_name == type(mod).__name__:
             if _Kit.is_hessquik_layer(mod):

@@ -47,6 +47,10 @@ whose tensors the file really holds. Every malformed file
 raises :class:`FileFormatError` (a ``ValueError``) naming the field, with
 quoted values and key lists abbreviated (messages stay below
 ``FileFormatError.MAX_LENGTH`` characters).
+
+This module is over 400 lines on purpose: it is the file format, writer,
+reader and validation side by side, so every field the writer emits is
+checked by the reader next to it (most lines refuse hostile input).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import reprlib
 import secrets
 import stat
 import struct
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -82,8 +87,8 @@ _MAX_DEPTH = MAX_DEPTH
 _MAX_NDIM = 16  # axes of a stored tensor (ours have at most 2)
 _MAX_DIM = 2**63  # safetensors sizes are u64; keeps every product we print short
 _VERSION_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits only ("²".isdigit() is True)
-_DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
-_CODES = {np.dtype(v).name: k for k, v in _DTYPES.items()}
+_DTYPES: dict[str, np.dtype] = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_CODES = {v.name: k for k, v in _DTYPES.items()}
 _CODES_SET = frozenset(_DTYPES)
 
 
@@ -252,7 +257,7 @@ def _float(where, cfg, key):
     return v
 
 
-def _keys(where, obj, required: set, optional: set = frozenset()):
+def _keys(where, obj, required: AbstractSet[str], optional: AbstractSet[str] = frozenset()):
     if not isinstance(obj, dict):
         _fail(where, f"expected a JSON object, got {type(obj).__name__}")
     missing = required - set(obj)

@@ -13,7 +13,8 @@ the value, the gradient, the Hessian or the Laplacian back to the
 
 The classes are created on first use (torch is imported then), and placed in
 :mod:`hessquik_core.compat.layers` / :mod:`hessquik_core.compat.networks`
-under their hessQuik names, so pickling a whole module finds them.
+under their hessQuik names, so pickling a whole module finds them. That one
+closure over torch is why this module is over 400 lines.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ objects: :func:`network_derivative_check` computes the weight gradient with
 restores the weights it perturbs; :func:`directional_derivative_laplacian_check`
 returns its two flags (hessQuik's returns ``None``).
 
-Importing this module imports torch.
+Importing this module imports torch. It stays one module (over 400 lines)
+because it mirrors ``hessQuik.utils`` function for function: users migrate by
+replacing one import.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ factor applied once at the root.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import array_api_compat as aac
 import numpy as np
@@ -93,7 +94,7 @@ class _Data:
     def tasks(self, fn, name: str, *args) -> tuple[dict, list]:
         """One task per chunk: ``fn(xb, yb, shared, index, *args)``; the layer and its keys."""
         skey = name + "-net"
-        layer = {skey: self.shared}
+        layer: dict[Any, Any] = {skey: self.shared}  # graph keys: names and (name, chunk) pairs
         keys = []
         for i in range(self.nchunks):
             k = (name + "-chunk", i)

@@ -129,7 +129,8 @@ def graph(name: str, layer: dict, deps: list, extra_layers: dict | None = None) 
     ``extra_layers`` maps further layer names to ``(layer dict, names they
     depend on)`` (e.g. the chunk tasks every output of a call shares).
     """
-    layers, dependencies = {}, {}
+    layers: dict[str, Any] = {}
+    dependencies: dict[str, Any] = {}
     for c in deps:
         hlg = c.__dask_graph__()
         if not isinstance(hlg, HighLevelGraph):  # pragma: no cover - dask always gives HLGs for arrays

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..backends import owner_of, to_numpy
@@ -113,7 +115,7 @@ def call(
     )
     base = token("call")
     shared_key = base + "-net"
-    tasks = {shared_key: shared}
+    tasks: dict[Any, Any] = {shared_key: shared}  # graph keys: names and (name, chunk) pairs
     for i in range(len(x.chunks[0])):
         tasks[(base, i)] = (_eval_chunk, (x.name, i, 0), shared_key, i)
     out = {}
