@@ -150,7 +150,22 @@ def networks(draw):
 
 
 def fixed_network(seed):
-    """A deterministic draw (the ``lib`` test cannot take hypothesis examples)."""
+    """A deterministic draw (the ``lib`` test cannot take hypothesis examples);
+    ``seed=None``: one network holding every new layer."""
+    if seed is None:
+        rng = np.random.default_rng(11)
+        net = hq.NN(
+            hq.PeriodicEmbedding(3, [1.0, 2.5], axes=[2, 0], trainable=True),
+            hq.FourierFeatures(5, 2, scale=0.5, trainable=True, seed=rng),
+            hq.LayerNorm(4, eps=1e-3),
+            hq.GatedMLP(4, 3, 2, 3, act="gelu", seed=rng),
+            hq.ResnetLayer(3, h=0.5, act="mish", seed=rng),
+            hq.SingleLayer(3, 2, act="gaussian", seed=rng),
+        )
+        net.load_state_dict(
+            {k: np.asarray(v) + 0.2 * rng.standard_normal(np.shape(v)) for k, v in net.state_dict().items()}
+        )
+        return net, rng.normal(size=(3, 3))
     rng = np.random.default_rng(seed)
     net, d = build(lambda options: options[int(rng.integers(len(options)))], rng)
     return net, rng.normal(size=(3, d))
@@ -259,7 +274,7 @@ def test_mixed_networks_vs_torch_func(case):
     check_against_truth(net, x)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [None, 0, 1], ids=["all-new", "draw0", "draw1"])
 def test_mixed_libraries(lib, seed):
     if lib.name == "jax":
         # eager JAX dispatches each of the many small operations on its own
