@@ -61,7 +61,7 @@ def snapshot(net):
     """
     memo = {id(mod._cache): {} for mod in net.modules()}
     snap = copy.deepcopy(net, memo)
-    if any(library(p) != "numpy" for p in snap.parameters()):
+    if any(library(p) != "numpy" for p in snap.state_dict().values()):  # frozen ones too
         snap.to("numpy")
     return snap
 
