@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+from _reference import torch_jit_script_quiet
 
 import hessquik_core as hq
 
@@ -80,8 +81,9 @@ def curvature_truth(net, x, y, v):
 
     vt = torch.tensor(v)
     g = grad(C)(theta)
-    H = hessian(C)(theta)
-    _, Jv = jvp(F, (theta,), (vt,))
+    with torch_jit_script_quiet():  # torch.func's forward AD loads its decompositions
+        H = hessian(C)(theta)
+        _, Jv = jvp(F, (theta,), (vt,))
     _, back = vjp(F, theta)
     (Gv,) = back(Jv / x.shape[0])
     return {

@@ -210,6 +210,8 @@ def test_curvature_vs_torch_func(make):
     np.testing.assert_allclose(cv.per_example_gradients(net, x, y, "mse"), want["per_example"], **tol)
     np.testing.assert_allclose(cv.hvp(net, x, y, "mse", v), want["hvp"], **tol)
     np.testing.assert_allclose(cv.ggn_vp(net, x, y, "mse", v), want["ggn_vp"], **tol)
+    A = want["per_example"]  # (N, P): the empirical Fisher is AᵀA / N
+    np.testing.assert_allclose(cv.empirical_fisher_vp(net, x, y, "mse", v), A.T @ (A @ v) / len(x), **tol)
 
 
 def test_all_libraries(lib):
