@@ -50,13 +50,24 @@ class Module:
         object.__setattr__(self, "_shapes", {})
         object.__setattr__(self, "_children", {})
         object.__setattr__(self, "_cache", {})
+        # names of frozen parameters ("buffers"): saved in state_dict and used by
+        # every call, but not trained (absent from parameters() and curvature)
+        object.__setattr__(self, "_frozen", set())
 
     # -- parameter access --------------------------------------------------
-    def _register(self, name: str, value, shape: tuple[int, ...] | None) -> None:
+    def _register(self, name: str, value, shape: tuple[int, ...] | None, *, trainable: bool = True) -> None:
+        """Register parameter ``name`` (``value=None``: switched off). ``trainable=False``
+        makes it a frozen parameter (a buffer): in :meth:`state_dict` (saved,
+        loaded) and in every call's ``params``, but not in :meth:`parameters`
+        (so neither optimizers nor :mod:`hessquik_core.curvature` see it)."""
         self._shapes[name] = None if shape is None else tuple(shape)
         if value is not None and shape is None:
             raise TypeError(f"parameter {name!r} is switched off (no shape) and takes no value")
         self._params[name] = None if value is None or shape is None else _as_home(value, shape, name)
+        if trainable:
+            self._frozen.discard(name)
+        else:
+            self._frozen.add(name)
 
     def __getattr__(self, name: str) -> Any:
         d = self.__dict__
@@ -77,20 +88,25 @@ class Module:
             object.__setattr__(self, name, value)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
-        """Yield ``(dotted_key, home_array)`` in a stable order."""
-        for name, p in self._params.items():
-            if p is not None:
-                yield prefix + name, p
-        for cname, child in self._children.items():
-            yield from child.named_parameters(prefix + cname + ".")
+        """Yield ``(dotted_key, home_array)`` of the trainable parameters in a stable
+        order (``state_dict`` order without the frozen ones)."""
+        for key, mod, name in self._slots(prefix):
+            if name not in mod._frozen:
+                yield key, mod._params[name]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Yield ``(dotted_key, home_array)`` of the frozen parameters (``trainable=False``)."""
+        for key, mod, name in self._slots(prefix):
+            if name in mod._frozen:
+                yield key, mod._params[name]
 
     def parameters(self) -> list:
         """Home arrays of all parameters (torch tensors after ``to("torch")``)."""
         return [p for _, p in self.named_parameters()]
 
     def state_dict(self) -> dict:
-        """Parameters by hessQuik key, e.g. ``{'0.K': ..., '0.b': ...}``."""
-        return dict(self.named_parameters())
+        """Parameters by hessQuik key, e.g. ``{'0.K': ..., '0.b': ...}``, frozen ones included."""
+        return {key: mod._params[name] for key, mod, name in self._slots()}
 
     def _slots(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
         for name, p in self._params.items():
@@ -190,7 +206,7 @@ class Module:
                     dt = be.dtype(str(p.dtype).split(".")[-1] if want is None else want)
                     grad = (
                         bool(getattr(p, "requires_grad", False)) if requires_grad is None else requires_grad
-                    )
+                    ) and pname not in mod._frozen
                     dev = device if device is not None or name is not None else getattr(p, "device", None)
                     arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
                 staged.append((mod, pname, arr))

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import torch
+from _reference import torch_jit_script_quiet
 
 import hessquik_core as hq
 
@@ -30,7 +31,10 @@ def forward(net, P, x):
             u = torch.cat([torch.sin(z), torch.cos(z)], dim=-1)
         elif isinstance(leaf, hq.PeriodicEmbedding):
             axes = leaf.axes if leaf.axes is not None else tuple(range(len(leaf.periods)))
-            w = torch.tensor([2.0 * math.pi / p for p in leaf.periods], dtype=u.dtype)
+            if leaf.trainable:
+                w = P[f"{i}.omega"]
+            else:
+                w = torch.tensor([2.0 * math.pi / p for p in leaf.periods], dtype=u.dtype)
             xs = u[..., list(axes)] * w
             rest = [j for j in range(leaf.in_features) if j not in axes]
             u = torch.cat([torch.cos(xs), torch.sin(xs), u[..., rest]], dim=-1)
@@ -47,10 +51,12 @@ def forward(net, P, x):
 
 def curvature_truth(net, x, y, v):
     """torch.func gradient, per-example gradients, HVP and GGN-vector product of
-    the mean of ``0.5 |f(x_n) - y_n|²`` on the flattened parameters."""
+    the mean of ``0.5 |f(x_n) - y_n|²`` on the flattened trainable parameters
+    (``net.named_parameters()``; frozen ones, in ``state_dict`` only, held fixed)."""
     from torch.func import grad, hessian, jacrev, jvp, vjp
 
-    P0 = torch_params(net)
+    full = torch_params(net)
+    P0 = {k: full[k] for k, _ in net.named_parameters()}
     keys = list(P0)
     shapes = [P0[k].shape for k in keys]
     sizes = [int(np.prod(s)) for s in shapes]
@@ -58,7 +64,7 @@ def curvature_truth(net, x, y, v):
     xt, yt = torch.tensor(x), torch.tensor(y)
 
     def unflat(t):
-        out, o = {}, 0
+        out, o = dict(full), 0
         for k, s, n in zip(keys, shapes, sizes):
             out[k] = t[o : o + n].reshape(s)
             o += n
@@ -75,8 +81,9 @@ def curvature_truth(net, x, y, v):
 
     vt = torch.tensor(v)
     g = grad(C)(theta)
-    H = hessian(C)(theta)
-    _, Jv = jvp(F, (theta,), (vt,))
+    with torch_jit_script_quiet():  # torch.func's forward AD loads its decompositions
+        H = hessian(C)(theta)
+        _, Jv = jvp(F, (theta,), (vt,))
     _, back = vjp(F, theta)
     (Gv,) = back(Jv / x.shape[0])
     return {

@@ -36,7 +36,7 @@ def _close(got, want, rtol, atol, what):
     np.testing.assert_allclose(np.asarray(got), want, rtol=rtol, atol=atol, err_msg=what)
 
 
-def check_input_derivatives(net, torch_f, x, *, backends=(None, "generic", "torch"), rtol=1e-11, atol=1e-12):
+def check_input_derivatives(net, torch_f, x, *, backends=(None, "generic", "torch"), rtol=1e-12, atol=1e-12):
     """All input derivatives of ``net`` at ``x`` (NumPy, float64) against ``torch_f``."""
     v, g, H = torch_truth(torch_f, x)
     lap = np.trace(H, axis1=1, axis2=2)

@@ -38,6 +38,25 @@ def _periodic_net():
     )
 
 
+def _periodic_trainable_net():
+    rng = np.random.default_rng(8)
+    pe = hq.PeriodicEmbedding(3, periods=[1.0, 2.5], axes=[2, 0], trainable=True)
+    pe.omega = pe.omega * (1.0 + 0.2 * rng.standard_normal(2))  # away from the initial 2π/P
+    return hq.NN(
+        pe,
+        hq.SingleLayer(5, 4, act="tanh", seed=rng),
+        hq.SingleLayer(4, 2, act="sigmoid", seed=rng),
+    )
+
+
+def _fourier_trainable_net():
+    return _fourier_net(trainable=True)
+
+
+MAKES = [_fourier_net, _fourier_trainable_net, _periodic_net, _periodic_trainable_net]
+MAKE_IDS = ["fourier", "fourier-trainable", "periodic", "periodic-trainable"]
+
+
 def _f(net):
     P = torch_params(net)
     return lambda xi: forward(net, P, xi)
@@ -47,10 +66,10 @@ def _x(n=5, d=3, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d))
 
 
-@pytest.mark.parametrize("make", [_fourier_net, _periodic_net], ids=["fourier", "periodic"])
+@pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_input_derivatives_vs_torch_func(make):
     net = make()
-    check_input_derivatives(net, _f(net), _x())
+    check_input_derivatives(net, _f(net), _x(), rtol=1e-12)
 
 
 def test_fourier_first_layer_packed_and_auto():
@@ -85,7 +104,7 @@ def test_periodic_outputs_are_periodic():
     np.testing.assert_allclose(net(shifted).value, net(x).value, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("make", [_fourier_net, _periodic_net], ids=["fourier", "periodic"])
+@pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_float32_against_float64_truth(make):
     net = make()
     x = _x()
@@ -99,14 +118,14 @@ def test_float32_against_float64_truth(make):
             assert np.max(np.abs(got - want)) <= 1e-4 * max(1.0, np.max(np.abs(want))), name
 
 
-@pytest.mark.parametrize("make", [_fourier_net, _periodic_net], ids=["fourier", "periodic"])
+@pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 @pytest.mark.parametrize("mode", ["forward", "backward"])
 def test_taylor_rates(make, mode):
     rep = hq.checks.taylor_check(make(), _x(3), mode=mode, seed=0)
     assert rep.passed, rep
 
 
-@pytest.mark.parametrize("make", [_fourier_net, _periodic_net], ids=["fourier", "periodic"])
+@pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_save_load_and_torch_round_trip(make):
     net = make()
     x = _x()
@@ -121,6 +140,11 @@ def test_torch_twin_trainable_flag():
     assert not tm[0].B.requires_grad
     back = hq.from_torch(tm)
     assert isinstance(back[0], hq.FourierFeatures) and back[0].trainable is False
+    tm = hq.to_torch(_periodic_trainable_net())
+    assert tm[0].omega.requires_grad
+    back = hq.from_torch(tm)
+    assert back[0].trainable is True
+    np.testing.assert_array_equal(back[0].omega, _periodic_trainable_net()[0].omega)
 
 
 def test_cost_model_and_config():
@@ -148,11 +172,32 @@ def test_bad_input():
         hq.PeriodicEmbedding(2, periods=[1.0, -2.0])
     with pytest.raises(ValueError):
         hq.PeriodicEmbedding(2, periods=[1.0], axes=[5])
-    with pytest.raises(NotImplementedError, match="trainable"):
-        hq.PeriodicEmbedding(2, periods=[1.0], trainable=True)
+    with pytest.raises(TypeError, match="trainable"):
+        hq.PeriodicEmbedding(2, periods=[1.0], trainable="yes")
 
 
-@pytest.mark.parametrize("make", [_fourier_net, _periodic_net], ids=["fourier", "periodic"])
+def test_frozen_and_trainable_parameters():
+    """A frozen ``B`` is saved and used but not trained: in state_dict, not in
+    parameters() nor in the curvature layout; the torch twin holds a buffer."""
+    frozen, trained = _fourier_net(False), _fourier_net(True)
+    assert "0.B" in frozen.state_dict() and "0.B" not in dict(frozen.named_parameters())
+    assert [k for k, _ in frozen.named_buffers()] == ["0.B"]
+    assert list(trained.state_dict()) == [k for k, _ in trained.named_parameters()]
+    assert cv.parameter_layout(frozen).keys == tuple(k for k in trained.state_dict() if k != "0.B")
+    tm = hq.to_torch(frozen)
+    assert "B" in dict(tm[0].named_buffers()) and "B" not in dict(tm[0].named_parameters())
+    tm = hq.to_torch(trained)
+    assert "B" in dict(tm[0].named_parameters())
+    # moving to torch with requires_grad keeps the frozen B out of the optimizer's reach
+    t = _fourier_net(False).to("torch", requires_grad=True)
+    assert not t[0].B.requires_grad and all(p.requires_grad for p in t.parameters())
+    pe = hq.PeriodicEmbedding(3, periods=[1.0, 2.0], axes=[1, 2], trainable=True)
+    assert [k for k, _ in pe.named_parameters()] == ["omega"]
+    np.testing.assert_allclose(pe.omega, [2 * math.pi, math.pi])
+    assert hq.PeriodicEmbedding.parameter_shapes(pe.config()) == {"omega": (2,)}
+
+
+@pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_curvature_vs_torch_func(make):
     net = make()
     rng = np.random.default_rng(3)
@@ -160,18 +205,21 @@ def test_curvature_vs_torch_func(make):
     y = rng.standard_normal((4, 2))
     v = rng.standard_normal(cv.parameter_layout(net).size)
     want = curvature_truth(net, x, y, v)
-    tol = dict(rtol=1e-11, atol=1e-12)
+    tol = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cv.gradient(net, x, y, "mse"), want["gradient"], **tol)
     np.testing.assert_allclose(cv.per_example_gradients(net, x, y, "mse"), want["per_example"], **tol)
     np.testing.assert_allclose(cv.hvp(net, x, y, "mse", v), want["hvp"], **tol)
     np.testing.assert_allclose(cv.ggn_vp(net, x, y, "mse", v), want["ggn_vp"], **tol)
+    A = want["per_example"]  # (N, P): the empirical Fisher is AᵀA / N
+    np.testing.assert_allclose(cv.empirical_fisher_vp(net, x, y, "mse", v), A.T @ (A @ v) / len(x), **tol)
 
 
 def test_all_libraries(lib):
     net = _fourier_net()
     pe = _periodic_net()
+    pt = _periodic_trainable_net()
     x = _x(4, 3)
-    for n in (net, pe):
+    for n in (net, pe, pt):
         want = n(x, gradient=True, hessian=True, laplacian=True, hessian_diagonal=True)
         for mode in ("forward", "backward"):
             xl = lib.asarray(x)
@@ -189,6 +237,14 @@ def test_all_libraries(lib):
                 np.testing.assert_allclose(
                     lib.to_numpy(getattr(r, name)), getattr(want, name), rtol=1e-12, atol=1e-13
                 )
+    # the trainable frequencies' parameter passes in this library
+    y = np.random.default_rng(1).standard_normal((4, 2))
+    v = np.random.default_rng(2).standard_normal(cv.parameter_layout(pt).size)
+    xl, yl, vl = lib.asarray(x), lib.asarray(y), lib.asarray(v)
+    g = cv.gradient(pt, xl, yl, "mse", backend=lib.backend)
+    hv = cv.hvp(pt, xl, yl, "mse", vl, backend=lib.backend)
+    np.testing.assert_allclose(lib.to_numpy(g), cv.gradient(pt, x, y, "mse"), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lib.to_numpy(hv), cv.hvp(pt, x, y, "mse", v), rtol=1e-12, atol=1e-13)
 
 
 def test_two_pi_convention():

@@ -61,7 +61,7 @@ def snapshot(net):
     """
     memo = {id(mod._cache): {} for mod in net.modules()}
     snap = copy.deepcopy(net, memo)
-    if not all(owner_of(p).interchange for p in snap.parameters()):
+    if not all(owner_of(p).interchange for p in snap.state_dict().values()):  # frozen ones too
         snap.to("numpy")
     return snap
 

@@ -131,7 +131,7 @@ def _cache_block(ctx: CallContext, leaves, route, n: int) -> int:
     """
     if n < 2 * _BLOCK_MIN or route.peak_bytes < _BLOCK_ABOVE:
         return n
-    others = chain((ctx.V,), (p for leaf in leaves for p in leaf.parameters()))
+    others = chain((ctx.V,), (p for leaf in leaves for p in leaf.state_dict().values()))  # frozen too
     if not ctx.be.mutable or not ctx.be.cache_blocking(ctx.x, others):
         return n
     if route.bytes_moved < _BLOCK_TRAFFIC * _output_bytes(ctx, n):

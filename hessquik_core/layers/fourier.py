@@ -50,6 +50,33 @@ class _PointwiseLinear(Layer):
     def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
         return affine.backward_first(cache.dsigma, cache.d2sigma, cache.K, adjoints, what, ops)
 
+    # -- parameter passes of a layer whose K is fixed (nothing to train) ----------
+    def _frozen_vjp(self, cache, ops):
+        r"""``dl -> (dl_u, {})``: :math:`\partial C/\partial u = (\phi' \odot dl) K^\top`."""
+        return lambda dl: (affine.param_vjp(cache.dsigma, cache.K, dl, ops)[1], {})
+
+    def _frozen_rop_forward(self, cache, Ru, ops):
+        r""":math:`Rf = \phi' \odot (Ru\,K)` (``K`` fixed); ``(None, None)`` when ``Ru`` is."""
+        if Ru is None:
+            return None, None
+        Rz = ops.mm(Ru, cache.K)
+        return cache.dsigma[:, None, :] * Rz, Rz
+
+    def _frozen_rop_backward(self, cache, rcache, dl, Rdl, ops, need_dlu, need_Rdlu):
+        r"""Backward R-pass with ``K`` fixed: :math:`R\delta = \phi'\odot Rdl + [\phi''\odot dl\odot Rz]`."""
+        xp = ops.xp
+        Kt = xp.matrix_transpose(cache.K)
+        dlu = None
+        Rdelta = None if Rdl is None else cache.dsigma[:, None, :] * Rdl
+        if dl is not None:
+            if need_dlu:
+                dlu = ops.mm(cache.dsigma * dl, Kt)
+            if rcache is not None:  # the layer's own curvature: φ'' ⊙ dl ⊙ Rz
+                own = (cache.d2sigma * dl)[:, None, :] * rcache
+                Rdelta = own if Rdelta is None else Rdelta + own
+        Rdlu = None if (not need_Rdlu or Rdelta is None) else ops.mm(Rdelta, Kt)
+        return dlu, Rdlu, {}
+
 
 @functools.cache
 def _torch_twins() -> dict[str, type]:
@@ -60,14 +87,17 @@ def _torch_twins() -> dict[str, type]:
     class FourierFeatures(nn.Module):
         r"""torch twin of :class:`hessquik_core.FourierFeatures`:
         :math:`x \mapsto [\sin(2\pi xB), \cos(2\pi xB)]`; ``B`` is a parameter
-        (``requires_grad=trainable``)."""
+        when trainable, a buffer otherwise."""
 
         def __init__(self, in_features, num_features, scale=1.0, trainable=False, *, dtype=None, device=None):
             super().__init__()
             self.in_features, self.num_features = in_features, num_features
             self.scale, self.trainable = float(scale), bool(trainable)
             B = torch.empty((in_features, num_features), dtype=dtype, device=device)
-            self.B = nn.Parameter(B, requires_grad=self.trainable)
+            if self.trainable:
+                self.B = nn.Parameter(B)
+            else:  # frozen: a buffer (in state_dict, not in parameters())
+                self.register_buffer("B", B)
 
         def forward(self, x):
             z = x @ (_TWO_PI * self.B)  # the same order of operations as the rule
@@ -78,22 +108,37 @@ def _torch_twins() -> dict[str, type]:
 
     class PeriodicEmbedding(nn.Module):
         r"""torch twin of :class:`hessquik_core.PeriodicEmbedding`:
-        :math:`x \mapsto [\cos(\omega_S x_S), \sin(\omega_S x_S), x_R]` (no parameters)."""
+        :math:`x \mapsto [\cos(\omega_S x_S), \sin(\omega_S x_S), x_R]`; with
+        ``trainable=True`` the frequencies :math:`\omega` are a parameter."""
 
-        def __init__(self, in_features, periods, axes=None, *, dtype=None, device=None):
+        def __init__(self, in_features, periods, axes=None, trainable=False, *, dtype=None, device=None):
             super().__init__()
             self.in_features = in_features
             self.periods, self.axes = tuple(float(p) for p in periods), axes
+            self.trainable = bool(trainable)
+            dtype = dtype or torch.float64
             K = rules.periodic_embedding_matrix(in_features, self.periods, axes)
-            self.register_buffer("K", torch.tensor(K, dtype=dtype or torch.float64, device=device))
+            if self.trainable:  # K = [S ω, S ω, R] rebuilt from ω on every call
+                s = len(self.periods)
+                self.register_buffer("S", torch.tensor(K[:, :s] != 0, dtype=dtype, device=device))
+                self.register_buffer("R", torch.tensor(K[:, 2 * s :], dtype=dtype, device=device))
+                omega = torch.tensor([_TWO_PI / p for p in self.periods], dtype=dtype, device=device)
+                self.omega = nn.Parameter(omega)
+            else:
+                self.register_buffer("K", torch.tensor(K, dtype=dtype, device=device))
 
         def forward(self, x):
             s = len(self.periods)
-            z = x @ self.K
+            if self.trainable:
+                Ks = self.S * self.omega
+                K = torch.cat([Ks, Ks, self.R], dim=1)
+            else:
+                K = self.K
+            z = x @ K
             return torch.cat([torch.cos(z[..., :s]), torch.sin(z[..., s : 2 * s]), z[..., 2 * s :]], dim=-1)
 
         def extra_repr(self) -> str:
-            return f"{self.in_features}, periods={self.periods}, axes={self.axes}"
+            return f"{self.in_features}, periods={self.periods}, axes={self.axes}, trainable={self.trainable}"
 
     return {"FourierFeatures": FourierFeatures, "PeriodicEmbedding": PeriodicEmbedding}
 
@@ -111,11 +156,12 @@ class FourierFeatures(_PointwiseLinear):
     scale : float, default 1.0
         Standard deviation of the entries of :math:`B \sim N(0, \text{scale}^2)`.
     trainable : bool, default False
-        Whether :math:`B` is meant to be trained: the torch twin's ``B`` has
-        ``requires_grad=trainable``. :math:`B` is a parameter of the layer in
-        both cases (saved by ``hq.save``; :mod:`hessquik_core.curvature`
-        differentiates with respect to it, so with ``trainable=False``
-        ignore its block of the parameter vector).
+        Whether :math:`B` is trained. With ``False`` it is a frozen
+        parameter (a buffer): in ``state_dict()`` (so ``hq.save``/``hq.load``
+        keep it) and used by every call, but not in ``parameters()``, so
+        neither an optimizer nor :mod:`hessquik_core.curvature` sees it;
+        the torch twin holds it as a buffer. With ``True`` it is an ordinary
+        parameter (the twin's ``nn.Parameter``).
     dtype : NumPy dtype, default float64
     seed : int or numpy.random.Generator, optional
         Seed of :math:`B`.
@@ -157,7 +203,7 @@ class FourierFeatures(_PointwiseLinear):
         self.trainable = bool(trainable)
         self.out_features = 2 * self.num_features
         B = rules.fourier_features_matrix(self.in_features, self.num_features, self.scale, seed)
-        self._register("B", B.astype(dtype), (self.in_features, self.num_features))
+        self._register("B", B.astype(dtype), (self.in_features, self.num_features), trainable=self.trainable)
 
     def config(self) -> dict:
         return {
@@ -195,18 +241,25 @@ class FourierFeatures(_PointwiseLinear):
 
     def param_vjp(self, cache, params, u, dl, per_example, ops):
         r""":math:`\delta = \phi' \odot dl`, :math:`\partial C/\partial u = \delta K^\top`,
-        :math:`\partial C/\partial B = \sum_n u_n \otimes 2\pi(\delta_{n,:F} + \delta_{n,F:})`."""
+        :math:`\partial C/\partial B = \sum_n u_n \otimes 2\pi(\delta_{n,:F} + \delta_{n,F:})`
+        (no gradient for a frozen ``B``)."""
+        if not self.trainable:
+            return self._frozen_vjp(cache, ops)(dl)
         delta, dlu = affine.param_vjp(cache.dsigma, cache.K, dl, ops)
         return dlu, {"B": weight_gradient(u, self._fold(delta, ops), per_example, ops)}
 
     def param_rop_forward(self, cache, params, u, Ru, V, ops):
         """Forward R-pass: the affine rule's with ``RM = 2π[V_B, V_B]``, no bias."""
+        if not self.trainable:
+            return self._frozen_rop_forward(cache, Ru, ops)
         return affine.param_rop_forward(cache.dsigma, cache.K, self._RK(V, ops), u, Ru, None, ops)
 
     def param_rop_backward(
         self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
     ):
         """Backward R-pass: the affine rule's, the ``K`` block folded to ``B``."""
+        if not self.trainable:
+            return self._frozen_rop_backward(cache, rcache, dl, Rdl, ops, need_dlu, need_Rdlu)
         r = affine.param_rop_backward(
             cache.dsigma,
             cache.d2sigma,
@@ -237,7 +290,7 @@ class FourierFeatures(_PointwiseLinear):
             self.num_features,
             self.scale,
             self.trainable,
-            dtype=kit.dtype_of(self),
+            dtype=kit.dtype or kit.tensor(self.B).dtype,
             device=kit.device,
         )
         kit.assign(mod.B, kit.tensor(self.B))
@@ -268,17 +321,27 @@ class PeriodicEmbedding(_PointwiseLinear):
     axes : sequence of int, optional
         The embedded coordinates (default: the first ``len(periods)``).
     trainable : bool, default False
-        Trainable frequencies are not implemented yet (``True`` raises
-        ``NotImplementedError``): the layer has no parameters.
-    dtype, seed : optional
-        Accepted for the common layer signature; unused (no parameters).
+        Whether the frequencies :math:`\omega_i` are trained: then the layer
+        has the parameter ``omega`` ``(|S|,)``, initialised to
+        :math:`2\pi/P_i` (``periods`` keeps the initial periods; the
+        current ones are :math:`2\pi/\omega_i`). Otherwise it has no
+        parameters.
+    dtype : NumPy dtype, default float64
+        Of ``omega`` (when trainable).
+    seed : optional
+        Accepted for the common layer signature; unused (the initialisation is deterministic).
 
     Notes
     -----
     :math:`K` has columns :math:`\omega_i e_i` (twice) and :math:`e_j`; the
     per-column functions are :math:`\cos`, :math:`\sin` and the identity, so
     the derivatives are the affine rule's with per-column
-    :math:`\phi', \phi''`. The output has :math:`d + |S|` features.
+    :math:`\phi', \phi''`. The output has :math:`d + |S|` features. With
+    trainable frequencies :math:`K = [S\,\mathrm{diag}(\omega), S\,\mathrm{diag}(\omega), R]`
+    (:math:`S`, :math:`R` the 0/1 selections of the embedded and passed
+    coordinates), so :math:`\partial C/\partial\omega_i` is the sum of the
+    affine rule's :math:`\partial C/\partial K` at the two entries
+    :math:`(a_i, i)` and :math:`(a_i, |S| + i)`.
     """
 
     config_schema = {"in_features": "int", "periods": "floats", "axes": "ints?", "trainable": "bool"}
@@ -287,24 +350,24 @@ class PeriodicEmbedding(_PointwiseLinear):
     def __init__(
         self, in_features: int, periods, axes=None, trainable: bool = False, *, dtype=np.float64, seed=None
     ) -> None:
-        # dtype and seed: accepted for the common constructor signature (no parameters)
+        # seed: accepted for the common constructor signature (deterministic initialisation)
         super().__init__()
         self.in_features = check_int("in_features", in_features)
         if not isinstance(trainable, (bool, np.bool_)):
             raise TypeError(f"trainable must be True or False, got {trainable!r}")
-        if trainable:
-            raise NotImplementedError(
-                "PeriodicEmbedding(trainable=True): trainable periods are not implemented yet; "
-                "use trainable=False (fixed periods)"
-            )
-        self.trainable = False
+        self.trainable = bool(trainable)
         if isinstance(periods, (int, float)) and not isinstance(periods, bool):
             periods = [periods]
         K = rules.periodic_embedding_matrix(self.in_features, periods, axes)  # validates
         self.periods = tuple(float(p) for p in periods)
         self.axes = None if axes is None else tuple(int(a) for a in axes)
         self._K = K
+        s = len(self.periods)
+        self._S = (K[:, :s] != 0).astype(np.float64)  # (d, s): e_{a_i} in column i
         self.out_features = int(K.shape[1])
+        if self.trainable:
+            omega = np.array([_TWO_PI / p for p in self.periods], dtype=dtype)
+            self._register("omega", omega, (s,))
 
     def config(self) -> dict:
         return {
@@ -316,49 +379,94 @@ class PeriodicEmbedding(_PointwiseLinear):
 
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict:
-        return {}
+        if not config.get("trainable", False):
+            return {}
+        periods = config["periods"]
+        return {"omega": (1 if isinstance(periods, (int, float)) else len(periods),)}
 
     @property
     def cost_shapes(self) -> tuple[tuple[int, int], ...]:
         return ((self.in_features, self.out_features),)
 
     def __repr__(self) -> str:
-        return f"PeriodicEmbedding({self.in_features}, periods={self.periods}, axes={self.axes})"
+        tr = ", trainable=True" if self.trainable else ""
+        return f"PeriodicEmbedding({self.in_features}, periods={self.periods}, axes={self.axes}{tr})"
+
+    def _sel(self, like, ops):
+        """:math:`S` ``(d, |S|)`` in ``like``'s namespace, dtype and device."""
+        from array_api_compat import device
+
+        return ops.xp.asarray(self._S, dtype=like.dtype, device=device(like))
 
     def evaluate(self, u, params, order, ops):
         xp = ops.xp
         from array_api_compat import device
 
-        K = xp.asarray(self._K, dtype=u.dtype, device=device(u))
+        if self.trainable:  # K = [S diag(ω), S diag(ω), R]
+            s = len(self.periods)
+            R = xp.asarray(self._K[:, 2 * s :], dtype=u.dtype, device=device(u))
+            Ks = self._sel(u, ops) * params["omega"]
+            K = xp.concat([Ks, Ks, R], axis=1)
+        else:
+            K = xp.asarray(self._K, dtype=u.dtype, device=device(u))
         y, s1, s2, _ = rules.periodic_embedding_eval(u, K, len(self.periods), order, xp=xp)
         return y, PointwiseLinearCache(s1, s2, K)
 
-    # -- no parameters (hessquik_core.curvature) ---------------------------------------
+    # -- derivatives with respect to ω (hessquik_core.curvature) -----------------------
+    def _fold(self, g, S, ops):
+        """``g : (..., d, q)`` (a gradient with respect to ``K``) -> ``(..., |S|)``:
+        entries ``(a_i, i) + (a_i, |S| + i)``."""
+        s = len(self.periods)
+        return ops.xp.sum(S * (g[..., :s] + g[..., s : 2 * s]), axis=-2)
+
+    def _RK(self, V, S, ops):
+        """Directions of ``K`` ``(k, d, q)`` from those of ``ω`` ``(k, |S|)``."""
+        xp = ops.xp
+        k, d = V["omega"].shape[0], self.in_features
+        RKs = S[None, :, :] * V["omega"][:, None, :]  # (k, d, s)
+        zero = xp.zeros((k, d, d - len(self.periods)), dtype=RKs.dtype, device=_device(RKs))
+        return xp.concat([RKs, RKs, zero], axis=-1)
+
     def param_vjp(self, cache, params, u, dl, per_example, ops):
-        _, dlu = affine.param_vjp(cache.dsigma, cache.K, dl, ops)
-        return dlu, {}
+        r""":math:`\delta = \phi'\odot dl`, :math:`\partial C/\partial u = \delta K^\top`,
+        :math:`\partial C/\partial\omega_i = \sum_n u_{n,a_i}(\delta_{n,i} + \delta_{n,|S|+i})`."""
+        if not self.trainable:
+            return self._frozen_vjp(cache, ops)(dl)
+        delta, dlu = affine.param_vjp(cache.dsigma, cache.K, dl, ops)
+        s = len(self.periods)
+        g = ops.mm(u, self._sel(u, ops)) * (delta[:, :s] + delta[:, s : 2 * s])  # (n, s)
+        return dlu, {"omega": g if per_example else ops.xp.sum(g, axis=0)}
 
     def param_rop_forward(self, cache, params, u, Ru, V, ops):
-        if Ru is None:
-            return None, None
-        Rz = ops.mm(Ru, cache.K)
-        return cache.dsigma[:, None, :] * Rz, Rz
+        """Forward R-pass: the affine rule's with ``RM`` the directions of ``K(ω)``."""
+        if not self.trainable:
+            return self._frozen_rop_forward(cache, Ru, ops)
+        RK = self._RK(V, self._sel(u, ops), ops)
+        return affine.param_rop_forward(cache.dsigma, cache.K, RK, u, Ru, None, ops)
 
     def param_rop_backward(
         self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
     ):
-        xp = ops.xp
-        Kt = xp.matrix_transpose(cache.K)
-        dlu = None
-        Rdelta = None if Rdl is None else cache.dsigma[:, None, :] * Rdl
-        if dl is not None:
-            if need_dlu:
-                dlu = ops.mm(cache.dsigma * dl, Kt)
-            if rcache is not None:  # the layer's own curvature: φ'' ⊙ dl ⊙ Rz
-                own = (cache.d2sigma * dl)[:, None, :] * rcache
-                Rdelta = own if Rdelta is None else Rdelta + own
-        Rdlu = None if (not need_Rdlu or Rdelta is None) else ops.mm(Rdelta, Kt)
-        return dlu, Rdlu, {}
+        r"""Backward R-pass: the affine rule's, :math:`R(\partial C/\partial K)` folded to ``ω``."""
+        if not self.trainable:
+            return self._frozen_rop_backward(cache, rcache, dl, Rdl, ops, need_dlu, need_Rdlu)
+        S = self._sel(u, ops)
+        r = affine.param_rop_backward(
+            cache.dsigma,
+            cache.d2sigma,
+            cache.K,
+            self._RK(V, S, ops),
+            u,
+            Ru,
+            rcache,
+            dl,
+            Rdl,
+            ops,
+            bias=False,
+            need_dlu=need_dlu,
+            need_Rdlu=need_Rdlu,
+        )
+        return r.dl_u, r.Rdl_u, {"omega": self._fold(r.RgM, S, ops)}
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
@@ -368,15 +476,25 @@ class PeriodicEmbedding(_PointwiseLinear):
 
     def to_torch(self, kit) -> list:
         """The twin module (this file), ``K`` as a buffer."""
-        return [
-            self.torch_twin_class()(
-                self.in_features, self.periods, self.axes, dtype=kit.dtype or None, device=kit.device
-            )
-        ]
+        dtype = kit.dtype or (kit.tensor(self.omega).dtype if self.trainable else None)
+        mod = self.torch_twin_class()(
+            self.in_features, self.periods, self.axes, self.trainable, dtype=dtype, device=kit.device
+        )
+        if self.trainable:
+            kit.assign(mod.omega, kit.tensor(self.omega))
+        return [mod]
 
     @classmethod
     def from_torch(cls, module, kit):
-        return cls(module.in_features, module.periods, module.axes), {}
+        trainable = bool(getattr(module, "trainable", False))
+        layer = cls(module.in_features, module.periods, module.axes, trainable)
+        return layer, ({"omega": kit.numpy(module.omega)} if trainable else {})
+
+
+def _device(a):
+    from array_api_compat import device
+
+    return device(a)
 
 
 __all__ = ["FourierFeatures", "PeriodicEmbedding", "PointwiseLinearCache"]

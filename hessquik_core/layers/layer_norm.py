@@ -1,10 +1,12 @@
 r"""Layer normalisation :math:`f(u) = \gamma \odot \hat x(u) + \beta`, as ``torch.nn.LayerNorm``.
 
 The normalisation couples all features, so the Jacobian is not
-diagonal-times-matrix: the input derivatives use the generic rule
-(:mod:`hessquik_core.rules.jacobian`) on the exact per-example Jacobian and
-second derivative of :mod:`hessquik_core.rules.layer_norm`; the parameter
-derivatives (:math:`\gamma`, :math:`\beta`) are written here.
+diagonal-times-matrix, but it is :math:`r` times the identity minus a
+rank-two term: the input derivatives use the structured steps of
+:mod:`hessquik_core.rules.layer_norm` (:math:`O(w)` per tangent or pair in
+forward mode, :math:`O(k w^2)` per example in backward mode, never the
+dense :math:`(w, w, w)` second derivative); the parameter derivatives
+(:math:`\gamma`, :math:`\beta`) are written here.
 """
 
 from __future__ import annotations
@@ -15,33 +17,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..carry import Adjoints, Request, Tangents
-from ..rules import jacobian
 from ..rules import layer_norm as rules
-from ..rules.jacobian import LocalDerivatives
 from .base import Layer, check_int, register_layer
 
 
 class LayerNormCache(NamedTuple):
-    """The generic rule's blocks and the normalised features."""
+    """What the steps keep: the normalised features and the inverse standard deviation."""
 
-    local: Any  # LocalDerivatives (J (n, w, w), T (n, w, w, w) or None); None for order 0
     xhat: Any  # (n, w)
     inv_std: Any  # (n, 1)
-
-
-def _curvature(xhat, inv_std, xp):
-    r""":math:`T^0_{abj} = \partial^2 \hat x_j / \partial z_a \partial z_b`, ``(n, w, w, w)``.
-
-    From :math:`D^2\hat x[s, t] = -r(a_s Jt + a_t Js + \tfrac1w (Js\cdot t)\hat x)`
-    with :math:`s = e_a`, :math:`t = e_b`: :math:`a_s = \hat x_a / w`,
-    :math:`Js = J_{a\cdot}` and :math:`Js\cdot t = J_{ab}` (:math:`J` symmetric)."""
-    w = xhat.shape[-1]
-    J0 = rules.layer_norm_jacobian(xhat, inv_std, xp=xp)  # (n, w, w)
-    xa = xhat[:, :, None, None] / w
-    xb = xhat[:, None, :, None] / w
-    r = inv_std[:, :, None, None]
-    T = xa * J0[:, None, :, :] + xb * J0[:, :, None, :] + J0[:, :, :, None] * (xhat[:, None, None, :] / w)
-    return J0, -r * T
 
 
 @register_layer
@@ -75,8 +59,10 @@ class LayerNorm(Layer):
     (symmetric) and
     :math:`D^2\hat x[s, t] = -r(a_s Jt + a_t Js + \tfrac1w (Js\cdot t)\hat x)`,
     :math:`a_s = \hat x\cdot s/w` (docs/derivations.md). The input derivatives
-    use the generic rule on these per-example blocks (cost :math:`O(w^3)`
-    per example for second order).
+    apply them as a rank-two update of a diagonal: :math:`O(w)` per tangent
+    or pair of tangents in forward mode, :math:`O(k w^2)` per example in
+    backward mode (the size of the carried Hessian); the Laplacian and the
+    Hessian diagonal have their own shortcuts in both modes.
     """
 
     config_schema = {"features": "int", "eps": "float", "elementwise_affine": "bool"}
@@ -119,26 +105,27 @@ class LayerNorm(Layer):
         return f"LayerNorm({self.features}, eps={self.eps}, elementwise_affine={self.elementwise_affine})"
 
     # -- input derivatives ----------------------------------------------------------
+    @property
+    def cost_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``((1, w),)``: the cost model prices a ``(p, q)`` GEMM; the structured
+        steps cost what a ``1 → w`` layer does, :math:`O(w)` per tangent (or
+        pair) forward and :math:`O(k w^2)` backward (the ``q²`` terms)."""
+        return ((1, self.features),)
+
     def evaluate(self, u, params, order, ops):
-        xp = ops.xp
-        gamma, beta = params.get("gamma"), params.get("beta")
-        y, xhat, inv_std = rules.layer_norm_forward(u, self.eps, gamma, beta, xp=xp)
-        if order == 0:
-            return y, LayerNormCache(None, xhat, inv_std)
-        if order == 1:
-            J, T = rules.layer_norm_jacobian(xhat, inv_std, xp=xp), None
-        else:
-            J, T = _curvature(xhat, inv_std, xp)
-        if gamma is not None:  # f_j = γ_j x̂_j: scale the output axis
-            J = J * gamma
-            T = None if T is None else T * gamma
-        return y, LayerNormCache(LocalDerivatives(J, T), xhat, inv_std)
+        y, xhat, inv_std = rules.layer_norm_forward(
+            u, self.eps, params.get("gamma"), params.get("beta"), xp=ops.xp
+        )
+        return y, LayerNormCache(xhat, inv_std)
 
     def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
-        return jacobian.forward_step(cache.local, tangents, request, ops)
+        return rules.forward_step(cache.xhat, cache.inv_std, params.get("gamma"), tangents, request, ops)
 
     def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
-        return jacobian.backward_step(cache.local, adjoints, second, ops)
+        return rules.backward_step(cache.xhat, cache.inv_std, params.get("gamma"), adjoints, second, ops)
+
+    def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
+        return rules.backward_first(cache.xhat, cache.inv_std, params.get("gamma"), adjoints, what, ops)
 
     # -- derivatives with respect to γ, β (hessquik_core.curvature) -------------------
     def _Jt(self, t, cache):

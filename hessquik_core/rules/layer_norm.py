@@ -330,3 +330,193 @@ def layer_norm_param_adjoint(A, xhat, *, xp=None):
 
 
 __all__ += ["layer_norm_param_adjoint"]
+
+
+# --------------------------------------------------------------------------
+# the engine's steps (carry layout of hessquik_core.carry), O(k·w) per tangent
+# --------------------------------------------------------------------------
+
+
+def _gamma_col(a, gamma):
+    """``a`` scaled by γ on its last (feature) axis; ``None`` stays ``None``."""
+    return a if (gamma is None or a is None) else a * gamma
+
+
+def forward_step(xhat, inv_std, gamma, tangents, request, ops):
+    r"""Tangents of ``z`` -> tangents of ``y`` (:class:`~hessquik_core.carry.Tangents`).
+
+    ``tangents.jacobian`` is ``(n or 1, k, w)`` (the seed of a first layer is
+    shared by the batch); the Hessian may be full ``(n, k, k, w)`` or packed
+    ``(n, T, w)`` (``request.packing``). With :math:`\hat G_i = J G_i`,
+    :math:`a_i = \hat x\cdot G_i/w`, :math:`\bar G_i` the feature mean and
+    :math:`M_{ij} = r(G_i\cdot G_j - w\bar G_i\bar G_j - w a_i a_j)`:
+
+    * :math:`\partial y_i = \gamma\odot\hat G_i`,
+    * :math:`\partial^2 y_{ij} = \gamma\odot\bigl(J\,\partial^2 z_{ij}
+      - r(a_i\hat G_j + a_j\hat G_i + \tfrac1w M_{ij}\hat x)\bigr)`,
+    * the diagonal (:math:`i = j`) and the Laplacian (its sum over ``i``)
+      from the same formula without forming the pairs.
+
+    Every term is :math:`O(w)` per tangent or pair: the cost of a pointwise
+    layer (no :math:`w\times w` block). Nothing it receives is modified.
+    """
+    xp = ops.xp
+    w = xhat.shape[-1]
+    r3 = inv_std[:, :, None]  # (n, 1, 1)
+    G = tangents.jacobian  # (n|1, k, w)
+    JG = layer_norm_jacobian_apply(G, xhat, inv_std, xp=xp)  # (n, k, w)
+    a = _dot(G, xhat[:, None, :], xp) / w  # (n, k)
+    mean = xp.mean(G, axis=-1)  # (n|1, k)
+    Hf = Df = Lf = None
+    if request.hessian:
+        if request.packing is None:
+            gram = xp.matmul(G, xp.matrix_transpose(G))  # (n|1, k, k)
+            M = r3 * (gram - w * (mean[:, :, None] * mean[:, None, :]) - w * (a[:, :, None] * a[:, None, :]))
+            Hf = -r3[..., None] * (
+                a[:, :, None, None] * JG[:, None, :, :]
+                + a[:, None, :, None] * JG[:, :, None, :]
+                + (M / w)[..., None] * xhat[:, None, None, :]
+            )
+        else:
+            rows, cols = request.packing.rows, request.packing.cols
+            Gs, Gt = xp.take(G, rows, axis=1), xp.take(G, cols, axis=1)  # (n|1, T, w)
+            a_s, a_t = xp.take(a, rows, axis=1), xp.take(a, cols, axis=1)  # (n, T)
+            m_s, m_t = xp.take(mean, rows, axis=1), xp.take(mean, cols, axis=1)
+            M = r3[..., 0] * (_dot(Gs, Gt, xp) - w * (m_s * m_t) - w * (a_s * a_t))  # (n, T)
+            Hf = -r3 * (
+                a_s[..., None] * xp.take(JG, cols, axis=1)
+                + a_t[..., None] * xp.take(JG, rows, axis=1)
+                + (M / w)[..., None] * xhat[:, None, :]
+            )
+        if tangents.hessian is not None:
+            Hf = Hf + layer_norm_jacobian_apply(tangents.hessian, xhat, inv_std, xp=xp)
+        Hf = _gamma_col(Hf, gamma)
+    if request.diagonal or request.laplacian:
+        Mii = r3[..., 0] * (_dot(G, G, xp) - w * (mean * mean) - w * (a * a))  # (n, k)
+        D2 = -r3 * (2.0 * a[..., None] * JG + (Mii / w)[..., None] * xhat[:, None, :])  # (n, k, w)
+        if request.diagonal:
+            Df = D2
+            if tangents.diagonal is not None:
+                Df = Df + layer_norm_jacobian_apply(tangents.diagonal, xhat, inv_std, xp=xp)
+            Df = _gamma_col(Df, gamma)
+        if request.laplacian:
+            Lf = xp.sum(D2, axis=1)
+            if tangents.laplacian is not None:
+                Lf = Lf + layer_norm_jacobian_apply(tangents.laplacian, xhat, inv_std, xp=xp)
+            Lf = _gamma_col(Lf, gamma)
+    return type(tangents)(_gamma_col(JG, gamma), Hf, Df, Lf)
+
+
+def _apply_rows(C, xhat, inv_std, xp):
+    r""":math:`J C` for ``C : (n, k, w, w)``: :math:`J` (symmetric) on the
+    second-to-last axis, :math:`r(C - \mathbf 1\bar C^\top - \tfrac1w\hat x(\hat x^\top C))`."""
+    w = xhat.shape[-1]
+    xr = xhat[:, None, None, :]  # (n, 1, 1, w)
+    xtC = xp.matmul(xr, C)  # (n, k, 1, w): x̂ᵀ C
+    r = inv_std[:, :, None, None]
+    return r * (C - xp.mean(C, axis=-2, keepdims=True) - xhat[:, None, :, None] * (xtC / w))
+
+
+def _apply_cols(C, xhat, inv_std, xp):
+    r""":math:`C J` for ``C : (n, k, w, w)``: :math:`J` on the last axis."""
+    w = xhat.shape[-1]
+    Cx = xp.matmul(C, xhat[:, None, :, None])  # (n, k, w, 1): C x̂
+    r = inv_std[:, :, None, None]
+    return r * (C - xp.mean(C, axis=-1, keepdims=True) - (Cx / w) * xhat[:, None, None, :])
+
+
+def backward_step(xhat, inv_std, gamma, adjoints, second, ops):
+    r"""Adjoints of ``y`` -> adjoints of ``z`` (:class:`~hessquik_core.carry.Adjoints`).
+
+    With :math:`\lambda = \gamma\odot dl` (``(n or 1, k, w)``) and
+    :math:`C = \Gamma\,Dl\,\Gamma`:
+
+    * :math:`dl_z = J\lambda`,
+    * :math:`Dl_z = J C J - \tfrac rw\bigl(\hat x (J\lambda)^\top + (J\lambda)\hat x^\top
+      + (\lambda\cdot\hat x)\,J\bigr)`.
+
+    :math:`J` is :math:`r` times the identity minus a rank-two term, so each
+    side of the sandwich is a mean, one matrix-vector product and a rank-one
+    update: :math:`O(k w^2)` per example (the size of :math:`Dl`), against
+    :math:`O(k w^3)` for the dense generic rule.
+    """
+    xp = ops.xp
+    w = xhat.shape[-1]
+    lam = _gamma_col(adjoints.gradient, gamma)  # (n|1, k, w)
+    dlz = layer_norm_jacobian_apply(lam, xhat, inv_std, xp=xp)  # (n, k, w)
+    if not second:
+        return type(adjoints)(dlz)
+    r = inv_std[:, :, None, None]  # (n, 1, 1, 1)
+    lx = _dot(lam, xhat[:, None, :], xp)  # (n, k): λ·x̂
+    # the layer's own curvature Σ_j λ_j ∇²x̂_j
+    J0 = layer_norm_jacobian(xhat, inv_std, xp=xp)[:, None, :, :]  # (n, 1, w, w)
+    out = -(r / w) * (
+        xhat[:, None, :, None] * dlz[:, :, None, :]
+        + dlz[:, :, :, None] * xhat[:, None, None, :]
+        + lx[:, :, None, None] * J0
+    )
+    Dl = adjoints.hessian
+    if Dl is not None:
+        C = Dl if gamma is None else Dl * (gamma[:, None] * gamma)
+        out = out + _apply_rows(_apply_cols(C, xhat, inv_std, xp), xhat, inv_std, xp)
+    return type(adjoints)(dlz, out)
+
+
+def backward_first(xhat, inv_std, gamma, adjoints, what, ops):
+    r"""The trace (``what="trace"``, ``(n, k)``) or the diagonal (``"diagonal"``,
+    ``(n, k, w)``) of :func:`backward_step`'s :math:`Dl_z`, without forming it.
+
+    Row :math:`a` of :math:`J/r` is :math:`q_a = e_a - u - \hat x_a v`,
+    :math:`u = \mathbf 1/w`, :math:`v = \hat x/w`, so with
+    :math:`C = \Gamma Dl\Gamma`
+
+    .. math::
+        (JCJ)_{aa} = r^2\bigl(C_{aa} - (Cu + C^\top u)_a - \hat x_a (Cv + C^\top v)_a
+        + u^\top C u + \hat x_a (u^\top C v + v^\top C u) + \hat x_a^2\, v^\top C v\bigr):
+
+    four matrix-vector products with :math:`Dl` (:math:`O(k w^2)`, no
+    ``(n, k, w, w)`` temporary). The own-curvature term contributes
+    :math:`-\tfrac rw(2\hat x_a (J\lambda)_a + (\lambda\cdot\hat x) J_{aa})`,
+    :math:`J_{aa} = r(1 - \tfrac1w - \hat x_a^2/w)`.
+    """
+    xp = ops.xp
+    w = xhat.shape[-1]
+    r = inv_std  # (n, 1)
+    lam = _gamma_col(adjoints.gradient, gamma)
+    dlz = layer_norm_jacobian_apply(lam, xhat, inv_std, xp=xp)  # (n, k, w)
+    lx = _dot(lam, xhat[:, None, :], xp)  # (n, k)
+    Jaa = r * (1.0 - 1.0 / w - xhat * xhat / w)  # (n, w)
+    diag = -(r[:, :, None] / w) * (2.0 * xhat[:, None, :] * dlz + lx[:, :, None] * Jaa[:, None, :])
+    Dl = adjoints.hessian
+    if Dl is not None:
+        n = xhat.shape[0]
+        one = xp.ones((n, w), dtype=xhat.dtype, device=_device_of(xhat))
+        g = one if gamma is None else one * gamma
+        gu, gv = g / w, g * xhat / w  # γ ⊙ u, γ ⊙ v: (n, w)
+        V = xp.stack([gu, gv], axis=-1)[:, None, :, :]  # (n, 1, w, 2)
+        DV = xp.matmul(Dl, V)  # (n, k, w, 2): Dl (γu), Dl (γv)
+        DtV = xp.matmul(xp.matrix_transpose(Dl), V)
+        S = xp.matmul(xp.matrix_transpose(V), DV)  # (n, k, 2, 2): (γu)ᵀ Dl (γu), ...
+        both = DV + DtV  # (n, k, w, 2)
+        # diag of Dl (n, k, w): every (w+1)-th entry of the flattened block (no (w, w) mask)
+        idx = xp.arange(0, w * w, w + 1, device=_device_of(Dl))
+        dC = xp.take(xp.reshape(Dl, (*Dl.shape[:2], w * w)), idx, axis=-1)
+        xa = xhat[:, None, :]
+        core = (
+            dC * (g * g)[:, None, :]
+            - g[:, None, :] * (both[..., 0] + xa * both[..., 1])
+            + S[:, :, 0, 0][..., None]
+            + xa * (S[:, :, 0, 1] + S[:, :, 1, 0])[..., None]
+            + xa * xa * S[:, :, 1, 1][..., None]
+        )
+        diag = diag + (r * r)[:, :, None] * core
+    return xp.sum(diag, axis=-1) if what == "trace" else diag
+
+
+def _device_of(a):
+    from array_api_compat import device
+
+    return device(a)
+
+
+__all__ += ["backward_first", "backward_step", "forward_step"]
