@@ -345,3 +345,17 @@ def test_chunked_high_d_routes_agree(big, monkeypatch):
     part = net(x, laplacian=True, max_memory=int(1.5 * per)).laplacian
     assert chunks == [1]
     assert rel_err(part, whole) <= 1e-12  # BLAS blocks differ with the batch size
+
+
+def test_routes_in_float32_against_float64():
+    d, w = 40, 6
+    lap_net, div_net = _net(d, w, 2, out="tanh"), _net(d, w, d, out="tanh", residual=True)
+    x = np.random.default_rng(15).standard_normal((4, d))
+    lap64, div64 = lap_net(x, laplacian=True).laplacian, div_net(x, divergence=True).divergence
+    x32 = x.astype(np.float32)
+    lap32 = lap_net(x32, laplacian=True).laplacian
+    div32 = div_net(x32, divergence=True).divergence
+    diag32 = lap_net(x32, hessian_diagonal=True).hessian_diagonal
+    assert lap32.dtype == div32.dtype == diag32.dtype == np.float32
+    assert rel_err(lap32, lap64) <= 1e-4 and rel_err(div32, div64) <= 1e-4
+    assert rel_err(np.sum(diag32, axis=1), lap64) <= 1e-4
