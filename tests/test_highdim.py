@@ -359,3 +359,31 @@ def test_routes_in_float32_against_float64():
     assert lap32.dtype == div32.dtype == diag32.dtype == np.float32
     assert rel_err(lap32, lap64) <= 1e-4 and rel_err(div32, div64) <= 1e-4
     assert rel_err(np.sum(diag32, axis=1), lap64) <= 1e-4
+
+
+def test_gram_laplacian_weight_gradient_matches_backward_route(monkeypatch):
+    """A training step through the route: the weight gradient of a Laplacian loss
+    (autograd through Cholesky of the Gram matrix) equals the classic route's."""
+    import torch
+
+    from hessquik_core.training import torch_parameters
+
+    d, w = 30, 5
+    net = _net(d, w, 1, out="identity", residual=True)
+    params = torch_parameters(net)
+    x = torch.from_numpy(np.random.default_rng(16).standard_normal((6, d)))
+    spy = _Spy(monkeypatch, "run_laplacian")
+    grads = []
+    for mode in ("auto", "backward"):
+        for p in params:
+            p.grad = None
+        loss = ((net(x, laplacian=True, mode=mode).laplacian + 1.0) ** 2).mean()
+        loss.backward()
+        # (None: a parameter the Laplacian does not depend on, e.g. the last bias)
+        grads.append([None if p.grad is None else p.grad.clone() for p in params])
+    assert spy.calls == 1
+    assert sum(g is not None for g in grads[0]) >= len(params) - 1
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel_err(a.numpy(), b.numpy()) <= 1e-11

@@ -117,6 +117,16 @@ def gram_root(M, ops):
     negatives of a singular ``G`` are clipped to zero)."""
     xp = ops.xp
     G = gram(M, ops)
+    if getattr(M, "requires_grad", False):
+        # trainable weights: the backward pass of an eigendecomposition divides
+        # by eigenvalue gaps (unstable where they nearly coincide); Cholesky's
+        # (G = L Lᵀ, R = Lᵀ) is smooth wherever G is positive definite, which
+        # M of full column rank (d > q) gives
+        try:
+            return G, xp.matrix_transpose(xp.linalg.cholesky(G))
+        except Exception as err:  # singular G: the eigendecomposition below
+            if "singular" not in str(err).lower() and "positive" not in str(err).lower():
+                raise
 
     def root():
         lam, U = xp.linalg.eigh(G)
