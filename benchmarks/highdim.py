@@ -434,7 +434,11 @@ def markdown(data: dict) -> str:
         f"`{m.get('hessquik_core_sources_sha256')}`",
         "",
         "Time per call, and in brackets its ratio to the plain NumPy forward pass of the same network "
-        "(the issue's target: ≤ 2.5× for the exact Laplacian, diagonal, divergence and gradient).",
+        "(the issue's target: ≤ 2.5× for the exact Laplacian, diagonal, divergence and gradient). "
+        "The batch-independent weight products of the high-dimensional routes (the Gram matrix "
+        "M₁ᵀM₁ and its root, M_L M₁; docs/performance.md) are remembered for NumPy weights, so "
+        "the timed calls after the warm-up reuse them; `first_s` in highdim.json is the first call, "
+        "which computes them.",
         "",
     ]
     ds = cfg["d"]

@@ -145,6 +145,8 @@ class CallContext:
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
     native: Any = None
+    #: a specialised sweep the planner chose (:mod:`hessquik_core.engine.highdim`), or ``""``
+    route: str = ""
 
     @property
     def dtype(self):

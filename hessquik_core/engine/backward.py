@@ -25,6 +25,10 @@ def run_backward(leaves, params, ctx, u, order) -> Result:
                 lap = leaf.backward_first(cache, P, adjoints, "trace", ops)
             if ctx.hessian_diagonal:
                 diag = xp.permute_dims(leaf.backward_first(cache, P, adjoints, "diagonal", ops), (0, 2, 1))
+            if not (ctx.gradient or ctx.divergence):
+                # the input gradient costs another n·d·q product at the first layer:
+                # only when asked for
+                return Result(value=u, laplacian=lap, hessian_diagonal=diag)
             adjoints = leaf.backward_step(cache, P, Adjoints(adjoints.gradient), False, ops)
             break
         adjoints = leaf.backward_step(cache, P, adjoints, ctx.second_order, ops)

@@ -170,7 +170,9 @@ def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
             if i == 0 and not hess:
                 flops += (2 * n * k * q * q if lap else 0) + (2 * n * k * q * q * p if diag else 0)
                 moved += 4 * n * k * q * q + (2 * n * k * q * p if diag else 0)
-                live += n * k * q * (q + (p if diag else 0))
+                # K (q, q) per example and output, the (p,) diagonal; the blocked
+                # diagonal GEMM's temporaries are a few MiB whatever n and p
+                live += n * k * (q * q + (p if diag else 0))
             else:
                 # W (q, q), two (p, q) intermediates, the (p, p) result; about six
                 # element-wise passes over the (q, q) blocks (the sums are fused

@@ -7,7 +7,7 @@ from itertools import chain
 from .._array import CallContext, check_max_memory
 from .._progress import progress_bar
 from ..rules.contractions import diagonal
-from . import forward
+from . import forward, highdim
 from .backward import run_backward
 from .cost import estimate
 from .forward import run_forward
@@ -46,9 +46,15 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
     # call is priced as the plain forward pass it is
     auto = ctx.mode == "auto"
     report = estimate_call(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
+    special = None
+    if auto and ctx.derivatives:
+        # a Laplacian or divergence at d above the first width: the sweeps of
+        # engine/highdim.py, whose cost beyond the first layer is independent of d
+        best = report.routes[report.chosen].score
+        ctx.route, special = highdim.choose(ctx, leaves, n, best)
     if auto:
-        ctx.mode = report.chosen if ctx.derivatives else "forward"
-    route = report.routes[ctx.mode]
+        ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
+    route = report.routes[ctx.mode] if special is None else special
     result = _result_bytes(ctx, n)
     chunk = n
     # small calls need not ask the OS how much memory is free
@@ -76,7 +82,10 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
                     f"hessian), use directions, or raise max_memory"
                 )
             chunk = max(1, int(budget // route.per_example_bytes))
-    if ctx.derivatives:  # a value-only call is one pass with nothing carried: never blocked
+    # a value-only call is one pass with nothing carried: never blocked; nor are
+    # the high-dimensional sweeps (GEMM-bound, with batch-independent products
+    # that blocks would repeat)
+    if ctx.derivatives and not ctx.route:
         chunk = min(chunk, _cache_block(ctx, leaves, route, n))
     if chunk >= n:
         return ctx.finish(_guarded(leaves, ctx))
@@ -279,6 +288,8 @@ def _run(leaves: list, ctx: CallContext) -> Result:
         for leaf, P in zip(leaves, params):
             u, _ = leaf.evaluate(u, P, 0, ops)
         return Result(value=u)
+    if ctx.route:
+        return highdim.run(leaves, params, ctx)
     order = 2 if ctx.second_order else 1
     if ctx.mode == "forward":
         res = run_forward(leaves, params, ctx, u, order)

@@ -112,6 +112,12 @@ class SingleLayer(Layer):
     def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
         return affine.backward_first(cache.dsigma, cache.d2sigma, params["K"], adjoints, what, ops)
 
+    def affine_parts(self, cache, params):
+        r"""``(K, σ'(z), σ''(z), linear)`` of this layer as :math:`\sigma(uK + b)`
+        (``linear``: identity activation), for the engine's high-dimensional
+        routes (:mod:`hessquik_core.engine.highdim`)."""
+        return params["K"], cache.dsigma, cache.d2sigma, self.act.name == "identity"
+
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --------
     def param_vjp(self, cache, params, u, dl, per_example, ops):
         r"""Adjoint ``dl = ∂C/∂f : (n, q)`` to ``∂C/∂u`` and to the parameters.

@@ -14,10 +14,13 @@ Shapes: ``u : (n, p)``, ``M : (p, q)``, ``dsigma = σ'(z)`` and
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..carry import Adjoints, Request, Tangents
-from .contractions import device, lift, outer, sandwich, swap
+from .contractions import device, lift, outer, sandwich
 from .directions import lin_dirs, lin_dirs_t, outer_sum, outer_sum_r
 
 
@@ -80,28 +83,124 @@ def backward_step(dsigma, d2sigma, M, adjoints: Adjoints, second: bool, ops) -> 
     return Adjoints(dlu, sandwich(M, W, d2sigma[:, None, :] * dl, ops))
 
 
+#: working-set target (bytes) of one row block of the Hessian-diagonal and
+#: divergence contractions: large enough for long GEMMs, small enough to stay
+#: in cache and to keep the temporaries O(block), never O(n·p·q)
+BLOCK_BYTES = 4 * 2**20
+
+#: ``(tag, id(A), ...) -> (weakrefs, value)``: batch-independent products of
+#: read-only NumPy weights (the converted parameters a call receives), so that
+#: repeated calls and the chunks of one call compute them once
+_MEMO: dict = {}
+
+
+def _memoisable(a) -> bool:
+    # only arrays that cannot change under us: the read-only NumPy arrays the
+    # parameter store hands out (torch / CuPy weights can be edited in place,
+    # traced or autograd arrays must not outlive their call)
+    return type(a) is np.ndarray and not a.flags.writeable
+
+
+def memo(arrays, tag: str, compute):
+    """``compute()``, remembered while every array of ``arrays`` (one array or a
+    tuple) lives, if all are read-only NumPy arrays; else computed each time."""
+    arrs = arrays if isinstance(arrays, tuple) else (arrays,)
+    if not all(_memoisable(a) for a in arrs):
+        return compute()
+    key = (tag, *(id(a) for a in arrs))
+    hit = _MEMO.get(key)
+    if hit is not None and all(r() is a for r, a in zip(hit[0], arrs)):
+        return hit[1]
+    value = compute()
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+
+    def forget(_ref, key=key) -> None:  # an array died: its entry goes with it
+        _MEMO.pop(key, None)
+
+    _MEMO[key] = (tuple(weakref.ref(a, forget) for a in arrs), value)
+    return value
+
+
+def gram(M, ops):
+    r""":math:`M^\top M` (``q × q``) of a weight ``M : (p, q)``, ``2·p·q²`` flops
+    (NumPy's ``Mᵀ @ M`` is one symmetric rank-k update, half that), memoised
+    (:func:`memo`)."""
+    return memo(M, "gram", lambda: ops.xp.matrix_transpose(M) @ M)
+
+
+def row_blocks(p: int, width: int, itemsize: int = 8):
+    """``(start, stop)`` ranges over ``p`` rows, each about :data:`BLOCK_BYTES`
+    for ``width`` entries per row."""
+    step = max(1, BLOCK_BYTES // max(1, width * itemsize))
+    return [(a, min(a + step, p)) for a in range(0, p, step)]
+
+
 def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
     r"""Trace (``what="trace"``, ``(n, m)``) or diagonal (``"diagonal"``, ``(n, m, p)``)
-    of :math:`Dl_u` without forming it.
+    of :math:`Dl_u = M K M^\top` without forming it, with
+    :math:`K = W + \mathrm{diag}(c)`, :math:`W = \mathrm{diag}(\sigma')\,Dl\,\mathrm{diag}(\sigma')`,
+    :math:`c = \sigma'' \odot dl` (all ``(q, q)`` per example and output).
 
-    Trace: :math:`\mathrm{tr}(M W M^\top) = \langle W, M^\top M\rangle` costs
-    ``n·m·q²`` instead of ``n·m·p²``. Diagonal: :math:`\sum_j (M W)_{aj} M_{aj}`."""
+    Trace: :math:`\mathrm{tr}(M K M^\top) = \langle K, M^\top M\rangle` with the
+    batch-independent Gram matrix :math:`M^\top M` (:func:`gram`): ``2·p·q²`` once,
+    then ``n·m·q²``; nothing of size ``p`` per example.
+
+    Diagonal: :math:`(M K M^\top)_{aa} = \sum_{j \le l} (2 - \delta_{jl}) K_{jl} M_{aj} M_{al}`,
+    one GEMM of the packed upper triangle of :math:`K` (``(n·m, T)``,
+    ``T = q(q+1)/2``) with the row-wise products of :math:`M`'s columns, built in
+    row blocks of :data:`BLOCK_BYTES`: ``2·n·m·p·T`` flops (about ``q/2`` times the
+    first layer's forward product) and no ``(n, m, p, q)`` temporary."""
     xp = ops.xp
     dl, Dl = adjoints.gradient, adjoints.hessian
-    c = d2sigma[:, None, :] * dl
+    c = d2sigma[:, None, :] * dl  # (n, m, q)
     W = None if Dl is None else Dl * outer(dsigma)
     if what == "trace":
-        MtM = xp.matrix_transpose(M) @ M
-        eye = xp.eye(MtM.shape[0], dtype=MtM.dtype, device=device(MtM))
-        out = c @ xp.sum(MtM * eye, axis=-1)
+        G = gram(M, ops)
+        q = G.shape[0]
+        eye = xp.eye(q, dtype=G.dtype, device=device(G))
+        out = c @ xp.sum(G * eye, axis=-1)  # Σ_j c_j (MᵀM)_jj: column sums of M ⊙ M
         if W is not None:
-            out = out + xp.sum(xp.sum(W * MtM, axis=-1), axis=-1)
+            n, m = W.shape[0], W.shape[1]
+            # ⟨W, MᵀM⟩ as one GEMV over the q² entries
+            out = out + ops.mm(xp.reshape(W, (n, m, q * q)), xp.reshape(G, (q * q, 1)))[..., 0]
         return out
-    out = ops.mm(c, xp.matrix_transpose(M * M))
-    if W is not None:
-        MW = swap(ops.mm(W, xp.matrix_transpose(M)), xp)  # (n, m, p, q)
-        out = out + xp.sum(MW * M, axis=-1)
-    return out
+    if W is None:
+        return ops.mm(c, xp.matrix_transpose(M * M))
+    return _diag_sandwich(M, W, c, ops)
+
+
+def _diag_sandwich(M, W, c, ops):
+    r"""``(n, m, p)``: the diagonals of :math:`M K M^\top`, :math:`K = W + \mathrm{diag}(c)`
+    for symmetric ``W : (n, m, q, q)``.
+
+    :math:`(M K M^\top)_{aa} = \langle (M K)_{a,:}, M_{a,:}\rangle`: for a block of
+    ``r`` examples (and outputs) the ``K`` are laid side by side, ``(q, r·q)``,
+    so that one GEMM of a row block of ``M`` gives every ``M_b K_i``, then a
+    row-wise dot with ``M_b``. ``2·n·m·p·q²`` flops in GEMMs of inner size
+    ``q`` and ``r·q ≈`` :data:`BLOCK_BYTES` columns, temporaries of
+    :data:`BLOCK_BYTES`: never an ``(n, m, p, q)`` array."""
+    xp = ops.xp
+    n, m, q = c.shape
+    p = M.shape[0]
+    r = n * m
+    itemsize = 4 if "32" in str(W.dtype) else 8
+    eye = xp.eye(q, dtype=W.dtype, device=device(M))
+    K = xp.reshape(W + c[:, :, :, None] * eye, (r, q, q))
+    # examples per block: long enough GEMM rows (>= 256 rows of M per block)
+    nb = max(1, min(r, BLOCK_BYTES // (256 * q * itemsize)))
+    cols = []
+    for e0 in range(0, r, nb):
+        e1 = min(e0 + nb, r)
+        Kcat = xp.reshape(xp.permute_dims(K[e0:e1, ...], (1, 0, 2)), (q, (e1 - e0) * q))
+        rows = []
+        for a0, a1 in row_blocks(p, (e1 - e0) * q, itemsize):
+            Mb = M[a0:a1, :]
+            Y = xp.reshape(Mb @ Kcat, (a1 - a0, e1 - e0, q))  # (B, r_b, q): rows of M_b K_i
+            rows.append(xp.vecdot(Y, Mb[:, None, :]))  # (B, r_b)
+        cols.append(rows[0] if len(rows) == 1 else xp.concat(rows, axis=0))
+    out = cols[0] if len(cols) == 1 else xp.concat(cols, axis=1)  # (p, n·m)
+    return xp.reshape(xp.matrix_transpose(out), (n, m, p))
 
 
 # --------------------------------------------------------------------------
