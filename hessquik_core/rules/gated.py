@@ -40,9 +40,18 @@ Shapes: ``n`` examples, width ``w`` (gate weight ``W`` is ``(w, w)``),
 from __future__ import annotations
 
 from array_api_compat import array_namespace
+from array_api_compat import device as _device
+
+from . import affine
+from .directions import lin_dirs, lin_dirs_t, outer_sum, outer_sum_r
 
 __all__ = [
     "gated_mlp_forward",
+    "gated_step_param_rop_backward",
+    "gated_step_param_rop_forward",
+    "gated_step_param_vjp",
+    "readout_param_rop_backward",
+    "readout_param_rop_forward",
     "gated_step",
     "gated_step_backward",
     "gated_step_forward_diagonal",
@@ -299,3 +308,138 @@ def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
         axis=2,
     )
     return A_in, xp.permute_dims(Y + curv, (0, 2, 3, 1))
+
+
+# --------------------------------------------------------------------------
+# parameter derivatives of the step and the read-out (hessquik_core.curvature)
+# --------------------------------------------------------------------------
+#
+# On the state S = [U, V, H], the step is P = U + Z ⊙ D with Z = σ(a),
+# a = H W + b, D = V - U: an affine rule σ(a) in (H; W, b) whose output is
+# weighted by D, plus the pass-through of U and V. Its first-order adjoint
+# (dl = [dU, dV, dP]) is
+#     δ = σ' ⊙ D ⊙ dP,   ∂C/∂S = [dU + (1 - Z) ⊙ dP, dV + Z ⊙ dP, δ Wᵀ],
+#     ∂C/∂W = Σ_n H_n ⊗ δ_n,   ∂C/∂b = Σ_n δ_n,
+# i.e. the affine rule's param_vjp with the adjoint dl_Z = D ⊙ dP of Z.
+# Pearlmutter's R-operator R{·} = d/dt (·)(θ + t v) at t = 0 of the forward
+# pass (directions ΔW, Δb of the parameters and RS = [RU, RV, RH] of the state):
+#     Ra = RH W + H ΔW + Δb,   RZ = σ' ⊙ Ra,   RD = RV - RU,
+#     RP = RU + RZ ⊙ D + Z ⊙ RD,
+# and of the backward pass (the R-adjoint Rdl = [RdU, RdV, RdP] comes from above):
+#     R dl_Z = D ⊙ RdP + [RD ⊙ dP],
+#     Rδ     = σ' ⊙ R dl_Z + [σ'' ⊙ Ra ⊙ dl_Z],
+#     R ∂C/∂U = RdU + (1 - Z) ⊙ RdP - [RZ ⊙ dP],
+#     R ∂C/∂V = RdV + Z ⊙ RdP + [RZ ⊙ dP],
+#     R ∂C/∂H = Rδ Wᵀ + [δ ΔWᵀ],
+#     R ∂C/∂W = Σ_n H_n ⊗ Rδ_n + [RH_n ⊗ δ_n],   R ∂C/∂b = Σ_n Rδ_n.
+# Bracketed terms carry dl, the step's own second derivatives: the
+# Gauss–Newton product (dl = None) drops them and the pass is Jᵀ Rdl.
+
+
+def gated_step_param_vjp(dl, Z, s1, D, W):
+    r"""First-order adjoint of one step: ``dl : (n, 3w)`` ->
+    ``(δ, ∂C/∂S)``, :math:`\delta = \sigma'\odot D\odot dl_H` ``(n, w)`` and
+    :math:`[dl_U + (1 - Z)\odot dl_H,\ dl_V + Z\odot dl_H,\ \delta W^\top]` ``(n, 3w)``;
+    the weight gradients are :math:`\sum_n H_n\otimes\delta_n` and :math:`\sum_n\delta_n`."""
+    xp = array_namespace(dl, W)
+    w = W.shape[0]
+    dU, dV, dP = dl[..., :w], dl[..., w : 2 * w], dl[..., 2 * w :]
+    delta = s1 * D * dP
+    return delta, xp.concat([dU + (1.0 - Z) * dP, dV + Z * dP, delta @ xp.matrix_transpose(W)], axis=-1)
+
+
+def gated_step_param_rop_forward(Z, s1, D, W, H, RS, VW, Vb, ops):
+    r"""Forward R-pass of one step (see the comment above).
+
+    ``RS : (n, k, 3w)`` or ``None`` (the state does not depend on the
+    parameters), ``VW : (k, w, w)``, ``Vb : (k, w)`` or ``None``. Returns
+    ``(R[U, V, H⁺] : (n, k, 3w), Ra : (n, k, w))``, ``Ra`` the R-image of the pre-gate.
+    """
+    xp = ops.xp
+    w = W.shape[0]
+    RH = None if RS is None else RS[..., 2 * w :]
+    RZ, Ra = affine.param_rop_forward(s1, W, VW, H, RH, Vb, ops)  # σ' ⊙ Ra, Ra
+    RP = RZ * D[:, None, :]
+    if RS is None:
+        zero = xp.zeros((*RP.shape[:-1], 2 * w), dtype=RP.dtype, device=_device(RP))
+        return xp.concat([zero, RP], axis=-1), Ra
+    RU, RV = RS[..., :w], RS[..., w : 2 * w]
+    RP = RP + RU + Z[:, None, :] * (RV - RU)
+    return xp.concat([RU, RV, RP], axis=-1), Ra
+
+
+def gated_step_param_rop_backward(Z, s1, s2, D, W, VW, H, RS, Ra, dl, Rdl, ops, *, bias, need_dlu, need_Rdlu):
+    r"""Backward R-pass of one step (the recurrences in the comment above).
+
+    ``dl : (n, 3w)`` or ``None`` (Gauss–Newton: the bracketed terms dropped),
+    ``Rdl : (n, k, 3w)``. Returns ``(∂C/∂S or None, R ∂C/∂S or None, R∂C/∂W (k, w, w),
+    R∂C/∂b (k, w) or None)``.
+    """
+    xp = ops.xp
+    w = W.shape[0]
+    RdU, RdV, RdP = Rdl[..., :w], Rdl[..., w : 2 * w], Rdl[..., 2 * w :]
+    RH = None if RS is None else RS[..., 2 * w :]
+    Rdz = D[:, None, :] * RdP  # R of dl_Z = D ⊙ dP
+    dlz = dP = None
+    if dl is not None:
+        dP = dl[..., 2 * w :]
+        dlz = D * dP
+        if RS is not None:  # RD ⊙ dP
+            Rdz = Rdz + (RS[..., w : 2 * w] - RS[..., :w]) * dP[:, None, :]
+    r = affine.param_rop_backward(
+        s1, s2, W, VW, H, RH, Ra, dlz, Rdz, ops, bias=bias, need_dlu=need_dlu, need_Rdlu=need_Rdlu
+    )
+    dlu = Rdlu = None
+    if need_dlu and dl is not None:
+        dlu = xp.concat([dl[..., :w] + (1.0 - Z) * dP, dl[..., w : 2 * w] + Z * dP, r.dl_u], axis=-1)
+    if need_Rdlu:
+        RU = RdU + (1.0 - Z)[:, None, :] * RdP
+        RV = RdV + Z[:, None, :] * RdP
+        if dl is not None:  # the gate's own curvature: RZ ⊙ dP, RZ = σ' ⊙ Ra
+            own = (s1[:, None, :] * Ra) * dP[:, None, :]
+            RU, RV = RU - own, RV + own
+        Rdlu = xp.concat([RU, RV, r.Rdl_u], axis=-1)
+    return dlu, Rdlu, r.RgM, r.Rgb
+
+
+# The read-out f = H K + b is bilinear in (H, K):
+#     Rf = RH K + H ΔK + Δb;   R ∂C/∂H = Rdl Kᵀ + [dl ΔKᵀ],
+#     R ∂C/∂K = Σ_n H_n ⊗ Rdl_n + [RH_n ⊗ dl_n],   R ∂C/∂b = Σ_n Rdl_n,
+# and ∂C/∂S = [0, 0, dl Kᵀ] (the U and V blocks do not reach the output).
+
+
+def readout_param_rop_forward(K, H, RS, VK, Vb, ops):
+    """``Rf : (n, k, m)`` of the read-out for ``RS : (n, k, 3w)`` or ``None``, ``VK : (k, w, m)``."""
+    w = K.shape[0]
+    Rf = lin_dirs(H, VK, ops)
+    if Vb is not None:
+        Rf = Rf + Vb[None, :, :]
+    if RS is not None:
+        Rf = Rf + ops.mm(RS[..., 2 * w :], K)
+    return Rf
+
+
+def readout_param_rop_backward(K, VK, H, RS, dl, Rdl, ops, *, bias, need_dlu, need_Rdlu):
+    """Backward R-pass of the read-out: ``(∂C/∂S, R ∂C/∂S, R∂C/∂K, R∂C/∂b)`` (see above)."""
+    xp = ops.xp
+    w = K.shape[0]
+    Kt = xp.matrix_transpose(K)
+
+    def pad(a):  # [0, 0, a]: the U and V blocks get no adjoint
+        zero = xp.zeros((*a.shape[:-1], 2 * w), dtype=a.dtype, device=_device(a))
+        return xp.concat([zero, a], axis=-1)
+
+    RgK = outer_sum(H, Rdl, ops)
+    dlu = Rdlu = None
+    if need_Rdlu:
+        RdH = ops.mm(Rdl, Kt)
+        if dl is not None:
+            RdH = RdH + lin_dirs_t(dl, VK, ops)
+        Rdlu = pad(RdH)
+    if dl is not None:
+        if need_dlu:
+            dlu = pad(ops.mm(dl, Kt))
+        if RS is not None:
+            RgK = RgK + outer_sum_r(RS[..., 2 * w :], dl, ops)
+    Rgb = xp.sum(Rdl, axis=0) if bias else None
+    return dlu, Rdlu, RgK, Rgb
