@@ -14,6 +14,11 @@ parameter passes of :mod:`hessquik_core.curvature` treat them as any other
 chain. The step's derivatives (input and parameter) are the rules of
 :mod:`hessquik_core.rules.gated`. The gated residual block lives in
 :mod:`hessquik_core.layers.gated_residual`.
+
+(About 420 lines: the block, its two private leaf classes — the step and the
+read-out, each a full layer of the contract — and the torch twin. Every
+recurrence is in :mod:`hessquik_core.rules.gated`; what is left here is the
+contract's glue, which splitting further would only scatter.)
 """
 
 from __future__ import annotations
@@ -27,19 +32,9 @@ from ..activations import Activation, get_activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import gated as G
 from ..rules.directions import weight_gradient
+from ..rules.gated import GateCache
 from .base import Layer, check_int, register_layer, rng_of
 from .dense import SingleLayer
-
-
-class GateCache(NamedTuple):
-    """What a gated step keeps from its evaluation (all ``(n, w)``)."""
-
-    U: Any
-    V: Any
-    H: Any
-    Z: Any
-    dsigma: Any  # σ' at the pre-gate HW + b
-    d2sigma: Any  # σ'' there
 
 
 class _GatedStep(Layer):
@@ -81,84 +76,10 @@ class _GatedStep(Layer):
         return xp.concat([U, V, out], axis=-1), GateCache(U, V, H, Z, s1, s2)
 
     def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
-        xp = ops.xp
-        W, c = params["W"], cache
-        n = c.U.shape[0]
-        Gin = tangents.jacobian
-        if Gin.shape[0] != n:
-            Gin = xp.broadcast_to(Gin, (n, *Gin.shape[1:]))
-        Gout, _ = G.gated_step_state_forward_tangents(Gin, None, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp)
-        Hout = Dout = Lout = None
-        GU, GV, GH = self._split(Gin)
-        if request.hessian:
-            Hs = tangents.hessian
-            if request.packing is None:
-                if Hs is None:
-                    k = Gin.shape[1]
-                    Hs = xp.zeros((n, k, k, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-                _, Hout = G.gated_step_state_forward_tangents(
-                    Gin, Hs, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-                )
-            else:
-                Hout = self._packed_hessian(GU, GV, GH, Hs, c, W, request.packing, xp)
-        if request.diagonal:
-            Dg = tangents.diagonal
-            if Dg is None:
-                Dg = xp.zeros_like(Gin)
-            DU, DV, DH = self._split(Dg)
-            _, Dp = G.gated_step_forward_diagonal(
-                GU, GV, GH, DU, DV, DH, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-            )
-            Dout = xp.concat([DU, DV, Dp], axis=-1)
-        if request.laplacian:
-            L = tangents.laplacian
-            if L is None:
-                L = xp.zeros((n, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-            LU, LV, LH = self._split(L)
-            _, Lp = G.gated_step_forward_laplacian(
-                GU, GV, GH, LU, LV, LH, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-            )
-            Lout = xp.concat([LU, LV, Lp], axis=-1)
-        return Tangents(Gout, Hout, Dout, Lout)
-
-    def _packed_hessian(self, GU, GV, GH, Hs, c, W, packing, xp):
-        r"""The second tangents of :mod:`hessquik_core.rules.gated` on the packed
-        triangle: entry ``t`` is the pair ``(rows[t], cols[t])``, so every
-        :math:`X_i \odot Y_j` becomes ``take(X, rows) * take(Y, cols)``."""
-        rows, cols = packing.rows, packing.cols
-        T = GH @ W  # tangents of the pre-gate
-        GZ = c.dsigma[:, None, :] * T
-        GD = GV - GU
-        D = c.V - c.U
-        HZ = c.d2sigma[:, None, :] * (xp.take(T, rows, axis=1) * xp.take(T, cols, axis=1))
-        cross = xp.take(GZ, rows, axis=1) * xp.take(GD, cols, axis=1)
-        cross = cross + xp.take(GD, rows, axis=1) * xp.take(GZ, cols, axis=1)
-        if Hs is None:  # the state's own second tangents are zero
-            Hp = HZ * D[:, None, :] + cross
-            zero = xp.zeros_like(Hp)
-            return xp.concat([zero, zero, Hp], axis=-1)
-        HU, HV, HH = self._split(Hs)
-        HZ = HZ + c.dsigma[:, None, :] * (HH @ W)
-        Hp = HU + HZ * D[:, None, :] + cross + c.Z[:, None, :] * (HV - HU)
-        return xp.concat([HU, HV, Hp], axis=-1)
+        return G.gated_state_forward_step(cache, params["W"], tangents, request, ops)
 
     def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
-        xp = ops.xp
-        c = cache
-        A = xp.permute_dims(adjoints.gradient, (0, 2, 1))  # (n|1, 3w, k): the rule's layout
-        B = None
-        if second:
-            Dl = adjoints.hessian
-            if Dl is None:
-                n, k, s = c.U.shape[0], A.shape[-1], A.shape[1]
-                B = xp.zeros((n, s, s, k), dtype=A.dtype, device=_device(A))
-            else:
-                B = xp.permute_dims(Dl, (0, 2, 3, 1))
-        A_in, B_in = G.gated_step_backward(A, B, c.U, c.V, params["W"], c.Z, c.dsigma, c.d2sigma, xp=xp)
-        grad = xp.permute_dims(A_in, (0, 2, 1))
-        if not second:
-            return Adjoints(grad)
-        return Adjoints(grad, xp.permute_dims(B_in, (0, 3, 1, 2)))
+        return G.gated_state_backward_step(cache, params["W"], adjoints, second, ops)
 
     # -- derivatives with respect to W, b (hessquik_core.curvature) -------------------
     # the recurrences are written out in hessquik_core.rules.gated (and docs/derivations.md)
@@ -167,9 +88,8 @@ class _GatedStep(Layer):
         :math:`\partial C/\partial W = \sum_n H_n\otimes\delta_n`,
         :math:`\partial C/\partial b = \sum_n \delta_n` and
         :math:`\partial C/\partial S = [dl_U + (1 - Z)\odot dl_H,\ dl_V + Z\odot dl_H,\ \delta W^\top]`."""
-        c = cache
-        delta, dlu = G.gated_step_param_vjp(dl, c.Z, c.dsigma, c.V - c.U, params["W"])
-        g = {"W": weight_gradient(c.H, delta, per_example, ops)}
+        delta, dlu = G.gated_step_param_vjp(cache, params["W"], dl)
+        g = {"W": weight_gradient(cache.H, delta, per_example, ops)}
         if params["b"] is not None:
             g["b"] = delta if per_example else ops.xp.sum(delta, axis=0)
         return dlu, g
@@ -178,10 +98,7 @@ class _GatedStep(Layer):
         r"""Forward R-pass: :math:`Ra = R_H W + H V_W + V_b`,
         :math:`R[U, V, H^+] = [R_U,\ R_V,\ R_U + (\sigma'\odot Ra)\odot D + Z\odot(R_V - R_U)]`.
         Returns ``(R[U, V, H⁺] : (n, k, 3w), Ra)``."""
-        c = cache
-        return G.gated_step_param_rop_forward(
-            c.Z, c.dsigma, c.V - c.U, params["W"], c.H, Ru, V["W"], V.get("b"), ops
-        )
+        return G.gated_step_param_rop_forward(cache, params["W"], Ru, V["W"], V.get("b"), ops)
 
     def param_rop_backward(
         self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
@@ -192,21 +109,17 @@ class _GatedStep(Layer):
         R dl_V + Z\odot R dl_H + [RZ\odot dl_H],\ R\delta\,W^\top + [\delta V_W^\top]]`,
         :math:`R\,\partial C/\partial W = \sum_n H_n\otimes R\delta_n + [R_{H,n}\otimes\delta_n]`,
         :math:`R\,\partial C/\partial b = \sum_n R\delta_n`; ``dl=None`` drops the bracketed terms."""
-        c = cache
+        bias = params["b"] is not None
         dlu, Rdlu, RgW, Rgb = G.gated_step_param_rop_backward(
-            c.Z,
-            c.dsigma,
-            c.d2sigma,
-            c.V - c.U,
+            cache,
             params["W"],
             V["W"],
-            c.H,
             Ru,
             rcache,
             dl,
             Rdl,
             ops,
-            bias=params["b"] is not None,
+            bias=bias,
             need_dlu=need_dlu,
             need_Rdlu=need_Rdlu,
         )
@@ -250,48 +163,10 @@ class _Readout(Layer):
         return f, _ReadoutCache(u.shape[0], H)
 
     def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
-        # linear in the H block: every tangent object is its H block times K
-        K, s = params["K"], slice(2 * self.width, None)
-
-        def lin(a):
-            return None if a is None else ops.mm(a[..., s], K)
-
-        Gf = lin(tangents.jacobian)
-        Hf = lin(tangents.hessian) if request.hessian else None
-        Df = lin(tangents.diagonal) if request.diagonal else None
-        Lf = lin(tangents.laplacian) if request.laplacian else None
-        n, q = cache.n, self.out_features
-        xp = ops.xp
-        # a zero input object still gives a (zero) requested output
-        if request.hessian and Hf is None:
-            k = Gf.shape[1]
-            shape = (n, k * (k + 1) // 2, q) if request.packing is not None else (n, k, k, q)
-            Hf = xp.zeros(shape, dtype=Gf.dtype, device=_device(Gf))
-        if request.diagonal and Df is None:
-            Df = xp.zeros((n, Gf.shape[1], q), dtype=Gf.dtype, device=_device(Gf))
-        if request.laplacian and Lf is None:
-            Lf = xp.zeros((n, q), dtype=Gf.dtype, device=_device(Gf))
-        return Tangents(Gf, Hf, Df, Lf)
+        return G.readout_forward_step(params["K"], cache.n, tangents, request, ops)
 
     def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
-        xp = ops.xp
-        w = self.width
-        Kt = xp.matrix_transpose(params["K"])
-        dl = adjoints.gradient
-        dH = ops.mm(dl, Kt)  # (n|1, k, w)
-        dev = _device(dH)
-        grad = xp.concat([xp.zeros((*dH.shape[:-1], 2 * w), dtype=dH.dtype, device=dev), dH], axis=-1)
-        if not second:
-            return Adjoints(grad)
-        n, k = cache.n, dl.shape[1]
-        Dl = adjoints.hessian
-        if Dl is None:  # linear: no curvature of its own
-            return Adjoints(grad, xp.zeros((n, k, 3 * w, 3 * w), dtype=dH.dtype, device=dev))
-        X = ops.mm(Dl, Kt)  # (n, k, m, w) = Dl Kᵀ
-        Y = ops.mm(xp.permute_dims(X, (0, 1, 3, 2)), Kt)  # K Dl Kᵀ, (n, k, w, w)
-        top = xp.zeros((n, k, 2 * w, 3 * w), dtype=Y.dtype, device=dev)
-        bottom = xp.concat([xp.zeros((n, k, w, 2 * w), dtype=Y.dtype, device=dev), Y], axis=-1)
-        return Adjoints(grad, xp.concat([top, bottom], axis=-2))
+        return G.readout_backward_step(params["K"], cache.n, adjoints, second, ops)
 
     def param_vjp(self, cache, params, u, dl, per_example, ops):
         r""":math:`\partial C/\partial K = \sum_n H_n\otimes dl_n`, :math:`\partial C/\partial b = \sum_n dl_n`,
@@ -314,17 +189,9 @@ class _Readout(Layer):
         r""":math:`R\,\partial C/\partial S = [0, 0, R dl\,K^\top + [dl\,V_K^\top]]`,
         :math:`R\,\partial C/\partial K = \sum_n H_n\otimes R dl_n + [R_{H,n}\otimes dl_n]`,
         :math:`R\,\partial C/\partial b = \sum_n R dl_n` (brackets: dropped for ``dl=None``)."""
+        K, bias = params["K"], params["b"] is not None
         dlu, Rdlu, RgK, Rgb = G.readout_param_rop_backward(
-            params["K"],
-            V["K"],
-            cache.H,
-            Ru,
-            dl,
-            Rdl,
-            ops,
-            bias=params["b"] is not None,
-            need_dlu=need_dlu,
-            need_Rdlu=need_Rdlu,
+            K, V["K"], cache.H, Ru, dl, Rdl, ops, bias=bias, need_dlu=need_dlu, need_Rdlu=need_Rdlu
         )
         g = {"K": RgK}
         if Rgb is not None:
