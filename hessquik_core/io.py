@@ -220,6 +220,8 @@ def _encode(mod, tables, depth=0) -> dict:
                     f"({', '.join(sorted(acts))})"
                 )
             node["act"] = {"name": act.name, "config": act.config()}
+        for name in type(mod).nested:  # a block holding a network (GatedResidual's g)
+            node[name] = _encode(getattr(mod, name), tables, depth + 1)
         return node
     hint = " (a hessquik_core.compat module: save mod.to_core())" if hasattr(mod, "to_core") else ""
     raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}{hint}")
@@ -330,7 +332,7 @@ def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):
     if isinstance(node, dict) and "layer" in node:
         cls = layers[_class_name(where, node, "layer", layers, "layer class")]
         has_act = "act" in node
-        _keys(where, node, {"layer", "config"}, {"act"})
+        _keys(where, node, {"layer", "config", *cls.nested}, {"act"})
         shapes, needs_act = _layer_spec(cls, where, node["config"])
         if needs_act != has_act:
             _fail(where, f"layer {node['layer']!r} {'needs' if needs_act else 'takes no'} 'act'")
@@ -338,6 +340,8 @@ def _plan(node, tables, where="architecture", prefix="", depth=0, out=None):
             _act_from(node["act"], acts, where + ".act")
         for k, s in shapes.items():
             out[prefix + k] = s
+        for name in cls.nested:  # nested networks: their tensors are "<name>.<key>"
+            _plan(node[name], tables, f"{where}.{name}", f"{prefix}{name}.", depth + 1, out)
         return out
     _fail(where, "expected an object with a 'network' or a 'layer' entry")
 
@@ -378,6 +382,8 @@ def _build(node, tables, where="architecture"):
     kwargs = dict(node["config"])
     if "act" in node:
         kwargs["act"] = _act_from(node["act"], acts, where + ".act")
+    for name in cls.nested:
+        kwargs[name] = _build(node[name], tables, f"{where}.{name}")
     try:
         # throw-away initialisation, no larger than the tensors already in the file
         return cls(**kwargs, dtype=np.float64, seed=0)

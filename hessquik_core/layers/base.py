@@ -79,6 +79,9 @@ class Layer(Module):
     config_schema: ClassVar[dict[str, str]] = {}
     #: whether the file format stores an activation for this layer
     has_activation: ClassVar[bool] = False
+    #: constructor arguments holding a network (a layer or ``NN``) that the file
+    #: format stores as a nested node, its tensors under ``"<name>.<key>"``
+    nested: ClassVar[tuple[str, ...]] = ()
 
     def _leaves(self):
         yield self

@@ -1,4 +1,4 @@
-r"""The gated ("modified") MLP block and the gated residual block.
+r"""The gated ("modified") MLP block.
 
 ``GatedMLP`` is the modified MLP of Wang, Teng & Perdikaris: encoders
 :math:`U = \sigma(xW_u + b_u)`, :math:`V = \sigma(xW_v + b_v)`, a first
@@ -9,17 +9,16 @@ and a linear read-out. To the engine it is a chain on the state
 makes :math:`S`, each gated step maps :math:`S \to [U, V, H^{+}]` and the
 read-out is linear in the :math:`H` block. The block therefore yields these
 three kinds of leaves (:meth:`GatedMLP._leaves`), and forward mode, backward
-mode, the Laplacian and diagonal shortcuts, chunking and the cost model treat
-them as any other chain. The step's derivatives are the rules of
-:mod:`hessquik_core.rules.gated`.
+mode, the Laplacian and diagonal shortcuts, chunking, the cost model and the
+parameter passes of :mod:`hessquik_core.curvature` treat them as any other
+chain. The step's derivatives (input and parameter) are the rules of
+:mod:`hessquik_core.rules.gated`. The gated residual block lives in
+:mod:`hessquik_core.layers.gated_residual`.
 
-``GatedResidual(block)`` is :math:`x \mapsto \alpha\,g(x) + (1 - \alpha)\,x`
-with a trainable scalar :math:`\alpha` (initialised at 0: the block starts as
-the identity, so a network can start shallow and grow deeper). Its local
-Jacobian and Hessian are those of ``g`` (pushed forward through ``g``'s
-leaves with the identity seed), combined as
-:math:`J = \alpha J_g + (1 - \alpha) I`, :math:`T = \alpha T_g`, and the
-engine applies the generic rule (:mod:`hessquik_core.rules.jacobian`).
+(About 420 lines: the block, its two private leaf classes — the step and the
+read-out, each a full layer of the contract — and the torch twin. Every
+recurrence is in :mod:`hessquik_core.rules.gated`; what is left here is the
+contract's glue, which splitting further would only scatter.)
 """
 
 from __future__ import annotations
@@ -33,25 +32,9 @@ from ..activations import Activation, get_activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import gated as G
 from ..rules.directions import weight_gradient
-from ..rules.jacobian import LocalDerivatives
+from ..rules.gated import GateCache
 from .base import Layer, check_int, register_layer, rng_of
 from .dense import SingleLayer
-
-_CURVATURE_TODO = (
-    "{}: curvature products with respect to the parameters (hvp, ggn_vp, fisher_vp) are not "
-    "supported yet for gated blocks; gradients and per-example gradients are"
-)
-
-
-class GateCache(NamedTuple):
-    """What a gated step keeps from its evaluation (all ``(n, w)``)."""
-
-    U: Any
-    V: Any
-    H: Any
-    Z: Any
-    dsigma: Any  # σ' at the pre-gate HW + b
-    d2sigma: Any  # σ'' there
 
 
 class _GatedStep(Layer):
@@ -93,108 +76,57 @@ class _GatedStep(Layer):
         return xp.concat([U, V, out], axis=-1), GateCache(U, V, H, Z, s1, s2)
 
     def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
-        xp = ops.xp
-        W, c = params["W"], cache
-        n = c.U.shape[0]
-        Gin = tangents.jacobian
-        if Gin.shape[0] != n:
-            Gin = xp.broadcast_to(Gin, (n, *Gin.shape[1:]))
-        Gout, _ = G.gated_step_state_forward_tangents(Gin, None, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp)
-        Hout = Dout = Lout = None
-        GU, GV, GH = self._split(Gin)
-        if request.hessian:
-            Hs = tangents.hessian
-            if request.packing is None:
-                if Hs is None:
-                    k = Gin.shape[1]
-                    Hs = xp.zeros((n, k, k, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-                _, Hout = G.gated_step_state_forward_tangents(
-                    Gin, Hs, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-                )
-            else:
-                Hout = self._packed_hessian(GU, GV, GH, Hs, c, W, request.packing, xp)
-        if request.diagonal:
-            Dg = tangents.diagonal
-            if Dg is None:
-                Dg = xp.zeros_like(Gin)
-            DU, DV, DH = self._split(Dg)
-            _, Dp = G.gated_step_forward_diagonal(
-                GU, GV, GH, DU, DV, DH, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-            )
-            Dout = xp.concat([DU, DV, Dp], axis=-1)
-        if request.laplacian:
-            L = tangents.laplacian
-            if L is None:
-                L = xp.zeros((n, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-            LU, LV, LH = self._split(L)
-            _, Lp = G.gated_step_forward_laplacian(
-                GU, GV, GH, LU, LV, LH, c.U, c.V, W, c.Z, c.dsigma, c.d2sigma, xp=xp
-            )
-            Lout = xp.concat([LU, LV, Lp], axis=-1)
-        return Tangents(Gout, Hout, Dout, Lout)
-
-    def _packed_hessian(self, GU, GV, GH, Hs, c, W, packing, xp):
-        r"""The second tangents of :mod:`hessquik_core.rules.gated` on the packed
-        triangle: entry ``t`` is the pair ``(rows[t], cols[t])``, so every
-        :math:`X_i \odot Y_j` becomes ``take(X, rows) * take(Y, cols)``."""
-        rows, cols = packing.rows, packing.cols
-        T = GH @ W  # tangents of the pre-gate
-        GZ = c.dsigma[:, None, :] * T
-        GD = GV - GU
-        D = c.V - c.U
-        HZ = c.d2sigma[:, None, :] * (xp.take(T, rows, axis=1) * xp.take(T, cols, axis=1))
-        cross = xp.take(GZ, rows, axis=1) * xp.take(GD, cols, axis=1)
-        cross = cross + xp.take(GD, rows, axis=1) * xp.take(GZ, cols, axis=1)
-        if Hs is None:  # the state's own second tangents are zero
-            Hp = HZ * D[:, None, :] + cross
-            zero = xp.zeros_like(Hp)
-            return xp.concat([zero, zero, Hp], axis=-1)
-        HU, HV, HH = self._split(Hs)
-        HZ = HZ + c.dsigma[:, None, :] * (HH @ W)
-        Hp = HU + HZ * D[:, None, :] + cross + c.Z[:, None, :] * (HV - HU)
-        return xp.concat([HU, HV, Hp], axis=-1)
+        return G.gated_state_forward_step(cache, params["W"], tangents, request, ops)
 
     def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
-        xp = ops.xp
-        c = cache
-        A = xp.permute_dims(adjoints.gradient, (0, 2, 1))  # (n|1, 3w, k): the rule's layout
-        B = None
-        if second:
-            Dl = adjoints.hessian
-            if Dl is None:
-                n, k, s = c.U.shape[0], A.shape[-1], A.shape[1]
-                B = xp.zeros((n, s, s, k), dtype=A.dtype, device=_device(A))
-            else:
-                B = xp.permute_dims(Dl, (0, 2, 3, 1))
-        A_in, B_in = G.gated_step_backward(A, B, c.U, c.V, params["W"], c.Z, c.dsigma, c.d2sigma, xp=xp)
-        grad = xp.permute_dims(A_in, (0, 2, 1))
-        if not second:
-            return Adjoints(grad)
-        return Adjoints(grad, xp.permute_dims(B_in, (0, 3, 1, 2)))
+        return G.gated_state_backward_step(cache, params["W"], adjoints, second, ops)
 
+    # -- derivatives with respect to W, b (hessquik_core.curvature) -------------------
+    # the recurrences are written out in hessquik_core.rules.gated (and docs/derivations.md)
     def param_vjp(self, cache, params, u, dl, per_example, ops):
         r"""With :math:`\delta = \sigma'\odot D\odot dl_H` (:math:`D = V - U`):
         :math:`\partial C/\partial W = \sum_n H_n\otimes\delta_n`,
         :math:`\partial C/\partial b = \sum_n \delta_n` and
         :math:`\partial C/\partial S = [dl_U + (1 - Z)\odot dl_H,\ dl_V + Z\odot dl_H,\ \delta W^\top]`."""
-        xp, c = ops.xp, cache
-        dU, dV, dH = self._split(dl)
-        delta = c.dsigma * (c.V - c.U) * dH
-        dlu = xp.concat(
-            [dU + (1.0 - c.Z) * dH, dV + c.Z * dH, delta @ xp.matrix_transpose(params["W"])], axis=-1
-        )
-        g = {"W": weight_gradient(c.H, delta, per_example, ops)}
+        delta, dlu = G.gated_step_param_vjp(cache, params["W"], dl)
+        g = {"W": weight_gradient(cache.H, delta, per_example, ops)}
         if params["b"] is not None:
-            g["b"] = delta if per_example else xp.sum(delta, axis=0)
+            g["b"] = delta if per_example else ops.xp.sum(delta, axis=0)
         return dlu, g
 
     def param_rop_forward(self, cache, params, u, Ru, V, ops):
-        raise NotImplementedError(_CURVATURE_TODO.format("GatedMLP"))
+        r"""Forward R-pass: :math:`Ra = R_H W + H V_W + V_b`,
+        :math:`R[U, V, H^+] = [R_U,\ R_V,\ R_U + (\sigma'\odot Ra)\odot D + Z\odot(R_V - R_U)]`.
+        Returns ``(R[U, V, H⁺] : (n, k, 3w), Ra)``."""
+        return G.gated_step_param_rop_forward(cache, params["W"], Ru, V["W"], V.get("b"), ops)
 
     def param_rop_backward(
         self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
     ):
-        raise NotImplementedError(_CURVATURE_TODO.format("GatedMLP"))  # pragma: no cover
+        r"""Backward R-pass (Pearlmutter) of :meth:`param_vjp`, with :math:`dl_Z = D\odot dl_H`:
+        :math:`R\delta = \sigma'\odot(D\odot R dl_H + [R_D\odot dl_H]) + [\sigma''\odot Ra\odot dl_Z]`,
+        :math:`R\,\partial C/\partial S = [R dl_U + (1 - Z)\odot R dl_H - [RZ\odot dl_H],\
+        R dl_V + Z\odot R dl_H + [RZ\odot dl_H],\ R\delta\,W^\top + [\delta V_W^\top]]`,
+        :math:`R\,\partial C/\partial W = \sum_n H_n\otimes R\delta_n + [R_{H,n}\otimes\delta_n]`,
+        :math:`R\,\partial C/\partial b = \sum_n R\delta_n`; ``dl=None`` drops the bracketed terms."""
+        bias = params["b"] is not None
+        dlu, Rdlu, RgW, Rgb = G.gated_step_param_rop_backward(
+            cache,
+            params["W"],
+            V["W"],
+            Ru,
+            rcache,
+            dl,
+            Rdl,
+            ops,
+            bias=bias,
+            need_dlu=need_dlu,
+            need_Rdlu=need_Rdlu,
+        )
+        g = {"W": RgW}
+        if Rgb is not None:
+            g["b"] = Rgb
+        return dlu, Rdlu, g
 
 
 class _ReadoutCache(NamedTuple):
@@ -231,48 +163,10 @@ class _Readout(Layer):
         return f, _ReadoutCache(u.shape[0], H)
 
     def forward_step(self, cache, params, tangents: Tangents, request: Request, ops) -> Tangents:
-        # linear in the H block: every tangent object is its H block times K
-        K, s = params["K"], slice(2 * self.width, None)
-
-        def lin(a):
-            return None if a is None else ops.mm(a[..., s], K)
-
-        Gf = lin(tangents.jacobian)
-        Hf = lin(tangents.hessian) if request.hessian else None
-        Df = lin(tangents.diagonal) if request.diagonal else None
-        Lf = lin(tangents.laplacian) if request.laplacian else None
-        n, q = cache.n, self.out_features
-        xp = ops.xp
-        # a zero input object still gives a (zero) requested output
-        if request.hessian and Hf is None:
-            k = Gf.shape[1]
-            shape = (n, k * (k + 1) // 2, q) if request.packing is not None else (n, k, k, q)
-            Hf = xp.zeros(shape, dtype=Gf.dtype, device=_device(Gf))
-        if request.diagonal and Df is None:
-            Df = xp.zeros((n, Gf.shape[1], q), dtype=Gf.dtype, device=_device(Gf))
-        if request.laplacian and Lf is None:
-            Lf = xp.zeros((n, q), dtype=Gf.dtype, device=_device(Gf))
-        return Tangents(Gf, Hf, Df, Lf)
+        return G.readout_forward_step(params["K"], cache.n, tangents, request, ops)
 
     def backward_step(self, cache, params, adjoints: Adjoints, second: bool, ops) -> Adjoints:
-        xp = ops.xp
-        w = self.width
-        Kt = xp.matrix_transpose(params["K"])
-        dl = adjoints.gradient
-        dH = ops.mm(dl, Kt)  # (n|1, k, w)
-        dev = _device(dH)
-        grad = xp.concat([xp.zeros((*dH.shape[:-1], 2 * w), dtype=dH.dtype, device=dev), dH], axis=-1)
-        if not second:
-            return Adjoints(grad)
-        n, k = cache.n, dl.shape[1]
-        Dl = adjoints.hessian
-        if Dl is None:  # linear: no curvature of its own
-            return Adjoints(grad, xp.zeros((n, k, 3 * w, 3 * w), dtype=dH.dtype, device=dev))
-        X = ops.mm(Dl, Kt)  # (n, k, m, w) = Dl Kᵀ
-        Y = ops.mm(xp.permute_dims(X, (0, 1, 3, 2)), Kt)  # K Dl Kᵀ, (n, k, w, w)
-        top = xp.zeros((n, k, 2 * w, 3 * w), dtype=Y.dtype, device=dev)
-        bottom = xp.concat([xp.zeros((n, k, w, 2 * w), dtype=Y.dtype, device=dev), Y], axis=-1)
-        return Adjoints(grad, xp.concat([top, bottom], axis=-2))
+        return G.readout_backward_step(params["K"], cache.n, adjoints, second, ops)
 
     def param_vjp(self, cache, params, u, dl, per_example, ops):
         r""":math:`\partial C/\partial K = \sum_n H_n\otimes dl_n`, :math:`\partial C/\partial b = \sum_n dl_n`,
@@ -286,12 +180,23 @@ class _Readout(Layer):
         return xp.concat([zero, dH], axis=-1), g
 
     def param_rop_forward(self, cache, params, u, Ru, V, ops):
-        raise NotImplementedError(_CURVATURE_TODO.format("GatedMLP"))
+        r""":math:`Rf = R_H K + H V_K + V_b` (``rcache`` is ``None``)."""
+        return G.readout_param_rop_forward(params["K"], cache.H, Ru, V["K"], V.get("b"), ops), None
 
     def param_rop_backward(
         self, cache, rcache, params, u, Ru, V, dl, Rdl, ops, need_dlu=True, need_Rdlu=True
     ):
-        raise NotImplementedError(_CURVATURE_TODO.format("GatedMLP"))  # pragma: no cover
+        r""":math:`R\,\partial C/\partial S = [0, 0, R dl\,K^\top + [dl\,V_K^\top]]`,
+        :math:`R\,\partial C/\partial K = \sum_n H_n\otimes R dl_n + [R_{H,n}\otimes dl_n]`,
+        :math:`R\,\partial C/\partial b = \sum_n R dl_n` (brackets: dropped for ``dl=None``)."""
+        K, bias = params["K"], params["b"] is not None
+        dlu, Rdlu, RgK, Rgb = G.readout_param_rop_backward(
+            K, V["K"], cache.H, Ru, dl, Rdl, ops, bias=bias, need_dlu=need_dlu, need_Rdlu=need_Rdlu
+        )
+        g = {"K": RgK}
+        if Rgb is not None:
+            g["b"] = Rgb
+        return dlu, Rdlu, g
 
 
 @register_layer
@@ -329,9 +234,10 @@ class GatedMLP(Layer):
     ``(w, m)``, ``out.b`` ``(m,)``. The block runs as the chain
     ``S``, ``g0``, ..., ``out`` on the state :math:`[U, V, H]`; see
     :mod:`hessquik_core.rules.gated` for the step's derivatives in both
-    modes. :mod:`hessquik_core.curvature` supports gradients and per-example
-    gradients; its curvature-matrix products (HVP, GGN, Fisher) raise
-    ``NotImplementedError`` for now.
+    modes. :mod:`hessquik_core.curvature` gives gradients, per-example
+    gradients and the Hessian, Gauss–Newton and empirical-Fisher products
+    with respect to every parameter (the R-passes of
+    :mod:`hessquik_core.rules.gated`).
     """
 
     config_schema = {
@@ -474,143 +380,15 @@ class GatedMLP(Layer):
         return layer, state
 
 
-@register_layer
-class GatedResidual(Layer):
-    r"""Gated residual block :math:`x \mapsto \alpha\,g(x) + (1 - \alpha)\,x`.
-
-    Parameters
-    ----------
-    block : Layer or NN
-        :math:`g`, with ``in_features == out_features``.
-    alpha : float, default 0.0
-        Initial value of the trainable scalar :math:`\alpha` (parameter
-        ``alpha`` of shape ``(1,)``). At 0 the block is the identity: a
-        network of such blocks starts shallow and grows deeper as training
-        moves :math:`\alpha`.
-
-    Notes
-    -----
-    :math:`J = \alpha J_g + (1 - \alpha) I` and
-    :math:`\nabla^2 f = \alpha \nabla^2 g`; the block evaluates ``g``'s
-    per-example Jacobian and Hessian (forward mode through ``g``'s leaves,
-    :math:`O(p^3)` per example) and the engine applies the generic rule.
-    It has a torch twin (``GatedResidualBlock``, made by ``to_torch``)
-    but, holding an arbitrary block, no file format yet: ``hq.save`` refuses
-    it, and :mod:`hessquik_core.curvature` does not support it yet.
-    """
-
-    config_schema = {}
-    torch_twin = "GatedResidualBlock"
-
-    def __init__(self, block=None, alpha: float = 0.0, *, dtype=np.float64) -> None:
-        super().__init__()
-        from ..networks import NN
-
-        if not isinstance(block, (Layer, NN)):
-            raise TypeError(
-                f"GatedResidual needs a hessquik-core layer or NN as block, got {type(block).__name__}"
-            )
-        if block.in_features != block.out_features:
-            raise ValueError(
-                f"GatedResidual's block must map R^p to R^p, got in_features={block.in_features}, "
-                f"out_features={block.out_features}"
-            )
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
-            raise ValueError(f"alpha must be a finite real number, got {alpha!r}")
-        self._register("alpha", np.array([alpha], dtype=dtype), (1,))
-        self._children["block"] = block
-
-    @property
-    def in_features(self) -> int:
-        return self.block.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.block.out_features
-
-    @property
-    def cost_shapes(self):
-        p = self.in_features
-        inner = tuple(s for leaf in self.block._leaves() for s in leaf.cost_shapes)
-        # the local Jacobian/Hessian cost the inner chain with p tangents, then the generic rule
-        return (*inner, (p, p))
-
-    def config(self) -> dict:
-        raise TypeError(
-            "GatedResidual holds an arbitrary block and has no file format yet: hq.save cannot write it"
-        )
-
-    @classmethod
-    def parameter_shapes(cls, config: dict) -> dict:  # pragma: no cover - never saved
-        raise TypeError("GatedResidual has no file format yet")
-
-    def __repr__(self) -> str:
-        return f"GatedResidual({self.block!r})"
-
-    def _eval_params(self, key, be, xp, dtype, device) -> dict:
-        out = dict(self._converted(key, be, xp, dtype, device))
-        for i, leaf in enumerate(self.block._leaves()):
-            for name, value in leaf._eval_params(key, be, xp, dtype, device).items():
-                out[f"{i}/{name}"] = value
-        return out
-
-    def evaluate(self, u, params, order, ops):
-        xp = ops.xp
-        leaves = list(self.block._leaves())
-        per = [
-            {k.split("/", 1)[1]: v for k, v in params.items() if k.startswith(f"{i}/")}
-            for i in range(len(leaves))
-        ]
-        a = params["alpha"]
-        y, caches = u, []
-        for leaf, p in zip(leaves, per):
-            y, c = leaf.evaluate(y, p, order, ops)
-            caches.append(c)
-        f = a * y + (1.0 - a) * u
-        if order == 0:
-            return f, None
-        n, dim = u.shape
-        eye = xp.eye(dim, dtype=u.dtype, device=_device(u))
-        t = Tangents(xp.reshape(eye, (1, dim, dim)))
-        req = Request(hessian=order >= 2)
-        for leaf, p, c in zip(leaves, per, caches):
-            t = leaf.forward_step(c, p, t, req, ops)
-        Jg = t.jacobian
-        if Jg.shape[0] != n:
-            Jg = xp.broadcast_to(Jg, (n, dim, dim))
-        J = a * Jg + (1.0 - a) * eye
-        T = None
-        if order >= 2:
-            T = a * t.hessian if t.hessian is not None else xp.zeros((n, dim, dim, dim), dtype=u.dtype)
-        return f, LocalDerivatives(J, T)
-
-    def to_torch(self, kit) -> list:
-        from ..interop import to_torch
-
-        inner = to_torch(self.block, dtype=kit.dtype, device=kit.device)
-        blk = _twin_classes()["GatedResidualBlock"](inner, dtype=kit.dtype_of(self), device=kit.device)
-        kit.assign(blk.alpha, kit.tensor(self.alpha))
-        return [blk]
-
-    @classmethod
-    def from_torch(cls, module, kit):
-        from ..interop import from_torch
-
-        inner = from_torch(module.block, dtype=kit.dtype)
-        state = {f"block.{k}": np.array(v) for k, v in inner.state_dict().items()}
-        return cls(inner), {"alpha": kit.numpy(module.alpha), **state}
-
-
 _twins: dict[str, type] = {}
 
 
 def _twin_classes() -> dict[str, type]:
-    """The torch twins, made on first use (hessquik-core never imports torch
+    """The torch twin of :class:`GatedMLP`, made on first use (hessquik-core never imports torch
     eagerly) and entered into :mod:`hessquik_core.interop`'s table so that
-    ``from_torch`` recognises them."""
+    ``from_torch`` recognises it."""
     if _twins:
         return _twins
-    import torch
     from torch import nn
 
     from .. import interop
@@ -635,20 +413,8 @@ def _twin_classes() -> dict[str, type]:
                 H = (1 - Z) * U + Z * V
             return self.readout(H)
 
-    class GatedResidualBlock(nn.Module):
-        r"""The torch twin of :class:`GatedResidual`: ``alpha * block(x) + (1 - alpha) * x``."""
-
-        def __init__(self, block, dtype=None, device=None):
-            super().__init__()
-            self.block = block
-            self.alpha = nn.Parameter(torch.zeros(1, dtype=dtype, device=device))
-
-        def forward(self, x):
-            """:math:`\\alpha g(x) + (1 - \\alpha) x`."""
-            return self.alpha * self.block(x) + (1 - self.alpha) * x
-
     table = interop._make_torch_classes()
-    for cls in (GatedMLPBlock, GatedResidualBlock):
+    for cls in (GatedMLPBlock,):
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__
         _twins[cls.__name__] = cls
@@ -657,9 +423,9 @@ def _twin_classes() -> dict[str, type]:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("GatedMLPBlock", "GatedResidualBlock"):
+    if name == "GatedMLPBlock":
         return _twin_classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["GatedMLP", "GatedResidual"]
+__all__ = ["GatedMLP"]
