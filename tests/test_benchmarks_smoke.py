@@ -98,6 +98,72 @@ def test_w6_agreement_check_catches_a_wrong_gradient():
     assert ts.compare((1.1, ref[1]), ref)[1] == "loss"
 
 
+def _pinn_arch_rows(tmp_path, peers, *extra):
+    pa = pytest.importorskip("benchmarks.pinn_arch")
+    argv = ["--smoke", "--out", str(tmp_path), "--peers", peers, "--repeat", "2", *extra]
+    assert pa.main(argv, configure_threads=False) == 0
+    data = json.loads((tmp_path / "pinn_arch.json").read_text())
+    for r in data["rows"]:
+        assert r["status"] in ("ok", "not-run"), r
+        if r["status"] == "ok":
+            assert r["rel_err"] <= 1e-8 and r["min_s"] > 0 and r["rounds"] >= 2, r
+    return data
+
+
+def test_pinn_arch_smoke(tmp_path):
+    """Fourier features + gated MLP: this library's Laplacian and training step agree with
+    torch.func's on the same weights before they are timed; the tables are written."""
+    data = _pinn_arch_rows(tmp_path, "ours-numpy,ours-torch,torch.func", "--no-plots")
+    ok = {(r["task"], r["peer"]) for r in data["rows"] if r["status"] == "ok"}
+    assert ok == {
+        ("laplacian", "ours-numpy"),
+        ("laplacian", "ours-torch"),
+        ("laplacian", "torch.func"),
+        ("step", "ours-torch"),
+        ("step", "torch.func"),
+    }
+    # the step differentiates every weight: B of the Fourier features included
+    step = next(r for r in data["rows"] if (r["task"], r["peer"]) == ("step", "torch.func"))
+    assert step["ratios"]["ours-torch"] > 0 and step["n_params"] > 0
+    md = (tmp_path / "pinn_arch.md").read_text()
+    assert "Ratio ours-numpy / peer" in md and "Ratio ours-torch / peer" in md and "load average" in md
+    assert (tmp_path / "pinn_arch.csv").read_text().startswith("task,d,n,dtype")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None or importlib.util.find_spec("folx") is None,
+    reason="needs jax and folx",
+)
+def test_pinn_arch_jax_peers_agree(tmp_path):
+    """The JAX version of the network (hessian trace, folx Laplacian, folx training step)
+    gives this library's results on the same weights; the plot is drawn."""
+    data = _pinn_arch_rows(tmp_path, "ours-numpy,ours-torch,jax,jax+folx", "--profile-s", "0.1")
+    ok = {(r["task"], r["peer"]) for r in data["rows"] if r["status"] == "ok"}
+    assert {("laplacian", "jax"), ("laplacian", "jax+folx"), ("step", "jax+folx")} <= ok
+    assert all(
+        r["compile_s"] > 0 for r in data["rows"] if r["peer"].startswith("jax") and r["status"] == "ok"
+    )
+    # where a peer was faster, this library's call was profiled
+    for pr in data["profiles"]:
+        assert pr["faster_peers"] and pr["top"] and 0 < pr["top"][0]["own_frac"] <= 1
+    if data["profiles"]:
+        assert "## Profiles where a peer is faster" in (tmp_path / "pinn_arch.md").read_text()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "pinn_arch.png").stat().st_size > 0
+
+
+def test_pinn_arch_agreement_check_catches_a_wrong_laplacian():
+    pa = pytest.importorskip("benchmarks.pinn_arch")
+    import numpy as np
+
+    ref = (np.ones((4, 1)), [np.full((4, 1), 2.0)])
+    assert pa.compare((np.ones((4, 1)), [np.full((4, 1), 2.0)]), ref)[0] == 0.0
+    err, where = pa.compare((np.ones((4, 1)), [np.full((4, 1), 2.1)]), ref)
+    assert err > pa.tolerance("float32") > pa.tolerance("float64") and where == "laplacian"
+    assert pa.compare((np.full((4, 1), 1.5), ref[1]), ref)[1] == "value"
+    assert pa.compare((1.0, [np.ones(3)]), (1.0, [np.ones(3), np.ones(2)]))[0] == float("inf")
+
+
 def test_highdim_smoke_records_results_and_failures(tmp_path):
     """The high-dimensional harness runs in process on tiny sizes, cross-checks the
     methods against each other, and records a failing call instead of crashing."""
