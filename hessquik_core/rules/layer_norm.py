@@ -34,6 +34,8 @@ from the arrays when omitted). Nothing here modifies its arguments.
 
 from __future__ import annotations
 
+import math
+
 from array_api_compat import array_namespace
 
 __all__ = [
@@ -407,22 +409,18 @@ def forward_step(xhat, inv_std, gamma, tangents, request, ops):
     return type(tangents)(_gamma_col(JG, gamma), Hf, Df, Lf)
 
 
-def _apply_rows(C, xhat, inv_std, xp):
-    r""":math:`J C` for ``C : (n, k, w, w)``: :math:`J` (symmetric) on the
-    second-to-last axis, :math:`r(C - \mathbf 1\bar C^\top - \tfrac1w\hat x(\hat x^\top C))`."""
-    w = xhat.shape[-1]
-    xr = xhat[:, None, None, :]  # (n, 1, 1, w)
-    xtC = xp.matmul(xr, C)  # (n, k, 1, w): x̂ᵀ C
-    r = inv_std[:, :, None, None]
-    return r * (C - xp.mean(C, axis=-2, keepdims=True) - xhat[:, None, :, None] * (xtC / w))
-
-
-def _apply_cols(C, xhat, inv_std, xp):
-    r""":math:`C J` for ``C : (n, k, w, w)``: :math:`J` on the last axis."""
-    w = xhat.shape[-1]
-    Cx = xp.matmul(C, xhat[:, None, :, None])  # (n, k, w, 1): C x̂
-    r = inv_std[:, :, None, None]
-    return r * (C - xp.mean(C, axis=-1, keepdims=True) - (Cx / w) * xhat[:, None, None, :])
+def _add_diagonal(out, delta, ops):
+    """``out + delta[..., None, None] * I`` for ``out : (n, k, w, w)`` (a fresh array);
+    written in place through a strided view where the library allows it."""
+    xp = ops.xp
+    n, k, w = out.shape[0], out.shape[1], out.shape[-1]
+    if ops.mutable and not getattr(out, "requires_grad", False):
+        flat = ops.view(out, (n, k, w * w))
+        if flat is not None:
+            flat[..., :: w + 1] += delta[..., None]
+            return out
+    eye = xp.eye(w, dtype=out.dtype, device=_device_of(out))
+    return out + delta[..., None, None] * eye
 
 
 def backward_step(xhat, inv_std, gamma, adjoints, second, ops):
@@ -435,31 +433,60 @@ def backward_step(xhat, inv_std, gamma, adjoints, second, ops):
     * :math:`Dl_z = J C J - \tfrac rw\bigl(\hat x (J\lambda)^\top + (J\lambda)\hat x^\top
       + (\lambda\cdot\hat x)\,J\bigr)`.
 
-    :math:`J` is :math:`r` times the identity minus a rank-two term, so each
-    side of the sandwich is a mean, one matrix-vector product and a rank-one
-    update: :math:`O(k w^2)` per example (the size of :math:`Dl`), against
-    :math:`O(k w^3)` for the dense generic rule.
+    :math:`J = r(I - UU^\top)` with the two columns :math:`U = [\mathbf 1, \hat x]/\sqrt w`,
+    so with :math:`C' = r^2 C`, :math:`A = C'U`, :math:`B = U^\top C'`,
+    :math:`S = U^\top C' U`:
+    :math:`JCJ = C' + U(S U^\top - B) - A U^\top`, and the own-curvature term is
+    :math:`-\tfrac{r}{\sqrt w}(v t^\top + t v^\top) + \tfrac{r^2 (\lambda\cdot\hat x)}{w}(e e^\top - I)`
+    (:math:`e, v` the columns of :math:`U`, :math:`t = J\lambda - \tfrac{r(\lambda\cdot\hat x)}{2w}\hat x`).
+    All low-rank parts are one batched ``(w, 5) @ (5, w)`` product, so the
+    step reads :math:`Dl` twice (two thin products) and writes the result
+    once or twice: :math:`O(k w^2)` per example, against :math:`O(k w^3)`
+    for the dense generic rule.
     """
     xp = ops.xp
-    w = xhat.shape[-1]
+    n, w = xhat.shape
     lam = _gamma_col(adjoints.gradient, gamma)  # (n|1, k, w)
     dlz = layer_norm_jacobian_apply(lam, xhat, inv_std, xp=xp)  # (n, k, w)
     if not second:
         return type(adjoints)(dlz)
-    r = inv_std[:, :, None, None]  # (n, 1, 1, 1)
+    k = dlz.shape[1]
+    sw = math.sqrt(w)
+    r = inv_std[:, :, None]  # (n, 1, 1)
     lx = _dot(lam, xhat[:, None, :], xp)  # (n, k): λ·x̂
-    # the layer's own curvature Σ_j λ_j ∇²x̂_j
-    J0 = layer_norm_jacobian(xhat, inv_std, xp=xp)[:, None, :, :]  # (n, 1, w, w)
-    out = -(r / w) * (
-        xhat[:, None, :, None] * dlz[:, :, None, :]
-        + dlz[:, :, :, None] * xhat[:, None, None, :]
-        + lx[:, :, None, None] * J0
-    )
+    e = xp.ones((n, 1, w), dtype=xhat.dtype, device=_device_of(xhat)) / sw
+    v = xhat[:, None, :] / sw  # (n, 1, w)
+    t = dlz - (r * lx[..., None] / (2.0 * w)) * xhat[:, None, :]  # (n, k, w)
+    c_e = (r * r)[..., 0] * lx / w  # (n, k): coefficient of e eᵀ (and -I)
+    ek, vk = xp.broadcast_to(e, (n, k, w)), xp.broadcast_to(v, (n, k, w))
+    rows_e = c_e[..., None] * ek  # row of R paired with column e
+    rows_v = -(r / sw) * t  # row paired with column v
+    cols = [ek, vk, t]
+    rows = [None, None, -(r / sw) * vk]  # the e and v rows are completed below
     Dl = adjoints.hessian
+    base = None
     if Dl is not None:
-        C = Dl if gamma is None else Dl * (gamma[:, None] * gamma)
-        out = out + _apply_rows(_apply_cols(C, xhat, inv_std, xp), xhat, inv_std, xp)
-    return type(adjoints)(dlz, out)
+        F = (inv_std * inv_std)[:, :, None, None]  # (n, 1, 1, 1): r²
+        if gamma is not None:
+            F = F * (gamma[:, None] * gamma)
+        Cp = Dl * F  # C' = r² Γ Dl Γ, fresh
+        U = xp.stack([e[:, 0, :], v[:, 0, :]], axis=-1)[:, None, :, :]  # (n, 1, w, 2)
+        A = xp.matmul(Cp, U)  # (n, k, w, 2)
+        B = xp.matmul(xp.matrix_transpose(U), Cp)  # (n, k, 2, w)
+        S = xp.matmul(xp.matrix_transpose(U), A)  # (n, k, 2, 2)
+        SUt = xp.matmul(S, xp.matrix_transpose(U))  # (n, k, 2, w)
+        rows_e = rows_e + SUt[:, :, 0, :] - B[:, :, 0, :]
+        rows_v = rows_v + SUt[:, :, 1, :] - B[:, :, 1, :]
+        cols += [A[..., 0], A[..., 1]]
+        rows += [-ek, -vk]
+        base = Cp
+    rows[0], rows[1] = rows_e, rows_v
+    L = xp.stack(cols, axis=-1)  # (n, k, w, r)
+    R = xp.stack(rows, axis=-2)  # (n, k, r, w)
+    out = xp.matmul(L, R)
+    if base is not None:
+        out = base + out
+    return type(adjoints)(dlz, _add_diagonal(out, -c_e, ops))
 
 
 def backward_first(xhat, inv_std, gamma, adjoints, what, ops):
