@@ -147,9 +147,9 @@ def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
     then ``n·m·q²``; nothing of size ``p`` per example.
 
     Diagonal: :math:`(M K M^\top)_{aa} = \langle (M K)_{a,:}, M_{a,:}\rangle`, by
-    GEMMs over row blocks of ``M`` (:func:`_diag_sandwich`, ``2·n·m·p·q²``
+    GEMMs over row blocks of ``M`` (``_diag_sandwich``, ``2·n·m·p·q²``
     flops) or, for many examples, of the packed triangle of ``K``
-    (:func:`_diag_packed`, half that): about ``q/2`` to ``q`` times the first
+    (``_diag_packed``, half that): about ``q/2`` to ``q`` times the first
     layer's forward product, and no ``(n, m, p, q)`` temporary."""
     xp = ops.xp
     dl, Dl = adjoints.gradient, adjoints.hessian
@@ -174,12 +174,12 @@ def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
 
 #: from this many examples × outputs on, the Hessian diagonal contracts the
 #: packed triangle of K (half the flops, GEMMs ``(B, T) @ (T, n·m)`` that need
-#: a long ``n·m`` side to run at speed); below, :func:`_diag_sandwich`
+#: a long ``n·m`` side to run at speed); below, ``_diag_sandwich``
 PACKED_FROM = 64
 
 
 def _diag_packed(M, W, c, ops):
-    r"""As :func:`_diag_sandwich`, by the upper triangle of the symmetric ``K``:
+    r"""As ``_diag_sandwich``, by the upper triangle of the symmetric ``K``:
     :math:`(M K M^\top)_{aa} = \sum_{j \le l} (2 - \delta_{jl}) K_{jl} M_{aj} M_{al}`,
     one GEMM of the row-wise products of ``M``'s columns (built per row block,
     ``(B, T)``, ``T = q(q+1)/2``) with the packed ``K`` (``(T, n·m)``):
