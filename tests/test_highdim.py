@@ -132,13 +132,15 @@ def test_gram_laplacian_only_for_a_laplacian_alone(monkeypatch):
     assert spy.calls == 0
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("blocks", [False, True])
-def test_hessian_diagonal_blocked_matches_torch_func(monkeypatch, blocks):
+def test_hessian_diagonal_blocked_matches_torch_func(monkeypatch, blocks, packed):
     d, w = 30, 5
     net = _net(d, w, 2, out="tanh", residual=True)
     x = np.random.default_rng(7).standard_normal((4, d))
     if blocks:  # one row of M per block, one example per batch block
         monkeypatch.setattr(affine, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(affine, "PACKED_FROM", 1 if packed else 10**9)
     r = net(x, hessian_diagonal=True, mode="backward")
     _, _, hess = truth(net, x)
     ref = np.diagonal(hess, axis1=1, axis2=2).transpose(0, 2, 1)

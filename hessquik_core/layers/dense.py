@@ -115,7 +115,7 @@ class SingleLayer(Layer):
     def affine_parts(self, cache, params):
         r"""``(K, σ'(z), σ''(z), linear)`` of this layer as :math:`\sigma(uK + b)`
         (``linear``: identity activation), for the engine's high-dimensional
-        routes (:mod:`hessquik_core.engine.highdim`)."""
+        routes (``hessquik_core.engine.highdim``)."""
         return params["K"], cache.dsigma, cache.d2sigma, self.act.name == "identity"
 
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --------

@@ -146,11 +146,11 @@ def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
     batch-independent Gram matrix :math:`M^\top M` (:func:`gram`): ``2·p·q²`` once,
     then ``n·m·q²``; nothing of size ``p`` per example.
 
-    Diagonal: :math:`(M K M^\top)_{aa} = \sum_{j \le l} (2 - \delta_{jl}) K_{jl} M_{aj} M_{al}`,
-    one GEMM of the packed upper triangle of :math:`K` (``(n·m, T)``,
-    ``T = q(q+1)/2``) with the row-wise products of :math:`M`'s columns, built in
-    row blocks of :data:`BLOCK_BYTES`: ``2·n·m·p·T`` flops (about ``q/2`` times the
-    first layer's forward product) and no ``(n, m, p, q)`` temporary."""
+    Diagonal: :math:`(M K M^\top)_{aa} = \langle (M K)_{a,:}, M_{a,:}\rangle`, by
+    GEMMs over row blocks of ``M`` (``_diag_sandwich``, ``2·n·m·p·q²``
+    flops) or, for many examples, of the packed triangle of ``K``
+    (``_diag_packed``, half that): about ``q/2`` to ``q`` times the first
+    layer's forward product, and no ``(n, m, p, q)`` temporary."""
     xp = ops.xp
     dl, Dl = adjoints.gradient, adjoints.hessian
     c = d2sigma[:, None, :] * dl  # (n, m, q)
@@ -167,7 +167,44 @@ def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
         return out
     if W is None:
         return ops.mm(c, xp.matrix_transpose(M * M))
+    if W.shape[0] * W.shape[1] >= PACKED_FROM:
+        return _diag_packed(M, W, c, ops)
     return _diag_sandwich(M, W, c, ops)
+
+
+#: from this many examples × outputs on, the Hessian diagonal contracts the
+#: packed triangle of K (half the flops, GEMMs ``(B, T) @ (T, n·m)`` that need
+#: a long ``n·m`` side to run at speed); below, ``_diag_sandwich``
+PACKED_FROM = 64
+
+
+def _diag_packed(M, W, c, ops):
+    r"""As ``_diag_sandwich``, by the upper triangle of the symmetric ``K``:
+    :math:`(M K M^\top)_{aa} = \sum_{j \le l} (2 - \delta_{jl}) K_{jl} M_{aj} M_{al}`,
+    one GEMM of the row-wise products of ``M``'s columns (built per row block,
+    ``(B, T)``, ``T = q(q+1)/2``) with the packed ``K`` (``(T, n·m)``):
+    ``n·m·p·q(q+1)`` flops."""
+    xp = ops.xp
+    n, m, q = c.shape
+    p = M.shape[0]
+    dev = device(M)
+    iu_np, ju_np = np.triu_indices(q)
+    T = iu_np.size
+    iu = xp.asarray(iu_np.astype(np.int64), device=dev)
+    ju = xp.asarray(ju_np.astype(np.int64), device=dev)
+    flat = xp.asarray((iu_np * q + ju_np).astype(np.int64), device=dev)
+    scale = xp.asarray(np.where(iu_np == ju_np, 1.0, 2.0), dtype=W.dtype, device=dev)
+    eye = xp.eye(q, dtype=W.dtype, device=dev)
+    K = xp.reshape(W + c[:, :, :, None] * eye, (n * m, q * q))
+    Kt = xp.matrix_transpose(xp.take(K, flat, axis=1) * scale)  # (T, n·m)
+    itemsize = 4 if "32" in str(W.dtype) else 8
+    parts = []
+    for a0, a1 in row_blocks(p, T, itemsize):
+        Mb = M[a0:a1, :]
+        R = xp.take(Mb, iu, axis=1) * xp.take(Mb, ju, axis=1)  # (B, T)
+        parts.append(R @ Kt)  # (B, n·m)
+    out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)  # (p, n·m)
+    return xp.reshape(xp.matrix_transpose(out), (n, m, p))
 
 
 def _diag_sandwich(M, W, c, ops):
