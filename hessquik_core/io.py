@@ -19,8 +19,10 @@ core's):
 Tensor keys are the state-dict keys (``'0.K'``, ``'1.layer.b'``), so the
 weights can also be read by any safetensors reader
 (``safetensors.numpy.load_file``). The architecture is a JSON tree of
-allow-listed class names and constructor arguments; loading never imports
-or executes anything named by the file.
+allow-listed class names and constructor arguments (a layer holding a
+network, such as ``GatedResidual``, nests that network's node under the
+argument's name, its tensors under ``'<name>.<key>'``); loading never
+imports or executes anything named by the file.
 
 Why this format: safetensors is data-only by design (unlike pickle, which
 runs code on load), a single file keeps architecture and weights from

@@ -253,7 +253,8 @@ def test_dense_matrices_vs_torch_func(name):
 
 
 def test_operators_and_other_libraries():
-    """The torch backend and the generic one (array-api-strict) give the NumPy products."""
+    """The torch backend and the generic one (array-api-strict) give the NumPy products, and
+    a torch twin module is accepted as the network."""
     xs = pytest.importorskip("array_api_strict")
     net, x, y, ref = problem("dense_residuals", "mse")
     V = np.random.default_rng(2).standard_normal((ref.lay.size, 2))
@@ -265,6 +266,10 @@ def test_operators_and_other_libraries():
         rel_close(np.asarray(out), M @ V)
     Hop = cv.hessian_operator(net, x, y, "mse")
     rel_close(Hop @ V, ref.hessian @ V)
+    # the torch twin (GatedResidualBlock, GatedMLPBlock) is converted back by from_torch
+    tm = hq.to_torch(net)
+    out = cv.hvp(tm, torch.from_numpy(x), torch.from_numpy(y), "mse", torch.from_numpy(V))
+    rel_close(out.numpy(), ref.hessian @ V)
 
 
 def test_float32_against_float64_truth():
