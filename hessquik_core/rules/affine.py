@@ -167,6 +167,8 @@ def backward_first(dsigma, d2sigma, M, adjoints: Adjoints, what: str, ops):
         return out
     if W is None:
         return ops.mm(c, xp.matrix_transpose(M * M))
+    if W.shape[0] * W.shape[1] == 0 or M.shape[0] == 0:  # an empty batch: no blocks
+        return xp.zeros((W.shape[0], W.shape[1], M.shape[0]), dtype=W.dtype, device=device(M))
     if W.shape[0] * W.shape[1] >= PACKED_FROM:
         return _diag_packed(M, W, c, ops)
     return _diag_sandwich(M, W, c, ops)
