@@ -368,16 +368,18 @@ def gated_state_forward_step(c, W, tangents, request, ops):
     Gin = tangents.jacobian
     if Gin.shape[0] != n:
         Gin = xp.broadcast_to(Gin, (n, *Gin.shape[1:]))
-    Gout, _ = gated_step_state_forward_tangents(Gin, None, U, V, W, Z, s1, s2, xp=xp)
-    Hout = Dout = Lout = None
+    # the first tangents of H⁺ come out of whichever second-order rule runs (each
+    # needs them), so they are computed once; only a gradient-only step asks for them alone
+    Gout = Hout = Dout = Lout = None
     GU, GV, GH = _split3(Gin, w)
+    Gp = None
     if request.hessian:
         Hs = tangents.hessian
         if request.packing is None:
             if Hs is None:
                 k = Gin.shape[1]
                 Hs = xp.zeros((n, k, k, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-            _, Hout = gated_step_state_forward_tangents(Gin, Hs, U, V, W, Z, s1, s2, xp=xp)
+            Gout, Hout = gated_step_state_forward_tangents(Gin, Hs, U, V, W, Z, s1, s2, xp=xp)
         else:
             Hout = _packed_hessian(GU, GV, GH, Hs, U, V, W, Z, s1, s2, request.packing, xp)
     if request.diagonal:
@@ -385,15 +387,21 @@ def gated_state_forward_step(c, W, tangents, request, ops):
         if Dg is None:
             Dg = xp.zeros_like(Gin)
         DU, DV, DH = _split3(Dg, w)
-        _, Dp = gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, xp=xp)
+        Gp, Dp = gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, xp=xp)
         Dout = xp.concat([DU, DV, Dp], axis=-1)
     if request.laplacian:
         L = tangents.laplacian
         if L is None:
             L = xp.zeros((n, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
         LU, LV, LH = _split3(L, w)
-        _, Lp = gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, xp=xp)
+        Gl, Lp = gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, xp=xp)
+        Gp = Gl if Gp is None else Gp
         Lout = xp.concat([LU, LV, Lp], axis=-1)
+    if Gout is None:
+        if Gp is None:
+            Gout, _ = gated_step_state_forward_tangents(Gin, None, U, V, W, Z, s1, s2, xp=xp)
+        else:
+            Gout = xp.concat([GU, GV, Gp], axis=-1)
     return Tangents(Gout, Hout, Dout, Lout)
 
 
