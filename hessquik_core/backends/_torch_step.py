@@ -177,7 +177,7 @@ class _Sweep(torch.autograd.Function):
         layers = [saved[2 + 5 * i : 7 + 5 * i] for i in range(len(acts))]  # (K, Z, z, S, Y_out)
         need = ctx.needs_input_grad[4:]
         k = seed.shape[1]
-        grads: list = [None] * (2 * len(acts))
+        grads = [None] * (2 * len(acts))
         # the incoming adjoint is autograd's (copied); every later one is this sweep's
         # own GEMM output and becomes the next GEMM operand [z̄; Ā; B̄] in place
         Yb = Yb.clone(memory_format=torch.contiguous_format)
