@@ -19,7 +19,11 @@ Peers, all in this process and with the same weights (built once by
 
 * ``ours-auto`` / ``ours-fwd`` / ``ours-bwd`` — torch autograd through
   ``net(x, laplacian=True, mode=...)`` after ``net.to("torch", requires_grad=True)``
-  (:func:`hessquik_core.training.torch_parameters`), eager;
+  (:func:`hessquik_core.training.torch_parameters`), eager (forward mode through
+  the MLP's dense layers takes the analytic weight gradient);
+* ``ours-taped`` — forward mode with that switched off
+  (:func:`hessquik_core.training.analytic_weight_gradient`), autograd over the
+  generic sweep: the step before the lever;
 * ``ours-compiled`` — the same loss under ``torch.compile`` (compile time,
   the first call's, reported separately; only at the ``--compile-d`` points,
   because one compile costs tens of seconds);
@@ -66,6 +70,7 @@ ALL_PEERS = (
     "ours-auto",
     "ours-fwd",
     "ours-bwd",
+    "ours-taped",
     "ours-compiled",
     "torch.func",
     "jax",
@@ -172,11 +177,15 @@ def _torch_loss(loss: str, q, t, n: int):
 # --------------------------------------------------------------------------
 
 
-def _make_ours(mode: str, compiled: bool = False):
+def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
+    """``taped=True``: autograd over the generic forward sweep (the analytic weight
+    gradient of :func:`hessquik_core.training.analytic_weight_gradient` off), the
+    step before that lever, for the before/after column."""
+
     def make(pt: StepPoint, records, prob) -> StepRunner:
         import torch
 
-        from hessquik_core.training import torch_parameters
+        from hessquik_core.training import analytic_weight_gradient, torch_parameters
 
         from . import nets
 
@@ -206,8 +215,13 @@ def _make_ours(mode: str, compiled: bool = False):
             fn = torch.compile(loss_fn)
 
         def call():
-            val = fn()
-            grads = torch.autograd.grad(val, params, materialize_grads=True)
+            before = analytic_weight_gradient(False) if taped else None
+            try:
+                val = fn()
+                grads = torch.autograd.grad(val, params, materialize_grads=True)
+            finally:
+                if before is not None:
+                    analytic_weight_gradient(before)
             _sync()
             return val.detach(), grads
 
@@ -399,6 +413,7 @@ MAKERS = {
     "ours-auto": (_make_ours("auto"), ("torch",)),
     "ours-fwd": (_make_ours("forward"), ("torch",)),
     "ours-bwd": (_make_ours("backward"), ("torch",)),
+    "ours-taped": (_make_ours("forward", taped=True), ("torch",)),
     "ours-compiled": (_make_ours("auto", compiled=True), ("torch",)),
     "torch.func": (_make_torch_func, ("torch",)),
     "jax": (_make_jax(False), ("jax",)),
@@ -632,7 +647,7 @@ def run_point(pt: StepPoint, args, seen: dict, mem_budget: float, log) -> list[d
         ):
             rec.update(status="not-run", note="torch.compile only at the --compile-d points")
             continue
-        if args.trim and name in ("ours-fwd", "ours-bwd") and pt.width != args.widths[0]:
+        if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
             rec.update(status="not-run", note="forced modes only at the first width in the trimmed grid")
             continue
         if name == "jax+folx" and pt.loss != "laplacian":
@@ -835,7 +850,9 @@ def markdown(data: dict) -> str:
         f"`python -m benchmarks.training_step {' '.join(data.get('argv', []))}` in {data['wall_s']:.0f} s.",
         "",
         "Peers: `ours-auto`/`-fwd`/`-bwd` — torch autograd through `net(x, laplacian=True, mode=...)` "
-        "(eager); `ours-compiled` — `torch.compile` of the same loss (compile time in its own table); "
+        "(eager; forward mode through dense layers with the analytic weight gradient); `ours-taped` — "
+        "forward mode with autograd over the generic sweep (`analytic_weight_gradient(False)`, the step "
+        "before that lever); `ours-compiled` — `torch.compile` of the same loss (compile time in its own table); "
         "`torch.func` — `vmap(hessian)` / `vmap(jacrev)` then autograd; `jax` — "
         "`jit(value_and_grad(loss))` over `vmap(jax.hessian)` / `vmap(jax.grad)`; `jax+folx` — the same "
         "over folx's `forward_laplacian`; `hessQuik-0.0.6` — autograd through its own derivative outputs.",
@@ -943,6 +960,7 @@ _STYLE = {
     "ours-auto": dict(color="C1", marker="s", lw=2.2),
     "ours-fwd": dict(color="C1", marker="s", ls=":"),
     "ours-bwd": dict(color="C1", marker="s", ls="--"),
+    "ours-taped": dict(color="C7", marker="s", ls="-."),
     "ours-compiled": dict(color="C6", marker="*", ms=10, ls="none"),
     "torch.func": dict(color="C3", marker="v"),
     "jax": dict(color="C4", marker="D"),

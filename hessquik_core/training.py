@@ -40,7 +40,18 @@ from typing import Any
 
 from ._module import Module, _as_home
 
-__all__ = ["backward_in_chunks", "fit", "functional_call", "jax_parameters", "torch_parameters"]
+__all__ = [
+    "analytic_weight_gradient",
+    "backward_in_chunks",
+    "fit",
+    "functional_call",
+    "jax_parameters",
+    "torch_parameters",
+]
+
+#: torch training steps of dense chains take the analytic weight gradient
+#: (:func:`analytic_weight_gradient`)
+_ANALYTIC = True
 
 
 def _check_module(net) -> None:
@@ -174,6 +185,45 @@ def functional_call(net: Module, params: Mapping[str, Any], x, **kwargs):
             mod._params[name] = arr
             # the cache may now hold conversions of ``params`` (e.g. tracers)
             mod._cache.clear()
+
+
+def analytic_weight_gradient(enabled: bool | None = None) -> bool:
+    r"""Whether eager torch training steps use the analytic weight gradient.
+
+    A forward-mode call of the value, gradient and/or Laplacian (or divergence)
+    through a chain of dense layers (``SingleLayer`` with a tanh, sin, sigmoid,
+    antiTanh, quadratic or identity activation), made while autograd records it
+    (``x`` or a parameter requires grad), runs as one ``torch.autograd.Function``
+    whose backward is the adjoint of the forward recurrences: three GEMMs per
+    layer over the stacked carries ``[u; ∂u; Δu]`` and no per-operation tape
+    (1.5-1.8x faster steps at d = 16-64 than autograd over the generic sweep,
+    same numbers to rounding). Its backward cannot itself be differentiated:
+    a loss that needs ``create_graph=True`` (a gradient penalty on the weight
+    gradient, Hessian-vector products in the weights) switches it off first.
+    ``torch.compile`` and ``torch.func`` transforms always trace the generic sweep.
+
+    Parameters
+    ----------
+    enabled : bool or None
+        ``True`` / ``False`` set the switch (process-wide); ``None`` only reads it.
+
+    Returns
+    -------
+    bool
+        The setting before the call.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is neither a bool nor None.
+    """
+    global _ANALYTIC
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    before = _ANALYTIC
+    if enabled is not None:
+        _ANALYTIC = enabled
+    return before
 
 
 def backward_in_chunks(loss_fn: Callable[[slice], Any], n: int, *, chunk: int = 128):

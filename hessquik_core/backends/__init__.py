@@ -26,7 +26,10 @@ opt_einsum / einops pattern):
     Block until queued device work is done (for timing).
 
 and the capabilities the engine asks instead of names: ``mutable``,
-``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``.
+``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``,
+``training_step(leaves, ctx)`` (is the call a recorded training step, and
+how does its forward route run) and ``fused_forward(...)`` (a library's own
+forward sweep, torch's analytic weight gradient).
 
 Modules are imported lazily: asking for the ``"torch"`` backend imports
 torch, nothing else ever does. A new backend is one module ``_<name>.py``

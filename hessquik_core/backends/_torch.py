@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from itertools import chain
+
 import array_api_compat as aac
 import numpy as np
 import torch
 
-from . import to_numpy
+from . import _torch_step, to_numpy
 from .base import Backend
 
 
@@ -57,6 +59,28 @@ class TorchBackend(Backend):
 
     def is_model(self, obj) -> bool:
         return isinstance(obj, torch.nn.Module)
+
+    def training_step(self, leaves, ctx) -> str | None:
+        """``None`` unless autograd records the call (grad mode on, and ``x`` or a
+        parameter requires grad); then ``"analytic"`` where :meth:`fused_forward`
+        would run the forward route, else ``"taped"``."""
+        if not torch.is_grad_enabled():
+            return None
+        arrays = chain((ctx.x,), (p for leaf in leaves for p in leaf.parameters()))
+        if not any(getattr(a, "requires_grad", False) for a in arrays):
+            return None
+        return "analytic" if _torch_step.usable(leaves, ctx, mode="forward") else "taped"
+
+    def fused_forward(self, leaves, params, ctx, x):
+        """The forward sweep of a recorded training step as one autograd Function
+        with an analytic weight gradient (:mod:`._torch_step`), or ``None``
+        where it does not apply."""
+        if not _torch_step.usable(leaves, ctx):
+            return None
+        flat = [x] + [t for P in params for t in P.values() if t is not None]
+        if not any(t.requires_grad for t in flat):
+            return None
+        return _torch_step.run(leaves, params, ctx, x, ctx.seed_forward(), ctx.laplacian)
 
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""

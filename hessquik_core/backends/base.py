@@ -125,6 +125,19 @@ class Backend:
         converts (a ``torch.nn.Module``)? Asked of imported libraries only."""
         return False
 
+    def training_step(self, leaves, ctx) -> str | None:
+        """How a call that autograd records runs its forward route (``"analytic"``
+        or ``"taped"``), or ``None`` when nothing is recorded (an evaluation):
+        the cost model prices a training step's backward pass by it."""
+        return None
+
+    def fused_forward(self, leaves, params, ctx, x):
+        """A library's own forward sweep for this call, or ``None`` (the generic
+        sweep). torch uses one for recorded training steps of dense chains
+        (an analytic weight gradient); must give the generic sweep's numbers.
+        Returns ``(value, jacobian (n, k, m), laplacian or None)``."""
+        return None
+
     # -- the operations -------------------------------------------------------
     def mm(self, a, b, *, xp=None):
         """Contract the last axis of ``a`` with the first of the matrix ``b``, one GEMM."""

@@ -49,6 +49,22 @@ FLOPS_PER_BYTE = 12.0
 FUSED_FLOPS_PER_BYTE = 0.0
 
 
+#: a training step (the call recorded by autograd, then its backward pass) per
+#: flop-equivalent of the evaluation's score, by how the step runs.
+#: ``"analytic"``: the forward sweep as one autograd Function whose backward is
+#: the adjoint sweep (two more GEMMs per layer over the same carries, no tape);
+#: ``"taped"``: autograd over the generic sweep's operations (each op's backward
+#: reads its saved operands); ``"taped-second"``: the taped backward mode with a
+#: second-order adjoint, whose ``(n, k, w, w)`` blocks are saved on the tape
+#: layer by layer and read back. Calibrated on the W6 Laplacian step (tanh MLP,
+#: width 64, depth 4, n = 1024, float64, one thread; CPU ms per unit of score):
+#: analytic forward 6.3e-8 / 6.5e-8 / 5.8e-8 at d = 64 / 128 / 256, taped
+#: backward 1.56e-7 / 1.42e-7 / 1.54e-7, taped forward from 6.7e-8 (d = 2) over
+#: 7.7e-8 (d = 64) to 9e-8 (d = 256): the second-order tape costs ~2.4x the
+#: analytic step per unit, the taped forward sweep ~1.1-1.6x.
+TRAINING_FACTOR = {"analytic": 3.0, "taped": 4.5, "taped-second": 7.0}
+
+
 @dataclass
 class RouteCost:
     mode: str
@@ -58,11 +74,15 @@ class RouteCost:
     ops: int
     bytes_moved: float = 0.0
     flops_per_byte: float = FLOPS_PER_BYTE
+    #: 1 for an evaluation; a training step's factor (:data:`TRAINING_FACTOR`)
+    step_factor: float = 1.0
 
     @property
     def score(self) -> float:
-        """Flop-equivalents: GEMM flops + memory traffic + per-operation overhead."""
-        return self.flops + self.flops_per_byte * self.bytes_moved + OP_OVERHEAD_FLOPS * self.ops
+        """Flop-equivalents: GEMM flops + memory traffic + per-operation overhead
+        (times :attr:`step_factor` for a training step)."""
+        base = self.flops + self.flops_per_byte * self.bytes_moved + OP_OVERHEAD_FLOPS * self.ops
+        return self.step_factor * base
 
 
 @dataclass
@@ -213,6 +233,7 @@ def _estimate(
     fused=False,
     derivatives=True,
     gradient=None,
+    training=None,
 ) -> CostReport:
     """Cost of each route in ``modes`` for ``n`` examples of a chain with
     layer shapes ``dims = ((p1, q1), (p2, q2), ...)``; ``fused``: score
@@ -220,7 +241,11 @@ def _estimate(
     ``derivatives=False``: a value-only call, the plain forward pass in
     every mode (nothing is carried, so the mode changes nothing); ``gradient``:
     whether the title names the gradient (default: whenever derivatives are
-    carried, as the sweeps always carry it)."""
+    carried, as the sweeps always carry it); ``training``: the call is a training
+    step that autograd records, ``None`` for an evaluation, else how the forward
+    route runs (``"analytic"`` or ``"taped"``; the backward route is always taped):
+    each route's score is scaled by its :data:`TRAINING_FACTOR`, because the
+    backward pass of a step costs the routes differently."""
     k_fwd = d if k_fwd is None else k_fwd
     k_bwd = m if k_bwd is None else k_bwd
     parts = (
@@ -246,7 +271,7 @@ def _estimate(
             f, pk, ops, mv = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
         else:
             f, pk, ops, mv = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
-        report.routes[mode] = RouteCost(
+        route = RouteCost(
             mode,
             f * n / n1,
             pk * n / n1,
@@ -255,4 +280,9 @@ def _estimate(
             mv * n / n1,
             FUSED_FLOPS_PER_BYTE if fused else FLOPS_PER_BYTE,
         )
+        if training is not None and derivatives:
+            second = hessian or laplacian or hessian_diagonal
+            how = training if mode == "forward" else ("taped-second" if second else "taped")
+            route.step_factor = TRAINING_FACTOR[how]
+        report.routes[mode] = route
     return report

@@ -32,6 +32,9 @@ def run_forward(leaves, params, ctx, u, order) -> Result:
     """Evaluate and push :class:`~hessquik_core.carry.Tangents` through every layer."""
     xp, ops = ctx.xp, ctx.be
     k = ctx.k
+    fused = ops.fused_forward(leaves, params, ctx, u)
+    if fused is not None:
+        return Result(value=fused[0], gradient=fused[1], laplacian=fused[2])
     packing = None
     if ctx.hessian and _packs(k):
         iu, ju, pos, diag = _triangle(k)

@@ -119,6 +119,7 @@ def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward")):
         modes=modes,
         fused=ctx.be.fuses,
         derivatives=ctx.derivatives,
+        training=ctx.be.training_step(leaves, ctx),
     )
 
 
