@@ -33,16 +33,18 @@ temporary is allocated besides the GEMM outputs.
 Used only where it is exact (:func:`usable`): dense layers with activations
 whose third derivative is known here, forward mode, no Hessian or Hessian
 diagonal requested, eager torch (``torch.compile`` traces the generic
-sweep, which Inductor fuses), no ``torch.func`` transform active. The
-backward is not itself differentiable (``once_differentiable``): a loss that
-needs a second backward pass (``create_graph=True``) switches it off with
-:func:`hessquik_core.training.analytic_weight_gradient` ``(False)``.
+sweep, which Inductor fuses), no ``torch.func`` transform active. A second
+backward pass (``create_graph=True``: a gradient penalty on the weight
+gradient, a Hessian-vector product in the weights) is exact too: there the
+backward re-runs the same recurrences as ordinary taped torch operations and
+differentiates them (:func:`_taped`), which costs what the generic sweep
+costs; :func:`hessquik_core.training.analytic_weight_gradient` ``(False)``
+switches the Function off altogether.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..activations import AntiTanh, Identity, Quadratic, Sigmoid, Sin, Tanh
 
@@ -118,6 +120,33 @@ def run(leaves, params, ctx, x, seed, laplacian: bool):
     return Y[0], torch.permute(Y[1 : k + 1], (1, 0, 2)), (Y[k + 1] if laplacian else None)
 
 
+def _taped(acts, lap, x, seed, flat):
+    """The forward recurrences of :class:`_Sweep` as ordinary (recorded) torch
+    operations: ``Y = [u; ∂u; Δu] : (rows, n, m)``, for the double-backward path."""
+    k = seed.shape[1]
+    u, G, L = x, seed[0][:, None, :], None  # G: (k, 1, d), shared by the batch
+    for i, act in enumerate(acts):
+        K, b = flat[2 * i], flat[2 * i + 1]
+        z = u @ K if b is None else torch.addmm(b, u, K)
+        A = G @ K
+        B = None if (L is None or not lap) else L @ K
+        if isinstance(act, Identity):
+            u, G, L = z, A, B
+            continue
+        s0, s1, s2 = act(z, 2, xp=None)
+        u, G = s0, s1 * A
+        if lap:
+            L = s2 * torch.sum(A * A, dim=0)
+            if B is not None:
+                L = L + s1 * B
+    n = x.shape[0]
+    G = torch.broadcast_to(G, (k, n, G.shape[-1]))
+    if lap:
+        L = torch.zeros_like(u) if L is None else torch.broadcast_to(L, u.shape)  # all-linear chain
+    rows = [u[None], G] + ([L[None]] if lap else [])
+    return torch.cat(rows, dim=0)
+
+
 class _Sweep(torch.autograd.Function):
     """``Y_out = [u; ∂u; Δu] : (rows, n, m)`` of the network output (module docstring)."""
 
@@ -165,12 +194,38 @@ class _Sweep(torch.autograd.Function):
             Y = Yn
         ctx.acts, ctx.lap = acts, lap
         ctx.has_b = tuple(flat[2 * i + 1] is not None for i in range(len(acts)))
+        saved += [flat[2 * i + 1] for i in range(len(acts))]  # the biases (double backward)
         ctx.save_for_backward(*saved)
         return Y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, Yb):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return _Sweep._backward_taped(ctx, Yb)
+        return _Sweep._backward_analytic(ctx, Yb)
+
+    @staticmethod
+    def _backward_taped(ctx, Yb):
+        """The vector-Jacobian product of :func:`_taped`, recorded, so that autograd
+        can differentiate the weight gradient once more."""
+        saved = ctx.saved_tensors
+        nl = len(ctx.acts)
+        x, seed = saved[0], saved[1]
+        flat = []
+        for i in range(nl):
+            flat += [saved[2 + 5 * i], saved[2 + 5 * nl + i]]
+        needs = (ctx.needs_input_grad[2], *ctx.needs_input_grad[4:])
+        inputs = [x, *flat]
+        wrt = [j for j, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
+        Y = _taped(ctx.acts, ctx.lap, x, seed, flat)
+        got = torch.autograd.grad(Y, [inputs[j] for j in wrt], Yb, create_graph=True, allow_unused=True)
+        out = [None] * len(inputs)
+        for j, g in zip(wrt, got):
+            out[j] = g
+        return (None, None, out[0], None, *out[1:])
+
+    @staticmethod
+    def _backward_analytic(ctx, Yb):
         acts, lap = ctx.acts, ctx.lap
         saved = ctx.saved_tensors
         x, seed = saved[0], saved[1]

@@ -46,9 +46,12 @@ def _affine(leaf) -> bool:
     return callable(getattr(leaf, "affine_parts", None))
 
 
-def choose(ctx, leaves, n: int, best_score: float) -> tuple[str, RouteCost | None]:
+def choose(ctx, leaves, n: int, best_score: float, training=None) -> tuple[str, RouteCost | None]:
     """The high-dimensional route for this call, if one applies and (for the
     Laplacian) the cost model prices it below ``best_score``; else ``("", None)``.
+    ``training`` (the backend's :meth:`~hessquik_core.backends.base.Backend.training_step`):
+    the call is a recorded training step, whose backward pass over these routes'
+    taped operations is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``).
 
     Only for ``mode="auto"`` (explicit modes run the classic sweeps), without
     directions, and where the first layer is narrower than the input."""
@@ -67,6 +70,10 @@ def choose(ctx, leaves, n: int, best_score: float) -> tuple[str, RouteCost | Non
         return DIVERGENCE, _scaled(rc, n, n1)
     if ctx.laplacian and not (ctx.gradient or ctx.hessian or ctx.hessian_diagonal or ctx.divergence):
         rc = _route_cost(dims, n1, q, itemsize, ctx.be.fuses, lap=True, last_d=0)
+        if training is not None:
+            from .cost import TRAINING_FACTOR
+
+            rc.step_factor = TRAINING_FACTOR["taped"]
         if rc.score < best_score * n1 / max(n, 1):
             return LAPLACIAN, _scaled(rc, n, n1)
     return "", None

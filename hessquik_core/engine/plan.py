@@ -51,7 +51,7 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
         # a Laplacian or divergence at d above the first width: the sweeps of
         # engine/highdim.py, whose cost beyond the first layer is independent of d
         best = report.routes[report.chosen].score
-        ctx.route, special = highdim.choose(ctx, leaves, n, best)
+        ctx.route, special = highdim.choose(ctx, leaves, n, best, ctx.be.training_step(leaves, ctx))
     if auto:
         ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
     route = report.routes[ctx.mode] if special is None else special
