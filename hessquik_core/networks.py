@@ -13,7 +13,7 @@ import numpy as np
 from ._array import as_batch, resolve_call, unbatch
 from ._dask_hook import dask_call, is_dask
 from ._module import Module
-from .engine import MODES, MemoryBudgetError, Result, call, estimate_call, estimate_routes
+from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call, estimate_routes
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
 from .layers.base import check_int, set_engine
 
@@ -89,6 +89,7 @@ class NN(Module):
         divergence: bool = False,
         max_memory: float | None = None,
         progress: bool | None = None,
+        out: Result | None = None,
     ) -> Result:
         r"""Evaluate the network and the requested input derivatives.
 
@@ -138,6 +139,22 @@ class NN(Module):
             memory budget splits. ``None``: only when standard error is a
             terminal and tqdm is installed; ``True``: always (needs tqdm);
             ``False``: never. An unchunked call shows no bar.
+        out : Result, optional
+            Preallocated buffers to write the results into, from
+            :meth:`empty_result` (same arguments) or a previous call with
+            the same request: the call fills them in place and returns
+            ``out`` itself, so repeated calls reuse one allocation. It must
+            hold exactly the requested quantities, each of the shape this
+            call returns (``(d, ...)`` entries for a single point), in
+            ``x``'s library, dtype and device, writable and sharing no
+            memory with ``x``, ``directions`` or each other (``ValueError``
+            / ``TypeError`` saying what was expected otherwise, before any
+            work). Chunked calls write each chunk into its rows of ``out``;
+            the result is then not counted against the free memory, so
+            ``out`` may be larger than memory (e.g. ``numpy.memmap``). JAX
+            arrays are immutable and raise ``TypeError``; so do Dask arrays
+            (their results are lazy). Not while torch autograd records the
+            call (``ValueError``: run under ``torch.no_grad()``).
 
         Returns
         -------
@@ -149,7 +166,9 @@ class NN(Module):
             :class:`Result`).
         """
         if is_dask(x):  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
-            return dask_call(**{k: v for k, v in locals().items() if k != "progress"})
+            if out is not None:
+                raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
+            return dask_call(**{k: v for k, v in locals().items() if k not in ("progress", "out")})
         single = getattr(x, "ndim", None) == 1  # one point (d,): a batch of one, squeezed after
         if single:
             x = as_batch(x, self.in_features)
@@ -165,8 +184,59 @@ class NN(Module):
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
         )
-        res = call(list(self._leaves()), ctx, max_memory, progress)
+        res = call(list(self._leaves()), ctx, max_memory, progress, out, single)
+        if out is not None:  # out's own arrays, already of the caller's shapes
+            return res
         return unbatch(res) if single else res
+
+    def empty_result(
+        self,
+        x,
+        gradient: bool = False,
+        hessian: bool = False,
+        laplacian: bool = False,
+        directions=None,
+        mode: str = "auto",
+        backend: str | None = None,
+        *,
+        hessian_diagonal: bool = False,
+        divergence: bool = False,
+    ) -> Result:
+        """Uninitialised result buffers for ``self(x, ..., out=...)``.
+
+        Takes the arguments of :meth:`__call__` (without ``max_memory``,
+        ``progress``, ``out``) and returns a :class:`Result` holding, for
+        exactly the requested quantities, arrays of the shapes that call
+        returns, in ``x``'s library, dtype and device and in the memory
+        layout the chosen route produces (so each chunk is a straight
+        copy). Their contents are undefined until a call fills them.
+
+        >>> import numpy as np, hessquik_core as hq
+        >>> net = hq.FullyConnectedNN([3, 8, 1], act="tanh", seed=0)
+        >>> x = np.zeros((5, 3))
+        >>> out = net.empty_result(x, gradient=True, hessian=True)
+        >>> res = net(x, gradient=True, hessian=True, out=out)
+        >>> res is out, out.hessian.shape
+        (True, (5, 3, 3, 1))
+        """
+        if is_dask(x):
+            raise TypeError("empty_result does not take Dask arrays: their results are lazy Dask arrays")
+        single = getattr(x, "ndim", None) == 1
+        if single:
+            x = as_batch(x, self.in_features)
+        ctx = resolve_call(
+            self,
+            x,
+            directions=directions,
+            mode=mode,
+            backend=backend,
+            gradient=gradient,
+            hessian=hessian,
+            laplacian=laplacian,
+            hessian_diagonal=hessian_diagonal,
+            divergence=divergence,
+        )
+        return empty_result(list(self._leaves()), ctx, single)
 
     def cost(
         self,

@@ -125,6 +125,19 @@ class GenericBackend(Backend):
             return jax.lax.erfc(a)
         return super().erfc(a, xp=xp)
 
+    def set_rows(self, buf, start: int, a):
+        """In place where the library allows: item assignment (array-api-strict,
+        NumPy, torch), or for JAX, whose arrays are immutable, a
+        ``dynamic_update_slice`` that donates ``buf`` so XLA writes into its
+        memory (under a trace the same update, planned by XLA)."""
+        if not aac.is_jax_array(buf):
+            return super().set_rows(buf, start, a)
+        import jax
+
+        if isinstance(buf, jax.core.Tracer) or isinstance(a, jax.core.Tracer):
+            return jax.lax.dynamic_update_slice_in_dim(buf, a, start, axis=0)
+        return _jax_set_rows()(buf, a, start)
+
     def convert(self, a, *, xp=None, dtype, device=None):
         """Convert any supported array to namespace ``xp`` with ``dtype`` on ``device``."""
         xp = self.xp if xp is None else xp
@@ -147,6 +160,16 @@ class GenericBackend(Backend):
             return np.asarray(a)
         except Exception:  # libraries that refuse __array__ but speak DLPack
             return np.from_dlpack(a)
+
+
+@lru_cache(maxsize=1)
+def _jax_set_rows():
+    import jax
+
+    # buf (argument 0) donated: the update reuses its buffer instead of copying it
+    return jax.jit(
+        lambda buf, a, start: jax.lax.dynamic_update_slice_in_dim(buf, a, start, axis=0), donate_argnums=0
+    )
 
 
 def to_numpy(a):

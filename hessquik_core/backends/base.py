@@ -201,6 +201,13 @@ class Backend:
         """``out[...] = a * b`` without a temporary (mutable libraries)."""
         raise NotImplementedError
 
+    def set_rows(self, buf, start: int, a):
+        """``buf`` with rows ``start:start + len(a)`` replaced by ``a``, written in
+        place (chunked results are assembled so, never concatenated); returns
+        the array to use from then on (``buf`` itself where it is mutable)."""
+        buf[start : start + a.shape[0], ...] = a
+        return buf
+
     def synchronize(self, device=None) -> None:
         """Block until queued device work is done (for timing)."""
 

@@ -5,7 +5,7 @@ and arrays only through one namespace and one bound backend.
 """
 
 from .cost import CostReport, RouteCost, estimate
-from .plan import MemoryBudgetError, call, estimate_call, estimate_routes
+from .plan import MemoryBudgetError, call, empty_result, estimate_call, estimate_routes
 from .result import FIELDS, MODES, Result
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Result",
     "RouteCost",
     "call",
+    "empty_result",
     "estimate",
     "estimate_call",
     "estimate_routes",

@@ -11,6 +11,8 @@ from . import forward, highdim
 from .backward import run_backward
 from .cost import estimate
 from .forward import run_forward
+from .out import check_out
+from .out import empty_result as _empty_result
 from .result import FIELDS, Result
 
 
@@ -29,33 +31,30 @@ _BLOCK_ABOVE = 64 * 2**20
 _BLOCK_BYTES = 8 * 2**20
 _BLOCK_MIN = 16
 _BLOCK_TRAFFIC = 4.0
+#: blocks of a call writing into ``out=`` buffers: below glibc's largest
+#: mmap threshold (32 MiB), so each block's arrays come from reused heap
+_OUT_BLOCK_BYTES = 24 * 2**20
 
 
-def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = None) -> Result:
+def call(
+    leaves: list, ctx: CallContext, max_memory, progress: bool | None = None, out=None, single: bool = False
+) -> Result:
     """Run a resolved call: settle the mode, plan the memory, run (in chunks).
 
     Everything that can refuse the call does so here, before any layer runs:
     a result that cannot be allocated at all, one example whose working
-    memory exceeds the budget. ``progress`` shows one bar over the chunks
-    (:func:`~hessquik_core._progress.progress_bar`)."""
+    memory exceeds the budget, ``out`` buffers that do not fit the request
+    (:func:`~hessquik_core.engine.out.check_out`). ``progress`` shows one
+    bar over the chunks (:func:`~hessquik_core._progress.progress_bar`).
+    With ``out`` (for a single point ``(d,)``: ``single``) every chunk is
+    written into the caller's arrays and ``out`` itself is returned."""
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be True, False or None, got {progress!r}")
     n = ctx.x.shape[0]
-    # one estimate serves both the mode choice and the memory plan ("auto"
-    # never has directions: they fix the mode in resolve_call); a value-only
-    # call is priced as the plain forward pass it is
-    auto = ctx.mode == "auto"
-    report = estimate_call(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
-    special = None
-    if auto and ctx.derivatives:
-        # a Laplacian or divergence at d above the first width: the sweeps of
-        # engine/highdim.py, whose cost beyond the first layer is independent of d
-        best = report.routes[report.chosen].score
-        ctx.route, special = highdim.choose(ctx, leaves, n, best, ctx.be.training_step(leaves, ctx))
-    if auto:
-        ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
-    route = report.routes[ctx.mode] if special is None else special
-    result = _result_bytes(ctx, n)
+    route = _settle(leaves, ctx, n)
+    into = None if out is None else check_out(out, ctx, single, _parameters(leaves))
+    # with out= the result is already allocated: only the working memory is planned
+    result = _result_bytes(ctx, n) if into is None else 0.0
     chunk = n
     # small calls need not ask the OS how much memory is free
     if max_memory is not None or route.peak_bytes >= _SMALL_CALL or result >= _SMALL_CALL:
@@ -70,8 +69,9 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
                 f"the result ({_result_fields(ctx)}) needs {_fmt_bytes(result)}, more than the "
                 f"{_fmt_bytes(available)} of memory available on {ctx.device} (the memory budget "
                 f"of the working memory is {_fmt_bytes(budget)}); request less: hessian_diagonal "
-                f"or laplacian instead of hessian, directions (k columns instead of d), or a "
-                f"smaller batch (n = {n})"
+                f"or laplacian instead of hessian, directions (k columns instead of d), a "
+                f"smaller batch (n = {n}), or out= buffers you allocate yourself (e.g. "
+                f"numpy.lib.format.open_memmap on disk; the call then writes them chunk by chunk)"
             )
         if route.peak_bytes > budget and not (n <= 1 and route.per_example_bytes <= budget):
             if route.per_example_bytes > budget:
@@ -86,10 +86,45 @@ def call(leaves: list, ctx: CallContext, max_memory, progress: bool | None = Non
     # the high-dimensional sweeps (GEMM-bound, with batch-independent products
     # that blocks would repeat)
     if ctx.derivatives and not ctx.route:
-        chunk = min(chunk, _cache_block(ctx, leaves, route, n))
+        chunk = min(chunk, _cache_block(ctx, leaves, route, n, into is not None))
+    if into is not None:
+        _chunked(leaves, ctx, n, min(chunk, n), progress, into)
+        out.mode = ctx.mode
+        return out
     if chunk >= n:
         return ctx.finish(_guarded(leaves, ctx))
     return ctx.finish(_chunked(leaves, ctx, n, chunk, progress))
+
+
+def _settle(leaves: list, ctx: CallContext, n: int):
+    """Settle ``ctx.mode``; return the cost of its route.
+
+    One estimate serves both the mode choice and the memory plan ("auto"
+    never has directions: they fix the mode in resolve_call); a value-only
+    call is priced as the plain forward pass it is."""
+    auto = ctx.mode == "auto"
+    report = estimate_call(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
+    special = None
+    if auto and ctx.derivatives:
+        # a Laplacian or divergence at d above the first width: the sweeps of
+        # engine/highdim.py, whose cost beyond the first layer is independent of d
+        best = report.routes[report.chosen].score
+        ctx.route, special = highdim.choose(ctx, leaves, n, best, ctx.be.training_step(leaves, ctx))
+    if auto:
+        ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
+    return report.routes[ctx.mode] if special is None else special
+
+
+def empty_result(leaves: list, ctx: CallContext, single: bool = False) -> Result:
+    """Buffers for ``out=`` of the resolved call ``ctx``, in the layout of the
+    route the call will take (:func:`~hessquik_core.engine.out.empty_result`)."""
+    _settle(leaves, ctx, ctx.x.shape[0])
+    return _empty_result(ctx, single)
+
+
+def _parameters(leaves):
+    """Every array the leaves compute with, frozen ones (``state_dict``) included."""
+    return [p for leaf in leaves for p in leaf.state_dict().values()]
 
 
 def estimate_routes(leaves, n, *, d, k_fwd, **request):
@@ -123,7 +158,7 @@ def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward")):
     )
 
 
-def _cache_block(ctx: CallContext, leaves, route, n: int) -> int:
+def _cache_block(ctx: CallContext, leaves, route, n: int, into: bool = False) -> int:
     """Batch block size for cache blocking, or ``n`` for none.
 
     Without kernel fusion every element-wise pass of the chain rule streams
@@ -137,13 +172,20 @@ def _cache_block(ctx: CallContext, leaves, route, n: int) -> int:
     libraries, not GPUs whose kernels want big batches, not traced or
     immutable libraries, not torch calls that autograd records). The output
     itself is written once either way, so calls dominated by their output
-    (the full Hessian at large ``d`` in backward mode) are left alone.
+    (the full Hessian at large ``d`` in backward mode) are left alone —
+    unless the output goes ``into`` the caller's ``out=`` buffers: then it is
+    memory already touched, and blocks of ``_OUT_BLOCK_BYTES`` keep each
+    block's fresh result in reused allocator memory instead of faulting in
+    a whole new result (benchmarks/results/out_buffer.md).
     """
-    if n < 2 * _BLOCK_MIN or route.peak_bytes < _BLOCK_ABOVE:
+    if n < 2 * _BLOCK_MIN or route.peak_bytes < (2 * _OUT_BLOCK_BYTES if into else _BLOCK_ABOVE):
         return n
-    others = chain((ctx.V,), (p for leaf in leaves for p in leaf.state_dict().values()))  # frozen too
+    others = chain((ctx.V,), _parameters(leaves))
     if not ctx.be.mutable or not ctx.be.cache_blocking(ctx.x, others):
         return n
+    if into:
+        block = max(_BLOCK_MIN, int(_OUT_BLOCK_BYTES // max(route.per_example_bytes, 1.0)))
+        return block if 2 * block <= n else n
     if route.bytes_moved < _BLOCK_TRAFFIC * _output_bytes(ctx, n):
         return n
     block = max(_BLOCK_MIN, int(_BLOCK_BYTES // max(route.per_example_bytes, 1.0)))
@@ -215,52 +257,42 @@ def _fmt_bytes(b: float) -> str:
     raise AssertionError
 
 
-def _chunked(leaves, ctx: CallContext, n: int, chunk: int, progress: bool | None = None) -> Result:
-    """Run the call on batch slices of ``chunk`` examples.
+def _chunked(leaves, ctx: CallContext, n: int, chunk: int, progress: bool | None = None, into=None):
+    """Run the call on batch slices of ``chunk`` examples, each written into
+    its rows of the result: never a concatenation of all chunks, so the peak
+    is the result plus one chunk's work on every backend.
 
-    Every library whose arrays can be written (NumPy, torch, CuPy, and the
-    generic backend on those or on array-api-strict) gets each slice
-    written into preallocated results, so the peak is the output plus one
-    chunk's work. JAX arrays are immutable: their chunks are concatenated
-    at the end (the peak holds the output twice; under ``jax.jit`` XLA
-    plans that buffer itself).
+    The result is ``into`` (the caller's ``out=`` buffers, in the caller's
+    library: a call run in another library converts each chunk on the way)
+    or arrays allocated here after the first chunk, in its layout. Mutable
+    libraries (NumPy, torch, CuPy, array-api-strict) are written in place;
+    JAX arrays through :meth:`~hessquik_core.backends.base.Backend.set_rows`
+    (a donated ``dynamic_update_slice``: XLA reuses the buffer).
     """
     xp = ctx.xp
+    res = into
     with progress_bar(progress, total=-(-n // chunk), desc="hessquik chunks", unit="chunk") as bar:
-        first = _guarded(leaves, ctx.batch(0, chunk))
-        bar.update()
-        if not _writable(ctx, first.value):
-            parts = [first]
-            for i in range(chunk, n, chunk):
-                parts.append(_guarded(leaves, ctx.batch(i, min(i + chunk, n))))
-                bar.update()
-            out = Result(value=None, mode=first.mode)
-            for name in FIELDS:
-                if getattr(first, name) is not None:
-                    setattr(out, name, xp.concat([getattr(r, name) for r in parts], axis=0))
-            return out
-        out = Result(value=None, mode=first.mode)
-        for name in FIELDS:
-            a = getattr(first, name)
-            if a is not None:
-                full = _empty_like_layout(a, n, xp, ctx.device)
-                full[:chunk, ...] = a
-                setattr(out, name, full)
-        del first
-        for i in range(chunk, n, chunk):
-            part = _guarded(leaves, ctx.batch(i, min(i + chunk, n)))
+        for i in range(0, n, chunk):
+            sub = ctx.batch(i, min(i + chunk, n))
+            part = _guarded(leaves, sub)
+            if into is not None and ctx.native is not None:
+                part = sub.finish(part)  # the call runs in another library: to the caller's
+            if res is None:
+                res = Result(value=None)
+                for name in FIELDS:
+                    a = getattr(part, name)
+                    if a is not None:
+                        setattr(res, name, _empty_like_layout(a, n, xp, ctx.device))
             for name in FIELDS:
                 a = getattr(part, name)
                 if a is not None:
-                    getattr(out, name)[i : i + a.shape[0], ...] = a
+                    if into is not None:
+                        getattr(res, name)[i : i + a.shape[0], ...] = a  # the caller's writable array
+                    else:
+                        setattr(res, name, ctx.be.set_rows(getattr(res, name), i, a))
+            del part
             bar.update()
-    return out
-
-
-def _writable(ctx: CallContext, a) -> bool:
-    """Can results be assembled in place? The backend's capability (the generic
-    backend: any library but JAX, whose arrays are immutable)."""
-    return ctx.be.writable(a)
+    return res
 
 
 def _empty_like_layout(a, n: int, xp, device):
