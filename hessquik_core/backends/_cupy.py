@@ -7,7 +7,7 @@ import cupy as cp
 import numpy as np
 
 from . import to_numpy
-from .base import Backend, InPlaceUpdates
+from .base import Backend, InPlaceUpdates, strided_span
 
 
 class CuPyBackend(InPlaceUpdates, Backend):
@@ -30,6 +30,13 @@ class CuPyBackend(InPlaceUpdates, Backend):
             return int(cp.cuda.runtime.memGetInfo()[0])
         except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
             return super().available_memory(device)
+
+    def memory_span(self, a):
+        try:
+            start = a.__cuda_array_interface__["data"][0]
+        except (AttributeError, TypeError, KeyError):
+            return None
+        return strided_span(start, a.itemsize, a.shape, a.strides)
 
     def host_resident(self, device) -> bool:
         return False  # CUDA device memory

@@ -8,7 +8,7 @@ import array_api_compat as aac
 import numpy as np
 
 from . import to_numpy
-from .base import Backend, InPlaceUpdates
+from .base import Backend, InPlaceUpdates, strided_span
 
 
 def _blas_inner(a) -> bool:
@@ -43,6 +43,13 @@ class NumPyBackend(InPlaceUpdates, Backend):
 
     def cache_blocking(self, x, arrays) -> bool:
         return True
+
+    def memory_span(self, a):
+        try:
+            start = a.__array_interface__["data"][0]
+        except (AttributeError, TypeError, KeyError):
+            return None
+        return strided_span(start, a.itemsize, a.shape, a.strides)
 
     def cacheable(self, a) -> bool:
         return True  # NumPy arrays carry no autograd graph and are never tracers

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import _torch_step, to_numpy
-from .base import Backend
+from .base import Backend, strided_span
 
 
 class TorchBackend(Backend):
@@ -43,6 +43,17 @@ class TorchBackend(Backend):
             except Exception:  # pragma: no cover - driver quirks: fall back to host RAM
                 pass
         return super().available_memory(device)
+
+    def memory_span(self, a):
+        try:
+            start, item = a.data_ptr(), a.element_size()
+            strides = [st * item for st in a.stride()]  # torch strides count elements
+        except (AttributeError, TypeError, RuntimeError):
+            return None
+        return strided_span(start, item, a.shape, strides)
+
+    def records_autograd(self, arrays) -> bool:
+        return torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in arrays)
 
     def host_resident(self, device) -> bool:
         return device is None or torch.device(device).type == "cpu"

@@ -107,6 +107,16 @@ class Backend:
         """May the engine write results into ``a`` (an array it allocated) in place?"""
         return bool(self.mutable)
 
+    def memory_span(self, a) -> tuple[int, int] | None:
+        """``(start, stop)``: the byte addresses ``a`` may touch, for ``out=``'s aliasing
+        check; ``None`` where the library does not say (no check)."""
+        return None
+
+    def records_autograd(self, arrays) -> bool:
+        """Would a call on ``arrays`` be recorded by this library's autograd (so that
+        its results must be fresh graph nodes, not ``out=`` buffers)?"""
+        return False
+
     def cacheable(self, a) -> bool:
         """May a converted parameter ``a`` be kept between calls? Not while it carries
         an autograd graph (freed by ``.backward()``) or is a tracer of a compiling
@@ -210,6 +220,17 @@ class Backend:
 
     def synchronize(self, device=None) -> None:
         """Block until queued device work is done (for timing)."""
+
+
+def strided_span(start: int, itemsize: int, shape, strides) -> tuple[int, int] | None:
+    """``(start, stop)`` byte range of a strided array (``strides`` in bytes)."""
+    if any(s == 0 for s in shape):
+        return None
+    lo = hi = 0  # byte offsets of the lowest and highest element
+    for extent, stride in zip(shape, strides):
+        step = (extent - 1) * stride
+        lo, hi = (lo + step, hi) if step < 0 else (lo, hi + step)
+    return start + lo, start + hi + itemsize
 
 
 class InPlaceUpdates:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array_api_compat as aac
 
 from .._array import CallContext, namespace_of
+from ..backends import owner_of
 from .result import FIELDS, Result
 
 
@@ -69,8 +70,8 @@ def _describe(a) -> str:
 
 def _writable(a) -> str | None:
     """Why ``a`` cannot be written in place, or ``None``."""
-    if aac.is_jax_array(a):
-        return "JAX arrays are immutable"
+    if not owner_of(a).writable(a):
+        return f"{_describe(a)} arrays are immutable"
     flags = getattr(a, "flags", None)
     if flags is not None and hasattr(flags, "writeable") and not flags.writeable:
         return "it is read-only (flags.writeable is False)"
@@ -81,27 +82,9 @@ def _writable(a) -> str | None:
 
 def _span(a) -> tuple[int, int] | None:
     """``[start, stop)`` of the memory ``a`` may touch, for the aliasing check
-    (NumPy, CuPy: the array interface; torch: its data pointer and strides);
+    (the backend's :meth:`~hessquik_core.backends.base.Backend.memory_span`);
     ``None`` where the library does not say."""
-    try:
-        if aac.is_torch_array(a):
-            # torch strides count elements
-            start, item = a.data_ptr(), a.element_size()
-            strides = [s * item for s in a.stride()]
-        elif aac.is_numpy_array(a) or aac.is_cupy_array(a):
-            iface = a.__array_interface__ if aac.is_numpy_array(a) else a.__cuda_array_interface__
-            start, item, strides = iface["data"][0], a.itemsize, a.strides
-        else:
-            return None
-    except (AttributeError, TypeError, RuntimeError):
-        return None
-    if any(s == 0 for s in a.shape):
-        return None
-    lo = hi = 0  # byte offsets of the lowest and highest element
-    for extent, stride in zip(a.shape, strides):
-        step = (extent - 1) * stride
-        lo, hi = (lo + step, hi) if step < 0 else (lo, hi + step)
-    return start + lo, start + hi + item
+    return owner_of(a).memory_span(a)
 
 
 def _overlap(a, b) -> bool:
@@ -164,22 +147,19 @@ def check_out(out, ctx: CallContext, single: bool, params=()) -> Result:
             raise ValueError(f"out.{name} must be on x's device {aac.device(x)}, got {aac.device(a)}")
         why = _writable(a)
         if why is not None:
-            err = TypeError if aac.is_jax_array(a) else ValueError
+            err = TypeError if not owner_of(a).writable(a) else ValueError
             raise err(
                 f"out.{name} cannot be written in place: {why}; out= needs writable arrays of a "
                 f"mutable library (NumPy, torch, CuPy, array-api-strict); drop out= here"
             )
         setattr(views, name, xp.expand_dims(a, axis=0) if single else a)
-    if aac.is_torch_array(x):
-        import torch
-
-        if torch.is_grad_enabled() and any(getattr(a, "requires_grad", False) for a in (x, ctx.V, *params)):
-            # the results would be nodes of the graph, overwritten by the next call
-            raise ValueError(
-                "out= cannot be used while torch autograd records the call (x, directions or "
-                "the parameters require grad): the graph needs its own results; drop out= or "
-                "evaluate under torch.no_grad()"
-            )
+    if owner_of(x).records_autograd((x, ctx.V, *params)):
+        # the results would be nodes of the graph, overwritten by the next call
+        raise ValueError(
+            "out= cannot be used while torch autograd records the call (x, directions or "
+            "the parameters require grad): the graph needs its own results; drop out= or "
+            "evaluate under torch.no_grad()"
+        )
     others = [("x", x)] + ([] if ctx.V is None else [("directions", ctx.V)])
     names = list(want)
     for i, name in enumerate(names):
