@@ -197,9 +197,10 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     whose backward is the adjoint of the forward recurrences: three GEMMs per
     layer over the stacked carries ``[u; ∂u; Δu]`` and no per-operation tape
     (1.5-1.8x faster steps at d = 16-64 than autograd over the generic sweep,
-    same numbers to rounding). Its backward cannot itself be differentiated:
-    a loss that needs ``create_graph=True`` (a gradient penalty on the weight
-    gradient, Hessian-vector products in the weights) switches it off first.
+    same numbers to rounding). A second backward pass (``create_graph=True``:
+    a gradient penalty on the weight gradient, Hessian-vector products in the
+    weights) is exact too: the Function's backward then re-runs the
+    recurrences as taped operations and differentiates them.
     ``torch.compile`` and ``torch.func`` transforms always trace the generic sweep.
 
     Parameters
