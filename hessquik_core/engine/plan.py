@@ -103,13 +103,17 @@ def _settle(leaves: list, ctx: CallContext, n: int):
     never has directions: they fix the mode in resolve_call); a value-only
     call is priced as the plain forward pass it is."""
     auto = ctx.mode == "auto"
-    report = estimate_call(ctx, leaves, n, modes=("forward", "backward") if auto else (ctx.mode,))
+    # is the call a recorded training step? asked once: both the classic routes
+    # and the high-dimensional ones are priced by it
+    training = ctx.be.training_step(leaves, ctx)
+    modes = ("forward", "backward") if auto else (ctx.mode,)
+    report = estimate_call(ctx, leaves, n, modes=modes, training=training)
     special = None
     if auto and ctx.derivatives:
         # a Laplacian or divergence at d above the first width: the sweeps of
         # engine/highdim.py, whose cost beyond the first layer is independent of d
         best = report.routes[report.chosen].score
-        ctx.route, special = highdim.choose(ctx, leaves, n, best, ctx.be.training_step(leaves, ctx))
+        ctx.route, special = highdim.choose(ctx, leaves, n, best, training)
     if auto:
         ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
     return report.routes[ctx.mode] if special is None else special
@@ -136,8 +140,15 @@ def estimate_routes(leaves, n, *, d, k_fwd, **request):
     )
 
 
-def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward")):
-    """Cost report of the routes ``modes`` for a resolved call."""
+_ASK = object()
+
+
+def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward"), training=_ASK):
+    """Cost report of the routes ``modes`` for a resolved call (``training``: the
+    backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
+    asked here when not given)."""
+    if training is _ASK:
+        training = ctx.be.training_step(leaves, ctx)
     kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
     kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
     return estimate_routes(
@@ -154,7 +165,7 @@ def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward")):
         modes=modes,
         fused=ctx.be.fuses,
         derivatives=ctx.derivatives,
-        training=ctx.be.training_step(leaves, ctx),
+        training=training,
     )
 
 
