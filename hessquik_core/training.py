@@ -35,6 +35,7 @@ True
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,12 +47,15 @@ __all__ = [
     "fit",
     "functional_call",
     "jax_parameters",
+    "step_workspace",
     "torch_parameters",
 ]
 
 #: torch training steps of dense chains take the analytic weight gradient
 #: (:func:`analytic_weight_gradient`)
 _ANALYTIC = True
+#: those steps keep their large stacks in a reused workspace (:func:`step_workspace`)
+_WORKSPACE = True
 
 
 def _check_module(net) -> None:
@@ -224,6 +228,58 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     before = _ANALYTIC
     if enabled is not None:
         _ANALYTIC = enabled
+    return before
+
+
+def step_workspace(enabled: bool | None = None, *, release: bool = False) -> dict:
+    r"""The workspace that eager torch training steps keep their stacks in, on the CPU.
+
+    A step through the analytic weight gradient (:func:`analytic_weight_gradient`)
+    needs three ``(1 + k + 1, n, width)`` stacks per layer (``k`` tangents: d, or
+    the number of directions). Allocated afresh, each one above glibc's mmap
+    threshold (32 MiB) is new memory from the kernel, page-faulted on every step;
+    kept in a workspace it is reused: at d = 64, n = 1024, width 64 the step is
+    ~1.4x faster. A buffer is lent again only when no tensor shares its memory
+    any more — not while a graph that saved it is alive (``retain_graph=True``),
+    not while you hold a result that views it — so the numbers are the same
+    bit for bit with and without it. The memory held between steps is one step's
+    working set (what the step allocates anyway); buffers not used for two steps
+    (a new batch size or width) are released. CUDA tensors are not pooled (the
+    caching allocator already reuses memory), nor buffers under 1 MiB.
+
+    Parameters
+    ----------
+    enabled : bool or None
+        ``True`` / ``False`` switch the workspace on or off (process-wide; off
+        also releases it); ``None`` only reads the setting.
+    release : bool
+        Drop every buffer now (those still in use keep their memory until
+        their last view is gone).
+
+    Returns
+    -------
+    dict
+        ``{"enabled": setting before the call, "nbytes": bytes held before the call}``.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is neither a bool nor None, or ``release`` is not a bool.
+    """
+    global _WORKSPACE
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    if not isinstance(release, bool):
+        raise TypeError(f"release must be a bool, got {release!r}")
+    before = {"enabled": _WORKSPACE, "nbytes": 0}
+    # only where torch is in use already: this never imports it
+    ws = sys.modules.get("hessquik_core.backends._torch_workspace")
+    if ws is not None:
+        before["nbytes"] = ws.WORKSPACE.nbytes()
+    if enabled is not None:
+        _WORKSPACE = enabled
+    if ws is not None and (release or enabled is False):
+        ws.WORKSPACE.release()
     return before
 
 

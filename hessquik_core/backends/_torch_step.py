@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from ..activations import AntiTanh, Identity, Quadratic, Sigmoid, Sin, Tanh
+from ._torch_workspace import WORKSPACE
 
 #: activations whose σ', σ'', σ''' this module knows
 SUPPORTED = (Tanh, Identity, Sin, AntiTanh, Sigmoid, Quadratic)
@@ -120,6 +121,10 @@ def run(leaves, params, ctx, x, seed, laplacian: bool):
     return Y[0], torch.permute(Y[1 : k + 1], (1, 0, 2)), (Y[k + 1] if laplacian else None)
 
 
+def _fresh(shape, like):
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
 def _taped(acts, lap, x, seed, flat):
     """The forward recurrences of :class:`_Sweep` as ordinary (recorded) torch
     operations: ``Y = [u; ∂u; Δu] : (rows, n, m)``, for the double-backward path."""
@@ -156,15 +161,21 @@ class _Sweep(torch.autograd.Function):
         rows = 1 + k + (1 if lap else 0)
         saved = [x, seed]
         Y = None
+        WORKSPACE.new_step()
+        last = len(acts) - 1
         for i, act in enumerate(acts):
             K, b = flat[2 * i], flat[2 * i + 1]
             q = K.shape[1]
+            # the stacks the backward pass reads come from the step workspace (no fresh,
+            # page-faulting memory per step); the returned stack is the caller's: fresh
+            stack = WORKSPACE.empty if i < last else _fresh
             if i == 0:
                 # the input's tangents are the seed, shared by the batch: A = seed K is (k, 1, q)
                 z = x @ K if b is None else torch.addmm(b, x, K)
                 A, Z = (seed[0] @ K)[:, None, :], None
             else:
-                Z = (Y.view(-1, Y.shape[-1]) @ K).view(rows, n, q)
+                Z = stack((rows, n, q), x)
+                torch.mm(Y.view(rows * n, Y.shape[-1]), K, out=Z.view(rows * n, q))
                 z = Z[0]
                 if b is not None:
                     z.add_(b)  # the value row of Z becomes z itself
@@ -174,7 +185,7 @@ class _Sweep(torch.autograd.Function):
                 saved += [K, None, None, None, Z]
                 Y = Z
                 continue
-            Yn = torch.empty((rows, n, q), dtype=x.dtype, device=x.device)
+            Yn = stack((rows, n, q), x)
             if isinstance(act, Tanh):
                 t = torch.tanh(z, out=Yn[0])
                 s1 = 1.0 - t * t
@@ -235,8 +246,8 @@ class _Sweep(torch.autograd.Function):
         grads = [None] * (2 * len(acts))
         # the incoming adjoint is autograd's (copied); every later one is this sweep's
         # own GEMM output and becomes the next GEMM operand [z̄; Ā; B̄] in place
-        Yb = Yb.clone(memory_format=torch.contiguous_format)
-        xb = Asum = spare = None
+        Yb = WORKSPACE.empty(Yb.shape, Yb).copy_(Yb)
+        xb = Asum = None
         for i in range(len(acts) - 1, -1, -1):
             act = acts[i]
             K, Z, z, S, Yn = layers[i]
@@ -277,11 +288,10 @@ class _Sweep(torch.autograd.Function):
                 Zb = Yb.view(-1, Yb.shape[-1])
                 if need[2 * i]:
                     grads[2 * i] = Yin.view(-1, Yin.shape[-1]).T @ Zb
-                # the adjoint of the layer input; a dead adjoint buffer of the same shape
-                # (two layers up) takes the GEMM output instead of fresh, page-faulting memory
-                out = spare if spare is not None and spare.shape == Yin.shape else None
-                spare = Yb
-                Yb = torch.mm(Zb, K.T, out=None if out is None else out.view(Zb.shape[0], -1)).view(Yin.shape)
+                # the adjoint of the layer input, into a workspace buffer: the one of two
+                # layers up is dead by now and is lent again (no fresh, page-faulting memory)
+                out = WORKSPACE.empty(Yin.shape, Zb)
+                Yb = torch.mm(Zb, K.T, out=out.view(Zb.shape[0], K.shape[0])).view(Yin.shape)
                 continue
             if need[0]:
                 grads[0] = torch.addmm(x.T @ zb, seed[0].T, Asum)
