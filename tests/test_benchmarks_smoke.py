@@ -87,6 +87,29 @@ def test_w6_training_step_smoke(tmp_path):
     assert (tmp_path / "w6.csv").exists()
 
 
+def test_w6_summary_marks_targets(tmp_path):
+    """The W6 summary computes ours / peer from the rows and marks each target."""
+    summary = pytest.importorskip("benchmarks.w6_summary")
+
+    def row(peer, loss, d, t):
+        return dict(peer=peer, loss=loss, width=64, dtype="float64", d=d, status="ok", min_s=t)
+
+    rows = [
+        row("ours-auto", "laplacian", 2, 0.02),
+        row("jax+folx", "laplacian", 2, 0.01),  # 2.00: missed
+        row("torch.func", "laplacian", 2, 0.1),  # 0.20: met
+        row("ours-auto", "gradient", 2, 0.01),
+        row("jax", "gradient", 2, 0.02),  # 0.50: met (plain jax is the gradient loss's peer)
+        row("torch.func", "gradient", 2, 0.012),  # 0.83: missed
+    ]
+    (tmp_path / "w6_x.json").write_text(json.dumps({"rows": rows}))
+    assert summary.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "w6_summary.md").read_text()
+    assert "| 2 | 20.0 ms | 2.00 ✗ | 0.20 ✓ |" in md
+    assert "| 2 | 10.0 ms | 0.50 ✓ | 0.83 ✗ |" in md
+    assert "**2 targets met, 2 missed**" in md
+
+
 def test_w6_agreement_check_catches_a_wrong_gradient():
     ts = pytest.importorskip("benchmarks.training_step")
     import numpy as np
