@@ -13,7 +13,8 @@ import numpy as np
 from ._array import as_batch, resolve_call, unbatch
 from ._dask_hook import dask_call, is_dask
 from ._module import Module
-from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call, estimate_routes
+from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
+from .engine.explain import explain
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
 from .layers.base import check_int, set_engine
 
@@ -246,37 +247,74 @@ class NN(Module):
         hessian: bool = False,
         laplacian: bool = False,
         hessian_diagonal: bool = False,
+        divergence: bool = False,
         num_directions: int | None = None,
         itemsize: int = 8,
         fused: bool = False,
+        mode: str = "auto",
+        max_memory: float | None = None,
+        training: bool = False,
     ):
-        """Estimated flops and peak memory of forward and backward mode.
+        """Estimated cost of a call on ``n`` examples, and what the planner does with it.
 
-        ``gradient=False`` (and no second-order request) prices a value-only
-        call. ``mode="auto"`` takes the route with the smaller estimate; printing
-        the returned :class:`~hessquik_core.engine.cost.CostReport` shows why.
-        ``fused=True`` scores the routes as for JAX arrays, whose element-wise
-        chains XLA fuses (memory traffic weighs less, which favours forward
-        mode for the full Hessian).
+        The returned :class:`~hessquik_core.engine.cost.CostReport` prices forward
+        and backward mode (``routes``; ``chosen`` is the cheaper) and states the
+        planner's decisions for this request, made by the planner itself on an
+        input of the call's shape: ``route``, the route the call runs (``"forward"``,
+        ``"backward"``, ``"value"``, ``"forward/gram-laplacian"``,
+        ``"forward/divergence"``), its estimate ``planned``, the ``chunk`` size and
+        number of ``chunks`` (memory budget or cache blocking), the result's size
+        and whether the call ``fits`` (else ``refusal``, the message of the
+        :class:`MemoryBudgetError` the call would raise). Printing it shows a table.
+
+        Parameters
+        ----------
+        n : int
+            Number of examples.
+        gradient, hessian, laplacian, hessian_diagonal, divergence : bool
+            The request, as for :meth:`__call__` (``gradient`` defaults to True
+            here: pass ``gradient=False`` to price a value-only call, a Laplacian,
+            divergence or diagonal alone).
+        num_directions : int, optional
+            ``k`` columns of ``directions`` instead of ``d`` tangents / ``m``
+            outputs (the plan is made for the cheaper side unless ``mode`` says).
+        itemsize : {8, 4}
+            Bytes per entry (float64 or float32).
+        fused : bool
+            Score the routes as for JAX arrays, whose element-wise chains XLA
+            fuses (memory traffic weighs less, which favours forward mode for
+            the full Hessian).
+        mode : {"auto", "forward", "backward"}
+            As for :meth:`__call__` (explicit modes run the classic sweeps).
+        max_memory : float, optional
+            As for :meth:`__call__`: default half the free host memory.
+        training : bool
+            Price a torch training step (the call recorded by autograd, then
+            its backward pass), as a call on tensors that require grad would be.
+
+        The plan is a CPU call's (NumPy, or torch for ``training``): GPUs are
+        not cache-blocked and have their own free memory.
 
         >>> import hessquik_core as hq
         >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
         backward
         """
-        return estimate_routes(
+        return explain(
             list(self._leaves()),
             int(n),
             d=self.in_features,
             m=self.out_features,
-            derivatives=bool(gradient or hessian or laplacian or hessian_diagonal),
             gradient=bool(gradient),
-            hessian=hessian,
-            laplacian=laplacian,
-            hessian_diagonal=hessian_diagonal,
-            k_fwd=num_directions,
-            k_bwd=num_directions,
+            hessian=bool(hessian),
+            laplacian=bool(laplacian),
+            hessian_diagonal=bool(hessian_diagonal),
+            divergence=bool(divergence),
+            num_directions=num_directions,
             itemsize=itemsize,
             fused=bool(fused),
+            mode=mode,
+            max_memory=max_memory,
+            training=bool(training),
         )
 
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):

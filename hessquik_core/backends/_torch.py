@@ -80,6 +80,10 @@ class TorchBackend(Backend):
         arrays = chain((ctx.x,), (p for leaf in leaves for p in leaf.parameters()))
         if not any(getattr(a, "requires_grad", False) for a in arrays):
             return None
+        return self.training_route(leaves, ctx)
+
+    def training_route(self, leaves, ctx) -> str | None:
+        """How the forward route of this call would run if autograd recorded it."""
         return "analytic" if _torch_step.usable(leaves, ctx, mode="forward") else "taped"
 
     def fused_forward(self, leaves, params, ctx, x):

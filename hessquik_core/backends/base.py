@@ -141,6 +141,11 @@ class Backend:
         the cost model prices a training step's backward pass by it."""
         return None
 
+    def training_route(self, leaves, ctx) -> str | None:
+        """What :meth:`training_step` would answer if autograd recorded this call
+        (``net.cost(..., training=True)``); ``None``: the library has no autograd."""
+        return None
+
     def fused_forward(self, leaves, params, ctx, x):
         """A library's own forward sweep for this call, or ``None`` (the generic
         sweep). torch uses one for recorded training steps of dense chains

@@ -67,6 +67,10 @@ TRAINING_FACTOR = {"analytic": 3.0, "taped": 4.5, "taped-second": 7.0}
 
 @dataclass
 class RouteCost:
+    """The estimate of one route for a whole batch: GEMM ``flops``, ``peak_bytes``
+    of working memory (``per_example_bytes`` for one example), array ``ops``,
+    ``bytes_moved`` by element-wise passes; ``score`` combines them."""
+
     mode: str
     flops: float
     peak_bytes: float
@@ -87,13 +91,40 @@ class RouteCost:
 
 @dataclass
 class CostReport:
-    """Estimated cost of each mode for one request; ``chosen`` is the cheaper."""
+    """Estimated cost of each mode for one request; ``chosen`` is the cheaper.
+
+    From ``net.cost()`` it also states what the planner does with the request
+    (:meth:`hessquik_core.NN.cost`): ``route``, the name of the
+    route the call runs (``"forward"``, ``"backward"``, ``"value"``,
+    ``"forward/gram-laplacian"``, ``"forward/divergence"``), its estimate
+    ``planned``, the batch ``chunk`` and number of ``chunks`` under the memory
+    budget or cache blocking, the result's size and whether the call ``fits``
+    (else ``refusal``, the :class:`~hessquik_core.engine.plan.MemoryBudgetError`
+    message the call raises). ``route`` is empty for a bare estimate."""
 
     n: int
     d: int
     m: int
     request: str
     routes: dict = field(default_factory=dict)
+    #: the route the call runs, its estimate (whole batch), and its batch plan
+    route: str = ""
+    planned: RouteCost | None = None
+    chunk: int = 0
+    chunks: int = 1
+    #: the chunk is a cache block (a few MiB working set), not the memory budget's
+    blocked: bool = False
+    result_bytes: float = 0.0
+    result_fields: str = ""
+    #: free memory and the working-memory budget, where the planner asks
+    #: (calls over 64 MiB or with ``max_memory``); ``None`` otherwise
+    available: float | None = None
+    budget: float | None = None
+    fits: bool = True
+    refusal: str | None = None
+    #: how a recorded training step's forward route runs (``None``: an evaluation)
+    training: str | None = None
+    notes: tuple = ()
 
     @property
     def chosen(self) -> str:
@@ -107,17 +138,51 @@ class CostReport:
         return best.mode
 
     def __str__(self) -> str:
+        rows = [(r.mode, r) for r in self.routes.values()]
+        if self.route == "value" and self.planned is not None:
+            rows = [("value", self.planned)]  # the plain pass: the modes are the same
+        elif self.route and self.planned is not None and self.route not in self.routes:
+            rows.append((self.route, self.planned))
+        width = max(9, *(len(name) for name, _ in rows))
         lines = [
             f"cost of {self.request} for n={self.n}, d={self.d}, m={self.m}:",
-            f"  {'mode':9s} {'GFLOP':>10s} {'GB moved':>10s} {'peak MiB':>10s} {'array ops':>10s}",
+            f"  {'route':{width}s} {'GFLOP':>10s} {'GB moved':>10s} {'peak MiB':>10s} {'array ops':>10s}"
+            f" {'score':>10s}",
         ]
-        for r in self.routes.values():
-            mark = "  <- chosen" if r.mode == self.chosen else ""
-            lines.append(
-                f"  {r.mode:9s} {r.flops / 1e9:10.4f} {r.bytes_moved / 1e9:10.4f} "
-                f"{r.peak_bytes / 2**20:10.2f} {r.ops:10d}{mark}"
+        chosen = self.chosen
+        for name, r in rows:
+            marks = (["chosen"] if name == chosen and name in self.routes else []) + (
+                ["runs"] if name == self.route else []
             )
+            mark = f"  <- {', '.join(marks)}" if marks else ""
+            lines.append(
+                f"  {name:{width}s} {r.flops / 1e9:10.4f} {r.bytes_moved / 1e9:10.4f} "
+                f"{r.peak_bytes / 2**20:10.2f} {r.ops:10d} {r.score / 1e9:10.4f}{mark}"
+            )
+        if not self.route:
+            return "\n".join(lines)
+        if self.refusal is not None:
+            lines.append(f"  runs: {self.route}: refused before any work (MemoryBudgetError): {self.refusal}")
+        else:
+            if self.chunks <= 1:
+                batch = "one batch"
+            else:
+                why = "cache blocks" if self.blocked else "chunks (memory budget)"
+                batch = f"{self.chunks} {why} of {self.chunk} examples"
+            budget = "" if self.budget is None else f", budget {_fmt(self.budget)}"
+            lines.append(f"  runs: {self.route}, {batch}{budget}")
+            free = "" if self.available is None else f" of {_fmt(self.available)} free"
+            lines.append(f"  result: {_fmt(self.result_bytes)}{free} ({self.result_fields}): fits")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _fmt(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024:
+            return f"{b:.1f} {unit}" if unit != "B" else f"{b:.0f} B"
+        b /= 1024
+    return f"{b:.1f} TiB"
 
 
 def _value_cost(dims, n, itemsize):

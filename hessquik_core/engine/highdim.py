@@ -115,6 +115,7 @@ def _scaled(rc: RouteCost, n: int, n1: int) -> RouteCost:
         rc.ops,
         rc.bytes_moved * n / n1,
         rc.flops_per_byte,
+        rc.step_factor,
     )
 
 

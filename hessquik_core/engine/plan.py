@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import chain
 
 from .._array import CallContext, check_max_memory
@@ -9,7 +10,7 @@ from .._progress import progress_bar
 from ..rules.contractions import diagonal
 from . import forward, highdim
 from .backward import run_backward
-from .cost import estimate
+from .cost import CostReport, RouteCost, estimate
 from .forward import run_forward
 from .out import check_out
 from .out import empty_result as _empty_result
@@ -36,25 +37,55 @@ _BLOCK_TRAFFIC = 4.0
 _OUT_BLOCK_BYTES = 24 * 2**20
 
 
-def call(
-    leaves: list, ctx: CallContext, max_memory, progress: bool | None = None, out=None, single: bool = False
-) -> Result:
-    """Run a resolved call: settle the mode, plan the memory, run (in chunks).
+#: the name of the plain forward pass of a value-only call (nothing carried)
+VALUE = "value"
 
-    Everything that can refuse the call does so here, before any layer runs:
-    a result that cannot be allocated at all, one example whose working
-    memory exceeds the budget, ``out`` buffers that do not fit the request
-    (:func:`~hessquik_core.engine.out.check_out`). ``progress`` shows one
-    bar over the chunks (:func:`~hessquik_core._progress.progress_bar`).
-    With ``out`` (for a single point ``(d,)``: ``single``) every chunk is
-    written into the caller's arrays and ``out`` itself is returned."""
-    if progress is not None and not isinstance(progress, bool):
-        raise TypeError(f"progress must be True, False or None, got {progress!r}")
+
+def route_name(ctx: CallContext) -> str:
+    """The name of the route a settled call runs: ``"value"`` (value only),
+    ``"forward"`` / ``"backward"`` (the classic sweeps), or the mode and a sweep
+    of :mod:`~hessquik_core.engine.highdim` (``"forward/gram-laplacian"``,
+    ``"forward/divergence"``). One source of truth for ``net.cost()``'s report."""
+    if not ctx.derivatives:
+        return VALUE
+    return f"{ctx.mode}/{ctx.route}" if ctx.route else ctx.mode
+
+
+@dataclass
+class Plan:
+    """What the planner decided for one call, before any layer runs."""
+
+    #: :func:`route_name` of the settled call
+    route: str
+    #: the estimate of that route (whole batch)
+    cost: RouteCost
+    #: the classic routes' report the mode was settled by
+    report: CostReport
+    n: int
+    #: examples per chunk (``>= n``: one unchunked call)
+    chunk: int
+    #: bytes of the result (0 with ``out=``: already allocated)
+    result_bytes: float
+    #: the backend's training-step answer (``None``: an evaluation)
+    training: str | None = None
+    #: free memory and working-memory budget, where the planner asked (large or budgeted calls)
+    available: float | None = None
+    budget: float | None = None
+    #: the chunk is a cache block (not the memory budget's)
+    blocked: bool = False
+    #: the :class:`MemoryBudgetError` message of a refused call
+    refusal: str | None = None
+
+
+def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False) -> Plan:
+    """Settle the route of ``ctx`` and plan its memory, raising nothing: a call
+    the planner refuses has :attr:`Plan.refusal` set. ``into``: results go into
+    ``out=`` buffers (the result is not allocated; cache blocks fit the heap)."""
     n = ctx.x.shape[0]
-    route = _settle(leaves, ctx, n)
-    into = None if out is None else check_out(out, ctx, single, _parameters(leaves))
+    report, route, training = _settle(leaves, ctx, n)
     # with out= the result is already allocated: only the working memory is planned
-    result = _result_bytes(ctx, n) if into is None else 0.0
+    result = _result_bytes(ctx, n) if not into else 0.0
+    p = Plan(route_name(ctx), route, report, n, n, result, training)
     chunk = n
     # small calls need not ask the OS how much memory is free
     if max_memory is not None or route.peak_bytes >= _SMALL_CALL or result >= _SMALL_CALL:
@@ -62,10 +93,11 @@ def call(
         # any real number type (numpy scalars included); NaN, bool and negatives refused
         checked = None if max_memory is None else check_max_memory(max_memory)
         budget = 0.5 * available if checked is None else checked
+        p.available, p.budget = available, budget
         if result >= _SMALL_CALL and result + min(route.per_example_bytes, route.peak_bytes) > available:
             # the result is allocated whole whatever the chunking: refuse now
             # rather than after the work (or with a raw allocator error)
-            raise MemoryBudgetError(
+            p.refusal = (
                 f"the result ({_result_fields(ctx)}) needs {_fmt_bytes(result)}, more than the "
                 f"{_fmt_bytes(available)} of memory available on {ctx.device} (the memory budget "
                 f"of the working memory is {_fmt_bytes(budget)}); request less: hessian_diagonal "
@@ -73,20 +105,49 @@ def call(
                 f"smaller batch (n = {n}), or out= buffers you allocate yourself (e.g. "
                 f"numpy.lib.format.open_memmap on disk; the call then writes them chunk by chunk)"
             )
+            return p
         if route.peak_bytes > budget and not (n <= 1 and route.per_example_bytes <= budget):
             if route.per_example_bytes > budget:
-                raise MemoryBudgetError(
+                p.refusal = (
                     f"one example needs an estimated {_fmt_bytes(route.per_example_bytes)} in "
                     f"{ctx.mode} mode, more than the memory budget of {_fmt_bytes(budget)} "
                     f"(max_memory); request less (e.g. laplacian or hessian_diagonal instead of "
                     f"hessian), use directions, or raise max_memory"
                 )
+                return p
             chunk = max(1, int(budget // route.per_example_bytes))
     # a value-only call is one pass with nothing carried: never blocked; nor are
     # the high-dimensional sweeps (GEMM-bound, with batch-independent products
     # that blocks would repeat)
     if ctx.derivatives and not ctx.route:
-        chunk = min(chunk, _cache_block(ctx, leaves, route, n, into is not None))
+        block = _cache_block(ctx, leaves, route, n, into)
+        p.blocked = block < chunk
+        chunk = min(chunk, block)
+    p.chunk = chunk
+    return p
+
+
+def call(
+    leaves: list, ctx: CallContext, max_memory, progress: bool | None = None, out=None, single: bool = False
+) -> Result:
+    """Run a resolved call: settle the mode, plan the memory, run (in chunks).
+
+    Everything that can refuse the call does so here, before any layer runs:
+    a result that cannot be allocated at all, one example whose working
+    memory exceeds the budget (:func:`plan`), ``out`` buffers that do not fit
+    the request (:func:`~hessquik_core.engine.out.check_out`). ``progress``
+    shows one bar over the chunks (:func:`~hessquik_core._progress.progress_bar`).
+    With ``out`` (for a single point ``(d,)``: ``single``) every chunk is
+    written into the caller's arrays and ``out`` itself is returned."""
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {progress!r}")
+    n = ctx.x.shape[0]
+    p = plan(leaves, ctx, max_memory, out is not None)
+    # out= is checked against the settled route before any memory refusal
+    into = None if out is None else check_out(out, ctx, single, _parameters(leaves))
+    if p.refusal is not None:
+        raise MemoryBudgetError(p.refusal)
+    chunk = p.chunk
     if into is not None:
         _chunked(leaves, ctx, n, min(chunk, n), progress, into)
         out.mode = ctx.mode
@@ -97,7 +158,8 @@ def call(
 
 
 def _settle(leaves: list, ctx: CallContext, n: int):
-    """Settle ``ctx.mode``; return the cost of its route.
+    """Settle ``ctx.mode`` (and ``ctx.route``); return the classic routes' report,
+    the cost of the settled route and the training-step answer.
 
     One estimate serves both the mode choice and the memory plan ("auto"
     never has directions: they fix the mode in resolve_call); a value-only
@@ -116,7 +178,7 @@ def _settle(leaves: list, ctx: CallContext, n: int):
         ctx.route, special = highdim.choose(ctx, leaves, n, best, training)
     if auto:
         ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
-    return report.routes[ctx.mode] if special is None else special
+    return report, (report.routes[ctx.mode] if special is None else special), training
 
 
 def empty_result(leaves: list, ctx: CallContext, single: bool = False) -> Result:
