@@ -79,8 +79,8 @@ def time_interleaved(
     per call from one calibration call so that its share of a round lasts
     ``min_round_s``), so a burst of load from other processes slows every
     peer of the round alike instead of one peer's whole series. A call whose
-    ``rounds`` would pass ``max_total_s`` gets fewer (at least two); the
-    per-call minimum over the rounds is the result.
+    ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
+    ``rounds`` is one); the per-call minimum over the rounds is the result.
     """
     numbers, reps = {}, {}
     for name, call in calls.items():
@@ -89,7 +89,7 @@ def time_interleaved(
         del out
         per = max(time.perf_counter() - t0, 1e-7)
         numbers[name] = max(1, int(min_round_s / per))
-        reps[name] = max(2, min(rounds, int(max_total_s / (per * numbers[name]))))
+        reps[name] = max(min(2, rounds), min(rounds, int(max_total_s / (per * numbers[name]))))
     samples: dict[str, list] = {name: [] for name in calls}
     total = dict.fromkeys(calls, 0.0)
     for i in range(max(reps.values(), default=0)):

@@ -316,3 +316,25 @@ def test_eval_misses_points_are_the_committed_misses():
     assert em.target(pts[0], "jax") == 1.5 and em.target(pts[1], "hessQuik-0.0.6") == pytest.approx(1 / 3)
     assert em.target(pts[-1], "folx") == 1.0 and em.target(pts[-1], "torch.func") is None
     assert em.load_before(Path("no/such/results.json"))["times"] == {}
+
+
+def test_time_interleaved_alternates_the_calls():
+    measure = pytest.importorskip("benchmarks.measure")
+    import time
+
+    calls: list = []
+
+    def fast():
+        calls.append("fast")
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.002)
+
+    tm = measure.time_interleaved({"fast": fast, "slow": slow}, rounds=3, min_round_s=0.0, max_total_s=10.0)
+    # one calibration call each, then three rounds of one call each, in turn
+    assert calls == ["fast", "slow"] + ["fast", "slow"] * 3
+    assert tm["fast"].repeat == tm["slow"].repeat == 3 and tm["slow"].min_s >= 0.002 > tm["fast"].min_s
+    # a call that would pass the time budget gets fewer rounds, but at least two
+    tm = measure.time_interleaved({"slow": slow}, rounds=5, min_round_s=0.0, max_total_s=0.001)
+    assert tm["slow"].repeat == 2 and len(tm["slow"].samples) == 2
