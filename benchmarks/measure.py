@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Timing", "peak_memory", "rss_bytes", "time_call"]
+__all__ = ["Timing", "peak_memory", "rss_bytes", "time_call", "time_interleaved"]
 
 
 @dataclass
@@ -68,6 +68,45 @@ def time_call(
             del out
         times.append((time.perf_counter() - t0) / number)
     return Timing(min(times), statistics.median(times), number, reps, time.perf_counter() - t_all, times)
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], *, rounds: int, min_round_s: float, max_total_s: float
+) -> dict[str, Timing]:
+    """Time several (already warmed-up) calls against each other, in interleaved rounds.
+
+    Each round runs every call once in turn (``number`` calls in a row, chosen
+    per call from one calibration call so that its share of a round lasts
+    ``min_round_s``), so a burst of load from other processes slows every
+    peer of the round alike instead of one peer's whole series. A call whose
+    ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
+    ``rounds`` is one); the per-call minimum over the rounds is the result.
+    """
+    numbers, reps = {}, {}
+    for name, call in calls.items():
+        t0 = time.perf_counter()
+        out = call()
+        del out
+        per = max(time.perf_counter() - t0, 1e-7)
+        numbers[name] = max(1, int(min_round_s / per))
+        reps[name] = max(min(2, rounds), min(rounds, int(max_total_s / (per * numbers[name]))))
+    samples: dict[str, list] = {name: [] for name in calls}
+    total = dict.fromkeys(calls, 0.0)
+    for i in range(max(reps.values(), default=0)):
+        for name, call in calls.items():
+            if i >= reps[name]:
+                continue
+            t0 = time.perf_counter()
+            for _ in range(numbers[name]):
+                out = call()
+                del out
+            dt = time.perf_counter() - t0
+            total[name] += dt
+            samples[name].append(dt / numbers[name])
+    return {
+        name: Timing(min(s), statistics.median(s), numbers[name], len(s), total[name], s)
+        for name, s in samples.items()
+    }
 
 
 # --------------------------------------------------------------------------

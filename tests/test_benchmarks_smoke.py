@@ -235,3 +235,129 @@ def test_gpu_check_without_gpu_exits_cleanly(tmp_path):
     summary = (tmp_path / "gpu" / "summary.txt").read_text()
     assert "no NVIDIA GPU on this machine" in summary
     assert (tmp_path / "out" / "gpu" / "summary.txt").exists()
+
+
+def test_eval_misses_quick(tmp_path):
+    """The re-run of the committed evaluation misses: every peer agrees with this library
+    before it is timed, and each point has its ratio now and, from the committed full
+    run's results.json, before."""
+    em = pytest.importorskip("benchmarks.eval_misses")
+    argv = ["--quick", "--out", str(tmp_path), "--peers", PEERS, "--repeat", "2"]
+    assert em.main(argv, configure_threads=False) == 0
+    data = json.loads((tmp_path / "eval_misses.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["W1 d=16 m=1 n=10", "W3 d=16 w=64 n=16"]
+    for r in data["rows"]:
+        for p, rec in r["peers"].items():
+            assert rec["status"] == "ok", (r["label"], p, rec)
+            assert rec["rel_err"] <= 1e-8 and rec["min_s"] > 0 and rec["rounds"] >= 2
+        # ratio = ours / peer, ours the fastest route of this library
+        for p, e in r["ratios"].items():
+            t_ours = min(r["peers"][o]["min_s"] for o in ("ours-numpy", "ours-torch"))
+            assert e["best_now"] == pytest.approx(t_ours / r["peers"][p]["min_s"])
+    w1, w3 = data["rows"]
+    assert set(w1["ratios"]) == {"hessQuik-0.0.6", "torch.func"} and set(w3["ratios"]) == {"torch.func"}
+    committed = Path(_ROOT) / "benchmarks" / "results" / "results.json"
+    if committed.is_file():  # W1 d = 16, n = 10 is a committed point; W3 at n = 16 is not
+        assert all(e["best_before"] > 0 and e["eager_before"] > 0 for e in w1["ratios"].values())
+        assert w3["ratios"]["torch.func"]["best_before"] is None
+    assert w1["ratios"]["hessQuik-0.0.6"]["target"] is None and data["machine"]["load_average_start"]
+    md = (tmp_path / "eval_misses.md").read_text()
+    assert "best: before → now" in md and "eager: before → now" in md
+    assert "Ratio = ours / peer: below 1 this library is faster" in md and "## Machine" in md
+
+
+def test_eval_misses_times_no_peer_that_disagrees():
+    em = pytest.importorskip("benchmarks.eval_misses")
+    from dataclasses import replace
+
+    from benchmarks import peers
+
+    good = next(p for p in peers.PEERS if p.name == "ours-numpy")
+
+    def make_wrong(point, net, records, x_np):
+        r = good.make(point, net, records, x_np)
+        conv = r.to_numpy
+
+        def to_numpy(out):
+            got = conv(out)
+            got["hessian"] = got["hessian"] * 1.01
+            return got
+
+        return replace(r, to_numpy=to_numpy)
+
+    wrong = replace(good, name="ours-wrong", make=make_wrong)
+    args = em.parse_args(["--quick", "--repeat", "2"])
+    pt = em.points(True)[0]
+    row = em.run_point(pt, [good, wrong], args, log=lambda msg: None)
+    assert row["peers"]["ours-numpy"]["status"] == "ok" and row["peers"]["ours-numpy"]["min_s"] > 0
+    bad = row["peers"]["ours-wrong"]
+    assert bad["status"] == "mismatch" and "min_s" not in bad and bad["rel_err"] > 1e-3
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None or importlib.util.find_spec("folx") is None,
+    reason="needs jax and folx",
+)
+def test_eval_misses_jax_peers(tmp_path):
+    """The traced engine (ours-jax-jit), JAX and folx agree with this library at the quick
+    points before they are timed; folx is compared on the Laplacian point only."""
+    em = pytest.importorskip("benchmarks.eval_misses")
+    argv = ["--quick", "--out", str(tmp_path), "--peers", "ours-numpy,ours-jax-jit,jax,folx", "--repeat", "2"]
+    assert em.main(argv, configure_threads=False) == 0
+    w1, w3 = json.loads((tmp_path / "eval_misses.json").read_text())["rows"]
+    assert set(w1["peers"]) == {"ours-numpy", "ours-jax-jit", "jax"}
+    assert set(w3["peers"]) == {"ours-numpy", "ours-jax-jit", "jax", "folx"}
+    for r in (w1, w3):
+        assert all(rec["status"] == "ok" and rec["rel_err"] <= 1e-8 for rec in r["peers"].values()), r
+        assert r["peers"]["ours-jax-jit"]["compile_s"] > 0
+        assert set(r["each_ours"]) == {"ours-numpy", "ours-jax-jit"}
+    assert w3["ratios"]["folx"]["target"] == 1.0 and w1["ratios"]["jax"]["target"] == 1.5
+
+
+def test_eval_misses_points_are_the_committed_misses():
+    """The full run times exactly the miss points of analysis.md, each found in the committed
+    results.json (so each gets a "before"), and compares with the peers the targets name."""
+    em = pytest.importorskip("benchmarks.eval_misses")
+    pts = em.points(False)
+    assert [em.label(p) for p in pts] == [
+        "W1 d=16 m=1 n=10",
+        "W1/W2 d=16 m=1 n=1000",
+        "W2 d=16 m=2 n=1000",
+        "W2 d=16 m=4 n=1000",
+        "W2 d=16 m=8 n=1000",
+        "W2 d=32 m=8 n=1000",
+        "W2 d=32 m=16 n=1000",
+        "W3 d=16 w=64 n=256",
+        "W3 d=64 w=64 n=256",
+    ]
+    committed = Path(_ROOT) / "benchmarks" / "results" / "results.json"
+    if committed.is_file():
+        before = em.load_before(committed)
+        for p in pts:
+            got = before["times"][em._pt_key(p)]
+            assert {"ours-numpy", "ours-torch", "ours-jax-jit", "torch.func", "jax"} <= set(got), em.label(p)
+    assert em.target(pts[0], "jax") == 1.5 and em.target(pts[1], "hessQuik-0.0.6") == pytest.approx(1 / 3)
+    assert em.target(pts[-1], "folx") == 1.0 and em.target(pts[-1], "torch.func") is None
+    assert em.load_before(Path("no/such/results.json"))["times"] == {}
+
+
+def test_time_interleaved_alternates_the_calls():
+    measure = pytest.importorskip("benchmarks.measure")
+    import time
+
+    calls: list = []
+
+    def fast():
+        calls.append("fast")
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.002)
+
+    tm = measure.time_interleaved({"fast": fast, "slow": slow}, rounds=3, min_round_s=0.0, max_total_s=10.0)
+    # one calibration call each, then three rounds of one call each, in turn
+    assert calls == ["fast", "slow"] + ["fast", "slow"] * 3
+    assert tm["fast"].repeat == tm["slow"].repeat == 3 and tm["slow"].min_s >= 0.002 > tm["fast"].min_s
+    # a call that would pass the time budget gets fewer rounds, but at least two
+    tm = measure.time_interleaved({"slow": slow}, rounds=5, min_round_s=0.0, max_total_s=0.001)
+    assert tm["slow"].repeat == 2 and len(tm["slow"].samples) == 2
