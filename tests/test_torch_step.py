@@ -286,3 +286,47 @@ def test_auto_mode_prices_the_training_step():
     assert r.laplacian.grad_fn is not None and not _uses_sweep(r.laplacian)
     assert net(x, gradient=True).mode == "backward"
     assert params
+
+
+def test_sweep_follows_the_planners_answer():
+    """The planner asks ``training_step`` once and keeps the answer on the call
+    (``ctx.training``); the torch sweep takes it instead of asking ``usable()``
+    again, and asks itself where the call was not settled (``"?"``)."""
+    from hessquik_core._array import resolve_call
+    from hessquik_core.engine import plan
+
+    rng = np.random.default_rng(8)
+    x = torch.tensor(rng.standard_normal((4, 2)))
+    net = hq.FullyConnectedNN([2, 5, 1], act="tanh", seed=0)
+    torch_parameters(net)
+    leaves = list(net._leaves())
+    kw = dict(
+        directions=None, backend=None, gradient=True, hessian=False, laplacian=True, hessian_diagonal=False
+    )
+
+    def run(mode, training=None):
+        ctx = resolve_call(net, x, mode=mode, **kw)
+        assert ctx.training == "?"
+        plan._settle(leaves, ctx, x.shape[0])
+        if training is not None:
+            ctx.training = training
+        return ctx, plan._guarded(leaves, ctx)
+
+    ctx, fwd = run("forward")
+    assert ctx.training == "analytic" and _uses_sweep(fwd.laplacian)
+    ctx, res = run("backward")
+    assert ctx.training == "analytic" and not _uses_sweep(res.laplacian)  # forward only
+    _, unsettled = run("forward", "?")
+    _, taped = run("forward", "taped")
+    assert _uses_sweep(unsettled.laplacian) and not _uses_sweep(taped.laplacian)
+    torch.testing.assert_close(taped.laplacian, fwd.laplacian, rtol=1e-12, atol=0)
+    torch.testing.assert_close(unsettled.gradient, taped.gradient, rtol=1e-12, atol=0)
+    with torch.no_grad():
+        ctx, res = run("forward")
+    assert ctx.training is None and res.laplacian.grad_fn is None
+    before = analytic_weight_gradient(False)
+    try:
+        ctx, res = run("forward")
+    finally:
+        analytic_weight_gradient(before)
+    assert ctx.training == "taped" and not _uses_sweep(res.laplacian)
