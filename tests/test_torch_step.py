@@ -330,3 +330,25 @@ def test_sweep_follows_the_planners_answer():
     finally:
         analytic_weight_gradient(before)
     assert ctx.training == "taped" and not _uses_sweep(res.laplacian)
+
+
+def test_auto_mode_prices_first_order_steps():
+    """A recorded value + gradient step prices the analytic forward sweep at
+    ``TRAINING_FACTOR["analytic-first"]``: on the W6 gradient loss (width 64,
+    scalar output) the taped backward step is faster at d = 1 and 2 (1.06-1.53x,
+    cost.py), so auto picks backward there; a Laplacian step stays forward, and
+    so does a first-order step with several outputs and one input."""
+    rng = np.random.default_rng(9)
+    for d in (1, 2):
+        net = hq.FullyConnectedNN([d, 64, 64, 64, 64, 1], act="tanh", seed=d)
+        torch_parameters(net)
+        x = torch.tensor(rng.standard_normal((1024, d)))
+        assert net(x, gradient=True).mode == "backward"
+        r = net(x, laplacian=True)
+        assert r.mode == "forward" and _uses_sweep(r.laplacian)
+        with torch.no_grad():  # an evaluation is priced without the step factors
+            assert net(x, gradient=True).mode == net.cost(1024, gradient=True).chosen
+    wide = hq.FullyConnectedNN([1, 64, 64, 4], act="tanh", seed=0)
+    torch_parameters(wide)
+    r = wide(torch.tensor(rng.standard_normal((64, 1))), gradient=True)
+    assert r.mode == "forward" and _uses_sweep(r.gradient)
