@@ -114,6 +114,24 @@ def _dtype_name(dt) -> str:
     return str(dt).split(".")[-1]
 
 
+#: ``str(dtype)`` by dtype: a NumPy dtype's ``__str__`` takes ~11 µs, and every
+#: call's parameter-cache key spells its dtype (only a handful of dtypes exist)
+_DTYPE_STR: dict = {}
+
+
+def _dtype_str(dt) -> str:
+    """``str(dt)``, memoised per dtype object (keyed with its type: dtypes of two
+    libraries may hash alike, and array-api-strict warns when compared with NumPy's)."""
+    key = (type(dt), dt)
+    try:
+        return _DTYPE_STR[key]
+    except KeyError:
+        s = _DTYPE_STR[key] = str(dt)
+        return s
+    except TypeError:  # pragma: no cover - an unhashable dtype object
+        return str(dt)
+
+
 def _bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -147,6 +165,9 @@ class CallContext:
     native: Any = None
     #: a specialised sweep the planner chose (:mod:`hessquik_core.engine.highdim`), or ``""``
     route: str = ""
+    #: the backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
+    #: set once by the planner; ``"?"`` until then (the sweep then asks itself)
+    training: str | None = "?"
 
     @property
     def dtype(self):
@@ -159,13 +180,22 @@ class CallContext:
     @property
     def itemsize(self) -> int:
         """Bytes per entry (float32 or float64), for the cost model."""
-        return 4 if "32" in str(self.dtype) else 8
+        size = getattr(self.dtype, "itemsize", None)  # NumPy, torch, CuPy, JAX dtypes
+        if size is None:
+            return 4 if "32" in _dtype_str(self.dtype) else 8
+        return 4 if size == 4 else 8
 
     @property
     def cache_key(self):
         # a plain property (a few str() calls), not functools.cached_property:
         # its RLock is a graph break under torch.compile(fullgraph=True)
-        return (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(self.device), str(self.dtype))
+        return self.cache_parts()[0]
+
+    def cache_parts(self):
+        """``(cache_key, dtype, device)``, asking the array for its device once."""
+        device = aac.device(self.x)
+        key = (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(device), _dtype_str(self.dtype))
+        return key, self.dtype, device
 
     @property
     def second_order(self) -> bool:
@@ -190,14 +220,14 @@ class CallContext:
         """(1, k, d): identity (k = d) or Vᵀ."""
         xp = self.xp
         if self.V is None:
-            return xp.eye(self.d, dtype=self.dtype, device=self.device)[None, :, :]
+            return self.be.eye(self.d, dtype=self.dtype, device=self.device)[None, :, :]
         return xp.matrix_transpose(self.V)[None, :, :]
 
     def seed_backward(self):
         """(1, k, m): identity (k = m) or Vᵀ."""
         xp = self.xp
         if self.V is None:
-            return xp.eye(self.m, dtype=self.dtype, device=self.device)[None, :, :]
+            return self.be.eye(self.m, dtype=self.dtype, device=self.device)[None, :, :]
         return xp.matrix_transpose(self.V)[None, :, :]
 
     def finish(self, res):
@@ -230,7 +260,7 @@ class InputContext:
             self.backend,
             getattr(self.xp, "__name__", str(self.xp)),
             str(aac.device(self.x)),
-            str(self.x.dtype),
+            _dtype_str(self.x.dtype),
         )
 
 

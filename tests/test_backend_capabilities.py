@@ -94,3 +94,28 @@ def test_nothing_outside_backends_tests_a_backend_name():
             if _NAME_TESTS.search(line):
                 hits.append(f"{rel}:{i}: {line.strip()}")
     assert not hits, "library-name tests outside backends/ (use a backend capability):\n" + "\n".join(hits)
+
+
+def test_dtype_strings_are_memoised_per_library():
+    """The parameter-cache key spells the dtype through a memo keyed by dtype
+    object and type: NumPy's and array-api-strict's float64 hash alike but must
+    neither share an entry nor be compared (array-api-strict warns on that)."""
+    from hessquik_core._array import _dtype_str
+
+    xps = pytest.importorskip("array_api_strict")
+    for dt in (np.dtype("float64"), xps.float64, np.dtype("float32"), xps.float32):
+        assert _dtype_str(dt) == str(dt)
+        assert _dtype_str(dt) == str(dt)  # the memoised answer
+    assert _dtype_str(xps.float64) != _dtype_str(np.dtype("float64"))
+
+
+def test_identity_seed_of_each_backend():
+    """``Backend.eye`` (the tangent seed) is the identity in the call's library."""
+    torch = pytest.importorskip("torch")
+    for be, lib in ((get_backend("numpy"), np), (get_backend("torch"), torch)):
+        e = be.eye(3, dtype=lib.float32, device=None)
+        assert type(e) is type(lib.zeros(1)) and e.dtype == lib.float32
+        np.testing.assert_array_equal(np.asarray(e), np.eye(3))
+    xps = pytest.importorskip("array_api_strict")
+    e = backend_for(xps).eye(2, dtype=xps.float64, device=None)
+    np.testing.assert_array_equal(np.asarray(e), np.eye(2))

@@ -286,3 +286,69 @@ def test_auto_mode_prices_the_training_step():
     assert r.laplacian.grad_fn is not None and not _uses_sweep(r.laplacian)
     assert net(x, gradient=True).mode == "backward"
     assert params
+
+
+def test_sweep_follows_the_planners_answer():
+    """The planner asks ``training_step`` once and keeps the answer on the call
+    (``ctx.training``); the torch sweep takes it instead of asking ``usable()``
+    again, and asks itself where the call was not settled (``"?"``)."""
+    from hessquik_core._array import resolve_call
+    from hessquik_core.engine import plan
+
+    rng = np.random.default_rng(8)
+    x = torch.tensor(rng.standard_normal((4, 2)))
+    net = hq.FullyConnectedNN([2, 5, 1], act="tanh", seed=0)
+    torch_parameters(net)
+    leaves = list(net._leaves())
+    kw = dict(
+        directions=None, backend=None, gradient=True, hessian=False, laplacian=True, hessian_diagonal=False
+    )
+
+    def run(mode, training=None):
+        ctx = resolve_call(net, x, mode=mode, **kw)
+        assert ctx.training == "?"
+        plan._settle(leaves, ctx, x.shape[0])
+        if training is not None:
+            ctx.training = training
+        return ctx, plan._guarded(leaves, ctx)
+
+    ctx, fwd = run("forward")
+    assert ctx.training == "analytic" and _uses_sweep(fwd.laplacian)
+    ctx, res = run("backward")
+    assert ctx.training == "analytic" and not _uses_sweep(res.laplacian)  # forward only
+    _, unsettled = run("forward", "?")
+    _, taped = run("forward", "taped")
+    assert _uses_sweep(unsettled.laplacian) and not _uses_sweep(taped.laplacian)
+    torch.testing.assert_close(taped.laplacian, fwd.laplacian, rtol=1e-12, atol=0)
+    torch.testing.assert_close(unsettled.gradient, taped.gradient, rtol=1e-12, atol=0)
+    with torch.no_grad():
+        ctx, res = run("forward")
+    assert ctx.training is None and res.laplacian.grad_fn is None
+    before = analytic_weight_gradient(False)
+    try:
+        ctx, res = run("forward")
+    finally:
+        analytic_weight_gradient(before)
+    assert ctx.training == "taped" and not _uses_sweep(res.laplacian)
+
+
+def test_auto_mode_prices_first_order_steps():
+    """A recorded value + gradient step prices the analytic forward sweep at
+    ``TRAINING_FACTOR["analytic-first"]``: on the W6 gradient loss (width 64,
+    scalar output) the taped backward step is faster at d = 1 and 2 (1.06-1.53x,
+    cost.py), so auto picks backward there; a Laplacian step stays forward, and
+    so does a first-order step with several outputs and one input."""
+    rng = np.random.default_rng(9)
+    for d in (1, 2):
+        net = hq.FullyConnectedNN([d, 64, 64, 64, 64, 1], act="tanh", seed=d)
+        torch_parameters(net)
+        x = torch.tensor(rng.standard_normal((1024, d)))
+        assert net(x, gradient=True).mode == "backward"
+        r = net(x, laplacian=True)
+        assert r.mode == "forward" and _uses_sweep(r.laplacian)
+        with torch.no_grad():  # an evaluation is priced without the step factors
+            assert net(x, gradient=True).mode == net.cost(1024, gradient=True).chosen
+    wide = hq.FullyConnectedNN([1, 64, 64, 4], act="tanh", seed=0)
+    torch_parameters(wide)
+    r = wide(torch.tensor(rng.standard_normal((64, 1))), gradient=True)
+    assert r.mode == "forward" and _uses_sweep(r.gradient)

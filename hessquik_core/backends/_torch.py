@@ -90,7 +90,12 @@ class TorchBackend(Backend):
         """The forward sweep of a recorded training step as one autograd Function
         with an analytic weight gradient (:mod:`._torch_step`), or ``None``
         where it does not apply."""
-        if not _torch_step.usable(leaves, ctx):
+        if ctx.training != "?":
+            # settled by the planner (training_step): usable(..., mode="forward")
+            # was asked there, and the call runs forward iff ctx.mode says so
+            if ctx.training != "analytic" or ctx.mode != "forward":
+                return None
+        elif not _torch_step.usable(leaves, ctx):
             return None
         flat = [x] + [t for P in params for t in P.values() if t is not None]
         if not any(t.requires_grad for t in flat):
@@ -155,6 +160,11 @@ class TorchBackend(Backend):
 
     def multiply(self, a, b, *, out):
         torch.mul(a, b, out=out)
+
+    def eye(self, k: int, *, dtype, device):
+        # the same aten::eye as array-api-compat's wrapper, without its ~9 µs of
+        # argument handling on every call
+        return torch.eye(k, dtype=dtype, device=device)
 
     def synchronize(self, device=None) -> None:
         if device is not None and torch.device(device).type == "cuda":

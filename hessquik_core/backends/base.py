@@ -216,6 +216,10 @@ class Backend:
         """``out[...] = a * b`` without a temporary (mutable libraries)."""
         raise NotImplementedError
 
+    def eye(self, k: int, *, dtype, device):
+        """The ``(k, k)`` identity (the tangent seed of a call without directions)."""
+        return self.xp.eye(k, dtype=dtype, device=device)
+
     def set_rows(self, buf, start: int, a):
         """``buf`` with rows ``start:start + len(a)`` replaced by ``a``, written in
         place (chunked results are assembled so, never concatenated); returns

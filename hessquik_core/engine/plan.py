@@ -167,7 +167,7 @@ def _settle(leaves: list, ctx: CallContext, n: int):
     auto = ctx.mode == "auto"
     # is the call a recorded training step? asked once: both the classic routes
     # and the high-dimensional ones are priced by it
-    training = ctx.be.training_step(leaves, ctx)
+    training = ctx.training = ctx.be.training_step(leaves, ctx)
     modes = ("forward", "backward") if auto else (ctx.mode,)
     report = estimate_call(ctx, leaves, n, modes=modes, training=training)
     special = None
@@ -387,7 +387,7 @@ def _run(leaves: list, ctx: CallContext) -> Result:
     """One unchunked call: parameters in the call's library, then the sweep."""
     xp, ops = ctx.xp, ctx.be
     # the cache key, dtype and device once per call, not once per layer (a few str() calls each)
-    key, dtype, device = ctx.cache_key, ctx.dtype, ctx.device
+    key, dtype, device = ctx.cache_parts()
     params = [leaf._eval_params(key, ops, xp, dtype, device) for leaf in leaves]
     u = ctx.x
     if not ctx.derivatives:
