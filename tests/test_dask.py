@@ -126,6 +126,39 @@ def test_directions_and_divergence(mode):
         assert rel(div.divergence.compute(), net(xn, divergence=True, mode=mode).divergence) <= RTOL
 
 
+@pytest.mark.parametrize("what", ["laplacian", "divergence"])
+def test_high_dimensional_routes_in_every_chunk(monkeypatch, what):
+    """At d >> width a chunked auto call takes the planner's high-dimensional route
+    (the Gram-root Laplacian, the divergence without the Jacobian) in every chunk,
+    as the in-memory call does, not a classic sweep forced by the mode."""
+    from hessquik_core.engine import highdim
+
+    runs = []
+    name = "run_laplacian" if what == "laplacian" else "run_divergence"
+    inner = getattr(highdim, name)
+
+    def spy(*args, **kwargs):
+        runs.append(name)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(highdim, name, spy)
+    d = 3000
+    m = 1 if what == "laplacian" else d
+    rng = np.random.default_rng(5)
+    net = hq.NN(hq.SingleLayer(d, 8, act="tanh", seed=rng), hq.SingleLayer(8, m, seed=rng))
+    xn = _x(50, d, seed=2)
+    x = da.from_array(xn, chunks=(20, d))
+    with dask.config.set(scheduler="sync"):
+        res = net(x, **{what: True})
+        got = getattr(res, what).compute()
+    assert runs.count(name) == 4  # one per chunk, and the one-example argument probe
+    runs.clear()
+    ref = net(xn, **{what: True})
+    assert runs == [name]
+    assert res.mode == ref.mode == "forward"
+    assert rel(got, getattr(ref, what)) <= RTOL
+
+
 def test_float32_chunks_stay_float32():
     net, xn = _net(), _x().astype(np.float32)
     res = net(da.from_array(xn, chunks=(100, 3)), laplacian=True)

@@ -95,16 +95,21 @@ def call(
     snap = snapshot(net)
     derivs = gradient or hessian or laplacian or hessian_diagonal or divergence
     if mode == "auto" and directions is None and derivs:
-        # one route for every chunk (the cost model's choice for the largest), so
-        # that Result.mode describes the whole result
-        kwargs["mode"] = snap.cost(
+        # one route for every chunk (the planner's choice for the largest), so that
+        # Result.mode describes the whole result
+        report = snap.cost(
             max(x.chunks[0]),
-            gradient=gradient or divergence,
+            gradient=gradient,
             hessian=hessian,
             laplacian=laplacian,
             hessian_diagonal=hessian_diagonal,
+            divergence=divergence,
             itemsize=np.dtype(x.dtype).itemsize,
-        ).chosen
+        )
+        # a high-dimensional route ("forward/gram-laplacian", "forward/divergence")
+        # is taken only in auto mode; it is chosen by the shapes, so every chunk's
+        # auto call takes it again (and its Result.mode is "forward" throughout)
+        kwargs["mode"] = "auto" if "/" in report.route else report.chosen
     # a one-example NumPy call on the client checks the arguments (errors are
     # raised here, before anything is computed) and gives the output layout
     probe_kw = dict(kwargs, max_memory=None)
