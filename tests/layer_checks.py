@@ -91,3 +91,18 @@ def check_to_torch(net, x):
     out = tm(torch.from_numpy(np.array(x))).detach().numpy()
     np.testing.assert_allclose(out, net(x).value, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(hq.from_torch(tm)(x).value, net(x).value, rtol=1e-13, atol=1e-14)
+
+
+def uses_analytic_sweep(t) -> bool:
+    """Is the analytic training-step Function (``backends/_torch_step._Sweep``) on
+    the autograd graph of the torch tensor ``t``?"""
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if type(f).__name__ == "_SweepBackward":
+            return True
+        stack.extend(g for g, _ in f.next_functions)
+    return False

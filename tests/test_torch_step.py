@@ -14,25 +14,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from layer_checks import uses_analytic_sweep as _uses_sweep  # noqa: E402
+
 import hessquik_core as hq  # noqa: E402
 from hessquik_core import training  # noqa: E402
 from hessquik_core.training import analytic_weight_gradient, torch_parameters  # noqa: E402
 
 ACTS = ["tanh", "sin", "sigmoid", "antitanh", "quadratic", "identity"]
-
-
-def _uses_sweep(t) -> bool:
-    """Is the analytic Function on ``t``'s autograd graph?"""
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if type(f).__name__ == "_SweepBackward":
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
 
 
 def _step(net, params, x, analytic, *, laplacian=True, gradient=True, directions=None, dtype=torch.float64):

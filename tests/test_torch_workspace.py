@@ -16,6 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from layer_checks import uses_analytic_sweep as _uses_sweep  # noqa: E402
+
 import hessquik_core as hq  # noqa: E402
 from hessquik_core import training  # noqa: E402
 from hessquik_core.backends import _torch_workspace as tw  # noqa: E402
@@ -44,19 +46,6 @@ def _x(seed, n=16, d=3):
 def _loss(net, x):
     r = net(x, gradient=True, laplacian=True, mode="forward")
     return ((r.laplacian + 0.3) ** 2).mean() + (r.gradient**2).sum() * 0.1 + (r.value**2).sum(), r
-
-
-def _uses_sweep(t) -> bool:
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if type(f).__name__ == "_SweepBackward":
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
 
 
 def _step(net, params, x):
