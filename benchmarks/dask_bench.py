@@ -142,7 +142,9 @@ def cluster_measurements(cfg: dict, workers: int = 2) -> dict:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            # None would still bind the HTTP server to 8787 and warn when it is taken
+            # (another cluster running); port 0 on localhost is any free port, no warning
+            dashboard_address="127.0.0.1:0",
             memory_limit="3GiB",
             silence_logs=logging.ERROR,
             env=env,

@@ -42,7 +42,9 @@ def client():
         processes=True,
         memory_limit="768MiB",
         host="127.0.0.1",
-        dashboard_address=None,
+        # None would still bind the HTTP server to 8787 and warn when it is taken
+        # (another cluster running); port 0 on localhost is any free port, no warning
+        dashboard_address="127.0.0.1:0",
         silence_logs=logging.CRITICAL,
         env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
     )
