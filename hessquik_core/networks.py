@@ -76,6 +76,28 @@ class NN(Module):
         return f"{type(self).__name__}(\n  {inner}\n)"
 
     # -- evaluation -------------------------------------------------------
+    def _resolve(
+        self, x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
+    ):
+        """The settled call context of ``self(x, ...)`` and whether ``x`` was one
+        point ``(d,)`` (a batch of one, squeezed after)."""
+        single = getattr(x, "ndim", None) == 1
+        if single:
+            x = as_batch(x, self.in_features)
+        ctx = resolve_call(
+            self,
+            x,
+            directions=directions,
+            mode=mode,
+            backend=backend,
+            gradient=gradient,
+            hessian=hessian,
+            laplacian=laplacian,
+            hessian_diagonal=hessian_diagonal,
+            divergence=divergence,
+        )
+        return ctx, single
+
     def __call__(
         self,
         x,
@@ -170,20 +192,8 @@ class NN(Module):
             if out is not None:
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
             return dask_call(**{k: v for k, v in locals().items() if k not in ("progress", "out")})
-        single = getattr(x, "ndim", None) == 1  # one point (d,): a batch of one, squeezed after
-        if single:
-            x = as_batch(x, self.in_features)
-        ctx = resolve_call(
-            self,
-            x,
-            directions=directions,
-            mode=mode,
-            backend=backend,
-            gradient=gradient,
-            hessian=hessian,
-            laplacian=laplacian,
-            hessian_diagonal=hessian_diagonal,
-            divergence=divergence,
+        ctx, single = self._resolve(
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
         )
         res = call(list(self._leaves()), ctx, max_memory, progress, out, single)
         if out is not None:  # out's own arrays, already of the caller's shapes
@@ -222,20 +232,8 @@ class NN(Module):
         """
         if is_dask(x):
             raise TypeError("empty_result does not take Dask arrays: their results are lazy Dask arrays")
-        single = getattr(x, "ndim", None) == 1
-        if single:
-            x = as_batch(x, self.in_features)
-        ctx = resolve_call(
-            self,
-            x,
-            directions=directions,
-            mode=mode,
-            backend=backend,
-            gradient=gradient,
-            hessian=hessian,
-            laplacian=laplacian,
-            hessian_diagonal=hessian_diagonal,
-            divergence=divergence,
+        ctx, single = self._resolve(
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
         )
         return empty_result(list(self._leaves()), ctx, single)
 
