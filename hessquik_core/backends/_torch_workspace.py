@@ -30,6 +30,7 @@ empties it.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -80,10 +81,7 @@ class Workspace:
     def empty(self, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device."""
         shape = tuple(int(s) for s in shape)
-        numel = 1
-        for s in shape:
-            numel *= s
-        if not self.active or like.device.type != "cpu" or numel * like.element_size() < MIN_BYTES:
+        if not self.active or like.device.type != "cpu" or math.prod(shape) * like.element_size() < MIN_BYTES:
             return torch.empty(shape, dtype=like.dtype, device=like.device)
         key = (shape, like.dtype)
         with self._lock:
@@ -100,16 +98,16 @@ class Workspace:
     def release(self) -> int:
         """Drop every buffer (views still in use keep their memory); returns the bytes held."""
         with self._lock:
-            held = self.nbytes_locked()
+            held = self._nbytes_locked()
             self._bufs.clear()
         return held
 
     def nbytes(self) -> int:
         """Bytes of memory the pool holds (free and lent)."""
         with self._lock:
-            return self.nbytes_locked()
+            return self._nbytes_locked()
 
-    def nbytes_locked(self) -> int:
+    def _nbytes_locked(self) -> int:
         return sum(e[0].numel() * e[0].element_size() for es in self._bufs.values() for e in es)
 
 
