@@ -72,6 +72,11 @@ class Activation:
     #: converts as its registered base class. Read from the class itself, not inherited.
     call_convention_only: ClassVar[bool] = False
 
+    #: the highest derivative :meth:`derivatives` supplies (2: σ, σ′, σ″ only).
+    #: A request that needs more (the analytic training step needs σ‴, fourth-order
+    #: quantities σ⁗) is refused up front by name for an activation below it.
+    max_order: ClassVar[int] = 2
+
     def __call__(self, z, order: int = 2, *, xp=None):
         """Return ``(sigma, dsigma, d2sigma)``; entries beyond ``order`` are ``None``."""
         if order not in (0, 1, 2):
@@ -80,8 +85,36 @@ class Activation:
             xp = array_namespace(z)
         return self._eval(z, order, xp)
 
+    def derivatives(self, z, order: int, *, xp=None, value=None) -> tuple:
+        r"""``(σ, σ′, …, σ⁽ᵒʳᵈᵉʳ⁾)`` at ``z``: a tuple of ``order + 1`` arrays of ``z``'s
+        shape, dtype and device, ``order`` from 0 to :attr:`max_order`.
+
+        ``value`` is :math:`\sigma(z)` where the caller already has it (the
+        derivatives of tanh and the sigmoid are polynomials of it); it is
+        returned as the first entry unchanged.
+        """
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise ValueError(f"order must be a non-negative integer, got {order!r}")
+        if order > self.max_order:
+            raise ValueError(
+                f"activation {self!r} supplies derivatives up to order {self.max_order}, "
+                f"order {order} was requested"
+            )
+        if xp is None:
+            xp = array_namespace(z)
+        if order <= 2:
+            out = self._eval(z, order, xp)[: order + 1]
+        else:
+            out = self._eval_high(z, order, xp, value)
+        return out if value is None else (value, *out[1:])
+
     def _eval(self, z, order, xp):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _eval_high(self, z, order, xp, value) -> tuple:
+        """``(σ, …, σ⁽ᵒʳᵈᵉʳ⁾)`` for ``order`` 3 or 4 (up to :attr:`max_order`); ``value``
+        is σ(z) or ``None``. Subclasses with ``max_order > 2`` implement it."""
+        raise NotImplementedError  # pragma: no cover - guarded by max_order
 
     def config(self) -> dict:
         """Constructor arguments, for serialisation."""
@@ -184,6 +217,17 @@ class AntiTanh(Activation):
         t = xp.tanh(z)
         return s, t, (1.0 - t * t) if order == 2 else None
 
+    max_order = 4
+
+    def _eval_high(self, z, order, xp, value):
+        # σ' = tanh: σ‴, σ⁗ are tanh's σ'', σ‴
+        s = self._eval(z, 0, xp)[0] if value is None else value
+        t = xp.tanh(z)
+        t2 = t * t
+        s2 = 1.0 - t2
+        out = (s, t, s2, -2.0 * t * s2)
+        return out if order == 3 else (*out, s2 * (6.0 * t2 - 2.0))
+
 
 @register_activation
 @dataclass(frozen=True)
@@ -204,6 +248,12 @@ class Identity(Activation):
         one = xp.ones_like(z)
         return z, one, xp.zeros_like(z) if order == 2 else None
 
+    max_order = 4
+
+    def _eval_high(self, z, order, xp, value):
+        zero = xp.zeros_like(z)
+        return (z, xp.ones_like(z), *([zero] * (order - 1)))
+
 
 @register_activation
 @dataclass(frozen=True)
@@ -219,6 +269,13 @@ class Quadratic(Activation):
         if order == 0:
             return s, None, None
         return s, z, xp.ones_like(z) if order == 2 else None
+
+    max_order = 4
+
+    def _eval_high(self, z, order, xp, value):
+        s = 0.5 * z * z if value is None else value
+        zero = xp.zeros_like(z)
+        return (s, z, xp.ones_like(z), *([zero] * (order - 2)))
 
 
 @register_activation
@@ -245,6 +302,18 @@ class Sigmoid(Activation):
             return s, None, None
         ds = s * sc
         return s, ds, (ds * (sc - s)) if order == 2 else None
+
+    max_order = 4
+
+    def _eval_high(self, z, order, xp, value):
+        # with h = 1 - 2σ (formed as (1 - σ) - σ, exact in the tails): σ'' = σ'h,
+        # σ‴ = σ'(h² - 2σ'), σ⁗ = σ'h(h² - 8σ')
+        s, sc = _sigmoid_parts(z, xp)
+        ds = s * sc
+        h = sc - s
+        h2 = h * h
+        out = (s if value is None else value, ds, ds * h, ds * (h2 - 2.0 * ds))
+        return out if order == 3 else (*out, ds * h * (h2 - 8.0 * ds))
 
 
 @register_activation
@@ -300,12 +369,22 @@ class Tanh(Activation):
     torch_twin = "Tanh"
     hessquik_name = "tanhActivation"
 
+    max_order = 4
+
     def _eval(self, z, order, xp):
         t = xp.tanh(z)
         if order == 0:
             return t, None, None
         dt = 1.0 - t * t
         return t, dt, (-2.0 * t * dt) if order == 2 else None
+
+    def _eval_high(self, z, order, xp, value):
+        # polynomials of t = tanh z: σ‴ = σ'(6t² - 2), σ⁗ = 8tσ'(2 - 3t²)
+        t = xp.tanh(z) if value is None else value
+        t2 = t * t
+        s1 = 1.0 - t2
+        out = (t, s1, -2.0 * t * s1, s1 * (6.0 * t2 - 2.0))
+        return out if order == 3 else (*out, 8.0 * t * s1 * (2.0 - 3.0 * t2))
 
 
 @register_activation
@@ -316,11 +395,19 @@ class Sin(Activation):
     name = "sin"
     torch_twin = "Sin"
 
+    max_order = 4
+
     def _eval(self, z, order, xp):
         s = xp.sin(z)
         if order == 0:
             return s, None, None
         return s, xp.cos(z), (-s) if order == 2 else None
+
+    def _eval_high(self, z, order, xp, value):
+        s = xp.sin(z) if value is None else value
+        c = xp.cos(z)
+        out = (s, c, -s, -c)
+        return out if order == 3 else (*out, s)
 
 
 @register_activation

@@ -401,3 +401,56 @@ def test_new_under_jax_jit():
     x = np.random.default_rng(0).normal(size=(3, 2))
     lap = jax.jit(lambda a: net(a, laplacian=True).laplacian)(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(lap), net(x, laplacian=True).laplacian, rtol=1e-13, atol=1e-14)
+
+
+def _autograd_orders(act, z: np.ndarray, order: int):
+    """``(σ, σ', …, σ⁽ᵒʳᵈᵉʳ⁾)`` at z by repeated torch autograd on the reference formula."""
+    zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    out = [torch_act(act, zt)]
+    for _ in range(order):
+        last = out[-1]
+        if not last.requires_grad:  # constant derivative: autograd keeps no graph
+            out.append(torch.zeros_like(zt))
+            continue
+        (g,) = torch.autograd.grad(last.sum(), zt, create_graph=True)
+        out.append(g)
+    return [o.detach().numpy() for o in out]
+
+
+HIGH = [a for a in ALL if a.max_order >= 4]
+
+
+@pytest.mark.parametrize("act", HIGH, ids=[a.name for a in HIGH])
+def test_derivatives_up_to_order_four_match_autograd(act):
+    z = _grid(-6.0, 6.0, 121)
+    got = act.derivatives(z, 4)
+    want = _autograd_orders(act, z, 4)
+    assert len(got) == 5
+    for k, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13, err_msg=f"order {k}")
+    # the caller's σ(z) is reused and returned as is; the derivatives do not change
+    value = act(z, 0)[0]
+    again = act.derivatives(z, 3, value=value)
+    assert again[0] is value and len(again) == 4
+    for g, w in zip(again[1:], want[1:4]):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+
+
+def test_derivatives_low_orders_are_the_call():
+    act = hq.Tanh()
+    z = _grid()
+    for order in (0, 1, 2):
+        got = act.derivatives(z, order)
+        assert len(got) == order + 1
+        for g, w in zip(got, act(z, order)):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_derivatives_refuse_orders_the_activation_lacks():
+    act = hq.Softplus()
+    assert act.max_order == 2
+    with pytest.raises(ValueError, match=r"Softplus.*up to order 2, order 3 was requested"):
+        act.derivatives(np.zeros(3), 3)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            hq.Tanh().derivatives(np.zeros(3), bad)

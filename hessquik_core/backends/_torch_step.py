@@ -46,34 +46,15 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import AntiTanh, Identity, Quadratic, Sigmoid, Sin, Tanh
+from ..activations import Identity, Tanh
 from ._torch_workspace import WORKSPACE
-
-#: activations whose σ', σ'', σ''' this module knows
-SUPPORTED = (Tanh, Identity, Sin, AntiTanh, Sigmoid, Quadratic)
 
 
 def _derivs(act, z, s0):
-    r"""``(σ', σ'', σ''')`` at ``z``, given ``s0 = σ(z)`` (from ``s0`` where that is cheaper)."""
-    if isinstance(act, Tanh):
-        # σ' = 1 - t², σ'' = -2tσ', σ''' = σ'(6t² - 2): polynomials of t
-        t2 = s0 * s0
-        s1 = 1.0 - t2
-        return s1, -2.0 * s0 * s1, s1 * (6.0 * t2 - 2.0)
-    if isinstance(act, Sin):
-        c = torch.cos(z)
-        return c, -s0, -c
-    if isinstance(act, AntiTanh):
-        t = torch.tanh(z)
-        s2 = 1.0 - t * t
-        return t, s2, -2.0 * t * s2
-    if isinstance(act, Sigmoid):
-        s1 = s0 * (1.0 - s0)
-        h = 1.0 - 2.0 * s0
-        return s1, s1 * h, s1 * (h * h - 2.0 * s1)
-    if isinstance(act, Quadratic):
-        return z, torch.ones_like(z), torch.zeros_like(z)
-    raise AssertionError(act)  # pragma: no cover - filtered by usable()
+    r"""``(σ', σ'', σ''')`` at ``z``, given ``s0 = σ(z)``: the activation's own
+    :meth:`~hessquik_core.activations.Activation.derivatives` (which reuses ``s0``
+    where the derivatives are polynomials of it)."""
+    return act.derivatives(z, 3, value=s0)[1:]
 
 
 def _vdot0(a, b):
@@ -104,7 +85,7 @@ def usable(leaves, ctx, mode=None) -> bool:
     if not training._ANALYTIC:
         return False
     for leaf in leaves:
-        if type(leaf) is not SingleLayer or type(leaf.act) not in SUPPORTED:
+        if type(leaf) is not SingleLayer or leaf.act.max_order < 3:
             return False
     return True
 
