@@ -9,7 +9,7 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, checks, compat, curvature, layers, networks, training
+from . import activations, checks, compat, curvature, higher, layers, networks, training
 from .activations import (
     GELU,
     AntiTanh,
@@ -24,6 +24,7 @@ from .activations import (
     Tanh,
 )
 from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
+from .higher import biharmonic, pure_partials, taylor_derivatives
 from .interop import from_torch, to_torch
 from .interop_hessquik import from_hessquik
 from .io import load, save
@@ -72,6 +73,10 @@ __all__ = [
     "divergence_estimate",
     "laplacian_estimate",
     "weighted_laplacian",
+    "biharmonic",
+    "higher",
+    "pure_partials",
+    "taylor_derivatives",
     "layers",
     "networks",
 ]
