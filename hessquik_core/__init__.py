@@ -30,6 +30,7 @@ from .interop_hessquik import from_hessquik
 from .io import load, save
 from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
 from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, Result
+from .variable_coefficients import second_order_operator
 
 __version__ = "0.1.0"
 
@@ -76,6 +77,7 @@ __all__ = [
     "biharmonic",
     "higher",
     "pure_partials",
+    "second_order_operator",
     "taylor_derivatives",
     "layers",
     "networks",

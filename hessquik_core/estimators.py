@@ -191,16 +191,23 @@ def weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -
     ----------
     net : NN
     x : array of shape (n, d)
-    S : array (d, r)
+    S : array (d, r) or (n, d, r)
         A factor of the (positive semi-definite) coefficient matrix, e.g.
         its Cholesky factor; ``r`` may be smaller than ``d``. Same library
-        as ``x`` or NumPy.
+        as ``x`` or NumPy. Of shape ``(n, d, r)``, a factor per point,
+        :math:`A(x_i) = S_i S_i^\\top` (a diffusion tensor that varies with
+        :math:`x`): the forward sweep's tangents are then seeded per point
+        with :math:`S_i^\\top` (:mod:`hessquik_core.variable_coefficients`).
     backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
     Returns
     -------
     array (n, m)
     """
+    if getattr(S, "ndim", None) == 3:
+        from .variable_coefficients import pointwise_weighted_laplacian
+
+        return pointwise_weighted_laplacian(net, x, S, backend=backend)
     return net(x, laplacian=True, directions=S, mode="forward", backend=backend).laplacian
 
 
