@@ -23,7 +23,13 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
+from .estimators import (
+    Estimate,
+    biharmonic_estimate,
+    divergence_estimate,
+    laplacian_estimate,
+    weighted_laplacian,
+)
 from .higher import biharmonic, pure_partials, taylor_derivatives
 from .interop import from_torch, to_torch
 from .interop_hessquik import from_hessquik
@@ -75,6 +81,7 @@ __all__ = [
     "laplacian_estimate",
     "weighted_laplacian",
     "biharmonic",
+    "biharmonic_estimate",
     "higher",
     "pure_partials",
     "second_order_operator",
