@@ -18,8 +18,10 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 
 Supported layers: :class:`~hessquik_core.SingleLayer`,
 :class:`~hessquik_core.ResnetLayer`, :class:`~hessquik_core.ICNNLayer`,
-:class:`~hessquik_core.QuadraticLayer`, :class:`~hessquik_core.QuadraticICNNLayer`
-(nested networks are flattened); any other layer is refused by name, as is an
+:class:`~hessquik_core.QuadraticLayer`, :class:`~hessquik_core.QuadraticICNNLayer`,
+``FourierFeatures`` and ``PeriodicEmbedding`` (nested networks are flattened);
+any other layer (the gated and normalisation layers, which have no structured
+rule of order 3 or 4 yet) is refused by name, as is an
 activation that cannot supply the derivative order a request needs
 (:attr:`~hessquik_core.activations.Activation.max_order`).
 
@@ -46,43 +48,64 @@ __all__ = ["BiharmonicResult", "biharmonic", "pure_partials", "taylor_derivative
 
 
 # --------------------------------------------------------------------------
-# one step per layer type: (leaf, params, u, carry, act, order, xp) -> (f, carry)
+# one step per layer type: (leaf, params, u, carry, act, order, ops) -> (f, carry)
 # --------------------------------------------------------------------------
 
 
-def _affine(leaf, P, u, c, act, order, xp, M, h=None):
+def _affine(leaf, P, u, c, act, order, ops, M, h=None):
     """:math:`h\\,\\sigma(uM + b)` and its carry (``h = None``: no scaling)."""
     z = u @ M
     if P.get("b") is not None:
         z = z + P["b"]
     if leaf.act.name == "identity":  # linear: the carry maps through M alone
         return (z, T.linear(c, M)) if h is None else (h * z, T.scale(T.linear(c, M), h))
-    s = leaf.act.derivatives(z, order, xp=xp)
+    s = leaf.act.derivatives(z, order, xp=ops.xp)
     if h is not None:
         s = tuple(h * a for a in s)
     return s[0], act(T.linear(c, M), s[1:])
 
 
-def _dense(leaf, P, u, c, act, order, xp):
-    return _affine(leaf, P, u, c, act, order, xp, P["K"])
+def _dense(leaf, P, u, c, act, order, ops):
+    return _affine(leaf, P, u, c, act, order, ops, P["K"])
 
 
-def _resnet(leaf, P, u, c, act, order, xp):
+def _resnet(leaf, P, u, c, act, order, ops):
     # f = u + h σ(uK + b): the identity path adds the incoming carry
-    f, cf = _affine(leaf, P, u, c, act, order, xp, P["K"], h=leaf.h)
+    f, cf = _affine(leaf, P, u, c, act, order, ops, P["K"], h=leaf.h)
     return u + f, T.add(c, cf)
 
 
-def _icnn(leaf, P, u, c, act, order, xp):
+def _icnn(leaf, P, u, c, act, order, ops):
     # f = [σ(u M + b), x] with M = [softplus(L); K]; x = u[:, n_in:] passes through
-    f, cf = _affine(leaf, P, u, c, act, order, xp, leaf._M(P, xp))
+    xp = ops.xp
+    f, cf = _affine(leaf, P, u, c, act, order, ops, leaf._M(P, xp))
     s = leaf.n_in
     return xp.concat([f, u[:, s:]], axis=-1), T.concat(cf, T.columns(c, s), xp)
 
 
-def _quadratic(leaf, P, u, c, act, order, xp):
+def _pointwise_trig(leaf, P, u, c, act, order, ops):
+    # φ(uK) with per-column φ: sin, cos (FourierFeatures) or cos, sin, identity
+    # (PeriodicEmbedding). The layer supplies y = φ(z), φ'(z) and K; on the
+    # trigonometric columns φ'' = -φ, φ''' = -φ', φ'''' = φ, on the identity
+    # columns all three vanish
+    xp = ops.xp
+    y, cache = leaf.evaluate(u, P, 1, ops)
+    s1, K = cache.dsigma, cache.K
+    q = y.shape[-1]
+    trig = 2 * len(leaf.periods) if hasattr(leaf, "periods") else q
+    ym, s1m = y, s1
+    if trig < q:
+        dev = aac.device(y)
+        ones = xp.ones((trig,), dtype=y.dtype, device=dev)
+        mask = xp.concat([ones, xp.zeros((q - trig,), dtype=y.dtype, device=dev)])
+        ym, s1m = y * mask, s1 * mask
+    return y, act(T.linear(c, K), (s1, -ym, -s1m, ym)[:order])
+
+
+def _quadratic(leaf, P, u, c, act, order, ops):
     # f = u c + ½|y Aᵀ|² + μ, y = u[:, s:]: a linear part plus Σ_r of the
     # quadratic activation ½t² (σ' = t, σ'' = 1, higher zero) of t = y Aᵀ
+    xp = ops.xp
     lin = leaf._lin(P, xp)
     At = xp.matrix_transpose(P["A"])
     s = leaf._start
@@ -97,6 +120,7 @@ def _steps() -> dict[type, tuple[Callable, bool]]:
     """Layer class -> (step, whether it calls ``leaf.act``). Exact classes: a
     subclass may change the maths, so it is refused until registered."""
     from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
+    from .layers.fourier import FourierFeatures, PeriodicEmbedding
 
     return {
         SingleLayer: (_dense, True),
@@ -104,6 +128,8 @@ def _steps() -> dict[type, tuple[Callable, bool]]:
         ICNNLayer: (_icnn, True),
         QuadraticLayer: (_quadratic, False),
         QuadraticICNNLayer: (_quadratic, False),
+        FourierFeatures: (_pointwise_trig, False),
+        PeriodicEmbedding: (_pointwise_trig, False),
     }
 
 
@@ -142,7 +168,7 @@ def _sweep(net, x, backend, seed: Callable, act: Callable, order: int, what: str
     steps = _steps()
     u, c = xc, seed(xp, xc.dtype, dev)
     for leaf, P in zip(leaves, params):
-        u, c = steps[type(leaf)][0](leaf, P, u, c, act, order, xp)
+        u, c = steps[type(leaf)][0](leaf, P, u, c, act, order, be)
     return inp, u, c
 
 

@@ -355,7 +355,7 @@ def test_refuses_activation_without_the_order():
 
 def test_refuses_unsupported_layer_by_name():
     net = hq.NN(hq.SingleLayer(2, 4, act="tanh", seed=0), hq.layers.LAYERS["LayerNorm"](4))
-    with pytest.raises(TypeError, match=r"order 4 for layer type LayerNorm \(supported: ICNNLayer"):
+    with pytest.raises(TypeError, match=r"order 4 for layer type LayerNorm \(supported: FourierFeatures, ICNNLayer"):
         hq.biharmonic(net, np.ones((2, 2)))
     with pytest.raises(TypeError, match=r"taylor_derivatives: no rule of order 3 for layer type LayerNorm"):
         hq.pure_partials(net, np.ones((2, 2)), [0], 3)
@@ -380,3 +380,26 @@ def test_bad_input():
         hq.biharmonic(net, np.ones((2, 2)))
     with pytest.raises(TypeError, match="directions must be"):
         hq.taylor_derivatives(net, x, [[1.0], [0.0], [0.0]], 3)
+
+
+@pytest.mark.parametrize("which", ["fourier", "periodic", "periodic-trainable"])
+def test_fourier_embeddings_match_nested_ad(which):
+    """Per-column sin/cos/identity embeddings (the reference is the layer's torch twin)."""
+    L = hq.layers.LAYERS
+    first = {
+        "fourier": lambda: L["FourierFeatures"](2, 3, seed=0),
+        "periodic": lambda: L["PeriodicEmbedding"](3, [2.0], axes=[1]),
+        "periodic-trainable": lambda: L["PeriodicEmbedding"](3, [2.0, 3.0], axes=[0, 2], trainable=True),
+    }[which]()
+    d = first.in_features
+    net = hq.NN(
+        first, hq.SingleLayer(first.out_features, 4, act="tanh", seed=1), hq.SingleLayer(4, 2, seed=2)
+    )
+    twin = hq.to_torch(net, dtype=torch.float64)
+    f1 = lambda xi: twin(xi[None])[0]  # noqa: E731
+    x = np.random.default_rng(0).standard_normal((3, d))
+    with torch.no_grad():
+        assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
+        V = np.random.default_rng(1).standard_normal((d, 2))
+        for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
+            assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
