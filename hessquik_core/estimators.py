@@ -17,7 +17,7 @@ seeded as the tangents, the network carries the diagonal of
   theorem :math:`\mathbb{E}[v_i v_j v_k v_l] = \delta_{ij}\delta_{kl} + \delta_{ik}\delta_{jl}
   + \delta_{il}\delta_{jk}` gives :math:`\mathbb{E}[\partial^4 f[v, v, v, v]] = 3\,\Delta^2 f`;
   each probe is one fourth-order directional derivative
-  (:func:`hessquik_core.taylor_derivatives`).
+  (:func:`~hessquik_core.higher.taylor_derivatives`).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def biharmonic_estimate(
     = 3\Delta^2 f`; each sample is :math:`\partial^4 f[v,v,v,v] / 3`, one
     fourth-order directional derivative (``4 k`` carried numbers per feature
     for ``k`` probes, against :math:`d(d+1)/2 + 2d + 2` for the exact
-    :func:`hessquik_core.biharmonic`). Rademacher probes are *biased* here
+    :func:`~hessquik_core.higher.biharmonic`). Rademacher probes are *biased* here
     (:math:`\mathbb{E}[\partial^4 f[v,v,v,v]] = 3\Delta^2 f - 2\sum_i \partial_i^4 f`)
     and are refused.
 

@@ -8,11 +8,11 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 
 * :func:`biharmonic` carries, per feature, :math:`\nabla u` (``d``), the
   packed Hessian (``d(d+1)/2``), :math:`\nabla\Delta u` (``d``), :math:`\Delta u`
-  and :math:`\Delta^2 u`: :math:`d(d+1)/2 + 2d + 2` numbers against the forward
-  Laplacian's ``d + 1``, so a GEMM cost of about :math:`(d + 5)/2` times the
-  forward Laplacian's (3× at ``d = 2``, 4.5× at ``d = 5``, 7× at ``d = 10``).
-  Never an ``(n, d, d, d, d)`` array; the largest temporary is the unpacked
-  ``(n, d, d, q)`` Hessian of one layer's pre-activations.
+  and :math:`\Delta^2 u`: with the value, :math:`d(d+1)/2 + 2d + 3` numbers go
+  through each weight matrix against the forward Laplacian's ``d + 2`` — about
+  2.5× its GEMM work at ``d = 2``, 4× at ``d = 5``, 6.5× at ``d = 10``
+  (growing like ``d/2``). Never an ``(n, d, d, d, d)`` array; the largest
+  temporary is one layer's unpacked ``(n, d, d, q)`` Hessian.
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
@@ -228,8 +228,9 @@ def biharmonic(net: NN, x: Any, *, full: bool = False, backend: str | None = Non
         + \sigma' \Delta^2 z
 
     (:mod:`hessquik_core.rules.taylor`); residual layers add the identity path.
-    Cost: :math:`d(d+1)/2 + 2d + 2` carried numbers per feature (the forward
-    Laplacian carries ``d + 1``), no array of size :math:`d^3` or :math:`d^4`.
+    Cost: :math:`d(d+1)/2 + 2d + 3` carried numbers per feature, value
+    included (the forward Laplacian carries ``d + 2``); no array of size
+    :math:`d^3` or :math:`d^4`.
 
     Parameters
     ----------

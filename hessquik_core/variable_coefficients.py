@@ -100,7 +100,7 @@ def _factored(net, inp, S, b):
 def pointwise_weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -> Any:
     r""":math:`\mathrm{tr}(S(x_i) S(x_i)^\top \nabla^2 u(x_i))` for a factor given per point, ``S : (n, d, r)``.
 
-    :func:`hessquik_core.weighted_laplacian` with a three-dimensional ``S``
+    :func:`~hessquik_core.estimators.weighted_laplacian` with a three-dimensional ``S``
     calls this (module docstring: one forward sweep, tangents seeded per point).
 
     Returns
@@ -149,9 +149,6 @@ def second_order_operator(
         ``S`` with :math:`A = S S^\top`: ``r`` per-point tangents, no Hessian.
     backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
-    Coefficients are arrays of ``x``'s library or NumPy, of a real floating
-    dtype (cast to ``x``'s); they are never modified.
-
     Returns
     -------
     array (n, m)
@@ -162,6 +159,11 @@ def second_order_operator(
     ValueError
         Two forms of :math:`A` at once, or a coefficient of the wrong shape
         (the accepted shapes are named).
+
+    Notes
+    -----
+    Coefficients are arrays of ``x``'s library or NumPy with a real floating
+    element type (cast to ``x``'s); they are never modified.
     """
     given = [
         name for name, v in (("A", A), ("A_diagonal", A_diagonal), ("A_factor", A_factor)) if v is not None

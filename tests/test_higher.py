@@ -355,7 +355,9 @@ def test_refuses_activation_without_the_order():
 
 def test_refuses_unsupported_layer_by_name():
     net = hq.NN(hq.SingleLayer(2, 4, act="tanh", seed=0), hq.layers.LAYERS["LayerNorm"](4))
-    with pytest.raises(TypeError, match=r"order 4 for layer type LayerNorm \(supported: FourierFeatures, ICNNLayer"):
+    with pytest.raises(
+        TypeError, match=r"order 4 for layer type LayerNorm \(supported: FourierFeatures, ICNNLayer"
+    ):
         hq.biharmonic(net, np.ones((2, 2)))
     with pytest.raises(TypeError, match=r"taylor_derivatives: no rule of order 3 for layer type LayerNorm"):
         hq.pure_partials(net, np.ones((2, 2)), [0], 3)

@@ -4,10 +4,12 @@ r"""Recurrences of third- and fourth-order input derivatives through
 A *carry* is a tuple of arrays (or ``None`` where a field is identically zero)
 whose **last axis is the feature axis** and whose every field is linear in the
 features: a linear map ``u -> uM``, a sum of two carries, a scaling, a
-concatenation or a column slice acts field by field (:func:`linear`,
-:func:`add`, :func:`scale`, :func:`concat`, :func:`columns`,
-:func:`sum_features`). Only the pointwise nonlinearity mixes fields; its rule
-is :func:`biharmonic_act` for the bi-Laplacian carry and :func:`taylor_act` for
+concatenation or a column slice acts field by field (:func:`~hessquik_core.rules.taylor.linear`,
+:func:`~hessquik_core.rules.taylor.add`, :func:`~hessquik_core.rules.taylor.scale`,
+:func:`~hessquik_core.rules.taylor.concat`, :func:`~hessquik_core.rules.taylor.columns`,
+:func:`~hessquik_core.rules.taylor.sum_features`). Only the pointwise nonlinearity
+mixes fields; its rule is :func:`~hessquik_core.rules.taylor.biharmonic_act` for
+the bi-Laplacian carry and :func:`~hessquik_core.rules.taylor.taylor_act` for
 directional Taylor carries. ``s = (σ', σ'', σ''', σ'''')``, each ``(n, q)`` or
 ``None`` where that derivative is zero (the quadratic head), already scaled by
 a residual step ``h``.
@@ -71,6 +73,7 @@ def add(a: Carry, b: Carry) -> Carry:
 
 
 def scale(c: Carry, h) -> Carry:
+    """``h`` times every field (a residual step's scalar)."""
     return tuple(None if a is None else h * a for a in c)
 
 
@@ -146,6 +149,7 @@ def _triangle_np(d: int):
 
 
 def triangle(d: int, xp, dtype, device) -> Triangle:
+    """The :class:`Triangle` of a ``(d, d)`` block in namespace ``xp`` (weights in ``dtype``)."""
     iu, ju, pos, w = _triangle_np(d)
     return Triangle(
         d,
