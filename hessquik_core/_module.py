@@ -223,7 +223,16 @@ class Module:
                         bool(getattr(p, "requires_grad", False)) if requires_grad is None else requires_grad
                     ) and pname not in mod._frozen
                     dev = device if device is not None or name is not None else getattr(p, "device", None)
-                    arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
+                    try:
+                        arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
+                    except (AssertionError, RuntimeError) as err:
+                        # torch without CUDA raises a bare AssertionError ("Torch not compiled
+                        # with CUDA enabled"); a missing device index a RuntimeError
+                        raise ValueError(
+                            f"cannot move the parameters to device {str(dev)!r} with backend "
+                            f"{be.name!r}: the device is not available here ({type(err).__name__}: "
+                            f"{err}); check e.g. torch.cuda.is_available(), or keep device='cpu'"
+                        ) from err
                 staged.append((mod, pname, arr))
         for mod, pname, arr in staged:
             mod._params[pname] = arr
