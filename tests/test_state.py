@@ -412,3 +412,27 @@ def test_moving_to_an_unavailable_device_says_so():
     for key, value in net.state_dict().items():
         assert isinstance(value, np.ndarray)
         np.testing.assert_array_equal(value, before[key])
+
+
+def test_seed_none_follows_torch_manual_seed():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(123)
+    a = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")
+    torch.manual_seed(123)
+    b = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")
+    c = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")  # the generator moved on
+    for key in a.state_dict():
+        np.testing.assert_array_equal(a.state_dict()[key], b.state_dict()[key])
+    assert any(np.any(a.state_dict()[k] != c.state_dict()[k]) for k in a.state_dict())
+
+
+def test_seed_none_follows_numpy_seed_without_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch had never been imported
+    np.random.seed(7)  # noqa: NPY002 - the global seeding users do
+    a = hq.ResnetNN(width=4, depth=2, h=0.5, act="tanh")
+    np.random.seed(7)  # noqa: NPY002 - the global seeding users do
+    b = hq.ResnetNN(width=4, depth=2, h=0.5, act="tanh")
+    for key in a.state_dict():
+        np.testing.assert_array_equal(a.state_dict()[key], b.state_dict()[key])
