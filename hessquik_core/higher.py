@@ -16,12 +16,16 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
-Supported layers: :class:`~hessquik_core.SingleLayer`,
-:class:`~hessquik_core.ResnetLayer`, :class:`~hessquik_core.ICNNLayer`,
-:class:`~hessquik_core.QuadraticLayer`, :class:`~hessquik_core.QuadraticICNNLayer`,
-``FourierFeatures`` and ``PeriodicEmbedding`` (nested networks are flattened);
-any other layer (the gated and normalisation layers, which have no structured
-rule of order 3 or 4 yet) is refused by name, as is an
+Supported layers (:mod:`hessquik_core._higher_steps`): any layer declaring
+its affine structure :math:`[u +]\,h\,\sigma(uM + b)` (``affine_structure``),
+:class:`~hessquik_core.SingleLayer`, :class:`~hessquik_core.ResnetLayer`,
+:class:`~hessquik_core.ICNNLayer`, :class:`~hessquik_core.QuadraticLayer`,
+:class:`~hessquik_core.QuadraticICNNLayer`, :class:`~hessquik_core.FourierFeatures`,
+:class:`~hessquik_core.PeriodicEmbedding`, :class:`~hessquik_core.GatedMLP` (its
+gate is a product of two features: the Leibniz rule
+:func:`~hessquik_core.rules.taylor.biharmonic_mul`) and
+:class:`~hessquik_core.GatedResidual`; nested networks are flattened. Any other
+layer (today :class:`~hessquik_core.LayerNorm`) is refused by name, as is an
 activation that cannot supply the derivative order a request needs
 (:attr:`~hessquik_core.activations.Activation.max_order`).
 
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import array_api_compat as aac
 
+from . import _higher_steps as S
 from ._array import as_plain_array, namespace_of, resolve_input
 from .rules import taylor as T
 
@@ -47,128 +52,33 @@ if TYPE_CHECKING:
 __all__ = ["BiharmonicResult", "biharmonic", "pure_partials", "taylor_derivatives"]
 
 
-# --------------------------------------------------------------------------
-# one step per layer type: (leaf, params, u, carry, act, order, ops) -> (f, carry)
-# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rule:
+    """The nonlinear rules of one carry: ``act(carry_z, (σ', …))`` and
+    ``mul(a, carry_a, b, carry_b)`` (:mod:`hessquik_core._higher_steps`)."""
+
+    act: Callable
+    mul: Callable
 
 
-def _affine(leaf, P, u, c, act, order, ops, M, h=None):
-    """:math:`h\\,\\sigma(uM + b)` and its carry (``h = None``: no scaling)."""
-    z = u @ M
-    if P.get("b") is not None:
-        z = z + P["b"]
-    if leaf.act.name == "identity":  # linear: the carry maps through M alone
-        return (z, T.linear(c, M)) if h is None else (h * z, T.scale(T.linear(c, M), h))
-    s = leaf.act.derivatives(z, order, xp=ops.xp)
-    if h is not None:
-        s = tuple(h * a for a in s)
-    return s[0], act(T.linear(c, M), s[1:])
-
-
-def _dense(leaf, P, u, c, act, order, ops):
-    return _affine(leaf, P, u, c, act, order, ops, P["K"])
-
-
-def _resnet(leaf, P, u, c, act, order, ops):
-    # f = u + h σ(uK + b): the identity path adds the incoming carry
-    f, cf = _affine(leaf, P, u, c, act, order, ops, P["K"], h=leaf.h)
-    return u + f, T.add(c, cf)
-
-
-def _icnn(leaf, P, u, c, act, order, ops):
-    # f = [σ(u M + b), x] with M = [softplus(L); K]; x = u[:, n_in:] passes through
-    xp = ops.xp
-    f, cf = _affine(leaf, P, u, c, act, order, ops, leaf._M(P, xp))
-    s = leaf.n_in
-    return xp.concat([f, u[:, s:]], axis=-1), T.concat(cf, T.columns(c, s), xp)
-
-
-def _pointwise_trig(leaf, P, u, c, act, order, ops):
-    # φ(uK) with per-column φ: sin, cos (FourierFeatures) or cos, sin, identity
-    # (PeriodicEmbedding). The layer supplies y = φ(z), φ'(z) and K; on the
-    # trigonometric columns φ'' = -φ, φ''' = -φ', φ'''' = φ, on the identity
-    # columns all three vanish
-    xp = ops.xp
-    y, cache = leaf.evaluate(u, P, 1, ops)
-    s1, K = cache.dsigma, cache.K
-    q = y.shape[-1]
-    trig = 2 * len(leaf.periods) if hasattr(leaf, "periods") else q
-    ym, s1m = y, s1
-    if trig < q:
-        dev = aac.device(y)
-        ones = xp.ones((trig,), dtype=y.dtype, device=dev)
-        mask = xp.concat([ones, xp.zeros((q - trig,), dtype=y.dtype, device=dev)])
-        ym, s1m = y * mask, s1 * mask
-    return y, act(T.linear(c, K), (s1, -ym, -s1m, ym)[:order])
-
-
-def _quadratic(leaf, P, u, c, act, order, ops):
-    # f = u c + ½|y Aᵀ|² + μ, y = u[:, s:]: a linear part plus Σ_r of the
-    # quadratic activation ½t² (σ' = t, σ'' = 1, higher zero) of t = y Aᵀ
-    xp = ops.xp
-    lin = leaf._lin(P, xp)
-    At = xp.matrix_transpose(P["A"])
-    s = leaf._start
-    t = u[:, s:] @ At
-    f = u @ lin + 0.5 * xp.sum(t * t, axis=-1) + P["mu"]
-    derivs = (t, xp.ones_like(t), None, None)[:order]
-    quad = T.sum_features(act(T.linear(T.columns(c, s), At), derivs), xp)
-    return f[:, None], T.add(T.linear(c, lin[:, None]), quad)
-
-
-def _steps() -> dict[type, tuple[Callable, bool]]:
-    """Layer class -> (step, whether it calls ``leaf.act``). Exact classes: a
-    subclass may change the maths, so it is refused until registered."""
-    from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
-    from .layers.fourier import FourierFeatures, PeriodicEmbedding
-
-    return {
-        SingleLayer: (_dense, True),
-        ResnetLayer: (_resnet, True),
-        ICNNLayer: (_icnn, True),
-        QuadraticLayer: (_quadratic, False),
-        QuadraticICNNLayer: (_quadratic, False),
-        FourierFeatures: (_pointwise_trig, False),
-        PeriodicEmbedding: (_pointwise_trig, False),
-    }
-
-
-def _check_network(net, order: int, what: str) -> list:
-    """The leaves, after refusing up front any layer without a rule and any
-    activation that cannot supply ``order`` derivatives."""
-    steps = _steps()
-    leaves = list(net._leaves())
-    for leaf in leaves:
-        entry = steps.get(type(leaf))
-        if entry is None:
-            names = ", ".join(sorted(cls.__name__ for cls in steps))
-            raise TypeError(
-                f"{what}: no rule of order {order} for layer type {type(leaf).__name__} (supported: {names})"
-            )
-        act = getattr(leaf, "act", None)
-        if entry[1] and act is not None and act.name != "identity" and act.max_order < order:
-            raise ValueError(
-                f"{what} needs derivatives of order {order} of every activation; activation "
-                f"{act.name!r} ({type(act).__name__}) of layer {type(leaf).__name__} supplies up to order {act.max_order}"
-            )
-    return leaves
-
-
-def _sweep(net, x, backend, seed: Callable, act: Callable, order: int, what: str):
+def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: str):
     """Push a carry from the input through every layer.
 
+    ``seed(xp, dtype, device) -> carry``, ``rule(xp, dtype, device) -> _Rule``.
     Returns ``(inp, value, carry)``: the resolved input (for converting results
     back), the network value ``(n, m)`` and the carry of the output."""
-    leaves = _check_network(net, order, what)
+    leaves = list(net._leaves())
+    for leaf in leaves:  # refuse up front, before any work
+        S.check_leaf(leaf, order, what)
     inp = resolve_input(net, x, backend)
     xp, be, xc = inp.xp, inp.be, inp.x
     dev = aac.device(xc)
     key = inp.cache_key
     params = [leaf._eval_params(key, be, xp, xc.dtype, dev) for leaf in leaves]
-    steps = _steps()
     u, c = xc, seed(xp, xc.dtype, dev)
+    r = rule(xp, xc.dtype, dev)
     for leaf, P in zip(leaves, params):
-        u, c = steps[type(leaf)][0](leaf, P, u, c, act, order, be)
+        u, c = S.run(leaf, P, u, c, r, order, be)
     return inp, u, c
 
 
@@ -257,16 +167,18 @@ def biharmonic(net: NN, x: Any, *, full: bool = False, backend: str | None = Non
         An activation without :math:`\sigma''''` (named), or a bad ``x``.
     """
     d = net.in_features
-    holder: dict = {}
 
     def seed(xp, dtype, dev):
-        holder["tri"], holder["xp"] = T.triangle(d, xp, dtype, dev), xp
         return T.biharmonic_seed(d, xp, dtype, dev)
 
-    def act(c, s):
-        return T.biharmonic_act(c, s, holder["tri"], holder["xp"])
+    def rule(xp, dtype, dev):
+        tri = T.triangle(d, xp, dtype, dev)
+        return _Rule(
+            lambda c, s: T.biharmonic_act(c, s, tri, xp),
+            lambda a, ca, b, cb: T.biharmonic_mul(a, ca, b, cb, tri, xp),
+        )
 
-    inp, u, (g, _, gL, L, B) = _sweep(net, x, backend, seed, act, 4, "biharmonic")
+    inp, u, (g, _, gL, L, B) = _sweep(net, x, backend, seed, rule, 4, "biharmonic")
     xp = inp.xp
     n, m = u.shape
     B = _full(B, (n, m), xp, u)
@@ -323,7 +235,9 @@ def taylor_derivatives(net: NN, x: Any, directions: Any, order: int, *, backend:
         V = xp.asarray(_to(directions, xp), dtype=dtype, device=dev)
         return T.taylor_seed(V, order)
 
-    inp, u, c = _sweep(net, x, backend, seed, T.taylor_act, order, "taylor_derivatives")
+    inp, u, c = _sweep(
+        net, x, backend, seed, lambda *_: _Rule(T.taylor_act, T.taylor_mul), order, "taylor_derivatives"
+    )
     n, m = u.shape
     k = directions.shape[1]
     return tuple(_back(inp, _full(a, (n, k, m), inp.xp, u)) for a in c)

@@ -356,7 +356,8 @@ def test_refuses_activation_without_the_order():
 def test_refuses_unsupported_layer_by_name():
     net = hq.NN(hq.SingleLayer(2, 4, act="tanh", seed=0), hq.layers.LAYERS["LayerNorm"](4))
     with pytest.raises(
-        TypeError, match=r"order 4 for layer type LayerNorm \(supported: FourierFeatures, ICNNLayer"
+        TypeError,
+        match=r"order 4 for layer type LayerNorm \(supported: FourierFeatures, GatedMLP, GatedResidual, ICNNLayer",
     ):
         hq.biharmonic(net, np.ones((2, 2)))
     with pytest.raises(TypeError, match=r"taylor_derivatives: no rule of order 3 for layer type LayerNorm"):
@@ -405,3 +406,74 @@ def test_fourier_embeddings_match_nested_ad(which):
         V = np.random.default_rng(1).standard_normal((d, 2))
         for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
             assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
+
+
+def _randomise(layer, rng):
+    """Every parameter drawn afresh (the gated layers start with zero biases and α = 0)."""
+    layer.load_state_dict({k: rng.uniform(-0.8, 0.8, np.shape(v)) for k, v in layer.state_dict().items()})
+    return layer
+
+
+def test_gated_layers_match_nested_ad():
+    """GatedMLP (a product of two features per step: the Leibniz rule) and
+    GatedResidual (α g(u) + (1 - α) u around a block), against their torch twins."""
+    L = hq.layers.LAYERS
+    rng = np.random.default_rng(0)
+    block = hq.NN(hq.SingleLayer(3, 5, act="sin", seed=rng), hq.ResnetLayer(5, h=0.4, act="tanh", seed=rng))
+    net = hq.NN(
+        _randomise(L["GatedMLP"](2, 4, 2, 3, act="tanh", seed=rng), rng),
+        _randomise(L["GatedResidual"](hq.NN(block, hq.SingleLayer(5, 3, act="tanh", seed=rng))), rng),
+        hq.SingleLayer(3, 2, seed=rng),
+    )
+    twin = hq.to_torch(net, dtype=torch.float64)
+    f1 = lambda xi: twin(xi[None])[0]  # noqa: E731
+    x = rng.standard_normal((3, 2))
+    with torch.no_grad():
+        assert rel_err(net(x).value, twin(torch.as_tensor(x)).numpy()) <= 1e-14
+        assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
+        V = rng.standard_normal((2, 2))
+        for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
+            assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
+
+
+class _ScaledSin(hq.layers.Layer):
+    """:math:`\\sin(\\omega_0 (uK + b))`, known to the sweeps only by its declared
+    affine structure (the contract of the engine's affine routes)."""
+
+    def __init__(self, p, q, w0, residual=False, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.in_features, self.out_features, self.w0, self.residual = p, q, w0, residual
+        self._register("K", rng.uniform(-1, 1, (p, q)), (p, q))
+        self._register("b", rng.uniform(-1, 1, (q,)), (q,))
+
+    def affine_structure(self, params=None):
+        from types import SimpleNamespace
+
+        M = None if params is None else self.w0 * params["K"]
+        b = None if params is None else self.w0 * params["b"]
+        return SimpleNamespace(act=get_activation("sin"), M=M, b=b, scale=0.5, residual=self.residual)
+
+
+def test_declared_affine_structure_is_used():
+    layers = (
+        hq.SingleLayer(2, 3, act="tanh", seed=1),
+        _ScaledSin(3, 3, 1.5, residual=True),
+        _ScaledSin(3, 2, 0.7),
+    )
+    net = hq.NN(*layers)
+
+    def t(a):
+        return torch.tensor(np.array(a))
+
+    def f1(xi):
+        u = torch.tanh(xi[None] @ t(layers[0].K) + t(layers[0].b))
+        for lay in layers[1:]:
+            z = lay.w0 * (u @ t(lay.K) + t(lay.b))
+            u = u + 0.5 * torch.sin(z) if lay.residual else 0.5 * torch.sin(z)
+        return u[0]
+
+    x = np.random.default_rng(2).standard_normal((4, 2))
+    assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
+    V = np.random.default_rng(3).standard_normal((2, 1))
+    assert rel_err(hq.taylor_derivatives(net, x, V, 3)[-1], nested_directional(f1, x, V, 3).numpy()) <= RTOL

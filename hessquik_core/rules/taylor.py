@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from math import comb
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,89 @@ def _acc(acc, term):
     return term if acc is None else acc + term
 
 
+def _m(*factors):
+    """The product of the factors, ``None`` (zero) if any is ``None``."""
+    out = factors[0]
+    for f in factors[1:]:
+        if out is None or f is None:
+            return None
+        out = out * f
+    return out
+
+
+def _total(*terms):
+    out = None
+    for t in terms:
+        if t is not None:
+            out = t if out is None else out + t
+    return out
+
+
+def biharmonic_mul(a, ca: Carry, b, cb: Carry, tri: Triangle, xp) -> Carry:
+    r"""The carry of the product :math:`f = ab` of two features with values
+    ``a``, ``b`` ``(n, q)`` and carries ``ca``, ``cb`` (Leibniz):
+
+    .. math::
+        \nabla f &= a\nabla b + b\nabla a, \qquad
+        \nabla^2 f = a\nabla^2 b + b\nabla^2 a + \nabla a\nabla b^\top + \nabla b\nabla a^\top, \\
+        \Delta f &= a\Delta b + b\Delta a + 2\nabla a\cdot\nabla b, \\
+        \nabla\Delta f &= a\nabla\Delta b + b\nabla\Delta a + \Delta b\,\nabla a + \Delta a\,\nabla b
+            + 2(\nabla^2 a\,\nabla b + \nabla^2 b\,\nabla a), \\
+        \Delta^2 f &= a\Delta^2 b + b\Delta^2 a + 2\Delta a\,\Delta b + 4\nabla a\cdot\nabla\Delta b
+            + 4\nabla b\cdot\nabla\Delta a + 4\langle\nabla^2 a, \nabla^2 b\rangle_F .
+    """
+    ga, Ha, gLa, La, Ba = ca
+    gb, Hb, gLb, Lb, Bb = cb
+    A, Bv = a[:, None, :], b[:, None, :]
+    w = tri.weight[None, :, None]
+
+    def dot(x, y):  # Σ_i x_i y_i over the d axis
+        return None if x is None or y is None else xp.sum(x * y, axis=-2)
+
+    def hvec(H, g):  # ∇²· ∇·, (n, d, q), from the packed Hessian
+        if H is None:
+            return None
+        n, _, q = H.shape
+        full = xp.reshape(xp.take(H, tri.full, axis=-2), (n, tri.d, tri.d, q))
+        return xp.sum(full * g[:, None, :, :], axis=-2)
+
+    cross = xp.take(ga, tri.rows, axis=-2) * xp.take(gb, tri.cols, axis=-2)
+    cross = cross + xp.take(gb, tri.rows, axis=-2) * xp.take(ga, tri.cols, axis=-2)
+    g = A * gb + Bv * ga
+    H = _total(_m(A, Hb), _m(Bv, Ha), cross)
+    L = _total(_m(a, Lb), _m(b, La), 2.0 * dot(ga, gb))
+    hg = _total(hvec(Ha, gb), hvec(Hb, ga))
+    gL = _total(
+        _m(A, gLb),
+        _m(Bv, gLa),
+        None if Lb is None else Lb[:, None, :] * ga,
+        None if La is None else La[:, None, :] * gb,
+        None if hg is None else 2.0 * hg,
+    )
+    HH = None if Ha is None or Hb is None else xp.sum(w * Ha * Hb, axis=-2)
+    B = _total(
+        _m(a, Bb),
+        _m(b, Ba),
+        _m(2.0 * La if La is not None else None, Lb),
+        _m(4.0, dot(ga, gLb)),
+        _m(4.0, dot(gb, gLa)),
+        _m(4.0, HH),
+    )
+    return (g, H, gL, L, B)
+
+
+def taylor_mul(a, ca: Carry, b, cb: Carry) -> Carry:
+    r"""Directional derivatives of :math:`f = ab` (Leibniz):
+    :math:`f_j = \sum_{i=0}^{j} \binom{j}{i} a_i b_{j-i}` with :math:`a_0 = a`,
+    :math:`b_0 = b` the values ``(n, q)``."""
+    A = (a[:, None, :], *ca)
+    Bv = (b[:, None, :], *cb)
+    out = []
+    for j in range(1, len(ca) + 1):
+        out.append(_total(*(_m(float(comb(j, i)), A[i], Bv[j - i]) for i in range(j + 1))))
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------
 # directional Taylor carries
 # --------------------------------------------------------------------------
@@ -255,13 +339,13 @@ def taylor_act(c: Carry, s) -> Carry:
 
     out = [term(1, d[0], z1)]
     if K > 1:
-        out.append(_sum(term(1, d[0], z2), term(1, d[1], z1 * z1)))
+        out.append(_total(term(1, d[0], z2), term(1, d[1], z1 * z1)))
     if K > 2:
-        out.append(_sum(term(1, d[0], z3), term(3, d[1], mul(z1, z2)), term(1, d[2], z1 * z1 * z1)))
+        out.append(_total(term(1, d[0], z3), term(3, d[1], mul(z1, z2)), term(1, d[2], z1 * z1 * z1)))
     if K > 3:
         z11 = z1 * z1
         out.append(
-            _sum(
+            _total(
                 term(1, d[0], z4),
                 term(4, d[1], mul(z1, z3)),
                 term(3, d[1], mul(z2, z2)),
@@ -272,18 +356,11 @@ def taylor_act(c: Carry, s) -> Carry:
     return tuple(out)
 
 
-def _sum(*terms):
-    out = None
-    for t in terms:
-        if t is not None:
-            out = t if out is None else out + t
-    return out
-
-
 __all__ = [
     "Triangle",
     "add",
     "biharmonic_act",
+    "biharmonic_mul",
     "biharmonic_seed",
     "columns",
     "concat",
@@ -291,6 +368,7 @@ __all__ = [
     "scale",
     "sum_features",
     "taylor_act",
+    "taylor_mul",
     "taylor_seed",
     "triangle",
 ]
