@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import array_api_compat as aac
 
 from . import _higher_steps as S
-from ._array import as_plain_array, namespace_of, resolve_input
+from ._array import as_batch, as_plain_array, namespace_of, resolve_input
 from .rules import taylor as T
 
 if TYPE_CHECKING:
@@ -66,7 +66,11 @@ def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: st
 
     ``seed(xp, dtype, device) -> carry``, ``rule(xp, dtype, device) -> _Rule``.
     Returns ``(inp, value, carry)``: the resolved input (for converting results
-    back), the network value ``(n, m)`` and the carry of the output."""
+    back), the network value ``(n, m)`` and the carry of the output. A single
+    point ``x : (d,)`` runs as a batch of one (``inp.single``)."""
+    single = getattr(x, "ndim", None) == 1
+    if single:
+        x = as_batch(x, net.in_features)
     leaves = list(net._leaves())
     for leaf in leaves:  # refuse up front, before any work
         S.check_leaf(leaf, order, what)
@@ -79,7 +83,7 @@ def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: st
     r = rule(xp, xc.dtype, dev)
     for leaf, P in zip(leaves, params):
         u, c = S.run(leaf, P, u, c, r, order, be)
-    return inp, u, c
+    return _Input(inp, single), u, c
 
 
 def _full(a, shape, xp, like):
@@ -89,13 +93,25 @@ def _full(a, shape, xp, like):
     return a if tuple(a.shape) == tuple(shape) else xp.broadcast_to(a, shape)
 
 
-def _back(inp, a):
-    """A result in the caller's library (the call may have run in another backend's)."""
-    if not inp.converted:
-        return a
-    be = inp.user_be
-    dt = getattr(be.xp, str(a.dtype).split(".")[-1])
-    return be.convert(a, xp=be.xp, dtype=dt, device=aac.device(inp.orig_x))
+@dataclass(frozen=True)
+class _Input:
+    ctx: Any  # the resolved input (hessquik_core._array.InputContext)
+    single: bool  # x was one point (d,): results drop the batch axis
+
+    @property
+    def xp(self):
+        return self.ctx.xp
+
+
+def _back(inp: _Input, a):
+    """A result in the caller's library (the call may have run in another
+    backend's), without the batch axis for a single point."""
+    ctx = inp.ctx
+    if ctx.converted:
+        be = ctx.user_be
+        dt = getattr(be.xp, str(a.dtype).split(".")[-1])
+        a = be.convert(a, xp=be.xp, dtype=dt, device=aac.device(ctx.orig_x))
+    return a[0, ...] if inp.single else a
 
 
 # --------------------------------------------------------------------------
@@ -147,7 +163,8 @@ def biharmonic(net: NN, x: Any, *, full: bool = False, backend: str | None = Non
     net : NN
         Of the layer types listed in :mod:`hessquik_core.higher`, with
         activations supplying :math:`\sigma''''` (``act.max_order >= 4``).
-    x : array (n, d)
+    x : array (n, d), or one point (d,)
+        A single point gives results without the batch axis.
     full : bool
         Return a :class:`BiharmonicResult` (value, gradient, Laplacian,
         :math:`\nabla\Delta u` and :math:`\Delta^2 u`, all from the same sweep)
@@ -208,7 +225,8 @@ def taylor_derivatives(net: NN, x: Any, directions: Any, order: int, *, backend:
     ----------
     net : NN
         Activations supplying ``order`` derivatives (``act.max_order >= order``).
-    x : array (n, d)
+    x : array (n, d), or one point (d,)
+        A single point gives results without the batch axis.
     directions : array (d, k)
         Same library as ``x`` or NumPy; need not be normalised (the result is
         homogeneous of degree ``j`` in ``v``).
@@ -262,7 +280,7 @@ def pure_partials(net: NN, x: Any, coords: Sequence[int], order: int, *, backend
     Parameters
     ----------
     net : NN
-    x : array (n, d)
+    x : array (n, d), or one point (d,)
     coords : sequence of int
         Coordinates in ``0 … d-1`` (repeats allowed).
     order : int, 1 to 4

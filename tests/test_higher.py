@@ -477,3 +477,47 @@ def test_declared_affine_structure_is_used():
     assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
     V = np.random.default_rng(3).standard_normal((2, 1))
     assert rel_err(hq.taylor_derivatives(net, x, V, 3)[-1], nested_directional(f1, x, V, 3).numpy()) <= RTOL
+
+
+def test_single_point_drops_the_batch_axis(lib):
+    net = make_network("resnet", 2, "tanh", 0)
+    x = np.random.default_rng(0).standard_normal(2)
+    xs = lib.asarray(x)
+    B = hq.biharmonic(net, xs, backend=lib.backend)
+    lib.check(B, (4,), xs)
+    assert rel_err(lib.to_numpy(B), hq.biharmonic(net, x[None])[0]) <= 1e-14
+    r = hq.biharmonic(net, xs, full=True, backend=lib.backend)
+    lib.check(r.gradient, (2, 4), xs)
+    D = hq.taylor_derivatives(net, xs, np.eye(2), 3, backend=lib.backend)
+    lib.check(D[2], (2, 4), xs)
+    lib.check(hq.pure_partials(net, xs, [1], 4, backend=lib.backend), (1, 4), xs)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\).*a single point has shape \(2,\)"):
+        hq.biharmonic(net, np.ones(3))
+
+
+def test_second_backward_pass_matches_nested_ad():
+    """Exact second backward pass: a Hessian-vector product in the weights of a
+    loss of Δ²u, against the same product through torch.func nested AD."""
+    from hessquik_core.training import torch_parameters
+
+    net = hq.NN(hq.SingleLayer(2, 3, act="tanh", seed=0), hq.SingleLayer(3, 1, seed=1))
+    params = torch_parameters(net, dtype=torch.float64)
+    x = torch.as_tensor(np.random.default_rng(3).standard_normal((2, 2)))
+    rng = np.random.default_rng(4)
+    vs = [torch.as_tensor(rng.standard_normal(tuple(p.shape))) for p in params]
+
+    def f1(xi):
+        h = torch.tanh(xi[None] @ params[0] + params[1])
+        return (h @ params[2] + params[3])[0]
+
+    def hvp(loss):
+        g = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        dot = sum((gi * v).sum() for gi, v in zip(g, vs) if gi is not None)
+        return torch.autograd.grad(dot, params, allow_unused=True)
+
+    ours = hvp((hq.biharmonic(net, x) ** 2).mean())
+    ref = hvp((nested_biharmonic(f1, x) ** 2).mean())
+    for a, b in zip(ours, ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel_err(a.numpy(), b.numpy()) <= RTOL
