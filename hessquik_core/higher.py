@@ -16,7 +16,7 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
-Supported layers (:mod:`hessquik_core._higher_steps`): any layer declaring
+Supported layers (``hessquik_core._higher_steps``): any layer declaring
 its affine structure :math:`[u +]\,h\,\sigma(uM + b)` (``affine_structure``),
 :class:`~hessquik_core.SingleLayer`, :class:`~hessquik_core.ResnetLayer`,
 :class:`~hessquik_core.ICNNLayer`, :class:`~hessquik_core.QuadraticLayer`,
@@ -55,7 +55,7 @@ __all__ = ["BiharmonicResult", "biharmonic", "pure_partials", "taylor_derivative
 @dataclass(frozen=True)
 class _Rule:
     """The nonlinear rules of one carry: ``act(carry_z, (σ', …))`` and
-    ``mul(a, carry_a, b, carry_b)`` (:mod:`hessquik_core._higher_steps`)."""
+    ``mul(a, carry_a, b, carry_b)`` (``hessquik_core._higher_steps``)."""
 
     act: Callable
     mul: Callable
