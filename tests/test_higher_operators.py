@@ -175,3 +175,16 @@ def test_bad_input():
         hq.second_order_operator(net, x, b=np.ones((4, 3), dtype=np.int64))
     with pytest.raises(TypeError, match="b must be"):
         hq.second_order_operator(net, x, b=[1.0, 2.0, 3.0])
+
+
+def test_another_backend_returns_the_callers_library():
+    pytest.importorskip("torch")
+    net = make_network("resnet", 3, "tanh", 0)
+    rng = np.random.default_rng(0)
+    x, S, b = rng.standard_normal((4, 3)), rng.standard_normal((4, 3, 2)), rng.standard_normal(3)
+    for kw in (dict(A_factor=S, b=b, c=1.0), dict(A=S @ S.transpose(0, 2, 1), b=b), dict(A_diagonal=b)):
+        out = hq.second_order_operator(net, x, backend="torch", **kw)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+        assert rel_err(out, hq.second_order_operator(net, x, **kw)) <= 1e-14
+    W = hq.weighted_laplacian(net, x, S, backend="torch")
+    assert isinstance(W, np.ndarray) and rel_err(W, hq.weighted_laplacian(net, x, S)) <= 1e-14
