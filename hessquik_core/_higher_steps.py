@@ -10,8 +10,8 @@ A layer is handled, in this order, by
 1. its declared affine structure :math:`f(u) = [u +]\,h\,\sigma(uM + b)`
    (``layer.affine_structure(params)``, the engine's contract for affine layers),
 2. a rule for its exact class (:func:`steps`): the dense, residual,
-   input-convex, quadratic, Fourier, periodic, gated-MLP and gated-residual
-   layers,
+   input-convex, quadratic, Fourier, periodic, gated-MLP, gated-residual and
+   layer-normalisation layers — every built-in layer,
 
 and refused (:func:`check_leaf`) otherwise, naming its type.
 """
@@ -136,6 +136,28 @@ def _gated_residual(leaf, P, u, c, rule, order, ops):
     return a * y + (1.0 - a) * u, T.add(T.scale(cy, a), T.scale(c, 1.0 - a))
 
 
+def _layer_norm(leaf, P, u, c, rule, order, ops):
+    # γ ⊙ (u - μ) r + β with r = (v + ε)^(-1/2), v = mean((u - μ)²): a linear
+    # centring, a sum of squares (Leibniz), a pointwise power of one feature
+    # per example, a product (Leibniz again) and a diagonal scaling
+    xp = ops.xp
+    p = u.shape[-1]
+    cu = u - xp.mean(u, axis=-1, keepdims=True)
+    cc = T.add(c, T.scale(T.sum_features(c, xp), -1.0 / p))
+    v = xp.mean(cu * cu, axis=-1, keepdims=True)
+    cv = T.scale(T.sum_features(rule.mul(cu, cc, cu, cc), xp), 1.0 / p)
+    sv = v + leaf.eps
+    r = 1.0 / xp.sqrt(sv)
+    # d^k/ds^k s^(-1/2) = (-1/2)(-3/2)…(1/2 - k) s^(-1/2 - k)
+    derivs = (-0.5 * r / sv, 0.75 * r / sv**2, -1.875 * r / sv**3, 6.5625 * r / sv**4)[:order]
+    xhat, cx = cu * r, rule.mul(cu, cc, r, rule.act(cv, derivs))
+    gamma, beta = P.get("gamma"), P.get("beta")
+    f = xhat if gamma is None else gamma * xhat
+    if beta is not None:
+        f = f + beta
+    return f, cx if gamma is None else T.scale(cx, gamma)
+
+
 @cache
 def steps() -> dict[type, tuple[Callable, bool]]:
     """Layer class -> (step, whether it calls ``leaf.act``). Exact classes: a
@@ -144,6 +166,7 @@ def steps() -> dict[type, tuple[Callable, bool]]:
     from .layers.fourier import FourierFeatures, PeriodicEmbedding
     from .layers.gated import _GatedStep, _Readout
     from .layers.gated_residual import GatedResidual
+    from .layers.layer_norm import LayerNorm
 
     return {
         SingleLayer: (_dense, True),
@@ -156,6 +179,7 @@ def steps() -> dict[type, tuple[Callable, bool]]:
         _GatedStep: (_gated_step, True),
         _Readout: (_readout, False),
         GatedResidual: (_gated_residual, False),
+        LayerNorm: (_layer_norm, False),
     }
 
 

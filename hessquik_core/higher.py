@@ -16,18 +16,19 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
-Supported layers (``hessquik_core._higher_steps``): any layer declaring
-its affine structure :math:`[u +]\,h\,\sigma(uM + b)` (``affine_structure``),
+Supported layers (``hessquik_core._higher_steps``): every built-in layer —
 :class:`~hessquik_core.SingleLayer`, :class:`~hessquik_core.ResnetLayer`,
 :class:`~hessquik_core.ICNNLayer`, :class:`~hessquik_core.QuadraticLayer`,
 :class:`~hessquik_core.QuadraticICNNLayer`, :class:`~hessquik_core.FourierFeatures`,
 :class:`~hessquik_core.PeriodicEmbedding`, :class:`~hessquik_core.GatedMLP` (its
 gate is a product of two features: the Leibniz rule
-:func:`~hessquik_core.rules.taylor.biharmonic_mul`) and
-:class:`~hessquik_core.GatedResidual`; nested networks are flattened. Any other
-layer (today :class:`~hessquik_core.LayerNorm`) is refused by name, as is an
-activation that cannot supply the derivative order a request needs
-(:attr:`~hessquik_core.activations.Activation.max_order`).
+:func:`~hessquik_core.rules.taylor.biharmonic_mul`),
+:class:`~hessquik_core.GatedResidual` and :class:`~hessquik_core.LayerNorm`
+(centring, a sum of squares, :math:`s^{-1/2}` and a product) — and any layer
+declaring its affine structure :math:`[u +]\,h\,\sigma(uM + b)`
+(``affine_structure``); nested networks are flattened. Any other layer is
+refused by name, as is an activation that cannot supply the derivative order
+a request needs (:attr:`~hessquik_core.activations.Activation.max_order`).
 
 Every result is an ordinary array expression of the weights in ``x``'s
 library, dtype and device, so a loss built from it trains with torch
