@@ -62,13 +62,20 @@ class _Rule:
     mul: Callable
 
 
-def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: str):
+#: target working set (bytes) of one row block of a sweep: larger batches run in
+#: row blocks (the rows are independent), so the carries never exceed it by much
+CHUNK_BYTES = 2**29
+
+
+def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: str, width: int):
     """Push a carry from the input through every layer.
 
-    ``seed(xp, dtype, device) -> carry``, ``rule(xp, dtype, device) -> _Rule``.
+    ``seed(xp, dtype, device) -> carry``, ``rule(xp, dtype, device) -> _Rule``,
+    ``width``: the numbers carried per feature (for the row-block size).
     Returns ``(inp, value, carry)``: the resolved input (for converting results
     back), the network value ``(n, m)`` and the carry of the output. A single
-    point ``x : (d,)`` runs as a batch of one (``inp.single``)."""
+    point ``x : (d,)`` runs as a batch of one (``inp.single``); a batch whose
+    carries would exceed :data:`CHUNK_BYTES` runs in row blocks."""
     single = getattr(x, "ndim", None) == 1
     if single:
         x = as_batch(x, net.in_features)
@@ -80,11 +87,34 @@ def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: st
     dev = aac.device(xc)
     key = inp.cache_key
     params = [leaf._eval_params(key, be, xp, xc.dtype, dev) for leaf in leaves]
-    u, c = xc, seed(xp, xc.dtype, dev)
     r = rule(xp, xc.dtype, dev)
-    for leaf, P in zip(leaves, params):
-        u, c = S.run(leaf, P, u, c, r, order, be)
-    return _Input(inp, single), u, c
+    q = max([net.in_features, *(w for leaf in leaves for shape in leaf.cost_shapes for w in shape)])
+    # the carries, their products through the weights and the rule's temporaries
+    per_row = 4 * width * q * (2 if "32" in str(xc.dtype) else 8)
+    n = xc.shape[0]
+    rows = max(1, CHUNK_BYTES // per_row)
+    parts = []
+    for i in range(0, max(n, 1), rows):
+        u, c = xc[i : min(i + rows, n), ...], seed(xp, xc.dtype, dev)
+        for leaf, P in zip(leaves, params):
+            u, c = S.run(leaf, P, u, c, r, order, be)
+        parts.append((u, c))
+    if len(parts) == 1:
+        return _Input(inp, single), *parts[0]
+    u = xp.concat([p[0] for p in parts], axis=0)
+    fields: list = []
+    for j in range(len(parts[0][1])):
+        col = [p[1][j] for p in parts]
+        if all(a is None for a in col):
+            fields.append(None)
+            continue
+        like = next(a for a in col if a is not None)
+        blocks = []
+        for (uk, _), a in zip(parts, col):
+            shape = (uk.shape[0], *like.shape[1:])
+            blocks.append(_full(a, shape, xp, uk))
+        fields.append(xp.concat(blocks, axis=0))
+    return _Input(inp, single), u, tuple(fields)
 
 
 def _full(a, shape, xp, like):
@@ -196,7 +226,9 @@ def biharmonic(net: NN, x: Any, *, full: bool = False, backend: str | None = Non
             lambda a, ca, b, cb: T.biharmonic_mul(a, ca, b, cb, tri, xp),
         )
 
-    inp, u, (g, _, gL, L, B) = _sweep(net, x, backend, seed, rule, 4, "biharmonic")
+    inp, u, (g, _, gL, L, B) = _sweep(
+        net, x, backend, seed, rule, 4, "biharmonic", d * d + d * (d + 1) // 2 + 2 * d + 3
+    )
     xp = inp.xp
     n, m = u.shape
     B = _full(B, (n, m), xp, u)
@@ -255,7 +287,14 @@ def taylor_derivatives(net: NN, x: Any, directions: Any, order: int, *, backend:
         return T.taylor_seed(V, order)
 
     inp, u, c = _sweep(
-        net, x, backend, seed, lambda *_: _Rule(T.taylor_act, T.taylor_mul), order, "taylor_derivatives"
+        net,
+        x,
+        backend,
+        seed,
+        lambda *_: _Rule(T.taylor_act, T.taylor_mul),
+        order,
+        "taylor_derivatives",
+        order * directions.shape[1] + 1,
     )
     n, m = u.shape
     k = directions.shape[1]

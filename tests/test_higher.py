@@ -565,3 +565,22 @@ def test_layer_norm_matches_nested_ad(affine):
         V = rng.standard_normal((2, 2))
         for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
             assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
+
+
+def test_row_blocks_give_the_same_results(monkeypatch):
+    """A batch larger than the working-set target runs in row blocks."""
+    import hessquik_core.higher as H
+
+    net = make_network("icnn", 2, "tanh", 0)
+    x = np.random.default_rng(0).standard_normal((7, 2))
+    V = np.ones((2, 1))
+    whole = hq.biharmonic(net, x, full=True)
+    D = hq.taylor_derivatives(net, x, V, 3)
+    monkeypatch.setattr(H, "CHUNK_BYTES", 1)  # one row per block
+    blocks = hq.biharmonic(net, x, full=True)
+    for name in ("value", "gradient", "laplacian", "laplacian_gradient", "biharmonic"):
+        assert rel_err(getattr(blocks, name), getattr(whole, name)) <= 1e-15, name
+    for a, b in zip(hq.taylor_derivatives(net, x, V, 3), D):
+        assert rel_err(a, b) <= 1e-15
+    lin = hq.NN(hq.SingleLayer(2, 3, seed=0))  # shared (1, d, m) gradient, zero higher fields
+    assert hq.biharmonic(lin, x, full=True).gradient.shape == (7, 2, 3)
