@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _reference import ACTIVATIONS, make_network, rel_err, torch_jit_script_quiet, torch_layer
+from _higher_reference import f1_of, nested_biharmonic, nested_directional
+from _reference import ACTIVATIONS, make_network, rel_err, torch_jit_script_quiet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,48 +22,6 @@ ACTS4 = tuple(a for a in ACTIVATIONS if get_activation(a).max_order >= 4)
 SETTINGS = settings(
     max_examples=8, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-
-
-# --------------------------------------------------------------------------
-# references by nested torch.func AD
-# --------------------------------------------------------------------------
-
-
-def _f1(net):
-    return lambda xi: torch_layer(net, xi[None, :])[0]
-
-
-def nested_biharmonic(f1, x):
-    """Δ²u = Σ_ij ∂_i²∂_j² u, (n, m): the Hessian of the Laplacian, traced."""
-    from torch.func import hessian, vmap
-
-    def lap(xi):
-        return torch.diagonal(hessian(f1)(xi), dim1=-2, dim2=-1).sum(-1)
-
-    def bih(xi):
-        return torch.diagonal(hessian(lap)(xi), dim1=-2, dim2=-1).sum(-1)
-
-    with torch_jit_script_quiet():
-        return vmap(bih)(torch.as_tensor(x))
-
-
-def nested_directional(f1, x, V, j):
-    """d^j/dt^j u(x + t v) at t = 0 for each column v, (n, k, m)."""
-    from torch.func import jacfwd, vmap
-
-    def one(xi, v):
-        g = lambda t: f1(xi + t * v)  # noqa: E731
-        for _ in range(j):
-            g = jacfwd(g)
-        return g(torch.zeros((), dtype=xi.dtype))
-
-    Vt = torch.as_tensor(V).T
-    with torch_jit_script_quiet():
-        return vmap(lambda xi: vmap(lambda v: one(xi, v))(Vt))(torch.as_tensor(x))
-
-
-def _np(a):
-    return hq.backends._generic.to_numpy(a)
 
 
 # --------------------------------------------------------------------------
@@ -117,7 +76,7 @@ def test_biharmonic_matches_nested_ad(case):
     net, x = case
     B = hq.biharmonic(net, x)
     assert isinstance(B, np.ndarray) and B.shape == (x.shape[0], net.out_features) and B.dtype == np.float64
-    ref = nested_biharmonic(_f1(net), x).numpy()
+    ref = nested_biharmonic(f1_of(net), x).numpy()
     assert rel_err(B, ref) <= RTOL
 
 
@@ -130,7 +89,7 @@ def test_directional_derivatives_match_nested_ad(case, k):
     assert len(D) == 4
     for j, Dj in enumerate(D, start=1):
         assert Dj.shape == (x.shape[0], k, net.out_features)
-        assert rel_err(Dj, nested_directional(_f1(net), x, V, j).numpy()) <= RTOL, j
+        assert rel_err(Dj, nested_directional(f1_of(net), x, V, j).numpy()) <= RTOL, j
 
 
 def test_full_result_agrees_with_the_network_call():
@@ -145,7 +104,7 @@ def test_full_result_agrees_with_the_network_call():
     # ∇Δu by nested AD: the gradient of the Laplacian
     from torch.func import hessian, jacrev, vmap
 
-    f1 = _f1(net)
+    f1 = f1_of(net)
     lap = lambda xi: torch.diagonal(hessian(f1)(xi), dim1=-2, dim2=-1).sum(-1)  # noqa: E731
     with torch_jit_script_quiet():
         gL = vmap(jacrev(lap))(torch.as_tensor(x)).permute(0, 2, 1).numpy()
@@ -164,11 +123,13 @@ def test_kdv_and_ks_pure_partials():
     for order in (3, 4):
         P = hq.pure_partials(net, x, [1], order)
         assert P.shape == (7, 1, 1)
-        ref = nested_directional(_f1(net), x, e_x, order).numpy()
+        ref = nested_directional(f1_of(net), x, e_x, order).numpy()
         assert rel_err(P, ref) <= RTOL
     both = hq.pure_partials(net, x, [1, 0, 1], 3)
     assert rel_err(both[:, 0], both[:, 2]) <= 1e-15
-    assert rel_err(both[:, 1:2], nested_directional(_f1(net), x, np.array([[1.0], [0.0]]), 3).numpy()) <= RTOL
+    assert (
+        rel_err(both[:, 1:2], nested_directional(f1_of(net), x, np.array([[1.0], [0.0]]), 3).numpy()) <= RTOL
+    )
 
 
 # --------------------------------------------------------------------------
@@ -394,100 +355,6 @@ def test_bad_input():
         hq.taylor_derivatives(net, x, [[1.0], [0.0], [0.0]], 3)
 
 
-@pytest.mark.parametrize("which", ["fourier", "periodic", "periodic-trainable"])
-def test_fourier_embeddings_match_nested_ad(which):
-    """Per-column sin/cos/identity embeddings (the reference is the layer's torch twin)."""
-    L = hq.layers.LAYERS
-    first = {
-        "fourier": lambda: L["FourierFeatures"](2, 3, seed=0),
-        "periodic": lambda: L["PeriodicEmbedding"](3, [2.0], axes=[1]),
-        "periodic-trainable": lambda: L["PeriodicEmbedding"](3, [2.0, 3.0], axes=[0, 2], trainable=True),
-    }[which]()
-    d = first.in_features
-    net = hq.NN(
-        first, hq.SingleLayer(first.out_features, 4, act="tanh", seed=1), hq.SingleLayer(4, 2, seed=2)
-    )
-    twin = hq.to_torch(net, dtype=torch.float64)
-    f1 = lambda xi: twin(xi[None])[0]  # noqa: E731
-    x = np.random.default_rng(0).standard_normal((3, d))
-    with torch.no_grad():
-        assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
-        V = np.random.default_rng(1).standard_normal((d, 2))
-        for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
-            assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
-
-
-def _randomise(layer, rng):
-    """Every parameter drawn afresh (the gated layers start with zero biases and α = 0)."""
-    layer.load_state_dict({k: rng.uniform(-0.8, 0.8, np.shape(v)) for k, v in layer.state_dict().items()})
-    return layer
-
-
-def test_gated_layers_match_nested_ad():
-    """GatedMLP (a product of two features per step: the Leibniz rule) and
-    GatedResidual (α g(u) + (1 - α) u around a block), against their torch twins."""
-    L = hq.layers.LAYERS
-    rng = np.random.default_rng(0)
-    block = hq.NN(hq.SingleLayer(3, 5, act="sin", seed=rng), hq.ResnetLayer(5, h=0.4, act="tanh", seed=rng))
-    net = hq.NN(
-        _randomise(L["GatedMLP"](2, 4, 2, 3, act="tanh", seed=rng), rng),
-        _randomise(L["GatedResidual"](hq.NN(block, hq.SingleLayer(5, 3, act="tanh", seed=rng))), rng),
-        hq.SingleLayer(3, 2, seed=rng),
-    )
-    twin = hq.to_torch(net, dtype=torch.float64)
-    f1 = lambda xi: twin(xi[None])[0]  # noqa: E731
-    x = rng.standard_normal((3, 2))
-    with torch.no_grad():
-        assert rel_err(net(x).value, twin(torch.as_tensor(x)).numpy()) <= 1e-14
-        assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
-        V = rng.standard_normal((2, 2))
-        for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
-            assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
-
-
-class _ScaledSin(hq.layers.Layer):
-    """:math:`\\sin(\\omega_0 (uK + b))`, known to the sweeps only by its declared
-    affine structure (the contract of the engine's affine routes)."""
-
-    def __init__(self, p, q, w0, residual=False, seed=0):
-        super().__init__()
-        rng = np.random.default_rng(seed)
-        self.in_features, self.out_features, self.w0, self.residual = p, q, w0, residual
-        self._register("K", rng.uniform(-1, 1, (p, q)), (p, q))
-        self._register("b", rng.uniform(-1, 1, (q,)), (q,))
-
-    def affine_structure(self, params=None):
-        from types import SimpleNamespace
-
-        M = None if params is None else self.w0 * params["K"]
-        b = None if params is None else self.w0 * params["b"]
-        return SimpleNamespace(act=get_activation("sin"), M=M, b=b, scale=0.5, residual=self.residual)
-
-
-def test_declared_affine_structure_is_used():
-    layers = (
-        hq.SingleLayer(2, 3, act="tanh", seed=1),
-        _ScaledSin(3, 3, 1.5, residual=True),
-        _ScaledSin(3, 2, 0.7),
-    )
-    net = hq.NN(*layers)
-
-    def t(a):
-        return torch.tensor(np.array(a))
-
-    def f1(xi):
-        u = torch.tanh(xi[None] @ t(layers[0].K) + t(layers[0].b))
-        for lay in layers[1:]:
-            z = lay.w0 * (u @ t(lay.K) + t(lay.b))
-            u = u + 0.5 * torch.sin(z) if lay.residual else 0.5 * torch.sin(z)
-        return u[0]
-
-    x = np.random.default_rng(2).standard_normal((4, 2))
-    assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
-    V = np.random.default_rng(3).standard_normal((2, 1))
-    assert rel_err(hq.taylor_derivatives(net, x, V, 3)[-1], nested_directional(f1, x, V, 3).numpy()) <= RTOL
-
-
 def test_single_point_drops_the_batch_axis(lib):
     net = make_network("resnet", 2, "tanh", 0)
     x = np.random.default_rng(0).standard_normal(2)
@@ -530,41 +397,6 @@ def test_second_backward_pass_matches_nested_ad():
         assert (a is None) == (b is None)
         if a is not None:
             assert rel_err(a.numpy(), b.numpy()) <= RTOL
-
-
-@pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_matches_nested_ad(affine):
-    """Layer normalisation: centring, a sum of squares and a product (Leibniz),
-    and the power s^(-1/2). The reference writes the layer out in torch:
-    nested *forward*-mode AD of ``torch.nn.LayerNorm`` itself is wrong in torch
-    (pytorch/pytorch#196700, second-order JVP of layer_norm), while
-    ``hessian`` (forward-over-reverse) of it agrees with the formula."""
-    L = hq.layers.LAYERS
-    rng = np.random.default_rng(0)
-    norm = L["LayerNorm"](4, elementwise_affine=affine)
-    if affine:
-        _randomise(norm, rng)
-    first, last = hq.SingleLayer(2, 4, act="tanh", seed=rng), hq.SingleLayer(4, 2, act="sin", seed=rng)
-    net = hq.NN(first, norm, last)
-
-    def t(a):
-        return torch.tensor(np.array(a))
-
-    def f1(xi):
-        u = torch.tanh(xi[None] @ t(first.K) + t(first.b))
-        c = u - u.mean(-1, keepdim=True)
-        u = c / torch.sqrt((c * c).mean(-1, keepdim=True) + norm.eps)
-        if affine:
-            u = u * t(norm.gamma) + t(norm.beta)
-        return torch.sin(u @ t(last.K) + t(last.b))[0]
-
-    x = rng.standard_normal((3, 2))
-    with torch.no_grad():
-        assert rel_err(net(x).value, torch.func.vmap(f1)(torch.as_tensor(x)).numpy()) <= 1e-14
-        assert rel_err(hq.biharmonic(net, x), nested_biharmonic(f1, x).numpy()) <= RTOL
-        V = rng.standard_normal((2, 2))
-        for j, Dj in enumerate(hq.taylor_derivatives(net, x, V, 4), start=1):
-            assert rel_err(Dj, nested_directional(f1, x, V, j).numpy()) <= RTOL, j
 
 
 def test_row_blocks_give_the_same_results(monkeypatch):
