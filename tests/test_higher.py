@@ -328,10 +328,12 @@ def test_refuses_unsupported_layer_by_name():
         hq.biharmonic(net, np.ones((2, 2)))
     with pytest.raises(TypeError, match=r"taylor_derivatives: no rule of order 3 for layer type _Opaque"):
         hq.pure_partials(net, np.ones((2, 2)), [0], 3)
-    # a subclass of a supported layer may change its maths: refused until registered
-    sub = type("MyDense", (hq.SingleLayer,), {})(2, 2, act="tanh")
-    with pytest.raises(TypeError, match="layer type MyDense"):
-        hq.biharmonic(hq.NN(sub), np.ones((2, 2)))
+    # a subclass of a layer with a rule for its exact class may change the maths:
+    # refused until registered (one that declares affine_structure, or inherits
+    # the declaration, is handled by that declaration)
+    sub = type("MyQuadratic", (hq.QuadraticLayer,), {})(2, 2, seed=0)
+    with pytest.raises(TypeError, match="layer type MyQuadratic"):
+        hq.biharmonic(hq.NN(hq.SingleLayer(2, 2, act="tanh", seed=0), sub), np.ones((2, 2)))
 
 
 def test_bad_input():
