@@ -1,13 +1,61 @@
-"""Nested torch.func AD references for the higher-order tests."""
+"""Nested torch.func AD references for the higher-order tests.
+
+``torch.func.hessian`` is forward-over-reverse: nesting it needs the forward-mode
+derivative of every backward kernel, which torch lacks for some activations
+(``aten::silu_backward``: "Trying to use forward AD with aten::silu_backward that
+does not support it"). The references therefore write those activations out in
+elementary operations while they run (:func:`_elementary_acts`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+
+import _reference
 from _reference import torch_jit_script_quiet, torch_layer
+
+
+def _elementary(act, z):
+    """σ(z) in elementary torch operations for the activations whose fused
+    kernels lack forward-over-reverse derivatives; ``None`` for the others."""
+    import torch
+
+    name = act.name
+    if name == "silu":
+        return z * torch.sigmoid(z)
+    if name == "gelu":
+        if getattr(act, "approximate", "none") == "tanh":
+            return 0.5 * z * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+        return 0.5 * z * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    if name == "mish":
+        return z * torch.tanh(torch.logaddexp(z, torch.zeros_like(z)))
+    return None
+
+
+@contextlib.contextmanager
+def _elementary_acts():
+    original = _reference.torch_act
+
+    def act(a, z):
+        out = _elementary(a, z)
+        return original(a, z) if out is None else out
+
+    _reference.torch_act = act
+    try:
+        yield
+    finally:
+        _reference.torch_act = original
 
 
 def f1_of(net):
     """One example ``(d,) -> (m,)`` of a network, written in torch from its maths."""
-    return lambda xi: torch_layer(net, xi[None, :])[0]
+
+    def f1(xi):
+        with _elementary_acts():
+            return torch_layer(net, xi[None, :])[0]
+
+    return f1
 
 
 def nested_biharmonic(f1, x):
