@@ -158,3 +158,122 @@ def test_against_torch_func(netname, quantity):
     assert J.shape == _shape(net, x.shape[0], quantity)
     _, Jr = reference(net, x, quantity, S)
     assert rel(J, Jr) <= RTOL
+
+
+# --------------------------------------------------------------------------
+# quantities_and_jacobians, jvp, vjp
+# --------------------------------------------------------------------------
+
+NEEDS = [
+    ("value",),
+    ("laplacian",),
+    ("value", "laplacian"),
+    ("gradient",),
+    ("value", "gradient", "laplacian"),
+    ("hessian_diagonal", "laplacian"),
+    ("value", "gradient", "hessian_diagonal", "weighted_laplacian"),
+]
+
+
+@pytest.mark.parametrize("needs", NEEDS, ids=["+".join(n) for n in NEEDS])
+def test_quantities_and_jacobians(needs):
+    net = resnet_net()
+    x = _x(net, n=4)
+    S = _weights(net, "weighted_laplacian")
+    Q, J = hq.pinn.quantities_and_jacobians(
+        net, x, needs, weights=S if "weighted_laplacian" in needs else None
+    )
+    assert set(J) == set(needs)
+    res = net(x, gradient=True, laplacian=True, hessian_diagonal=True)
+    expect = {"value": res.value, "laplacian": res.laplacian, "hessian_diagonal": res.hessian_diagonal}
+    expect["gradient"] = res.gradient
+    assert Q.value.shape == (4, net.out_features)
+    np.testing.assert_allclose(Q.value, res.value, rtol=1e-13, atol=1e-13)
+    for q in ("gradient", "laplacian", "hessian_diagonal", "weighted_laplacian"):
+        if q not in needs:
+            assert Q[q] is None
+            continue
+        if q == "weighted_laplacian":
+            ref, _ = reference(net, x, q, S)
+            np.testing.assert_allclose(Q[q], ref, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_allclose(Q[q], expect[q], rtol=1e-12, atol=1e-12)
+    for q in needs:
+        Jq = hq.pinn.jacobian(net, x, q, weights=S if q == "weighted_laplacian" else None)
+        assert J[q].shape == Jq.shape
+        assert rel(J[q], Jq) <= 1e-13
+
+
+@pytest.mark.parametrize("quantity", QUANTS)
+def test_jvp_vjp_against_dense(quantity):
+    net = resnet_net(seed=4)
+    x = _x(net, n=3, seed=5)
+    S = _weights(net, quantity)
+    J = hq.pinn.jacobian(net, x, quantity, weights=S)
+    P = J.shape[-1]
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal(P)
+    w = rng.standard_normal(J.shape[:-1])
+    Jv = hq.pinn.jvp(net, x, quantity, v, weights=S)
+    assert Jv.shape == J.shape[:-1]
+    assert rel(Jv, J @ v) <= 1e-12
+    JTw = hq.pinn.vjp(net, x, quantity, w, weights=S)
+    assert JTw.shape == (P,)
+    assert rel(JTw, np.tensordot(w, J, axes=w.ndim)) <= 1e-12
+
+
+# --------------------------------------------------------------------------
+# libraries, dtypes
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantity", QUANTS)
+def test_libraries(lib, quantity):
+    net = resnet_net(seed=2)
+    xn = _x(net, n=3, seed=2)
+    S = _weights(net, quantity)
+    x = lib.asarray(xn)
+    Sx = None if S is None else lib.asarray(S)
+    kw = {} if lib.backend is None else {"backend": lib.backend}
+    J = hq.pinn.jacobian(net, x, quantity, weights=Sx, **kw)
+    lib.check(J, _shape(net, 3, quantity), x)
+    Jn = hq.pinn.jacobian(net, xn, quantity, weights=S)
+    assert rel(lib.to_numpy(J), Jn) <= 1e-13
+    P = Jn.shape[-1]
+    v = np.random.default_rng(1).standard_normal(P)
+    w = np.random.default_rng(2).standard_normal(Jn.shape[:-1])
+    Jv = hq.pinn.jvp(net, x, quantity, lib.asarray(v), weights=Sx, **kw)
+    lib.check(Jv, Jn.shape[:-1], x)
+    assert rel(lib.to_numpy(Jv), Jn @ v) <= 1e-12
+    JTw = hq.pinn.vjp(net, x, quantity, lib.asarray(w), weights=Sx, **kw)
+    lib.check(JTw, (P,), x)
+    assert rel(lib.to_numpy(JTw), np.tensordot(w, Jn, axes=w.ndim)) <= 1e-12
+
+
+def test_torch_input_with_numpy_backend_converts_back():
+    net = dense_net()
+    x = torch.tensor(_x(net, n=2))
+    J = hq.pinn.jacobian(net, x, "laplacian", backend="numpy")
+    assert isinstance(J, torch.Tensor) and J.dtype == torch.float64
+    assert rel(J.numpy(), hq.pinn.jacobian(net, x.numpy(), "laplacian")) <= 1e-14
+
+
+@pytest.mark.parametrize("quantity", QUANTS)
+def test_float32_against_float64(quantity):
+    net = dense_net(d=2, m=2)
+    x = _x(net, n=4)
+    S = _weights(net, quantity)
+    J64 = hq.pinn.jacobian(net, x, quantity, weights=S)
+    J32 = hq.pinn.jacobian(
+        net, x.astype(np.float32), quantity, weights=None if S is None else S.astype(np.float32)
+    )
+    assert J32.dtype == np.float32 and J32.shape == J64.shape
+    assert rel(J32, J64) <= 1e-5
+
+
+def test_torch_parameters_and_requires_grad_input():
+    net = dense_net()
+    x = torch.tensor(_x(net, n=2), requires_grad=True)
+    J = hq.pinn.jacobian(net, x, "laplacian")
+    assert not J.requires_grad
+    assert rel(J.numpy(), hq.pinn.jacobian(net, x.detach().numpy(), "laplacian")) <= 1e-14
