@@ -8,10 +8,13 @@ vector (ParameterLayout order), its quantities by nested autograd
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 import hessquik_core as hq
+from hessquik_core.engine.plan import MemoryBudgetError
 
 torch = pytest.importorskip("torch")
 import array_api_compat.torch as ctorch  # noqa: E402
@@ -277,3 +280,281 @@ def test_torch_parameters_and_requires_grad_input():
     J = hq.pinn.jacobian(net, x, "laplacian")
     assert not J.requires_grad
     assert rel(J.numpy(), hq.pinn.jacobian(net, x.detach().numpy(), "laplacian")) <= 1e-14
+
+
+# --------------------------------------------------------------------------
+# Kronecker factors against their definition
+# --------------------------------------------------------------------------
+
+
+def _streams_reference(net, x, quantity, w, S=None):
+    """The stream stacks by a taped torch forward of the recurrences (written out
+    here) and their adjoints by autograd: per affine block ``(Ỹ, Z̄)``, rows of all
+    points and streams, and the row count ``R`` per point."""
+    xt = torch.tensor(x)
+    n, d = xt.shape
+    g = d if quantity in ("gradient", "hessian_diagonal") else 1
+    N = n * g
+    if quantity == "value":
+        k, second = 0, False
+    elif quantity == "gradient":
+        k, second = 1, False
+    elif quantity == "hessian_diagonal":
+        k, second = 1, True
+    elif quantity == "laplacian":
+        k, second = d, True
+    else:
+        k, second = S.shape[1], True
+    rows = [xt.repeat_interleave(g, dim=0)[None]]
+    if k:
+        if g > 1:
+            rows.append(torch.eye(d, dtype=xt.dtype).repeat(n, 1)[None])
+        else:
+            seed = torch.eye(d, dtype=xt.dtype) if S is None else torch.tensor(S).T
+            rows.append(seed[:, None, :].expand(k, N, d))
+    if second:
+        rows.append(torch.zeros(1, N, d, dtype=xt.dtype))
+    Y = torch.cat(rows)
+    blocks = []
+    for leaf in net._leaves():
+        inner = leaf if type(leaf).__name__ == "SingleLayer" else leaf.layer
+        K = torch.tensor(inner.K, requires_grad=True)  # so that Z is recorded
+        b = None if inner.b is None else torch.tensor(inner.b)
+        Z = Y @ K
+        if b is not None:
+            Z = torch.cat([(Z[0] + b)[None], Z[1:]])
+        Z.retain_grad()
+        s0, s1, s2 = leaf.act.derivatives(Z[0], 2, xp=ctorch)
+        out = [s0[None]]
+        if k:
+            out.append(s1 * Z[1 : 1 + k])
+        if second:
+            A = Z[1 : 1 + k]
+            out.append((s2 * (A * A).sum(0) + s1 * Z[1 + k])[None])
+        Yn = torch.cat(out)
+        Yn = Yn if type(leaf).__name__ == "SingleLayer" else Y + leaf.h * Yn
+        blocks.append((Y, Z, b is not None))
+        Y = Yn
+    row = Y.shape[0] - 1
+    r = (torch.tensor(w).reshape(N, -1) * Y[row]).sum()
+    r.backward()
+    out = []
+    for Yin, Z, bias in blocks:
+        Sr, _, p = Yin.shape
+        a = Yin.detach().reshape(Sr * N, p)
+        if bias:
+            col = torch.zeros(Sr, N, 1, dtype=a.dtype)
+            col[0] = 1.0
+            a = torch.cat([a, col.reshape(Sr * N, 1)], dim=1)
+        gz = Z.grad.reshape(Sr * N, -1)
+        out.append((a.numpy(), gz.numpy(), Sr * g))
+    return out
+
+
+@pytest.mark.parametrize("quantity", QUANTS)
+def test_kfac_factors_definition(quantity):
+    net = resnet_net(seed=6)
+    x = _x(net, n=4, seed=6)
+    S = _weights(net, quantity)
+    Jshape = _shape(net, 4, quantity)[:-1]
+    w = np.random.default_rng(8).standard_normal(Jshape)
+    F = hq.pinn.kfac_factors(net, x, quantity, w, weights=S)
+    ref = _streams_reference(net, x, quantity, w, S)
+    assert len(F) == len(ref) == 4
+    n = x.shape[0]
+    for (A, B), (a, gz, R) in zip(F, ref):
+        assert A.shape == (a.shape[1], a.shape[1]) and B.shape == (gz.shape[1], gz.shape[1])
+        assert rel(A, a.T @ a / (n * R)) <= 1e-12
+        assert rel(B, gz.T @ gz / n) <= 1e-12
+    # default w: ones
+    F1 = hq.pinn.kfac_factors(net, x, quantity, weights=S)
+    F2 = hq.pinn.kfac_factors(net, x, quantity, np.ones(Jshape), weights=S)
+    for (A1, B1), (A2, B2) in zip(F1, F2):
+        assert rel(A1, A2) == 0.0 and rel(B1, B2) == 0.0
+
+
+def test_kfac_exact_for_one_point_one_stream():
+    """One point and the value (one stream, m = 1): the Gramian J Jᵀ of a layer's
+    weight is exactly A ⊗ B (row-major vec of [K; b])."""
+    net = dense_net(d=2, m=1)
+    x = _x(net, n=1)
+    J = hq.pinn.jacobian(net, x, "value")[0, 0]  # (P,)
+    lay = hq.curvature.parameter_layout(net)
+    F = hq.pinn.kfac_factors(net, x, "value")
+    for i, (A, B) in enumerate(F):
+        K = J[lay.slice(f"{i}.K")].reshape(lay.shapes[lay.keys.index(f"{i}.K")])
+        Kb = np.concatenate([K, J[lay.slice(f"{i}.b")][None, :]], axis=0)
+        v = Kb.reshape(-1)
+        assert rel(np.kron(A, B), np.outer(v, v)) <= 1e-12
+
+
+# --------------------------------------------------------------------------
+# random architectures
+# --------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def architectures(draw):
+    d = draw(st.integers(1, 3))
+    m = draw(st.integers(1, 2))
+    acts = st.sampled_from(["tanh", "sin", "sigmoid", "identity", "quadratic"])
+    width = draw(st.integers(1, 4))
+    layers = [
+        hq.SingleLayer(d, width, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+    ]
+    for _ in range(draw(st.integers(0, 2))):
+        if draw(st.booleans()):
+            h = draw(st.floats(0.1, 1.0))
+            layers.append(
+                hq.ResnetLayer(
+                    width, h=h, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99))
+                )
+            )
+        else:
+            w2 = draw(st.integers(1, 4))
+            layers.append(
+                hq.SingleLayer(
+                    width, w2, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99))
+                )
+            )
+            width = w2
+    layers.append(
+        hq.SingleLayer(width, m, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+    )
+    return hq.NN(*layers), draw(st.sampled_from(QUANTS)), draw(st.integers(1, 3))
+
+
+@settings(max_examples=10, deadline=None)
+@given(architectures())
+def test_random_architectures(arch):
+    net, quantity, n = arch
+    x = _x(net, n=n, seed=n)
+    S = _weights(net, quantity)
+    J = hq.pinn.jacobian(net, x, quantity, weights=S)
+    assert J.shape == _shape(net, n, quantity)
+    _, Jr = reference(net, x, quantity, S)
+    # entries that vanish identically (a linear network's Laplacian) compare absolutely
+    assert np.max(np.abs(J - Jr)) <= RTOL * max(np.max(np.abs(Jr)), 1.0)
+
+
+# --------------------------------------------------------------------------
+# bad input, memory, the caller's arrays
+# --------------------------------------------------------------------------
+
+
+def test_bad_x():
+    net = dense_net(d=3)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
+        hq.pinn.jacobian(net, np.ones(3), "laplacian")
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 3\)"):
+        hq.pinn.jacobian(net, np.ones((2, 4)), "laplacian")
+    with pytest.raises(TypeError, match="real floating"):
+        hq.pinn.jacobian(net, np.ones((2, 3), dtype=np.int64), "laplacian")
+    with pytest.raises(ValueError, match="at least one point"):
+        hq.pinn.jacobian(net, np.ones((0, 3)), "laplacian")
+
+
+def test_bad_quantity():
+    net = dense_net()
+    x = _x(net, n=2)
+    with pytest.raises(ValueError, match="quantity must be one of .*'hessian'"):
+        hq.pinn.jacobian(net, x, "hessian")
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        hq.pinn.quantities_and_jacobians(net, x, ("value", "divergence"))
+    with pytest.raises(ValueError, match="at least one"):
+        hq.pinn.quantities_and_jacobians(net, x, ())
+
+
+def test_bad_weights():
+    net = dense_net(d=3)
+    x = _x(net, n=2)
+    with pytest.raises(ValueError, match=r"needs weights = S of shape \(3, r\)"):
+        hq.pinn.jacobian(net, x, "weighted_laplacian")
+    with pytest.raises(ValueError, match=r"must have shape \(3, r\).*got \(2, 2\)"):
+        hq.pinn.jacobian(net, x, "weighted_laplacian", weights=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"must have shape \(3, r\).*got \(3,\)"):
+        hq.pinn.jacobian(net, x, "weighted_laplacian", weights=np.ones(3))
+    with pytest.raises(ValueError, match="only used by 'weighted_laplacian'"):
+        hq.pinn.jacobian(net, x, "laplacian", weights=np.ones((3, 2)))
+    with pytest.raises(TypeError, match="weights must be an array of x's library"):
+        hq.pinn.jacobian(net, x, "weighted_laplacian", weights=torch.ones(3, 2, dtype=torch.float64))
+
+
+def test_bad_directions():
+    net = dense_net(d=2, m=2)
+    x = _x(net, n=3)
+    P = hq.curvature.parameter_layout(net).size
+    with pytest.raises(ValueError, match=rf"v must have shape \({P},\)"):
+        hq.pinn.jvp(net, x, "laplacian", np.ones((P, 2)))
+    with pytest.raises(ValueError, match=r"w must have the shape of the quantity 'gradient', \(3, 2, 2\)"):
+        hq.pinn.vjp(net, x, "gradient", np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"w must have the shape of the quantity 'laplacian', \(3, 2\)"):
+        hq.pinn.kfac_factors(net, x, "laplacian", np.ones((3,)))
+
+
+class _Tanh2(hq.Tanh):
+    """tanh that claims only σ, σ', σ'' (an activation without σ''')."""
+
+    max_order = 2
+
+
+def test_activation_without_third_derivative():
+    net = hq.NN(hq.SingleLayer(2, 3, act=_Tanh2()), hq.SingleLayer(3, 1))
+    x = _x(net, n=2)
+    for q in ("laplacian", "hessian_diagonal", "weighted_laplacian"):
+        with pytest.raises(ValueError, match=r"layer 0 \(SingleLayer\) uses .*max_order.*3 needed"):
+            hq.pinn.jacobian(net, x, q, weights=_weights(net, q))
+    with pytest.raises(ValueError, match="3 needed"):
+        hq.pinn.quantities_and_jacobians(net, x, ("value", "laplacian"))
+    # first-order quantities need σ'' only
+    for q in ("value", "gradient"):
+        _, Jr = reference(net, x, q)
+        assert rel(hq.pinn.jacobian(net, x, q), Jr) <= RTOL
+
+
+class _NoStreams(hq.SingleLayer):
+    stream_forward = hq.layers.Layer.stream_forward
+
+
+def test_unsupported_layer():
+    net = hq.NN(_NoStreams(2, 3, act="tanh"), hq.SingleLayer(3, 1))
+    x = _x(net, n=2)
+    with pytest.raises(ValueError, match="_NoStreams is not supported for per-point Jacobians yet"):
+        hq.pinn.jacobian(net, x, "value")
+
+
+def test_memory_budget_refused_up_front():
+    net = dense_net(d=3)
+    x = _x(net, n=4)
+    with pytest.raises(MemoryBudgetError, match=r"jvp / vjp"):
+        hq.pinn.jacobian(net, x, "hessian_diagonal", max_memory=1000)
+    with pytest.raises(MemoryBudgetError):
+        hq.pinn.quantities_and_jacobians(net, x, ("value", "laplacian"), max_memory=1000)
+    assert issubclass(MemoryBudgetError, ValueError)
+    assert hq.pinn.jacobian(net, x, "value", max_memory=2**30).shape[0] == 4
+
+
+def test_caller_arrays_untouched():
+    net = resnet_net()
+    x = _x(net, n=3)
+    S = _weights(net, "weighted_laplacian")
+    x0, S0, theta0 = x.copy(), S.copy(), np.array(hq.curvature.flatten_parameters(net))
+    for q in QUANTS:
+        w = np.ones(_shape(net, 3, q)[:-1])
+        w0 = w.copy()
+        hq.pinn.jacobian(net, x, q, weights=S if q == "weighted_laplacian" else None)
+        hq.pinn.vjp(net, x, q, w, weights=S if q == "weighted_laplacian" else None)
+        np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(S, S0)
+    np.testing.assert_array_equal(np.array(hq.curvature.flatten_parameters(net)), theta0)
+
+
+def test_pinn_module_exports():
+    # the function hq.pinn.jacobian shadows its module's attribute; the module is importable by name
+    pj = importlib.import_module("hessquik_core.pinn.jacobian")
+    assert hq.pinn.jacobian is pj.jacobian
+    assert set(pj.QUANTITIES) == set(QUANTS)
