@@ -163,7 +163,7 @@ class Layer(Module):
 
     def stream_forward(self, Y, params: dict, spec, ops):
         """Streams ``Y : (S, N, p)`` -> ``(Y_out : (S, N, q), cache)`` (``spec``: a
-        :class:`~hessquik_core.rules.streams.StreamSpec`)."""
+        ``StreamSpec`` of ``hessquik_core.rules.streams``)."""
         raise self._streams_unsupported()
 
     def stream_vjp(self, cache, params: dict, Ybar, mode: str, need_input: bool, ops):

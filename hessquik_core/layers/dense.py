@@ -174,7 +174,7 @@ class SingleLayer(Layer):
         return (self.act,)
 
     def stream_forward(self, Y, params, spec, ops):
-        r"""Streams :math:`Y' = \Phi_\sigma(YK + b)` (:mod:`hessquik_core.rules.streams`)."""
+        r"""Streams :math:`Y' = \Phi_\sigma(YK + b)` (``hessquik_core.rules.streams``)."""
         Z = streams.affine_streams(Y, params["K"], params["b"], ops)
         Yo, phi = streams.phi_forward(Z, self.act, spec, ops)
         return Yo, (Y, phi)
