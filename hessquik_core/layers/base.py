@@ -157,6 +157,9 @@ class Layer(Module):
             "(hessquik_core.pinn.jacobian): it has no stream_forward / stream_vjp / stream_rop"
         )
 
+    #: whether :meth:`stream_vjp` supports ``mode="kfac"`` (an affine layer)
+    stream_kfac: ClassVar[bool] = False
+
     def stream_activations(self) -> tuple:
         """The activations the stream passes differentiate (the caller checks their orders)."""
         return ()

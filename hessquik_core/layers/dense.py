@@ -170,6 +170,8 @@ class SingleLayer(Layer):
         return r.dl_u, r.Rdl_u, g
 
     # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    stream_kfac = True
+
     def stream_activations(self) -> tuple:
         return (self.act,)
 

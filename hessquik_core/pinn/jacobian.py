@@ -332,6 +332,12 @@ def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, b
         without bias), ``B : (q, q)``.
     """
     B_, S, sw = prepare(net, x, quantity, weights, backend)
+    for i, leaf in enumerate(B_.leaves):
+        if not leaf.stream_kfac:
+            raise ValueError(
+                f"kfac_factors: layer {i} ({type(leaf).__name__}) has no Kronecker-factored curvature "
+                "(only affine layers: SingleLayer, ResnetLayer, ICNNLayer)"
+            )
     shape = quantity_shape(B_, quantity)
     if w is None:
         Ybar = seed(

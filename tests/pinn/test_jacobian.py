@@ -15,6 +15,7 @@ import pytest
 
 import hessquik_core as hq
 from hessquik_core.engine.plan import MemoryBudgetError
+from hessquik_core.layers.base import NONNEG
 
 torch = pytest.importorskip("torch")
 import array_api_compat.torch as ctorch  # noqa: E402
@@ -42,6 +43,15 @@ def _layer(leaf, P, u, x0):
     if name == "ResnetLayer":
         z = u @ P["K"] + (P["b"] if "b" in P else 0.0)
         return u + leaf.h * _act(leaf.act, z)
+    if name == "ICNNLayer":
+        K = P["K"] if "L" not in P else torch.cat([_act(NONNEG, P["L"]), P["K"]])
+        z = u @ K + (P["b"] if "b" in P else 0.0)
+        return torch.cat([_act(leaf.act, z), u[leaf.n_in :]])
+    if name in ("QuadraticLayer", "QuadraticICNNLayer"):
+        s = getattr(leaf, "n_in", 0)
+        c = P["v"] if "w" not in P else torch.cat([_act(NONNEG, P["w"]), P["v"]])
+        a = u[s:] @ P["A"].T
+        return (u @ c + 0.5 * (a * a).sum() + P["mu"][0])[None]
     raise NotImplementedError(name)  # pragma: no cover
 
 
@@ -140,6 +150,14 @@ NETS = {
     "dense-m2": lambda: dense_net(d=2, m=2, act="sin"),
     "resnet": resnet_net,
     "fully-connected": lambda: hq.FullyConnectedNN([2, 6, 6, 1], act="tanh", seed=1),
+    "icnn": lambda: hq.NN(
+        hq.ICNNLayer(2, None, 3, act="tanh", seed=1),
+        hq.ICNNLayer(2, 3, 4, act="sigmoid", seed=2),
+        hq.ICNNLayer(2, 4, 2, act="tanh", bias=False, seed=3),
+        hq.QuadraticICNNLayer(2, 2, 2, seed=4),
+    ),
+    "quadratic": lambda: hq.NN(hq.SingleLayer(3, 4, act="sin", seed=5), hq.QuadraticLayer(4, 2, seed=6)),
+    "icnn-first-quadratic": lambda: hq.NN(hq.QuadraticICNNLayer(2, None, 3, seed=7)),
     "resnet-nn": lambda: hq.NN(
         hq.SingleLayer(3, 4, act="tanh", seed=2), hq.ResnetNN(4, depth=2, h=0.5, act="tanh")
     ),
@@ -207,9 +225,10 @@ def test_quantities_and_jacobians(needs):
         assert rel(J[q], Jq) <= 1e-13
 
 
+@pytest.mark.parametrize("netname", ["resnet", "icnn", "quadratic"])
 @pytest.mark.parametrize("quantity", QUANTS)
-def test_jvp_vjp_against_dense(quantity):
-    net = resnet_net(seed=4)
+def test_jvp_vjp_against_dense(quantity, netname):
+    net = NETS[netname]()
     x = _x(net, n=3, seed=5)
     S = _weights(net, quantity)
     J = hq.pinn.jacobian(net, x, quantity, weights=S)
@@ -558,3 +577,34 @@ def test_pinn_module_exports():
     pj = importlib.import_module("hessquik_core.pinn.jacobian")
     assert hq.pinn.jacobian is pj.jacobian
     assert set(pj.QUANTITIES) == set(QUANTS)
+
+
+def test_kfac_non_affine_layers():
+    full = NETS["icnn"]()
+    net = hq.NN(*list(full._leaves())[:3])
+    x = _x(net, n=3)
+    F = hq.pinn.kfac_factors(net, x, "laplacian")
+    # the ICNN blocks' factors are those of M = [softplus(L); K] on the input [u, x]
+    assert [A.shape for A, _ in F] == [(3, 3), (6, 6), (6, 6)]
+    assert [B.shape for _, B in F] == [(3, 3), (4, 4), (2, 2)]
+    for A, B in F:
+        for M in (A, B):
+            np.testing.assert_allclose(M, M.T, rtol=0, atol=1e-15)
+            assert np.min(np.linalg.eigvalsh(M)) >= -1e-12 * np.max(np.abs(M))
+    with pytest.raises(ValueError, match=r"layer 3 \(QuadraticICNNLayer\) has no Kronecker-factored"):
+        hq.pinn.kfac_factors(full, x, "laplacian")
+
+
+@pytest.mark.parametrize("netname", ["icnn", "quadratic"])
+def test_libraries_icnn_quadratic(lib, netname):
+    net = NETS[netname]()
+    xn = _x(net, n=2, seed=4)
+    x = lib.asarray(xn)
+    kw = {} if lib.backend is None else {"backend": lib.backend}
+    for q in ("laplacian", "hessian_diagonal"):
+        J = hq.pinn.jacobian(net, x, q, **kw)
+        lib.check(J, _shape(net, 2, q), x)
+        assert rel(lib.to_numpy(J), hq.pinn.jacobian(net, xn, q)) <= 1e-13
+    v = np.random.default_rng(1).standard_normal(J.shape[-1])
+    Jv = hq.pinn.jvp(net, x, "laplacian", lib.asarray(v), **kw)
+    lib.check(Jv, (2, net.out_features), x)
