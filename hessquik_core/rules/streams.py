@@ -89,12 +89,16 @@ def check_order(act, spec: StreamSpec, where: str) -> None:
 
 def phi_forward(Z, act, spec: StreamSpec, ops) -> tuple[Any, PhiCache]:
     r"""The stream map :math:`Y' = \Phi_\sigma(Z)` (module docstring): ``Z : (S, N, q)``."""
-    xp = ops.xp
     if act.name == "identity":
         return Z, PhiCache(Z, None, None, None, None, spec, True)
+    return phi_from_derivatives(Z, act.derivatives(Z[0, ...], spec.order, xp=ops.xp), spec, ops)
+
+
+def phi_from_derivatives(Z, ds, spec: StreamSpec, ops) -> tuple[Any, PhiCache]:
+    r""":func:`phi_forward` given ``ds = (σ, σ', …)`` at ``z = Z[0]`` (at least
+    ``spec.order + 1`` arrays ``(N, q)``), for functions that differ per column."""
+    xp = ops.xp
     k = spec.k
-    z = Z[0, ...]
-    ds = act.derivatives(z, spec.order, xp=xp)
     s0, s1 = ds[0], ds[1]
     s2 = ds[2] if spec.order >= 2 else None
     s3 = ds[3] if spec.order >= 3 else None
@@ -262,6 +266,7 @@ __all__ = [
     "affine_streams",
     "check_order",
     "phi_forward",
+    "phi_from_derivatives",
     "phi_rop",
     "phi_vjp",
 ]

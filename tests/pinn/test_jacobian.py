@@ -52,6 +52,19 @@ def _layer(leaf, P, u, x0):
         c = P["v"] if "w" not in P else torch.cat([_act(NONNEG, P["w"]), P["v"]])
         a = u[s:] @ P["A"].T
         return (u @ c + 0.5 * (a * a).sum() + P["mu"][0])[None]
+    if name == "FourierFeatures":
+        B = P["B"] if "B" in P else torch.tensor(np.asarray(leaf.B))
+        z = 2 * np.pi * (u @ B)
+        return torch.cat([torch.sin(z), torch.cos(z)])
+    if name == "PeriodicEmbedding":
+        s = len(leaf.periods)
+        if "omega" in P:
+            Sel = torch.tensor(leaf._S)
+            K = torch.cat([Sel * P["omega"], Sel * P["omega"], torch.tensor(leaf._K[:, 2 * s :])], dim=1)
+        else:
+            K = torch.tensor(leaf._K)
+        z = u @ K
+        return torch.cat([torch.cos(z[:s]), torch.sin(z[s : 2 * s]), z[2 * s :]])
     raise NotImplementedError(name)  # pragma: no cover
 
 
@@ -158,6 +171,21 @@ NETS = {
     ),
     "quadratic": lambda: hq.NN(hq.SingleLayer(3, 4, act="sin", seed=5), hq.QuadraticLayer(4, 2, seed=6)),
     "icnn-first-quadratic": lambda: hq.NN(hq.QuadraticICNNLayer(2, None, 3, seed=7)),
+    "fourier": lambda: hq.NN(
+        hq.FourierFeatures(2, 3, scale=0.5, trainable=True, seed=1), hq.SingleLayer(6, 2, act="tanh", seed=2)
+    ),
+    "fourier-frozen": lambda: hq.NN(
+        hq.FourierFeatures(2, 2, seed=3), hq.SingleLayer(4, 1, act="sin", seed=4)
+    ),
+    "periodic": lambda: hq.NN(
+        hq.PeriodicEmbedding(3, [1.5, 2.0], axes=[2, 0], trainable=True),
+        hq.SingleLayer(5, 3, act="tanh", seed=5),
+        hq.ResnetLayer(3, h=0.5, act="sin", seed=6),
+        hq.SingleLayer(3, 1, seed=7),
+    ),
+    "periodic-frozen": lambda: hq.NN(
+        hq.PeriodicEmbedding(2, 1.0, axes=[1]), hq.SingleLayer(3, 2, act="tanh", seed=8)
+    ),
     "resnet-nn": lambda: hq.NN(
         hq.SingleLayer(3, 4, act="tanh", seed=2), hq.ResnetNN(4, depth=2, h=0.5, act="tanh")
     ),
@@ -225,7 +253,7 @@ def test_quantities_and_jacobians(needs):
         assert rel(J[q], Jq) <= 1e-13
 
 
-@pytest.mark.parametrize("netname", ["resnet", "icnn", "quadratic"])
+@pytest.mark.parametrize("netname", ["resnet", "icnn", "quadratic", "periodic", "fourier-frozen"])
 @pytest.mark.parametrize("quantity", QUANTS)
 def test_jvp_vjp_against_dense(quantity, netname):
     net = NETS[netname]()
@@ -595,8 +623,8 @@ def test_kfac_non_affine_layers():
         hq.pinn.kfac_factors(full, x, "laplacian")
 
 
-@pytest.mark.parametrize("netname", ["icnn", "quadratic"])
-def test_libraries_icnn_quadratic(lib, netname):
+@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic"])
+def test_libraries_other_layers(lib, netname):
     net = NETS[netname]()
     xn = _x(net, n=2, seed=4)
     x = lib.asarray(xn)
