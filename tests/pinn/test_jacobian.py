@@ -65,6 +65,10 @@ def _layer(leaf, P, u, x0):
             K = torch.tensor(leaf._K)
         z = u @ K
         return torch.cat([torch.cos(z[:s]), torch.sin(z[s : 2 * s]), z[2 * s :]])
+    if name == "LayerNorm":
+        c = u - u.mean()
+        xh = c / torch.sqrt((c * c).mean() + leaf.eps)
+        return xh * P["gamma"] + P["beta"] if "gamma" in P else xh
     raise NotImplementedError(name)  # pragma: no cover
 
 
@@ -186,10 +190,31 @@ NETS = {
     "periodic-frozen": lambda: hq.NN(
         hq.PeriodicEmbedding(2, 1.0, axes=[1]), hq.SingleLayer(3, 2, act="tanh", seed=8)
     ),
+    "layernorm": lambda: _with_random_affine(
+        hq.NN(
+            hq.SingleLayer(2, 4, act="tanh", seed=9),
+            hq.LayerNorm(4, eps=0.1),
+            hq.SingleLayer(4, 3, act="sin", seed=10),
+            hq.LayerNorm(3, elementwise_affine=False),
+            hq.SingleLayer(3, 2, act="tanh", seed=11),
+        )
+    ),
     "resnet-nn": lambda: hq.NN(
         hq.SingleLayer(3, 4, act="tanh", seed=2), hq.ResnetNN(4, depth=2, h=0.5, act="tanh")
     ),
 }
+
+
+def _with_random_affine(net, seed=12):
+    """γ, β of the LayerNorms away from their 1, 0 initialisation (so that a wrong
+    γ or β path cannot hide)."""
+    rng = np.random.default_rng(seed)
+    state = {
+        k: (v + 0.3 * rng.standard_normal(v.shape) if k.endswith(("gamma", "beta")) else v)
+        for k, v in net.state_dict().items()
+    }
+    net.load_state_dict(state)
+    return net
 
 
 def _x(net, n=5, seed=1):
@@ -253,7 +278,9 @@ def test_quantities_and_jacobians(needs):
         assert rel(J[q], Jq) <= 1e-13
 
 
-@pytest.mark.parametrize("netname", ["resnet", "icnn", "quadratic", "periodic", "fourier-frozen"])
+@pytest.mark.parametrize(
+    "netname", ["resnet", "icnn", "quadratic", "periodic", "fourier-frozen", "layernorm"]
+)
 @pytest.mark.parametrize("quantity", QUANTS)
 def test_jvp_vjp_against_dense(quantity, netname):
     net = NETS[netname]()
@@ -623,7 +650,7 @@ def test_kfac_non_affine_layers():
         hq.pinn.kfac_factors(full, x, "laplacian")
 
 
-@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic"])
+@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic", "layernorm"])
 def test_libraries_other_layers(lib, netname):
     net = NETS[netname]()
     xn = _x(net, n=2, seed=4)
