@@ -69,6 +69,13 @@ def _layer(leaf, P, u, x0):
         c = u - u.mean()
         xh = c / torch.sqrt((c * c).mean() + leaf.eps)
         return xh * P["gamma"] + P["beta"] if "gamma" in P else xh
+    if name == "_GatedStep":
+        w = leaf.width
+        U, V, H = u[:w], u[w : 2 * w], u[2 * w :]
+        Z = _act(leaf.act, H @ P["W"] + (P["b"] if "b" in P else 0.0))
+        return torch.cat([U, V, U + Z * (V - U)])
+    if name == "_Readout":
+        return u[2 * leaf.width :] @ P["K"] + (P["b"] if "b" in P else 0.0)
     raise NotImplementedError(name)  # pragma: no cover
 
 
@@ -199,18 +206,25 @@ NETS = {
             hq.SingleLayer(3, 2, act="tanh", seed=11),
         )
     ),
+    "gated": lambda: _with_random_affine(
+        hq.NN(hq.GatedMLP(2, 3, depth=2, out_features=2, act="tanh", seed=13)), keys=(".b",)
+    ),
+    "gated-sin-nobias": lambda: hq.NN(
+        hq.SingleLayer(2, 3, act="sin", seed=14),
+        hq.GatedMLP(3, 2, depth=1, out_features=1, act="sin", bias=False, seed=15),
+    ),
     "resnet-nn": lambda: hq.NN(
         hq.SingleLayer(3, 4, act="tanh", seed=2), hq.ResnetNN(4, depth=2, h=0.5, act="tanh")
     ),
 }
 
 
-def _with_random_affine(net, seed=12):
-    """γ, β of the LayerNorms away from their 1, 0 initialisation (so that a wrong
-    γ or β path cannot hide)."""
+def _with_random_affine(net, seed=12, keys=("gamma", "beta")):
+    """Parameters ending in ``keys`` (LayerNorm's γ, β; the gated MLP's zero biases)
+    away from their initialisation, so that a wrong path through them cannot hide."""
     rng = np.random.default_rng(seed)
     state = {
-        k: (v + 0.3 * rng.standard_normal(v.shape) if k.endswith(("gamma", "beta")) else v)
+        k: (v + 0.3 * rng.standard_normal(v.shape) if k.endswith(keys) else v)
         for k, v in net.state_dict().items()
     }
     net.load_state_dict(state)
@@ -447,18 +461,25 @@ def test_kfac_factors_definition(quantity):
         assert rel(A1, A2) == 0.0 and rel(B1, B2) == 0.0
 
 
-def test_kfac_exact_for_one_point_one_stream():
-    """One point and the value (one stream, m = 1): the Gramian J Jᵀ of a layer's
-    weight is exactly A ⊗ B (row-major vec of [K; b])."""
-    net = dense_net(d=2, m=1)
+@pytest.mark.parametrize("netname", ["dense", "gated", "resnet"])
+def test_kfac_exact_for_one_point_one_stream(netname):
+    """One point and the value of one output (one stream): a block's Gramian
+    J Jᵀ is exactly A ⊗ B (row-major vec of [weight; bias])."""
+    net = NETS[netname]()
     x = _x(net, n=1)
-    J = hq.pinn.jacobian(net, x, "value")[0, 0]  # (P,)
+    w = np.zeros((1, net.out_features))
+    w[0, 0] = 1.0
+    J = np.tensordot(w, hq.pinn.jacobian(net, x, "value"), axes=2)  # (P,)
     lay = hq.curvature.parameter_layout(net)
-    F = hq.pinn.kfac_factors(net, x, "value")
-    for i, (A, B) in enumerate(F):
-        K = J[lay.slice(f"{i}.K")].reshape(lay.shapes[lay.keys.index(f"{i}.K")])
-        Kb = np.concatenate([K, J[lay.slice(f"{i}.b")][None, :]], axis=0)
-        v = Kb.reshape(-1)
+    F = hq.pinn.kfac_factors(net, x, "value", w)
+    assert len(F) == len(list(net._leaves()))
+    j = 0
+    for (A, B), leaf in zip(F, net._leaves()):
+        keys = lay.keys[j : j + len(list(leaf.named_parameters()))]
+        j += len(keys)
+        blocks = [J[lay.slice(k)].reshape(lay.shapes[lay.keys.index(k)]) for k in keys]
+        Wb = np.concatenate([blocks[0]] + [b[None, :] for b in blocks[1:]], axis=0)
+        v = Wb.reshape(-1)
         assert rel(np.kron(A, B), np.outer(v, v)) <= 1e-12
 
 
@@ -650,7 +671,7 @@ def test_kfac_non_affine_layers():
         hq.pinn.kfac_factors(full, x, "laplacian")
 
 
-@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic", "layernorm"])
+@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic", "layernorm", "gated"])
 def test_libraries_other_layers(lib, netname):
     net = NETS[netname]()
     xn = _x(net, n=2, seed=4)
