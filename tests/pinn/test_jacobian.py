@@ -497,11 +497,21 @@ def architectures(draw):
     m = draw(st.integers(1, 2))
     acts = st.sampled_from(["tanh", "sin", "sigmoid", "identity", "quadratic"])
     width = draw(st.integers(1, 4))
-    layers = [
-        hq.SingleLayer(d, width, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
-    ]
+    first = draw(st.sampled_from(["dense", "fourier", "periodic"]))
+    layers = []
+    if first == "fourier":
+        layers.append(hq.FourierFeatures(d, 2, scale=0.3, trainable=True, seed=draw(st.integers(0, 99))))
+    elif first == "periodic":
+        layers.append(hq.PeriodicEmbedding(d, 2.0, axes=[d - 1], trainable=draw(st.booleans())))
+    p = layers[0].out_features if layers else d
+    layers.append(
+        hq.SingleLayer(p, width, act=draw(acts), bias=draw(st.booleans()), seed=draw(st.integers(0, 99)))
+    )
     for _ in range(draw(st.integers(0, 2))):
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["resnet", "dense", "layernorm"]))
+        if kind == "layernorm":
+            layers.append(hq.LayerNorm(width, eps=0.5, elementwise_affine=draw(st.booleans())))
+        elif kind == "resnet":
             h = draw(st.floats(0.1, 1.0))
             layers.append(
                 hq.ResnetLayer(
