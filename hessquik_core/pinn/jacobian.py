@@ -39,6 +39,7 @@ with :class:`~hessquik_core.engine.plan.MemoryBudgetError` before any work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,14 +52,14 @@ from ._streams import (
     backward,
     check_memory,
     check_quantity,
+    combined_seed,
+    combined_values,
     forward,
     input_streams,
     jacobian_of,
     prepare,
-    quantity_shape,
-    seed,
+    prepare_many,
     sweep_of,
-    weighted_seed,
     weights_matrix,
 )
 
@@ -233,7 +234,7 @@ def quantities_and_jacobians(
     return out, {q: B.to_user(J[q]) for q in needs}
 
 
-def jvp(net, x, quantity: str, v, *, weights=None, backend=None):
+def jvp(net, x, quantity, v, *, weights=None, backend=None):
     r"""Matrix-free :math:`J v`: the derivative of the quantity along the parameter direction ``v``.
 
     One forward sweep and one forward R-sweep over the streams
@@ -241,40 +242,59 @@ def jvp(net, x, quantity: str, v, *, weights=None, backend=None):
 
     Parameters
     ----------
+    quantity : str or sequence of str
+        A name of ``QUANTITIES``, or several swept together (one sweep, see
+        :func:`kfac_factors` for which combine).
     v : array of shape (P,)
         In :class:`~hessquik_core.curvature.ParameterLayout` order, ``x``'s library.
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
     -------
-    array of shape (n, m) or (n, d, m)
-        Like the quantity.
+    array of shape (n, m) or (n, d, m), or dict
+        Like the quantity; for several, ``name -> array``.
     """
-    B, S, sw = prepare(net, x, quantity, weights, backend)
+    B, S, sw, names = prepare_many(net, x, quantity, weights, backend)
     P = B.layout.size
     v = B.to_call(v, "v")
     if v.ndim != 1 or v.shape[0] != P:
         raise ValueError(f"v must have shape ({P},) (one parameter direction), got {tuple(v.shape)}")
-    Y0 = input_streams(B, sw, S)
+    lay = B.layout
     Vs = [
         {
-            name: B.xp.reshape(
-                v[B.layout.offsets[j] : B.layout.offsets[j] + B.layout.sizes[j]], B.layout.shapes[j]
-            )
+            name: B.xp.reshape(v[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
             for name, j in slots
         }
         for slots in B.slots
     ]
-    Y = Y0
+    Y = input_streams(B, sw, S)
     RY: Any = None  # the input streams do not depend on the parameters
     for leaf, Pm, V in zip(B.leaves, B.params, Vs):
         Y, cache = leaf.stream_forward(Y, Pm, sw.spec, B.be)
         RY = leaf.stream_rop(cache, Pm, RY, V, B.be)
-    return B.to_user(B.xp.reshape(RY[sw.row, ...], quantity_shape(B, quantity)))
+    out = {k: B.to_user(a) for k, a in combined_values(B, sw, RY, names).items()}
+    return out[names[0]] if isinstance(quantity, str) else out
 
 
-def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
+def _weight_map(quantity, w, what: str, required: bool) -> dict:
+    """``{name: w}`` from ``(quantity, w)``: a name and its weights, or a mapping."""
+    if isinstance(quantity, str):
+        if required and w is None:
+            raise ValueError(f"{what} needs w, of the shape of the quantity {quantity!r}")
+        return {quantity: w}
+    if not isinstance(quantity, Mapping):
+        raise ValueError(
+            f"quantity must be one of {QUANTITIES} or a mapping of them to weights, got {quantity!r}"
+        )
+    if w is not None:
+        raise ValueError(
+            "with a mapping of quantities to weights, w must be None (the weights are in the mapping)"
+        )
+    return dict(quantity)
+
+
+def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     r"""Matrix-free :math:`J^\top w = \sum_i J_i^\top w_i`.
 
     One forward sweep and one backward sweep seeded with ``w`` and summed over
@@ -282,16 +302,21 @@ def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
 
     Parameters
     ----------
+    quantity : str or mapping of str to array
+        A name of ``QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
+        for :math:`\sum_q J_q^\top w_q` of several quantities in one sweep
+        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual).
     w : array of the quantity's shape, (n, m) or (n, d, m)
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
     -------
     array of shape (P,)
     """
-    B, S, sw = prepare(net, x, quantity, weights, backend)
-    Ybar = weighted_seed(B, sw, quantity, w, "w")
+    ws = _weight_map(quantity, w, "vjp", True)
+    B, S, sw, names = prepare_many(net, x, tuple(ws), weights, backend)
+    Ybar = combined_seed(B, sw, ws, "w")
     _, caches = forward(B, sw, S)
     outs = backward(B, caches, Ybar, "sum")
     parts = [None] * len(B.layout.keys)
@@ -301,8 +326,8 @@ def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
     return B.to_user(B.xp.concat(parts, axis=0))
 
 
-def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, backend=None) -> list:
-    r"""Kronecker factors ("expand") of the Gramian of :math:`r_i = \langle w_i, q(x_i;\theta)\rangle`.
+def kfac_factors(net, x, quantity="laplacian", w=None, *, weights=None, backend=None) -> list:
+    r"""Kronecker factors ("expand") of the Gramian of :math:`r_i = \sum_q \langle w_{q,i}, q(x_i;\theta)\rangle`.
 
     Per affine block :math:`Z = YM + b` of the network, the per-point Jacobian of
     :math:`r_i` with respect to :math:`\tilde M = [M; b]` is
@@ -320,9 +345,15 @@ def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, b
 
     Parameters
     ----------
+    quantity : str or mapping of str to array
+        One quantity (weighted by ``w``), or ``{name: w_name}`` (``None`` for ones):
+        a residual combining several quantities, swept together. ``"value"``
+        combines with anything; ``"gradient"``, ``"hessian_diagonal"`` and
+        ``"laplacian"`` with each other (per-coordinate streams);
+        ``"weighted_laplacian"`` only with ``"value"``.
     w : array of the quantity's shape, optional
         The residual's coefficient per point and component; default ones.
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
@@ -331,24 +362,15 @@ def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, b
         One pair per affine block in layer order: ``A : (p+1, p+1)`` (``(p, p)``
         without bias), ``B : (q, q)``.
     """
-    B_, S, sw = prepare(net, x, quantity, weights, backend)
+    ws = _weight_map(quantity, w, "kfac_factors", False)
+    B_, S, sw, _ = prepare_many(net, x, tuple(ws), weights, backend)
     for i, leaf in enumerate(B_.leaves):
         if not leaf.stream_kfac:
             raise ValueError(
                 f"kfac_factors: layer {i} ({type(leaf).__name__}) has no Kronecker-factored curvature "
-                "(only affine layers: SingleLayer, ResnetLayer, ICNNLayer)"
+                "(only affine blocks: SingleLayer, ResnetLayer, ICNNLayer, GatedMLP)"
             )
-    shape = quantity_shape(B_, quantity)
-    if w is None:
-        Ybar = seed(
-            B_,
-            sw,
-            sw.row + 1,
-            B_.xp.ones((B_.x.shape[0] * sw.groups, B_.net.out_features), dtype=B_.dtype, device=B_.device),
-        )
-    else:
-        Ybar = weighted_seed(B_, sw, quantity, w, "w")
-    del shape
+    Ybar = combined_seed(B_, sw, ws, "w")
     _, caches = forward(B_, sw, S)
     outs = backward(B_, caches, Ybar, "kfac")
     n = B_.x.shape[0]

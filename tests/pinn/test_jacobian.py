@@ -381,9 +381,13 @@ def _streams_reference(net, x, quantity, w, S=None):
     points and streams, and the row count ``R`` per point."""
     xt = torch.tensor(x)
     n, d = xt.shape
-    g = d if quantity in ("gradient", "hessian_diagonal") else 1
+    # a mapping {"gradient": wg, "hessian_diagonal": wd}: the per-coordinate streams, r = Σ_q <w_q, q>
+    ws = quantity if isinstance(quantity, dict) else None
+    g = d if (ws is not None or quantity in ("gradient", "hessian_diagonal")) else 1
     N = n * g
-    if quantity == "value":
+    if ws is not None:
+        k, second = 1, True
+    elif quantity == "value":
         k, second = 0, False
     elif quantity == "gradient":
         k, second = 1, False
@@ -423,8 +427,11 @@ def _streams_reference(net, x, quantity, w, S=None):
         Yn = Yn if type(leaf).__name__ == "SingleLayer" else Y + leaf.h * Yn
         blocks.append((Y, Z, b is not None))
         Y = Yn
-    row = Y.shape[0] - 1
-    r = (torch.tensor(w).reshape(N, -1) * Y[row]).sum()
+    if ws is None:
+        r = (torch.tensor(w).reshape(N, -1) * Y[Y.shape[0] - 1]).sum()
+    else:
+        rows_of = {"gradient": 1, "hessian_diagonal": 2}
+        r = sum((torch.tensor(wq).reshape(N, -1) * Y[rows_of[q]]).sum() for q, wq in ws.items())
     r.backward()
     out = []
     for Yin, Z, bias in blocks:
@@ -694,3 +701,73 @@ def test_libraries_other_layers(lib, netname):
     v = np.random.default_rng(1).standard_normal(J.shape[-1])
     Jv = hq.pinn.jvp(net, x, "laplacian", lib.asarray(v), **kw)
     lib.check(Jv, (2, net.out_features), x)
+
+
+# --------------------------------------------------------------------------
+# several quantities in one sweep (residuals combining them)
+# --------------------------------------------------------------------------
+
+COMBOS = [
+    ("gradient", "hessian_diagonal"),  # heat: u_t - ¼ u_xx
+    ("value", "laplacian"),  # Allen–Cahn, linearised
+    ("value", "gradient", "hessian_diagonal"),  # Burgers, linearised
+    ("gradient", "laplacian"),
+    ("value", "gradient"),
+    ("value", "weighted_laplacian"),
+]
+
+
+@pytest.mark.parametrize("names", COMBOS, ids=["+".join(c) for c in COMBOS])
+def test_combined_vjp_jvp(names):
+    net = resnet_net(seed=9)
+    x = _x(net, n=3, seed=9)
+    S = _weights(net, "weighted_laplacian") if "weighted_laplacian" in names else None
+    rng = np.random.default_rng(10)
+    Js = {q: hq.pinn.jacobian(net, x, q, weights=S if q == "weighted_laplacian" else None) for q in names}
+    ws = {q: rng.standard_normal(J.shape[:-1]) for q, J in Js.items()}
+    expect = sum(np.tensordot(ws[q], Js[q], axes=ws[q].ndim) for q in names)
+    got = hq.pinn.vjp(net, x, ws, weights=S)
+    assert got.shape == expect.shape and rel(got, expect) <= 1e-12
+    v = rng.standard_normal(expect.shape[0])
+    Jv = hq.pinn.jvp(net, x, names, v, weights=S)
+    assert set(Jv) == set(names)
+    for q in names:
+        assert Jv[q].shape == Js[q].shape[:-1]
+        assert rel(Jv[q], Js[q] @ v) <= 1e-12
+    F = hq.pinn.kfac_factors(net, x, ws, weights=S)
+    assert len(F) == 4
+
+
+def test_combined_kfac_definition():
+    net = resnet_net(seed=11)
+    x = _x(net, n=3, seed=11)
+    rng = np.random.default_rng(12)
+    ws = {q: rng.standard_normal((3, 2, 2)) for q in ("gradient", "hessian_diagonal")}
+    F = hq.pinn.kfac_factors(net, x, ws)
+    ref = _streams_reference(net, x, ws, None)
+    for (A, B), (a, gz, R) in zip(F, ref):
+        assert rel(A, a.T @ a / (3 * R)) <= 1e-12
+        assert rel(B, gz.T @ gz / 3) <= 1e-12
+    # a single quantity as a mapping is the same as by name
+    for (A1, B1), (A2, B2) in zip(
+        hq.pinn.kfac_factors(net, x, {"laplacian": None}), hq.pinn.kfac_factors(net, x, "laplacian")
+    ):
+        assert rel(A1, A2) == 0.0 and rel(B1, B2) == 0.0
+
+
+def test_combined_bad_input():
+    net = resnet_net()
+    x = _x(net, n=2)
+    S = _weights(net, "weighted_laplacian")
+    with pytest.raises(ValueError, match="'weighted_laplacian' combines only with 'value'"):
+        hq.pinn.vjp(net, x, {"weighted_laplacian": np.ones((2, 2)), "laplacian": np.ones((2, 2))}, weights=S)
+    with pytest.raises(ValueError, match=r"w\['gradient'\] must have the shape of the quantity 'gradient'"):
+        hq.pinn.vjp(net, x, {"gradient": np.ones((2, 2)), "laplacian": np.ones((2, 2))})
+    with pytest.raises(ValueError, match="w must be None"):
+        hq.pinn.vjp(net, x, {"laplacian": np.ones((2, 2))}, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="vjp needs w"):
+        hq.pinn.vjp(net, x, "laplacian")
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        hq.pinn.jvp(net, x, ("value", "hessian"), np.ones(hq.curvature.parameter_layout(net).size))
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        hq.pinn.kfac_factors(net, x, 3)
