@@ -76,6 +76,12 @@ def _layer(leaf, P, u, x0):
         return torch.cat([U, V, U + Z * (V - U)])
     if name == "_Readout":
         return u[2 * leaf.width :] @ P["K"] + (P["b"] if "b" in P else 0.0)
+    if name == "GatedResidual":
+        y = u
+        for i, inner in enumerate(leaf.block._leaves()):
+            Pi = {k.partition("/")[2]: v for k, v in P.items() if k.startswith(f"{i}/")}
+            y = _layer(inner, Pi, y, x0)
+        return P["alpha"] * y + (1.0 - P["alpha"]) * u
     raise NotImplementedError(name)  # pragma: no cover
 
 
@@ -212,6 +218,18 @@ NETS = {
     "gated-sin-nobias": lambda: hq.NN(
         hq.SingleLayer(2, 3, act="sin", seed=14),
         hq.GatedMLP(3, 2, depth=1, out_features=1, act="sin", bias=False, seed=15),
+    ),
+    "gated-residual": lambda: hq.NN(
+        hq.SingleLayer(2, 3, act="tanh", seed=16),
+        hq.GatedResidual(
+            hq.NN(
+                hq.SingleLayer(3, 4, act="sin", seed=17),
+                hq.LayerNorm(4),
+                hq.SingleLayer(4, 3, act="tanh", seed=18),
+            ),
+            alpha=0.4,
+        ),
+        hq.SingleLayer(3, 2, seed=19),
     ),
     "resnet-nn": lambda: hq.NN(
         hq.SingleLayer(3, 4, act="tanh", seed=2), hq.ResnetNN(4, depth=2, h=0.5, act="tanh")
@@ -688,7 +706,9 @@ def test_kfac_non_affine_layers():
         hq.pinn.kfac_factors(full, x, "laplacian")
 
 
-@pytest.mark.parametrize("netname", ["icnn", "quadratic", "fourier", "periodic", "layernorm", "gated"])
+@pytest.mark.parametrize(
+    "netname", ["icnn", "quadratic", "fourier", "periodic", "layernorm", "gated", "gated-residual"]
+)
 def test_libraries_other_layers(lib, netname):
     net = NETS[netname]()
     xn = _x(net, n=2, seed=4)
