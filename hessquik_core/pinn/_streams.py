@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import array_api_compat as aac
 
-from .._array import resolve_input
+from .._array import check_max_memory, resolve_input
 from ..activations import Activation
 from ..curvature.layout import _network, parameter_layout
 from ..engine.plan import MemoryBudgetError
@@ -130,13 +130,16 @@ def check_quantity(quantity) -> str:
     return quantity
 
 
-def weights_matrix(B: Bound, quantity: str, weights):
-    """``S : (d, r)`` in the call's library for the weighted Laplacian, else ``None``."""
+def weights_matrix(B: Bound, names, weights):
+    """``S : (d, r)`` in the call's library when ``names`` (a name or a tuple of them)
+    holds the weighted Laplacian, else ``None``."""
     d = B.net.in_features
-    if quantity != "weighted_laplacian":
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if "weighted_laplacian" not in names:
         if weights is not None:
+            asked = names[0] if len(names) == 1 else list(names)
             raise ValueError(
-                f"weights (S of the weighted Laplacian) are only used by 'weighted_laplacian', not {quantity!r}"
+                f"weights (S of the weighted Laplacian) are only used by 'weighted_laplacian', not {asked!r}"
             )
         return None
     if weights is None:
@@ -192,11 +195,8 @@ def check_memory(B: Bound, sw: Sweep, c: int, max_memory, count: int = 1) -> Non
     streams = 2.0 * len(B.leaves) * sw.spec.rows * N * width * item
     block = max(float(N) * m * leaf.in_features * leaf.out_features for leaf in B.leaves) * item
     need = result + streams + 2.0 * block
-    if max_memory is None:
-        available = float(B.be.available_memory(B.device))
-        budget = 0.5 * available
-    else:
-        budget = float(max_memory)
+    checked = check_max_memory(max_memory)
+    budget = 0.5 * float(B.be.available_memory(B.device)) if checked is None else checked
     if need > budget:
         raise MemoryBudgetError(
             f"the per-point Jacobian (n = {n}, {c} component(s) × {m} output(s) × P = {P} per point) needs "
@@ -337,7 +337,7 @@ def prepare_many(net, x, quantity, weights, backend):
     """``(B, S, sweep, names)`` for one or several quantities swept together."""
     names = names_of(quantity)
     B = Bound(net, x, backend)
-    S = weights_matrix(B, "weighted_laplacian" if "weighted_laplacian" in names else "value", weights)
+    S = weights_matrix(B, names, weights)
     sw = combined_sweep(names, B.net.in_features, 0 if S is None else S.shape[1])
     B.check_supported(sw.spec)
     return B, S, sw, names

@@ -170,7 +170,7 @@ def quantities_and_jacobians(
         raise ValueError(f"needs must name at least one of {QUANTITIES}")
     B = Bound(net, x, backend)
     d = B.net.in_features
-    S = weights_matrix(B, "weighted_laplacian" if "weighted_laplacian" in needs else "value", weights)
+    S = weights_matrix(B, needs, weights)
     coord = any(q in needs for q in PER_COORDINATE)
     second = "hessian_diagonal" in needs or "laplacian" in needs
     plans: list[tuple[Sweep, tuple[str, ...]]] = []

@@ -609,6 +609,8 @@ def test_bad_weights():
         hq.pinn.jacobian(net, x, "weighted_laplacian", weights=np.ones(3))
     with pytest.raises(ValueError, match="only used by 'weighted_laplacian'"):
         hq.pinn.jacobian(net, x, "laplacian", weights=np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"only used by 'weighted_laplacian', not \['value', 'laplacian'\]"):
+        hq.pinn.quantities_and_jacobians(net, x, ("value", "laplacian"), weights=np.ones((3, 2)))
     with pytest.raises(TypeError, match="weights must be an array of x's library"):
         hq.pinn.jacobian(net, x, "weighted_laplacian", weights=torch.ones(3, 2, dtype=torch.float64))
 
@@ -664,6 +666,10 @@ def test_memory_budget_refused_up_front():
     with pytest.raises(MemoryBudgetError):
         hq.pinn.quantities_and_jacobians(net, x, ("value", "laplacian"), max_memory=1000)
     assert issubclass(MemoryBudgetError, ValueError)
+    with pytest.raises(ValueError, match="max_memory"):
+        hq.pinn.jacobian(net, x, "value", max_memory=-1)
+    with pytest.raises(TypeError, match="max_memory"):
+        hq.pinn.jacobian(net, x, "value", max_memory="1GB")
     assert hq.pinn.jacobian(net, x, "value", max_memory=2**30).shape[0] == 4
 
 
