@@ -172,18 +172,33 @@ def quantities_and_jacobians(
     d = B.net.in_features
     S = weights_matrix(B, needs, weights)
     coord = any(q in needs for q in PER_COORDINATE)
-    second = "hessian_diagonal" in needs or "laplacian" in needs
+    diag = "hessian_diagonal" in needs
+    # the sweeps and the quantities each yields: per-coordinate groups for the gradient
+    # and the diagonal (and the Laplacian as the diagonal's sum when the diagonal is
+    # wanted anyway); the Laplacian's own streams otherwise (its Jacobian then has no
+    # d-fold intermediate); the value's Jacobian from the first sweep of one group
     plans: list[tuple[Sweep, tuple[str, ...]]] = []
     if coord:
-        main = Sweep(d, StreamSpec(1, second), 2 if second else 1, coord=True)
-        plans.append((main, tuple(q for q in needs if q in ("gradient", "hessian_diagonal", "laplacian"))))
-        plans.append((sweep_of("value", d, 0), ("value",)))
-    elif "laplacian" in needs:
+        main = Sweep(d, StreamSpec(1, diag), 2 if diag else 1, coord=True)
+        plans.append(
+            (
+                main,
+                tuple(
+                    q for q in needs if q in ("gradient", "hessian_diagonal") or (diag and q == "laplacian")
+                ),
+            )
+        )
+    if "laplacian" in needs and not diag:
         plans.append((sweep_of("laplacian", d, 0), ("value", "laplacian")))
-    else:
-        plans.append((sweep_of("value", d, 0), ("value",)))
     if S is not None:
-        plans.append((sweep_of("weighted_laplacian", d, S.shape[1]), ("weighted_laplacian",)))
+        plans.append((sweep_of("weighted_laplacian", d, S.shape[1]), ("value", "weighted_laplacian")))
+    if "value" in needs and all(sw.coord for sw, _ in plans):
+        plans.append((sweep_of("value", d, 0), ("value",)))
+    # the value's Jacobian: once, from the first one-group sweep
+    first = next((i for i, (sw, _) in enumerate(plans) if not sw.coord), None)
+    plans = [
+        (sw, tuple(q for q in names if q != "value" or i == first)) for i, (sw, names) in enumerate(plans)
+    ]
     for sw, _ in plans:
         B.check_supported(sw.spec)
     for sw, names in plans:
@@ -196,18 +211,16 @@ def quantities_and_jacobians(
     Q = Quantities()
     J: dict[str, Any] = {}
     for sw, names in plans:
-        if sw.groups == 1 and sw.spec.k == 0 and Q.value is not None and "value" not in needs:
-            continue
         Y, caches = forward(B, sw, S if sw.weighted else None)
         if sw.coord:
             Yg = xp.reshape(Y, (Y.shape[0], n, d, m))
             if "gradient" in names:
                 Q.gradient = Yg[1, ...]
             if sw.spec.second:
-                Q.hessian_diagonal = Yg[2, ...] if "hessian_diagonal" in needs else None
+                Q.hessian_diagonal = Yg[2, ...]
                 if "laplacian" in needs:
                     Q.laplacian = xp.sum(Yg[2, ...], axis=1)
-            if Q.value is None:
+            if Q.value is None:  # the value stream is the same in every group
                 Q.value = Yg[0, :, 0, :]
         else:
             if Q.value is None:

@@ -272,6 +272,9 @@ def test_against_torch_func(netname, quantity):
 
 NEEDS = [
     ("value",),
+    ("hessian_diagonal",),
+    ("gradient", "weighted_laplacian"),
+    ("laplacian", "weighted_laplacian"),
     ("laplacian",),
     ("value", "laplacian"),
     ("gradient",),
@@ -367,9 +370,10 @@ def test_torch_input_with_numpy_backend_converts_back():
     assert rel(J.numpy(), hq.pinn.jacobian(net, x.numpy(), "laplacian")) <= 1e-14
 
 
+@pytest.mark.parametrize("netname", ["dense-m2", "icnn", "layernorm", "gated", "periodic"])
 @pytest.mark.parametrize("quantity", QUANTS)
-def test_float32_against_float64(quantity):
-    net = dense_net(d=2, m=2)
+def test_float32_against_float64(quantity, netname):
+    net = NETS[netname]()
     x = _x(net, n=4)
     S = _weights(net, quantity)
     J64 = hq.pinn.jacobian(net, x, quantity, weights=S)
