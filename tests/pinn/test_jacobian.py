@@ -801,3 +801,20 @@ def test_combined_bad_input():
         hq.pinn.jvp(net, x, ("value", "hessian"), np.ones(hq.curvature.parameter_layout(net).size))
     with pytest.raises(ValueError, match="quantity must be one of"):
         hq.pinn.kfac_factors(net, x, 3)
+
+
+def test_a_single_layer_and_a_torch_sequential():
+    x = _x(hq.SingleLayer(2, 1), n=3)
+    for layer in (hq.SingleLayer(2, 2, act="tanh", seed=0), hq.ResnetLayer(2, h=0.5, act="sin", seed=1)):
+        for q in ("laplacian", "hessian_diagonal"):
+            _, Jr = reference(hq.NN(layer), x, q)
+            assert rel(hq.pinn.jacobian(layer, x, q), Jr) <= RTOL
+    seq = torch.nn.Sequential(
+        torch.nn.Linear(2, 4, dtype=torch.float64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(4, 1, dtype=torch.float64),
+    )
+    J = hq.pinn.jacobian(seq, torch.tensor(x), "laplacian")  # converted by from_torch (weights copied)
+    assert isinstance(J, torch.Tensor) and J.shape == (3, 1, 17)
+    _, Jr = reference(hq.from_torch(seq), x, "laplacian")
+    assert rel(J.numpy(), Jr) <= RTOL
