@@ -102,9 +102,10 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
     Parameters
     ----------
     net : NN or Layer (or a torch ``nn.Sequential``, converted by ``from_torch``)
-        Of dense (:class:`~hessquik_core.SingleLayer`) and residual
-        (:class:`~hessquik_core.ResnetLayer`) layers; other layer types raise
-        ``ValueError`` until they supply stream passes.
+        Of layers with stream passes (``Layer.stream_forward``): dense, residual,
+        ICNN and quadratic(-ICNN) layers, Fourier features, periodic embeddings,
+        layer normalisation, the gated MLP and the gated residual block; another
+        layer type raises ``ValueError`` naming it, before any work.
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
     quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian"}
@@ -220,8 +221,8 @@ def quantities_and_jacobians(
                 Q.hessian_diagonal = Yg[2, ...]
                 if "laplacian" in needs:
                     Q.laplacian = xp.sum(Yg[2, ...], axis=1)
-            if Q.value is None:  # the value stream is the same in every group
-                Q.value = Yg[0, :, 0, :]
+            if Q.value is None:  # the value stream is the same in every group (a copy: not a view of Y)
+                Q.value = xp.asarray(Yg[0, :, 0, :], copy=True)
         else:
             if Q.value is None:
                 Q.value = Y[0, ...]

@@ -818,3 +818,19 @@ def test_a_single_layer_and_a_torch_sequential():
     assert isinstance(J, torch.Tensor) and J.shape == (3, 1, 17)
     _, Jr = reference(hq.from_torch(seq), x, "laplacian")
     assert rel(J.numpy(), Jr) <= RTOL
+
+
+def test_quantities_and_jacobians_libraries(lib):
+    net = resnet_net(seed=3)
+    xn = _x(net, n=3, seed=3)
+    x = lib.asarray(xn)
+    kw = {} if lib.backend is None else {"backend": lib.backend}
+    for needs in (("gradient", "hessian_diagonal"), ("value", "laplacian")):
+        Q, J = hq.pinn.quantities_and_jacobians(net, x, needs, **kw)
+        Qn, Jn = hq.pinn.quantities_and_jacobians(net, xn, needs)
+        lib.check(Q.value, (3, net.out_features), x)
+        assert rel(lib.to_numpy(Q.value), Qn.value) <= 1e-14
+        for q in needs:
+            lib.check(Q[q], Qn[q].shape, x)
+            lib.check(J[q], Jn[q].shape, x)
+            assert rel(lib.to_numpy(J[q]), Jn[q]) <= 1e-13
