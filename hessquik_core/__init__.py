@@ -9,7 +9,7 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, checks, compat, curvature, higher, layers, networks, training
+from . import activations, checks, compat, curvature, higher, layers, networks, pinn, training
 from .activations import (
     GELU,
     AntiTanh,
@@ -69,6 +69,7 @@ __all__ = [
     "Tanh",
     "activations",
     "curvature",
+    "pinn",
     "training",
     "checks",
     "from_hessquik",
