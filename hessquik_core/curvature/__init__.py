@@ -66,6 +66,7 @@ from .spectra import (
     spectral_density,
     top_eigenpairs,
 )
+from .torch_order import TorchOrderOperator
 
 __all__ = [
     "ApproximationWarning",
@@ -80,6 +81,7 @@ __all__ = [
     "MSELoss",
     "ParameterLayout",
     "SpectralDensity",
+    "TorchOrderOperator",
     "approx",
     "aslinearoperator",
     "empirical_fisher",

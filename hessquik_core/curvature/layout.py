@@ -140,6 +140,118 @@ class ParameterLayout:
             for k, shape, o, s in zip(self.keys, self.shapes, self.offsets, self.sizes)
         }
 
+    # -- torch's named_parameters() order -------------------------------------
+    def permutation_to(self, module: Any) -> np.ndarray:
+        r"""The permutation :math:`\pi` to a torch module's order: ``theta_torch = theta[pi]``.
+
+        ``theta_torch`` concatenates ``module.named_parameters()``, each
+        flattened row-major in torch's shape (``Linear.weight`` ``(out, in)``,
+        the transpose of this layout's ``K``). Found by converting a labelled
+        copy of ``module`` (see :mod:`hessquik_core.curvature.torch_order`).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The model this layout's network was converted from (or that
+            :func:`hessquik_core.to_torch` made of it).
+
+        Returns
+        -------
+        numpy.ndarray of shape (P,), int64
+        """
+        from .torch_order import torch_permutation
+
+        return torch_permutation(self, module)
+
+    def to_torch_order(self, a: Any, module: Any, *, matrix: bool = False) -> Any:
+        r"""Flat vectors, a ``(P, P)`` matrix or an operator in ``module.named_parameters()`` order.
+
+        :math:`v_t = v[\pi]` along the last axis of ``a : (..., P)``;
+        with ``matrix=True``, :math:`H_t = H[\pi][:, \pi]` for ``a : (P, P)``;
+        an operator :math:`\mathcal{A}` becomes :math:`\Pi\mathcal{A}\Pi^\top` (a
+        :class:`~hessquik_core.curvature.torch_order.TorchOrderOperator` taking
+        and returning torch-ordered vectors).
+
+        Parameters
+        ----------
+        a : array of shape (..., P) or (P, P), or LinearOperatorBase
+            In this layout's order (any array library; it stays there).
+        module : torch.nn.Module
+        matrix : bool, default False
+            Permute both axes of a ``(P, P)`` array.
+
+        Returns
+        -------
+        array or TorchOrderOperator
+            Same shape, library, dtype and device; a new array (``a`` is not modified).
+        """
+        return self._permute(a, module, matrix, inverse=False)
+
+    def from_torch_order(self, a: Any, module: Any, *, matrix: bool = False) -> Any:
+        r"""The inverse of :meth:`to_torch_order`: :math:`v = v_t[\pi^{-1}]`.
+
+        E.g. a gradient from torch autograd, concatenated in
+        ``named_parameters()`` order, in this layout's order.
+
+        Parameters
+        ----------
+        a : array of shape (..., P) or (P, P), or LinearOperatorBase
+            In ``module.named_parameters()`` order.
+        module : torch.nn.Module
+        matrix : bool, default False
+            Permute both axes of a ``(P, P)`` array.
+
+        Returns
+        -------
+        array or TorchOrderOperator
+            Same shape, library, dtype and device.
+        """
+        return self._permute(a, module, matrix, inverse=True)
+
+    def to_torch_parameters(self, a: Any, module: Any) -> dict[str, Any]:
+        """Flat vectors ``(..., P)`` split into ``module``'s parameters, in torch's names and shapes.
+
+        Parameters
+        ----------
+        a : array of shape (..., P)
+            In this layout's order.
+        module : torch.nn.Module
+
+        Returns
+        -------
+        dict of str to array
+            ``name -> (..., *param.shape)`` for ``name, param in module.named_parameters()``
+            (``Linear.weight`` ``(out, in)``), in ``a``'s library.
+        """
+        t = self.to_torch_order(a, module)
+        xp = namespace_of(t, "a")
+        lead = tuple(t.shape[:-1])
+        out, off = {}, 0
+        for name, p in module.named_parameters():
+            n = p.numel()
+            out[name] = xp.reshape(t[..., off : off + n], (*lead, *tuple(p.shape)))
+            off += n
+        return out
+
+    def _permute(self, a, module, matrix, inverse):
+        from .operators import LinearOperatorBase
+        from .torch_order import TorchOrderOperator, _take
+
+        pi = self.permutation_to(module)
+        idx = np.argsort(pi) if inverse else pi
+        if isinstance(a, LinearOperatorBase):
+            if a.size != self.size:
+                raise ValueError(f"the operator must be ({self.size}, {self.size}), got {a.shape}")
+            return TorchOrderOperator(a, idx)
+        namespace_of(a, "a")
+        if matrix:
+            if tuple(a.shape) != (self.size, self.size):
+                raise ValueError(f"a must have shape ({self.size}, {self.size}), got {tuple(a.shape)}")
+            return _take(_take(a, idx, 0), idx, 1)
+        if a.ndim < 1 or a.shape[-1] != self.size:
+            raise ValueError(f"a must have shape (..., {self.size}), got {tuple(a.shape)}")
+        return _take(a, idx, a.ndim - 1)
+
 
 def _network(net):
     """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``)."""
