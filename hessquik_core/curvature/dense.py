@@ -27,6 +27,7 @@ def hessian(
     memory_budget: float | None = None,
     backend: str | None = None,
     progress: bool | None = None,
+    symmetric: bool = True,
 ) -> Any:
     r"""The dense ``(P, P)`` Hessian of the training loss, from blocks of exact Hessian-vector products.
 
@@ -35,8 +36,16 @@ def hessian(
     estimate ``itemsize·(4·batch·Σ_layers(p + 2q) + 4P)`` per column), and
     the data in mini-batches of ``batch_size`` examples whose contributions
     are summed (with the global factor :math:`w`, so the result is the
-    Hessian of the full-data loss). Not symmetrised: it is symmetric to
-    rounding because every column is exact.
+    Hessian of the full-data loss).
+
+    By default (``symmetric=True``) only the layer blocks :math:`H_{ij}`
+    with :math:`i \ge j` are computed: the columns of layer ``j`` go
+    through layers ``j..L`` only (the forward R-pass starts at layer ``j``,
+    the backward one stops there), and :math:`H_{ji} = H_{ij}^\top`. Every
+    entry is an exact product, not an average of two, and the result is
+    exactly symmetric (see
+    :meth:`~hessquik_core.curvature.CurvatureOperator.to_dense`).
+    ``symmetric=False`` pushes every column through every layer.
 
     Parameters
     ----------
@@ -67,6 +76,8 @@ def hessian(
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
         interactive, ``True`` always, ``False`` never.
+    symmetric : bool, default True
+        Compute the blocks on and below the layer diagonal only and mirror them.
 
     Returns
     -------
@@ -82,7 +93,7 @@ def hessian(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense(progress=progress)
+    ).to_dense(progress=progress, symmetric=symmetric)
 
 
 @dask_dispatch
@@ -97,6 +108,7 @@ def ggn(
     memory_budget: float | None = None,
     backend: str | None = None,
     progress: bool | None = None,
+    symmetric: bool = True,
 ) -> Any:
     """The dense generalised Gauss–Newton matrix, assembled like :func:`hessian`.
 
@@ -129,6 +141,8 @@ def ggn(
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
         interactive, ``True`` always, ``False`` never.
+    symmetric : bool, default True
+        Compute the blocks on and below the layer diagonal only and mirror them.
 
     Returns
     -------
@@ -144,7 +158,7 @@ def ggn(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense(progress=progress)
+    ).to_dense(progress=progress, symmetric=symmetric)
 
 
 @dask_dispatch
