@@ -252,7 +252,7 @@ class _Problem:
             raise ValueError(f"y must have {N} rows (one per example), got shape {tuple(y.shape)}")
         self.N = N
         self.m = net.out_features
-        self.w = self.loss.weight(N)
+        self.w = self.loss.weight_for(y)
         bs = _check_batch_size(batch_size, N)
         yc = B.to_call(y)
         self.chunks = []
