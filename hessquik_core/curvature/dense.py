@@ -26,6 +26,7 @@ def hessian(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
     symmetric: bool = True,
 ) -> Any:
@@ -72,6 +73,12 @@ def hessian(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     progress : bool, optional
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
@@ -93,6 +100,7 @@ def hessian(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
+        params=params,
     ).to_dense(progress=progress, symmetric=symmetric)
 
 
@@ -107,6 +115,7 @@ def ggn(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
     symmetric: bool = True,
 ) -> Any:
@@ -137,6 +146,12 @@ def ggn(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     progress : bool, optional
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
@@ -158,11 +173,14 @@ def ggn(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
+        params=params,
     ).to_dense(progress=progress, symmetric=symmetric)
 
 
 @dask_dispatch
-def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
+def empirical_fisher(
+    net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None, params: Any = None
+) -> Any:
     r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients.
 
     Forms ``A : (N, P)`` in one pass; for large ``N·P`` use
@@ -187,13 +205,19 @@ def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
     array of shape (P, P)
         In ``x``'s library, :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, None, backend)
+    pb = _Problem(net, x, y, loss, None, backend, params=params)
     A = pb.per_example(0)
     xp = pb.B.xp
     return pb.B.to_user((xp.matrix_transpose(A) @ A) / pb.N)

@@ -62,6 +62,7 @@ def empirical_fisher_eigenpairs(
     seed: int | np.random.Generator | None = 0,
     warn_rtol: float = 1e-3,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     r"""Top-``k`` eigenpairs of :math:`G = \frac1N\sum_n g_n g_n^\top = \frac1N A^\top A`.
@@ -137,6 +138,8 @@ def empirical_fisher_eigenpairs(
         eigenvalue returned (default ``1e-3``: 0.1 %).
     backend : str, optional
         Force a backend; results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, as in :func:`~hessquik_core.curvature.hessian_operator`.
     progress : bool, optional
         Progress bar (mini-batches or passes); ``None`` (default) only in
         an interactive session with tqdm installed, ``True`` always, ``False`` never.
@@ -164,19 +167,31 @@ def empirical_fisher_eigenpairs(
     k = _check_int("k", k, 1)
     if method in _APPROX:
         vals, vecs, info = _approximate(
-            net, x, y, loss, k, _APPROX[method], batch_size, oversample, n_iter, seed, backend, progress
+            net,
+            x,
+            y,
+            loss,
+            k,
+            _APPROX[method],
+            batch_size,
+            oversample,
+            n_iter,
+            seed,
+            backend,
+            progress,
+            params,
         )
         _warn_if_inexact(vals, info, warn_rtol, method)
         info["method"] = method
         return vals, vecs, info
     if method == "lanczos":
-        op = empirical_fisher_operator(net, x, y, loss, batch_size=batch_size, backend=backend)
+        op = empirical_fisher_operator(net, x, y, loss, batch_size=batch_size, backend=backend, params=params)
         if k >= op.size:
             raise ValueError(f"k must be below P = {op.size} for method='lanczos', got {k}")
         res = top_eigenpairs(op, k, which="LA", seed=seed, progress=progress, return_info=True)
         vals, vecs, linfo = cast("tuple[Any, Any, dict[str, Any]]", res)
         return vals, vecs, {"method": "lanczos", "residuals": linfo["residuals"]}
-    pb = _Problem(net, x, y, loss, batch_size, backend)
+    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
     P, N = pb.size, pb.N
     if k > P:
         raise ValueError(f"k must be at most P = {P}, got {k}")
@@ -193,7 +208,7 @@ def empirical_fisher_eigenpairs(
         else:
             return empirical_fisher_eigenpairs(
                 net, x, y, loss, k, method="lanczos", batch_size=batch_size, seed=seed,
-                backend=backend, progress=progress,
+                backend=backend, params=params, progress=progress,
             )  # fmt: skip
     with progress_bar(progress, total=len(pb.chunks), desc="empirical Fisher", unit="batch") as bar:
         if method == "gram":
@@ -201,19 +216,19 @@ def empirical_fisher_eigenpairs(
         return _dense(pb, k, bar)
 
 
-def _approximate(net, x, y, loss, k, method, batch_size, oversample, n_iter, seed, backend, progress):
+def _approximate(net, x, y, loss, k, method, batch_size, oversample, n_iter, seed, backend, progress, params):
     """The two approximate routes (unchanged algorithms, see :func:`empirical_fisher_eigenpairs`)."""
     oversample = _check_int("oversample", oversample, 0)
     r = k + oversample
     if method == "incremental":
         bs = r if batch_size is None else batch_size
-        pb = _Problem(net, x, y, loss, bs, backend)
+        pb = _Problem(net, x, y, loss, bs, backend, params=params)
         if k > pb.size:
             raise ValueError(f"k must be at most P = {pb.size}, got {k}")
         with progress_bar(progress, total=len(pb.chunks), desc="empirical Fisher", unit="batch") as bar:
             return _incremental(pb, k, r, bar)
     n_iter = _check_int("n_iter", n_iter, 0)
-    op = empirical_fisher_operator(net, x, y, loss, batch_size=batch_size, backend=backend)
+    op = empirical_fisher_operator(net, x, y, loss, batch_size=batch_size, backend=backend, params=params)
     if k >= op.size:
         raise ValueError(f"k must be below P = {op.size}, got {k}")
     with progress_bar(progress, total=n_iter + 2, desc="empirical Fisher", unit="pass") as bar:
@@ -306,7 +321,14 @@ def _dense(pb, k, bar):
 
 
 def empirical_fisher_trace(
-    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    *,
+    batch_size: int | None = None,
+    backend: str | None = None,
+    params: Any = None,
 ) -> Any:
     r"""The exact trace :math:`\mathrm{tr}\,G = \frac1N\sum_n \lVert g_n\rVert^2` of the empirical Fisher.
 
@@ -329,6 +351,8 @@ def empirical_fisher_trace(
         Examples per pass (default all).
     backend : str, optional
         Force a backend; the result returns in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, as in :func:`~hessquik_core.curvature.hessian_operator`.
 
     Returns
     -------
@@ -340,7 +364,7 @@ def empirical_fisher_trace(
             "empirical_fisher_trace takes in-memory arrays, got a dask array; for dask data use "
             "hessquik_core.curvature.hutchinson_trace(empirical_fisher_operator(...)) or compute() a sample"
         )
-    pb = _Problem(net, x, y, loss, batch_size, backend)
+    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
     xp = pb.B.xp
     total = None
     for c in range(len(pb.chunks)):

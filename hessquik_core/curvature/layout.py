@@ -223,13 +223,15 @@ class ParameterLayout:
             ``name -> (..., *param.shape)`` for ``name, param in module.named_parameters()``
             (``Linear.weight`` ``(out, in)``), in ``a``'s library.
         """
+        from .torch_order import torch_names
+
         t = self.to_torch_order(a, module)
         xp = namespace_of(t, "a")
         lead = tuple(t.shape[:-1])
         out, off = {}, 0
-        for name, p in module.named_parameters():
-            n = p.numel()
-            out[name] = xp.reshape(t[..., off : off + n], (*lead, *tuple(p.shape)))
+        for name, shape in torch_names(self, module):
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name] = xp.reshape(t[..., off : off + n], (*lead, *shape))
             off += n
         return out
 
@@ -273,19 +275,32 @@ def _network(net):
     )
 
 
-def parameter_layout(net: Any) -> ParameterLayout:
+def parameter_layout(net: Any, params: Any = None) -> ParameterLayout:
     """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major).
 
     Parameters
     ----------
     net : NN or Layer or torch.nn.Sequential
         A torch model is described as converted by :func:`hessquik_core.from_torch`.
+    params : None, "all" or iterable of str, optional
+        The selection of the curvature functions' ``params=``: the layout of
+        the vectors they return (a torch model's frozen parameters are left
+        out by default, as there). Without a selection, every parameter.
 
     Returns
     -------
     ParameterLayout
     """
-    net = _network(net)
+    original, net = net, _network(net)
+    full = _full_layout(net)
+    if params is None and model_backend(original) is None:
+        return full
+    from .selection import resolve_params
+
+    return resolve_params(original, full, params)[0]
+
+
+def _full_layout(net) -> ParameterLayout:
     keys, shapes, offsets, sizes = [], [], [], []
     off = 0
     for k, a in net.named_parameters():
@@ -301,7 +316,7 @@ def parameter_layout(net: Any) -> ParameterLayout:
     return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
 
 
-def flatten_parameters(net: Any, like: Any = None) -> Any:
+def flatten_parameters(net: Any, like: Any = None, params: Any = None) -> Any:
     """:math:`\\theta` as one vector ``(P,)``.
 
     Parameters
@@ -310,15 +325,19 @@ def flatten_parameters(net: Any, like: Any = None) -> Any:
     like : array, optional
         Without it the vector is in the library of the stored parameters;
         with it, in ``like``'s library, dtype and device.
+    params : None, "all" or iterable of str, optional
+        The selected parameters only, as in :func:`parameter_layout`.
 
     Returns
     -------
     array of shape (P,)
         Parameters in :class:`ParameterLayout` order.
     """
-    net = _network(net)
-    layout = parameter_layout(net)
-    state = dict(net.named_parameters())
+    original, net = net, _network(net)
+    layout = (
+        parameter_layout(original, params) if params is not None or original is not net else _full_layout(net)
+    )
+    state = {k: a for k, a in net.named_parameters() if k in layout.keys}
     if like is not None:
         xp = namespace_of(like, "like")
         be = backend_for(xp)

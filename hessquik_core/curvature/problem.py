@@ -24,6 +24,7 @@ from ..rules.directions import fill_rows
 from .layout import _network, parameter_layout
 from .losses import Loss, get_loss
 from .operators import LinearOperatorBase, _check_batch_size, _lib_name, _same_library
+from .selection import resolve_params
 
 __all__ = ["CurvatureOperator"]
 
@@ -242,10 +243,21 @@ def _user_targets(y, B):
 class _Problem:
     """Network, data, loss and mini-batches of one curvature computation."""
 
-    def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None):
-        net = _network(net)
+    def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None):
+        original, net = net, _network(net)
         self.loss: Loss = get_loss(loss)
         self.B = B = _Bound(net, x, backend)
+        # the differentiated parameters (params=): their layout, and where they sit in the full θ
+        self.layout, index = resolve_params(original, B.layout, params)
+        self.index = self.position = None
+        if index is not None:
+            P = B.layout.size
+            pos = np.full(
+                P, index.size, dtype=np.int64
+            )  # full θ entry -> selected entry (or the zero column)
+            pos[index] = np.arange(index.size, dtype=np.int64)
+            self.index = B.be.convert(index, xp=B.xp, dtype=B.xp.int64, device=B.device)
+            self.position = B.be.convert(pos, xp=B.xp, dtype=B.xp.int64, device=B.device)
         y = _user_targets(y, B)
         N = x.shape[0]
         if y.ndim < 1 or y.shape[0] != N:
@@ -268,17 +280,30 @@ class _Problem:
 
     @property
     def size(self) -> int:
-        return self.B.layout.size
+        return self.layout.size
+
+    def select(self, a):
+        """The selected parameters' entries of ``a : (..., P_full)`` (call namespace)."""
+        return a if self.index is None else self.B.xp.take(a, self.index, axis=a.ndim - 1)
+
+    def embed(self, Vt):
+        """Directions ``(k, P_selected)`` as ``(k, P_full)``, zero on the parameters not selected."""
+        if self.index is None:
+            return Vt
+        xp = self.B.xp
+        zero = xp.zeros((Vt.shape[0], 1), dtype=Vt.dtype, device=self.B.device)
+        return xp.take(xp.concat([Vt, zero], axis=1), self.position, axis=1)
 
     def per_example(self, chunk):
         """``(n_b, P)`` rows :math:`\\nabla_\\theta\\ell_n` of one mini-batch, call namespace."""
         xb, Tb = self.chunks[chunk]
-        return self.B.grad_pass(xb, Tb, self.loss, 1.0, True)[1]
+        return self.select(self.B.grad_pass(xb, Tb, self.loss, 1.0, True)[1])
 
     def apply(self, Vt, kind, start=0):
         """Sum over mini-batches of the products with ``Vt : (k, P)`` (call namespace);
         ``start``: see :meth:`_Bound.rop_pass`."""
         w = 1.0 / self.N if kind == "fisher" else self.w
+        Vt = self.embed(Vt)
         out = None
         for c, (xb, Tb) in enumerate(self.chunks):
             prep = self._fwd.get((c, kind))
@@ -286,7 +311,7 @@ class _Problem:
                 prep = self._fwd[(c, kind)] = self.B.prepare(xb, Tb, self.loss, w, kind)
             r = self.B.rop_pass(xb, Tb, self.loss, w, Vt, kind, prep, start)
             out = r if out is None else out + r
-        return out
+        return self.select(out) if start == 0 else out
 
 
 class CurvatureOperator(LinearOperatorBase):
@@ -360,7 +385,7 @@ class CurvatureOperator(LinearOperatorBase):
         array of shape (P, P)
             In the operator's library.
         """
-        if not symmetric:
+        if not symmetric or self.problem.index is not None:  # a selection (params=): the column build
             return super().to_dense(block_size=block_size, progress=progress)
         return _symmetric_dense(self, block_size, progress)
 

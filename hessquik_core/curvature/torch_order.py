@@ -47,33 +47,16 @@ def _check_module(module) -> None:
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
 
 
-def torch_permutation(layout, module) -> np.ndarray:
-    r""":math:`\pi` with ``theta_torch = theta[pi]`` (see the module docstring).
-
-    Parameters
-    ----------
-    layout : ParameterLayout
-        The layout of ``from_torch(module)`` (checked: same keys and shapes).
-    module : torch.nn.Module
-        The torch model; it is not modified (a copy is labelled).
-
-    Returns
-    -------
-    numpy.ndarray of shape (P,), int64
-    """
+def torch_labels(full, module) -> np.ndarray:
+    """For the full layout of ``from_torch(module)``: entry ``i`` of :math:`\theta` is torch's
+    flat entry ``labels[i]`` (``named_parameters()`` order, 0-based)."""
     import torch
 
     from ..interop import from_torch
     from .layout import flatten_parameters, parameter_layout
 
     _check_module(module)
-    names = [(n, tuple(p.shape), p.numel()) for n, p in module.named_parameters()]
-    Pt = int(sum(n for *_, n in names))
-    if Pt != layout.size:
-        raise ValueError(
-            f"the layout has P = {layout.size} parameters, the torch module {Pt} "
-            f"(named_parameters: {[n for n, *_ in names]}); is the layout that of from_torch(module)?"
-        )
+    Pt = int(sum(p.numel() for p in module.parameters()))
     probe = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
     with torch.no_grad():
         off = 0
@@ -83,26 +66,95 @@ def torch_permutation(layout, module) -> np.ndarray:
     # activations do not move parameters: ReLU is let through for the probe only
     net = from_torch(probe, allow_relu=True, dtype=np.float64)
     got = parameter_layout(net)
-    if (got.keys, got.shapes) != (layout.keys, layout.shapes):
+    if (got.keys, got.shapes) != (full.keys, full.shapes):
         raise ValueError(
-            f"the layout does not describe from_torch(module): layout keys {list(layout.keys)} with shapes "
-            f"{list(layout.shapes)}, the module converts to {list(got.keys)} with {list(got.shapes)}"
+            f"the layout does not describe from_torch(module): layout keys {list(full.keys)} with shapes "
+            f"{list(full.shapes)}, the module converts to {list(got.keys)} with {list(got.shapes)}"
         )
     labels = np.asarray(flatten_parameters(net), dtype=np.float64)
     idx = labels.astype(np.int64) - 1
     if (
-        not np.array_equal(idx + 1, labels)
+        Pt != full.size
+        or not np.array_equal(idx + 1, labels)
         or idx.min(initial=0) < 0
         or idx.max(initial=-1) >= Pt
         or np.unique(idx).size != Pt
     ):
         raise ValueError(
-            "from_torch(module) does not copy the torch parameters one to one (a parameter shared, "
-            "computed or taken from a buffer), so there is no permutation between the two orders"
+            f"from_torch(module) does not copy the torch parameters one to one (the network has "
+            f"P = {full.size} parameters, the torch module {Pt}: a parameter shared, computed or taken "
+            f"from a buffer), so there is no permutation between the two orders"
         )
-    pi = np.empty(Pt, dtype=np.int64)
-    pi[idx] = np.arange(Pt, dtype=np.int64)  # theta_t[idx[i]] = theta[i]
-    return pi
+    return idx
+
+
+def torch_permutation(layout, module) -> np.ndarray:
+    r""":math:`\pi` with ``theta_torch = theta[pi]`` (see the module docstring).
+
+    ``layout`` may be that of a selection (``params=``, e.g. the trainable
+    parameters only): ``theta_torch`` is then the concatenation of the torch
+    parameters it holds, in ``named_parameters()`` order.
+
+    Parameters
+    ----------
+    layout : ParameterLayout
+        The layout of ``from_torch(module)`` (checked: same keys and shapes), or of some of its keys.
+    module : torch.nn.Module
+        The torch model; it is not modified (a copy is labelled).
+
+    Returns
+    -------
+    numpy.ndarray of shape (P,), int64
+    """
+    from ..interop import from_torch
+    from .layout import parameter_layout
+
+    _check_module(module)
+    Pt = int(sum(p.numel() for p in module.parameters()))
+    try:
+        full = parameter_layout(from_torch(module, allow_relu=True))
+    except ValueError as err:
+        raise ValueError(f"the torch module cannot be converted: {err}") from err
+    if full.size != Pt:
+        raise ValueError(
+            f"the layout has P = {layout.size} parameters, the torch module {Pt} "
+            f"(named_parameters: {[n for n, _ in module.named_parameters()]}); from_torch(module) "
+            f"has {full.size}: a parameter shared between modules has no single place in either order"
+        )
+    sub = [full.keys.index(k) if k in full.keys else -1 for k in layout.keys]
+    if -1 in sub or any(full.shapes[j] != s for j, s in zip(sub, layout.shapes)) or sub != sorted(sub):
+        raise ValueError(
+            f"the layout does not describe from_torch(module) or a selection of it: layout keys "
+            f"{list(layout.keys)} with shapes {list(layout.shapes)}, the module converts to "
+            f"{list(full.keys)} with {list(full.shapes)}; is the layout that of from_torch(module)?"
+        )
+    labels = torch_labels(full, module)
+    if len(sub) != len(full.keys):
+        labels = np.concatenate([labels[full.offsets[j] : full.offsets[j] + full.sizes[j]] for j in sub])
+    # torch's order of the entries held is the ascending order of their labels
+    return np.argsort(labels, kind="stable").astype(np.int64)
+
+
+def torch_names(layout, module) -> list[tuple[str, tuple[int, ...]]]:
+    """The torch parameters (name, shape) whose entries ``layout`` holds, in ``named_parameters()`` order."""
+    from ..interop import from_torch
+    from .layout import parameter_layout
+
+    full = parameter_layout(from_torch(module, allow_relu=True))
+    labels = torch_labels(full, module)
+    held = np.zeros(full.size, dtype=bool)
+    for k in layout.keys:
+        j = full.keys.index(k)
+        held[labels[full.offsets[j] : full.offsets[j] + full.sizes[j]]] = True
+    out, off = [], 0
+    for name, p in module.named_parameters():
+        n = p.numel()
+        if held[off : off + n].all():
+            out.append((name, tuple(p.shape)))
+        elif held[off : off + n].any():  # pragma: no cover - resolve_params refuses such selections
+            raise ValueError(f"the layout holds part of torch's {name!r} only")
+        off += n
+    return out
 
 
 def _take(a, index: np.ndarray, axis: int):
