@@ -146,3 +146,23 @@ def test_refusals():
         cv.CrossEntropyLoss(ignore_index=1.0)
     with pytest.raises(ValueError, match="weight must be a finite vector"):
         cv.CrossEntropyLoss(weight=[1.0, float("nan")])
+
+
+def test_float32_model_with_float64_data_is_refused_like_torch():
+    """Was silently computed in float64; torch refuses the mix, and so does curvature."""
+    m32 = nn.Sequential(nn.Linear(4, 3))
+    x64 = _x()
+    with pytest.raises(RuntimeError):
+        m32(x64)  # torch's own refusal
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    for fn in (cv.gradient, cv.hessian, cv.per_example_gradients, cv.hessian_operator):
+        with pytest.raises(TypeError, match=r"parameters are float32 \('0.weight'\) and x is float64"):
+            fn(m32, x64, y, nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="model.to"):
+        cv.gradient(m32, x64.numpy(), y.numpy(), "cross_entropy")  # NumPy data too
+    g = cv.gradient(m32, x64.float(), y, nn.CrossEntropyLoss())  # matching dtypes: float32
+    assert g.dtype == torch.float32
+    m32.zero_grad()
+    nn.CrossEntropyLoss()(m32(x64.float()), y).backward()
+    ref = torch.cat([m32[0].weight.grad.T.reshape(-1), m32[0].bias.grad])
+    assert float((g - ref).abs().max()) <= 1e-6 * float(ref.abs().max())

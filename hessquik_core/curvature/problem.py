@@ -19,7 +19,7 @@ import numpy as np
 
 from .._array import as_plain_array, check_max_memory, namespace_of, resolve_input
 from .._progress import progress_bar
-from ..backends import backend_for
+from ..backends import backend_for, model_backend
 from ..rules.directions import fill_rows
 from .layout import _network, parameter_layout
 from .losses import Loss, get_loss
@@ -240,11 +240,33 @@ def _user_targets(y, B):
     )
 
 
+def _check_torch_dtype(model, x):
+    """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
+    computing a float32 model in float64 (or back) silently would differ from what the model does."""
+    if model is net_like(model) or not hasattr(x, "dtype"):
+        return
+    xd = str(x.dtype).split(".")[-1]
+    for name, p in model.named_parameters():
+        pd = str(p.dtype).split(".")[-1]
+        if p.is_floating_point() and pd != xd:
+            raise TypeError(
+                f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
+                f"mix, and curvature does too rather than compute in another precision than the model; "
+                f"convert one, e.g. model.to(torch.{xd}) or x.to(torch.{pd})"
+            )
+
+
+def net_like(model):
+    """``model`` if it is a hessquik-core network or layer, else ``None`` (a torch module)."""
+    return model if hasattr(model, "_leaves") or model_backend(model) is None else None
+
+
 class _Problem:
     """Network, data, loss and mini-batches of one curvature computation."""
 
     def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None):
         original, net = net, _network(net)
+        _check_torch_dtype(original, x)
         self.loss: Loss = get_loss(loss)
         self.B = B = _Bound(net, x, backend)
         # the differentiated parameters (params=): their layout, and where they sit in the full θ
