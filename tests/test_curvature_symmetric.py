@@ -93,3 +93,35 @@ def test_layers_without_parameters_and_bad_block_size():
     assert np.max(np.abs(H - old)) <= 1e-13 * np.max(np.abs(old))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         cv.hessian_operator(net, x, y, "mse").to_dense(block_size=0)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "fisher"])
+def test_block_products_take_one_gemm_per_contraction_for_all_k_columns(monkeypatch, kind):
+    """k directions go through every layer together: the number of GEMMs of a product does not
+    grow with k (no loop over columns), and each column equals the single-vector product."""
+    from hessquik_core.backends._numpy import NumPyBackend
+
+    calls = []
+    orig = NumPyBackend.mm
+
+    def mm(self, a, b, **kw):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return orig(self, a, b, **kw)
+
+    monkeypatch.setattr(NumPyBackend, "mm", mm)
+    net = hq.FullyConnectedNN([3, 6, 5, 2], act="tanh", seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 3)), rng.integers(0, 2, 7)
+    make = {"hessian": cv.hessian_operator, "ggn": cv.ggn_operator, "fisher": cv.empirical_fisher_operator}
+    op = make[kind](net, x, y, "cross_entropy", block_size=64)
+    P = op.size
+    V = rng.standard_normal((P, 32))
+    op @ V[:, :1]  # the forward pass is cached from here on
+    counts = {}
+    for k in (1, 8, 32):
+        calls.clear()
+        out = op @ V[:, :k]
+        counts[k] = len(calls)
+        for j in (0, k - 1):
+            np.testing.assert_allclose(out[:, j], op @ V[:, j], rtol=1e-13, atol=1e-15)
+    assert counts[1] == counts[8] == counts[32] > 0, counts
