@@ -37,6 +37,7 @@ from ._base import (
     get_activation,
     register_activation,
     registered_class,
+    require_order,
 )
 from ._custom import CustomActivation, custom
 from ._elementary import AntiTanh, Identity, Quadratic, ReLU, Sigmoid, SiLU, Sin, Softplus, Tanh
@@ -62,6 +63,7 @@ __all__ = [
     "get_activation",
     "register_activation",
     "registered_class",
+    "require_order",
 ]
 # private names other modules and tests use
 _ = (_REGISTRY, _backend_of, _sigmoid_parts)

@@ -173,6 +173,58 @@ def get_activation(spec) -> Activation:
     raise TypeError(f"act must be an Activation instance, class or name, got {type(spec).__name__}")
 
 
+def _named_activations(obj, path: str) -> list[tuple[str, Activation]]:
+    """``(where, activation)`` for every activation held by ``obj`` and its children."""
+    if isinstance(obj, Activation):
+        return [(path, obj)]
+    if isinstance(obj, (list, tuple)):
+        return [
+            p for i, a in enumerate(obj) for p in _named_activations(a, f"{path}[{i}]" if path else f"[{i}]")
+        ]
+    out = []
+    d = getattr(obj, "__dict__", {})
+    for key, value in d.items():
+        if isinstance(value, Activation):
+            out.append((f"{path}.{key}" if path else key, value))
+    for name, child in d.get("_children", {}).items():
+        out += _named_activations(child, f"{path}.{name}" if path else str(name))
+    return out
+
+
+def require_order(acts: Any, order: int, *, what: str = "this request") -> None:
+    r"""Refuse, up front, a request needing derivatives of order ``order`` of activations
+    that supply fewer.
+
+    Parameters
+    ----------
+    acts : Activation, sequence of Activation, or a network / layer
+        For a network or layer, every activation it holds (its layers' ``act``,
+        nested blocks included) is checked.
+    order : int
+        The highest derivative :math:`\sigma^{(k)}` the request needs (3 for the
+        analytic training step, 4 for the bi-Laplacian and fourth derivatives).
+    what : str
+        The request, for the message (``"the biharmonic"``).
+
+    Raises
+    ------
+    ValueError
+        Naming the first activation whose ``max_order`` is below ``order``, where it
+        sits, and the order; with the way to supply it.
+    """
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise ValueError(f"order must be a non-negative integer, got {order!r}")
+    for where, act in _named_activations(acts, ""):
+        if act.max_order < order:
+            at = f" (at {where!r})" if where else ""
+            raise ValueError(
+                f"{what} needs derivatives up to order {order} of every activation, but {act!r}{at} "
+                f"supplies them up to order {act.max_order} only. Every built-in activation supplies "
+                f"order 4; for your own, pass d3f=/d4f= to hq.activations.custom or implement _eval_high "
+                f"and raise max_order in your Activation subclass"
+            )
+
+
 def _backend_of(xp):
     """The backend bound to namespace ``xp``, for its ``erf``/``erfc`` (torch and CuPy
     have native kernels, JAX its own ``lax.erf``; NumPy and other libraries use the
