@@ -46,6 +46,8 @@ import numpy as np
 
 from . import activations as A
 from .activations import ACTIVATIONS, Activation, ReLU
+from .activations.torch_modules import NAMES as _ACT_MODULES
+from .activations.torch_modules import torch_classes
 from .layers import LAYERS, Layer, SingleLayer
 from .networks import NN
 
@@ -68,9 +70,6 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 _TORCH_NAMES = (
-    "AntiTanh",
-    "Quadratic",
-    "Sin",
     "ResidualBlock",
     "ICNNBlock",
     "QuadraticBlock",
@@ -85,25 +84,6 @@ def _make_torch_classes() -> dict[str, type]:
     import torch
     import torch.nn.functional as F
     from torch import nn
-
-    class AntiTanh(nn.Module):
-        r""":math:`\log(2\cosh z) = |z| + \log(1 + e^{-2|z|})` (hessQuik's antiTanh)."""
-
-        def forward(self, z):
-            a = z.abs()
-            return a + torch.log1p(torch.exp(-2.0 * a))
-
-    class Quadratic(nn.Module):
-        r""":math:`z^2 / 2`."""
-
-        def forward(self, z):
-            return 0.5 * z * z
-
-    class Sin(nn.Module):
-        r""":math:`\sin z`."""
-
-        def forward(self, z):
-            return torch.sin(z)
 
     class ResidualBlock(nn.Module):
         r""":math:`u + h\,\sigma(\mathrm{linear}(u))`: the torch twin of ``ResnetLayer``."""
@@ -196,7 +176,7 @@ def _make_torch_classes() -> dict[str, type]:
                 f = ux[:, :n_in] @ F.softplus(self.w) + f
             return f[:, None]
 
-    for cls in (AntiTanh, Quadratic, Sin, ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
+    for cls in (ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__  # so torch.save / pickle of a whole module finds them here
         _torch_classes[cls.__name__] = cls
@@ -206,6 +186,8 @@ def _make_torch_classes() -> dict[str, type]:
 def __getattr__(name: str) -> Any:
     if name in _TORCH_NAMES:
         return _make_torch_classes()[name]
+    if name in _ACT_MODULES:  # the activations' own twins live with the activations
+        return torch_classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -217,7 +199,7 @@ def __getattr__(name: str) -> Any:
 def _smooth_hint() -> str:
     """The smooth activations ``from_torch`` converts (from the registry), for error messages."""
     twins = [c.torch_twin for c in ACTIVATIONS.values() if c.smooth and c.torch_twin is not None]
-    ours = [t for t in twins if t in _TORCH_NAMES]
+    ours = [t for t in twins if t in _ACT_MODULES]
     return (
         f"supported activations: {', '.join(t for t in twins if t not in ours)} "
         f"and hessquik_core.interop's {', '.join(ours)}"
@@ -244,21 +226,19 @@ _NONSMOOTH = (
 def _torch_twins() -> dict[type, type[Activation]]:
     """torch class -> registered activation class, from each activation's ``torch_twin``
     (a class of this module first, else of ``torch.nn``); exact types only."""
-    from torch import nn
-
-    T = _make_torch_classes()
     out: dict[type, type[Activation]] = {}
     for cls in ACTIVATIONS.values():
-        if cls.torch_twin is not None:
-            twin = T.get(cls.torch_twin) or getattr(nn, cls.torch_twin, None)
-            if twin is not None:
-                out[twin] = cls
+        twin = cls.torch_twin_class()
+        if twin is not None:
+            out[twin] = cls
     return out
 
 
 def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
     """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
     t = type(mod)
+    if t is torch_classes()["ActivationModule"]:  # to_torch's module around any other activation
+        return mod.hessquik_activation
     cls = _torch_twins().get(t)
     if cls is not None:
         if not cls.smooth and not allow_relu:

@@ -60,15 +60,25 @@ def test_registered_activation_is_everywhere(registered, tmp_path):
     np.testing.assert_allclose(again(x, laplacian=True).laplacian, ref.laplacian, rtol=1e-13, atol=1e-14)
 
 
-def test_unregistered_activation_is_refused(tmp_path):
+def test_unregistered_activation_is_refused_by_files_and_exported_as_itself(tmp_path):
     assert "logsigmoid" not in A.ACTIVATIONS
     with pytest.raises(ValueError, match="unknown activation"):
         A.get_activation("logsigmoid")
     net = hq.NN(hq.SingleLayer(2, 2, act=_LogSigmoid()))
     with pytest.raises(TypeError, match="cannot save activation"):
         hq.save(net, tmp_path / "x")
-    with pytest.raises(TypeError, match="no torch equivalent"):
-        hq.to_torch(net)
+    # no registered twin: to_torch wraps the activation itself (its own σ through torch)
+    torch = pytest.importorskip("torch")
+    from hessquik_core.activations.torch_modules import ActivationModule
+
+    tm = hq.to_torch(net)
+    assert type(tm[1]) is ActivationModule and tm[1].hessquik_activation == _LogSigmoid()
+    x = np.random.default_rng(1).standard_normal((4, 2))
+    ref = net(x, laplacian=True)
+    np.testing.assert_allclose(tm(torch.from_numpy(x)).detach().numpy(), ref.value, rtol=1e-14, atol=1e-15)
+    back = hq.from_torch(tm)
+    assert back.blocks[0].act == _LogSigmoid()
+    np.testing.assert_allclose(back(x, laplacian=True).laplacian, ref.laplacian, rtol=1e-14, atol=1e-15)
 
 
 def test_register_activation_checks_its_argument(registered):

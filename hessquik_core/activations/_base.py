@@ -19,7 +19,8 @@ class Activation:
     #: JSON-able name used by ``save``/``load`` and ``repr``.
     name: str = "activation"
     #: the torch module computing the same function: a class name in ``torch.nn``
-    #: (``"Tanh"``) or in :mod:`hessquik_core.interop` (``"AntiTanh"``); ``None``: none
+    #: (``"Tanh"``) or in ``hessquik_core.activations.torch_modules`` (``"AntiTanh"``);
+    #: ``None``: exported as an ``ActivationModule`` evaluating the activation itself
     torch_twin: ClassVar[str | None] = None
     #: the hessQuik 0.0.6 class computing the same function (``"tanhActivation"``)
     hessquik_name: ClassVar[str | None] = None
@@ -94,19 +95,38 @@ class Activation:
         defaults = cls().config()
         return cls(**{k: type(v)(getattr(module, k)) for k, v in defaults.items()})
 
-    def to_torch(self, nn: Any, twins: dict[str, type]) -> Any:
-        """A torch module computing this activation, or ``None`` for none (the identity).
+    @classmethod
+    def torch_twin_class(cls) -> type | None:
+        """The torch module class computing this activation: ``torch.nn.<torch_twin>``, or
+        the class of that name in ``hessquik_core.activations.torch_modules``; ``None``
+        without a ``torch_twin`` (imports torch)."""
+        if cls.torch_twin is None:
+            return None
+        from .torch_modules import torch_classes
 
-        Parameters
-        ----------
-        nn : module
-            ``torch.nn``.
-        twins : dict of str to type
-            The torch classes of :mod:`hessquik_core.interop` by name.
+        own = torch_classes().get(cls.torch_twin)
+        if own is not None:
+            return own
+        from torch import nn
+
+        return getattr(nn, cls.torch_twin, None)
+
+    def to_torch(self, nn: Any = None, twins: Any = None) -> Any:
+        """A torch module computing this activation (``None`` for the identity: no module).
+
+        The registered class's twin (:meth:`torch_twin_class`) built from :meth:`config`;
+        for an activation without one (a :func:`~hessquik_core.activations.custom`
+        activation, an unregistered subclass) a
+        ``hessquik_core.activations.torch_modules.ActivationModule`` evaluating
+        this activation's own function through torch's namespace. ``nn`` and ``twins``
+        are accepted for the former signature and unused.
         """
-        if self.torch_twin is None or registered_class(self) is None:
-            raise TypeError(f"no torch equivalent for activation {type(self).__qualname__}")
-        twin = twins.get(self.torch_twin) or getattr(nn, self.torch_twin)
+        cls = registered_class(self)
+        twin = None if cls is None else cls.torch_twin_class()
+        if twin is None:
+            from .torch_modules import torch_classes
+
+            return torch_classes()["ActivationModule"](self)
         return twin(**self.config())
 
 

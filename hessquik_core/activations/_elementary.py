@@ -52,7 +52,7 @@ class Identity(Activation):
     torch_twin = "Identity"
     hessquik_name = "identityActivation"
 
-    def to_torch(self, nn: Any, twins: dict[str, type]) -> Any:
+    def to_torch(self, nn: Any = None, twins: Any = None) -> Any:
         """``None``: no module (a ``Linear`` alone; blocks place ``nn.Identity``)."""
         return None
 

@@ -249,6 +249,7 @@ class Gaussian(Activation):
     """
 
     name = "gaussian"
+    torch_twin = "Gaussian"  # hessquik_core.activations.torch_modules.Gaussian
 
     def _eval(self, z, order, xp):
         s = xp.exp(-(z * z))
