@@ -11,7 +11,10 @@ library.
 
 from . import activations, checks, compat, curvature, layers, networks, training
 from .activations import (
+    CELU,
+    ELU,
     GELU,
+    SELU,
     AntiTanh,
     Gaussian,
     Identity,
@@ -21,6 +24,7 @@ from .activations import (
     SiLU,
     Sin,
     Softplus,
+    Softsign,
     Tanh,
 )
 from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
@@ -40,7 +44,11 @@ __all__ = [
     "NN",
     "AntiTanh",
     "FullyConnectedNN",
+    "CELU",
+    "ELU",
     "GELU",
+    "SELU",
+    "Softsign",
     "Gaussian",
     "Mish",
     "Estimate",

@@ -21,6 +21,12 @@ ALL = [get_activation(name) for name in ACTIVATIONS] + [
     hq.GELU(approximate="tanh"),
     hq.Mish(),
     hq.Gaussian(),
+    # smooth but for a kink at 0, which the grids here never hit (tests/test_activation_kinks.py)
+    hq.ELU(),
+    hq.ELU(alpha=0.5),
+    hq.CELU(alpha=2.0),
+    hq.SELU(),
+    hq.Softsign(),
 ]
 IDS = [
     a.name + "".join(f"-{k}{v:g}" if isinstance(v, float) else f"-{v}" for k, v in a.config().items())
@@ -483,7 +489,11 @@ def test_derivatives_up_to_order_four_in_the_tails(act, dtype):
     for a in out:
         assert a.dtype == dtype and a.shape == z.shape
         assert np.all(np.isfinite(a))
-    if act.name not in ("sin", "quadratic"):  # (softplus with beta = 1/2 decays as e^{-|z|/2})
+    if act.name == "softsign":  # algebraic decay: 6 / (1 + |z|)^4, -24 sign(z) / (1 + |z|)^5
+        r = 1.0 / (1.0 + np.abs(z.astype(np.float64)))
+        np.testing.assert_allclose(out[3], 6.0 * r**4, rtol=1e-5)
+        np.testing.assert_allclose(out[4], -24.0 * np.sign(z) * r**5, rtol=1e-5)
+    elif act.name not in ("sin", "quadratic"):  # (softplus with beta = 1/2 decays as e^{-|z|/2})
         assert np.all(np.abs(out[3][np.abs(z) >= 1e3].astype(np.float64)) < 1e-100)
         assert np.all(np.abs(out[4][np.abs(z) >= 1e3].astype(np.float64)) < 1e-100)
 

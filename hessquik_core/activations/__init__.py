@@ -22,8 +22,9 @@ module and the hessQuik class computing the same function), and
 
 The package's modules: ``_base`` (the base class, the registry, the lookups),
 ``_elementary`` (tanh, sigmoid, softplus, SiLU, sin, identity, quadratic,
-antiTanh, ReLU), ``_smooth`` (GELU, Mish, Gaussian), ``_custom``
-(:func:`custom`).
+antiTanh, ReLU), ``_smooth`` (GELU, Mish, Gaussian), ``_piecewise`` (ELU, CELU,
+SELU, Softsign: smooth but for a kink at 0), ``_custom`` (:func:`custom`),
+``torch_modules`` (torch twins that ``torch.nn`` lacks).
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ from ._base import (
 )
 from ._custom import CustomActivation, custom
 from ._elementary import AntiTanh, Identity, Quadratic, ReLU, Sigmoid, SiLU, Sin, Softplus, Tanh
+from ._piecewise import CELU, ELU, SELU, Softsign
 from ._smooth import GELU, Gaussian, Mish
 
 __all__ = [
     "ACTIVATIONS",
+    "CELU",
+    "ELU",
     "GELU",
+    "SELU",
+    "Softsign",
     "Activation",
     "AntiTanh",
     "CustomActivation",

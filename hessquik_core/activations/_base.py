@@ -30,6 +30,9 @@ class Activation:
     #: whether its second derivative exists everywhere; ``from_torch`` refuses
     #: a non-smooth twin unless asked (``allow_relu=True``)
     smooth: ClassVar[bool] = True
+    #: whether it is smooth but for a kink at 0 with a documented value there (ELU, CELU,
+    #: SELU, Softsign): ``from_torch`` converts its twin only with ``allow_kinks=True``
+    kinks: ClassVar[bool] = False
     #: True on a class that only changes how the activation is *called*
     #: (:mod:`hessquik_core.compat`'s hessQuik-named classes): it saves and
     #: converts as its registered base class. Read from the class itself, not inherited.
@@ -82,6 +85,11 @@ class Activation:
     def config(self) -> dict:
         """Constructor arguments, for serialisation."""
         return {}
+
+    def kink_note(self) -> str:
+        """How the activation fails to be smooth and which value it returns at the kink
+        (empty for a smooth one); for error messages."""
+        return ""
 
     # -- twins in other libraries (read by interop and interop_hessquik) --------
     @classmethod
@@ -189,7 +197,10 @@ def get_activation(spec) -> Activation:
         names = sorted(k for k, c in ACTIVATIONS.items() if c.by_name)
         if key in names:
             return ACTIVATIONS[key]()
-        raise ValueError(f"unknown activation {spec!r}: expected one of {names}")
+        raise ValueError(
+            f"unknown activation {spec!r}: expected one of {names}, or your own from "
+            f"hq.activations.custom(f, df, d2f, name=...) (or a registered Activation subclass)"
+        )
     raise TypeError(f"act must be an Activation instance, class or name, got {type(spec).__name__}")
 
 
