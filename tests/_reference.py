@@ -77,6 +77,8 @@ def torch_act(act, z):
         return F.selu(z)
     if name == "softsign":
         return F.softsign(z)
+    if name == "logsigmoid":
+        return F.logsigmoid(z)
     if name in TORCH_TWINS:  # a test's own activation, with its torch formula
         return TORCH_TWINS[name](z)
     raise AssertionError(name)

@@ -21,6 +21,7 @@ ALL = [get_activation(name) for name in ACTIVATIONS] + [
     hq.GELU(approximate="tanh"),
     hq.Mish(),
     hq.Gaussian(),
+    hq.LogSigmoid(),
     # smooth but for a kink at 0, which the grids here never hit (tests/test_activation_kinks.py)
     hq.ELU(),
     hq.ELU(alpha=0.5),

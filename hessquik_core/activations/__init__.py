@@ -22,7 +22,7 @@ module and the hessQuik class computing the same function), and
 
 The package's modules: ``_base`` (the base class, the registry, the lookups),
 ``_elementary`` (tanh, sigmoid, softplus, SiLU, sin, identity, quadratic,
-antiTanh, ReLU), ``_smooth`` (GELU, Mish, Gaussian), ``_piecewise`` (ELU, CELU,
+antiTanh, ReLU), ``_smooth`` (GELU, Mish, Gaussian, LogSigmoid), ``_piecewise`` (ELU, CELU,
 SELU, Softsign: smooth but for a kink at 0), ``_custom`` (:func:`custom`),
 ``torch_modules`` (torch twins that ``torch.nn`` lacks).
 """
@@ -43,7 +43,7 @@ from ._base import (
 from ._custom import CustomActivation, custom
 from ._elementary import AntiTanh, Identity, Quadratic, ReLU, Sigmoid, SiLU, Sin, Softplus, Tanh
 from ._piecewise import CELU, ELU, SELU, Softsign
-from ._smooth import GELU, Gaussian, Mish
+from ._smooth import GELU, Gaussian, LogSigmoid, Mish
 
 __all__ = [
     "ACTIVATIONS",
@@ -57,6 +57,7 @@ __all__ = [
     "CustomActivation",
     "Gaussian",
     "Identity",
+    "LogSigmoid",
     "Mish",
     "Quadratic",
     "ReLU",

@@ -269,3 +269,38 @@ class Gaussian(Activation):
         if order == 3:
             return s, d1, d2, d3
         return s, d1, d2, d3, 16.0 * (z * z3s) - 48.0 * z2s + 12.0 * s
+
+
+@register_activation
+@dataclass(frozen=True)
+class LogSigmoid(Activation):
+    r""":math:`\sigma(z) = \log s(z) = -\operatorname{softplus}(-z)`, as ``torch.nn.LogSigmoid``.
+
+    With :math:`s = \mathrm{sigmoid}(z)`, :math:`\bar s = 1 - s` (both from
+    :math:`e^{-|z|}`), :math:`q = s\bar s` and :math:`h = \bar s - s`,
+
+    .. math::
+        \sigma = \min(z, 0) - \log(1 + e^{-|z|}),\quad \sigma' = \bar s,\quad
+        \sigma'' = -q,\quad \sigma''' = -qh,\quad \sigma'''' = -q\,(h^2 - 2q)
+
+    (:math:`\sigma' = s(-z)`, so the higher derivatives are minus the sigmoid's).
+    Nothing overflows and :math:`\sigma' = \bar s` keeps full relative precision
+    in the upper tail.
+    """
+
+    name = "logsigmoid"
+    torch_twin = "LogSigmoid"
+    max_order = 4
+
+    def _eval(self, z, order, xp):
+        return (*self._eval_high(z, order, xp, None), None, None)[:3]
+
+    def _eval_high(self, z, order, xp, value):
+        val = xp.minimum(z, xp.zeros_like(z)) - xp.log1p(xp.exp(-xp.abs(z)))
+        if order == 0:
+            return (val,)
+        s, sc = _sigmoid_parts(z, xp)
+        q = s * sc
+        h = sc - s
+        out = (val, sc, -q, -(q * h), -(q * (h * h - 2.0 * q)))
+        return out[: order + 1]
