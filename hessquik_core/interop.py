@@ -456,7 +456,8 @@ def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, d
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     T = _make_torch_classes()
     # both opt-ins travel where allow_relu did, down to _act_from_torch
-    allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
+    if not isinstance(allow_relu, _OptIns):  # (a nested conversion passes them on as they are)
+        allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
     leaves: list = []
     _walk(module, "", leaves)
     layers: list[Layer] = []
