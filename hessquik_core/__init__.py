@@ -11,16 +11,21 @@ library.
 
 from . import activations, checks, compat, curvature, higher, layers, networks, pinn, training
 from .activations import (
+    CELU,
+    ELU,
     GELU,
+    SELU,
     AntiTanh,
     Gaussian,
     Identity,
+    LogSigmoid,
     Mish,
     Quadratic,
     Sigmoid,
     SiLU,
     Sin,
     Softplus,
+    Softsign,
     Tanh,
 )
 from .estimators import (
@@ -48,8 +53,13 @@ __all__ = [
     "NN",
     "AntiTanh",
     "FullyConnectedNN",
+    "CELU",
+    "ELU",
     "GELU",
+    "SELU",
+    "Softsign",
     "Gaussian",
+    "LogSigmoid",
     "Mish",
     "Estimate",
     "ICNNLayer",

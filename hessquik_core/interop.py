@@ -40,12 +40,14 @@ closure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import activations as A
 from .activations import ACTIVATIONS, Activation, ReLU
+from .activations.torch_modules import NAMES as _ACT_MODULES
+from .activations.torch_modules import torch_classes
 from .layers import LAYERS, Layer, SingleLayer
 from .networks import NN
 
@@ -68,9 +70,6 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 _TORCH_NAMES = (
-    "AntiTanh",
-    "Quadratic",
-    "Sin",
     "ResidualBlock",
     "ICNNBlock",
     "QuadraticBlock",
@@ -85,25 +84,6 @@ def _make_torch_classes() -> dict[str, type]:
     import torch
     import torch.nn.functional as F
     from torch import nn
-
-    class AntiTanh(nn.Module):
-        r""":math:`\log(2\cosh z) = |z| + \log(1 + e^{-2|z|})` (hessQuik's antiTanh)."""
-
-        def forward(self, z):
-            a = z.abs()
-            return a + torch.log1p(torch.exp(-2.0 * a))
-
-    class Quadratic(nn.Module):
-        r""":math:`z^2 / 2`."""
-
-        def forward(self, z):
-            return 0.5 * z * z
-
-    class Sin(nn.Module):
-        r""":math:`\sin z`."""
-
-        def forward(self, z):
-            return torch.sin(z)
 
     class ResidualBlock(nn.Module):
         r""":math:`u + h\,\sigma(\mathrm{linear}(u))`: the torch twin of ``ResnetLayer``."""
@@ -196,7 +176,7 @@ def _make_torch_classes() -> dict[str, type]:
                 f = ux[:, :n_in] @ F.softplus(self.w) + f
             return f[:, None]
 
-    for cls in (AntiTanh, Quadratic, Sin, ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
+    for cls in (ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__  # so torch.save / pickle of a whole module finds them here
         _torch_classes[cls.__name__] = cls
@@ -206,6 +186,8 @@ def _make_torch_classes() -> dict[str, type]:
 def __getattr__(name: str) -> Any:
     if name in _TORCH_NAMES:
         return _make_torch_classes()[name]
+    if name in _ACT_MODULES:  # the activations' own twins live with the activations
+        return torch_classes()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -217,10 +199,10 @@ def __getattr__(name: str) -> Any:
 def _smooth_hint() -> str:
     """The smooth activations ``from_torch`` converts (from the registry), for error messages."""
     twins = [c.torch_twin for c in ACTIVATIONS.values() if c.smooth and c.torch_twin is not None]
-    ours = [t for t in twins if t in _TORCH_NAMES]
+    ours = [t for t in twins if t in _ACT_MODULES]
     return (
         f"supported activations: {', '.join(t for t in twins if t not in ours)} "
-        f"and hessquik_core.interop's {', '.join(ours)}"
+        f"and hessquik_core.activations.torch_modules' (also in hessquik_core.interop) {', '.join(ours)}"
     )
 
 
@@ -244,34 +226,57 @@ _NONSMOOTH = (
 def _torch_twins() -> dict[type, type[Activation]]:
     """torch class -> registered activation class, from each activation's ``torch_twin``
     (a class of this module first, else of ``torch.nn``); exact types only."""
-    from torch import nn
-
-    T = _make_torch_classes()
     out: dict[type, type[Activation]] = {}
     for cls in ACTIVATIONS.values():
-        if cls.torch_twin is not None:
-            twin = T.get(cls.torch_twin) or getattr(nn, cls.torch_twin, None)
-            if twin is not None:
-                out[twin] = cls
+        twin = cls.torch_twin_class()
+        if twin is not None:
+            out[twin] = cls
     return out
 
 
-def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
-    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
+class _OptIns(NamedTuple):
+    """from_torch's opt-ins for non-smooth activations, carried where ``allow_relu`` was."""
+
+    relu: bool
+    kinks: bool
+
+
+#: how to bring an activation of one's own, for the refusals below
+_CUSTOM_HINT = (
+    "or define the activation you want with hq.activations.custom(f, df, d2f, name=...) and put "
+    "hessquik_core.activations.torch_modules.ActivationModule(that activation) in its place"
+)
+
+
+def _act_from_torch(mod, path: str, allow_relu) -> Activation | None:
+    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none.
+    ``allow_relu``: a bool (ReLU only) or from_torch's :class:`_OptIns`."""
+    relu_ok, kinks_ok = allow_relu if isinstance(allow_relu, _OptIns) else (bool(allow_relu), False)
     t = type(mod)
+    if t is torch_classes()["ActivationModule"]:  # to_torch's module around any other activation
+        return mod.hessquik_activation
     cls = _torch_twins().get(t)
     if cls is not None:
-        if not cls.smooth and not allow_relu:
+        act = cls.from_twin(mod)
+        if cls.kinks and not kinks_ok:
+            raise ValueError(
+                f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable at 0: "
+                f"{act.kink_note()}. Hessians and Laplacians are then those of its smooth pieces, with that "
+                f"value at the kink. Pass allow_kinks=True to convert anyway, use a smooth activation "
+                f"(e.g. nn.SiLU, nn.GELU, nn.Softplus(beta=10)), {_CUSTOM_HINT}."
+            )
+        if not cls.smooth and not cls.kinks and not relu_ok:
             raise ValueError(
                 f"submodule {path!r} is nn.{t.__name__}: its second derivative is zero almost everywhere, so "
                 f"Hessians and Laplacians (and every loss built on them) would be silently wrong. Use a smooth "
-                f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), or pass allow_relu=True to convert anyway."
+                f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), pass allow_relu=True to convert anyway, "
+                f"{_CUSTOM_HINT}."
             )
-        return cls.from_twin(mod)
+        return act
     if t.__name__ in _NONSMOOTH and t.__module__.startswith("torch.nn"):
         raise ValueError(
             f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable; "
-            f"hessquik-core needs smooth activations ({_smooth_hint()})"
+            f"hessquik-core needs smooth activations ({_smooth_hint()}), {_CUSTOM_HINT}"
         )
     return None
 
@@ -385,7 +390,7 @@ def _check_no_hooks(module) -> None:
             )
 
 
-def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
+def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, dtype=None) -> NN:
     r"""Build the hessquik-core network equal to a PyTorch ``nn.Sequential``.
 
     Parameters
@@ -402,6 +407,11 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
         derivative of ReLU is zero almost everywhere, so every Hessian or
         Laplacian of the result misses the kinks and derivative-based
         losses break silently.
+    allow_kinks : bool, default False
+        ``nn.ELU``, ``nn.CELU``, ``nn.SELU`` and ``nn.Softsign`` (smooth but
+        for a jump in a derivative at 0) are refused unless this is ``True``;
+        the message says which derivative jumps and the (left-sided) value
+        used at exactly 0 (see :mod:`hessquik_core.activations`' ELU, ...).
     dtype : NumPy dtype, optional
         Storage dtype of the copied parameters; default: each parameter's
         own (float32 stays float32, so values are bitwise equal).
@@ -445,6 +455,9 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     T = _make_torch_classes()
+    # both opt-ins travel where allow_relu did, down to _act_from_torch
+    if not isinstance(allow_relu, _OptIns):  # (a nested conversion passes them on as they are)
+        allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
     leaves: list = []
     _walk(module, "", leaves)
     layers: list[Layer] = []
