@@ -71,7 +71,13 @@ def time_call(
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], Any]], *, rounds: int, min_round_s: float, max_total_s: float
+    calls: dict[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    min_round_s: float,
+    max_total_s: float,
+    rotate: bool = False,
+    known_s: dict[str, float] | None = None,
 ) -> dict[str, Timing]:
     """Time several (already warmed-up) calls against each other, in interleaved rounds.
 
@@ -81,21 +87,33 @@ def time_interleaved(
     peer of the round alike instead of one peer's whole series. A call whose
     ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
     ``rounds`` is one); the per-call minimum over the rounds is the result.
+
+    ``rotate``: round ``i`` starts with the ``i``-th call (mod their number): the
+    call timed first after a switch finds the caches cold (measured 1.2-2x on
+    0.2-1 ms calls), and that should not always be the same one. ``known_s``:
+    seconds per call already measured (a slow call's warm-up), for which no
+    calibration call is made.
     """
     numbers, reps = {}, {}
     for name, call in calls.items():
-        t0 = time.perf_counter()
-        out = call()
-        del out
-        per = max(time.perf_counter() - t0, 1e-7)
+        if known_s and name in known_s:
+            per = max(known_s[name], 1e-7)
+        else:
+            t0 = time.perf_counter()
+            out = call()
+            del out
+            per = max(time.perf_counter() - t0, 1e-7)
         numbers[name] = max(1, int(min_round_s / per))
         reps[name] = max(min(2, rounds), min(rounds, int(max_total_s / (per * numbers[name]))))
     samples: dict[str, list] = {name: [] for name in calls}
     total = dict.fromkeys(calls, 0.0)
     for i in range(max(reps.values(), default=0)):
-        for name, call in calls.items():
-            if i >= reps[name]:
-                continue
+        names = [n for n in calls if i < reps[n]]
+        if rotate and names:
+            j = i % len(names)
+            names = names[j:] + names[:j]
+        for name in names:
+            call = calls[name]
             t0 = time.perf_counter()
             for _ in range(numbers[name]):
                 out = call()
