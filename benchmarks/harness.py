@@ -433,6 +433,66 @@ def predicted_skip(
 
 
 # --------------------------------------------------------------------------
+# profile (where a peer is faster)
+# --------------------------------------------------------------------------
+
+
+def _where(file: str, line: int, fn: str) -> str:
+    if file == "~":  # a built-in
+        return fn
+    parts = Path(file).parts
+    # this library's files by their package path (layers/gated.py and rules/gated.py differ)
+    name = "/".join(parts[parts.index("hessquik_core") :]) if "hessquik_core" in parts else parts[-1]
+    return f"{name}:{line}({fn})"
+
+
+def profile(call, seconds: float, per: float | None = None, top: int = 10) -> dict:
+    """``cProfile`` of repeated ``call()`` (already warm; ``per`` seconds a call) for about
+    ``seconds``: the ``top`` functions by own time (``tottime``), as fractions of the
+    profiled time."""
+    import cProfile
+    import pstats
+
+    if per is None:
+        t0 = time.perf_counter()
+        call()
+        per = time.perf_counter() - t0
+    calls = max(1, min(200, int(seconds / max(per, 1e-6))))
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        out = call()
+        del out
+    pr.disable()
+    st = pstats.Stats(pr)
+    total = st.total_tt or 1e-300  # type: ignore[attr-defined]
+    rows = []
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+        rows.append((tt, ct, nc, _where(file, line, fn)))
+    rows.sort(reverse=True)
+    return {
+        "calls": calls,
+        "per_call_s": total / calls,
+        "top": [
+            {"function": w, "own_frac": tt / total, "cum_frac": ct / total, "ncalls_per_call": nc / calls}
+            for tt, ct, nc, w in rows[:top]
+        ],
+    }
+
+
+def profile_md(pr: dict) -> list[str]:
+    """A :func:`profile`'s table."""
+    return md_table(
+        ["function", "own", "cumulative", "calls per call"],
+        (
+            [f"`{t['function'].replace('|', chr(92) + '|')}`", f"{100 * t['own_frac']:.0f}%"]
+            + [f"{100 * t['cum_frac']:.0f}%", f"{t['ncalls_per_call']:.0f}"]
+            for t in pr["top"]
+        ),
+    )
+
+
+# --------------------------------------------------------------------------
 # threads and environment
 # --------------------------------------------------------------------------
 
