@@ -101,6 +101,14 @@ class Runner:
     extra: dict = field(default_factory=dict)
 
 
+def jax_setup():
+    """JAX with 64-bit floats enabled (every peer compares float64 results)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
 def _gpu_available(backend: str) -> bool:
     try:
         if backend == "cupy":
@@ -324,7 +332,10 @@ def check_then_time(
                 rec["setup_s"] = time.perf_counter() - t0
                 c0 = time.process_time()
                 out, first_s, peak = peak_memory(
-                    runner.call, device=device, kind=runner.extra.get("kind", "torch"), collect=policy.collect
+                    runner.call,
+                    device=runner.extra.get("device", device),
+                    kind=runner.extra.get("kind", "torch"),
+                    collect=policy.collect,
                 )
                 rec["first_cpu_s"] = time.process_time() - c0
                 got = runner.to_numpy(out)
@@ -336,6 +347,7 @@ def check_then_time(
             say(f"  {name}: {msg}")
             continue
         rec.update(first_s=first_s, compile_s=runner.compile_s, peak_bytes=peak.get("gpu", peak.get("rss")))
+        rec["peak_method"] = peak.get("method")
         err, where = compare(got, reference, policy.rows)
         del got
         rec["rel_err"] = err

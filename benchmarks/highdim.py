@@ -47,6 +47,8 @@ if __package__ in (None, ""):  # `python benchmarks/highdim.py`
 
 import numpy as np
 
+from . import harness
+
 SCALAR = ("numpy-forward", "torch-forward", "value", "laplacian", "hessian_diagonal", "gradient")
 EXTERNAL = ("folx-laplacian", "jax-gradient")
 VECTOR = ("numpy-forward-vec", "divergence")
@@ -142,9 +144,7 @@ def _child(cfg: dict) -> dict:
 
         keep["k"] = k
     elif method in EXTERNAL:
-        from .peers import _jax_setup
-
-        jax = _jax_setup()
+        jax = harness.jax_setup()
         import jax.numpy as jnp
 
         f = nets.jax_function(records, getattr(jnp, dtype.name))

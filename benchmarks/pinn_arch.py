@@ -216,15 +216,9 @@ def _eval_torch_func(pt: Point, W, prob) -> Runner:
     return Runner(call, to_numpy)
 
 
-def _jax_setup():
-    from .peers import _jax_setup as setup
-
-    return setup()
-
-
 def _eval_jax(use_folx: bool):
     def make(pt: Point, W, prob) -> Runner:
-        jax = _jax_setup()
+        jax = harness.jax_setup()
         import jax.numpy as jnp
 
         dt = getattr(jnp, pt.dtype)
@@ -308,7 +302,7 @@ def _step_torch_func(pt: Point, W, prob) -> Runner:
 
 def _step_jax(use_folx: bool):
     def make(pt: Point, W, prob) -> Runner:
-        jax = _jax_setup()
+        jax = harness.jax_setup()
         import jax.numpy as jnp
 
         dt = getattr(jnp, pt.dtype)

@@ -323,9 +323,7 @@ def _make_hessquik(pt: StepPoint, records, prob) -> Runner:
 
 def _make_jax(use_folx: bool):
     def make(pt: StepPoint, records, prob) -> Runner:
-        from .peers import _jax_setup
-
-        jax = _jax_setup()
+        jax = harness.jax_setup()
         import jax.numpy as jnp
 
         from .nets import _jax_act
