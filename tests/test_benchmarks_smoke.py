@@ -89,7 +89,7 @@ def test_w6_training_step_smoke(tmp_path):
 
 def test_w6_summary_marks_targets(tmp_path):
     """The W6 summary computes ours / peer from the rows and marks each target."""
-    summary = pytest.importorskip("benchmarks.w6_summary")
+    summary = pytest.importorskip("benchmarks.studies.w6_summary")
 
     def row(peer, loss, d, t):
         return dict(peer=peer, loss=loss, width=64, dtype="float64", d=d, status="ok", min_s=t)
