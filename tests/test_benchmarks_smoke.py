@@ -437,3 +437,15 @@ def test_harness_profile_names_the_hot_function():
     assert pr["calls"] >= 1 and pr["top"] and 0 < pr["top"][0]["own_frac"] <= 1
     assert any("hot" in t["function"] or "genexpr" in t["function"] for t in pr["top"])
     assert h.profile_md(pr)[0] == "| function | own | cumulative | calls per call |"
+
+
+def test_out_buffer_smoke(tmp_path):
+    """The out= study: both variants agree with the fresh result before they are timed."""
+    ob = pytest.importorskip("benchmarks.out_buffer")
+    assert ob.main(["--smoke", "--out", str(tmp_path), "--libs", "numpy"], configure_threads=False) == 0
+    data = json.loads((tmp_path / "out_buffer.json").read_text())
+    (row,) = data["rows"]
+    assert row["fresh_s"] > 0 and row["out_s"] > 0 and row["max_rel_diff"] <= 1e-12
+    assert {r["peer"]: r["status"] for r in row["records"]} == {"fresh": "ok", "out": "ok"}
+    assert row["peak_alloc_out"] > 0 and row["peak_alloc_fresh"] > 0  # counted, not compared: tiny sizes
+    assert "fresh / out" in (tmp_path / "out_buffer.md").read_text()
