@@ -449,3 +449,12 @@ def test_out_buffer_smoke(tmp_path):
     assert {r["peer"]: r["status"] for r in row["records"]} == {"fresh": "ok", "out": "ok"}
     assert row["peak_alloc_out"] > 0 and row["peak_alloc_fresh"] > 0  # counted, not compared: tiny sizes
     assert "fresh / out" in (tmp_path / "out_buffer.md").read_text()
+
+
+def test_second_order_smoke(tmp_path):
+    """The cost-model table checks forward against backward mode before timing them."""
+    so = pytest.importorskip("benchmarks.second_order")
+    assert so.main(["--smoke", "--out", str(tmp_path)], configure_threads=False) == 0
+    md = (tmp_path / "second_order.md").read_text()
+    assert "## Cost model against measured timings" in md and "picked the faster route in" in md
+    assert "## Machine" in md and (tmp_path / "second_order.json").exists()
