@@ -28,7 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Timing", "peak_memory", "rss_bytes", "time_call", "time_interleaved"]
+__all__ = [
+    "Timing",
+    "peak_memory",
+    "reset_rss_peak",
+    "rss_bytes",
+    "rss_peak_bytes",
+    "time_call",
+    "time_interleaved",
+]
 
 
 @dataclass
@@ -147,6 +155,18 @@ def rss_bytes() -> int | None:
     """Current resident set size."""
     kib = _status_kib("VmRSS")
     return None if kib is None else kib * 1024
+
+
+def rss_peak_bytes() -> int | None:
+    """The resident set's high-water mark since the process started or :func:`reset_rss_peak`."""
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def reset_rss_peak() -> bool:
+    """Reset the resident set's high-water mark (Linux ``/proc/self/clear_refs``); ``False``
+    where that is not possible."""
+    return _reset_hwm()
 
 
 def _reset_hwm() -> bool:

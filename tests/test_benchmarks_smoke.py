@@ -458,3 +458,31 @@ def test_second_order_smoke(tmp_path):
     md = (tmp_path / "second_order.md").read_text()
     assert "## Cost model against measured timings" in md and "picked the faster route in" in md
     assert "## Machine" in md and (tmp_path / "second_order.json").exists()
+
+
+def test_curvature_cases_agree_in_process():
+    """The curvature benchmark's cases (each a subprocess in a run) on the tiny config:
+    this library's Hessian-vector products, eigenvalues and per-example gradients agree
+    with the torch references the report compares them with."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("scipy")
+    cv = pytest.importorskip("benchmarks.curvature")
+    cases = [
+        "hvp:ours_numpy",
+        "hvp:autograd",
+        "eig:ours_numpy_lanczos",
+        "eig:autograd",
+        "pex:ours_numpy",
+        "pex:vmap",
+    ]
+    threads = torch.get_num_threads()  # a case sets one thread, as its worker process does
+    try:
+        rows = [cv._run_case(c, cv.CONFIGS["smoke"]) for c in cases]
+    finally:
+        torch.set_num_threads(threads)
+    for r in rows:
+        assert r["seconds"] >= 0 and r["P"] > 0, r
+    agree = cv.agreement(rows)
+    assert set(agree) == set(cases)
+    assert max(agree[c] for c in cases if not c.startswith("pex")) < 1e-10
+    assert agree["pex:ours_numpy"] < 1e-4
