@@ -486,3 +486,18 @@ def test_curvature_cases_agree_in_process():
     assert set(agree) == set(cases)
     assert max(agree[c] for c in cases if not c.startswith("pex")) < 1e-10
     assert agree["pex:ours_numpy"] < 1e-4
+
+
+def test_dask_bench_baseline_and_report(tmp_path):
+    """The Dask benchmark's one-process baseline runs on the tiny config, and its report is
+    rebuilt from the committed measurements (the cluster itself is exercised by the Dask
+    tests; a whole run takes ~40 s on a loaded 2-core machine)."""
+    dk = pytest.importorskip("benchmarks.dask_bench")
+    base = dk.baseline(dict(dk.CONFIGS["smoke"]))
+    assert base["laplacian_s"] > 0 and base["ggn_s"] > 0
+    committed = Path(_ROOT) / "benchmarks" / "results" / "dask.json"
+    if committed.is_file():
+        shutil.copy(committed, tmp_path / "dask.json")
+        assert dk.main(["--replot", str(tmp_path), "--no-plots"]) == 0
+        md = (tmp_path / "dask.md").read_text()
+        assert "## Weak scaling estimate" in md and "| workers |" in md
