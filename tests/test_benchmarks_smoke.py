@@ -501,3 +501,36 @@ def test_dask_bench_baseline_and_report(tmp_path):
         assert dk.main(["--replot", str(tmp_path), "--no-plots"]) == 0
         md = (tmp_path / "dask.md").read_text()
         assert "## Weak scaling estimate" in md and "| workers |" in md
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "benchmarks.run",
+        "benchmarks.training_step",
+        "benchmarks.pinn_arch",
+        "benchmarks.highdim",
+        "benchmarks.curvature",
+        "benchmarks.dask_bench",
+        "benchmarks.second_order",
+        "benchmarks.out_buffer",
+        "benchmarks.studies.w6_summary",
+        "benchmarks.studies.step_breakdown",
+    ],
+)
+def test_every_documented_command_parses_its_arguments(module, capsys):
+    """Each command of benchmarks/README.md's result table answers --help."""
+    mod = pytest.importorskip(module)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_readme_names_a_command_for_every_committed_result():
+    readme = (Path(_ROOT) / "benchmarks" / "README.md").read_text()
+    results = Path(_ROOT) / "benchmarks" / "results"
+    table = readme[
+        readme.index("| result file(s) | command |") : readme.index("Files written before the harness")
+    ]
+    for f in sorted(results.glob("*")):
+        assert f"`{f.name}`" in table or f"`{f.name.split('.')[0]}.*`" in table, f.name
