@@ -112,59 +112,55 @@ def spec_of(net: hq.NN) -> list[LayerRecord]:
 
 
 # --------------------------------------------------------------------------
-# torch (for torch.func)
+# torch (for torch.func) and JAX (for jax and folx): one forward, two libraries
 # --------------------------------------------------------------------------
 
 
-def _torch_act(name: str):
-    import torch
+def flat_weights(records: list[LayerRecord]) -> list[np.ndarray]:
+    """The weights in ``net.named_parameters()`` order: ``K``, ``b`` of each layer."""
+    return [a for r in records for a in ((r.K,) if r.b is None else (r.K, r.b))]
 
+
+def _act(lib, name: str):
+    """σ in ``lib`` (``torch`` or ``jax.numpy``), with the formulas of :mod:`hessquik_core.activations`."""
     if name == "antitanh":
-        return lambda z: torch.abs(z) + torch.log1p(torch.exp(-2.0 * torch.abs(z)))
+        return lambda z: lib.abs(z) + lib.log1p(lib.exp(-2.0 * lib.abs(z)))
     if name == "tanh":
-        return torch.tanh
+        return lib.tanh
     if name == "identity":
         return lambda z: z
-    raise ValueError(f"no torch form for activation {name!r}")
+    raise ValueError(f"no {lib.__name__} form for activation {name!r}")
 
 
-def torch_function(records: list[LayerRecord], dtype, device="cpu"):
-    """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
-    import torch
-
-    layers = []
+def param_function(records: list[LayerRecord], lib_name: str):
+    """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"`` or ``"jax"``, ``ps`` the weights
+    in :func:`flat_weights` order (for gradients with respect to them)."""
+    if lib_name == "torch":
+        import torch as lib
+    else:
+        import jax.numpy as lib
+    layout, i = [], 0
     for r in records:
-        K = torch.tensor(r.K, dtype=dtype, device=device)
-        b = None if r.b is None else torch.tensor(r.b, dtype=dtype, device=device)
-        layers.append((K, b, _torch_act(r.act), r.residual, r.h))
+        layout.append((i, None if r.b is None else i + 1, _act(lib, r.act), r.residual, r.h))
+        i += 1 if r.b is None else 2
 
-    def f(x):
+    def f(ps, x):
         u = x
-        for K, b, act, res, h in layers:
-            z = u @ K
-            if b is not None:
-                z = z + b
+        for iK, ib, act, res, h in layout:
+            z = u @ ps[iK] if ib is None else u @ ps[iK] + ps[ib]
             u = u + h * act(z) if res else act(z)
         return u
 
     return f
 
 
-# --------------------------------------------------------------------------
-# JAX (for jax and folx)
-# --------------------------------------------------------------------------
+def torch_function(records: list[LayerRecord], dtype, device="cpu"):
+    """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
+    import torch
 
-
-def _jax_act(name: str):
-    import jax.numpy as jnp
-
-    if name == "antitanh":
-        return lambda z: jnp.abs(z) + jnp.log1p(jnp.exp(-2.0 * jnp.abs(z)))
-    if name == "tanh":
-        return jnp.tanh
-    if name == "identity":
-        return lambda z: z
-    raise ValueError(f"no JAX form for activation {name!r}")
+    ps = [torch.tensor(a, dtype=dtype, device=device) for a in flat_weights(records)]
+    f = param_function(records, "torch")
+    return lambda x: f(ps, x)
 
 
 def jax_function(records: list[LayerRecord], dtype, device=None):
@@ -172,22 +168,9 @@ def jax_function(records: list[LayerRecord], dtype, device=None):
     import jax
     import jax.numpy as jnp
 
-    layers = []
-    for r in records:
-        K = jax.device_put(jnp.asarray(r.K, dtype=dtype), device)
-        b = None if r.b is None else jax.device_put(jnp.asarray(r.b, dtype=dtype), device)
-        layers.append((K, b, _jax_act(r.act), r.residual, r.h))
-
-    def f(x):
-        u = x
-        for K, b, act, res, h in layers:
-            z = u @ K
-            if b is not None:
-                z = z + b
-            u = u + h * act(z) if res else act(z)
-        return u
-
-    return f
+    ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in flat_weights(records)]
+    f = param_function(records, "jax")
+    return lambda x: f(ps, x)
 
 
 # --------------------------------------------------------------------------

@@ -20,13 +20,12 @@ and is skipped; nothing is ever substituted for it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from . import nets
-from .harness import Peer, Registry, Runner, jax_setup
+from .harness import Peer, Registry, Runner, jax_aot, jax_setup
 
 __all__ = ["PEERS", "TASKS"]
 
@@ -219,13 +218,6 @@ def _make_torch_func(device: str):
 # --------------------------------------------------------------------------
 
 
-def _aot(jitted, x):
-    """Compile ahead of time so that compilation never lands in a timing."""
-    t0 = time.perf_counter()
-    compiled = jitted.lower(x).compile()
-    return compiled, time.perf_counter() - t0
-
-
 def _make_jax(device: str):
     r"""``jit(vmap(jacfwd(jacrev(f))))`` (= ``jit(vmap(hessian(f)))``) with ``has_aux``
     for the value and gradient; the Laplacian is the trace of the Hessian."""
@@ -249,7 +241,7 @@ def _make_jax(device: str):
                 J, y = jax.jacrev(f_aux, has_aux=True)(xi)
                 return J, (J, y)
 
-            fn, cs = _aot(jax.jit(jax.vmap(jax.jacfwd(grad_aux, has_aux=True))), x)
+            fn, cs = jax_aot(jax.jit(jax.vmap(jax.jacfwd(grad_aux, has_aux=True))), x)
 
             def to_numpy(out):
                 H, (J, y) = out
@@ -264,7 +256,7 @@ def _make_jax(device: str):
                 H = jax.hessian(f)(xi)  # (m, d, d)
                 return f(xi), jnp.trace(H, axis1=-2, axis2=-1)
 
-            fn, cs = _aot(jax.jit(jax.vmap(one)), x)
+            fn, cs = jax_aot(jax.jit(jax.vmap(one)), x)
 
             def to_numpy(out):
                 return {"value": np.asarray(out[0]), "laplacian": np.asarray(out[1])}
@@ -313,7 +305,7 @@ def _make_ours_jax_jit(device: str):
         # tracers, which a later trace of the same network would then reuse (an
         # engine limitation reported with the results)
         f(x[:1])
-        fn, cs = _aot(jax.jit(f), x)
+        fn, cs = jax_aot(jax.jit(f), x)
 
         def call():
             return jax.block_until_ready(fn(x))
@@ -342,7 +334,7 @@ def _make_folx(device: str):
             r = fl(xi)
             return r.x, r.laplacian
 
-        fn, cs = _aot(jax.jit(jax.vmap(one)), x)
+        fn, cs = jax_aot(jax.jit(jax.vmap(one)), x)
 
         def call():
             return jax.block_until_ready(fn(x))

@@ -125,38 +125,26 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def torch_function():
-    """Per-example ``f(ps, x: (d,)) -> scalar`` in torch (``ps`` in :func:`weights` order)."""
-    import torch
+def param_function(lib_name: str):
+    """Per-example ``f(ps, x: (d,)) -> scalar`` in ``"torch"`` or ``"jax"`` (``ps`` in
+    :func:`weights` order), from the layer definitions."""
+    if lib_name == "torch":
+        import torch as lib
+
+        cat = lib.cat
+    else:
+        import jax.numpy as lib
+
+        cat = lib.concatenate
 
     def f(ps, xi):
         B, SK, Sb = ps[0], ps[1], ps[2]
         w = Sb.shape[0] // 3
         z = xi @ (_TWO_PI * B)
-        e = torch.cat([torch.sin(z), torch.cos(z)], dim=-1)
-        s = torch.tanh(e @ SK + Sb)
+        s = lib.tanh(cat([lib.sin(z), lib.cos(z)], -1) @ SK + Sb)
         U, V, H = s[:w], s[w : 2 * w], s[2 * w :]
         for i in range(3, len(ps) - 2, 2):
-            Z = torch.tanh(H @ ps[i] + ps[i + 1])
-            H = (1 - Z) * U + Z * V
-        return (H @ ps[-2] + ps[-1])[0]
-
-    return f
-
-
-def jax_function():
-    """The same in ``jax.numpy``."""
-    import jax.numpy as jnp
-
-    def f(ps, xi):
-        B, SK, Sb = ps[0], ps[1], ps[2]
-        w = Sb.shape[0] // 3
-        z = xi @ (_TWO_PI * B)
-        e = jnp.concatenate([jnp.sin(z), jnp.cos(z)], axis=-1)
-        s = jnp.tanh(e @ SK + Sb)
-        U, V, H = s[:w], s[w : 2 * w], s[2 * w :]
-        for i in range(3, len(ps) - 2, 2):
-            Z = jnp.tanh(H @ ps[i] + ps[i + 1])
+            Z = lib.tanh(H @ ps[i] + ps[i + 1])
             H = (1 - Z) * U + Z * V
         return (H @ ps[-2] + ps[-1])[0]
 
@@ -201,7 +189,7 @@ def _eval_torch_func(pt: Point, W, prob) -> Runner:
 
     dt = _torch_dtype(pt.dtype)
     ps = [torch.tensor(a, dtype=dt) for a in W]
-    f = torch_function()
+    f = param_function("torch")
     x = torch.tensor(prob["x"], dtype=dt)
     hess = vmap(hessian(f, argnums=1), in_dims=(None, 0))
     val = vmap(f, in_dims=(None, 0))
@@ -223,7 +211,7 @@ def _eval_jax(use_folx: bool):
 
         dt = getattr(jnp, pt.dtype)
         ps = [jnp.asarray(a, dtype=dt) for a in W]
-        f = jax_function()
+        f = param_function("jax")
         x = jnp.asarray(prob["x"], dtype=dt)
         if use_folx:
             from folx import forward_laplacian
@@ -236,9 +224,7 @@ def _eval_jax(use_folx: bool):
             def one(p, xi):
                 return f(p, xi), jnp.trace(jax.hessian(f, argnums=1)(p, xi))
 
-        t0 = time.perf_counter()
-        fn = jax.jit(jax.vmap(one, in_axes=(None, 0))).lower(ps, x).compile()
-        cs = time.perf_counter() - t0
+        fn, cs = harness.jax_aot(jax.jit(jax.vmap(one, in_axes=(None, 0))), ps, x)
 
         def call():
             return jax.block_until_ready(fn(ps, x))
@@ -284,7 +270,7 @@ def _step_torch_func(pt: Point, W, prob) -> Runner:
 
     dt = _torch_dtype(pt.dtype)
     ps = [torch.tensor(a, dtype=dt, requires_grad=True) for a in W]
-    fn = torch_function()
+    fn = param_function("torch")
     x = torch.tensor(prob["x"], dtype=dt)
     f = torch.tensor(prob["f"], dtype=dt)
     hess = vmap(hessian(fn, argnums=1), in_dims=(None, 0))
@@ -307,7 +293,7 @@ def _step_jax(use_folx: bool):
 
         dt = getattr(jnp, pt.dtype)
         ps = [jnp.asarray(a, dtype=dt) for a in W]
-        fn = jax_function()
+        fn = param_function("jax")
         x = jnp.asarray(prob["x"], dtype=dt)
         f = jnp.asarray(prob["f"], dtype=dt)
         if use_folx:
@@ -325,17 +311,7 @@ def _step_jax(use_folx: bool):
         def loss(p, xx, ff):
             return jnp.mean((lap(p, xx) + ff) ** 2)
 
-        t0 = time.perf_counter()
-        step = jax.jit(jax.value_and_grad(loss)).lower(ps, x, f).compile()
-        cs = time.perf_counter() - t0
-
-        def call():
-            return jax.block_until_ready(step(ps, x, f))
-
-        def to_numpy(out):
-            return float(out[0]), [np.asarray(g) for g in out[1]]
-
-        return Runner(call, to_numpy, compile_s=cs)
+        return harness.jax_step(loss, ps, x, f)
 
     return make
 

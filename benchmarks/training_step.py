@@ -57,7 +57,7 @@ if __package__ in (None, ""):  # `python benchmarks/training_step.py`
 
 import numpy as np
 
-from . import harness
+from . import harness, nets
 from .harness import Peer, Runner, Skip
 
 LOSSES = ("laplacian", "gradient", "hessian_diagonal")
@@ -110,16 +110,6 @@ def problem(pt: StepPoint) -> dict:
     }
 
 
-def _flat_records(records) -> list:
-    """The weights in ``net.named_parameters()`` order: K, b of each layer."""
-    out = []
-    for r in records:
-        out.append(r.K)
-        if r.b is not None:
-            out.append(r.b)
-    return out
-
-
 def _torch_dtype(name: str):
     import torch
 
@@ -164,8 +154,6 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
         import torch
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
-
-        from . import nets
 
         dt = _torch_dtype(pt.dtype)
         net = nets.build(pt.spec)  # a fresh copy: .to("torch") changes the network
@@ -225,26 +213,11 @@ def _torch_mlp(records, dt):
     """Leaf tensors (record order) and a per-example ``f(params, x: (d,)) -> scalar``."""
     import torch
 
-    from .nets import _torch_act
-
-    params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in _flat_records(records)]
-    layout = []
-    i = 0
-    for r in records:
-        has_b = r.b is not None
-        layout.append((i, i + 1 if has_b else None, _torch_act(r.act), r.residual, r.h))
-        i += 2 if has_b else 1
-
-    def f(ps, xi):
-        u = xi
-        for iK, ib, act, res, h in layout:
-            z = u @ ps[iK]
-            if ib is not None:
-                z = z + ps[ib]
-            u = u + h * act(z) if res else act(z)
-        return u[0]
-
-    return params, f
+    params = [
+        torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in nets.flat_weights(records)
+    ]
+    f = nets.param_function(records, "torch")
+    return params, lambda ps, xi: f(ps, xi)[0]
 
 
 def _make_torch_func(pt: StepPoint, records, prob) -> Runner:
@@ -326,26 +299,13 @@ def _make_jax(use_folx: bool):
         jax = harness.jax_setup()
         import jax.numpy as jnp
 
-        from .nets import _jax_act
-
         dt = getattr(jnp, pt.dtype)
         dev = jax.devices("gpu" if DEVICE == "cuda" else "cpu")[0]
-        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in _flat_records(records)]
-        layout = []
-        i = 0
-        for r in records:
-            has_b = r.b is not None
-            layout.append((i, i + 1 if has_b else None, _jax_act(r.act), r.residual, r.h))
-            i += 2 if has_b else 1
+        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in nets.flat_weights(records)]
+        f_all = nets.param_function(records, "jax")
 
         def f(ps, xi):
-            u = xi
-            for iK, ib, act, res, h in layout:
-                z = u @ ps[iK]
-                if ib is not None:
-                    z = z + ps[ib]
-                u = u + h * act(z) if res else act(z)
-            return u[0]
+            return f_all(ps, xi)[0]
 
         key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[pt.loss]
         x = jax.device_put(jnp.asarray(prob["x"], dtype=dt), dev)
@@ -375,17 +335,7 @@ def _make_jax(use_folx: bool):
                 return jnp.mean((q + tt) ** 2)
             return jnp.sum((q - tt) ** 2) / n
 
-        t0 = time.perf_counter()
-        step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, x, t).compile()
-        cs = time.perf_counter() - t0
-
-        def call():
-            return jax.block_until_ready(step(params, x, t))
-
-        def to_numpy(out):
-            return float(out[0]), [np.asarray(g) for g in out[1]]
-
-        return Runner(call, to_numpy, compile_s=cs)
+        return harness.jax_step(loss_fn, params, x, t)
 
     return make
 
@@ -554,11 +504,10 @@ def _candidate(name: str, pt: StepPoint, args, pred: harness.Predictor, mem_budg
 
 def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, log) -> list[dict]:
     """Every peer at one point: build, check against the reference, then time interleaved."""
-    from . import nets
 
     records = nets.spec_of(nets.build(pt.spec))
     prob = problem(pt)
-    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in _flat_records(records))))
+    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in nets.flat_weights(records))))
     try:  # the reference: this library, float64, eager, mode="auto"
         rr = _make_ours("auto")(StepPoint(pt.d, pt.width, pt.n, "float64", pt.loss, pt.depth), records, prob)
         ref = rr.to_numpy(rr.call())
