@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import harness
+
 __all__ = ["make_all"]
 
 _STYLE = {
@@ -23,12 +25,7 @@ _STYLE = {
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return harness.pyplot()
 
 
 def _ok(rows):

@@ -7,7 +7,7 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from .harness import fmt_bytes, fmt_time
+from .harness import fmt_bytes, fmt_time, md_table
 
 __all__ = ["evaluate_targets", "write_all"]
 
@@ -56,9 +56,7 @@ def _index(rows):
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(out)
+    return "\n".join(md_table(header, body))
 
 
 # --------------------------------------------------------------------------
@@ -243,7 +241,8 @@ def _point_keys(rows, keyfun):
     return seen
 
 
-def _grid(rows, keyfun, labelfun) -> str:
+def _grid(rows, keyfun, labelfun, cell, first=lambda r: []) -> tuple[list, list]:
+    """One row per point (``labelfun``, ``first(any record)``, then ``cell(record or None)`` per peer)."""
     peers = _peers_in(rows)
     byk: dict = {}
     for r in rows:
@@ -252,39 +251,23 @@ def _grid(rows, keyfun, labelfun) -> str:
     for k in _point_keys(rows, keyfun):
         cells = byk[k]
         any_r = next(iter(cells.values()))
-        body.append(labelfun(any_r) + [_cell(cells.get(p)) for p in peers])
+        body.append(labelfun(any_r) + first(any_r) + [cell(cells.get(p)) for p in peers])
     return peers, body
 
 
-def _mem_grid(rows, keyfun, labelfun):
-    peers = _peers_in(rows)
-    byk: dict = {}
-    for r in rows:
-        byk.setdefault(keyfun(r), {})[r["peer"]] = r
-    body = []
-    for k in _point_keys(rows, keyfun):
-        cells = byk[k]
-        any_r = next(iter(cells.values()))
-        body.append(
-            labelfun(any_r)
-            + [fmt_bytes(any_r["out_bytes"])]
-            + [
-                fmt_bytes(cells[p].get("peak_bytes"))
-                if p in cells and cells[p].get("peak_bytes") is not None
-                else (_cell(cells.get(p)) if p in cells and cells[p]["status"] != "ok" else "—")
-                for p in peers
-            ]
-        )
-    return peers, body
+def _mem_cell(r: dict | None) -> str:
+    if r is not None and r.get("peak_bytes") is not None:
+        return fmt_bytes(r["peak_bytes"])
+    return _cell(r) if r is not None and r["status"] != "ok" else "—"
 
 
 def _section(data, name, keyfun, labelfun, label_hdr) -> str:
     rows = _wl_rows(data, name)
     if not rows:
         return ""
-    peers, body = _grid(rows, keyfun, labelfun)
+    peers, body = _grid(rows, keyfun, labelfun, _cell)
     s = _table(label_hdr + peers, body)
-    mpeers, mbody = _mem_grid(rows, keyfun, labelfun)
+    mpeers, mbody = _grid(rows, keyfun, labelfun, _mem_cell, lambda r: [fmt_bytes(r["out_bytes"])])
     s += (
         "\n\n<details><summary>Peak memory (output size, then each peer's peak)</summary>\n\n"
         + _table(label_hdr + ["output"] + mpeers, mbody)
