@@ -88,7 +88,14 @@ def parse_args(argv=None):
         action="store_true",
         help="a tiny configuration (two W1 points, tiny rate measurements) for the test suite",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from .peers import PEERS
+
+    try:
+        PEERS.select(args.peers)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None, *, configure_threads: bool = True) -> int:
