@@ -1,10 +1,13 @@
-"""Timing (timeit-style) and peak-memory measurement.
+"""Timing (interleaved rounds) and peak-memory measurement.
 
-Timing follows :mod:`timeit`: a call is repeated ``number`` times per
-repeat, ``number`` chosen so that one repeat lasts at least ``min_repeat_s``
-(``Timer.autorange``), and ``repeat`` repeats are taken; the per-call
-minimum and median are reported. Each call's result is dropped before the
-next call starts, so at most one output is alive at a time.
+Timing: :func:`time_interleaved` times several warmed-up calls against each other,
+one call of each per round (``number`` calls in a row, chosen so that a call's
+share of a round lasts ``min_round_s``, as :mod:`timeit`'s ``autorange`` does), the
+order rotating from round to round where asked; the per-call minimum and median
+over the rounds are reported. Each call's result is dropped before the next call
+starts, so at most one output is alive at a time. The workloads reach it through
+:func:`benchmarks.harness.check_then_time` (which checks every call's result first);
+``second_order.py`` times rows of different quantities with it directly.
 
 Peak memory of one call:
 
@@ -19,7 +22,6 @@ Peak memory of one call:
 from __future__ import annotations
 
 import gc
-import os
 import re
 import statistics
 import time
@@ -34,7 +36,6 @@ __all__ = [
     "reset_rss_peak",
     "rss_bytes",
     "rss_peak_bytes",
-    "time_call",
     "time_interleaved",
 ]
 
@@ -47,35 +48,6 @@ class Timing:
     repeat: int
     total_s: float
     samples: list  # per-call time of each repeat
-
-
-def time_call(
-    call: Callable[[], Any], *, min_repeat_s: float, repeat: int, max_total_s: float, first_s: float
-) -> Timing:
-    """Time ``call`` (already warmed up; ``first_s`` is how long that warm-up call took).
-
-    ``number`` calls per repeat so that a repeat lasts ``min_repeat_s``; fewer
-    repeats (at least one) where ``repeat`` of them would pass ``max_total_s``.
-    """
-    per = max(first_s, 1e-7)
-    number = max(1, int(min_repeat_s / per)) if per < min_repeat_s else 1
-    if number > 1:  # calibrate on a real repeat, as timeit.autorange does
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = call()
-            del out
-        per = (time.perf_counter() - t0) / number
-        number = max(1, int(min_repeat_s / per) + 1)
-    reps = max(1, min(repeat, int(max_total_s / max(per * number, 1e-9))))
-    times = []
-    t_all = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = call()
-            del out
-        times.append((time.perf_counter() - t0) / number)
-    return Timing(min(times), statistics.median(times), number, reps, time.perf_counter() - t_all, times)
 
 
 def time_interleaved(
@@ -176,10 +148,6 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def can_reset_rss_peak() -> bool:
-    return os.path.exists("/proc/self/clear_refs") and _reset_hwm()
 
 
 def peak_memory(

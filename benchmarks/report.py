@@ -48,13 +48,6 @@ def _peers_in(rows):
     return order
 
 
-def _index(rows):
-    return {
-        (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"], r["peer"]): r
-        for r in rows
-    }
-
-
 def _table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(md_table(header, body))
 
