@@ -28,7 +28,9 @@ thread. Two tasks are timed:
     (``jit(value_and_grad(loss))`` over folx's ``forward_laplacian``), JAX
     compiled ahead of time; ``--step-jax-hessian`` adds ``jax``, the same
     over ``vmap(jax.hessian)`` (slow to compile and to run: off by default
-    to keep the full run within ~6 minutes).
+    to keep the full run within ~6 minutes). These are W6's step peers
+    (:mod:`benchmarks.training_step`, its Laplacian loss) handed this network
+    (:class:`benchmarks.training_step.Model`).
 
 The torch and JAX versions of the network are written here from the layer
 definitions (:mod:`hessquik_core.layers.fourier`, :mod:`hessquik_core.layers.gated`)
@@ -242,78 +244,17 @@ def _eval_jax(use_folx: bool):
 # --------------------------------------------------------------------------
 
 
-def _step_ours(pt: Point, W, prob) -> Runner:
-    import torch
+def _step(w6_peer: str):
+    """W6's step peer ``w6_peer`` (its Laplacian loss, mean((Δu + f)²)) on this network."""
 
-    from hessquik_core.training import torch_parameters
+    def build_step(pt: Point, W, prob) -> Runner:
+        from . import training_step as ts
 
-    dt = _torch_dtype(pt.dtype)
-    net = build(pt)
-    params = torch_parameters(net, dtype=dt)
-    x = torch.tensor(prob["x"], dtype=dt)
-    f = torch.tensor(prob["f"], dtype=dt)
+        model = ts.Model(lambda: build(pt), W, param_function)
+        spt = ts.StepPoint(pt.d, pt.width, pt.n, pt.dtype, "laplacian", pt.depth)
+        return ts.REGISTRY[w6_peer].build(spt, model, prob)
 
-    def call():
-        q = net(x, laplacian=True, mode="auto").laplacian
-        val = ((q + f) ** 2).mean()
-        return val.detach(), torch.autograd.grad(val, params, materialize_grads=True)
-
-    def to_numpy(out):
-        return float(out[0]), [_t2n(g) for g in out[1]]
-
-    return Runner(call, to_numpy)
-
-
-def _step_torch_func(pt: Point, W, prob) -> Runner:
-    import torch
-    from torch.func import hessian, vmap
-
-    dt = _torch_dtype(pt.dtype)
-    ps = [torch.tensor(a, dtype=dt, requires_grad=True) for a in W]
-    fn = param_function("torch")
-    x = torch.tensor(prob["x"], dtype=dt)
-    f = torch.tensor(prob["f"], dtype=dt)
-    hess = vmap(hessian(fn, argnums=1), in_dims=(None, 0))
-
-    def call():
-        q = torch.diagonal(hess(ps, x), dim1=-2, dim2=-1).sum(-1, keepdim=True)
-        val = ((q + f) ** 2).mean()
-        return val.detach(), torch.autograd.grad(val, ps, materialize_grads=True)
-
-    def to_numpy(out):
-        return float(out[0]), [_t2n(g) for g in out[1]]
-
-    return Runner(call, to_numpy)
-
-
-def _step_jax(use_folx: bool):
-    def make(pt: Point, W, prob) -> Runner:
-        jax = harness.jax_setup()
-        import jax.numpy as jnp
-
-        dt = getattr(jnp, pt.dtype)
-        ps = [jnp.asarray(a, dtype=dt) for a in W]
-        fn = param_function("jax")
-        x = jnp.asarray(prob["x"], dtype=dt)
-        f = jnp.asarray(prob["f"], dtype=dt)
-        if use_folx:
-            from folx import forward_laplacian
-
-            def lap(p, xx):
-                fl = forward_laplacian(lambda v: fn(p, v), sparsity_threshold=0)
-                return jax.vmap(lambda v: fl(v).laplacian)(xx)[:, None]
-        else:
-
-            def lap(p, xx):
-                H = jax.vmap(jax.hessian(fn, argnums=1), in_axes=(None, 0))(p, xx)
-                return jnp.trace(H, axis1=-2, axis2=-1)[:, None]
-
-        def loss(p, xx, ff):
-            return jnp.mean((lap(p, xx) + ff) ** 2)
-
-        return harness.jax_step(loss, ps, x, f)
-
-    return make
+    return build_step
 
 
 def _peer(name: str, requires: tuple[str, ...] = (), **by_task) -> Peer:
@@ -330,10 +271,10 @@ def _peer(name: str, requires: tuple[str, ...] = (), **by_task) -> Peer:
 
 REGISTRY = harness.Registry(
     _peer("ours-numpy", laplacian=_eval_ours("numpy")),
-    _peer("ours-torch", ("torch",), laplacian=_eval_ours("torch"), step=_step_ours),
-    _peer("torch.func", ("torch",), laplacian=_eval_torch_func, step=_step_torch_func),
-    _peer("jax", ("jax",), laplacian=_eval_jax(False), step=_step_jax(False)),
-    _peer("jax+folx", ("jax", "folx"), laplacian=_eval_jax(True), step=_step_jax(True)),
+    _peer("ours-torch", ("torch",), laplacian=_eval_ours("torch"), step=_step("ours-auto")),
+    _peer("torch.func", ("torch",), laplacian=_eval_torch_func, step=_step("torch.func")),
+    _peer("jax", ("jax",), laplacian=_eval_jax(False), step=_step("jax")),
+    _peer("jax+folx", ("jax", "folx"), laplacian=_eval_jax(True), step=_step("jax+folx")),
 )
 ALL_PEERS = REGISTRY.names
 

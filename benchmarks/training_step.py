@@ -50,6 +50,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/training_step.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -89,6 +90,27 @@ class StepPoint:
     @property
     def itemsize(self) -> int:
         return 8 if self.dtype == "float64" else 4
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the step's peers need of a network (the MLP here; pinn_arch.py hands its Fourier +
+    gated network to the same peers): a fresh hessquik_core network, its weights in
+    ``named_parameters()`` order, and the per-example scalar ``f(ps, x: (d,))`` in ``"torch"``
+    or ``"jax"`` with ``ps`` in that order (``records``: the layer records hessQuik needs)."""
+
+    build: Any
+    weights: list
+    function: Any
+    records: Any = None
+
+
+def mlp_model(pt: StepPoint, records) -> Model:
+    def function(lib: str):
+        f = nets.param_function(records, lib)
+        return lambda ps, xi: f(ps, xi)[0]
+
+    return Model(lambda: nets.build(pt.spec), nets.flat_weights(records), function, records)
 
 
 # --------------------------------------------------------------------------
@@ -150,13 +172,13 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
     gradient of :func:`hessquik_core.training.analytic_weight_gradient` off), the
     step before that lever, for the before/after column."""
 
-    def make(pt: StepPoint, records, prob) -> Runner:
+    def make(pt: StepPoint, model: Model, prob) -> Runner:
         import torch
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
 
         dt = _torch_dtype(pt.dtype)
-        net = nets.build(pt.spec)  # a fresh copy: .to("torch") changes the network
+        net = model.build()  # a fresh copy: .to("torch") changes the network
         params = torch_parameters(net, dtype=dt, device=DEVICE)
         x, t = _torch_loss_terms(pt.loss, prob, dt)
         n, loss = pt.n, pt.loss
@@ -209,23 +231,13 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
 # --------------------------------------------------------------------------
 
 
-def _torch_mlp(records, dt):
-    """Leaf tensors (record order) and a per-example ``f(params, x: (d,)) -> scalar``."""
-    import torch
-
-    params = [
-        torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in nets.flat_weights(records)
-    ]
-    f = nets.param_function(records, "torch")
-    return params, lambda ps, xi: f(ps, xi)[0]
-
-
-def _make_torch_func(pt: StepPoint, records, prob) -> Runner:
+def _make_torch_func(pt: StepPoint, model: Model, prob) -> Runner:
     import torch
     from torch.func import hessian, jacrev, vmap
 
     dt = _torch_dtype(pt.dtype)
-    params, f = _torch_mlp(records, dt)
+    params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in model.weights]
+    f = model.function("torch")
     x, t = _torch_loss_terms(pt.loss, prob, dt)
     n, loss = pt.n, pt.loss
     if loss == "gradient":
@@ -254,13 +266,13 @@ def _make_torch_func(pt: StepPoint, records, prob) -> Runner:
 # --------------------------------------------------------------------------
 
 
-def _make_hessquik(pt: StepPoint, records, prob) -> Runner:
+def _make_hessquik(pt: StepPoint, model: Model, prob) -> Runner:
     import torch
 
     from .nets import hessquik_net
 
     dt = _torch_dtype(pt.dtype)
-    hnet = hessquik_net(records, dt, device=DEVICE)
+    hnet = hessquik_net(model.records, dt, device=DEVICE)
     params = list(hnet.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -295,17 +307,14 @@ def _make_hessquik(pt: StepPoint, records, prob) -> Runner:
 
 
 def _make_jax(use_folx: bool):
-    def make(pt: StepPoint, records, prob) -> Runner:
+    def make(pt: StepPoint, model: Model, prob) -> Runner:
         jax = harness.jax_setup()
         import jax.numpy as jnp
 
         dt = getattr(jnp, pt.dtype)
         dev = jax.devices("gpu" if DEVICE == "cuda" else "cpu")[0]
-        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in nets.flat_weights(records)]
-        f_all = nets.param_function(records, "jax")
-
-        def f(ps, xi):
-            return f_all(ps, xi)[0]
+        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in model.weights]
+        f = model.function("jax")
 
         key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[pt.loss]
         x = jax.device_put(jnp.asarray(prob["x"], dtype=dt), dev)
@@ -505,18 +514,18 @@ def _candidate(name: str, pt: StepPoint, args, pred: harness.Predictor, mem_budg
 def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, log) -> list[dict]:
     """Every peer at one point: build, check against the reference, then time interleaved."""
 
-    records = nets.spec_of(nets.build(pt.spec))
+    model = mlp_model(pt, nets.spec_of(nets.build(pt.spec)))
     prob = problem(pt)
-    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in nets.flat_weights(records))))
+    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in model.weights)))
     try:  # the reference: this library, float64, eager, mode="auto"
-        rr = _make_ours("auto")(StepPoint(pt.d, pt.width, pt.n, "float64", pt.loss, pt.depth), records, prob)
+        rr = _make_ours("auto")(StepPoint(pt.d, pt.width, pt.n, "float64", pt.loss, pt.depth), model, prob)
         ref = rr.to_numpy(rr.call())
         del rr
     except Exception as e:  # no reference, nothing can be checked: every peer says why
         why = f"reference (ours, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
         log(f"  {why}")
         return [dict(base, peer=name, status="error", note=why) for name in args.peers]
-    cands = {n: _candidate(n, pt, args, pred, mem_budget, (records, prob)) for n in args.peers}
+    cands = {n: _candidate(n, pt, args, pred, mem_budget, (model, prob)) for n in args.peers}
     policy = harness.Policy(
         rounds=args.repeat,
         min_round_s=0.01 if args.quick else 0.05,

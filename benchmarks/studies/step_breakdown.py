@@ -99,10 +99,11 @@ def main(argv=None) -> int:
     for loss, d in points:
         pt = ts.StepPoint(d=d, width=64, n=1024, dtype="float64", loss=loss)
         rec = nets.spec_of(nets.build(pt.spec))
-        ours = ts.REGISTRY["ours-auto"].build(pt, rec, ts.problem(pt))
-        folx = ts.REGISTRY["jax+folx" if loss == "laplacian" else "jax"].build(pt, rec, ts.problem(pt))
+        model = ts.mlp_model(pt, rec)
+        ours = ts.REGISTRY["ours-auto"].build(pt, model, ts.problem(pt))
+        folx = ts.REGISTRY["jax+folx" if loss == "laplacian" else "jax"].build(pt, model, ts.problem(pt))
         small = ts.StepPoint(d=d, width=64, n=8, dtype="float64", loss=loss)
-        ours8 = ts.REGISTRY["ours-auto"].build(small, rec, ts.problem(small))
+        ours8 = ts.REGISTRY["ours-auto"].build(small, model, ts.problem(small))
         best = {"ours": 1e9, "folx": 1e9, "ours8": 1e9}
         for _ in range(args.repeat):  # interleaved
             for key, r in (("ours", ours), ("folx", folx), ("ours8", ours8)):
