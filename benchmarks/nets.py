@@ -17,6 +17,7 @@ Activations are written with the same formulas as :mod:`hessquik_core.activation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,22 +155,57 @@ def param_function(records: list[LayerRecord], lib_name: str):
     return f
 
 
-def torch_function(records: list[LayerRecord], dtype, device="cpu"):
+@dataclass(frozen=True)
+class Model:
+    """A network in every peer's form: ``build()`` a fresh hessquik_core network (NumPy
+    float64 weights), ``weights`` in its ``named_parameters()`` order, ``function(lib)`` the
+    per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"`` or ``"jax"`` with ``ps`` in that
+    order, and ``records`` (hessQuik 0.0.6's network; single and residual layers only).
+    A workload with another architecture writes its own ``function`` and hands its Model
+    to the same peers."""
+
+    build: Callable[[], Any]
+    weights: list
+    function: Callable[[str], Callable]
+    records: list | None = None
+
+
+def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Model:
+    """The :class:`Model` of layer records (``spec``: to rebuild the network)."""
+    return Model(
+        lambda: build(spec) if spec is not None else None,
+        flat_weights(records),
+        lambda lib: param_function(records, lib),
+        records,
+    )
+
+
+def model_of(spec: NetSpec) -> Model:
+    return records_model(spec_of(build(spec)), spec)
+
+
+def _model(m) -> Model:
+    return m if isinstance(m, Model) else records_model(m)
+
+
+def torch_function(model: Model | list[LayerRecord], dtype, device="cpu"):
     """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
     import torch
 
-    ps = [torch.tensor(a, dtype=dtype, device=device) for a in flat_weights(records)]
-    f = param_function(records, "torch")
+    m = _model(model)
+    ps = [torch.tensor(a, dtype=dtype, device=device) for a in m.weights]
+    f = m.function("torch")
     return lambda x: f(ps, x)
 
 
-def jax_function(records: list[LayerRecord], dtype, device=None):
+def jax_function(model: Model | list[LayerRecord], dtype, device=None):
     """Per-example ``f(x: (d,)) -> (m,)`` in ``jax.numpy`` (weights closed over as constants)."""
     import jax
     import jax.numpy as jnp
 
-    ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in flat_weights(records)]
-    f = param_function(records, "jax")
+    m = _model(model)
+    ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in m.weights]
+    f = m.function("jax")
     return lambda x: f(ps, x)
 
 

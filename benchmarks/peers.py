@@ -62,7 +62,7 @@ def _torch_sync(device: str) -> Callable[[], None]:
 def _make_ours(array_kind: str, mode: str = "auto"):
     """This library called the way a user would: ``net(x, gradient=True, hessian=True)``."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         dt = point.dtype
         if array_kind == "numpy":
             x = np.ascontiguousarray(x_np, dtype=_np_dtype(dt))
@@ -114,11 +114,11 @@ def _make_ours(array_kind: str, mode: str = "auto"):
 
 
 def _make_hessquik(device: str):
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         import torch
 
         dt = _torch_dtype(point.dtype)
-        hnet = nets.hessquik_net(records, dt, device=device)
+        hnet = nets.hessquik_net(model.records, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)
         n, m = x.shape[0], point.spec.m
@@ -161,12 +161,12 @@ def _make_torch_func(device: str):
     with ``has_aux`` so that the value and gradient come out of the same sweep;
     the Laplacian is the trace of that Hessian."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         import torch
         from torch.func import hessian, jacfwd, jacrev, vmap
 
         dt = _torch_dtype(point.dtype)
-        f = nets.torch_function(records, dt, device=device)
+        f = nets.torch_function(model, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)
 
@@ -222,13 +222,13 @@ def _make_jax(device: str):
     r"""``jit(vmap(jacfwd(jacrev(f))))`` (= ``jit(vmap(hessian(f)))``) with ``has_aux``
     for the value and gradient; the Laplacian is the trace of the Hessian."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         jax = jax_setup()
         import jax.numpy as jnp
 
         dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
         dt = getattr(jnp, point.dtype)
-        f = nets.jax_function(records, dt, device=dev)
+        f = nets.jax_function(model, dt, device=dev)
         x = jax.device_put(jnp.asarray(x_np, dtype=dt), dev)
 
         if point.task == "hessian":
@@ -273,7 +273,7 @@ def _make_ours_jax_jit(device: str):
     r"""This library's chain rule on JAX arrays (the generic Array-API backend),
     traced once by ``jax.jit``: the same engine, compiled by XLA."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         jax = jax_setup()
         import jax.numpy as jnp
 
@@ -319,14 +319,14 @@ def _make_folx(device: str):
     r"""``jit(vmap(folx.forward_laplacian(f)))``: value, Jacobian and Laplacian in one
     forward sweep (dense, ``sparsity_threshold=0``)."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         jax = jax_setup()
         import jax.numpy as jnp
         from folx import forward_laplacian
 
         dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
         dt = getattr(jnp, point.dtype)
-        f = nets.jax_function(records, dt, device=dev)
+        f = nets.jax_function(model, dt, device=dev)
         x = jax.device_put(jnp.asarray(x_np, dtype=dt), dev)
         fl = forward_laplacian(f, sparsity_threshold=0)
 

@@ -29,8 +29,9 @@ thread. Two tasks are timed:
     compiled ahead of time; ``--step-jax-hessian`` adds ``jax``, the same
     over ``vmap(jax.hessian)`` (slow to compile and to run: off by default
     to keep the full run within ~6 minutes). These are W6's step peers
-    (:mod:`benchmarks.training_step`, its Laplacian loss) handed this network
-    (:class:`benchmarks.training_step.Model`).
+    (:mod:`benchmarks.training_step`, its Laplacian loss), and the evaluation
+    peers are W3's (:mod:`benchmarks.peers`: JAX closes over the weights as
+    constants), each handed this network as a :class:`benchmarks.nets.Model`.
 
 The torch and JAX versions of the network are written here from the layer
 definitions (:mod:`hessquik_core.layers.fourier`, :mod:`hessquik_core.layers.gated`)
@@ -60,7 +61,7 @@ if __package__ in (None, ""):  # `python benchmarks/pinn_arch.py`
 
 import numpy as np
 
-from . import harness
+from . import harness, nets
 from .harness import Peer, Runner, Skip
 
 TASKS = ("laplacian", "step")
@@ -121,14 +122,8 @@ def problem(pt: Point, net) -> dict:
     return {"x": x, "f": scale * rng.standard_normal((pt.n, 1))}
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def param_function(lib_name: str):
-    """Per-example ``f(ps, x: (d,)) -> scalar`` in ``"torch"`` or ``"jax"`` (``ps`` in
+    """Per-example ``f(ps, x: (d,)) -> (1,)`` in ``"torch"`` or ``"jax"`` (``ps`` in
     :func:`weights` order), from the layer definitions."""
     if lib_name == "torch":
         import torch as lib
@@ -148,111 +143,41 @@ def param_function(lib_name: str):
         for i in range(3, len(ps) - 2, 2):
             Z = lib.tanh(H @ ps[i] + ps[i + 1])
             H = (1 - Z) * U + Z * V
-        return (H @ ps[-2] + ps[-1])[0]
+        return H @ ps[-2] + ps[-1]
 
     return f
 
 
-def _t2n(a) -> np.ndarray:
-    return a.detach().cpu().numpy()
+def model(pt: Point, W: list) -> nets.Model:
+    """This network in every peer's form (the peers of W3 and W6 take it as it is)."""
+    return nets.Model(lambda: build(pt), W, param_function)
 
 
 # --------------------------------------------------------------------------
-# peers: evaluation (value and Laplacian)
+# peers: W3's evaluation peers and W6's step peers, handed this network
 # --------------------------------------------------------------------------
 
 
-def _eval_ours(kind: str):
-    def make(pt: Point, W, prob) -> Runner:
-        net = build(pt)  # a fresh copy: its parameter cache holds this backend's arrays
-        if kind == "numpy":
-            x = np.ascontiguousarray(prob["x"], dtype=pt.dtype)
-            conv = np.asarray
-        else:
-            import torch
+def _eval(peer: str):
+    """W3's peer ``peer`` (:mod:`benchmarks.peers`: value and Laplacian) on this network."""
 
-            x = torch.tensor(prob["x"], dtype=_torch_dtype(pt.dtype))
-            conv = _t2n
+    def build_eval(pt: Point, m: nets.Model, prob) -> Runner:
+        from .peers import PEERS
 
-        def call():
-            return net(x, laplacian=True, mode="auto")
+        return PEERS[peer].build(pt, m.build(), m, prob["x"])  # a fresh network: its cache is the peer's
 
-        def to_numpy(r):
-            return {"value": conv(r.value), "laplacian": conv(r.laplacian)}
-
-        return Runner(call, to_numpy)
-
-    return make
-
-
-def _eval_torch_func(pt: Point, W, prob) -> Runner:
-    import torch
-    from torch.func import hessian, vmap
-
-    dt = _torch_dtype(pt.dtype)
-    ps = [torch.tensor(a, dtype=dt) for a in W]
-    f = param_function("torch")
-    x = torch.tensor(prob["x"], dtype=dt)
-    hess = vmap(hessian(f, argnums=1), in_dims=(None, 0))
-    val = vmap(f, in_dims=(None, 0))
-
-    def call():
-        H = hess(ps, x)  # (n, d, d)
-        return val(ps, x), torch.diagonal(H, dim1=-2, dim2=-1).sum(-1)
-
-    def to_numpy(out):
-        return {"value": _t2n(out[0])[:, None], "laplacian": _t2n(out[1])[:, None]}
-
-    return Runner(call, to_numpy)
-
-
-def _eval_jax(use_folx: bool):
-    def make(pt: Point, W, prob) -> Runner:
-        jax = harness.jax_setup()
-        import jax.numpy as jnp
-
-        dt = getattr(jnp, pt.dtype)
-        ps = [jnp.asarray(a, dtype=dt) for a in W]
-        f = param_function("jax")
-        x = jnp.asarray(prob["x"], dtype=dt)
-        if use_folx:
-            from folx import forward_laplacian
-
-            def one(p, xi):
-                r = forward_laplacian(lambda v: f(p, v), sparsity_threshold=0)(xi)
-                return r.x, r.laplacian
-        else:
-
-            def one(p, xi):
-                return f(p, xi), jnp.trace(jax.hessian(f, argnums=1)(p, xi))
-
-        fn, cs = harness.jax_aot(jax.jit(jax.vmap(one, in_axes=(None, 0))), ps, x)
-
-        def call():
-            return jax.block_until_ready(fn(ps, x))
-
-        def to_numpy(out):
-            return {"value": np.asarray(out[0])[:, None], "laplacian": np.asarray(out[1])[:, None]}
-
-        return Runner(call, to_numpy, compile_s=cs)
-
-    return make
-
-
-# --------------------------------------------------------------------------
-# peers: the training step (loss on the Laplacian + gradient w.r.t. all weights)
-# --------------------------------------------------------------------------
+    return build_eval
 
 
 def _step(w6_peer: str):
     """W6's step peer ``w6_peer`` (its Laplacian loss, mean((Δu + f)²)) on this network."""
 
-    def build_step(pt: Point, W, prob) -> Runner:
+    def build_step(pt: Point, m: nets.Model, prob) -> Runner:
         from . import training_step as ts
 
-        model = ts.Model(lambda: build(pt), W, param_function)
-        spt = ts.StepPoint(pt.d, pt.width, pt.n, pt.dtype, "laplacian", pt.depth)
-        return ts.REGISTRY[w6_peer].build(spt, model, prob)
+        return ts.REGISTRY[w6_peer].build(
+            ts.StepPoint(pt.d, pt.width, pt.n, pt.dtype, "laplacian", pt.depth), m, prob
+        )
 
     return build_step
 
@@ -260,8 +185,8 @@ def _step(w6_peer: str):
 def _peer(name: str, requires: tuple[str, ...] = (), **by_task) -> Peer:
     """A peer whose builder depends on the point's task (``laplacian=...``, ``step=...``)."""
 
-    def build(pt: Point, W, prob) -> Runner:
-        return by_task[pt.task](pt, W, prob)
+    def build(pt: Point, m: nets.Model, prob) -> Runner:
+        return by_task[pt.task](pt, m, prob)
 
     family = "ours" if name.startswith("ours") else name
     return Peer(
@@ -270,11 +195,11 @@ def _peer(name: str, requires: tuple[str, ...] = (), **by_task) -> Peer:
 
 
 REGISTRY = harness.Registry(
-    _peer("ours-numpy", laplacian=_eval_ours("numpy")),
-    _peer("ours-torch", ("torch",), laplacian=_eval_ours("torch"), step=_step("ours-auto")),
-    _peer("torch.func", ("torch",), laplacian=_eval_torch_func, step=_step("torch.func")),
-    _peer("jax", ("jax",), laplacian=_eval_jax(False), step=_step("jax")),
-    _peer("jax+folx", ("jax", "folx"), laplacian=_eval_jax(True), step=_step("jax+folx")),
+    _peer("ours-numpy", laplacian=_eval("ours-numpy")),
+    _peer("ours-torch", ("torch",), laplacian=_eval("ours-torch"), step=_step("ours-auto")),
+    _peer("torch.func", ("torch",), laplacian=_eval("torch.func"), step=_step("torch.func")),
+    _peer("jax", ("jax",), laplacian=_eval("jax"), step=_step("jax")),
+    _peer("jax+folx", ("jax", "folx"), laplacian=_eval("folx"), step=_step("jax+folx")),
 )
 ALL_PEERS = REGISTRY.names
 
@@ -308,17 +233,18 @@ def run_point(pt: Point, args, log) -> tuple[list[dict], dict | None]:
     net = build(pt)
     W = weights(net)
     prob = problem(pt, net)
+    m = model(pt, W)
     base = dict(asdict(pt), n_params=int(sum(a.size for a in W)))
     ref_name = "ours-numpy" if pt.task == "laplacian" else "ours-torch"
     try:
         ref_pt = Point(pt.task, pt.d, pt.n, "float64", pt.F, pt.width, pt.depth)
-        rr = REGISTRY[ref_name].build(ref_pt, W, prob)
+        rr = REGISTRY[ref_name].build(ref_pt, m, prob)
         ref = rr.to_numpy(rr.call())
     except Exception as e:  # no reference: nothing can be checked, every peer says why
         why = f"reference ({ref_name}, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
         log(f"  {why}")
         return [dict(base, peer=p, status="error", note=why) for p in args.peers], None
-    cands = {name: _candidate(name, pt, args, (W, prob)) for name in args.peers}
+    cands = {name: _candidate(name, pt, args, (m, prob)) for name in args.peers}
     if pt.dtype == "float64" and ref_name in cands and not isinstance(cands[ref_name], Skip):
         cands[ref_name] = lambda: rr  # the reference is this peer at this point: reuse its build
     policy = harness.Policy(

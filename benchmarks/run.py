@@ -246,15 +246,15 @@ def run(args, desc: dict) -> dict:
             if pt.spec not in built:
                 built.clear()  # keep one network at a time
                 net = nets.build(pt.spec)
-                built[pt.spec] = (net, nets.spec_of(net))
-            net, records = built[pt.spec]
+                built[pt.spec] = (net, nets.records_model(nets.spec_of(net), pt.spec))
+            net, model = built[pt.spec]
             x_np = np.random.default_rng(1).standard_normal((pt.n, pt.spec.d))
             k = min(pt.n, 8)
             ref = _reference(net, np.ascontiguousarray(x_np[:k]), pt.task)
             flops = _flops(net, pt)
             mine = [p for p in active if pt.task in p.tasks]
             cands = {
-                p.name: _candidate(w, pt, p, pred, mem_budget, max_call_s, (net, records, x_np)) for p in mine
+                p.name: _candidate(w, pt, p, pred, mem_budget, max_call_s, (net, model, x_np)) for p in mine
             }
             big = pt.out_bytes > 64 * 2**20  # a full collection costs ~0.2 s: only around large points
             base = {

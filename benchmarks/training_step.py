@@ -50,7 +50,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/training_step.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -92,25 +91,14 @@ class StepPoint:
         return 8 if self.dtype == "float64" else 4
 
 
-@dataclass(frozen=True)
-class Model:
-    """What the step's peers need of a network (the MLP here; pinn_arch.py hands its Fourier +
-    gated network to the same peers): a fresh hessquik_core network, its weights in
-    ``named_parameters()`` order, and the per-example scalar ``f(ps, x: (d,))`` in ``"torch"``
-    or ``"jax"`` with ``ps`` in that order (``records``: the layer records hessQuik needs)."""
-
-    build: Any
-    weights: list
-    function: Any
-    records: Any = None
+def mlp_model(pt: StepPoint, records) -> nets.Model:
+    return nets.records_model(records, pt.spec)
 
 
-def mlp_model(pt: StepPoint, records) -> Model:
-    def function(lib: str):
-        f = nets.param_function(records, lib)
-        return lambda ps, xi: f(ps, xi)[0]
-
-    return Model(lambda: nets.build(pt.spec), nets.flat_weights(records), function, records)
+def _scalar(model: nets.Model, lib: str):
+    """The per-example function of a scalar-output network: ``f(ps, x) -> ()``."""
+    f = model.function(lib)
+    return lambda ps, xi: f(ps, xi)[0]
 
 
 # --------------------------------------------------------------------------
@@ -172,7 +160,7 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
     gradient of :func:`hessquik_core.training.analytic_weight_gradient` off), the
     step before that lever, for the before/after column."""
 
-    def make(pt: StepPoint, model: Model, prob) -> Runner:
+    def make(pt: StepPoint, model: nets.Model, prob) -> Runner:
         import torch
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
@@ -231,13 +219,13 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
 # --------------------------------------------------------------------------
 
 
-def _make_torch_func(pt: StepPoint, model: Model, prob) -> Runner:
+def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
     from torch.func import hessian, jacrev, vmap
 
     dt = _torch_dtype(pt.dtype)
     params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in model.weights]
-    f = model.function("torch")
+    f = _scalar(model, "torch")
     x, t = _torch_loss_terms(pt.loss, prob, dt)
     n, loss = pt.n, pt.loss
     if loss == "gradient":
@@ -266,7 +254,7 @@ def _make_torch_func(pt: StepPoint, model: Model, prob) -> Runner:
 # --------------------------------------------------------------------------
 
 
-def _make_hessquik(pt: StepPoint, model: Model, prob) -> Runner:
+def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
 
     from .nets import hessquik_net
@@ -307,14 +295,14 @@ def _make_hessquik(pt: StepPoint, model: Model, prob) -> Runner:
 
 
 def _make_jax(use_folx: bool):
-    def make(pt: StepPoint, model: Model, prob) -> Runner:
+    def make(pt: StepPoint, model: nets.Model, prob) -> Runner:
         jax = harness.jax_setup()
         import jax.numpy as jnp
 
         dt = getattr(jnp, pt.dtype)
         dev = jax.devices("gpu" if DEVICE == "cuda" else "cpu")[0]
         params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in model.weights]
-        f = model.function("jax")
+        f = _scalar(model, "jax")
 
         key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[pt.loss]
         x = jax.device_put(jnp.asarray(prob["x"], dtype=dt), dev)
