@@ -329,8 +329,12 @@ class Policy:
     collect: bool = False  # gc.collect() before each checked call (large outputs)
 
 
-def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+def _failure(e: BaseException) -> tuple[str, str]:
+    """``(status, note)`` of a peer that raised: ``error-memory`` for an allocation failure."""
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+    low = msg.lower()
+    memory = isinstance(e, MemoryError) or "alloc" in low or "out of memory" in low
+    return ("error-memory" if memory else "error"), msg
 
 
 def check_then_time(
@@ -380,9 +384,8 @@ def check_then_time(
                 got = runner.to_numpy(out)
                 del out
         except Exception as e:  # a peer that breaks is reported, never hidden
-            msg = _short(e)
-            memory = isinstance(e, MemoryError) or "alloc" in msg.lower() or "out of memory" in msg.lower()
-            rec.update(status="error-memory" if memory else "error", note=msg)
+            status, msg = _failure(e)
+            rec.update(status=status, note=msg)
             say(f"  {name}: {msg}")
             continue
         rec.update(first_s=first_s, compile_s=runner.compile_s, peak_bytes=peak.get("gpu", peak.get("rss")))
@@ -403,17 +406,25 @@ def check_then_time(
         live[name] = runner
         if first_s >= policy.warm_s:
             first[name] = first_s
+    timing = dict(
+        rounds=policy.rounds, min_round_s=policy.min_round_s, max_total_s=policy.budget_s, rotate=True
+    )
     with warnings.catch_warnings():
         for cat in _QUIET:
             warnings.simplefilter("ignore", cat)
-        tm = time_interleaved(
-            {n: r.call for n, r in live.items()},
-            rounds=policy.rounds,
-            min_round_s=policy.min_round_s,
-            max_total_s=policy.budget_s,
-            rotate=True,
-            known_s=first,
-        )
+        try:
+            tm = time_interleaved({n: r.call for n, r in live.items()}, known_s=first, **timing)
+        except Exception:  # a call that ran once fails when repeated: time them one by one to name it
+            tm = {}
+            for n in list(live):
+                try:
+                    tm.update(time_interleaved({n: live[n].call}, known_s=first, **timing))
+                except Exception as e:
+                    rec = next(r for r in rows if r["peer"] == n)
+                    status, msg = _failure(e)
+                    rec.update(status=status, note=f"failed while timed: {msg}")
+                    say(f"  {n}: {rec['note']}")
+                    del live[n]
     for rec in rows:
         t = tm.get(rec["peer"])
         if t is not None:

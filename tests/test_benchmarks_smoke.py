@@ -534,3 +534,30 @@ def test_readme_names_a_command_for_every_committed_result():
     ]
     for f in sorted(results.glob("*")):
         assert f"`{f.name}`" in table or f"`{f.name.split('.')[0]}.*`" in table, f.name
+
+
+def test_harness_names_a_peer_that_fails_when_repeated():
+    """A call that passed its check but raises in the timing rounds is recorded as an
+    error with its message; the other peers of the point are still timed."""
+    h = _harness()
+    import numpy as np
+
+    ref = {"value": np.ones(2)}
+    n = {"calls": 0}
+
+    def flaky():
+        n["calls"] += 1
+        if n["calls"] > 1:
+            raise MemoryError("out of memory on the second call")
+        return np.ones(2)
+
+    cands = {
+        "good": lambda: h.Runner(lambda: np.ones(2), lambda out: {"value": out}),
+        "flaky": lambda: h.Runner(flaky, lambda out: {"value": out}),
+    }
+    policy = h.Policy(rounds=2, min_round_s=0.0, budget_s=10.0)
+    rows, live = h.check_then_time(cands, ref, dtype="float64", policy=policy, log=lambda m: None)
+    st = {r["peer"]: r for r in rows}
+    assert st["good"]["status"] == "ok" and st["good"]["rounds"] == 2 and set(live) == {"good"}
+    assert st["flaky"]["status"] == "error-memory" and "second call" in st["flaky"]["note"]
+    assert "min_s" not in st["flaky"]
