@@ -167,7 +167,7 @@ def _flops(net, pt) -> int:
     )
 
 
-def _candidate(w, pt, peer, pred, mem_budget, max_call_s, shared):
+def _candidate(w, pt, peer, predicted, mem_budget, max_call_s, shared):
     """The builder of ``peer`` at ``pt``, or why it is skipped (run budget, memory, prediction)."""
     if w.max_out_bytes is not None and pt.out_bytes > w.max_out_bytes:
         return Skip(
@@ -190,7 +190,7 @@ def _candidate(w, pt, peer, pred, mem_budget, max_call_s, shared):
         # this library bounds its own memory (it splits the batch to fit) and has
         # to run every point whose output fits: never skipped on a prediction
         return build
-    t_pred, m_pred = pred.predict(peer.name, pt)
+    t_pred, m_pred = predicted
     if peer.device != "cpu":
         m_pred = None  # the budget is the host's memory
     return harness.predicted_skip(t_pred, m_pred, max_call_s=max_call_s, mem_budget=mem_budget) or build
@@ -253,8 +253,11 @@ def run(args, desc: dict) -> dict:
             ref = _reference(net, np.ascontiguousarray(x_np[:k]), pt.task)
             flops = _flops(net, pt)
             mine = [p for p in active if pt.task in p.tasks]
+            # from each peer's own smaller points of the series, before this one is measured
+            predicted = {p.name: pred.predict(p.name, pt) for p in mine}
             cands = {
-                p.name: _candidate(w, pt, p, pred, mem_budget, max_call_s, (net, model, x_np)) for p in mine
+                p.name: _candidate(w, pt, p, predicted[p.name], mem_budget, max_call_s, (net, model, x_np))
+                for p in mine
             }
             big = pt.out_bytes > 64 * 2**20  # a full collection costs ~0.2 s: only around large points
             base = {
@@ -282,7 +285,7 @@ def run(args, desc: dict) -> dict:
                 rec.update(family=p.family, device=p.device, rate_backend=p.backend)
                 rec["limit_s"] = max(flops / rate, pt.out_bytes / bw["touched_Bps"])
                 rec["limit_fresh_s"] = max(flops / rate, pt.out_bytes / bw["fresh_Bps"])
-                rec["predicted_s"], rec["predicted_peak"] = pred.predict(p.name, pt)
+                rec["predicted_s"], rec["predicted_peak"] = predicted[p.name]
                 if rec["status"] == "ok":
                     rec["repeat"] = rec["rounds"]
             done[pt.key] = recs
