@@ -561,3 +561,21 @@ def test_harness_names_a_peer_that_fails_when_repeated():
     assert st["good"]["status"] == "ok" and st["good"]["rounds"] == 2 and set(live) == {"good"}
     assert st["flaky"]["status"] == "error-memory" and "second call" in st["flaky"]["note"]
     assert "min_s" not in st["flaky"]
+
+
+def test_gpu_check_benchmark_command_lines_parse():
+    """The two benchmark stages of gpu_check.sh name peers and options the runners accept."""
+    script = (Path(_ROOT) / "benchmarks" / "gpu_check.sh").read_text()
+    peers = script.split('GPU_PEERS="', 1)[1].split('"', 1)[0]
+    run = pytest.importorskip("benchmarks.run")
+    assert "--workloads W1,W3" in script and "--single-pass" in script
+    args = run.parse_args(
+        ["--quick", "--workloads", "W1,W3", "--peers", peers, "--no-progress", "--single-pass"]
+    )
+    assert args.peers == peers
+    ts = pytest.importorskip("benchmarks.training_step")
+    w6 = script.split("-m benchmarks.training_step", 1)[1].split("\n\nfinish", 1)[0]
+    argv = [a.strip('"') for a in w6.replace("\\\n", " ").split() if a.strip('"') != "$RES"]
+    argv = [a if a != '""' else "" for a in argv]
+    args = ts.parse_args([a for a in argv if a != "--out"])
+    assert args.device == "cuda" and args.compile_d == [] and "jax+folx" in args.peers
