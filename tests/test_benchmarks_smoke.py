@@ -579,3 +579,27 @@ def test_gpu_check_benchmark_command_lines_parse():
     argv = [a if a != '""' else "" for a in argv]
     args = ts.parse_args([a for a in argv if a != "--out"])
     assert args.device == "cuda" and args.compile_d == [] and "jax+folx" in args.peers
+
+
+def test_harness_candidates_say_why_a_peer_does_not_run():
+    h = _harness()
+    built = []
+
+    def build(pt, shared):
+        built.append((pt, shared))
+        return "runner"
+
+    peers = [
+        h.Peer("a", build, tasks=("laplacian",)),
+        h.Peer("b", build, tasks=("hessian",)),
+        h.Peer("c", build, requires=("no_such_module_xyz",)),
+        h.Peer("d", build),
+    ]
+    rule = lambda p: h.Skip("skip-time", "too slow") if p.name == "d" else None  # noqa: E731
+    c = h.candidates(peers, "pt", "w", task="laplacian", rule=rule)
+    assert list(c) == ["a", "b", "c", "d"]
+    assert c["b"].status == "not-run" and c["c"] == h.Skip(
+        "unavailable", "no_such_module_xyz is not installed"
+    )
+    assert c["d"].note == "too slow" and built == []  # nothing is built before the harness asks
+    assert c["a"]() == "runner" and built == [("pt", "w")]
