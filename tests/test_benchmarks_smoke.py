@@ -194,7 +194,7 @@ def test_highdim_smoke_records_results_and_failures(tmp_path):
     assert chk["laplacian vs sum(hessian_diagonal)"] < 1e-12
     assert chk["value: value vs numpy-forward"] < 1e-12
     # a refusal is a result: recorded with its message
-    bad = hd._in_process(
+    bad = hd.in_process(
         {"method": "no-such-method", "d": 3, "n": 2, "dtype": "float64", "width": 4, "depth": 1}
     )
     assert bad["status"] == "error" and "no-such-method" in bad["note"]
@@ -477,7 +477,7 @@ def test_curvature_cases_agree_in_process():
     ]
     threads = torch.get_num_threads()  # a case sets one thread, as its worker process does
     try:
-        rows = [cv._run_case(c, cv.CONFIGS["smoke"]) for c in cases]
+        rows = [cv.run_case(c, cv.CONFIGS["smoke"]) for c in cases]
     finally:
         torch.set_num_threads(threads)
     for r in rows:
