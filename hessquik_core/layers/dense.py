@@ -60,7 +60,8 @@ class SingleLayer(Layer):
 
     config_schema = {"in_features": "int", "out_features": "int", "bias": "bool"}
     has_activation = True
-    torch_twin = None  # nn.Linear + activation, recognised by from_torch itself
+    torch_twin = "Linear"  # nn.Linear, then the activation module (none for the identity)
+    torch_twin_takes_activation = True
     hessquik_name = "singleLayer"
 
     def __init__(
@@ -191,6 +192,20 @@ class SingleLayer(Layer):
             kit.assign(lin.bias, kit.tensor(self.b))
         act = kit.act(self.act)
         return [lin] if act is None else [lin, act]
+
+    @classmethod
+    def from_torch(cls, module, kit):
+        """``nn.Linear`` (``weight = Kᵀ``) and the activation module after it (``kit.activation``)."""
+        layer = cls(
+            module.in_features,
+            module.out_features,
+            act=kit.activation or "identity",
+            bias=module.bias is not None,
+        )
+        state = {"K": np.ascontiguousarray(kit.numpy(module.weight).T)}
+        if module.bias is not None:
+            state["b"] = kit.numpy(module.bias)
+        return layer, state
 
 
 __all__ = ["AffineCache", "SingleLayer"]

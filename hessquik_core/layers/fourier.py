@@ -22,7 +22,7 @@ from ..carry import Adjoints, Request, Tangents
 from ..rules import affine
 from ..rules import fourier as rules
 from ..rules.directions import weight_gradient
-from .base import Layer, check_int, register_layer
+from .base import Layer, check_int, name_torch_class, register_layer
 
 _TWO_PI = 2.0 * math.pi
 
@@ -140,6 +140,8 @@ def _torch_twins() -> dict[str, type]:
         def extra_repr(self) -> str:
             return f"{self.in_features}, periods={self.periods}, axes={self.axes}, trainable={self.trainable}"
 
+    for twin in (FourierFeatures, PeriodicEmbedding):
+        name_torch_class(twin)
     return {"FourierFeatures": FourierFeatures, "PeriodicEmbedding": PeriodicEmbedding}
 
 
@@ -279,7 +281,7 @@ class FourierFeatures(_PointwiseLinear):
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
-    def torch_twin_class(cls):
+    def torch_twin_class(cls) -> type:
         """The twin module class (:meth:`from_torch` recognises it)."""
         return _torch_twins()["FourierFeatures"]
 
@@ -470,7 +472,7 @@ class PeriodicEmbedding(_PointwiseLinear):
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
-    def torch_twin_class(cls):
+    def torch_twin_class(cls) -> type:
         """The twin module class (:meth:`from_torch` recognises it)."""
         return _torch_twins()["PeriodicEmbedding"]
 
