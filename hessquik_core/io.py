@@ -210,8 +210,7 @@ def _encode(mod, tables: _Tables, depth: int = 0) -> dict:
         for name in type(mod).nested:  # a block holding a network (GatedResidual's g)
             node[name] = _encode(getattr(mod, name), tables, depth + 1)
         return node
-    hint = " (a hessquik_core.compat module: save mod.to_core())" if hasattr(mod, "to_core") else ""
-    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}{hint}")
+    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}")
 
 
 def _own(table: dict[str, type]) -> dict[str, type]:
@@ -359,9 +358,12 @@ def save(net: Module, path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    net : NN or Layer
+    net : NN, Layer or a hessquik_core.compat module
         Any hessquik-core network or layer, with parameters on any backend
-        (they are copied to the host). Each parameter keeps its dtype
+        (they are copied to the host). A :mod:`hessquik_core.compat` module
+        (hessQuik's classes, torch modules) is saved as the hessquik-core
+        network its ``to_core()`` returns: :func:`load` gives that network
+        back (``compat.networks.from_core`` turns it into the compat module). Each parameter keeps its dtype
         (float16, float32 or float64), so :func:`load` returns bitwise
         identical weights.
     path : str or os.PathLike
@@ -391,6 +393,10 @@ def save(net: Module, path: str | os.PathLike) -> None:
     """
     from .backends._generic import to_numpy
 
+    if not isinstance(net, Module) and callable(getattr(net, "to_core", None)):
+        # a hessquik_core.compat module (a torch module computing through hessquik-core):
+        # save the hessquik-core network it computes, with a NumPy copy of its weights
+        net = net.to_core()
     tables = _class_tables()
     architecture = json.dumps(_encode(net, tables), sort_keys=True, allow_nan=False)
     try:  # the reader's own validation: save never writes a file that load refuses
