@@ -35,11 +35,12 @@ True
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._module import Module, _as_home
+from .backends import loaded
+from .backends.base import SWITCHES
 
 __all__ = [
     "analytic_weight_gradient",
@@ -50,12 +51,6 @@ __all__ = [
     "step_workspace",
     "torch_parameters",
 ]
-
-#: torch training steps of dense chains take the analytic weight gradient
-#: (:func:`analytic_weight_gradient`)
-_ANALYTIC = True
-#: those steps keep their large stacks in a reused workspace (:func:`step_workspace`)
-_WORKSPACE = True
 
 
 def _check_module(net) -> None:
@@ -195,8 +190,10 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     r"""Whether eager torch training steps use the analytic weight gradient.
 
     A forward-mode call of the value, gradient and/or Laplacian (or divergence)
-    through a chain of dense layers (``SingleLayer`` with a tanh, sin, sigmoid,
-    antiTanh, quadratic or identity activation), made while autograd records it
+    through a chain of layers that declare affine structure (dense and residual
+    layers, any layer with :meth:`~hessquik_core.layers.Layer.affine_structure`)
+    with activations that supply σ‴ (``act.max_order >= 3``: tanh, sin, sigmoid,
+    antiTanh, quadratic, identity, ...), made while autograd records it
     (``x`` or a parameter requires grad), runs as one ``torch.autograd.Function``
     whose backward is the adjoint of the forward recurrences: three GEMMs per
     layer over the stacked carries ``[u; ∂u; Δu]`` and no per-operation tape
@@ -222,12 +219,11 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     TypeError
         If ``enabled`` is neither a bool nor None.
     """
-    global _ANALYTIC
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    before = _ANALYTIC
+    before = SWITCHES.analytic_step
     if enabled is not None:
-        _ANALYTIC = enabled
+        SWITCHES.analytic_step = enabled
     return before
 
 
@@ -266,20 +262,17 @@ def step_workspace(enabled: bool | None = None, *, release: bool = False) -> dic
     TypeError
         If ``enabled`` is neither a bool nor None, or ``release`` is not a bool.
     """
-    global _WORKSPACE
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
     if not isinstance(release, bool):
         raise TypeError(f"release must be a bool, got {release!r}")
-    before = {"enabled": _WORKSPACE, "nbytes": 0}
-    # only where torch is in use already: this never imports it
-    ws = sys.modules.get("hessquik_core.backends._torch_workspace")
-    if ws is not None:
-        before["nbytes"] = ws.WORKSPACE.nbytes()
+    # only the backends in use already are asked: this never imports a library
+    before = {"enabled": SWITCHES.step_workspace, "nbytes": sum(be.workspace_bytes() for be in loaded())}
     if enabled is not None:
-        _WORKSPACE = enabled
-    if ws is not None and (release or enabled is False):
-        ws.WORKSPACE.release()
+        SWITCHES.step_workspace = enabled
+    if release or enabled is False:
+        for be in loaded():
+            be.release_workspace()
     return before
 
 

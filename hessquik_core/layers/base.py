@@ -20,6 +20,7 @@ of the documentation states every method's shapes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..activations import Softplus
 from ..carry import Adjoints, Request, Tangents
 from ..rules import jacobian
 from ..rules.contractions import diagonal
+from .affine_structure import AffineStructure
 
 #: hessQuik's map to nonnegative ICNN weights: softplus(L)
 NONNEG = Softplus()
@@ -119,6 +121,15 @@ class Layer(Module):
 
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None:
+        r"""This layer as :math:`f(u) = [u +]\, h\,\sigma(uM + b)`, or ``None`` (the default:
+        no such form). With ``params`` (the call's, as the passes receive them) ``M``,
+        ``b`` and ``pullback`` are filled in; without, only the form is declared
+        (what the planner asks). A layer that declares it gets the analytic training
+        step and the high-dimensional routes
+        (:mod:`hessquik_core.layers.affine_structure`)."""
+        return None
 
     # -- input derivatives --------------------------------------------------------
     def evaluate(self, u, params: dict, order: int, ops) -> tuple[Any, Any]:
