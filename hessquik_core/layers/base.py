@@ -20,6 +20,7 @@ of the documentation states every method's shapes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -192,8 +193,23 @@ class Layer(Module):
 
 
 def rng_of(seed) -> np.random.Generator:
+    """The generator of a layer's initialisation.
+
+    ``seed`` is an int or a ``numpy.random.Generator`` (used as is). ``None``
+    draws the seed from a global generator, so that the usual global seeding
+    makes the initial weights reproducible: **torch's** (``torch.manual_seed``)
+    when torch has been imported, otherwise **NumPy's** legacy global RNG
+    (``np.random.seed``). Either draw advances that generator, as constructing
+    a torch module does.
+    """
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and hasattr(torch, "randint"):
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        else:
+            seed = int(np.random.randint(0, 2**62, dtype=np.int64))  # noqa: NPY002 - the global RNG is the point
     return np.random.default_rng(seed)
 
 
