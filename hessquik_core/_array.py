@@ -163,11 +163,12 @@ class CallContext:
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
     native: Any = None
-    #: a specialised sweep the planner chose (:mod:`hessquik_core.engine.highdim`), or ``""``
+    #: a specialised sweep the planner chose (``hessquik_core.engine.highdim``), or ``""``
     route: str = ""
-    #: the backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
-    #: set once by the planner; ``"?"`` until then (the sweep then asks itself)
-    training: str | None = "?"
+    #: how a recorded training step runs (``"analytic"`` / ``"taped"``) or ``None`` (an
+    #: evaluation): :func:`~hessquik_core.engine.routes.analytic_step.training_kind`,
+    #: set once by the planner, and followed by the sweep
+    training: str | None = None
 
     @property
     def dtype(self):

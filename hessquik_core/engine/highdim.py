@@ -2,7 +2,9 @@ r"""Sweeps for high-dimensional inputs: the Laplacian and the divergence at a co
 independent of ``d`` beyond the first (and last) layer's products.
 
 Both start from a first layer :math:`u_1 = \sigma_1(x M_1 + b_1)`,
-``M_1 : (d, q)``, ``d > q`` (a layer offering ``affine_parts``).
+``M_1 : (d, q)``, ``d > q``: a layer that declares this plain affine structure
+(:meth:`~hessquik_core.layers.Layer.affine_structure`, ``h = 1``, no identity
+path); the divergence also needs a plain affine last layer.
 
 **Laplacian.** A forward Laplacian sweep only sees its tangents ``t_i`` (``i =
 1..d``, the rows of :math:`\partial u_1/\partial x = M_1 D_1`) through
@@ -32,7 +34,7 @@ with the batch-independent ``w × q`` product :math:`M_L M_1`; otherwise
 from __future__ import annotations
 
 from ..carry import Request, Tangents
-from ..rules.affine import BLOCK_BYTES, gram, memo
+from ..rules.affine import BLOCK_BYTES, evaluate, gram, memo
 from ..rules.contractions import device
 from .cost import RouteCost, _fwd_cost, _value_cost
 from .result import Result
@@ -43,13 +45,23 @@ DIVERGENCE = "divergence"
 
 
 def _affine(leaf) -> bool:
-    return callable(getattr(leaf, "affine_parts", None))
+    r"""Does ``leaf`` declare the plain affine structure :math:`\sigma(uM + b)`?"""
+    st = leaf.affine_structure()
+    return st is not None and st.plain
+
+
+def _affine_eval(leaf, u, P, order, ops):
+    """``(σ(z), σ'(z), σ''(z), M, linear)`` of a plain affine leaf at ``z = uM + b``, from
+    its declared structure (the rule :func:`~hessquik_core.rules.affine.evaluate`)."""
+    st = leaf.affine_structure(P)
+    s0, s1, s2 = evaluate(u, st.M, st.b, st.act, order, ops.xp)
+    return s0, s1, s2, st.M, st.linear
 
 
 def choose(ctx, leaves, n: int, best_score: float, training=None) -> tuple[str, RouteCost | None]:
     """The high-dimensional route for this call, if one applies and (for the
     Laplacian) the cost model prices it below ``best_score``; else ``("", None)``.
-    ``training`` (the backend's :meth:`~hessquik_core.backends.base.Backend.training_step`):
+    ``training`` (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`):
     the call is a recorded training step, whose backward pass over these routes'
     taped operations is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``).
 
@@ -125,7 +137,7 @@ def gram_root(M, ops):
     negatives of a singular ``G`` are clipped to zero)."""
     xp = ops.xp
     G = gram(M, ops)
-    if getattr(M, "requires_grad", False):
+    if ops.requires_grad(M):
         # trainable weights: the backward pass of an eigendecomposition divides
         # by eigenvalue gaps (unstable where they nearly coincide); Cholesky's
         # (G = L Lᵀ, R = Lᵀ) is smooth wherever G is positive definite, which
@@ -147,9 +159,7 @@ def gram_root(M, ops):
 def run_laplacian(leaves, params, ctx) -> Result:
     """Value and Laplacian ``(n, m)`` by the Gram-root forward sweep (module docstring)."""
     xp, ops = ctx.xp, ctx.be
-    first, P0 = leaves[0], params[0]
-    u, cache = first.evaluate(ctx.x, P0, 2, ops)
-    M, s1, s2, _ = first.affine_parts(cache, P0)
+    u, s1, s2, M, _ = _affine_eval(leaves[0], ctx.x, params[0], 2, ops)
     G, R = gram_root(M, ops)
     q = G.shape[0]
     eye = xp.eye(q, dtype=G.dtype, device=device(G))
@@ -165,9 +175,7 @@ def run_laplacian(leaves, params, ctx) -> Result:
 def run_divergence(leaves, params, ctx) -> Result:
     """Value and divergence ``(n,)`` without the Jacobian (module docstring)."""
     xp, ops = ctx.xp, ctx.be
-    first, P0 = leaves[0], params[0]
-    u, cache = first.evaluate(ctx.x, P0, 1, ops)
-    M1, s1, _, _ = first.affine_parts(cache, P0)
+    u, s1, _, M1, _ = _affine_eval(leaves[0], ctx.x, params[0], 1, ops)
     q = M1.shape[1]
     eye = xp.eye(q, dtype=s1.dtype, device=device(s1))
     # tangents along the q pre-activation coordinates of the first layer: D_1
@@ -177,9 +185,7 @@ def run_divergence(leaves, params, ctx) -> Result:
         u, cache = leaf.evaluate(u, P, 1, ops)
         tangents = leaf.forward_step(cache, P, tangents, request, ops)
     T = tangents.jacobian  # (n | 1, q, w)
-    last, PL = leaves[-1], params[-1]
-    u, cache = last.evaluate(u, PL, 1, ops)
-    ML, sL, _, linear = last.affine_parts(cache, PL)
+    u, sL, _, ML, linear = _affine_eval(leaves[-1], u, params[-1], 1, ops)
     n = u.shape[0]
     w = ML.shape[0]
     if T.shape[0] != n:

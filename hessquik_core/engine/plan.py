@@ -15,6 +15,7 @@ from .forward import run_forward
 from .out import check_out
 from .out import empty_result as _empty_result
 from .result import FIELDS, Result
+from .routes import analytic_step
 
 
 class MemoryBudgetError(MemoryError, ValueError):
@@ -39,6 +40,9 @@ _OUT_BLOCK_BYTES = 24 * 2**20
 
 #: the name of the plain forward pass of a value-only call (nothing carried)
 VALUE = "value"
+
+#: "not given: ask" (``None`` is an answer: an evaluation, not a training step)
+_ASK = object()
 
 
 def route_name(ctx: CallContext) -> str:
@@ -66,7 +70,7 @@ class Plan:
     chunk: int
     #: bytes of the result (0 with ``out=``: already allocated)
     result_bytes: float
-    #: the backend's training-step answer (``None``: an evaluation)
+    #: the training-step answer (``None``: an evaluation; ``"analytic"`` / ``"taped"``)
     training: str | None = None
     #: free memory and working-memory budget, where the planner asked (large or budgeted calls)
     available: float | None = None
@@ -77,12 +81,15 @@ class Plan:
     refusal: str | None = None
 
 
-def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False) -> Plan:
+def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False, training=_ASK) -> Plan:
     """Settle the route of ``ctx`` and plan its memory, raising nothing: a call
     the planner refuses has :attr:`Plan.refusal` set. ``into``: results go into
-    ``out=`` buffers (the result is not allocated; cache blocks fit the heap)."""
+    ``out=`` buffers (the result is not allocated; cache blocks fit the heap).
+    ``training``: the training-step answer
+    (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`) where the
+    caller prices one (``net.cost(..., training=True)``); asked here otherwise."""
     n = ctx.x.shape[0]
-    report, route, training = _settle(leaves, ctx, n)
+    report, route, training = _settle(leaves, ctx, n, training)
     # with out= the result is already allocated: only the working memory is planned
     result = _result_bytes(ctx, n) if not into else 0.0
     p = Plan(route_name(ctx), route, report, n, n, result, training)
@@ -157,7 +164,7 @@ def call(
     return ctx.finish(_chunked(leaves, ctx, n, chunk, progress))
 
 
-def _settle(leaves: list, ctx: CallContext, n: int):
+def _settle(leaves: list, ctx: CallContext, n: int, training=_ASK):
     """Settle ``ctx.mode`` (and ``ctx.route``); return the classic routes' report,
     the cost of the settled route and the training-step answer.
 
@@ -166,8 +173,10 @@ def _settle(leaves: list, ctx: CallContext, n: int):
     call is priced as the plain forward pass it is."""
     auto = ctx.mode == "auto"
     # is the call a recorded training step? asked once: both the classic routes
-    # and the high-dimensional ones are priced by it
-    training = ctx.training = ctx.be.training_step(leaves, ctx)
+    # and the high-dimensional ones are priced by it, and the forward sweep follows it
+    if training is _ASK:
+        training = analytic_step.training_kind(leaves, ctx)
+    ctx.training = training
     modes = ("forward", "backward") if auto else (ctx.mode,)
     report = estimate_call(ctx, leaves, n, modes=modes, training=training)
     special = None
@@ -202,15 +211,12 @@ def estimate_routes(leaves, n, *, d, k_fwd, **request):
     )
 
 
-_ASK = object()
-
-
 def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward"), training=_ASK):
     """Cost report of the routes ``modes`` for a resolved call (``training``: the
-    backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
+    answer of :func:`~hessquik_core.engine.routes.analytic_step.training_kind`,
     asked here when not given)."""
     if training is _ASK:
-        training = ctx.be.training_step(leaves, ctx)
+        training = analytic_step.training_kind(leaves, ctx)
     kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
     kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
     return estimate_routes(
@@ -302,17 +308,16 @@ def _result_fields(ctx: CallContext) -> str:
 
 
 def _guarded(leaves: list, ctx: CallContext) -> Result:
-    """:func:`_run`, with the allocator's failures (NumPy's ``MemoryError``,
-    torch's ``OutOfMemoryError`` / "not enough memory" ``RuntimeError``)
-    reported as :class:`MemoryBudgetError`: the estimate was too low for
-    this machine's allocator, and the remedy is the same."""
+    """:func:`_run`, with the allocator's failures (the backend's
+    :meth:`~hessquik_core.backends.base.Backend.allocator_failure`: ``MemoryError``,
+    torch's out-of-memory errors) reported as :class:`MemoryBudgetError`: the
+    estimate was too low for this machine's allocator, and the remedy is the same."""
     try:
         return _run(leaves, ctx)
     except MemoryBudgetError:
         raise
-    except (MemoryError, RuntimeError) as err:
-        text = str(err).lower()
-        if isinstance(err, RuntimeError) and "out of memory" not in text and "not enough memory" not in text:
+    except Exception as err:
+        if not ctx.be.allocator_failure(err):
             raise
         raise MemoryBudgetError(
             f"the allocator failed on a batch of {ctx.x.shape[0]} examples in {ctx.mode} mode "

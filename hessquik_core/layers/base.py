@@ -21,7 +21,8 @@ of the documentation states every method's shapes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..activations import Softplus
 from ..carry import Adjoints, Request, Tangents
 from ..rules import jacobian
 from ..rules.contractions import diagonal
+from .affine_structure import AffineStructure
 
 #: hessQuik's map to nonnegative ICNN weights: softplus(L)
 NONNEG = Softplus()
@@ -169,6 +171,15 @@ class Layer(Module):
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None:
+        r"""This layer as :math:`f(u) = [u +]\, h\,\sigma(uM + b)`, or ``None`` (the default:
+        no such form). With ``params`` (the call's, as the passes receive them) ``M``,
+        ``b`` and ``pullback`` are filled in; without, only the form is declared
+        (what the planner asks). A layer that declares it gets the analytic training
+        step and the high-dimensional routes
+        (:mod:`hessquik_core.layers.affine_structure`)."""
+        return None
+
     # -- input derivatives --------------------------------------------------------
     def evaluate(self, u, params: dict, order: int, ops) -> tuple[Any, Any]:
         """``u : (n, p)`` -> ``f : (n, q)`` and what the derivative steps need
@@ -259,8 +270,23 @@ class Layer(Module):
 
 
 def rng_of(seed) -> np.random.Generator:
+    """The generator of a layer's initialisation.
+
+    ``seed`` is an int or a ``numpy.random.Generator`` (used as is). ``None``
+    draws the seed from a global generator, so that the usual global seeding
+    makes the initial weights reproducible: **torch's** (``torch.manual_seed``)
+    when torch has been imported, otherwise **NumPy's** legacy global RNG
+    (``np.random.seed``). Either draw advances that generator, as constructing
+    a torch module does.
+    """
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and hasattr(torch, "randint"):
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        else:
+            seed = int(np.random.randint(0, 2**62, dtype=np.int64))  # noqa: NPY002 - the global RNG is the point
     return np.random.default_rng(seed)
 
 

@@ -284,6 +284,33 @@ class QuadraticICNNLayer(_QuadraticBase):
     .. math::
         f([u, x]) = u\,w^+ + x v + \tfrac12 x A^\top A x^\top + \mu,\qquad w^+ = \mathrm{softplus}(w).
 
+    The last layer of an input-convex network: with :math:`w^+ \ge 0` and a
+    convex ``u`` (from :class:`ICNNLayer` s) the output is convex in ``x``.
+
+    Parameters
+    ----------
+    input_dim : int
+        :math:`d`, the network input's width (``x`` is the last ``input_dim``
+        features the layer sees).
+    in_features : int or None
+        The width of ``u`` from the previous ICNN layer; ``None`` when the layer
+        sees only ``x`` (a one-layer quadratic network).
+    rank : int
+        Rows of ``A``: the quadratic term :math:`\tfrac12\|xA^\top\|^2` has rank
+        at most ``rank``.
+    dtype : NumPy dtype, default float64
+        Storage dtype of the parameters.
+    seed : int or numpy.random.Generator, optional
+        Seed of the initialisation (``None``: drawn from torch's or NumPy's global
+        generator, as for every layer).
+
+    Examples
+    --------
+    >>> import numpy as np, hessquik_core as hq
+    >>> net = hq.NN(hq.ICNNLayer(2, None, 8, seed=0), hq.QuadraticICNNLayer(2, 8, rank=2, seed=1))
+    >>> net(np.zeros((3, 2)), hessian=True).hessian.shape
+    (3, 2, 2, 1)
+
     Attributes
     ----------
     w : (in_features,) or None when the layer sees only ``x``
