@@ -78,9 +78,6 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: each entry names who removes it. The test fails when an entry is gone from the code,
 #: so that the list only shrinks.
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("layers.gated", "interop"): "layers: torch twins move into the layer files",
-    ("layers.gated_residual", "interop"): "layers: torch twins move into the layer files",
-    ("layers.gated_residual", "networks"): "layers: nested conversion through the converter handed in",
     ("networks", "_dask_hook"): "Dask becomes a data source plus the chunked call (issue 21 item 4)",
 }
 #: the one known cycle runs through the Dask hook (``networks``/``curvature`` -> ``_dask_hook``
