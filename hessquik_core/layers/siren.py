@@ -23,6 +23,7 @@ from ..activations import Sin
 from ..carry import Adjoints, Request, Tangents
 from ..rules import affine
 from ..rules.directions import weight_gradient
+from .affine_structure import AffineStructure
 from .base import Layer, check_int, lazy_torch_class, register_layer, rng_of
 
 _SIN = Sin()
@@ -134,11 +135,30 @@ class SirenLayer(Layer):
         first = ", is_first=True" if self.is_first else ""
         return f"SirenLayer({self.in_features}, {self.out_features}, w0={self.w0}{first}, bias={self.bias})"
 
+    def _Mb(self, params) -> tuple[Any, Any]:
+        """``(M, b') = (ω0 K, ω0 b)`` in the call's namespace (``b'`` None without a bias)."""
+        w0 = self.w0
+        return w0 * params["K"], (None if params["b"] is None else w0 * params["b"])
+
+    def affine_structure(self, params=None) -> AffineStructure:
+        r""":math:`\sin(uM + b')` with :math:`M = \omega_0 K`, :math:`b' = \omega_0 b`; the
+        pullback is :math:`\partial C/\partial K = \omega_0\,\partial C/\partial M`,
+        :math:`\partial C/\partial b = \omega_0\,\partial C/\partial b'`
+        (:mod:`~hessquik_core.layers.affine_structure`): the analytic training step and the
+        high-dimensional routes take this layer."""
+        if params is None:
+            return AffineStructure(_SIN)
+        M, b = self._Mb(params)
+        w0 = self.w0
+
+        def pullback(gM, gb) -> dict[str, Any]:
+            return {"K": w0 * gM} if gb is None else {"K": w0 * gM, "b": w0 * gb}
+
+        return AffineStructure(_SIN, M, b, pullback=pullback)
+
     # -- input derivatives: the affine rule with M = ω0 K, b' = ω0 b -----------------
     def evaluate(self, u, params: dict, order: int, ops) -> tuple[Any, SirenCache]:
-        w0 = self.w0
-        M = w0 * params["K"]
-        b = None if params["b"] is None else w0 * params["b"]
+        M, b = self._Mb(params)
         s0, s1, s2 = affine.evaluate(u, M, b, _SIN, order, ops.xp)
         return s0, SirenCache(s1, s2, M)
 

@@ -144,3 +144,79 @@ def test_added_as_one_file():
     ]
     assert naming == []
     assert "SirenLayer" in hq.__all__ and hq.layers.LAYERS["SirenLayer"] is hq.SirenLayer
+
+
+# --------------------------------------------------------------------------
+# the declared affine structure: the analytic training step and the high-dimensional routes
+# --------------------------------------------------------------------------
+
+
+def test_declared_structure_is_what_the_layer_computes():
+    from hessquik_core.backends import get_backend
+
+    layer = hq.SirenLayer(3, 4, w0=2.5, seed=0)
+    form = layer.affine_structure()
+    assert form.plain and form.act.name == "sin" and form.M is None and form.pullback is None
+    ops = get_backend("numpy").bind(np)
+    P = {"K": layer.K, "b": layer.b}
+    st = layer.affine_structure(P)
+    u = _x(6, 3, 1)
+    np.testing.assert_allclose(np.sin(u @ st.M + st.b), layer.evaluate(u, P, 0, ops)[0], rtol=1e-15)
+    g = st.pullback(np.ones((3, 4)), np.ones(4))
+    np.testing.assert_array_equal(g["K"], np.full((3, 4), 2.5))
+    np.testing.assert_array_equal(g["b"], np.full(4, 2.5))
+    assert set(
+        hq.SirenLayer(3, 4, bias=False)
+        .affine_structure({"K": layer.K, "b": None})
+        .pullback(np.ones((3, 4)), None)
+    ) == {"K"}
+
+
+def test_high_dimensional_laplacian_route():
+    """At d > width the Gram-root Laplacian route is planned for a SIREN first layer
+    (chosen from the declaration) and agrees with torch.func on the twin."""
+    rng = np.random.default_rng(3)
+    net = hq.NN(
+        hq.SirenLayer(40, 6, w0=2.0, is_first=True, seed=rng), hq.SingleLayer(6, 1, act="tanh", seed=rng)
+    )
+    x = 0.3 * rng.standard_normal((5, 40))
+    assert net.cost(5, gradient=False, laplacian=True).route == "forward/gram-laplacian"
+    from layer_checks import torch_truth
+
+    _, _, H = torch_truth(_twin_f(net), x)
+    np.testing.assert_allclose(
+        net(x, laplacian=True).laplacian, np.trace(H, axis1=1, axis2=2), rtol=1e-11, atol=1e-12
+    )
+
+
+def test_analytic_training_step():
+    """A SIREN network's torch training step runs the analytic sweep, with the gradients
+    of the taped path."""
+    from layer_checks import uses_analytic_sweep
+
+    from hessquik_core.training import analytic_weight_gradient, torch_parameters
+
+    rng = np.random.default_rng(4)
+    net = hq.NN(
+        hq.SirenLayer(2, 6, w0=3.0, is_first=True, seed=rng),
+        hq.SirenLayer(6, 6, w0=3.0, bias=False, seed=rng),
+        hq.SingleLayer(6, 1, seed=rng),
+    )
+    params = torch_parameters(net)
+    x = torch.tensor(rng.standard_normal((7, 2)), requires_grad=True)
+
+    def step(on):
+        before = analytic_weight_gradient(on)
+        try:
+            r = net(x, gradient=True, laplacian=True, mode="forward")
+            used = uses_analytic_sweep(r.laplacian)
+            loss = (r.laplacian**2).mean() + (r.gradient**2).sum() + (r.value**3).sum()
+            return used, torch.autograd.grad(loss, [*params, x])
+        finally:
+            analytic_weight_gradient(before)
+
+    (used, got), (unused, want) = step(True), step(False)
+    assert used and not unused
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float64 and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
