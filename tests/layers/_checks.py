@@ -69,7 +69,7 @@ def twin_curvature_truth(net, x, y, v):
     of ``0.5 |f(x_n) - y_n|²`` with respect to the flat trainable parameters of ``net``."""
     import torch
     from _reference import torch_jit_script_quiet
-    from torch.func import grad, hessian, jacrev, jvp, vjp
+    from torch.func import grad, jacrev, vjp
 
     F = twin_function(net)
     theta = torch.tensor(np.asarray(cv.flatten_parameters(net), dtype=np.float64))
@@ -81,15 +81,18 @@ def twin_curvature_truth(net, x, y, v):
     def per(t):
         return 0.5 * ((F(t, xt) - yt) ** 2).sum(-1)
 
-    with torch_jit_script_quiet():  # torch.func's forward AD loads its decompositions
-        H = hessian(C)(theta)
-        _, Jv = jvp(lambda t: F(t, xt), (theta,), (vt,))
-    _, back = vjp(lambda t: F(t, xt), theta)
-    (Gv,) = back(Jv / x.shape[0])
+    # all reverse mode: on the Fourier + LayerNorm twin, torch.func.hessian (vmap over forward
+    # AD) disagreed with both reverse-over-reverse and jvp(grad) in the LayerNorm weight's rows
+    # (torch 2.13; not reproduced on F.layer_norm alone), which agree with each other
+    with torch_jit_script_quiet():
+        _, hvp_of = vjp(grad(C), theta)
+        (Hv,) = hvp_of(vt)
+        J = jacrev(lambda t: F(t, xt))(theta)  # (n, m, P)
+    Gv = torch.einsum("nmp,nm->p", J, torch.einsum("nmp,p->nm", J, vt)) / x.shape[0]
     return {
         "gradient": grad(C)(theta).detach().numpy(),
         "per_example": jacrev(per)(theta).detach().numpy(),
-        "hvp": (H @ vt).detach().numpy(),
+        "hvp": Hv.detach().numpy(),
         "ggn_vp": Gv.detach().numpy(),
     }
 

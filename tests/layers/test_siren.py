@@ -31,7 +31,7 @@ def _net(w0=30.0, bias=True):
 
 
 def _twin_f(net):
-    tm = hq.to_torch(net).double()
+    tm = hq.to_torch(net).double().requires_grad_(False)
     return lambda xi: tm(xi[None])[0]
 
 
