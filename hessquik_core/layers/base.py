@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -123,8 +123,13 @@ class Layer(Module):
     :meth:`to_torch` and :meth:`from_torch`.
     """
 
-    in_features: int
-    out_features: int
+    if TYPE_CHECKING:  # read-only here; a layer may store them (``in_features: int``) or compute them
+
+        @property
+        def in_features(self) -> int: ...
+
+        @property
+        def out_features(self) -> int: ...
 
     #: ``config()`` key -> ``"int"``, ``"int?"`` (int or None), ``"bool"`` or ``"float"``
     config_schema: ClassVar[dict[str, str]] = {}
@@ -269,6 +274,51 @@ class Layer(Module):
         raise NotImplementedError  # pragma: no cover - abstract
 
 
+@runtime_checkable
+class LayerProtocol(Protocol):
+    """What the engine, :mod:`hessquik_core.curvature`, ``io`` and ``interop`` ask of a layer.
+
+    :class:`Layer` implements it (the input-derivative steps by the generic
+    rule, the torch twin as "none"); a layer file overrides what it computes
+    differently. Shapes as in the module docstring: ``u : (n, p)``,
+    ``f : (n, q)``, carries :class:`~hessquik_core.carry.Tangents` /
+    :class:`~hessquik_core.carry.Adjoints`, ``ops`` the bound backend.
+    """
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def out_features(self) -> int: ...
+
+    def evaluate(self, u: Any, params: dict, order: int, ops: Any) -> tuple[Any, Any]: ...
+
+    def forward_step(
+        self, cache: Any, params: dict, tangents: Tangents, request: Request, ops: Any
+    ) -> Tangents: ...
+
+    def backward_step(
+        self, cache: Any, params: dict, adjoints: Adjoints, second: bool, ops: Any
+    ) -> Adjoints: ...
+
+    def backward_first(self, cache: Any, params: dict, adjoints: Adjoints, what: str, ops: Any) -> Any: ...
+
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None: ...
+
+    def config(self) -> dict: ...
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]: ...
+
+    @classmethod
+    def torch_twin_class(cls) -> type | None: ...
+
+    def to_torch(self, kit: Any) -> list: ...
+
+    @classmethod
+    def from_torch(cls, module: Any, kit: Any) -> tuple[Any, dict[str, Any]]: ...
+
+
 def rng_of(seed) -> np.random.Generator:
     """The generator of a layer's initialisation.
 
@@ -301,6 +351,7 @@ __all__ = [
     "LAYER_ALIASES",
     "NONNEG",
     "Layer",
+    "LayerProtocol",
     "check_int",
     "lazy_torch_class",
     "register_layer",

@@ -59,6 +59,9 @@ class SingleLayer(Layer):
     (:mod:`hessquik_core.rules.affine`).
     """
 
+    in_features: int
+    out_features: int
+
     config_schema = {"in_features": "int", "out_features": "int", "bias": "bool"}
     has_activation = True
     torch_twin = "Linear"  # nn.Linear, then the activation module (none for the identity)

@@ -181,6 +181,9 @@ class FourierFeatures(_PointwiseLinear):
     two column blocks of the gradient with respect to :math:`K`.
     """
 
+    in_features: int
+    out_features: int
+
     config_schema = {"in_features": "int", "num_features": "int", "scale": "float", "trainable": "bool"}
     torch_twin = "FourierFeatures"
 
@@ -345,6 +348,9 @@ class PeriodicEmbedding(_PointwiseLinear):
     affine rule's :math:`\partial C/\partial K` at the two entries
     :math:`(a_i, i)` and :math:`(a_i, |S| + i)`.
     """
+
+    in_features: int
+    out_features: int
 
     config_schema = {"in_features": "int", "periods": "floats", "axes": "ints?", "trainable": "bool"}
     torch_twin = "PeriodicEmbedding"

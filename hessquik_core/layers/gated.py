@@ -137,6 +137,8 @@ class _ReadoutCache(NamedTuple):
 class _Readout(Layer):
     r"""The linear read-out :math:`S = [U, V, H] \mapsto H W_o + b_o` (a leaf of :class:`GatedMLP`)."""
 
+    out_features: int
+
     def __init__(self, width: int, out_features: int, bias: bool, K, b) -> None:
         super().__init__()
         self.width = width
@@ -239,6 +241,9 @@ class GatedMLP(Layer):
     with respect to every parameter (the R-passes of
     :mod:`hessquik_core.rules.gated`).
     """
+
+    in_features: int
+    out_features: int
 
     config_schema = {
         "in_features": "int",

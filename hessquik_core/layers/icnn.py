@@ -98,7 +98,7 @@ class ICNNLayer(Layer):
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict:
         d, n, q = config["input_dim"], config["in_features"], config["out_features"]
-        shapes = {"K": (d, q)}
+        shapes: dict[str, tuple[int, ...]] = {"K": (d, q)}
         if n is not None:
             shapes["L"] = (n, q)
         if config["bias"]:

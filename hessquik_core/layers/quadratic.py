@@ -228,6 +228,8 @@ class QuadraticLayer(_QuadraticBase):
     mu : (1,)
     """
 
+    in_features: int
+
     config_schema = {"in_features": "int", "rank": "int"}
     torch_twin = "QuadraticBlock"
     hessquik_name = "quadraticLayer"
@@ -354,7 +356,7 @@ class QuadraticICNNLayer(_QuadraticBase):
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict:
         d, n, r = config["input_dim"], config["in_features"], config["rank"]
-        shapes = {} if n is None else {"w": (n,)}
+        shapes: dict[str, tuple[int, ...]] = {} if n is None else {"w": (n,)}
         shapes.update({"v": (d,), "mu": (1,), "A": (r, d)})
         return shapes
 

@@ -78,6 +78,9 @@ class SirenLayer(Layer):
     :math:`\delta = \cos z \odot dl`.
     """
 
+    in_features: int
+    out_features: int
+
     config_schema = {
         "in_features": "int",
         "out_features": "int",

@@ -32,7 +32,8 @@ the product rule on :math:`U + Z\odot D` gives
 (:math:`\sum_i G_{Z,i}\odot G_{D,i}` appears twice), which never form a
 :math:`k \times k` block. The encoders are ordinary dense layers; their
 tangents are those of ``SingleLayer`` (see
-:func:`hessquik_core.rules.fourier.pointwise_linear_forward_tangents`).
+``hessquik_core.rules.affine.forward_step``; a reference composition of the
+whole block, ``gated_mlp_forward``, is in ``tests/rules/_gated_reference.py``).
 
 **Parameter passes** (:mod:`hessquik_core.curvature`). The step is the
 affine rule :math:`Z = \sigma(HW + b)` whose output reaches :math:`H^{+}`
@@ -79,7 +80,6 @@ from .directions import lin_dirs, lin_dirs_t, outer_sum, outer_sum_r
 
 __all__ = [
     "GateCache",
-    "gated_mlp_forward",
     "gated_step_param_rop_backward",
     "gated_step_param_rop_forward",
     "gated_step_param_vjp",
@@ -202,56 +202,6 @@ def gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, *, x
     DZ = s2[:, None, :] * (T * T) + s1[:, None, :] * (DH @ W)
     Dg = DU + DZ * D[:, None, :] + 2.0 * (GZ * GD) + Z[:, None, :] * (DV - DU)
     return G, Dg
-
-
-def _dense(x, G, H, W, b, act, xp):
-    """σ(xW + b) with its tangents, for tangents G (n, k, p), H (n, k, k, p) or None of x."""
-    from ..activations import get_activation
-
-    pre = x @ W
-    if b is not None:
-        pre = pre + b
-    s0, s1, s2 = get_activation(act)(pre, 2, xp=xp)
-    T = G @ W
-    Gy = s1[:, None, :] * T
-    Hy = s2[:, None, None, :] * (T[:, :, None, :] * T[:, None, :, :])
-    if H is not None:
-        Hy = Hy + s1[:, None, None, :] * (H @ W)
-    return s0, Gy, Hy
-
-
-def gated_mlp_forward(x, encoders, first, gates, readout, act, *, xp=None):
-    r"""Value, gradient and Hessian of a whole gated MLP at its input (reference composition).
-
-    Parameters
-    ----------
-    x : (n, d)
-    encoders : ((W_u, b_u), (W_v, b_v)), each ``W`` (d, w)
-    first : (W_1, b_1), first hidden state :math:`H_1 = \sigma(xW_1 + b_1)`
-    gates : sequence of (W, b), ``W`` (w, w), one per gated step
-    readout : (W_o, b_o), ``W_o`` (w, m), linear
-    act : activation of the encoders, first layer and gates
-
-    Returns
-    -------
-    value (n, m), gradient (n, d, m), hessian (n, d, d, m)
-    """
-    xp = xp if xp is not None else array_namespace(x)
-    n, d = x.shape
-    eye = xp.eye(d, dtype=x.dtype, device=getattr(x, "device", None))
-    G0 = xp.broadcast_to(xp.reshape(eye, (1, d, d)), (n, d, d))
-    (Wu, bu), (Wv, bv) = encoders
-    U, GU, HU = _dense(x, G0, None, Wu, bu, act, xp)
-    V, GV, HV = _dense(x, G0, None, Wv, bv, act, xp)
-    H, GH, HH = _dense(x, G0, None, *first, act, xp)
-    for W, b in gates:
-        H, Z, s1, s2 = gated_step(U, V, H, W, b, act, xp=xp)
-        GH, HH = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
-    Wo, bo = readout
-    out = H @ Wo
-    if bo is not None:
-        out = out + bo
-    return out, GH @ Wo, HH @ Wo
 
 
 # --------------------------------------------------------------------------

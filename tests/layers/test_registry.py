@@ -247,3 +247,24 @@ def test_networks_are_found_through_their_registry(tmp_path, monkeypatch):
     np.testing.assert_array_equal(back(x).value, net(x).value)
     with pytest.raises(TypeError, match="NN subclass"):
         networks.register_network(hq.SingleLayer)
+
+
+def test_every_registered_layer_satisfies_the_layer_protocol():
+    """The Protocol states the contract; every registered layer class (and an instance of
+    the built-in ones) provides it."""
+    from hessquik_core.layers.base import LayerProtocol
+
+    for cls in base.LAYERS.values():
+        for name in ("evaluate", "forward_step", "backward_step", "backward_first", "config"):
+            assert callable(getattr(cls, name)), (cls, name)
+    rng = np.random.default_rng(0)
+    for layer in (
+        hq.SingleLayer(2, 3, seed=rng),
+        hq.ResnetLayer(3, seed=rng),
+        hq.ICNNLayer(2, None, 3, seed=rng),
+        hq.QuadraticLayer(3, 2, seed=rng),
+        hq.SirenLayer(2, 3, seed=rng),
+        hq.LayerNorm(3),
+    ):
+        assert isinstance(layer, LayerProtocol), type(layer)
+    assert not isinstance(object(), LayerProtocol)
