@@ -11,16 +11,21 @@ library.
 
 from . import activations, checks, compat, curvature, layers, networks, training
 from .activations import (
+    CELU,
+    ELU,
     GELU,
+    SELU,
     AntiTanh,
     Gaussian,
     Identity,
+    LogSigmoid,
     Mish,
     Quadratic,
     Sigmoid,
     SiLU,
     Sin,
     Softplus,
+    Softsign,
     Tanh,
 )
 from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
@@ -40,8 +45,13 @@ __all__ = [
     "NN",
     "AntiTanh",
     "FullyConnectedNN",
+    "CELU",
+    "ELU",
     "GELU",
+    "SELU",
+    "Softsign",
     "Gaussian",
+    "LogSigmoid",
     "Mish",
     "Estimate",
     "ICNNLayer",

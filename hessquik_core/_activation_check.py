@@ -1,8 +1,10 @@
-r"""Taylor checks of an activation's :math:`\sigma'` and :math:`\sigma''` on a grid
-(:func:`hessquik_core.checks.check_activation`, re-exported there)."""
+r"""Taylor checks of an activation's derivatives :math:`\sigma', \dots, \sigma^{(K)}` on a
+grid, :math:`K` its ``max_order`` (:func:`hessquik_core.checks.check_activation`,
+re-exported there)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +13,8 @@ from ._taylor import _check_hs, _fmt_order, _judge
 from .backends._generic import to_numpy
 
 __all__ = ["ActivationReport", "check_activation"]
+
+_NAMES = {1: "sigma'", 2: "sigma''", 3: "sigma'''", 4: "sigma''''"}
 
 
 @dataclass
@@ -21,50 +25,60 @@ class ActivationReport:
     ----------
     name : str
         The activation's name.
+    max_order : int
+        :math:`K`, the highest derivative checked (the activation's ``max_order``).
     z : ndarray of shape (N,)
         Grid points (float64 copy).
     hs : ndarray of shape (H,)
         Steps.
-    E1, E2 : ndarray of shape (H, N)
-        Taylor remainders of :math:`\sigma` per grid point,
-        :math:`|\sigma(z+h) - \sigma(z) - h\sigma'(z)|` (expected :math:`O(h^2)`) and
-        :math:`|\,\cdots - \tfrac12 h^2\sigma''(z)|` (expected :math:`O(h^3)`).
-    Ed : ndarray of shape (H, N)
-        :math:`|\sigma'(z+h) - \sigma'(z) - h\sigma''(z)|`, expected :math:`O(h^2)`:
-        :math:`\sigma''` against :math:`\sigma'` directly.
-    order1, order2, order_d : ndarray of shape (N,)
-        Judged orders (NaN unless measured).
-    status1, status2, status_d : ndarray of shape (N,)
+    remainders : dict of int to ndarray of shape (H, N)
+        ``remainders[k]`` is the Taylor remainder of order :math:`k` per grid point,
+        :math:`|\sigma(z+h) - \sum_{j \le k} h^j \sigma^{(j)}(z)/j!|`, expected
+        :math:`O(h^{k+1})`, for :math:`k = 1, \dots, K`.
+    against_lower : dict of int to ndarray of shape (H, N)
+        ``against_lower[k]`` is :math:`|\sigma^{(k-1)}(z+h) - \sigma^{(k-1)}(z) - h\sigma^{(k)}(z)|`,
+        expected :math:`O(h^2)`: :math:`\sigma^{(k)}` against :math:`\sigma^{(k-1)}` directly,
+        for :math:`k = 2, \dots, K` (the high-order remainders reach round-off after few steps;
+        this one does not).
+    orders, orders_lower : dict of int to ndarray of shape (N,)
+        Judged orders of the two (NaN unless measured), per grid point; ``orders[k]``
+        for :math:`k \ge 3` has shape (1,): the order of the largest remainder over the
+        grid (pointwise, these remainders reach round-off within a few steps and change
+        sign near the zeros of :math:`\sigma^{(k+1)}`).
+    statuses, statuses_lower : dict of int to ndarray of shape (N,)
         As in :class:`TaylorReport`.
+    order_ok : dict of int to bool
+        Whether :math:`\sigma^{(k)}` passed both of its checks, over all grid points.
+    E1, E2, Ed, order1, order2, order_d, status1, status2, status_d
+        ``remainders[1]``, ``remainders[2]``, ``against_lower[2]`` and their orders and
+        statuses (the names of the first- and second-order check).
     first_order_ok, second_order_ok : bool
-        Over all grid points.
+        ``order_ok[1]``, ``order_ok[2]``.
     fd_error1, fd_error2 : float
         Largest relative error of central differences of :math:`\sigma` (of
         :math:`\sigma'`) at :math:`h = \varepsilon^{1/3}` against :math:`\sigma'`
         (:math:`\sigma''`), relative to :math:`\max(1, |\cdot|)`; for reading, not judged.
     consistent : bool
-        ``order=0`` and ``order=1`` calls return the same arrays as ``order=2``,
-        of the input's shape and dtype.
+        ``order=0`` and ``order=1`` calls return the same arrays as ``order=2``, and
+        ``derivatives(z, K)`` the same first three (to 1e-12 relative) and :math:`K + 1`
+        arrays in all, each of the input's shape and dtype.
     tails_ok : bool or None
-        Finite :math:`\sigma, \sigma', \sigma''` at :math:`|z| \in \{10^2, 10^3, 10^4\}`
+        Finite :math:`\sigma, \dots, \sigma^{(K)}` at :math:`|z| \in \{10^2, 10^3, 10^4\}`
         in float32 and float64, without floating-point warnings (``None``: not checked).
     passed : bool
     """
 
     name: str
+    max_order: int
     z: np.ndarray
     hs: np.ndarray
-    E1: np.ndarray
-    E2: np.ndarray
-    Ed: np.ndarray
-    order1: np.ndarray
-    order2: np.ndarray
-    order_d: np.ndarray
-    status1: np.ndarray
-    status2: np.ndarray
-    status_d: np.ndarray
-    first_order_ok: bool
-    second_order_ok: bool
+    remainders: dict[int, np.ndarray]
+    against_lower: dict[int, np.ndarray]
+    orders: dict[int, np.ndarray]
+    orders_lower: dict[int, np.ndarray]
+    statuses: dict[int, np.ndarray]
+    statuses_lower: dict[int, np.ndarray]
+    order_ok: dict[int, bool]
     fd_error1: float
     fd_error2: float
     consistent: bool
@@ -72,9 +86,20 @@ class ActivationReport:
     passed: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.passed = (
-            self.first_order_ok and self.second_order_ok and self.consistent and self.tails_ok is not False
-        )
+        self.passed = all(self.order_ok.values()) and self.consistent and self.tails_ok is not False
+
+    # the names of the first- and second-order check
+    E1 = property(lambda self: self.remainders[1])
+    E2 = property(lambda self: self.remainders[2])
+    Ed = property(lambda self: self.against_lower[2])
+    order1 = property(lambda self: self.orders[1])
+    order2 = property(lambda self: self.orders[2])
+    order_d = property(lambda self: self.orders_lower[2])
+    status1 = property(lambda self: self.statuses[1])
+    status2 = property(lambda self: self.statuses[2])
+    status_d = property(lambda self: self.statuses_lower[2])
+    first_order_ok = property(lambda self: self.order_ok[1])
+    second_order_ok = property(lambda self: self.order_ok[2])
 
     def __bool__(self) -> bool:
         return self.passed
@@ -86,31 +111,48 @@ class ActivationReport:
 
     def __str__(self) -> str:
         verdict = {True: "ok", False: "FAILED", None: "not checked"}
-        return "\n".join(
-            [
-                f"Activation check: {self.name}, {self.z.size} points in [{self.z.min():g}, {self.z.max():g}]",
-                f"sigma'  by Taylor (expect 2): {_fmt_order(self.order1, self.status1):>5}  "
-                f"{verdict[self.first_order_ok]}",
-                f"sigma'' by Taylor (expect 3): {_fmt_order(self.order2, self.status2):>5}, "
-                f"against sigma' (expect 2): {_fmt_order(self.order_d, self.status_d):>5}  "
-                f"{verdict[self.second_order_ok]}",
-                f"central differences: |d sigma - sigma'| = {self.fd_error1:.1e}, "
-                f"|d sigma' - sigma''| = {self.fd_error2:.1e}",
-                f"orders 0/1/2 consistent: {verdict[self.consistent]}; tails |z| <= 1e4: {verdict[self.tails_ok]}",
-                f"passed: {self.passed}",
-            ]
-        )
+        lines = [
+            f"Activation check: {self.name}, {self.z.size} points in [{self.z.min():g}, {self.z.max():g}]"
+        ]
+        for k in range(1, self.max_order + 1):
+            line = f"{_NAMES[k]:<10} by Taylor (expect {k + 1}): {_fmt_order(self.orders[k], self.statuses[k]):>5}"
+            if k >= 2:
+                line += (
+                    f", against {_NAMES[k - 1]} (expect 2): "
+                    f"{_fmt_order(self.orders_lower[k], self.statuses_lower[k]):>5}"
+                )
+            lines.append(f"{line}  {verdict[self.order_ok[k]]}")
+        lines += [
+            f"central differences: |d sigma - sigma'| = {self.fd_error1:.1e}, "
+            f"|d sigma' - sigma''| = {self.fd_error2:.1e}",
+            f"orders 0..{self.max_order} consistent: {verdict[self.consistent]}; "
+            f"tails |z| <= 1e4: {verdict[self.tails_ok]}",
+            f"passed: {self.passed}",
+        ]
+        return "\n".join(lines)
+
+
+def _all_orders(act, z, K):
+    """``(σ, …, σ⁽ᴷ⁾)`` at ``z`` on NumPy (``act(z, 2)`` below order 3)."""
+    return act.derivatives(z, K, xp=np) if K > 2 else act(z, 2, xp=np)
 
 
 def check_activation(act, z=None, *, hs=None, tails: bool = True) -> ActivationReport:
-    r"""Check an activation's :math:`\sigma'` and :math:`\sigma''` by Taylor rates.
+    r"""Check an activation's derivatives :math:`\sigma', \dots, \sigma^{(K)}` by Taylor rates.
 
-    At every grid point the remainders of the first- and second-order Taylor
-    models of :math:`\sigma`, and of the first-order model of
-    :math:`\sigma'`, must decay at rates 2, 3 and 2 (judged as in
-    :func:`taylor_check`, against the round-off floor), which a wrong
-    :math:`\sigma'` or :math:`\sigma''` cannot fake. Use it on activations
-    from :func:`hessquik_core.activations.custom` or your own subclass of
+    :math:`K` is the activation's ``max_order`` (2 for :math:`\sigma', \sigma''`
+    only, 4 for every built-in activation and for :func:`~hessquik_core.activations.custom`
+    given ``d3f`` and ``d4f``). At every grid point, for :math:`k = 1, \dots, K`,
+
+    .. math::
+        \Bigl|\sigma(z+h) - \sum_{j=0}^{k} \frac{h^j}{j!}\sigma^{(j)}(z)\Bigr| = O(h^{k+1})
+        \quad\text{and}\quad
+        |\sigma^{(k-1)}(z+h) - \sigma^{(k-1)}(z) - h\sigma^{(k)}(z)| = O(h^2)
+
+    must hold, the rates judged as in :func:`taylor_check` against the round-off
+    floor: a wrong :math:`\sigma^{(k)}` leaves rates :math:`k` and 1 behind, which
+    no tolerance can hide. Use it on activations from
+    :func:`hessquik_core.activations.custom` or your own subclass of
     :class:`~hessquik_core.activations.Activation`.
 
     Parameters
@@ -123,9 +165,8 @@ def check_activation(act, z=None, *, hs=None, tails: bool = True) -> ActivationR
     hs : sequence of float, optional
         Strictly decreasing steps, default :math:`2^{-1}, \dots, 2^{-12}`.
     tails : bool
-        Also require finite values at :math:`|z| \in \{10^2, 10^3, 10^4\}` in
-        float32 and float64 (the overflow-safety every built-in activation
-        has).
+        Also require finite values of every order at :math:`|z| \in \{10^2, 10^3, 10^4\}`
+        in float32 and float64 (the overflow-safety every built-in activation has).
 
     Returns
     -------
@@ -141,6 +182,7 @@ def check_activation(act, z=None, *, hs=None, tails: bool = True) -> ActivationR
     from .activations import get_activation
 
     act = get_activation(act)
+    K = int(act.max_order)
     hs_arr = _check_hs(hs)
     if z is None:
         zg = np.linspace(-6.0, 6.0, 121) + 1e-3
@@ -150,33 +192,71 @@ def check_activation(act, z=None, *, hs=None, tails: bool = True) -> ActivationR
             raise ValueError(f"z must be a non-empty 1-D array of finite points, got shape {zg.shape}")
     eps = float(np.finfo(np.float64).eps)
 
-    def ev(x, order=2):
-        return [
-            None if a is None else np.asarray(to_numpy(a), dtype=np.float64) for a in act(x, order, xp=np)
-        ]
+    def ev(x):
+        return [np.asarray(to_numpy(a), dtype=np.float64) for a in _all_orders(act, x, K)]
 
-    s, s1, s2 = ev(zg)
-    H = hs_arr.size
-    E1, E2, Ed, F1, F2 = (np.empty((H, zg.size)) for _ in range(5))
+    d = ev(zg)
+    H, N = hs_arr.size, zg.size
+    E = {k: np.empty((H, N)) for k in range(1, K + 1)}
+    D = {k: np.empty((H, N)) for k in range(2, K + 1)}
+    FE, FD = np.empty((H, N)), {k: np.empty((H, N)) for k in range(2, K + 1)}
     for i, h in enumerate(hs_arr):
-        sh, s1h, _ = ev(zg + h, 1)
-        E1[i] = np.abs(sh - s - h * s1)
-        E2[i] = np.abs(sh - s - h * s1 - 0.5 * h * h * s2)
-        Ed[i] = np.abs(s1h - s1 - h * s2)
-        F1[i] = eps * (np.abs(sh) + np.abs(s) + h * np.abs(s1) + 0.5 * h * h * np.abs(s2))
-        F2[i] = eps * (np.abs(s1h) + np.abs(s1) + h * np.abs(s2))
-    ok1, order1, st1 = _judge(E1, F1, hs_arr, 2.0)
-    ok2, order2, st2 = _judge(E2, F1, hs_arr, 3.0)
-    okd, order_d, std = _judge(Ed, F2, hs_arr, 2.0)
+        dh = ev(zg + h)
+        terms = [h**j / math.factorial(j) * d[j] for j in range(K + 1)]
+        partial = np.zeros(N)
+        for k in range(K + 1):
+            partial = partial + terms[k]
+            if k >= 1:
+                E[k][i] = np.abs(dh[0] - partial)
+        FE[i] = eps * (np.abs(dh[0]) + sum(np.abs(t) for t in terms))
+        for k in range(2, K + 1):
+            D[k][i] = np.abs(dh[k - 1] - d[k - 1] - h * d[k])
+            FD[k][i] = eps * (np.abs(dh[k - 1]) + np.abs(d[k - 1]) + h * np.abs(d[k]))
+    orders, statuses, orders_lower, statuses_lower, order_ok = {}, {}, {}, {}, {}
+    for k in range(1, K + 1):
+        if k <= 2:
+            ok, orders[k], statuses[k] = _judge(E[k], FE, hs_arr, float(k + 1))
+        else:
+            # pointwise, a remainder of order >= 3 reaches round-off within a few steps
+            # and changes sign near the zeros of σ⁽ᵏ⁺¹⁾ (a dip that reads as a low order):
+            # judged on its largest value over the grid, whose rate is k + 1 exactly
+            # when σ⁽ᵏ⁾ is right at every point (a wrong one leaves h^k |δ| / k! behind)
+            worst = np.max(E[k], axis=1, keepdims=True)
+            ok, orders[k], statuses[k] = _judge(
+                worst, np.max(FE, axis=1, keepdims=True), hs_arr, float(k + 1)
+            )
+        order_ok[k] = bool(np.all(ok))
+        if k >= 2:
+            okd, orders_lower[k], statuses_lower[k] = _judge(D[k], FD[k], hs_arr, 2.0)
+            order_ok[k] = order_ok[k] and bool(np.all(okd))
 
     # central differences at the step balancing truncation and round-off
     hc = eps ** (1.0 / 3.0)
-    sp, s1p, _ = ev(zg + hc, 1)
-    sm, s1m, _ = ev(zg - hc, 1)
-    fd1 = float(np.max(np.abs((sp - sm) / (2 * hc) - s1) / np.maximum(1.0, np.abs(s1))))
-    fd2 = float(np.max(np.abs((s1p - s1m) / (2 * hc) - s2) / np.maximum(1.0, np.abs(s2))))
+    dp, dm = ev(zg + hc), ev(zg - hc)
+    fd1 = float(np.max(np.abs((dp[0] - dm[0]) / (2 * hc) - d[1]) / np.maximum(1.0, np.abs(d[1]))))
+    fd2 = float(np.max(np.abs((dp[1] - dm[1]) / (2 * hc) - d[2]) / np.maximum(1.0, np.abs(d[2]))))
 
-    consistent = True
+    return ActivationReport(
+        name=getattr(act, "name", type(act).__name__),
+        max_order=K,
+        z=zg,
+        hs=hs_arr,
+        remainders=E,
+        against_lower=D,
+        orders=orders,
+        orders_lower=orders_lower,
+        statuses=statuses,
+        statuses_lower=statuses_lower,
+        order_ok=order_ok,
+        fd_error1=fd1,
+        fd_error2=fd2,
+        consistent=_consistent(act, zg, K),
+        tails_ok=_tails_ok(act, K) if tails else None,
+    )
+
+
+def _consistent(act, zg, K) -> bool:
+    ok = True
     for dtype in (np.float32, np.float64):
         zz = zg.astype(dtype)
         full = act(zz, 2, xp=np)
@@ -184,44 +264,34 @@ def check_activation(act, z=None, *, hs=None, tails: bool = True) -> ActivationR
             part = act(zz, order, xp=np)
             for k in range(3):
                 if k <= order:
-                    consistent &= part[k] is not None and np.array_equal(
+                    ok &= part[k] is not None and np.array_equal(
                         np.asarray(part[k]), np.asarray(full[k]), equal_nan=True
                     )
                 else:
-                    consistent &= part[k] is None
-        consistent &= all(
-            getattr(a, "shape", None) == zz.shape and getattr(a, "dtype", None) == dtype for a in full
-        )
+                    ok &= part[k] is None
+        ok &= all(getattr(a, "shape", None) == zz.shape and getattr(a, "dtype", None) == dtype for a in full)
+        if K > 2:
+            high = act.derivatives(zz, K, xp=np)
+            ok &= len(high) == K + 1 and all(
+                getattr(a, "shape", None) == zz.shape and getattr(a, "dtype", None) == dtype for a in high
+            )
+            if ok:
+                tol = 1e-12 if dtype == np.float64 else 1e-5
+                ok &= all(
+                    np.allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=0.0, equal_nan=True)
+                    for a, b in zip(high[:3], full)
+                )
+    return bool(ok)
 
-    tails_ok = None
-    if tails:
-        tails_ok = True
-        for dtype in (np.float32, np.float64):
-            zt = np.array([-1e4, -1e3, -1e2, 1e2, 1e3, 1e4], dtype=dtype)
-            try:
-                with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
-                    out = act(zt, 2, xp=np)
-                tails_ok &= all(bool(np.all(np.isfinite(np.asarray(a)))) for a in out)
-            except FloatingPointError:
-                tails_ok = False
 
-    return ActivationReport(
-        name=getattr(act, "name", type(act).__name__),
-        z=zg,
-        hs=hs_arr,
-        E1=E1,
-        E2=E2,
-        Ed=Ed,
-        order1=order1,
-        order2=order2,
-        order_d=order_d,
-        status1=st1,
-        status2=st2,
-        status_d=std,
-        first_order_ok=bool(np.all(ok1)),
-        second_order_ok=bool(np.all(ok2)) and bool(np.all(okd)),
-        fd_error1=fd1,
-        fd_error2=fd2,
-        consistent=bool(consistent),
-        tails_ok=tails_ok,
-    )
+def _tails_ok(act, K) -> bool:
+    ok = True
+    for dtype in (np.float32, np.float64):
+        zt = np.array([-1e4, -1e3, -1e2, 1e2, 1e3, 1e4], dtype=dtype)
+        try:
+            with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+                out = _all_orders(act, zt, K)
+            ok &= all(bool(np.all(np.isfinite(np.asarray(a)))) for a in out)
+        except FloatingPointError:
+            ok = False
+    return bool(ok)

@@ -53,9 +53,17 @@ import numpy as np
 
 from ._activation_check import ActivationReport, check_activation
 from ._taylor import _SAFETY, _SAFETY_MEASURED, _check_hs, _fmt_order, _judge, _orders
+from .activations import require_order
 from .backends._generic import to_numpy
 
-__all__ = ["ActivationReport", "LaplacianReport", "TaylorReport", "check_activation", "taylor_check"]
+__all__ = [
+    "ActivationReport",
+    "LaplacianReport",
+    "TaylorReport",
+    "check_activation",
+    "require_order",
+    "taylor_check",
+]
 
 
 @dataclass

@@ -46,11 +46,13 @@ that meets it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .activations import ACTIVATIONS, Activation, ReLU
+from .activations.torch_modules import NAMES as _ACT_MODULES
+from .activations.torch_modules import torch_classes
 from .layers.base import LAYERS, Layer
 from .networks import NN
 
@@ -58,85 +60,45 @@ __all__ = ["ReLU", "from_torch", "to_torch"]  # and the twin classes, by name (_
 
 
 # --------------------------------------------------------------------------
-# torch-side activation modules (moving to hessquik_core.activations), created lazily
-# --------------------------------------------------------------------------
-
-_torch_classes: dict[str, type] = {}
-
-
-def _make_torch_classes() -> dict[str, type]:
-    if _torch_classes:
-        return _torch_classes
-    import torch
-    from torch import nn
-
-    class AntiTanh(nn.Module):
-        r""":math:`\log(2\cosh z) = |z| + \log(1 + e^{-2|z|})` (hessQuik's antiTanh)."""
-
-        def forward(self, z):
-            a = z.abs()
-            return a + torch.log1p(torch.exp(-2.0 * a))
-
-    class Quadratic(nn.Module):
-        r""":math:`z^2 / 2`."""
-
-        def forward(self, z):
-            return 0.5 * z * z
-
-    class Sin(nn.Module):
-        r""":math:`\sin z`."""
-
-        def forward(self, z):
-            return torch.sin(z)
-
-    for cls in (AntiTanh, Quadratic, Sin):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__  # so torch.save / pickle of a whole module finds them here
-        _torch_classes[cls.__name__] = cls
-    return _torch_classes
-
-
-# --------------------------------------------------------------------------
 # the twins, found through the registered layers and activations
 # --------------------------------------------------------------------------
 
 
-def _twin_class(cls: type) -> type | None:
-    """The torch twin class of a registered layer or activation class (imports torch)."""
-    own = getattr(cls, "torch_twin_class", None)
-    if own is not None:
-        return own()
-    name = getattr(cls, "torch_twin", None)
-    if name is None:
-        return None
-    from torch import nn
-
-    return _make_torch_classes().get(name) or getattr(nn, name, None)
+def _twin_class(cls: type[Layer] | type[Activation]) -> type | None:
+    """The torch twin class of a registered layer or activation class (imports torch):
+    both state it the same way, ``cls.torch_twin_class()``."""
+    return cls.torch_twin_class()
 
 
-def _registered() -> list[type]:
+def _registered() -> list[type[Layer] | type[Activation]]:
     """Every registered layer and activation class (the registries, read now)."""
     return [*LAYERS.values(), *ACTIVATIONS.values()]
 
 
+def _defines_own_twin(cls: type[Layer] | type[Activation]) -> bool:
+    """Whether a registered class defines its twin itself (rather than naming a
+    ``torch.nn`` class): a layer that overrides ``torch_twin_class``, an activation
+    whose twin is one of :mod:`hessquik_core.activations.torch_modules`."""
+    if issubclass(cls, Layer):
+        return cls.torch_twin_class.__func__ is not Layer.torch_twin_class.__func__  # type: ignore[attr-defined]
+    return cls.torch_twin in _ACT_MODULES
+
+
 def _own_twin_names() -> tuple[str, ...]:
     """Names of the twin classes hessquik-core defines (not ``torch.nn``'s)."""
-    names = []
-    for cls in _registered():
-        twin = _twin_class(cls) if getattr(cls, "torch_twin", None) else None
-        if twin is not None and twin.__module__ == __name__:
-            names.append(twin.__name__)
-    return tuple(sorted(set(names)))
+    return tuple(sorted({c.torch_twin for c in _registered() if c.torch_twin and _defines_own_twin(c)}))
 
 
 def __getattr__(name: str) -> Any:
     """``hessquik_core.interop.<Twin>``: a twin class by name (built on first access)."""
     if name == "_TORCH_NAMES":
         return _own_twin_names()
-    for cls in _registered():
-        if getattr(cls, "torch_twin", None) == name:  # decided before torch is imported
-            twin = _twin_class(cls)
-            if twin is not None and twin.__module__ == __name__ and twin.__name__ == name:
+    if name in _ACT_MODULES:  # the activations' own twins live with the activations
+        return torch_classes()[name]
+    for cls in LAYERS.values():
+        if cls.torch_twin == name and _defines_own_twin(cls):  # decided before torch is imported
+            twin = cls.torch_twin_class()
+            if twin is not None and twin.__name__ == name:
                 return twin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -153,7 +115,7 @@ def _smooth_hint() -> str:
     ours = [t for t in twins if t in own]
     return (
         f"supported activations: {', '.join(t for t in twins if t not in ours)} "
-        f"and hessquik_core.interop's {', '.join(ours)}"
+        f"and hessquik_core.activations.torch_modules' (also in hessquik_core.interop) {', '.join(ours)}"
     )
 
 
@@ -194,22 +156,49 @@ def _layer_twins() -> dict[type, type[Layer]]:
     return out
 
 
-def _act_from_torch(mod, path: str, allow_relu: bool) -> Activation | None:
-    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none."""
+class _OptIns(NamedTuple):
+    """from_torch's opt-ins for non-smooth activations, carried where ``allow_relu`` was."""
+
+    relu: bool
+    kinks: bool
+
+
+#: how to bring an activation of one's own, for the refusals below
+_CUSTOM_HINT = (
+    "or define the activation you want with hq.activations.custom(f, df, d2f, name=...) and put "
+    "hessquik_core.activations.torch_modules.ActivationModule(that activation) in its place"
+)
+
+
+def _act_from_torch(mod, path: str, allow_relu) -> Activation | None:
+    """hessquik-core activation for a torch activation module, ``None`` if ``mod`` is none.
+    ``allow_relu``: a bool (ReLU only) or from_torch's :class:`_OptIns`."""
+    relu_ok, kinks_ok = allow_relu if isinstance(allow_relu, _OptIns) else (bool(allow_relu), False)
     t = type(mod)
+    if t is torch_classes()["ActivationModule"]:  # to_torch's module around any other activation
+        return mod.hessquik_activation
     cls = _torch_twins().get(t)
     if cls is not None:
-        if not cls.smooth and not allow_relu:
+        act = cls.from_twin(mod)
+        if cls.kinks and not kinks_ok:
+            raise ValueError(
+                f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable at 0: "
+                f"{act.kink_note()}. Hessians and Laplacians are then those of its smooth pieces, with that "
+                f"value at the kink. Pass allow_kinks=True to convert anyway, use a smooth activation "
+                f"(e.g. nn.SiLU, nn.GELU, nn.Softplus(beta=10)), {_CUSTOM_HINT}."
+            )
+        if not cls.smooth and not cls.kinks and not relu_ok:
             raise ValueError(
                 f"submodule {path!r} is nn.{t.__name__}: its second derivative is zero almost everywhere, so "
                 f"Hessians and Laplacians (and every loss built on them) would be silently wrong. Use a smooth "
-                f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), or pass allow_relu=True to convert anyway."
+                f"activation (e.g. nn.Softplus(beta=10) or nn.SiLU), pass allow_relu=True to convert anyway, "
+                f"{_CUSTOM_HINT}."
             )
-        return cls.from_twin(mod)
+        return act
     if t.__name__ in _NONSMOOTH and t.__module__.startswith("torch.nn"):
         raise ValueError(
             f"submodule {path!r} is nn.{t.__name__}, which is not twice differentiable; "
-            f"hessquik-core needs smooth activations ({_smooth_hint()})"
+            f"hessquik-core needs smooth activations ({_smooth_hint()}), {_CUSTOM_HINT}"
         )
     return None
 
@@ -259,14 +248,8 @@ class _FromTorchKit:
 
 def _twin_label(cls: type[Layer]) -> str:
     """``nn.Linear`` or ``hessquik_core.interop.ResidualBlock``: a layer's twin, for messages."""
-    twin = cls.torch_twin_class()
-    if twin is None:  # pragma: no cover - only layers with twins are asked
-        return cls.__name__
-    return (
-        f"nn.{twin.__name__}"
-        if twin.__module__.startswith("torch.nn")
-        else f"{twin.__module__}.{twin.__name__}"
-    )
+    where = "hessquik_core.interop." if _defines_own_twin(cls) else "nn."
+    return f"{where}{cls.torch_twin}"
 
 
 def _layer_from_torch(cls, mod, path, dtype, allow_relu, activation=None):
@@ -330,7 +313,7 @@ def _check_no_hooks(module) -> None:
             )
 
 
-def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
+def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, dtype=None) -> NN:
     r"""Build the hessquik-core network equal to a PyTorch ``nn.Sequential``.
 
     Parameters
@@ -347,6 +330,11 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
         derivative of ReLU is zero almost everywhere, so every Hessian or
         Laplacian of the result misses the kinks and derivative-based
         losses break silently.
+    allow_kinks : bool, default False
+        ``nn.ELU``, ``nn.CELU``, ``nn.SELU`` and ``nn.Softsign`` (smooth but
+        for a jump in a derivative at 0) are refused unless this is ``True``;
+        the message says which derivative jumps and the (left-sided) value
+        used at exactly 0 (see :mod:`hessquik_core.activations`' ELU, ...).
     dtype : NumPy dtype, optional
         Storage dtype of the copied parameters; default: each parameter's
         own (float32 stays float32, so values are bitwise equal).
@@ -390,6 +378,9 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     twins = _layer_twins()
+    # both opt-ins travel where allow_relu did, down to _act_from_torch
+    if not isinstance(allow_relu, _OptIns):  # (a nested conversion passes them on as they are)
+        allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
     leaves: list = []
     _walk(module, "", leaves)
     layers: list[Layer] = []
@@ -436,7 +427,7 @@ def from_torch(module, *, allow_relu: bool = False, dtype=None) -> NN:
                 )
             flush(act)
             continue
-        own = [_twin_label(c) for c in twins.values() if _twin_label(c).startswith("hessquik")]
+        own = [_twin_label(c) for c in twins.values() if _defines_own_twin(c)]
         raise ValueError(
             f"cannot convert submodule {path!r} ({t.__module__}.{t.__qualname__}): a module whose "
             f"forward hessquik-core cannot recognise. Supported: nn.Sequential, smooth activations "
@@ -466,7 +457,7 @@ def _act_to_torch(act: Activation):
     """The torch module of ``act`` (``None`` for the identity), from its class's ``torch_twin``."""
     from torch import nn
 
-    return act.to_torch(nn, _make_torch_classes())
+    return act.to_torch(nn)
 
 
 def to_torch(net, *, dtype=None, device=None):

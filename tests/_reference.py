@@ -69,6 +69,16 @@ def torch_act(act, z):
         return F.mish(z)
     if name == "gaussian":
         return torch.exp(-(z * z))
+    if name == "elu":
+        return F.elu(z, alpha=act.alpha)
+    if name == "celu":
+        return F.celu(z, alpha=act.alpha)
+    if name == "selu":
+        return F.selu(z)
+    if name == "softsign":
+        return F.softsign(z)
+    if name == "logsigmoid":
+        return F.logsigmoid(z)
     if name in TORCH_TWINS:  # a test's own activation, with its torch formula
         return TORCH_TWINS[name](z)
     raise AssertionError(name)

@@ -13,36 +13,32 @@ from hessquik_core import activations as A
 
 
 @dataclass(frozen=True)
-class _LogSigmoid(A.Activation):
-    r""":math:`\sigma = \log s(z) = -\mathrm{softplus}(-z)`, :math:`\sigma' = 1 - s`, :math:`\sigma'' = -s(1-s)`."""
+class _Tanhshrink(A.Activation):
+    r""":math:`\sigma = z - \tanh z`, :math:`\sigma' = \tanh^2 z`, :math:`\sigma'' = 2\tanh z\,(1 - \tanh^2 z)`."""
 
-    name = "logsigmoid"
-    torch_twin = "LogSigmoid"  # torch.nn.LogSigmoid
+    name = "tanhshrink"
+    torch_twin = "Tanhshrink"  # torch.nn.Tanhshrink
 
     def _eval(self, z, order, xp):
-        # log s(z) = min(z, 0) - log(1 + e^{-|z|}): no overflow for any z
-        val = xp.minimum(z, xp.zeros_like(z)) - xp.log1p(xp.exp(-xp.abs(z)))
+        t = xp.tanh(z)
         if order == 0:
-            return val, None, None
-        e = xp.exp(-xp.abs(z))
-        s = xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        sc = xp.where(z >= 0, e / (1.0 + e), 1.0 / (1.0 + e))
-        return val, sc, (-s * sc) if order == 2 else None
+            return z - t, None, None
+        return z - t, t * t, (2.0 * t * (1.0 - t * t)) if order == 2 else None
 
 
 @pytest.fixture
 def registered():
-    A.register_activation(_LogSigmoid)
+    A.register_activation(_Tanhshrink)
     try:
-        yield _LogSigmoid
+        yield _Tanhshrink
     finally:
-        del A.ACTIVATIONS[_LogSigmoid.name]
+        del A.ACTIVATIONS[_Tanhshrink.name]
 
 
 def test_registered_activation_is_everywhere(registered, tmp_path):
     assert hq.checks.check_activation(registered())
-    assert type(A.get_activation("logsigmoid")) is registered
-    net = hq.FullyConnectedNN([3, 5, 2], act="logsigmoid", seed=0)
+    assert type(A.get_activation("tanhshrink")) is registered
+    net = hq.FullyConnectedNN([3, 5, 2], act="tanhshrink", seed=0)
     x = np.random.default_rng(0).standard_normal((4, 3))
     ref = net(x, gradient=True, laplacian=True)
     # save / load: the file names the activation, load finds it in the registry
@@ -53,22 +49,32 @@ def test_registered_activation_is_everywhere(registered, tmp_path):
     # torch twin both ways
     torch = pytest.importorskip("torch")
     tm = hq.to_torch(net)
-    assert isinstance(tm[1], torch.nn.LogSigmoid)
+    assert isinstance(tm[1], torch.nn.Tanhshrink)
     np.testing.assert_allclose(tm(torch.from_numpy(x)).detach().numpy(), ref.value, rtol=1e-13, atol=1e-14)
     again = hq.from_torch(tm)
     assert type(again.blocks[0].act) is registered
     np.testing.assert_allclose(again(x, laplacian=True).laplacian, ref.laplacian, rtol=1e-13, atol=1e-14)
 
 
-def test_unregistered_activation_is_refused(tmp_path):
-    assert "logsigmoid" not in A.ACTIVATIONS
+def test_unregistered_activation_is_refused_by_files_and_exported_as_itself(tmp_path):
+    assert "tanhshrink" not in A.ACTIVATIONS
     with pytest.raises(ValueError, match="unknown activation"):
-        A.get_activation("logsigmoid")
-    net = hq.NN(hq.SingleLayer(2, 2, act=_LogSigmoid()))
+        A.get_activation("tanhshrink")
+    net = hq.NN(hq.SingleLayer(2, 2, act=_Tanhshrink()))
     with pytest.raises(TypeError, match="cannot save activation"):
         hq.save(net, tmp_path / "x")
-    with pytest.raises(TypeError, match="no torch equivalent"):
-        hq.to_torch(net)
+    # no registered twin: to_torch wraps the activation itself (its own σ through torch)
+    torch = pytest.importorskip("torch")
+    from hessquik_core.activations.torch_modules import ActivationModule
+
+    tm = hq.to_torch(net)
+    assert type(tm[1]) is ActivationModule and tm[1].hessquik_activation == _Tanhshrink()
+    x = np.random.default_rng(1).standard_normal((4, 2))
+    ref = net(x, laplacian=True)
+    np.testing.assert_allclose(tm(torch.from_numpy(x)).detach().numpy(), ref.value, rtol=1e-14, atol=1e-15)
+    back = hq.from_torch(tm)
+    assert back.blocks[0].act == _Tanhshrink()
+    np.testing.assert_allclose(back(x, laplacian=True).laplacian, ref.laplacian, rtol=1e-14, atol=1e-15)
 
 
 def test_register_activation_checks_its_argument(registered):
@@ -82,7 +88,7 @@ def test_register_activation_checks_its_argument(registered):
 
     @dataclass(frozen=True)
     class Clash(A.Activation):
-        name = "logsigmoid"
+        name = "tanhshrink"
 
     with pytest.raises(ValueError, match="already registered"):
         A.register_activation(Clash)

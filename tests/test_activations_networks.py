@@ -202,9 +202,11 @@ def test_save_load_round_trip(act, rng, tmp_path):
     np.testing.assert_array_equal(r1.laplacian, r0.laplacian)
 
 
-def test_custom_activation_is_not_saved_or_exported(tmp_path):
+def test_unregistered_custom_activation_is_not_saved_but_exported(tmp_path):
+    """Saving needs register=True (tests/test_activation_custom.py); to_torch wraps it."""
     net, _ = _net("single", ACTS["custom"])
     with pytest.raises(TypeError, match="cannot save activation"):
         hq.save(net, tmp_path / "net.hq")
-    with pytest.raises(TypeError, match="no torch equivalent"):
-        hq.to_torch(net)
+    tm = hq.to_torch(net)
+    x = np.random.default_rng(2).standard_normal((3, 3))
+    np.testing.assert_allclose(tm(torch.from_numpy(x)).detach().numpy(), net(x).value, rtol=1e-14, atol=1e-15)

@@ -5,6 +5,9 @@ curvature products on the flattened parameters, and the array libraries."""
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch, torch_truth
@@ -91,6 +94,10 @@ def test_last_and_only_layer(affine):
 def test_structured_steps_match_generic_rule():
     """The structured steps against the generic rule on the dense per-example
     J and T (the previous implementation), including packed and shared seeds."""
+    # the rule references live with the rule tests (tests/rules)
+    rules = str(pathlib.Path(__file__).resolve().parents[1] / "rules")
+    if rules not in sys.path:
+        sys.path.insert(0, rules)
     import _layer_norm_reference as R
 
     from hessquik_core.backends import get_backend
