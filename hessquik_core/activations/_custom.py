@@ -7,8 +7,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from array_api_compat import is_numpy_array
-
 from ._base import ACTIVATIONS, Activation, register_activation
 
 _KEYS = ("f", "df", "d2f", "d3f", "d4f")
@@ -78,18 +76,18 @@ class CustomActivation(Activation):
             out = fn(z, xp=xp)
         elif conv == "pos":
             out = fn(z, xp)
-        elif is_numpy_array(z):
-            out = fn(z)
         else:
             try:
                 out = fn(z)
-            except Exception as err:  # e.g. numpy.ndarray * Tensor: say how to write it instead
+            except (TypeError, RuntimeError, AttributeError, ValueError) as err:
+                # e.g. numpy.ndarray * Tensor, or NumPy converting a tensor that requires grad:
+                # say how to write it instead (the original error is in the message and chained)
                 raise TypeError(
                     f"{_hint(self.name, what)} (calling it on a {type(z).__name__} raised: {err})"
                 ) from err
         if not hasattr(out, "shape"):  # a constant, e.g. d2f = lambda z: 0.0
             return xp.full_like(z, float(out))
-        if conv == "none" and not is_numpy_array(z) and type(out) is not type(z):
+        if conv == "none" and type(out) is not type(z):  # e.g. a NumPy array for a torch input
             raise TypeError(
                 f"{_hint(self.name, what)} (given a {type(z).__name__}, it returned a {type(out).__name__})"
             )
