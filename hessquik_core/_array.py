@@ -143,9 +143,11 @@ def _move_to(be: Backend, x, like_device=None):
     return be.convert(x, dtype=be.dtype(_dtype_name(x.dtype)), device=like_device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CallContext:
-    """Everything the engine needs about one call."""
+    """Everything the engine needs about one call: the resolved request (immutable;
+    the planner settles ``mode``, ``route`` and ``training`` in a new one,
+    :func:`hessquik_core.engine.plan.plan`)."""
 
     xp: Any
     be: Any
