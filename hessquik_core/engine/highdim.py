@@ -33,6 +33,7 @@ with the batch-independent ``w × q`` product :math:`M_L M_1`; otherwise
 
 from __future__ import annotations
 
+from ..backends.base import Ops
 from ..carry import Request, Tangents
 from ..rules.affine import BLOCK_BYTES, evaluate, gram, memo
 from ..rules.contractions import device
@@ -50,7 +51,7 @@ def plain_affine(leaf) -> bool:
     return st is not None and st.plain
 
 
-def _affine_eval(leaf, u, P, order, ops):
+def _affine_eval(leaf, u, P, order, ops: Ops):
     """``(σ(z), σ'(z), σ''(z), M, linear)`` of a plain affine leaf at ``z = uM + b``, from
     its declared structure (the rule :func:`~hessquik_core.rules.affine.evaluate`)."""
     st = leaf.affine_structure(P)
@@ -135,7 +136,7 @@ def _scaled(rc: RouteCost, n: int, n1: int) -> RouteCost:
     )
 
 
-def gram_root(M, ops):
+def gram_root(M, ops: Ops):
     r"""``(G, R)``: :math:`G = M^\top M` and ``R`` with :math:`R^\top R = G`
     (:math:`R = \Lambda^{1/2} U^\top` from :math:`G = U \Lambda U^\top`; rounding
     negatives of a singular ``G`` are clipped to zero)."""
