@@ -111,6 +111,21 @@ class Backend:
         """Is ``xp`` this library's own namespace (so ``backend=None`` picks it)?"""
         return False
 
+    # -- arrays of this library ------------------------------------------------
+    def namespace(self, a) -> Any:
+        """The Array-API namespace of ``a``, one of this library's arrays (``TypeError``
+        if there is none). Default: array-api-compat's; a library it does not know
+        overrides this in its own backend file."""
+        import array_api_compat as aac
+
+        return aac.array_namespace(a)
+
+    def device_of(self, a) -> Any:
+        """The device ``a`` lives on (array-api-compat's ``device``, by default)."""
+        import array_api_compat as aac
+
+        return aac.device(a)
+
     # -- capabilities that depend on the call ---------------------------------
     @property
     def fuses(self) -> bool:
