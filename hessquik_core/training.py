@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._module import Module, _as_home
 from .engine.routes.switches import analytic_weight_gradient, step_workspace
@@ -178,7 +178,7 @@ def functional_call(net: Module, params: Mapping[str, Any], x, **kwargs):
         for mod, name, arr in staged:
             mod._params[name] = arr
             mod._cache.clear()
-        return net(x, **kwargs)
+        return cast(Callable[..., Any], net)(x, **kwargs)  # a network or layer: callable
     finally:
         for mod, name, arr in saved:
             mod._params[name] = arr
@@ -369,17 +369,17 @@ def fit(
                 print_fn(f"step {step:5d}  loss {history[-1]:.4e}")
         return history
 
-    opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
-        opt.zero_grad()
+        lbfgs.zero_grad()
         loss = loss_fn()
         loss.backward()
         return loss
 
     for step in range(steps):
         # L-BFGS returns the loss before its step: the same entry as Adam's
-        history.append(float(opt.step(closure).detach()))
+        history.append(float(lbfgs.step(closure).detach()))
         if log_every and step % log_every == 0:
             print_fn(f"lbfgs {step:4d}  loss {history[-1]:.4e}")
         if stop(step):

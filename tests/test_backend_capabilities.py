@@ -165,3 +165,25 @@ def test_identity_seed_of_each_backend():
     xps = pytest.importorskip("array_api_strict")
     e = backend_for(xps).eye(2, dtype=xps.float64, device=None)
     np.testing.assert_array_equal(np.asarray(e), np.eye(2))
+
+
+def test_namespace_and_device_are_asked_of_the_backend(monkeypatch):
+    """The call resolution asks the owning backend for the namespace and the device of
+    ``x`` (issue 21 item 4: a library array-api-compat does not know is one backend file)."""
+    be = get_backend("numpy")
+    asked = []
+    real_ns, real_dev = type(be).namespace, type(be).device_of
+
+    def namespace(self, a):
+        asked.append("namespace")
+        return real_ns(self, a)
+
+    def device_of(self, a):
+        asked.append("device")
+        return real_dev(self, a)
+
+    monkeypatch.setattr(type(be), "namespace", namespace)
+    monkeypatch.setattr(type(be), "device_of", device_of)
+    net = hq.FullyConnectedNN([2, 3, 1], seed=0)
+    assert net(np.zeros((4, 2)), gradient=True).gradient.shape == (4, 2, 1)
+    assert "namespace" in asked and "device" in asked

@@ -298,6 +298,8 @@ def test_auto_mode_prices_the_training_step():
 def test_sweep_follows_the_planners_answer():
     """The planner asks ``training_kind`` once and keeps the answer on the call
     (``ctx.training``); the sweep follows it and does not decide again."""
+    from dataclasses import replace
+
     from hessquik_core._array import resolve_call
     from hessquik_core.engine import plan
 
@@ -313,9 +315,9 @@ def test_sweep_follows_the_planners_answer():
     def run(mode, training=None):
         ctx = resolve_call(net, x, mode=mode, **kw)
         assert ctx.training is None
-        plan._settle(leaves, ctx, x.shape[0])
+        ctx = plan._settle(leaves, ctx, x.shape[0])[2]
         if training is not None:
-            ctx.training = training
+            ctx = replace(ctx, training=training)
         return ctx, plan._guarded(leaves, ctx)
 
     ctx, fwd = run("forward")

@@ -16,7 +16,7 @@ namespace of the call (array-api-strict, ``jax.numpy``, ...) by
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class Switches:
@@ -110,6 +110,21 @@ class Backend:
     def owns_namespace(cls, xp) -> bool:
         """Is ``xp`` this library's own namespace (so ``backend=None`` picks it)?"""
         return False
+
+    # -- arrays of this library ------------------------------------------------
+    def namespace(self, a) -> Any:
+        """The Array-API namespace of ``a``, one of this library's arrays (``TypeError``
+        if there is none). Default: array-api-compat's; a library it does not know
+        overrides this in its own backend file."""
+        import array_api_compat as aac
+
+        return aac.array_namespace(a)
+
+    def device_of(self, a) -> Any:
+        """The device ``a`` lives on (array-api-compat's ``device``, by default)."""
+        import array_api_compat as aac
+
+        return aac.device(a)
 
     # -- capabilities that depend on the call ---------------------------------
     @property
@@ -311,6 +326,40 @@ class Backend:
 
     def synchronize(self, device=None) -> None:
         """Block until queued device work is done (for timing)."""
+
+
+class Ops(Protocol):
+    """What rules, layers and routes may ask of ``ops``, the backend bound to a call's
+    namespace (:class:`Backend` satisfies it; checked by mypy below). Layer and rule
+    code uses the namespace ``xp`` for everything the Array API standard has and these
+    operations for what it lacks; routes also ask the capabilities."""
+
+    #: the Array-API namespace of the call
+    xp: Any
+    name: str
+    #: engine-owned temporaries may be written in place
+    mutable: bool
+    #: a custom-gradient stacked affine sweep exists (:meth:`Backend.stacked_affine_sweep`)
+    stacked_sweep: bool
+
+    def mm(self, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def addmm(self, c: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def addcmul(self, acc: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def sum_squares(self, a: Any, *, axis: int, xp: Any = None) -> Any: ...
+    def einsum(self, subscripts: str, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def view(self, a: Any, shape: Any) -> Any: ...
+    def multiply(self, a: Any, b: Any, *, out: Any) -> Any: ...
+    def eye(self, k: int, *, dtype: Any, device: Any) -> Any: ...
+    def records_autograd(self, arrays: Any) -> bool: ...
+    def requires_grad(self, a: Any) -> bool: ...
+    def autograd_enabled(self) -> bool: ...
+    def is_tracing(self) -> bool: ...
+    def stacked_affine_sweep(self, layers: Any, laplacian: bool, x: Any, seed: Any, weights: Any) -> Any: ...
+
+
+def _backend_is_ops(be: Backend) -> Ops:
+    """Static check (mypy): every backend provides :class:`Ops`."""
+    return be
 
 
 def strided_span(start: int, itemsize: int, shape, strides) -> tuple[int, int] | None:

@@ -125,6 +125,7 @@ def explain(
             )
     ctx = replace(ctx, be=_Priced(be, bool(fused), answer))
     p = plan(leaves, ctx, max_memory, training=answer)
+    ctx = p.call  # the settled call
     request = report.request + (" + divergence" if divergence else "")
     notes += _notes(leaves, ctx, p)
     return replace(

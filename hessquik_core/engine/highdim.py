@@ -33,6 +33,7 @@ with the batch-independent ``w × q`` product :math:`M_L M_1`; otherwise
 
 from __future__ import annotations
 
+from ..backends.base import Ops
 from ..carry import Request, Tangents
 from ..rules.affine import BLOCK_BYTES, evaluate, gram, memo
 from ..rules.contractions import device
@@ -44,13 +45,13 @@ LAPLACIAN = "gram-laplacian"
 DIVERGENCE = "divergence"
 
 
-def _affine(leaf) -> bool:
+def plain_affine(leaf) -> bool:
     r"""Does ``leaf`` declare the plain affine structure :math:`\sigma(uM + b)`?"""
     st = leaf.affine_structure()
     return st is not None and st.plain
 
 
-def _affine_eval(leaf, u, P, order, ops):
+def _affine_eval(leaf, u, P, order, ops: Ops):
     """``(σ(z), σ'(z), σ''(z), M, linear)`` of a plain affine leaf at ``z = uM + b``, from
     its declared structure (the rule :func:`~hessquik_core.rules.affine.evaluate`)."""
     st = leaf.affine_structure(P)
@@ -58,37 +59,41 @@ def _affine_eval(leaf, u, P, order, ops):
     return s0, s1, s2, st.M, st.linear
 
 
-def choose(ctx, leaves, n: int, best_score: float, training=None) -> tuple[str, RouteCost | None]:
-    """The high-dimensional route for this call, if one applies and (for the
-    Laplacian) the cost model prices it below ``best_score``; else ``("", None)``.
-    ``training`` (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`):
-    the call is a recorded training step, whose backward pass over these routes'
-    taped operations is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``).
+def first_narrows(ctx, leaves) -> bool:
+    """Does a high-dimensional route fit the request's shape: ``mode="auto"`` (explicit
+    modes run the classic sweeps), no directions, and a plain affine first layer
+    narrower than the input (``d > q``)?"""
+    if ctx.mode != "auto" or ctx.V is not None or not leaves or not plain_affine(leaves[0]):
+        return False
+    d, q = leaves[0].cost_shapes[0]
+    return d > q
 
-    Only for ``mode="auto"`` (explicit modes run the classic sweeps), without
-    directions, and where the first layer is narrower than the input."""
-    if ctx.mode != "auto" or ctx.V is not None or not leaves or not _affine(leaves[0]):
-        return "", None
-    dims = tuple(s for leaf in leaves for s in leaf.cost_shapes)
-    d, q = dims[0]
-    if d <= q:
-        return "", None
-    itemsize = ctx.itemsize
+
+def _dims(leaves):
+    return tuple(s for leaf in leaves for s in leaf.cost_shapes)
+
+
+def laplacian_cost(ctx, leaves, n: int, training=None) -> RouteCost:
+    """Estimate of the Gram-root Laplacian for ``n`` examples. ``training``
+    (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`): the call is a
+    recorded training step, whose backward pass over this route's taped operations
+    is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``)."""
+    dims = _dims(leaves)
     n1 = max(n, 1)
-    if ctx.divergence and not (ctx.gradient or ctx.second_order):
-        if len(leaves) < 2 or not _affine(leaves[-1]):
-            return "", None
-        rc = _route_cost(dims, n1, q, itemsize, ctx.be.fuses, lap=False, last_d=d)
-        return DIVERGENCE, _scaled(rc, n, n1)
-    if ctx.laplacian and not (ctx.gradient or ctx.hessian or ctx.hessian_diagonal or ctx.divergence):
-        rc = _route_cost(dims, n1, q, itemsize, ctx.be.fuses, lap=True, last_d=0)
-        if training is not None:
-            from .cost import TRAINING_FACTOR
+    rc = _route_cost(dims, n1, dims[0][1], ctx.itemsize, ctx.be.fuses, lap=True, last_d=0)
+    if training is not None:
+        from .cost import TRAINING_FACTOR
 
-            rc.step_factor = TRAINING_FACTOR["taped"]
-        if rc.score < best_score * n1 / max(n, 1):
-            return LAPLACIAN, _scaled(rc, n, n1)
-    return "", None
+        rc.step_factor = TRAINING_FACTOR["taped"]
+    return _scaled(rc, n, n1)
+
+
+def divergence_cost(ctx, leaves, n: int) -> RouteCost:
+    """Estimate of the cyclic-trace divergence for ``n`` examples."""
+    dims = _dims(leaves)
+    d, q = dims[0]
+    n1 = max(n, 1)
+    return _scaled(_route_cost(dims, n1, q, ctx.itemsize, ctx.be.fuses, lap=False, last_d=d), n, n1)
 
 
 def _route_cost(dims, n, q, itemsize, fused, *, lap: bool, last_d: int) -> RouteCost:
@@ -131,7 +136,7 @@ def _scaled(rc: RouteCost, n: int, n1: int) -> RouteCost:
     )
 
 
-def gram_root(M, ops):
+def gram_root(M, ops: Ops):
     r"""``(G, R)``: :math:`G = M^\top M` and ``R`` with :math:`R^\top R = G`
     (:math:`R = \Lambda^{1/2} U^\top` from :math:`G = U \Lambda U^\top`; rounding
     negatives of a singular ``G`` are clipped to zero)."""
@@ -208,13 +213,14 @@ def run_divergence(leaves, params, ctx) -> Result:
     return Result(value=u, divergence=div)
 
 
-def run(leaves, params, ctx) -> Result:
-    """The sweep ``ctx.route`` names."""
-    if ctx.route == LAPLACIAN:
-        return run_laplacian(leaves, params, ctx)
-    if ctx.route == DIVERGENCE:
-        return run_divergence(leaves, params, ctx)
-    raise AssertionError(f"unknown route {ctx.route!r}")  # pragma: no cover
-
-
-__all__ = ["DIVERGENCE", "LAPLACIAN", "choose", "gram_root", "run", "run_divergence", "run_laplacian"]
+__all__ = [
+    "DIVERGENCE",
+    "LAPLACIAN",
+    "divergence_cost",
+    "first_narrows",
+    "gram_root",
+    "laplacian_cost",
+    "plain_affine",
+    "run_divergence",
+    "run_laplacian",
+]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..activations import Softplus
 from ..carry import Adjoints, Request, Tangents
 from ..rules import jacobian
 from ..rules.contractions import diagonal
+from ..rules.cost import CostRequest, LayerCost, gemm_cost
 from .affine_structure import AffineStructure
 
 #: hessQuik's map to nonnegative ICNN weights: softplus(L)
@@ -172,6 +174,17 @@ class Layer(Module):
         """``((p, q), ...)``: the GEMMs of the layer in evaluation order, for the
         cost model (one for a plain layer; a block lists its internal ones)."""
         return ((self.in_features, self.out_features),)
+
+    def cost(self, n: int, k: int, request: CostRequest) -> LayerCost:
+        """The work of this layer for ``n`` examples and ``k`` tangents (forward) or
+        output directions (backward), for the cost model
+        (:mod:`hessquik_core.rules.cost`). Default: one GEMM-shaped affine step per
+        entry of :attr:`cost_shapes` (``request.first`` applies to the first). A layer
+        whose work is no GEMM (a normalisation, a spline) overrides it."""
+        total = LayerCost()
+        for j, (p, q) in enumerate(self.cost_shapes):
+            total = total + gemm_cost(p, q, n, k, request if j == 0 else replace(request, first=False))
+        return total
 
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
