@@ -190,7 +190,7 @@ def test_training_step(monkeypatch):
     net = _net(20, 8, 1, mid="tanh")
     rep = net.cost(16, laplacian=True, training=True)
     evaluation = net.cost(16, laplacian=True)
-    # an activation with σ, σ′, σ″ only (every built-in supplies σ‴ since issue 23): no analytic step
+    # σ, σ′, σ″ only (every built-in supplies σ‴ since issue 23): no analytic step
     two = hq.activations.custom(
         lambda z, xp: xp.tanh(z),
         lambda z, xp: 1.0 - xp.tanh(z) ** 2,
