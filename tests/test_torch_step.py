@@ -177,7 +177,14 @@ def test_not_used_where_it_does_not_apply():
     assert norm[1].affine_structure() is None
     torch_parameters(norm)
     assert not _uses_sweep(norm(x, laplacian=True, mode="forward").laplacian)
-    soft = hq.FullyConnectedNN([3, 6, 1], act="softplus", seed=0)
+    # (every built-in supplies σ‴ since issue 23: a custom activation with σ, σ′, σ″ only)
+    two = hq.activations.custom(
+        lambda z, xp: xp.tanh(z),
+        lambda z, xp: 1.0 - xp.tanh(z) ** 2,
+        lambda z, xp: -2.0 * xp.tanh(z) * (1.0 - xp.tanh(z) ** 2),
+    )
+    assert two.max_order == 2
+    soft = hq.FullyConnectedNN([3, 6, 1], act=two, seed=0)
     torch_parameters(soft)
     assert not _uses_sweep(soft(x, laplacian=True, mode="forward").laplacian)
     assert params
