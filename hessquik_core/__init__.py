@@ -9,7 +9,7 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, checks, compat, curvature, layers, networks, training
+from . import activations, checks, compat, curvature, layers, networks, pinn, training
 from .activations import (
     CELU,
     ELU,
@@ -71,6 +71,7 @@ __all__ = [
     "Tanh",
     "activations",
     "curvature",
+    "pinn",
     "training",
     "checks",
     "from_hessquik",
