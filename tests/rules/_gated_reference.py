@@ -11,14 +11,43 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-from hessquik_core.rules.gated import (  # noqa: F401 - re-exported: the package's rules next to the references
-    gated_step,
-    gated_step_backward,
-    gated_step_forward_diagonal,
-    gated_step_forward_laplacian,
-    gated_step_forward_tangents,
-    gated_step_state_forward_tangents,
-)
+from hessquik_core.rules import gated as _G
+from hessquik_core.rules.gated import gated_step  # noqa: F401 - re-exported for the tests
+
+
+# The package's step rules take the step's GateCache (U, V, Z, σ', σ'') and are private to
+# the engine's carries-and-ops steps (gated_state_forward_step / gated_state_backward_step);
+# the tests call them with the arrays of gated_step, through these adapters.
+def _cache(U, V, Z, s1, s2):
+    return _G.GateCache(U, V, None, Z, s1, s2)
+
+
+def gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2, *, xp=None):
+    """Tangents (and second tangents) of one gated step's output (module docstring of rules.gated)."""
+    return _G._forward_pairs(_cache(U, V, Z, s1, s2), W, GU, GV, GH, HU, HV, HH)
+
+
+def gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, *, xp=None):
+    """Laplacian shortcut of one gated step: ``(G (n, k, w), L (n, w))``."""
+    xp = xp if xp is not None else array_namespace(GU, W)
+    return _G._forward_laplacian(_cache(U, V, Z, s1, s2), W, GU, GV, GH, LU, LV, LH, xp)
+
+
+def gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, *, xp=None):
+    """Hessian-diagonal shortcut of one gated step: ``(G, Dg)``, both (n, k, w)."""
+    return _G._forward_diagonal(_cache(U, V, Z, s1, s2), W, GU, GV, GH, DU, DV, DH)
+
+
+def gated_step_state_forward_tangents(G, Hs, U, V, W, Z, s1, s2, *, xp=None):
+    """Forward rule of one gated step on the state ``S = [U, V, H]``."""
+    xp = xp if xp is not None else array_namespace(G, W)
+    return _G._state_forward(_cache(U, V, Z, s1, s2), W, G, Hs, xp)
+
+
+def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
+    """Backward rule of one gated step on the state ``S = [U, V, H]``: ``(A_in, B_in)``."""
+    xp = xp if xp is not None else array_namespace(A, W)
+    return _G._state_backward(_cache(U, V, Z, s1, s2), W, A, B, xp)
 
 
 def _dense(x, G, H, W, b, act, xp):
