@@ -25,17 +25,23 @@ PyTorch                                        hessquik-core
 :class:`Sin` (torch modules defined here)
 =============================================  ==========================================
 
-The torch-side classes named in the table (``ResidualBlock``, ...) live in
-this module; they are created on first access so that importing
-hessquik-core never imports torch (``hessquik_core.interop.ResidualBlock``
-imports it). Any other module -- in particular a hand-written residual
-block, whose ``forward`` cannot be inspected -- raises an error naming it.
+Each layer owns its torch twin: its class states the twin's name
+(``torch_twin``), builds the twin class on first use in its own file
+(``torch_twin_class()``) and converts in both directions (``to_torch``,
+``from_torch``); activations state theirs likewise. This module walks the
+torch module tree and asks the registered layers and activations: it names
+no layer class and keeps no table of them, so a new layer file is converted
+without editing this one (:doc:`adding_a_layer`). The twin classes are named
+``hessquik_core.interop.<ClassName>`` (``hessquik_core.interop.ResidualBlock``
+builds it, importing torch; importing hessquik-core never does), so
+``torch.save`` of a module holding them pickles and loads. Any other module
+-- in particular a hand-written residual block, whose ``forward`` cannot be
+inspected -- raises an error naming it.
 
-Layers and activations state their own torch twins (``torch_twin``,
-``from_torch``, ``to_torch``); this module walks the torch module tree and
-asks them. It is over 400 lines because ``from_torch`` and ``to_torch`` are
-one mapping read in both directions, with the twin classes built in one lazy
-closure.
+This module is over 400 lines because ``from_torch`` and ``to_torch`` are
+one mapping read in both directions, with every refusal (hooks,
+parametrizations, non-smooth activations, unknown modules) next to the walk
+that meets it.
 """
 
 from __future__ import annotations
@@ -44,150 +50,56 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import activations as A
 from .activations import ACTIVATIONS, Activation, ReLU
 from .activations.torch_modules import NAMES as _ACT_MODULES
 from .activations.torch_modules import torch_classes
-from .layers import LAYERS, Layer, SingleLayer
+from .layers.base import LAYERS, Layer
 from .networks import NN
 
-__all__ = [
-    "AntiTanh",  # noqa: F822 - created on first access by __getattr__
-    "ICNNBlock",  # noqa: F822 - created on first access by __getattr__
-    "Quadratic",  # noqa: F822 - created on first access by __getattr__
-    "QuadraticBlock",  # noqa: F822 - created on first access by __getattr__
-    "QuadraticICNNBlock",  # noqa: F822 - created on first access by __getattr__
-    "ReLU",
-    "ResidualBlock",  # noqa: F822 - created on first access by __getattr__
-    "Sin",  # noqa: F822 - created on first access by __getattr__
-    "from_torch",
-    "to_torch",
-]
+__all__ = ["ReLU", "from_torch", "to_torch"]  # and the twin classes, by name (__getattr__)
 
 
 # --------------------------------------------------------------------------
-# torch-side modules, created lazily (PEP 562 module __getattr__)
+# the twins, found through the registered layers and activations
 # --------------------------------------------------------------------------
 
-_TORCH_NAMES = (
-    "ResidualBlock",
-    "ICNNBlock",
-    "QuadraticBlock",
-    "QuadraticICNNBlock",
-)
-_torch_classes: dict[str, type] = {}
+
+def _twin_class(cls: type[Layer] | type[Activation]) -> type | None:
+    """The torch twin class of a registered layer or activation class (imports torch):
+    both state it the same way, ``cls.torch_twin_class()``."""
+    return cls.torch_twin_class()
 
 
-def _make_torch_classes() -> dict[str, type]:
-    if _torch_classes:
-        return _torch_classes
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+def _registered() -> list[type[Layer] | type[Activation]]:
+    """Every registered layer and activation class (the registries, read now)."""
+    return [*LAYERS.values(), *ACTIVATIONS.values()]
 
-    class ResidualBlock(nn.Module):
-        r""":math:`u + h\,\sigma(\mathrm{linear}(u))`: the torch twin of ``ResnetLayer``."""
 
-        def __init__(
-            self,
-            width: int,
-            h: float = 1.0,
-            act: nn.Module | None = None,
-            bias: bool = True,
-            *,
-            dtype=None,
-            device=None,
-        ):
-            super().__init__()
-            self.h = float(h)
-            self.linear = nn.Linear(width, width, bias=bias, dtype=dtype, device=device)
-            self.act = nn.Identity() if act is None else act
+def _defines_own_twin(cls: type[Layer] | type[Activation]) -> bool:
+    """Whether a registered class defines its twin itself (rather than naming a
+    ``torch.nn`` class): a layer that overrides ``torch_twin_class``, an activation
+    whose twin is one of :mod:`hessquik_core.activations.torch_modules`."""
+    if issubclass(cls, Layer):
+        return cls.torch_twin_class.__func__ is not Layer.torch_twin_class.__func__  # type: ignore[attr-defined]
+    return cls.torch_twin in _ACT_MODULES
 
-        def forward(self, u):
-            return u + self.h * self.act(self.linear(u))
 
-        def extra_repr(self) -> str:
-            return f"h={self.h}"
-
-    def _param(shape, dtype, device):
-        return nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
-
-    class ICNNBlock(nn.Module):
-        r"""Input-convex block: input :math:`[u, x]` (``in_features`` then ``input_dim``
-        columns), output :math:`[\sigma(u\,\mathrm{softplus}(L) + xK + b),\ x]`."""
-
-        def __init__(
-            self,
-            input_dim: int,
-            in_features: int | None,
-            out_features: int,
-            act: nn.Module | None = None,
-            bias: bool = True,
-            *,
-            dtype=None,
-            device=None,
-        ):
-            super().__init__()
-            self.input_dim, self.in_features, self.out_features = input_dim, in_features, out_features
-            self.act = nn.Softplus() if act is None else act
-            self.K = _param((input_dim, out_features), dtype, device)
-            self.L = None if in_features is None else _param((in_features, out_features), dtype, device)
-            self.b = _param((out_features,), dtype, device) if bias else None
-
-        def forward(self, ux):
-            n_in = 0 if self.L is None else self.L.shape[0]
-            x = ux[:, n_in:]
-            z = x @ self.K
-            if self.L is not None:
-                z = ux[:, :n_in] @ F.softplus(self.L) + z
-            if self.b is not None:
-                z = z + self.b
-            return torch.cat([self.act(z), x], dim=-1)
-
-    class QuadraticBlock(nn.Module):
-        r""":math:`u v + \tfrac12 |u A^\top|^2 + \mu`, one output."""
-
-        def __init__(self, in_features: int, rank: int, *, dtype=None, device=None):
-            super().__init__()
-            self.v = _param((in_features,), dtype, device)
-            self.mu = _param((1,), dtype, device)
-            self.A = _param((rank, in_features), dtype, device)
-
-        def forward(self, u):
-            ua = u @ self.A.T
-            return (u @ self.v + 0.5 * (ua * ua).sum(-1) + self.mu)[:, None]
-
-    class QuadraticICNNBlock(nn.Module):
-        r""":math:`u\,\mathrm{softplus}(w) + x v + \tfrac12 |x A^\top|^2 + \mu` on input :math:`[u, x]`."""
-
-        def __init__(self, input_dim: int, in_features: int | None, rank: int, *, dtype=None, device=None):
-            super().__init__()
-            self.w = None if in_features is None else _param((in_features,), dtype, device)
-            self.v = _param((input_dim,), dtype, device)
-            self.mu = _param((1,), dtype, device)
-            self.A = _param((rank, input_dim), dtype, device)
-
-        def forward(self, ux):
-            n_in = 0 if self.w is None else self.w.shape[0]
-            x = ux[:, n_in:]
-            xa = x @ self.A.T
-            f = x @ self.v + 0.5 * (xa * xa).sum(-1) + self.mu
-            if self.w is not None:
-                f = ux[:, :n_in] @ F.softplus(self.w) + f
-            return f[:, None]
-
-    for cls in (ResidualBlock, ICNNBlock, QuadraticBlock, QuadraticICNNBlock):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__  # so torch.save / pickle of a whole module finds them here
-        _torch_classes[cls.__name__] = cls
-    return _torch_classes
+def _own_twin_names() -> tuple[str, ...]:
+    """Names of the twin classes hessquik-core defines (not ``torch.nn``'s)."""
+    return tuple(sorted({c.torch_twin for c in _registered() if c.torch_twin and _defines_own_twin(c)}))
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH_NAMES:
-        return _make_torch_classes()[name]
+    """``hessquik_core.interop.<Twin>``: a twin class by name (built on first access)."""
+    if name == "_TORCH_NAMES":
+        return _own_twin_names()
     if name in _ACT_MODULES:  # the activations' own twins live with the activations
         return torch_classes()[name]
+    for cls in LAYERS.values():
+        if cls.torch_twin == name and _defines_own_twin(cls):  # decided before torch is imported
+            twin = cls.torch_twin_class()
+            if twin is not None and twin.__name__ == name:
+                return twin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -199,7 +111,8 @@ def __getattr__(name: str) -> Any:
 def _smooth_hint() -> str:
     """The smooth activations ``from_torch`` converts (from the registry), for error messages."""
     twins = [c.torch_twin for c in ACTIVATIONS.values() if c.smooth and c.torch_twin is not None]
-    ours = [t for t in twins if t in _ACT_MODULES]
+    own = _own_twin_names()
+    ours = [t for t in twins if t in own]
     return (
         f"supported activations: {', '.join(t for t in twins if t not in ours)} "
         f"and hessquik_core.activations.torch_modules' (also in hessquik_core.interop) {', '.join(ours)}"
@@ -224,10 +137,19 @@ _NONSMOOTH = (
 
 
 def _torch_twins() -> dict[type, type[Activation]]:
-    """torch class -> registered activation class, from each activation's ``torch_twin``
-    (a class of this module first, else of ``torch.nn``); exact types only."""
+    """torch class -> registered activation class, from each activation's twin; exact types only."""
     out: dict[type, type[Activation]] = {}
     for cls in ACTIVATIONS.values():
+        twin = _twin_class(cls)
+        if twin is not None:
+            out[twin] = cls
+    return out
+
+
+def _layer_twins() -> dict[type, type[Layer]]:
+    """torch class -> registered layer class, from each layer's ``torch_twin_class()``."""
+    out: dict[type, type[Layer]] = {}
+    for cls in LAYERS.values():
         twin = cls.torch_twin_class()
         if twin is not None:
             out[twin] = cls
@@ -303,10 +225,12 @@ def _np(t, dtype) -> np.ndarray:
 
 
 class _FromTorchKit:
-    """What a layer's ``from_torch`` needs: parameter copies and activation conversion."""
+    """What a layer's ``from_torch`` needs: parameter copies, activation conversion,
+    the activation module that followed the twin, and nested conversion."""
 
-    def __init__(self, path, dtype, allow_relu):
+    def __init__(self, path, dtype, allow_relu, activation=None):
         self.path, self.dtype, self.allow_relu = path, dtype, allow_relu
+        self.activation = activation
 
     def numpy(self, t) -> np.ndarray:
         return _np(t, self.dtype)
@@ -314,28 +238,27 @@ class _FromTorchKit:
     def act(self, mod, suffix: str):
         return _act_or_identity(mod, self.path + suffix, self.allow_relu)
 
+    def convert(self, module, suffix: str = ""):
+        """The network equal to a nested torch module (converted as :func:`from_torch`)."""
+        try:
+            return from_torch(module, allow_relu=self.allow_relu, dtype=self.dtype)
+        except ValueError as err:
+            raise ValueError(f"in submodule {self.path + suffix!r}: {err}") from None
 
-def _block_from_torch(mod, path, T, dtype, allow_relu):
-    """Our torch blocks -> layers (weights copied): the registered layer whose
-    torch twin ``mod`` is converts it."""
-    from torch import nn
 
-    t = type(mod)
-    for cls in LAYERS.values():
-        if cls.torch_twin is None:
-            continue
-        # a layer file's own twin class, else this module's, else torch.nn's (nn.LayerNorm)
-        own = getattr(cls, "torch_twin_class", None)
-        twin = own() if own is not None else T.get(cls.torch_twin) or getattr(nn, cls.torch_twin, None)
-        if twin is t:
-            break
-    else:
-        return None
-    layer, state = cls.from_torch(mod, _FromTorchKit(path, dtype, allow_relu))
+def _twin_label(cls: type[Layer]) -> str:
+    """``nn.Linear`` or ``hessquik_core.interop.ResidualBlock``: a layer's twin, for messages."""
+    where = "hessquik_core.interop." if _defines_own_twin(cls) else "nn."
+    return f"{where}{cls.torch_twin}"
+
+
+def _layer_from_torch(cls, mod, path, dtype, allow_relu, activation=None):
+    """The layer of class ``cls`` equal to its twin ``mod`` (weights copied)."""
+    layer, state = cls.from_torch(mod, _FromTorchKit(path, dtype, allow_relu, activation))
     try:
         layer.load_state_dict(state)
     except (TypeError, ValueError) as err:  # e.g. a block whose attributes were replaced by hand
-        raise ValueError(f"cannot convert submodule {path!r} ({t.__qualname__}): {err}") from None
+        raise ValueError(f"cannot convert submodule {path!r} ({type(mod).__qualname__}): {err}") from None
     return layer
 
 
@@ -454,27 +377,22 @@ def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, d
         dtype = np.dtype(dtype)
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    T = _make_torch_classes()
+    twins = _layer_twins()
     # both opt-ins travel where allow_relu did, down to _act_from_torch
     if not isinstance(allow_relu, _OptIns):  # (a nested conversion passes them on as they are)
         allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
     leaves: list = []
     _walk(module, "", leaves)
     layers: list[Layer] = []
-    pending = None  # (path, nn.Linear) waiting for its activation
+    # a twin waiting for the activation module that may follow it (nn.Linear, then nn.Tanh)
+    pending: tuple[str, Any, type[Layer]] | None = None
     sources: list[str] = []
 
-    def flush(act=None):
+    def flush(act: Activation | None = None) -> None:
         nonlocal pending
-        path, lin = pending
-        layer = SingleLayer(
-            lin.in_features, lin.out_features, act=act or A.Identity(), bias=lin.bias is not None
-        )
-        state = {"K": np.ascontiguousarray(_np(lin.weight, dtype).T)}
-        if lin.bias is not None:
-            state["b"] = _np(lin.bias, dtype)
-        layer.load_state_dict(state)
-        layers.append(layer)
+        assert pending is not None
+        path, mod, cls = pending
+        layers.append(_layer_from_torch(cls, mod, path, dtype, allow_relu, act))
         sources.append(path)
         pending = None
 
@@ -489,34 +407,34 @@ def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, d
                     f"random; call module.eval() first (dropout is then the identity)"
                 )
             continue
-        if t is nn.Linear:
+        cls = twins.get(t)
+        if cls is not None:
             if pending is not None:
                 flush()
-            pending = (path, mod)
+            if cls.torch_twin_takes_activation:
+                pending = (path, mod, cls)
+            else:
+                layers.append(_layer_from_torch(cls, mod, path, dtype, allow_relu))
+                sources.append(path)
             continue
         act = _act_from_torch(mod, path, allow_relu)
         if act is not None:
             if pending is None:
+                takers = " or ".join(_twin_label(c) for c in twins.values() if c.torch_twin_takes_activation)
                 raise ValueError(
                     f"submodule {path!r} ({t.__name__}) is an activation not preceded by an "
-                    f"nn.Linear; hessquik-core layers have the form act(u K + b)"
+                    f"{takers}; hessquik-core layers have the form act(u K + b)"
                 )
             flush(act)
             continue
-        layer = _block_from_torch(mod, path, T, dtype, allow_relu)
-        if layer is None:
-            raise ValueError(
-                f"cannot convert submodule {path!r} ({t.__module__}.{t.__qualname__}): a module whose "
-                f"forward "
-                f"hessquik-core cannot recognise. Supported: nn.Sequential, nn.Linear, smooth activations "
-                f"({_smooth_hint()}), nn.Identity, nn.Dropout (eval), and hessquik_core.interop's "
-                f"ResidualBlock / ICNNBlock / QuadraticBlock / QuadraticICNNBlock (write residual "
-                f"connections with ResidualBlock)"
-            )
-        if pending is not None:
-            flush()
-        layers.append(layer)
-        sources.append(path)
+        own = [_twin_label(c) for c in twins.values() if _defines_own_twin(c)]
+        raise ValueError(
+            f"cannot convert submodule {path!r} ({t.__module__}.{t.__qualname__}): a module whose "
+            f"forward hessquik-core cannot recognise. Supported: nn.Sequential, smooth activations "
+            f"({_smooth_hint()}), nn.Identity, nn.Dropout (eval), the torch twins of the registered "
+            f"layers: {', '.join(_twin_label(c) for c in twins.values())} (write residual connections "
+            f"with one of {' / '.join(own)})"
+        )
     if pending is not None:
         flush()
     if not layers:
@@ -539,7 +457,7 @@ def _act_to_torch(act: Activation):
     """The torch module of ``act`` (``None`` for the identity), from its class's ``torch_twin``."""
     from torch import nn
 
-    return act.to_torch(nn, _make_torch_classes())
+    return act.to_torch(nn)
 
 
 def to_torch(net, *, dtype=None, device=None):
@@ -555,14 +473,15 @@ def to_torch(net, *, dtype=None, device=None):
     Returns
     -------
     torch.nn.Sequential
-        ``NN`` becomes ``nn.Sequential`` (nesting kept); ``SingleLayer``
-        becomes ``nn.Linear(in, out)`` with ``weight = Kᵀ`` followed by the
+        ``NN`` becomes ``nn.Sequential`` (nesting kept); each layer becomes
+        what its own ``to_torch`` returns: ``SingleLayer`` an
+        ``nn.Linear(in, out)`` with ``weight = Kᵀ`` followed by the
         activation (none for ``Identity``); ``ResnetLayer``, ``ICNNLayer``,
-        ``QuadraticLayer``, ``QuadraticICNNLayer`` become this module's
+        ``QuadraticLayer``, ``QuadraticICNNLayer`` the twins
         :class:`~hessquik_core.interop.ResidualBlock`, :class:`~hessquik_core.interop.ICNNBlock`,
         :class:`~hessquik_core.interop.QuadraticBlock`,
-        :class:`~hessquik_core.interop.QuadraticICNNBlock`. ``from_torch(to_torch(net))`` gives
-        back ``net``'s function (nesting flattened).
+        :class:`~hessquik_core.interop.QuadraticICNNBlock` (and so on for every registered
+        layer). ``from_torch(to_torch(net))`` gives back ``net``'s function (nesting flattened).
 
     Examples
     --------
@@ -578,8 +497,6 @@ def to_torch(net, *, dtype=None, device=None):
 
     from .backends._generic import to_numpy
 
-    T = _make_torch_classes()
-
     def tensor(p):
         host = np.array(to_numpy(p))  # writable copy
         t = torch.from_numpy(host)
@@ -591,7 +508,7 @@ def to_torch(net, *, dtype=None, device=None):
                 raise AssertionError((param.shape, value.shape))
             param.copy_(value)
 
-    kit = _ToTorchKit(nn, T, tensor, assign, dtype, device)
+    kit = _ToTorchKit(nn, tensor, assign, dtype, device)
 
     def parts(mod) -> list:
         """Modules that compute ``mod``, to be placed in the parent's Sequential."""
@@ -608,11 +525,16 @@ def to_torch(net, *, dtype=None, device=None):
 
 
 class _ToTorchKit:
-    """What a layer's ``to_torch`` needs: torch, the twin classes, parameter copies."""
+    """What a layer's ``to_torch`` needs (see :meth:`Layer.to_torch`): torch,
+    parameter copies, activation modules, and nested conversion."""
 
-    def __init__(self, nn, twins, tensor, assign, dtype, device):
-        self.nn, self.twins, self.tensor, self.assign = nn, twins, tensor, assign
+    def __init__(self, nn, tensor, assign, dtype, device):
+        self.nn, self.tensor, self.assign = nn, tensor, assign
         self.dtype, self.device = dtype, device
+
+    def convert(self, net):
+        """The ``nn.Module`` of a nested network or layer (as :func:`to_torch`, same options)."""
+        return to_torch(net, dtype=self.dtype, device=self.device)
 
     def dtype_of(self, layer):
         return self.dtype or self.tensor(layer.parameters()[0]).dtype

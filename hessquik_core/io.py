@@ -22,7 +22,12 @@ weights can also be read by any safetensors reader
 allow-listed class names and constructor arguments (a layer holding a
 network, such as ``GatedResidual``, nests that network's node under the
 argument's name, its tensors under ``'<name>.<key>'``); loading never
-imports or executes anything named by the file.
+imports or executes anything named by the file. The allowed names are those
+of the registries, read at each call: networks
+(:func:`~hessquik_core.networks.register_network`), layers
+(:func:`~hessquik_core.layers.register_layer`, whose ``config_schema`` types are
+checked by :mod:`hessquik_core.layers.schema`) and activations, plus the
+aliases older files use (``"compat.NN"``, ...); this module has no class table.
 
 Why this format: safetensors is data-only by design (unlike pickle, which
 runs code on load), a single file keeps architecture and weights from
@@ -62,16 +67,17 @@ import json
 import math
 import os
 import re
-import reprlib
 import secrets
 import stat
 import struct
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
 from ._module import Module
+from .layers.schema import ConfigError, check_config_value
+from .layers.schema import quote as _q
 
 __all__ = ["FORMAT_VERSION", "MAX_DEPTH", "MAX_HEADER_BYTES", "load", "save"]
 
@@ -112,18 +118,6 @@ class FileFormatError(ValueError):
         super().__init__(message)
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-_REPR.maxlong = 40
-_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
-_REPR.maxlevel = 3
-
-
-def _q(value) -> str:
-    """A short repr of a value read from a file (strings, lists, dicts and ints abbreviated)."""
-    return _REPR.repr(value)
-
-
 def _names(keys, limit: int = 8) -> str:
     """At most ``limit`` (abbreviated) names of a list, and how many there are."""
     keys = list(keys)
@@ -149,40 +143,31 @@ def _json(text):
 
 
 # --------------------------------------------------------------------------
-# allow-lists: the only classes a file can name
+# allow-lists: the only classes a file can name (the registries, read at call time)
 # --------------------------------------------------------------------------
 
 
-def _class_tables():
-    from . import networks as N
-    from .activations import ACTIVATIONS
-    from .layers import LAYERS
+class _Tables(NamedTuple):
+    """File-format name -> class, from the registries: networks
+    (:func:`~hessquik_core.networks.register_network`), layers
+    (:func:`~hessquik_core.layers.register_layer`, with the aliases older
+    files use) and activations (:func:`~hessquik_core.activations.register_activation`)."""
 
-    nets = {
-        "NN": N.NN,
-        "FullyConnectedNN": N.FullyConnectedNN,
-        "ResnetNN": N.ResnetNN,
-        "ICNN": N.ICNN,
-        # compat's classes are torch modules now (saved through .to_core()); files that
-        # name them load as the hessquik-core classes computing the same function
-        "compat.NN": N.NN,
-        "compat.fullyConnectedNN": N.FullyConnectedNN,
-        "compat.resnetNN": N.ResnetNN,
-        "compat.ICNN": N.ICNN,
-    }
-    layers = {
-        **LAYERS,  # every registered layer class, by class name
-        # compat's classes are torch modules now: files naming them load as the core classes
-        "compat.singleLayer": LAYERS["SingleLayer"],
-        "compat.resnetLayer": LAYERS["ResnetLayer"],
-        "compat.ICNNLayer": LAYERS["ICNNLayer"],
-        "compat.quadraticLayer": LAYERS["QuadraticLayer"],
-        "compat.quadraticICNNLayer": LAYERS["QuadraticICNNLayer"],
-    }
-    return nets, layers, dict(ACTIVATIONS)
+    networks: dict[str, type]
+    layers: dict[str, type]
+    activations: dict[str, type]
+
+
+def _class_tables() -> _Tables:
+    from .activations import ACTIVATIONS
+    from .layers.base import LAYER_ALIASES, LAYERS
+    from .registry import NETWORK_ALIASES, NETWORKS
+
+    return _Tables({**NETWORKS, **NETWORK_ALIASES}, {**LAYERS, **LAYER_ALIASES}, dict(ACTIVATIONS))
 
 
 def _name_of(obj, table: dict, what: str) -> str:
+    """The file-format name of ``obj``'s exact class (a subclass may change the maths)."""
     for name, cls in table.items():
         if type(obj) is cls:
             return name
@@ -197,9 +182,9 @@ def _name_of(obj, table: dict, what: str) -> str:
 # --------------------------------------------------------------------------
 
 
-def _encode(mod, tables, depth=0) -> dict:
+def _encode(mod, tables: _Tables, depth: int = 0) -> dict:
     nets, layers, acts = tables
-    from .layers import Layer
+    from .layers.base import Layer
     from .networks import NN
 
     if depth > _MAX_DEPTH:  # the same limit as the reader's (_plan)
@@ -209,9 +194,9 @@ def _encode(mod, tables, depth=0) -> dict:
         )
     if isinstance(mod, NN):
         blocks = [_encode(b, tables, depth + 1) for b in mod.blocks]
-        return {"network": _name_of(mod, nets, "network"), "blocks": blocks}
+        return {"network": _name_of(mod, _own(nets), "network"), "blocks": blocks}
     if isinstance(mod, Layer):
-        node: dict[str, Any] = {"layer": _name_of(mod, layers, "layer"), "config": mod.config()}
+        node: dict[str, Any] = {"layer": _name_of(mod, _own(layers), "layer"), "config": mod.config()}
         act = getattr(mod, "act", None)
         if act is not None:
             from .activations import registered_class
@@ -225,40 +210,23 @@ def _encode(mod, tables, depth=0) -> dict:
         for name in type(mod).nested:  # a block holding a network (GatedResidual's g)
             node[name] = _encode(getattr(mod, name), tables, depth + 1)
         return node
-    hint = " (a hessquik_core.compat module: save mod.to_core())" if hasattr(mod, "to_core") else ""
-    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}{hint}")
+    raise TypeError(f"save expects a hessquik-core network or layer, got {type(mod).__name__}")
 
 
-def _fail(where: str, msg: str):
+def _own(table: dict[str, type]) -> dict[str, type]:
+    """The names ``save`` writes: each class's own (registered) name, not an alias."""
+    return {name: cls for name, cls in table.items() if name == cls.__name__}
+
+
+def _fail(where: str, msg: str) -> NoReturn:
     raise FileFormatError(f"invalid architecture at {where}: {msg}")
 
 
-def _int(where, cfg, key, *, optional=False):
-    v = cfg[key]
-    if optional and v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        _fail(where, f"{key!r} must be a positive integer{' or null' if optional else ''}, got {_q(v)}")
-    return v
-
-
-def _bool(where, cfg, key):
-    if not isinstance(cfg[key], bool):
-        _fail(where, f"{key!r} must be true or false, got {_q(cfg[key])}")
-    return cfg[key]
-
-
-def _float(where, cfg, key):
-    v = cfg[key]
-    ok = not isinstance(v, bool) and isinstance(v, (int, float))
-    if ok:
-        try:
-            v = float(v)  # an integer such as 10**400 has no float: OverflowError
-        except OverflowError:
-            ok = False
-    if not ok or not math.isfinite(v):
-        _fail(where, f"{key!r} must be a finite number, got {_q(cfg[key])}")
-    return v
+def _float(where, cfg, key) -> float:
+    try:
+        return check_config_value("float", cfg[key], key)
+    except ConfigError as err:
+        _fail(where, str(err))
 
 
 def _keys(where, obj, required: AbstractSet[str], optional: AbstractSet[str] = frozenset()):
@@ -281,38 +249,18 @@ def _class_name(where, node, key, table, what):
     return name
 
 
-# per layer class: its config schema and parameter shapes (asked of the class).
-# Shapes are checked against the stored tensors *before* a layer is built, so a
-# malicious config such as in_features = 10**12 is rejected without allocating anything.
-_CHECKS = {
-    "int": lambda where, cfg, key: _int(where, cfg, key),
-    "int?": lambda where, cfg, key: _int(where, cfg, key, optional=True),
-    "bool": lambda where, cfg, key: _bool(where, cfg, key),
-    "float": lambda where, cfg, key: _float(where, cfg, key),
-    "floats": lambda where, cfg, key: _numbers(where, cfg, key, float),
-    "ints?": lambda where, cfg, key: None if cfg[key] is None else _numbers(where, cfg, key, int),
-}
-
-
-def _numbers(where, cfg, key, kind):
-    """A non-empty list of finite floats (``kind=float``) or of integers >= 0 (``int``)."""
-    v = cfg[key]
-    if not isinstance(v, list) or not v or len(v) > 10**6:
-        _fail(where, f"{key!r} must be a non-empty list, got {_q(v)}")
-    for i, e in enumerate(v):
-        sub = {key: e}
-        if kind is float:
-            _float(where, sub, key)
-        elif isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            _fail(where, f"{key!r}[{i}] must be an integer >= 0, got {_q(e)}")
-    return v
-
-
 def _layer_spec(cls, where, cfg):
+    """Check a layer node's config against its class's ``config_schema`` (the types of
+    :mod:`hessquik_core.layers.schema`); return the parameter shapes it implies. Shapes are
+    checked against the stored tensors *before* a layer is built, so a malicious config
+    such as ``in_features = 10**12`` is rejected without allocating anything."""
     schema = cls.config_schema
     _keys(where + ".config", cfg, set(schema))
     for key, kind in schema.items():
-        _CHECKS[kind](where, cfg, key)
+        try:
+            check_config_value(kind, cfg[key], key)
+        except ConfigError as err:
+            _fail(where, str(err))
     return cls.parameter_shapes(cfg), cls.has_activation
 
 
@@ -369,17 +317,12 @@ def _act_from(node, acts, where):
 def _build(node, tables, where="architecture"):
     """Construct the (already validated) tree; the caller loads the parameters."""
     nets, layers, acts = tables
-    from .networks import NN
-
     if "network" in node:
         blocks = [_build(b, tables, f"{where}.blocks[{i}]") for i, b in enumerate(node["blocks"])]
-        cls = nets[node["network"]]
-        obj = cls.__new__(cls)  # the NN subclasses only differ in their constructor arguments
         try:
-            NN.__init__(obj, *blocks)
+            return nets[node["network"]].from_blocks(*blocks)
         except (TypeError, ValueError, ArithmeticError) as err:
             _fail(where, str(err))
-        return obj
     cls = layers[node["layer"]]
     kwargs = dict(node["config"])
     if "act" in node:
@@ -415,9 +358,12 @@ def save(net: Module, path: str | os.PathLike) -> None:
 
     Parameters
     ----------
-    net : NN or Layer
+    net : NN, Layer or a hessquik_core.compat module
         Any hessquik-core network or layer, with parameters on any backend
-        (they are copied to the host). Each parameter keeps its dtype
+        (they are copied to the host). A :mod:`hessquik_core.compat` module
+        (hessQuik's classes, torch modules) is saved as the hessquik-core
+        network its ``to_core()`` returns: :func:`load` gives that network
+        back (``compat.networks.from_core`` turns it into the compat module). Each parameter keeps its dtype
         (float16, float32 or float64), so :func:`load` returns bitwise
         identical weights.
     path : str or os.PathLike
@@ -447,6 +393,10 @@ def save(net: Module, path: str | os.PathLike) -> None:
     """
     from .backends._generic import to_numpy
 
+    if not isinstance(net, Module) and callable(getattr(net, "to_core", None)):
+        # a hessquik_core.compat module (a torch module computing through hessquik-core):
+        # save the hessquik-core network it computes, with a NumPy copy of its weights
+        net = net.to_core()
     tables = _class_tables()
     architecture = json.dumps(_encode(net, tables), sort_keys=True, allow_nan=False)
     try:  # the reader's own validation: save never writes a file that load refuses

@@ -17,10 +17,24 @@ from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estima
 from .engine.explain import explain
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
 from .layers.base import check_int, rng_of, set_engine
+from .registry import NETWORK_ALIASES, NETWORKS, register_network, register_network_alias
 
-__all__ = ["ICNN", "NN", "FullyConnectedNN", "MemoryBudgetError", "ResnetNN", "Result", "MODES"]
+__all__ = [
+    "ICNN",
+    "NN",
+    "NETWORKS",
+    "FullyConnectedNN",
+    "MemoryBudgetError",
+    "ResnetNN",
+    "Result",
+    "MODES",
+    "NETWORK_ALIASES",
+    "register_network",
+    "register_network_alias",
+]
 
 
+@register_network
 class NN(Module):
     """Composition of layers (and of other ``NN`` blocks): ``NN(layer1, layer2, ...)``.
 
@@ -44,6 +58,14 @@ class NN(Module):
                 )
         for i, blk in enumerate(blocks):
             self._children[str(i)] = blk
+
+    @classmethod
+    def from_blocks(cls, *blocks):
+        """An instance of ``cls`` holding ``blocks`` (as ``NN(*blocks)`` would), without
+        calling ``cls``'s own constructor: how ``hq.load`` rebuilds a saved network."""
+        obj = cls.__new__(cls)
+        NN.__init__(obj, *blocks)
+        return obj
 
     # -- structure --------------------------------------------------------
     @property
@@ -323,6 +345,7 @@ class NN(Module):
 set_engine(lambda layer, x, **kwargs: NN(layer)(x, **kwargs))
 
 
+@register_network
 class FullyConnectedNN(NN):
     """Stack of :class:`SingleLayer` s: ``widths = [d, w1, ..., m]``.
 
@@ -380,6 +403,7 @@ class FullyConnectedNN(NN):
         )
 
 
+@register_network
 class ResnetNN(NN):
     """``depth`` residual layers :math:`u + h\\sigma(uK+b)` of constant ``width``."""
 
@@ -391,6 +415,7 @@ class ResnetNN(NN):
         super().__init__(*(ResnetLayer(width, h=h, act=act, dtype=dtype, seed=rng) for _ in range(depth)))
 
 
+@register_network
 class ICNN(NN):
     """Input-convex network: ``widths = [None, w1, w2, ...]`` as in hessQuik.
 

@@ -600,8 +600,6 @@ def test_reference_ad_wrappers_agree():
 def test_save_load_through_to_core_and_from_core(tmp_path):
     _, ours, d = _pair("ICNN_quadratic")
     p = tmp_path / "compat.safetensors"
-    with pytest.raises(TypeError, match="to_core"):
-        hq.save(ours, p)
     core = ours.to_core()
     assert isinstance(core, hq.NN) and all(isinstance(w, np.ndarray) for w in core.parameters())
     hq.save(core, p)
@@ -611,6 +609,42 @@ def test_save_load_through_to_core_and_from_core(tmp_path):
     for a, b in zip(back(x, do_gradient=True, do_Hessian=True), ours(x, do_gradient=True, do_Hessian=True)):
         assert torch.equal(a, b)
     assert os.listdir(tmp_path) == ["compat.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["fullyConnectedNN", "resnetNN", "ICNN_quadratic", "nested"])
+def test_save_converts_a_compat_module_itself(tmp_path, name):
+    """Issue 24.11: hq.save of a compat module saves the network its to_core() returns
+    (it used to raise a TypeError asking the user to call to_core())."""
+    _, ours, d = _pair(name)
+    p = tmp_path / "compat.safetensors"
+    hq.save(ours, p)
+    back = hq.load(p)
+    assert isinstance(back, (hq.NN, hq.layers.Layer)) and not isinstance(back, torch.nn.Module)
+    core = ours.to_core()
+    assert back.state_dict().keys() == core.state_dict().keys()
+    for k, v in core.state_dict().items():
+        assert back.state_dict()[k].dtype == v.dtype
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    x = torch.randn(5, d, dtype=torch.float64)
+    want = ours(x, do_gradient=True, do_Hessian=True)
+    got = c_net.from_core(back)(x, do_gradient=True, do_Hessian=True)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    assert os.listdir(tmp_path) == ["compat.safetensors"]
+
+
+def test_save_converts_a_compat_layer_itself(tmp_path):
+    torch.manual_seed(0)
+    lay = c_lay.resnetLayer(4, h=0.5, act=c_act.tanhActivation()).double()
+    p = tmp_path / "layer.safetensors"
+    hq.save(lay, p)
+    back = hq.load(p)
+    assert type(back) is hq.ResnetLayer and back.state_dict()["layer.K"].dtype == np.float64
+    x = torch.randn(3, 4, dtype=torch.float64)
+    want = lay(x, do_gradient=True)
+    got = c_net.from_core(back)(x, do_gradient=True)
+    for a, b in zip(got[:2], want[:2]):
+        assert torch.equal(a, b)
 
 
 def test_migration_guide_examples_run():

@@ -32,3 +32,30 @@ import it when first used (and ``compat.utils`` when imported).
 from . import activations, layers, networks
 
 __all__ = ["activations", "layers", "networks"]
+
+
+def _register_file_names() -> None:
+    """Files that name compat's classes (saved when they were hessquik-core modules) load as
+    the hessquik-core classes computing the same function; compat's classes themselves are
+    torch modules, saved through ``to_core()``."""
+    from .. import networks as N  # importing it registers the network classes
+    from ..layers import base as L
+
+    for old, new in (
+        ("NN", "NN"),
+        ("fullyConnectedNN", "FullyConnectedNN"),
+        ("resnetNN", "ResnetNN"),
+        ("ICNN", "ICNN"),
+    ):
+        N.register_network_alias(f"compat.{old}", N.NETWORKS[new])
+    for old, new in (
+        ("singleLayer", "SingleLayer"),
+        ("resnetLayer", "ResnetLayer"),
+        ("ICNNLayer", "ICNNLayer"),
+        ("quadraticLayer", "QuadraticLayer"),
+        ("quadraticICNNLayer", "QuadraticICNNLayer"),
+    ):
+        L.register_layer_alias(f"compat.{old}", L.LAYERS[new])
+
+
+_register_file_names()

@@ -20,8 +20,11 @@ of the documentation states every method's shapes.
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,21 +33,70 @@ from ..activations import Softplus
 from ..carry import Adjoints, Request, Tangents
 from ..rules import jacobian
 from ..rules.contractions import diagonal
+from ..rules.cost import CostRequest, LayerCost, gemm_cost
+from .affine_structure import AffineStructure
 
 #: hessQuik's map to nonnegative ICNN weights: softplus(L)
 NONNEG = Softplus()
 
 #: file-format name -> layer class; filled by :func:`register_layer`
-LAYERS: dict[str, type] = {}
+LAYERS: dict[str, type[Layer]] = {}
+#: further file-format names -> layer class (names older files use, e.g. ``"compat.singleLayer"``);
+#: filled by :func:`register_layer_alias`. ``save`` writes only :data:`LAYERS`' names.
+LAYER_ALIASES: dict[str, type[Layer]] = {}
 
 #: ``call(layer, x, **kwargs)``: the network engine, which sits above the
 #: layers and registers itself here when :mod:`hessquik_core.networks` loads
 _ENGINE: list = []
 
 
-def register_layer(cls):
-    """Class decorator: make a layer known to ``save``/``load`` (by its class name)."""
-    LAYERS[cls.__name__] = cls
+def register_layer(cls: type) -> type:
+    """Class decorator: make a layer known by its class name.
+
+    ``save``/``load`` then write and read it (:attr:`Layer.config_schema`,
+    :meth:`Layer.parameter_shapes`), ``to_torch``/``from_torch`` convert it
+    (:meth:`Layer.torch_twin_class`, :meth:`Layer.to_torch`,
+    :meth:`Layer.from_torch`), and ``hessquik_core.<ClassName>`` exports it.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    name = cls.__name__
+    if LAYERS.get(name, cls) is not cls:
+        raise ValueError(f"a layer named {name!r} is already registered: {LAYERS[name]}")
+    LAYERS[name] = cls
+    return cls
+
+
+def register_layer_alias(name: str, cls: type[Layer]) -> None:
+    """Let files that name a layer ``name`` (e.g. written by an older version under
+    another class's name) load as the registered layer ``cls``."""
+    if cls not in LAYERS.values():
+        raise ValueError(f"{cls!r} is not a registered layer")
+    LAYER_ALIASES[name] = cls
+
+
+def lazy_torch_class(factory: Callable[[], type]) -> Callable[[], type]:
+    """Decorator for a function that builds a torch twin class (importing torch).
+
+    The class is built once, on first use (importing hessquik-core never
+    imports torch), and named ``hessquik_core.interop.<ClassName>``: that
+    module resolves twin names through the registries, so ``torch.save``
+    / ``pickle`` of a module holding a twin finds the class (and files
+    pickled by earlier versions, whose twins lived there, still load).
+    """
+
+    @functools.cache
+    def build() -> type:
+        return name_torch_class(factory())
+
+    functools.update_wrapper(build, factory)
+    return build
+
+
+def name_torch_class(cls: type) -> type:
+    """Name a torch twin class ``hessquik_core.interop.<ClassName>`` (see ``lazy_torch_class``)."""
+    cls.__module__ = "hessquik_core.interop"
+    cls.__qualname__ = cls.__name__
     return cls
 
 
@@ -73,8 +125,13 @@ class Layer(Module):
     :meth:`to_torch` and :meth:`from_torch`.
     """
 
-    in_features: int
-    out_features: int
+    if TYPE_CHECKING:  # read-only here; a layer may store them (``in_features: int``) or compute them
+
+        @property
+        def in_features(self) -> int: ...
+
+        @property
+        def out_features(self) -> int: ...
 
     #: ``config()`` key -> ``"int"``, ``"int?"`` (int or None), ``"bool"`` or ``"float"``
     config_schema: ClassVar[dict[str, str]] = {}
@@ -118,8 +175,28 @@ class Layer(Module):
         cost model (one for a plain layer; a block lists its internal ones)."""
         return ((self.in_features, self.out_features),)
 
+    def cost(self, n: int, k: int, request: CostRequest) -> LayerCost:
+        """The work of this layer for ``n`` examples and ``k`` tangents (forward) or
+        output directions (backward), for the cost model
+        (:mod:`hessquik_core.rules.cost`). Default: one GEMM-shaped affine step per
+        entry of :attr:`cost_shapes` (``request.first`` applies to the first). A layer
+        whose work is no GEMM (a normalisation, a spline) overrides it."""
+        total = LayerCost()
+        for j, (p, q) in enumerate(self.cost_shapes):
+            total = total + gemm_cost(p, q, n, k, request if j == 0 else replace(request, first=False))
+        return total
+
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None:
+        r"""This layer as :math:`f(u) = [u +]\, h\,\sigma(uM + b)`, or ``None`` (the default:
+        no such form). With ``params`` (the call's, as the passes receive them) ``M``,
+        ``b`` and ``pullback`` are filled in; without, only the form is declared
+        (what the planner asks). A layer that declares it gets the analytic training
+        step and the high-dimensional routes
+        (:mod:`hessquik_core.layers.affine_structure`)."""
+        return None
 
     # -- input derivatives --------------------------------------------------------
     def evaluate(self, u, params: dict, order: int, ops) -> tuple[Any, Any]:
@@ -187,14 +264,40 @@ class Layer(Module):
         return _ENGINE[0](self, x, **kwargs)
 
     # -- torch twin ---------------------------------------------------------------
-    def to_torch(self, kit) -> list:
-        """``nn.Module`` s computing this layer, with copies of its parameters
-        (``kit``: torch, the twin classes and copy helpers of :mod:`hessquik_core.interop`)."""
-        raise TypeError(f"to_torch cannot convert {type(self).__qualname__}: not a hessquik-core layer")
-
-    #: class name of the torch twin (in :mod:`hessquik_core.interop`) that
-    #: :meth:`from_torch` converts back, or ``None``
+    #: class name of the torch module computing this layer (its *twin*): a class of
+    #: ``torch.nn`` (``"LayerNorm"``) or one the layer's own file defines
+    #: (``torch_twin_class()``); ``None``: no twin (``from_torch`` does not convert it)
     torch_twin: ClassVar[str | None] = None
+    #: whether the twin may be followed by an activation module that belongs to the
+    #: layer (``nn.Linear`` then ``nn.Tanh`` is one ``SingleLayer``): ``from_torch``
+    #: then hands the converted activation to :meth:`from_torch` as ``kit.activation``
+    torch_twin_takes_activation: ClassVar[bool] = False
+
+    @classmethod
+    def torch_twin_class(cls) -> type | None:
+        """The twin module class, which :meth:`from_torch` converts (imports torch).
+
+        Default: ``torch.nn.<torch_twin>``. A layer with a twin of its own overrides
+        this and builds the class in its own file on first use (decorate the
+        builder with ``lazy_torch_class``)."""
+        if cls.torch_twin is None:
+            return None
+        from torch import nn
+
+        return getattr(nn, cls.torch_twin)
+
+    def to_torch(self, kit) -> list:
+        """``nn.Module`` s computing this layer, with copies of its parameters.
+
+        ``kit`` (built by :func:`hessquik_core.to_torch`): ``kit.nn`` is
+        ``torch.nn``; ``kit.tensor(p)`` a torch copy of a parameter and
+        ``kit.assign(param, tensor)`` copies into a twin's parameter;
+        ``kit.dtype_of(self)``, ``kit.device`` the target dtype and device;
+        ``kit.act(a)`` the torch module of an activation (``None`` for the
+        identity); ``kit.copy_state(self, module)`` copies every parameter to the
+        module attribute of the same name; ``kit.convert(net)`` converts a nested
+        network or layer (to an ``nn.Sequential``) with the same options."""
+        raise TypeError(f"to_torch cannot convert {type(self).__qualname__}: not a hessquik-core layer")
 
     #: class name of the hessQuik 0.0.6 layer that :meth:`from_hessquik` converts, or ``None``
     hessquik_name: ClassVar[str | None] = None
@@ -211,8 +314,56 @@ class Layer(Module):
     def from_torch(cls, module, kit):
         """Build the layer equal to its torch twin ``module``: ``kit.numpy(t)``
         copies a torch parameter to NumPy, ``kit.act(m, suffix)`` converts an
-        activation module. Returns ``(layer, state)``; the caller loads ``state``."""
+        activation module, ``kit.activation`` is the activation module that
+        followed the twin (converted; ``None`` if none, only for
+        ``torch_twin_takes_activation``), ``kit.convert(m)`` converts a nested
+        ``nn.Module`` to a network. Returns ``(layer, state)``; the caller loads ``state``."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+@runtime_checkable
+class LayerProtocol(Protocol):
+    """What the engine, :mod:`hessquik_core.curvature`, ``io`` and ``interop`` ask of a layer.
+
+    :class:`Layer` implements it (the input-derivative steps by the generic
+    rule, the torch twin as "none"); a layer file overrides what it computes
+    differently. Shapes as in the module docstring: ``u : (n, p)``,
+    ``f : (n, q)``, carries :class:`~hessquik_core.carry.Tangents` /
+    :class:`~hessquik_core.carry.Adjoints`, ``ops`` the bound backend.
+    """
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def out_features(self) -> int: ...
+
+    def evaluate(self, u: Any, params: dict, order: int, ops: Any) -> tuple[Any, Any]: ...
+
+    def forward_step(
+        self, cache: Any, params: dict, tangents: Tangents, request: Request, ops: Any
+    ) -> Tangents: ...
+
+    def backward_step(
+        self, cache: Any, params: dict, adjoints: Adjoints, second: bool, ops: Any
+    ) -> Adjoints: ...
+
+    def backward_first(self, cache: Any, params: dict, adjoints: Adjoints, what: str, ops: Any) -> Any: ...
+
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None: ...
+
+    def config(self) -> dict: ...
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]: ...
+
+    @classmethod
+    def torch_twin_class(cls) -> type | None: ...
+
+    def to_torch(self, kit: Any) -> list: ...
+
+    @classmethod
+    def from_torch(cls, module: Any, kit: Any) -> tuple[Any, dict[str, Any]]: ...
 
 
 def rng_of(seed) -> np.random.Generator:
@@ -242,4 +393,16 @@ def check_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-__all__ = ["LAYERS", "NONNEG", "Layer", "check_int", "register_layer", "rng_of", "set_engine"]
+__all__ = [
+    "LAYERS",
+    "LAYER_ALIASES",
+    "NONNEG",
+    "Layer",
+    "LayerProtocol",
+    "check_int",
+    "lazy_torch_class",
+    "register_layer",
+    "register_layer_alias",
+    "rng_of",
+    "set_engine",
+]

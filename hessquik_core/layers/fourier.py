@@ -22,7 +22,7 @@ from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules import fourier as rules
 from ..rules.directions import weight_gradient
-from .base import Layer, check_int, register_layer
+from .base import Layer, check_int, name_torch_class, register_layer
 
 _TWO_PI = 2.0 * math.pi
 
@@ -172,6 +172,8 @@ def _torch_twins() -> dict[str, type]:
         def extra_repr(self) -> str:
             return f"{self.in_features}, periods={self.periods}, axes={self.axes}, trainable={self.trainable}"
 
+    for twin in (FourierFeatures, PeriodicEmbedding):
+        name_torch_class(twin)
     return {"FourierFeatures": FourierFeatures, "PeriodicEmbedding": PeriodicEmbedding}
 
 
@@ -210,6 +212,9 @@ class FourierFeatures(_PointwiseLinear):
     gradient with respect to :math:`B` is :math:`2\pi` times the sum of the
     two column blocks of the gradient with respect to :math:`K`.
     """
+
+    in_features: int
+    out_features: int
 
     config_schema = {"in_features": "int", "num_features": "int", "scale": "float", "trainable": "bool"}
     torch_twin = "FourierFeatures"
@@ -327,7 +332,7 @@ class FourierFeatures(_PointwiseLinear):
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
-    def torch_twin_class(cls):
+    def torch_twin_class(cls) -> type:
         """The twin module class (:meth:`from_torch` recognises it)."""
         return _torch_twins()["FourierFeatures"]
 
@@ -391,6 +396,9 @@ class PeriodicEmbedding(_PointwiseLinear):
     affine rule's :math:`\partial C/\partial K` at the two entries
     :math:`(a_i, i)` and :math:`(a_i, |S| + i)`.
     """
+
+    in_features: int
+    out_features: int
 
     config_schema = {"in_features": "int", "periods": "floats", "axes": "ints?", "trainable": "bool"}
     torch_twin = "PeriodicEmbedding"
@@ -536,7 +544,7 @@ class PeriodicEmbedding(_PointwiseLinear):
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
-    def torch_twin_class(cls):
+    def torch_twin_class(cls) -> type:
         """The twin module class (:meth:`from_torch` recognises it)."""
         return _torch_twins()["PeriodicEmbedding"]
 

@@ -34,7 +34,7 @@ from ..rules import gated as G
 from ..rules import streams
 from ..rules.directions import weight_gradient
 from ..rules.gated import GateCache
-from .base import Layer, check_int, register_layer, rng_of
+from .base import Layer, check_int, lazy_torch_class, register_layer, rng_of
 from .dense import SingleLayer
 
 
@@ -192,6 +192,8 @@ class _ReadoutCache(NamedTuple):
 class _Readout(Layer):
     r"""The linear read-out :math:`S = [U, V, H] \mapsto H W_o + b_o` (a leaf of :class:`GatedMLP`)."""
 
+    out_features: int
+
     def __init__(self, width: int, out_features: int, bias: bool, K, b) -> None:
         super().__init__()
         self.width = width
@@ -324,6 +326,9 @@ class GatedMLP(Layer):
     :mod:`hessquik_core.rules.gated`).
     """
 
+    in_features: int
+    out_features: int
+
     config_schema = {
         "in_features": "int",
         "width": "int",
@@ -415,9 +420,15 @@ class GatedMLP(Layer):
         return u, caches
 
     # -- torch twin -----------------------------------------------------------------
+    @classmethod
+    def torch_twin_class(cls) -> type:
+        """``GatedMLPBlock(d, width, depth, m, act, bias)`` (encoders ``U``, ``V``, ``first``,
+        ``gates``, ``readout``)."""
+        return _gated_mlp_block()
+
     def to_torch(self, kit) -> list:
         act = kit.act(self.act) or kit.nn.Identity()
-        blk = _twin_classes()["GatedMLPBlock"](
+        blk = self.torch_twin_class()(
             self.in_features,
             self.width,
             self.depth,
@@ -464,18 +475,11 @@ class GatedMLP(Layer):
         return layer, state
 
 
-_twins: dict[str, type] = {}
-
-
-def _twin_classes() -> dict[str, type]:
+@lazy_torch_class
+def _gated_mlp_block() -> type:
     """The torch twin of :class:`GatedMLP`, made on first use (hessquik-core never imports torch
-    eagerly) and entered into :mod:`hessquik_core.interop`'s table so that
-    ``from_torch`` recognises it."""
-    if _twins:
-        return _twins
+    eagerly)."""
     from torch import nn
-
-    from .. import interop
 
     class GatedMLPBlock(nn.Module):
         r"""The torch twin of :class:`GatedMLP`: encoders ``U``, ``V``, ``first``, ``gates``, ``readout``."""
@@ -497,18 +501,13 @@ def _twin_classes() -> dict[str, type]:
                 H = (1 - Z) * U + Z * V
             return self.readout(H)
 
-    table = interop._make_torch_classes()
-    for cls in (GatedMLPBlock,):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        _twins[cls.__name__] = cls
-        table[cls.__name__] = cls
-    return _twins
+    return GatedMLPBlock
 
 
 def __getattr__(name: str) -> Any:
+    # files pickled by earlier versions name the twin hessquik_core.layers.gated.GatedMLPBlock
     if name == "GatedMLPBlock":
-        return _twin_classes()[name]
+        return _gated_mlp_block()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -49,16 +49,16 @@ and the node of ``g`` under ``"block"``; its tensors are ``alpha`` and
 
 from __future__ import annotations
 
-import functools
 from typing import Any, ClassVar
 
 import numpy as np
 from array_api_compat import device as _device
 
+from .._module import Module
 from ..carry import Request, Tangents
 from ..rules import jacobian
 from ..rules.jacobian import LocalDerivatives
-from .base import Layer, register_layer
+from .base import Layer, lazy_torch_class, register_layer
 
 
 class _ResidualCache:
@@ -112,9 +112,9 @@ class GatedResidual(Layer):
 
     def __init__(self, block=None, alpha: float = 0.0, *, dtype=np.float64, seed=None) -> None:
         super().__init__()
-        from ..networks import NN
-
-        if not isinstance(block, (Layer, NN)):
+        # a layer or a network (anything with a chain of leaves): networks sit above the
+        # layers, so this file names neither ``NN`` nor the engine
+        if not (isinstance(block, Layer) or (isinstance(block, Module) and hasattr(block, "_leaves"))):
             raise TypeError(
                 f"GatedResidual needs a hessquik-core layer or NN as block, got {type(block).__name__}"
             )
@@ -368,28 +368,24 @@ class GatedResidual(Layer):
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod
-    def torch_twin_class(cls):
-        """The twin module class (:meth:`from_torch` recognises it)."""
+    def torch_twin_class(cls) -> type:
+        """``GatedResidualBlock(block)``: ``alpha * block(x) + (1 - alpha) * x``."""
         return _torch_twin()
 
     def to_torch(self, kit) -> list:
-        from ..interop import to_torch
-
-        inner = to_torch(self.block, dtype=kit.dtype, device=kit.device)
+        inner = kit.convert(self.block)  # the block, by the converter this call was handed
         blk = self.torch_twin_class()(inner, dtype=kit.dtype_of(self), device=kit.device)
         kit.assign(blk.alpha, kit.tensor(self.alpha))
         return [blk]
 
     @classmethod
     def from_torch(cls, module, kit):
-        from ..interop import from_torch
-
-        inner = from_torch(module.block, dtype=kit.dtype)
+        inner = kit.convert(module.block, ".block")
         state = {f"block.{k}": np.array(v) for k, v in inner.state_dict().items()}
         return cls(inner), {"alpha": kit.numpy(module.alpha), **state}
 
 
-@functools.cache
+@lazy_torch_class
 def _torch_twin() -> type:
     """The torch twin, made on first use (hessquik-core never imports torch eagerly)."""
     import torch
@@ -407,7 +403,6 @@ def _torch_twin() -> type:
             """:math:`\\alpha g(x) + (1 - \\alpha) x`."""
             return self.alpha * self.block(x) + (1 - self.alpha) * x
 
-    GatedResidualBlock.__module__ = __name__
     return GatedResidualBlock
 
 

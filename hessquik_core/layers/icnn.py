@@ -12,7 +12,7 @@ from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules.contractions import device, sandwich
 from ..rules.directions import Outer, add_tail
-from .base import NONNEG, Layer, check_int, register_layer, rng_of
+from .base import NONNEG, Layer, check_int, lazy_torch_class, register_layer, rng_of
 
 
 class ICNNCache(NamedTuple):
@@ -98,7 +98,7 @@ class ICNNLayer(Layer):
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict:
         d, n, q = config["input_dim"], config["in_features"], config["out_features"]
-        shapes = {"K": (d, q)}
+        shapes: dict[str, tuple[int, ...]] = {"K": (d, q)}
         if n is not None:
             shapes["L"] = (n, q)
         if config["bias"]:
@@ -325,9 +325,14 @@ class ICNNLayer(Layer):
         )
 
     # -- torch twin -----------------------------------------------------------------
+    @classmethod
+    def torch_twin_class(cls) -> type:
+        """``ICNNBlock(input_dim, in_features, out_features, act, bias)``."""
+        return _icnn_block()
+
     def to_torch(self, kit) -> list:
         act = kit.act(self.act) or kit.nn.Identity()
-        blk = kit.twins["ICNNBlock"](
+        blk = self.torch_twin_class()(
             self.input_dim,
             self.n_in or None,
             self.out_width,
@@ -349,6 +354,50 @@ class ICNNLayer(Layer):
             k: kit.numpy(p) for k, p in (("K", module.K), ("L", module.L), ("b", module.b)) if p is not None
         }
         return layer, state
+
+
+@lazy_torch_class
+def _icnn_block() -> type:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    def _param(shape, dtype, device):
+        return nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+
+    class ICNNBlock(nn.Module):
+        r"""Input-convex block: input :math:`[u, x]` (``in_features`` then ``input_dim``
+        columns), output :math:`[\sigma(u\,\mathrm{softplus}(L) + xK + b),\ x]`."""
+
+        def __init__(
+            self,
+            input_dim: int,
+            in_features: int | None,
+            out_features: int,
+            act: nn.Module | None = None,
+            bias: bool = True,
+            *,
+            dtype=None,
+            device=None,
+        ):
+            super().__init__()
+            self.input_dim, self.in_features, self.out_features = input_dim, in_features, out_features
+            self.act = nn.Softplus() if act is None else act
+            self.K = _param((input_dim, out_features), dtype, device)
+            self.L = None if in_features is None else _param((in_features, out_features), dtype, device)
+            self.b = _param((out_features,), dtype, device) if bias else None
+
+        def forward(self, ux):
+            n_in = 0 if self.L is None else self.L.shape[0]
+            x = ux[:, n_in:]
+            z = x @ self.K
+            if self.L is not None:
+                z = ux[:, :n_in] @ F.softplus(self.L) + z
+            if self.b is not None:
+                z = z + self.b
+            return torch.cat([self.act(z), x], dim=-1)
+
+    return ICNNBlock
 
 
 __all__ = ["ICNNCache", "ICNNLayer"]

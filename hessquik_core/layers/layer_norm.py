@@ -66,6 +66,9 @@ class LayerNorm(Layer):
     Hessian diagonal have their own shortcuts in both modes.
     """
 
+    in_features: int
+    out_features: int
+
     config_schema = {"features": "int", "eps": "float", "elementwise_affine": "bool"}
     torch_twin = "LayerNorm"  # torch.nn.LayerNorm
 

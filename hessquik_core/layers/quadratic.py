@@ -12,7 +12,7 @@ from ..carry import Adjoints, Request, Tangents
 from ..rules import streams
 from ..rules.contractions import device, lift
 from ..rules.directions import Outer, lin_dirs, lin_dirs_t, outer_sum, outer_sum_r, pad_front
-from .base import NONNEG, Layer, check_int, register_layer, rng_of
+from .base import NONNEG, Layer, check_int, lazy_torch_class, register_layer, rng_of
 
 #: σ(z) = z²/2, whose stream map is the quadratic part of the layer
 _HALF_SQUARE = Quadratic()
@@ -283,6 +283,8 @@ class QuadraticLayer(_QuadraticBase):
     mu : (1,)
     """
 
+    in_features: int
+
     config_schema = {"in_features": "int", "rank": "int"}
     torch_twin = "QuadraticBlock"
     hessquik_name = "quadraticLayer"
@@ -312,8 +314,13 @@ class QuadraticLayer(_QuadraticBase):
     def _lin(self, params, xp):
         return params["v"]
 
+    @classmethod
+    def torch_twin_class(cls) -> type:
+        r"""``QuadraticBlock(in_features, rank)``: :math:`u v + \tfrac12 |u A^\top|^2 + \mu`."""
+        return _twins()[0]
+
     def _torch_block(self, kit):
-        return kit.twins["QuadraticBlock"](
+        return self.torch_twin_class()(
             self.in_features, self.rank, dtype=kit.dtype_of(self), device=kit.device
         )
 
@@ -404,7 +411,7 @@ class QuadraticICNNLayer(_QuadraticBase):
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict:
         d, n, r = config["input_dim"], config["in_features"], config["rank"]
-        shapes = {} if n is None else {"w": (n,)}
+        shapes: dict[str, tuple[int, ...]] = {} if n is None else {"w": (n,)}
         shapes.update({"v": (d,), "mu": (1,), "A": (r, d)})
         return shapes
 
@@ -417,8 +424,13 @@ class QuadraticICNNLayer(_QuadraticBase):
         wp, _, _ = NONNEG(params["w"], 0, xp=xp)
         return xp.concat([wp, params["v"]], axis=0)
 
+    @classmethod
+    def torch_twin_class(cls) -> type:
+        """``QuadraticICNNBlock(input_dim, in_features, rank)``."""
+        return _twins()[1]
+
     def _torch_block(self, kit):
-        return kit.twins["QuadraticICNNBlock"](
+        return self.torch_twin_class()(
             self.input_dim, self.n_in or None, self.rank, dtype=kit.dtype_of(self), device=kit.device
         )
 
@@ -432,6 +444,65 @@ class QuadraticICNNLayer(_QuadraticBase):
         layer = cls(module.v.shape[0], None if module.w is None else module.w.shape[0], module.A.shape[0])
         keys = ("w", "v", "mu", "A")
         return layer, {k: kit.numpy(getattr(module, k)) for k in keys if getattr(module, k) is not None}
+
+
+def _twins() -> tuple[type, type]:
+    """The torch twins of the two quadratic layers (built on first use)."""
+    return _quadratic_block(), _quadratic_icnn_block()
+
+
+def _param(shape, dtype, device):
+    import torch
+    from torch import nn
+
+    return nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+
+
+@lazy_torch_class
+def _quadratic_block() -> type:
+    from torch import nn
+
+    class QuadraticBlock(nn.Module):
+        r""":math:`u v + \tfrac12 |u A^\top|^2 + \mu`, one output."""
+
+        def __init__(self, in_features: int, rank: int, *, dtype=None, device=None):
+            super().__init__()
+            self.v = _param((in_features,), dtype, device)
+            self.mu = _param((1,), dtype, device)
+            self.A = _param((rank, in_features), dtype, device)
+
+        def forward(self, u):
+            ua = u @ self.A.T
+            return (u @ self.v + 0.5 * (ua * ua).sum(-1) + self.mu)[:, None]
+
+    return QuadraticBlock
+
+
+@lazy_torch_class
+def _quadratic_icnn_block() -> type:
+    import torch.nn.functional as F
+    from torch import nn
+
+    class QuadraticICNNBlock(nn.Module):
+        r""":math:`u\,\mathrm{softplus}(w) + x v + \tfrac12 |x A^\top|^2 + \mu` on input :math:`[u, x]`."""
+
+        def __init__(self, input_dim: int, in_features: int | None, rank: int, *, dtype=None, device=None):
+            super().__init__()
+            self.w = None if in_features is None else _param((in_features,), dtype, device)
+            self.v = _param((input_dim,), dtype, device)
+            self.mu = _param((1,), dtype, device)
+            self.A = _param((rank, input_dim), dtype, device)
+
+        def forward(self, ux):
+            n_in = 0 if self.w is None else self.w.shape[0]
+            x = ux[:, n_in:]
+            xa = x @ self.A.T
+            f = x @ self.v + 0.5 * (xa * xa).sum(-1) + self.mu
+            if self.w is not None:
+                f = ux[:, :n_in] @ F.softplus(self.w) + f
+            return f[:, None]
+
+    return QuadraticICNNBlock
 
 
 __all__ = ["QuadraticCache", "QuadraticICNNLayer", "QuadraticLayer"]

@@ -3,6 +3,7 @@ r"""The residual layer :math:`f(u) = u + h\,\sigma(uK + b)`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -10,7 +11,8 @@ from ..activations import Activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules.contractions import swap
-from .base import Layer, check_int, register_layer
+from .affine_structure import AffineStructure
+from .base import Layer, check_int, lazy_torch_class, register_layer
 from .dense import SingleLayer
 
 
@@ -125,6 +127,12 @@ class ResnetLayer(Layer):
         U = ops.addcmul(K * c, R, s1b)
         return Adjoints(dlu, ops.addmm(R, U, hKt))
 
+    def affine_structure(self, params=None) -> AffineStructure:
+        r""":math:`u + h\,\sigma(uK + b)`: the inner layer's ``M = K``, ``b``, scaled by ``h``,
+        with the identity path (:mod:`~hessquik_core.layers.affine_structure`)."""
+        inner = self.layer.affine_structure(params)
+        return replace(inner, scale=self.h, residual=True)
+
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --------
     # f = u + h s(u) with s the inner single layer: the inner layer sees the
     # adjoint h dl; the identity path adds dl to the input adjoint.
@@ -189,10 +197,15 @@ class ResnetLayer(Layer):
         return cls(module.width, h=float(module.h), act=act, bias=inner.b is not None, dtype=kit.dtype)
 
     # -- torch twin -----------------------------------------------------------------
+    @classmethod
+    def torch_twin_class(cls) -> type:
+        r"""``ResidualBlock(width, h, act, bias)``: :math:`u + h\,\sigma(\mathrm{linear}(u))`."""
+        return _residual_block()
+
     def to_torch(self, kit) -> list:
         act = kit.act(self.act) or kit.nn.Identity()
         inner = self.layer
-        blk = kit.twins["ResidualBlock"](
+        blk = self.torch_twin_class()(
             self.width, self.h, act, inner.b is not None, dtype=kit.dtype_of(self), device=kit.device
         )
         kit.assign(blk.linear.weight, kit.tensor(inner.K).T)
@@ -209,6 +222,37 @@ class ResnetLayer(Layer):
         if lin.bias is not None:
             state["layer.b"] = kit.numpy(lin.bias)
         return layer, state
+
+
+@lazy_torch_class
+def _residual_block() -> type:
+    from torch import nn
+
+    class ResidualBlock(nn.Module):
+        r""":math:`u + h\,\sigma(\mathrm{linear}(u))`: the torch twin of ``ResnetLayer``."""
+
+        def __init__(
+            self,
+            width: int,
+            h: float = 1.0,
+            act: nn.Module | None = None,
+            bias: bool = True,
+            *,
+            dtype=None,
+            device=None,
+        ):
+            super().__init__()
+            self.h = float(h)
+            self.linear = nn.Linear(width, width, bias=bias, dtype=dtype, device=device)
+            self.act = nn.Identity() if act is None else act
+
+        def forward(self, u):
+            return u + self.h * self.act(self.linear(u))
+
+        def extra_repr(self) -> str:
+            return f"h={self.h}"
+
+    return ResidualBlock
 
 
 __all__ = ["ResnetLayer"]

@@ -32,7 +32,8 @@ the product rule on :math:`U + Z\odot D` gives
 (:math:`\sum_i G_{Z,i}\odot G_{D,i}` appears twice), which never form a
 :math:`k \times k` block. The encoders are ordinary dense layers; their
 tangents are those of ``SingleLayer`` (see
-:func:`hessquik_core.rules.fourier.pointwise_linear_forward_tangents`).
+``hessquik_core.rules.affine.forward_step``; a reference composition of the
+whole block, ``gated_mlp_forward``, is in ``tests/rules/_gated_reference.py``).
 
 **Parameter passes** (:mod:`hessquik_core.curvature`). The step is the
 affine rule :math:`Z = \sigma(HW + b)` whose output reaches :math:`H^{+}`
@@ -79,18 +80,12 @@ from .directions import lin_dirs, lin_dirs_t, outer_sum, outer_sum_r
 
 __all__ = [
     "GateCache",
-    "gated_mlp_forward",
     "gated_step_param_rop_backward",
     "gated_step_param_rop_forward",
     "gated_step_param_vjp",
     "readout_param_rop_backward",
     "readout_param_rop_forward",
     "gated_step",
-    "gated_step_backward",
-    "gated_step_forward_diagonal",
-    "gated_step_forward_laplacian",
-    "gated_step_forward_tangents",
-    "gated_step_state_forward_tangents",
     "gated_state_backward_step",
     "gated_state_forward_step",
     "readout_backward_step",
@@ -139,19 +134,20 @@ def _gate_tangents(GH, W, s1):
     return T, s1[:, None, :] * T
 
 
-def gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2, *, xp=None):
+def _forward_pairs(c: GateCache, W, GU, GV, GH, HU, HV, HH):
     r"""Tangents (and second tangents) of one gated step's output.
 
     Parameters
     ----------
     GU, GV, GH : (n, k, w) tangents of U, V and the hidden state.
     HU, HV, HH : (n, k, k, w) second tangents, or all ``None`` (gradient only).
-    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+    c : the step's :class:`GateCache` (``U``, ``V``, ``Z``, σ′, σ″, all (n, w)); W : (w, w).
 
     Returns
     -------
     G : (n, k, w) and Hs : (n, k, k, w) or None, as in the module docstring.
     """
+    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
     T, GZ = _gate_tangents(GH, W, s1)
     D = V - U
     GD = GV - GU
@@ -170,7 +166,7 @@ def _swap(a):
     return xp.permute_dims(a, (0, 2, 1, 3))
 
 
-def gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, *, xp=None):
+def _forward_laplacian(c: GateCache, W, GU, GV, GH, LU, LV, LH, xp):
     r"""Laplacian shortcut of one gated step.
 
     ``LU, LV, LH`` : (n, w) Laplacians (traces over the tangents) of U, V, H.
@@ -178,7 +174,7 @@ def gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, *, 
     :math:`L^{+} = L_U + L_Z\odot D + 2\sum_i G_{Z,i}\odot G_{D,i} + Z\odot(L_V - L_U)`,
     :math:`L_Z = \sigma''\odot\sum_i T_i^2 + \sigma'\odot(L_H W)`.
     """
-    xp = xp if xp is not None else array_namespace(GU, W)
+    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
     T, GZ = _gate_tangents(GH, W, s1)
     D = V - U
     GD = GV - GU
@@ -188,13 +184,14 @@ def gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, *, 
     return G, L
 
 
-def gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, *, xp=None):
+def _forward_diagonal(c: GateCache, W, GU, GV, GH, DU, DV, DH):
     r"""Hessian-diagonal shortcut of one gated step.
 
     ``DU, DV, DH`` : (n, k, w) second tangents :math:`H_{ii}` of U, V, H.
     Returns ``(G, Dg)``, both (n, k, w), with
     :math:`D^{+}_i = D_{U,i} + D_{Z,i}\odot D + 2\,G_{Z,i}\odot G_{D,i} + Z\odot(D_{V,i} - D_{U,i})`.
     """
+    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
     T, GZ = _gate_tangents(GH, W, s1)
     D = V - U
     GD = GV - GU
@@ -202,56 +199,6 @@ def gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, *, x
     DZ = s2[:, None, :] * (T * T) + s1[:, None, :] * (DH @ W)
     Dg = DU + DZ * D[:, None, :] + 2.0 * (GZ * GD) + Z[:, None, :] * (DV - DU)
     return G, Dg
-
-
-def _dense(x, G, H, W, b, act, xp):
-    """σ(xW + b) with its tangents, for tangents G (n, k, p), H (n, k, k, p) or None of x."""
-    from ..activations import get_activation
-
-    pre = x @ W
-    if b is not None:
-        pre = pre + b
-    s0, s1, s2 = get_activation(act)(pre, 2, xp=xp)
-    T = G @ W
-    Gy = s1[:, None, :] * T
-    Hy = s2[:, None, None, :] * (T[:, :, None, :] * T[:, None, :, :])
-    if H is not None:
-        Hy = Hy + s1[:, None, None, :] * (H @ W)
-    return s0, Gy, Hy
-
-
-def gated_mlp_forward(x, encoders, first, gates, readout, act, *, xp=None):
-    r"""Value, gradient and Hessian of a whole gated MLP at its input (reference composition).
-
-    Parameters
-    ----------
-    x : (n, d)
-    encoders : ((W_u, b_u), (W_v, b_v)), each ``W`` (d, w)
-    first : (W_1, b_1), first hidden state :math:`H_1 = \sigma(xW_1 + b_1)`
-    gates : sequence of (W, b), ``W`` (w, w), one per gated step
-    readout : (W_o, b_o), ``W_o`` (w, m), linear
-    act : activation of the encoders, first layer and gates
-
-    Returns
-    -------
-    value (n, m), gradient (n, d, m), hessian (n, d, d, m)
-    """
-    xp = xp if xp is not None else array_namespace(x)
-    n, d = x.shape
-    eye = xp.eye(d, dtype=x.dtype, device=getattr(x, "device", None))
-    G0 = xp.broadcast_to(xp.reshape(eye, (1, d, d)), (n, d, d))
-    (Wu, bu), (Wv, bv) = encoders
-    U, GU, HU = _dense(x, G0, None, Wu, bu, act, xp)
-    V, GV, HV = _dense(x, G0, None, Wv, bv, act, xp)
-    H, GH, HH = _dense(x, G0, None, *first, act, xp)
-    for W, b in gates:
-        H, Z, s1, s2 = gated_step(U, V, H, W, b, act, xp=xp)
-        GH, HH = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
-    Wo, bo = readout
-    out = H @ Wo
-    if bo is not None:
-        out = out + bo
-    return out, GH @ Wo, HH @ Wo
 
 
 # --------------------------------------------------------------------------
@@ -275,38 +222,38 @@ def gated_mlp_forward(x, encoders, first, gates, readout, act, *, xp=None):
 #     ∂²H⁺_j/∂H_i∂U_k = -σ'_j W_ij δ_jk,   ∂²H⁺_j/∂H_i∂V_k = +σ'_j W_ij δ_jk.
 
 
-def gated_step_state_forward_tangents(G, Hs, U, V, W, Z, s1, s2, *, xp=None):
+def _state_forward(c: GateCache, W, G, Hs, xp):
     r"""Forward rule of one gated step on the state ``S = [U, V, H]``.
 
     Parameters
     ----------
     G : (n, k, 3w) tangents of the state; Hs : (n, k, k, 3w) or None.
-    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+    c : the step's :class:`GateCache` (``U``, ``V``, ``Z``, σ′, σ″, all (n, w)); W : (w, w).
 
     Returns
     -------
     (n, k, 3w) and (n, k, k, 3w) or None: tangents of ``[U, V, H⁺]``
     (the U and V blocks pass through unchanged).
     """
-    xp = xp if xp is not None else array_namespace(G, W)
+    U = c.U
     w = U.shape[-1]
     GU, GV, GH = G[..., :w], G[..., w : 2 * w], G[..., 2 * w :]
     if Hs is None:
-        Gp, _ = gated_step_forward_tangents(GU, GV, GH, None, None, None, U, V, W, Z, s1, s2)
+        Gp, _ = _forward_pairs(c, W, GU, GV, GH, None, None, None)
         return xp.concat([GU, GV, Gp], axis=-1), None
     HU, HV, HH = Hs[..., :w], Hs[..., w : 2 * w], Hs[..., 2 * w :]
-    Gp, Hp = gated_step_forward_tangents(GU, GV, GH, HU, HV, HH, U, V, W, Z, s1, s2)
+    Gp, Hp = _forward_pairs(c, W, GU, GV, GH, HU, HV, HH)
     return xp.concat([GU, GV, Gp], axis=-1), xp.concat([HU, HV, Hp], axis=-1)
 
 
-def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
+def _state_backward(c: GateCache, W, A, B, xp):
     r"""Backward rule of one gated step on the state ``S = [U, V, H]``.
 
     Parameters
     ----------
     A : (n, 3w, m) adjoint :math:`\partial g_c/\partial [U, V, H^{+}]` of the rest of the network.
     B : (n, 3w, 3w, m) or None, its second-order term.
-    U, V : (n, w); W : (w, w); Z, s1, s2 : (n, w) from :func:`gated_step`.
+    c : the step's :class:`GateCache` (``U``, ``V``, ``Z``, σ′, σ″, all (n, w)); W : (w, w).
 
     Returns
     -------
@@ -320,12 +267,12 @@ def gated_step_backward(A, B, U, V, W, Z, s1, s2, *, xp=None):
         The sandwich uses the block structure of :math:`J` (two diagonal blocks
         and one dense :math:`w\times w` block), :math:`O(w^3)` per direction at most.
     """
-    xp = xp if xp is not None else array_namespace(A, W)
+    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
     w = U.shape[-1]
     D = V - U
     p, q = 1.0 - Z, Z
-    c = s1 * D  # (n, w)
-    R = W * c[:, None, :]  # (n, w, w): R_ij = W_ij σ'_j D_j
+    sD = s1 * D  # (n, w)
+    R = W * sD[:, None, :]  # (n, w, w): R_ij = W_ij σ'_j D_j
     AU, AV, AH = A[:, :w, :], A[:, w : 2 * w, :], A[:, 2 * w :, :]
     A_in = xp.concat([AU + p[:, :, None] * AH, AV + q[:, :, None] * AH, R @ AH], axis=1)
     if B is None:
@@ -368,7 +315,7 @@ def gated_state_forward_step(c, W, tangents, request, ops):
     :class:`~hessquik_core.carry.Tangents` of ``S`` to those of ``[U, V, H⁺]``
     (the entries ``request`` asks for, packed when ``request.packing`` is set)."""
     xp = ops.xp
-    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
+    U = c.U
     n, w = U.shape
     Gin = tangents.jacobian
     if Gin.shape[0] != n:
@@ -384,36 +331,37 @@ def gated_state_forward_step(c, W, tangents, request, ops):
             if Hs is None:
                 k = Gin.shape[1]
                 Hs = xp.zeros((n, k, k, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
-            Gout, Hout = gated_step_state_forward_tangents(Gin, Hs, U, V, W, Z, s1, s2, xp=xp)
+            Gout, Hout = _state_forward(c, W, Gin, Hs, xp)
         else:
-            Hout = _packed_hessian(GU, GV, GH, Hs, U, V, W, Z, s1, s2, request.packing, xp)
+            Hout = _packed_hessian(c, W, GU, GV, GH, Hs, request.packing, xp)
     if request.diagonal:
         Dg = tangents.diagonal
         if Dg is None:
             Dg = xp.zeros_like(Gin)
         DU, DV, DH = _split3(Dg, w)
-        Gp, Dp = gated_step_forward_diagonal(GU, GV, GH, DU, DV, DH, U, V, W, Z, s1, s2, xp=xp)
+        Gp, Dp = _forward_diagonal(c, W, GU, GV, GH, DU, DV, DH)
         Dout = xp.concat([DU, DV, Dp], axis=-1)
     if request.laplacian:
         L = tangents.laplacian
         if L is None:
             L = xp.zeros((n, Gin.shape[-1]), dtype=Gin.dtype, device=_device(Gin))
         LU, LV, LH = _split3(L, w)
-        Gl, Lp = gated_step_forward_laplacian(GU, GV, GH, LU, LV, LH, U, V, W, Z, s1, s2, xp=xp)
+        Gl, Lp = _forward_laplacian(c, W, GU, GV, GH, LU, LV, LH, xp)
         Gp = Gl if Gp is None else Gp
         Lout = xp.concat([LU, LV, Lp], axis=-1)
     if Gout is None:
         if Gp is None:
-            Gout, _ = gated_step_state_forward_tangents(Gin, None, U, V, W, Z, s1, s2, xp=xp)
+            Gout, _ = _state_forward(c, W, Gin, None, xp)
         else:
             Gout = xp.concat([GU, GV, Gp], axis=-1)
     return Tangents(Gout, Hout, Dout, Lout)
 
 
-def _packed_hessian(GU, GV, GH, Hs, U, V, W, Z, s1, s2, packing, xp):
+def _packed_hessian(c: GateCache, W, GU, GV, GH, Hs, packing, xp):
     r"""The second tangents of the module docstring on the packed triangle:
     entry ``t`` is the pair ``(rows[t], cols[t])``, so every
     :math:`X_i \odot Y_j` becomes ``take(X, rows) * take(Y, cols)``."""
+    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
     rows, cols = packing.rows, packing.cols
     T = GH @ W  # tangents of the pre-gate
     GZ = s1[:, None, :] * T
@@ -435,9 +383,9 @@ def _packed_hessian(GU, GV, GH, Hs, U, V, W, Z, s1, s2, packing, xp):
 def gated_state_backward_step(c, W, adjoints, second, ops):
     """The engine's backward step of one gated step: the
     :class:`~hessquik_core.carry.Adjoints` of ``[U, V, H⁺]`` to those of ``S``
-    (:func:`gated_step_backward` in the engine's layout)."""
+    (``_state_backward`` in the engine's layout)."""
     xp = ops.xp
-    U, V, Z, s1, s2 = c.U, c.V, c.Z, c.dsigma, c.d2sigma
+    U = c.U
     A = xp.permute_dims(adjoints.gradient, (0, 2, 1))  # (n|1, 3w, k): the rule's layout
     B = None
     if second:
@@ -447,7 +395,7 @@ def gated_state_backward_step(c, W, adjoints, second, ops):
             B = xp.zeros((n, s, s, k), dtype=A.dtype, device=_device(A))
         else:
             B = xp.permute_dims(Dl, (0, 2, 3, 1))
-    A_in, B_in = gated_step_backward(A, B, U, V, W, Z, s1, s2, xp=xp)
+    A_in, B_in = _state_backward(c, W, A, B, xp)
     grad = xp.permute_dims(A_in, (0, 2, 1))
     if not second:
         return Adjoints(grad)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
+import _fourier_reference as R
 import numpy as np
 import pytest
 from _reference import rel_err, torch_jit_script_quiet
-
-from hessquik_core.rules import fourier as R
 
 torch = pytest.importorskip("torch")
 from torch.func import hessian, jacrev, vmap  # noqa: E402

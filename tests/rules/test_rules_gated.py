@@ -3,12 +3,12 @@ the torch formula of the modified MLP, float64, <= 1e-12."""
 
 from __future__ import annotations
 
+import _gated_reference as R
 import numpy as np
 import pytest
 from _reference import rel_err, torch_act, torch_jit_script_quiet
 
 import hessquik_core as hq
-from hessquik_core.rules import gated as R
 
 torch = pytest.importorskip("torch")
 from torch.func import hessian, jacrev, vmap  # noqa: E402
@@ -241,7 +241,7 @@ def test_state_step_forward_against_torch_func(act, rng):
 def test_whole_block_backward_chain(depth, rng):
     """lift (one dense layer to [U, V, H_1]) -> gated steps -> read-out of H,
     swept backward with the step rule, equals the forward composition."""
-    from hessquik_core.rules.fourier import pointwise_linear_backward
+    from _fourier_reference import pointwise_linear_backward
 
     d, w, m, n = 3, 4, 2, 3
     params = _params(d, w, m, depth, rng)

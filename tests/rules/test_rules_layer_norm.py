@@ -3,11 +3,10 @@ against torch.func on torch.nn.LayerNorm itself, float64, <= 1e-12."""
 
 from __future__ import annotations
 
+import _layer_norm_reference as R
 import numpy as np
 import pytest
 from _reference import rel_err, torch_jit_script_quiet
-
-from hessquik_core.rules import layer_norm as R
 
 torch = pytest.importorskip("torch")
 from torch.func import hessian, jacrev, vmap  # noqa: E402

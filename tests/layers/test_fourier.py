@@ -16,7 +16,7 @@ from hessquik_core import curvature as cv
 
 torch = pytest.importorskip("torch")
 
-from _layer_torch import curvature_truth, forward, torch_params  # noqa: E402
+from _checks import twin_curvature_truth  # noqa: E402
 
 
 def _fourier_net(trainable=False):
@@ -58,8 +58,9 @@ MAKE_IDS = ["fourier", "fourier-trainable", "periodic", "periodic-trainable"]
 
 
 def _f(net):
-    P = torch_params(net)
-    return lambda xi: forward(net, P, xi)
+    """The network's torch twin (``hq.to_torch``) as a function of one point, ``(d,) -> (m,)``."""
+    tm = hq.to_torch(net).double().requires_grad_(False)
+    return lambda xi: tm(xi[None])[0]
 
 
 def _x(n=5, d=3, seed=0):
@@ -204,7 +205,7 @@ def test_curvature_vs_torch_func(make):
     x = rng.standard_normal((4, 3))
     y = rng.standard_normal((4, 2))
     v = rng.standard_normal(cv.parameter_layout(net).size)
-    want = curvature_truth(net, x, y, v)
+    want = twin_curvature_truth(net, x, y, v)
     tol = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cv.gradient(net, x, y, "mse"), want["gradient"], **tol)
     np.testing.assert_allclose(cv.per_example_gradients(net, x, y, "mse"), want["per_example"], **tol)

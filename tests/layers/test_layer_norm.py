@@ -5,6 +5,9 @@ curvature products on the flattened parameters, and the array libraries."""
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch, torch_truth
@@ -14,7 +17,7 @@ from hessquik_core import curvature as cv
 
 torch = pytest.importorskip("torch")
 
-from _layer_torch import curvature_truth, forward, torch_params  # noqa: E402
+from _checks import twin_curvature_truth  # noqa: E402
 
 
 def _net(affine=True, eps=1e-5):
@@ -32,8 +35,9 @@ def _net(affine=True, eps=1e-5):
 
 
 def _f(net):
-    P = torch_params(net)
-    return lambda xi: forward(net, P, xi)
+    """The network's torch twin (``hq.to_torch``) as a function of one point, ``(d,) -> (m,)``."""
+    tm = hq.to_torch(net).double().requires_grad_(False)
+    return lambda xi: tm(xi[None])[0]
 
 
 def _x(n=5, d=3, seed=0):
@@ -90,10 +94,15 @@ def test_last_and_only_layer(affine):
 def test_structured_steps_match_generic_rule():
     """The structured steps against the generic rule on the dense per-example
     J and T (the previous implementation), including packed and shared seeds."""
+    # the rule references live with the rule tests (tests/rules)
+    rules = str(pathlib.Path(__file__).resolve().parents[1] / "rules")
+    if rules not in sys.path:
+        sys.path.insert(0, rules)
+    import _layer_norm_reference as R
+
     from hessquik_core.backends import get_backend
     from hessquik_core.carry import Adjoints, Packing, Request, Tangents
     from hessquik_core.rules import jacobian
-    from hessquik_core.rules import layer_norm as R
 
     rng = np.random.default_rng(9)
     n, w, k = 3, 5, 4
@@ -232,7 +241,7 @@ def test_curvature_vs_torch_func(affine):
     x = rng.standard_normal((4, 3))
     y = rng.standard_normal((4, 2))
     v = rng.standard_normal(cv.parameter_layout(net).size)
-    want = curvature_truth(net, x, y, v)
+    want = twin_curvature_truth(net, x, y, v)
     tol = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cv.gradient(net, x, y, "mse"), want["gradient"], **tol)
     np.testing.assert_allclose(cv.per_example_gradients(net, x, y, "mse"), want["per_example"], **tol)
