@@ -11,6 +11,7 @@ from ._base import Optimizer, StepRecord
 from ._linearize import PointQuantities
 from .first_order import LBFGS, Adam
 from .jacobian import QUANTITIES, Quantities, jacobian, jvp, kfac_factors, quantities_and_jacobians, vjp
+from .kfac import KFAC
 from .operators import GaussNewtonOperator, LossHessianOperator
 from .optim import ENGD, GaussNewton
 from .problem import Problem, Residual
@@ -22,6 +23,7 @@ __all__ += [
     "Adam",
     "GaussNewton",
     "GaussNewtonOperator",
+    "KFAC",
     "LossHessianOperator",
     "Optimizer",
     "PointQuantities",

@@ -108,6 +108,13 @@ OPTIMIZERS = {
     "gn_cg": (lambda pr: pinn.GaussNewton(pr, solver="cg", line_search=None, cg_maxiter=10), 10, 0.5, True),
     "adam": (lambda pr: pinn.Adam(pr, lr=3e-2), 30, 0.9, False),
     "lbfgs": (lambda pr: pinn.LBFGS(pr), 15, 0.5, True),
+    "kfac": (lambda pr: pinn.KFAC(pr), 15, 0.5, True),
+    "kfac_fixed_lr": (
+        lambda pr: pinn.KFAC(pr, auto=False, lr=0.01, momentum=0.5, damping=0.1),
+        15,
+        0.9,
+        False,
+    ),
 }
 
 
@@ -254,3 +261,59 @@ def test_nan_residual_is_reported_by_the_optimizer():
     pr.terms[1].fn = lambda q, x: q.value * np.nan
     with pytest.raises(ValueError, match="'boundary' has 16 non-finite"):
         pinn.GaussNewton(pr).step()
+
+
+# --------------------------------------------------------------------------
+# KFAC
+# --------------------------------------------------------------------------
+
+
+def test_kfac_factors_and_preconditioner():
+    pr = poisson_problem(n=9, nb=5, width=4)
+    opt = pinn.KFAC(pr, ema=0.0)
+    opt.step()
+    pr.set_parameters(pr.parameters())
+    # one term with one quantity: the block's factors are the term's, weighted
+    pr1 = pinn.Problem(pr.net, [pr.terms[0]])
+    k1 = pinn.KFAC(pr1, ema=0.0)
+    k1._update_factors()
+    lin = pr1._linearization()[0]
+    ref = hq.pinn.kfac_factors(pr.net, pr.terms[0].points, "laplacian", lin.coef["laplacian"])
+    for (A, B), (Ar, Br) in zip(k1._factors, ref):
+        np.testing.assert_allclose(np.kron(A, B), np.kron(Ar, Br), rtol=1e-13, atol=1e-15)
+    # the preconditioner is the damped Kronecker inverse, block by block
+    g = np.random.default_rng(0).standard_normal(pr1.P)
+    got = pr1.layout.unflatten(k1.precondition(g))
+    parts = pr1.layout.unflatten(g)
+    lam = k1.damping
+    for (kw, kb), (A, B) in zip(k1.blocks, k1._factors):
+        pi = np.sqrt((np.trace(A) / len(A)) / (np.trace(B) / len(B)))
+        M = np.kron(A + pi * np.sqrt(lam) * np.eye(len(A)), B + np.sqrt(lam) / pi * np.eye(len(B)))
+        G = np.vstack([parts[kw], parts[kb][None, :]])
+        X = np.linalg.solve(M, G.ravel()).reshape(G.shape)
+        np.testing.assert_allclose(np.vstack([got[kw], got[kb][None, :]]), X, rtol=1e-9, atol=1e-12)
+
+
+def test_kfac_two_term_combination():
+    pr = poisson_problem(n=9, nb=5, width=4)
+    k = pinn.KFAC(pr, ema=0.0)
+    k._update_factors()
+    per_term = []
+    for t, lin in zip(pr.terms, pr._linearization()):
+        q = t.needs[0]
+        per_term.append(hq.pinn.kfac_factors(pr.net, t.points, q, lin.coef[q]))
+    for i, (A, B) in enumerate(k._factors):
+        (A1, B1), (A2, B2) = per_term[0][i], per_term[1][i]
+        np.testing.assert_allclose(B, B1 + B2, rtol=1e-13, atol=1e-15)
+        t1, t2 = np.trace(B1), np.trace(B2)
+        np.testing.assert_allclose(A, (t1 * A1 + t2 * A2) / (t1 + t2), rtol=1e-13, atol=1e-15)
+
+
+def test_kfac_bad_input():
+    pr = poisson_problem()
+    with pytest.raises(ValueError, match="damping"):
+        pinn.KFAC(pr, damping=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        pinn.KFAC(pr, momentum=1.0)
+    with pytest.raises(RuntimeError, match="step"):
+        pinn.KFAC(pr).precondition(pr.parameters())

@@ -391,5 +391,5 @@ def test_bad_parameters():
 
 def test_exported():
     assert hq.pinn.Problem is pinn.Problem
-    for name in ("Problem", "Residual", "GaussNewton", "ENGD", "Adam", "LBFGS", "StepRecord"):
+    for name in ("Problem", "Residual", "GaussNewton", "ENGD", "KFAC", "Adam", "LBFGS", "StepRecord"):
         assert name in hq.pinn.__all__, name
