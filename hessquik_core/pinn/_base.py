@@ -130,19 +130,28 @@ class Optimizer:
         return out
 
 
-def grid_search(problem: Problem, theta: Any, d: Any, loss0: float, k_max: int) -> tuple[float, float]:
+def grid_search(
+    problem: Problem, theta: Any, d: Any, loss0: float, k_max: int, full: bool = False
+) -> tuple[float, float]:
     r"""The energy-natural-gradient papers' line search: the best of :math:`\alpha \in \{2^{-k}\}_{k=0}^{k_\max}`.
 
-    Evaluates :math:`L(\theta - \alpha d)` at every grid point (value-only
-    network passes) and returns ``(alpha, loss)`` of the smallest loss, or
-    ``(0.0, loss0)`` if none is below ``loss0``. Cost: :math:`k_\max + 1` loss evaluations.
+    Evaluates :math:`L(\theta - \alpha d)` from :math:`\alpha = 1` down (value-only
+    network passes; the network is left at the last trial, the caller sets the
+    parameters it chooses) and returns ``(alpha, loss)`` of the smallest loss, or
+    ``(0.0, loss0)`` if none is below ``loss0``. ``full=True`` evaluates the whole
+    grid (:math:`k_\max + 1` losses, as the papers do); the default stops at the
+    first local minimum below ``loss0`` (the first :math:`k` whose successor is
+    not lower), which is the papers' choice whenever the loss along the ray is
+    unimodal and costs two or three evaluations once full steps succeed.
     """
     best_a, best = 0.0, loss0
     for k in range(k_max + 1):
         a = 2.0**-k
-        trial = problem.loss_at(theta - a * d)
+        trial = problem.loss_at(theta - a * d, restore=False)
         if trial < best:
             best_a, best = a, trial
+        elif best_a > 0 and not full:
+            break
     return best_a, best
 
 
@@ -153,13 +162,14 @@ def armijo(
     :math:`L(\theta - \alpha d) \le L(\theta) - c\,\alpha\,g^\top d` (``slope`` :math:`= g^\top d > 0`).
 
     Returns ``(alpha, loss)``, or ``(0.0, loss0)`` after ``k_max`` halvings or for
-    a direction that is not a descent direction.
+    a direction that is not a descent direction. The network is left at the last
+    trial; the caller sets the parameters it chooses.
     """
     if not (slope > 0 and math.isfinite(slope)):
         return 0.0, loss0
     for k in range(k_max + 1):
         a = 2.0**-k
-        trial = problem.loss_at(theta - a * d)
+        trial = problem.loss_at(theta - a * d, restore=False)
         if trial <= loss0 - c * a * slope:
             return a, trial
     return 0.0, loss0

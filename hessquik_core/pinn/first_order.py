@@ -154,6 +154,7 @@ class LBFGS(Optimizer):
             alpha, loss1 = armijo(p, theta, d, loss0, float(xp.sum(g * d)))
         if alpha == 0.0:
             self.converged = "line search found no decrease"
+            p.set_parameters(theta)
         else:
             p.set_parameters(theta - alpha * d)
             self._prev = (theta, g)

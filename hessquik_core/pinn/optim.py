@@ -92,6 +92,9 @@ class GaussNewton(Optimizer):
         ``"armijo"``: backtracking from :math:`\alpha = 1`; ``None``: :math:`\alpha = 1`.
     grid_size : int
         Points of the grid (default 31: :math:`\alpha` down to :math:`2^{-30}`).
+    grid_full : bool
+        Evaluate every grid point (the papers' search); default: stop at the first
+        local minimum below the current loss (:func:`~hessquik_core.pinn._base.grid_search`).
     rcond : float, optional
         With :math:`\lambda = 0`, singular values below ``rcond``·σ₁ are dropped
         (default :math:`\max(N, P)\,\epsilon`, NumPy's ``lstsq``).
@@ -123,6 +126,7 @@ class GaussNewton(Optimizer):
         down: float = 1 / 3,
         line_search: str | None = "grid",
         grid_size: int = 31,
+        grid_full: bool = False,
         rcond: float | None = None,
         cg_maxiter: int = 100,
         cg_tol: float = 1e-10,
@@ -144,7 +148,7 @@ class GaussNewton(Optimizer):
             raise ValueError(f"cg_maxiter must be a positive integer, got {cg_maxiter!r}")
         self.solver, self.damping, self.adaptive = solver, float(damping), bool(adaptive)
         self.damping_min, self.up, self.down = float(damping_min), float(up), float(down)
-        self.line_search, self.grid_size = line_search, grid_size
+        self.line_search, self.grid_size, self.grid_full = line_search, grid_size, bool(grid_full)
         eps = float(problem.xp.finfo(problem.dtype).eps)
         self.rcond = max(problem.N, problem.P) * eps if rcond is None else float(rcond)
         self.cg_maxiter, self.cg_tol = cg_maxiter, float(cg_tol)
@@ -188,7 +192,7 @@ class GaussNewton(Optimizer):
         direc = self._direction(theta, rho)
         d = direc.d
         if self.line_search == "grid":
-            alpha, loss1 = grid_search(p, theta, d, loss0, self.grid_size - 1)
+            alpha, loss1 = grid_search(p, theta, d, loss0, self.grid_size - 1, self.grid_full)
         elif self.line_search == "armijo":
             alpha, loss1 = armijo(p, theta, d, loss0, direc.gd)
         else:
@@ -196,8 +200,7 @@ class GaussNewton(Optimizer):
             if not loss1 < loss0:
                 alpha, loss1 = 0.0, loss0
         accepted = alpha > 0
-        if accepted:
-            p.set_parameters(theta - alpha * d)
+        p.set_parameters(theta - alpha * d if accepted else theta)
         pred = alpha * direc.gd - 0.5 * alpha * alpha * direc.jd2
         ratio = (loss0 - loss1) / pred if pred > 0 else 0.0
         if self.adaptive:

@@ -253,12 +253,13 @@ class Problem:
             self._lin = lin
         return self._lin
 
-    def loss_at(self, theta: Any) -> float:
-        """:math:`L(\\theta)` at other parameters (the network is left as it was); ``inf`` if not finite.
+    def loss_at(self, theta: Any, *, restore: bool = True) -> float:
+        """:math:`L(\\theta)` at other parameters; ``inf`` if not finite. Value-only network passes, no Jacobian.
 
-        What line searches call: value-only network passes, no Jacobian.
+        ``restore=False`` leaves the network at ``theta`` (what line searches use: they
+        set the parameters they choose afterwards).
         """
-        old = self.parameters()
+        old = self.parameters() if restore else None
         self.set_parameters(theta)
         try:
             total = 0.0
@@ -266,7 +267,8 @@ class Problem:
                 r = self._residual(i, self._quantities(t), check=False)
                 total += 0.5 * t.weight / t.n * float(self.xp.sum(r * r))
         finally:
-            self.set_parameters(old)
+            if old is not None:
+                self.set_parameters(old)
         return total if math.isfinite(total) else math.inf
 
     def residuals(self) -> dict[str, Any]:

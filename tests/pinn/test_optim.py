@@ -173,7 +173,7 @@ def test_levenberg_marquardt_raises_damping_on_failure():
     theta = pr.parameters()
     # a direction that cannot lower the loss: pretend the loss is already lower than anything
     pr_loss = pr.loss_at
-    pr.loss_at = lambda th: np.inf  # type: ignore[method-assign]
+    pr.loss_at = lambda th, **kw: np.inf  # type: ignore[method-assign]
     rec = opt.step()
     pr.loss_at = pr_loss  # type: ignore[method-assign]
     assert not rec.accepted and rec.step_size == 0.0
@@ -186,7 +186,7 @@ def test_levenberg_marquardt_raises_damping_on_failure():
 def test_fixed_damping_stall_stops_run():
     pr = poisson_problem()
     opt = pinn.ENGD(pr)
-    pr.loss_at = lambda th: np.inf  # type: ignore[method-assign]
+    pr.loss_at = lambda th, **kw: np.inf  # type: ignore[method-assign]
     recs = opt.run(10, progress=False)
     assert len(recs) == 1 and opt.converged is not None and "lowers the loss" in opt.converged
 
