@@ -104,9 +104,24 @@ class Module:
         """Home arrays of all parameters (torch tensors after ``to("torch")``)."""
         return [p for _, p in self.named_parameters()]
 
-    def state_dict(self) -> dict:
-        """Parameters by hessQuik key, e.g. ``{'0.K': ..., '0.b': ...}``, frozen ones included."""
-        return {key: mod._params[name] for key, mod, name in self._slots()}
+    def state_dict(self, *, copy: bool = False) -> dict:
+        """Parameters by hessQuik key, e.g. ``{'0.K': ..., '0.b': ...}``, frozen ones included.
+
+        The arrays are the module's own (no copy). NumPy parameters are stored
+        read-only: the module converts each parameter once per (backend,
+        device, dtype) and caches the result, and a write into the stored array
+        would silently leave those converted copies stale. Change parameters
+        with :meth:`load_state_dict` (or train them as torch tensors,
+        ``net.to("torch", requires_grad=True)``). ``copy=True`` returns writable
+        copies instead (e.g. for ``torch.from_numpy``, which warns on read-only
+        arrays); writing into them does not change the module.
+        """
+        if not isinstance(copy, bool):
+            raise TypeError(f"copy must be True or False, got {copy!r}")
+        own = {key: mod._params[name] for key, mod, name in self._slots()}
+        if not copy:
+            return own
+        return {key: _writable_copy(a) for key, a in own.items()}
 
     def _slots(self, prefix: str = "") -> Iterator[tuple[str, Module, str]]:
         for name, p in self._params.items():
@@ -208,7 +223,16 @@ class Module:
                         bool(getattr(p, "requires_grad", False)) if requires_grad is None else requires_grad
                     ) and pname not in mod._frozen
                     dev = device if device is not None or name is not None else getattr(p, "device", None)
-                    arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
+                    try:
+                        arr = be.home(be.convert(p, dtype=dt, device=dev), grad)
+                    except (AssertionError, RuntimeError) as err:
+                        # torch without CUDA raises a bare AssertionError ("Torch not compiled
+                        # with CUDA enabled"); a missing device index a RuntimeError
+                        raise ValueError(
+                            f"cannot move the parameters to device {str(dev)!r} with backend "
+                            f"{be.name!r}: the device is not available here ({type(err).__name__}: "
+                            f"{err}); check e.g. torch.cuda.is_available(), or keep device='cpu'"
+                        ) from err
                 staged.append((mod, pname, arr))
         for mod, pname, arr in staged:
             mod._params[pname] = arr
@@ -326,3 +350,14 @@ def _home_backend(p):
 
     be = owner_of(p)
     return get_backend("numpy") if be.library is None else be
+
+
+def _writable_copy(a):
+    """A writable copy of a parameter in its own library (torch: a detached clone)."""
+    if isinstance(a, np.ndarray):
+        return np.array(a, copy=True)  # a fresh array owns its data: writable
+    if callable(getattr(a, "detach", None)):
+        return a.detach().clone()
+    import array_api_compat as aac
+
+    return aac.array_namespace(a).asarray(a, copy=True)

@@ -16,7 +16,7 @@ from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
 from .engine.explain import explain
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
-from .layers.base import check_int, set_engine
+from .layers.base import check_int, rng_of, set_engine
 
 __all__ = ["ICNN", "NN", "FullyConnectedNN", "MemoryBudgetError", "ResnetNN", "Result", "MODES"]
 
@@ -370,7 +370,7 @@ class FullyConnectedNN(NN):
             last = "identity"
         else:
             last = output_act
-        rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        rng = rng_of(seed)
         n = len(widths) - 1
         super().__init__(
             *(
@@ -387,7 +387,7 @@ class ResnetNN(NN):
         self, width: int, depth: int, h: float = 1.0, act="softplus", *, dtype=np.float64, seed=None
     ) -> None:
         depth = check_int("depth", depth)
-        rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        rng = rng_of(seed)
         super().__init__(*(ResnetLayer(width, h=h, act=act, dtype=dtype, seed=rng) for _ in range(depth)))
 
 
@@ -405,7 +405,7 @@ class ICNN(NN):
         widths = list(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least two entries, e.g. [None, 16], got {widths}")
-        rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
+        rng = rng_of(seed)
         super().__init__(
             *(
                 ICNNLayer(input_dim, widths[i], widths[i + 1], act=act, dtype=dtype, seed=rng)

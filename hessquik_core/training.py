@@ -44,6 +44,7 @@ from ._module import Module, _as_home
 __all__ = [
     "analytic_weight_gradient",
     "backward_in_chunks",
+    "FitHistory",
     "fit",
     "functional_call",
     "jax_parameters",
@@ -333,6 +334,29 @@ def backward_in_chunks(loss_fn: Callable[[slice], Any], n: int, *, chunk: int = 
     return total
 
 
+class FitHistory(list):
+    """The loss before each step (a ``list`` of float), with how the loop ended.
+
+    Attributes
+    ----------
+    converged : bool
+        Whether it stopped on the tolerance (or because L-BFGS could make no
+        further progress) rather than by running out of steps.
+    reason : str
+        ``"steps"`` (all steps taken), ``"tol"`` (a step changed the loss by
+        at most ``tol`` relative), ``"stalled"`` (an L-BFGS step left the loss
+        exactly unchanged: every later step would repeat it) or ``"nonfinite"``
+        (the loss became NaN or infinite).
+    """
+
+    converged: bool = False
+    reason: str = "steps"
+
+    def __repr__(self) -> str:
+        last = f", final loss {self[-1]:.4e}" if self else ""
+        return f"FitHistory({len(self)} steps, reason={self.reason!r}{last})"
+
+
 def fit(
     loss_fn: Callable[[], Any],
     params: Sequence,
@@ -341,9 +365,10 @@ def fit(
     lr: float = 1e-2,
     final_lr: float | None = None,
     optimizer: str = "adam",
+    tol: float | None = None,
     log_every: int = 0,
     print_fn: Callable[[str], None] = print,
-) -> list[float]:
+) -> FitHistory:
     r"""Minimise ``loss_fn()`` over torch ``params``: a plain optimizer loop.
 
     Parameters
@@ -354,8 +379,8 @@ def fit(
     params : sequence of torch.Tensor
         Leaf tensors, e.g. from :func:`torch_parameters`.
     steps : int
-        Optimizer steps (for ``"lbfgs"``: outer steps, each up to 20 inner
-        iterations).
+        Optimizer steps at most (for ``"lbfgs"``: outer steps, each up to 20
+        inner iterations).
     lr : float
         Initial learning rate.
     final_lr : float, optional
@@ -364,15 +389,24 @@ def fit(
     optimizer : {"adam", "lbfgs"}
         ``torch.optim.Adam`` or ``torch.optim.LBFGS`` (strong-Wolfe line
         search, a good finisher for small smooth problems).
+    tol : float, optional
+        Stop once a step has changed the loss by at most ``tol`` relative,
+        :math:`|\ell_{t} - \ell_{t+1}| \le \mathrm{tol}\,|\ell_t|` (judged
+        before the next step, from the losses already computed: no extra
+        evaluation). ``None`` (default) runs every step, except that L-BFGS
+        stops once a step has left the loss exactly unchanged (it has
+        stalled: the next step would repeat the same search from the same
+        state). A NaN or infinite loss always stops the loop.
     log_every : int
-        Print the loss every ``log_every`` steps (0: never).
+        Print the loss every ``log_every`` steps (0: never), and how the loop ended.
     print_fn : callable
         Where log lines go.
 
     Returns
     -------
-    list of float
-        The loss before each step.
+    FitHistory
+        The loss before each step (a list of float), with ``.converged`` and
+        ``.reason`` saying why the loop ended.
     """
     import torch
 
@@ -384,6 +418,10 @@ def fit(
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
     if final_lr is not None and (optimizer != "adam" or not final_lr > 0):
         raise ValueError(f"final_lr must be a positive number and needs optimizer='adam', got {final_lr!r}")
+    if tol is not None and (
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0 and math.isfinite(tol))
+    ):
+        raise ValueError(f"tol must be a non-negative number or None, got {tol!r}")
     params = list(params)
     if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
         raise TypeError(
@@ -391,7 +429,27 @@ def fit(
             "(see torch_parameters)"
         )
 
-    history: list[float] = []
+    history = FitHistory()
+    label = "step" if optimizer == "adam" else "lbfgs"
+
+    def stop(step: int) -> bool:
+        """Whether to stop before ``step``, judged by the change the previous step
+        made (``history[-2] -> history[-1]``, the losses before each step)."""
+        now = history[-1]
+        if not math.isfinite(now):
+            history.reason = "nonfinite"
+        elif len(history) < 2:
+            return False
+        elif tol is not None and abs(history[-2] - now) <= tol * abs(history[-2]):
+            history.reason, history.converged = "tol", True
+        elif tol is None and optimizer == "lbfgs" and history[-2] == now:
+            history.reason, history.converged = "stalled", True
+        else:
+            return False
+        if log_every:
+            print_fn(f"{label} {step:5d}  stopped ({history.reason}), loss {now:.4e}")
+        return True
+
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr)
         decay = 1.0 if final_lr is None or steps == 0 else (final_lr / lr) ** (1.0 / steps)
@@ -399,10 +457,12 @@ def fit(
             opt.zero_grad()
             loss = loss_fn()
             loss.backward()
+            history.append(float(loss.detach()))
+            if stop(step):
+                return history
             opt.step()
             for group in opt.param_groups:
                 group["lr"] *= decay
-            history.append(float(loss.detach()))
             if log_every and step % log_every == 0:
                 print_fn(f"step {step:5d}  loss {history[-1]:.4e}")
         return history
@@ -416,7 +476,10 @@ def fit(
         return loss
 
     for step in range(steps):
+        # L-BFGS returns the loss before its step: the same entry as Adam's
         history.append(float(opt.step(closure).detach()))
         if log_every and step % log_every == 0:
             print_fn(f"lbfgs {step:4d}  loss {history[-1]:.4e}")
+        if stop(step):
+            return history
     return history

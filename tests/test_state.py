@@ -372,3 +372,67 @@ def test_from_hessquik_error_says_where():
     bad = hn.NN(hn.NN(hl.singleLayer(3, 3), hl.singleLayer(3, 2, act=_MyAct())))
     with pytest.raises(TypeError, match=r"_MyAct.*\[0\]\[1\]\.act"):
         hq.from_hessquik(bad)
+
+
+def test_state_dict_copy_is_writable_and_detached_from_the_module():
+    net = hq.FullyConnectedNN([2, 4, 1], act="tanh", seed=0)
+    own = net.state_dict()
+    assert not own["0.K"].flags.writeable  # the stored arrays stay read-only (conversion cache)
+    copies = net.state_dict(copy=True)
+    assert copies.keys() == own.keys()
+    for key, a in copies.items():
+        assert a.flags.writeable and a is not own[key]
+        np.testing.assert_array_equal(a, own[key])
+    copies["0.K"][...] = 0.0
+    assert np.any(net.state_dict()["0.K"] != 0.0)
+    with pytest.raises(TypeError, match="copy must be True or False"):
+        net.state_dict(copy=1)
+
+
+def test_state_dict_copy_feeds_torch_from_numpy_without_warning():
+    torch = pytest.importorskip("torch")
+    net = hq.FullyConnectedNN([2, 4, 1], act="tanh", seed=0)
+    t = torch.from_numpy(net.state_dict(copy=True)["0.K"])  # warnings are errors here
+    assert t.shape == (2, 4)
+    tn = hq.FullyConnectedNN([2, 4, 1], act="tanh", seed=0)
+    tn.to("torch", requires_grad=True)
+    c = tn.state_dict(copy=True)["0.K"]
+    assert not c.requires_grad and c.data_ptr() != tn.state_dict()["0.K"].data_ptr()
+
+
+def test_moving_to_an_unavailable_device_says_so():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the move succeeds")
+    net = hq.FullyConnectedNN([2, 4, 1], act="tanh", seed=0)
+    before = {k: np.array(v) for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"device 'cuda' .*not available here"):
+        net.to("cuda")
+    # a failed move leaves the module untouched
+    for key, value in net.state_dict().items():
+        assert isinstance(value, np.ndarray)
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_seed_none_follows_torch_manual_seed():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(123)
+    a = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")
+    torch.manual_seed(123)
+    b = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")
+    c = hq.FullyConnectedNN([3, 8, 8, 1], act="tanh")  # the generator moved on
+    for key in a.state_dict():
+        np.testing.assert_array_equal(a.state_dict()[key], b.state_dict()[key])
+    assert any(np.any(a.state_dict()[k] != c.state_dict()[k]) for k in a.state_dict())
+
+
+def test_seed_none_follows_numpy_seed_without_torch(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch had never been imported
+    np.random.seed(7)  # noqa: NPY002 - the global seeding users do
+    a = hq.ResnetNN(width=4, depth=2, h=0.5, act="tanh")
+    np.random.seed(7)  # noqa: NPY002 - the global seeding users do
+    b = hq.ResnetNN(width=4, depth=2, h=0.5, act="tanh")
+    for key in a.state_dict():
+        np.testing.assert_array_equal(a.state_dict()[key], b.state_dict()[key])

@@ -231,6 +231,49 @@ def test_fit_decreases_loss_and_validates(rng):
         fit(loss, [torch.zeros(2)], steps=1)
 
 
+def _tiny_problem(rng):
+    net = hq.NN(hq.SingleLayer(2, 6, act="tanh", seed=0), hq.SingleLayer(6, 1, seed=1))
+    x = torch.from_numpy(rng.uniform(-1, 1, (32, 2)))
+    target = torch.sin(x[:, :1]) + x[:, 1:] ** 2
+
+    def loss():
+        return ((net(x).value - target) ** 2).mean()
+
+    return loss, torch_parameters(net)
+
+
+def test_fit_lbfgs_stops_when_it_stalls_and_reports_why(rng):
+    loss, params = _tiny_problem(rng)
+    hist = fit(loss, params, steps=400, optimizer="lbfgs", lr=1.0)
+    assert isinstance(hist, training.FitHistory) and isinstance(hist, list)
+    # a 6-unit net fits this to a floor within far fewer than 400 outer steps
+    assert hist.reason == "stalled" and hist.converged and len(hist) < 400
+    assert hist[-1] == hist[-2]  # the last step left the loss exactly unchanged
+    assert "stalled" in repr(hist)
+
+
+def test_fit_tol_stops_on_small_relative_change(rng):
+    loss, params = _tiny_problem(rng)
+    lines = []
+    hist = fit(loss, params, steps=2000, lr=1e-2, tol=1e-3, log_every=1000, print_fn=lines.append)
+    assert hist.reason == "tol" and hist.converged and len(hist) < 2000
+    assert abs(hist[-2] - hist[-1]) <= 1e-3 * abs(hist[-2])
+    # every earlier step changed the loss by more than tol
+    assert all(abs(a - b) > 1e-3 * abs(a) for a, b in zip(hist[:-2], hist[1:-1]))
+    assert any("stopped (tol)" in line for line in lines)
+    full = fit(loss, params, steps=5, lr=1e-2)
+    assert len(full) == 5 and full.reason == "steps" and not full.converged
+    for bad in (-1.0, float("nan"), True, "1e-3"):
+        with pytest.raises(ValueError, match="tol"):
+            fit(loss, params, steps=1, tol=bad)
+
+
+def test_fit_stops_on_a_nonfinite_loss(rng):
+    loss, params = _tiny_problem(rng)
+    hist = fit(lambda: loss() * float("nan"), params, steps=10)
+    assert hist.reason == "nonfinite" and not hist.converged and len(hist) == 1
+
+
 def test_module_docstring_example():
     res = doctest.testmod(training, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0

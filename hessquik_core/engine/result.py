@@ -36,6 +36,12 @@ class Result:
     handing out ``None`` or the wrong quantity. Attribute access
     (``res.laplacian``) is always unambiguous.
 
+    **Inspecting.** ``print(res)`` lists the requested fields with their
+    shapes and dtype, the library and the device (never the arrays);
+    ``res[i]``, ``res[a:b]``, ``res[mask]`` or ``res[indices]`` is the result
+    at those points (every field indexed on its batch axis, as a call on
+    ``x[i]`` would return it) and ``len(res)`` is ``n``.
+
     Attributes
     ----------
     value : array
@@ -67,9 +73,61 @@ class Result:
     divergence: Array = None
     mode: Literal["forward", "backward"] | None = None
 
+    def __repr__(self) -> str:
+        """One line per requested field: its shape and dtype, then the library and
+        device; the arrays themselves are not printed (``res.value`` shows one)."""
+        parts = []
+        lib = device = None
+        for name in FIELDS:
+            a = getattr(self, name)
+            if a is None:
+                continue
+            parts.append(f"    {name}: {tuple(a.shape)} {_dtype_name(a.dtype)}")
+            if lib is None:
+                lib = type(a).__module__.split(".")[0]
+                device = _device_name(a)
+        where = f", {lib} on {device}" if lib is not None else ""
+        head = f"Result(mode={self.mode!r}{where}"
+        return head + (")" if not parts else ",\n" + ",\n".join(parts) + "\n)")
+
+    def __getitem__(self, index: Any) -> Result:
+        """The result at the points ``index`` selects (an integer, a slice, an
+        index or boolean array over the batch axis): every field indexed on its
+        first axis, as ``net(x[index], ...)`` would return it (an integer drops the
+        batch axis, like a call on a single point ``(d,)``)."""
+        if isinstance(index, tuple):
+            raise TypeError(
+                "a Result is indexed by points only (res[i], res[a:b], res[mask]); "
+                f"index the fields for more, e.g. res.gradient[i, j], got the tuple {index!r}"
+            )
+        if self.value is not None and getattr(self.value, "ndim", 0) < 2:
+            raise TypeError("this Result has no batch axis (a call on a single point); index its fields")
+        fields = {name: (None if (a := getattr(self, name)) is None else a[index, ...]) for name in FIELDS}
+        return Result(**fields, mode=self.mode)
+
+    def __len__(self) -> int:
+        """The number of points ``n`` (the batch axis of ``value``)."""
+        if self.value is None or getattr(self.value, "ndim", 0) < 2:
+            raise TypeError("this Result has no batch axis (a call on a single point)")
+        return int(self.value.shape[0])
+
+    def __bool__(self) -> bool:
+        # a Result is always truthy (as before __len__ existed): `if res:` never
+        # depends on the batch size, nor raises for a single point
+        return True
+
     def __iter__(self) -> Iterator[Array]:
         # the requested quantities only, in FIELDS order: a slot never holds
         # None or a quantity other than the one its position stands for
         # among those asked for (entries not requested are None; the value
         # is always computed)
         return iter(tuple(getattr(self, f) for f in FIELDS if f == "value" or getattr(self, f) is not None))
+
+
+def _dtype_name(dt: Any) -> str:
+    return str(dt).rsplit(".", 1)[-1]
+
+
+def _device_name(a: Any) -> str:
+    device = getattr(a, "device", None)
+    return "cpu" if device is None or callable(device) else str(device)

@@ -20,6 +20,7 @@ of the documentation states every method's shapes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 import numpy as np
@@ -157,13 +158,16 @@ class Layer(Module):
             "(hessquik_core.pinn.jacobian): it has no stream_forward / stream_vjp / stream_rop"
         )
 
+    #: whether :meth:`stream_vjp` supports ``mode="kfac"`` (an affine layer)
+    stream_kfac: ClassVar[bool] = False
+
     def stream_activations(self) -> tuple:
         """The activations the stream passes differentiate (the caller checks their orders)."""
         return ()
 
     def stream_forward(self, Y, params: dict, spec, ops):
         """Streams ``Y : (S, N, p)`` -> ``(Y_out : (S, N, q), cache)`` (``spec``: a
-        :class:`~hessquik_core.rules.streams.StreamSpec`)."""
+        ``StreamSpec`` of ``hessquik_core.rules.streams``)."""
         raise self._streams_unsupported()
 
     def stream_vjp(self, cache, params: dict, Ybar, mode: str, need_input: bool, ops):
@@ -212,8 +216,23 @@ class Layer(Module):
 
 
 def rng_of(seed) -> np.random.Generator:
+    """The generator of a layer's initialisation.
+
+    ``seed`` is an int or a ``numpy.random.Generator`` (used as is). ``None``
+    draws the seed from a global generator, so that the usual global seeding
+    makes the initial weights reproducible: **torch's** (``torch.manual_seed``)
+    when torch has been imported, otherwise **NumPy's** legacy global RNG
+    (``np.random.seed``). Either draw advances that generator, as constructing
+    a torch module does.
+    """
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and hasattr(torch, "randint"):
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        else:
+            seed = int(np.random.randint(0, 2**62, dtype=np.int64))  # noqa: NPY002 - the global RNG is the point
     return np.random.default_rng(seed)
 
 

@@ -170,11 +170,13 @@ class SingleLayer(Layer):
         return r.dl_u, r.Rdl_u, g
 
     # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    stream_kfac = True
+
     def stream_activations(self) -> tuple:
         return (self.act,)
 
     def stream_forward(self, Y, params, spec, ops):
-        r"""Streams :math:`Y' = \Phi_\sigma(YK + b)` (:mod:`hessquik_core.rules.streams`)."""
+        r"""Streams :math:`Y' = \Phi_\sigma(YK + b)` (``hessquik_core.rules.streams``)."""
         Z = streams.affine_streams(Y, params["K"], params["b"], ops)
         Yo, phi = streams.phi_forward(Z, self.act, spec, ops)
         return Yo, (Y, phi)

@@ -151,6 +151,8 @@ class ResnetLayer(Layer):
 
     # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
     # Y' = Y + h Φ_σ(YK + b): the inner map's adjoint sees h Ȳ', the identity path adds Ȳ'.
+    stream_kfac = True
+
     def stream_activations(self) -> tuple:
         return (self.act,)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import array_api_compat as aac
 
-from .._array import resolve_input
+from .._array import check_max_memory, resolve_input
 from ..activations import Activation
 from ..curvature.layout import _network, parameter_layout
 from ..engine.plan import MemoryBudgetError
@@ -130,13 +130,16 @@ def check_quantity(quantity) -> str:
     return quantity
 
 
-def weights_matrix(B: Bound, quantity: str, weights):
-    """``S : (d, r)`` in the call's library for the weighted Laplacian, else ``None``."""
+def weights_matrix(B: Bound, names, weights):
+    """``S : (d, r)`` in the call's library when ``names`` (a name or a tuple of them)
+    holds the weighted Laplacian, else ``None``."""
     d = B.net.in_features
-    if quantity != "weighted_laplacian":
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if "weighted_laplacian" not in names:
         if weights is not None:
+            asked = names[0] if len(names) == 1 else list(names)
             raise ValueError(
-                f"weights (S of the weighted Laplacian) are only used by 'weighted_laplacian', not {quantity!r}"
+                f"weights (S of the weighted Laplacian) are only used by 'weighted_laplacian', not {asked!r}"
             )
         return None
     if weights is None:
@@ -192,11 +195,8 @@ def check_memory(B: Bound, sw: Sweep, c: int, max_memory, count: int = 1) -> Non
     streams = 2.0 * len(B.leaves) * sw.spec.rows * N * width * item
     block = max(float(N) * m * leaf.in_features * leaf.out_features for leaf in B.leaves) * item
     need = result + streams + 2.0 * block
-    if max_memory is None:
-        available = float(B.be.available_memory(B.device))
-        budget = 0.5 * available
-    else:
-        budget = float(max_memory)
+    checked = check_max_memory(max_memory)
+    budget = 0.5 * float(B.be.available_memory(B.device)) if checked is None else checked
     if need > budget:
         raise MemoryBudgetError(
             f"the per-point Jacobian (n = {n}, {c} component(s) × {m} output(s) × P = {P} per point) needs "
@@ -291,3 +291,110 @@ def weighted_seed(B: Bound, sw: Sweep, quantity: str, w, name: str):
         )
     N = B.x.shape[0] * sw.groups
     return seed(B, sw, sw.row + 1, B.xp.reshape(w, (N, B.net.out_features)))
+
+
+# --------------------------------------------------------------------------
+# several quantities in one sweep (a residual combining them)
+# --------------------------------------------------------------------------
+
+
+def names_of(quantity) -> tuple[str, ...]:
+    """``quantity`` (a name, or a sequence / mapping of names) as a tuple of checked names."""
+    if isinstance(quantity, str):
+        return (check_quantity(quantity),)
+    try:
+        names = tuple(quantity)
+    except TypeError:
+        raise ValueError(
+            f"quantity must be one of {QUANTITIES} or a collection of them, got {quantity!r}"
+        ) from None
+    if not names:
+        raise ValueError(f"quantity must name at least one of {QUANTITIES}")
+    return tuple(dict.fromkeys(check_quantity(q) for q in names))
+
+
+def combined_sweep(names: tuple[str, ...], d: int, r: int) -> Sweep:
+    """The one sweep that carries every quantity of ``names``: per-coordinate groups
+    when a gradient or Hessian diagonal is among them (the Laplacian is then the sum of
+    the diagonal rows), else the Laplacian's or the weighted Laplacian's streams."""
+    got = set(names)
+    if "weighted_laplacian" in got:
+        if got - {"value", "weighted_laplacian"}:
+            raise ValueError(
+                "'weighted_laplacian' combines only with 'value' in one sweep (its tangents are the "
+                f"columns of S), got {sorted(got)}"
+            )
+        return sweep_of("weighted_laplacian", d, r)
+    if got & set(PER_COORDINATE):
+        second = bool(got & {"hessian_diagonal", "laplacian"})
+        return Sweep(d, StreamSpec(1, second), 2 if second else 1, coord=True)
+    if "laplacian" in got:
+        return sweep_of("laplacian", d, 0)
+    return sweep_of("value", d, 0)
+
+
+def prepare_many(net, x, quantity, weights, backend):
+    """``(B, S, sweep, names)`` for one or several quantities swept together."""
+    names = names_of(quantity)
+    B = Bound(net, x, backend)
+    S = weights_matrix(B, names, weights)
+    sw = combined_sweep(names, B.net.in_features, 0 if S is None else S.shape[1])
+    B.check_supported(sw.spec)
+    return B, S, sw, names
+
+
+def row_of(sw: Sweep, name: str) -> int:
+    """The stream row that holds ``name`` in the sweep ``sw``."""
+    return {"value": 0, "gradient": 1}.get(name, sw.row)
+
+
+def combined_seed(B: Bound, sw: Sweep, ws: dict, what: str):
+    """Output adjoints ``(1, sw.row + 1, N, m)`` of :math:`\\sum_q \\langle w_q, q\\rangle`
+    (``ws``: name -> weights of the quantity's shape, ``None`` for ones)."""
+    xp = B.xp
+    n, m, g = B.x.shape[0], B.net.out_features, sw.groups
+    N = n * g
+    dt, dev = B.dtype, B.device
+    rows: list = [None] * (sw.row + 1)
+    for name, w in ws.items():
+        shape = quantity_shape(B, name)
+        if w is None:
+            w = xp.ones(shape, dtype=dt, device=dev)
+        else:
+            w = B.to_call(w, f"{what}[{name!r}]" if len(ws) > 1 else what)
+            if tuple(w.shape) != shape:
+                label = f"{what}[{name!r}]" if len(ws) > 1 else what
+                raise ValueError(
+                    f"{label} must have the shape of the quantity {name!r}, {shape}, got {tuple(w.shape)}"
+                )
+        if name in PER_COORDINATE:
+            w = xp.reshape(w, (N, m))
+        elif g > 1 and name == "value":  # the value of group 0 only: it is the same in every group
+            w = xp.reshape(
+                xp.concat([w[:, None, :], xp.zeros((n, g - 1, m), dtype=dt, device=dev)], axis=1), (N, m)
+            )
+        elif g > 1:  # the Laplacian: the sum of the diagonal rows of all groups
+            w = xp.reshape(xp.broadcast_to(w[:, None, :], (n, g, m)), (N, m))
+        j = row_of(sw, name)
+        rows[j] = w if rows[j] is None else rows[j] + w
+    zero = xp.zeros((N, m), dtype=dt, device=dev)
+    return xp.stack([zero if r is None else r for r in rows], axis=0)[None, ...]
+
+
+def combined_values(B: Bound, sw: Sweep, RY, names: tuple[str, ...]) -> dict:
+    """The quantities ``names`` read off the last streams ``RY : (S, N, m)`` of ``sw``
+    (values, or their R-derivatives), in their shapes."""
+    xp = B.xp
+    n, m, g = B.x.shape[0], B.net.out_features, sw.groups
+    out = {}
+    for name in names:
+        a = RY[row_of(sw, name), ...]
+        if name in PER_COORDINATE:
+            out[name] = xp.reshape(a, (n, g, m))
+        elif g > 1 and name == "value":
+            out[name] = xp.reshape(a, (n, g, m))[:, 0, :]
+        elif g > 1:
+            out[name] = xp.sum(xp.reshape(a, (n, g, m)), axis=1)
+        else:
+            out[name] = a
+    return out

@@ -39,6 +39,7 @@ with :class:`~hessquik_core.engine.plan.MemoryBudgetError` before any work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,14 +52,14 @@ from ._streams import (
     backward,
     check_memory,
     check_quantity,
+    combined_seed,
+    combined_values,
     forward,
     input_streams,
     jacobian_of,
     prepare,
-    quantity_shape,
-    seed,
+    prepare_many,
     sweep_of,
-    weighted_seed,
     weights_matrix,
 )
 
@@ -101,9 +102,10 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
     Parameters
     ----------
     net : NN or Layer (or a torch ``nn.Sequential``, converted by ``from_torch``)
-        Of dense (:class:`~hessquik_core.SingleLayer`) and residual
-        (:class:`~hessquik_core.ResnetLayer`) layers; other layer types raise
-        ``ValueError`` until they supply stream passes.
+        Of layers with stream passes (``Layer.stream_forward``): dense, residual,
+        ICNN and quadratic(-ICNN) layers, Fourier features, periodic embeddings,
+        layer normalisation, the gated MLP and the gated residual block; another
+        layer type raises ``ValueError`` naming it, before any work.
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
     quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian"}
@@ -169,20 +171,35 @@ def quantities_and_jacobians(
         raise ValueError(f"needs must name at least one of {QUANTITIES}")
     B = Bound(net, x, backend)
     d = B.net.in_features
-    S = weights_matrix(B, "weighted_laplacian" if "weighted_laplacian" in needs else "value", weights)
+    S = weights_matrix(B, needs, weights)
     coord = any(q in needs for q in PER_COORDINATE)
-    second = "hessian_diagonal" in needs or "laplacian" in needs
+    diag = "hessian_diagonal" in needs
+    # the sweeps and the quantities each yields: per-coordinate groups for the gradient
+    # and the diagonal (and the Laplacian as the diagonal's sum when the diagonal is
+    # wanted anyway); the Laplacian's own streams otherwise (its Jacobian then has no
+    # d-fold intermediate); the value's Jacobian from the first sweep of one group
     plans: list[tuple[Sweep, tuple[str, ...]]] = []
     if coord:
-        main = Sweep(d, StreamSpec(1, second), 2 if second else 1, coord=True)
-        plans.append((main, tuple(q for q in needs if q in ("gradient", "hessian_diagonal", "laplacian"))))
-        plans.append((sweep_of("value", d, 0), ("value",)))
-    elif "laplacian" in needs:
+        main = Sweep(d, StreamSpec(1, diag), 2 if diag else 1, coord=True)
+        plans.append(
+            (
+                main,
+                tuple(
+                    q for q in needs if q in ("gradient", "hessian_diagonal") or (diag and q == "laplacian")
+                ),
+            )
+        )
+    if "laplacian" in needs and not diag:
         plans.append((sweep_of("laplacian", d, 0), ("value", "laplacian")))
-    else:
-        plans.append((sweep_of("value", d, 0), ("value",)))
     if S is not None:
-        plans.append((sweep_of("weighted_laplacian", d, S.shape[1]), ("weighted_laplacian",)))
+        plans.append((sweep_of("weighted_laplacian", d, S.shape[1]), ("value", "weighted_laplacian")))
+    if "value" in needs and all(sw.coord for sw, _ in plans):
+        plans.append((sweep_of("value", d, 0), ("value",)))
+    # the value's Jacobian: once, from the first one-group sweep
+    first = next((i for i, (sw, _) in enumerate(plans) if not sw.coord), None)
+    plans = [
+        (sw, tuple(q for q in names if q != "value" or i == first)) for i, (sw, names) in enumerate(plans)
+    ]
     for sw, _ in plans:
         B.check_supported(sw.spec)
     for sw, names in plans:
@@ -195,19 +212,17 @@ def quantities_and_jacobians(
     Q = Quantities()
     J: dict[str, Any] = {}
     for sw, names in plans:
-        if sw.groups == 1 and sw.spec.k == 0 and Q.value is not None and "value" not in needs:
-            continue
         Y, caches = forward(B, sw, S if sw.weighted else None)
         if sw.coord:
             Yg = xp.reshape(Y, (Y.shape[0], n, d, m))
             if "gradient" in names:
                 Q.gradient = Yg[1, ...]
             if sw.spec.second:
-                Q.hessian_diagonal = Yg[2, ...] if "hessian_diagonal" in needs else None
+                Q.hessian_diagonal = Yg[2, ...]
                 if "laplacian" in needs:
                     Q.laplacian = xp.sum(Yg[2, ...], axis=1)
-            if Q.value is None:
-                Q.value = Yg[0, :, 0, :]
+            if Q.value is None:  # the value stream is the same in every group (a copy: not a view of Y)
+                Q.value = xp.asarray(Yg[0, :, 0, :], copy=True)
         else:
             if Q.value is None:
                 Q.value = Y[0, ...]
@@ -233,7 +248,7 @@ def quantities_and_jacobians(
     return out, {q: B.to_user(J[q]) for q in needs}
 
 
-def jvp(net, x, quantity: str, v, *, weights=None, backend=None):
+def jvp(net, x, quantity, v, *, weights=None, backend=None):
     r"""Matrix-free :math:`J v`: the derivative of the quantity along the parameter direction ``v``.
 
     One forward sweep and one forward R-sweep over the streams
@@ -241,40 +256,59 @@ def jvp(net, x, quantity: str, v, *, weights=None, backend=None):
 
     Parameters
     ----------
+    quantity : str or sequence of str
+        A name of ``QUANTITIES``, or several swept together (one sweep, see
+        :func:`kfac_factors` for which combine).
     v : array of shape (P,)
         In :class:`~hessquik_core.curvature.ParameterLayout` order, ``x``'s library.
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
     -------
-    array of shape (n, m) or (n, d, m)
-        Like the quantity.
+    array of shape (n, m) or (n, d, m), or dict
+        Like the quantity; for several, ``name -> array``.
     """
-    B, S, sw = prepare(net, x, quantity, weights, backend)
+    B, S, sw, names = prepare_many(net, x, quantity, weights, backend)
     P = B.layout.size
     v = B.to_call(v, "v")
     if v.ndim != 1 or v.shape[0] != P:
         raise ValueError(f"v must have shape ({P},) (one parameter direction), got {tuple(v.shape)}")
-    Y0 = input_streams(B, sw, S)
+    lay = B.layout
     Vs = [
         {
-            name: B.xp.reshape(
-                v[B.layout.offsets[j] : B.layout.offsets[j] + B.layout.sizes[j]], B.layout.shapes[j]
-            )
+            name: B.xp.reshape(v[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
             for name, j in slots
         }
         for slots in B.slots
     ]
-    Y = Y0
+    Y = input_streams(B, sw, S)
     RY: Any = None  # the input streams do not depend on the parameters
     for leaf, Pm, V in zip(B.leaves, B.params, Vs):
         Y, cache = leaf.stream_forward(Y, Pm, sw.spec, B.be)
         RY = leaf.stream_rop(cache, Pm, RY, V, B.be)
-    return B.to_user(B.xp.reshape(RY[sw.row, ...], quantity_shape(B, quantity)))
+    out = {k: B.to_user(a) for k, a in combined_values(B, sw, RY, names).items()}
+    return out[names[0]] if isinstance(quantity, str) else out
 
 
-def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
+def _weight_map(quantity, w, what: str, required: bool) -> dict:
+    """``{name: w}`` from ``(quantity, w)``: a name and its weights, or a mapping."""
+    if isinstance(quantity, str):
+        if required and w is None:
+            raise ValueError(f"{what} needs w, of the shape of the quantity {quantity!r}")
+        return {quantity: w}
+    if not isinstance(quantity, Mapping):
+        raise ValueError(
+            f"quantity must be one of {QUANTITIES} or a mapping of them to weights, got {quantity!r}"
+        )
+    if w is not None:
+        raise ValueError(
+            "with a mapping of quantities to weights, w must be None (the weights are in the mapping)"
+        )
+    return dict(quantity)
+
+
+def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     r"""Matrix-free :math:`J^\top w = \sum_i J_i^\top w_i`.
 
     One forward sweep and one backward sweep seeded with ``w`` and summed over
@@ -282,16 +316,21 @@ def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
 
     Parameters
     ----------
+    quantity : str or mapping of str to array
+        A name of ``QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
+        for :math:`\sum_q J_q^\top w_q` of several quantities in one sweep
+        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual).
     w : array of the quantity's shape, (n, m) or (n, d, m)
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
     -------
     array of shape (P,)
     """
-    B, S, sw = prepare(net, x, quantity, weights, backend)
-    Ybar = weighted_seed(B, sw, quantity, w, "w")
+    ws = _weight_map(quantity, w, "vjp", True)
+    B, S, sw, names = prepare_many(net, x, tuple(ws), weights, backend)
+    Ybar = combined_seed(B, sw, ws, "w")
     _, caches = forward(B, sw, S)
     outs = backward(B, caches, Ybar, "sum")
     parts = [None] * len(B.layout.keys)
@@ -301,8 +340,8 @@ def vjp(net, x, quantity: str, w, *, weights=None, backend=None):
     return B.to_user(B.xp.concat(parts, axis=0))
 
 
-def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, backend=None) -> list:
-    r"""Kronecker factors ("expand") of the Gramian of :math:`r_i = \langle w_i, q(x_i;\theta)\rangle`.
+def kfac_factors(net, x, quantity="laplacian", w=None, *, weights=None, backend=None) -> list:
+    r"""Kronecker factors ("expand") of the Gramian of :math:`r_i = \sum_q \langle w_{q,i}, q(x_i;\theta)\rangle`.
 
     Per affine block :math:`Z = YM + b` of the network, the per-point Jacobian of
     :math:`r_i` with respect to :math:`\tilde M = [M; b]` is
@@ -320,9 +359,15 @@ def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, b
 
     Parameters
     ----------
+    quantity : str or mapping of str to array
+        One quantity (weighted by ``w``), or ``{name: w_name}`` (``None`` for ones):
+        a residual combining several quantities, swept together. ``"value"``
+        combines with anything; ``"gradient"``, ``"hessian_diagonal"`` and
+        ``"laplacian"`` with each other (per-coordinate streams);
+        ``"weighted_laplacian"`` only with ``"value"``.
     w : array of the quantity's shape, optional
         The residual's coefficient per point and component; default ones.
-    net, x, quantity, weights, backend
+    net, x, weights, backend
         As for :func:`jacobian`.
 
     Returns
@@ -331,18 +376,15 @@ def kfac_factors(net, x, quantity: str = "laplacian", w=None, *, weights=None, b
         One pair per affine block in layer order: ``A : (p+1, p+1)`` (``(p, p)``
         without bias), ``B : (q, q)``.
     """
-    B_, S, sw = prepare(net, x, quantity, weights, backend)
-    shape = quantity_shape(B_, quantity)
-    if w is None:
-        Ybar = seed(
-            B_,
-            sw,
-            sw.row + 1,
-            B_.xp.ones((B_.x.shape[0] * sw.groups, B_.net.out_features), dtype=B_.dtype, device=B_.device),
-        )
-    else:
-        Ybar = weighted_seed(B_, sw, quantity, w, "w")
-    del shape
+    ws = _weight_map(quantity, w, "kfac_factors", False)
+    B_, S, sw, _ = prepare_many(net, x, tuple(ws), weights, backend)
+    for i, leaf in enumerate(B_.leaves):
+        if not leaf.stream_kfac:
+            raise ValueError(
+                f"kfac_factors: layer {i} ({type(leaf).__name__}) has no Kronecker-factored curvature "
+                "(only affine blocks: SingleLayer, ResnetLayer, ICNNLayer, GatedMLP)"
+            )
+    Ybar = combined_seed(B_, sw, ws, "w")
     _, caches = forward(B_, sw, S)
     outs = backward(B_, caches, Ybar, "kfac")
     n = B_.x.shape[0]

@@ -89,12 +89,16 @@ def check_order(act, spec: StreamSpec, where: str) -> None:
 
 def phi_forward(Z, act, spec: StreamSpec, ops) -> tuple[Any, PhiCache]:
     r"""The stream map :math:`Y' = \Phi_\sigma(Z)` (module docstring): ``Z : (S, N, q)``."""
-    xp = ops.xp
     if act.name == "identity":
         return Z, PhiCache(Z, None, None, None, None, spec, True)
+    return phi_from_derivatives(Z, act.derivatives(Z[0, ...], spec.order, xp=ops.xp), spec, ops)
+
+
+def phi_from_derivatives(Z, ds, spec: StreamSpec, ops) -> tuple[Any, PhiCache]:
+    r""":func:`phi_forward` given ``ds = (σ, σ', …)`` at ``z = Z[0]`` (at least
+    ``spec.order + 1`` arrays ``(N, q)``), for functions that differ per column."""
+    xp = ops.xp
     k = spec.k
-    z = Z[0, ...]
-    ds = act.derivatives(z, spec.order, xp=xp)
     s0, s1 = ds[0], ds[1]
     s2 = ds[2] if spec.order >= 2 else None
     s3 = ds[3] if spec.order >= 3 else None
@@ -246,6 +250,63 @@ def affine_input_adjoint(Zbar, M, ops):
     return ops.mm(Zbar, ops.xp.matrix_transpose(M))
 
 
+# --------------------------------------------------------------------------
+# products of streams (layers that are not σ(uM + b): layer normalisation)
+# --------------------------------------------------------------------------
+
+
+def star(a, b, spec: StreamSpec, ops):
+    r"""The streams of a pointwise product :math:`p = a\,b` from those of ``a`` and ``b``
+    (``(S, N, ·)``, broadcasting on the last axis):
+
+    .. math::
+        p_0 = a_0 b_0,\quad p_i = a_i b_0 + a_0 b_i,\quad
+        p_L = a_L b_0 + 2\textstyle\sum_i a_i b_i + a_0 b_L .
+    """
+    xp = ops.xp
+    k = spec.k
+    rows = [(a[0, ...] * b[0, ...])[None, ...]]
+    if k:
+        rows.append(a[1 : 1 + k, ...] * b[0:1, ...] + a[0:1, ...] * b[1 : 1 + k, ...])
+    if spec.second:
+        mixed = xp.sum(a[1 : 1 + k, ...] * b[1 : 1 + k, ...], axis=0)
+        rows.append((a[1 + k, ...] * b[0, ...] + 2.0 * mixed + a[0, ...] * b[1 + k, ...])[None, ...])
+    return rows[0] if len(rows) == 1 else xp.concat(rows, axis=0)
+
+
+def star_vjp(pbar, b, spec: StreamSpec, ops):
+    r"""Adjoint of :func:`star` with respect to ``a``: ``pbar : (c, S', N, ·)`` (a prefix)
+    to :math:`\bar a` of the same shape (broadcast against ``b``; a caller whose ``a``
+    was narrower sums the last axis):
+
+    .. math::
+        \bar a_0 = \bar p_0 b_0 + \textstyle\sum_i \bar p_i b_i + \bar p_L b_L,\quad
+        \bar a_i = \bar p_i b_0 + 2\bar p_L b_i,\quad \bar a_L = \bar p_L b_0 .
+    """
+    xp = ops.xp
+    k = spec.k
+    rows = pbar.shape[1]
+    has_g = rows > 1
+    has_l = spec.second and rows == spec.rows
+    b0 = b[0, ...]
+    a0 = pbar[:, 0, ...] * b0
+    out = [None]
+    if has_g:
+        Pg = pbar[:, 1 : 1 + k, ...]
+        bg = b[1 : 1 + k, ...]
+        a0 = a0 + xp.sum(Pg * bg, axis=1)
+        ag = Pg * b0
+        if has_l:
+            pl = pbar[:, 1 + k, ...]
+            a0 = a0 + pl * b[1 + k, ...]
+            ag = ag + 2.0 * (pl[:, None, ...] * bg)
+            out += [ag, (pl * b0)[:, None, ...]]
+        else:
+            out.append(ag)
+    out[0] = a0[:, None, ...]
+    return out[0] if len(out) == 1 else xp.concat(out, axis=1)
+
+
 def _device(a):
     from array_api_compat import device
 
@@ -262,6 +323,9 @@ __all__ = [
     "affine_streams",
     "check_order",
     "phi_forward",
+    "phi_from_derivatives",
     "phi_rop",
     "phi_vjp",
+    "star",
+    "star_vjp",
 ]
