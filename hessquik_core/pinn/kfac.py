@@ -1,20 +1,20 @@
 r"""KFAC for PINN losses: Kronecker-factored Gauss–Newton from the sweep's own streams.
 
 For each affine block :math:`Z = Y\tilde M` (:math:`\tilde M = [M; b]`, ``(p+1, q)``)
-:func:`~hessquik_core.pinn.kfac_factors` ("expand" variant) gives, for a
-quantity :math:`q` with per-point coefficients :math:`c` (here
-:math:`c = \partial f_t/\partial q`, so the factors are those of the
-linearised residual), the factors of :math:`\frac1n\sum_i J_i^\top J_i \approx A\otimes B`.
-The Gauss–Newton block of the loss is a sum over terms and quantities,
-:math:`G_\ell \approx \sum_{t,q} w_t\,A_{tq}\otimes B_{tq}`; it is replaced by one
+:func:`~hessquik_core.pinn.kfac_factors` ("expand" variant) gives, for the
+linearised residual of a term, :math:`r_i \approx \sum_q \langle c_{q,i}, q(x_i;\theta)\rangle`
+with :math:`c_q = \partial f_t/\partial q` (all its quantities swept together),
+the factors of :math:`\frac1n\sum_i J_i^\top J_i \approx A_t\otimes B_t`.
+The Gauss–Newton block of the loss is a sum over the terms,
+:math:`G_\ell \approx \sum_t w_t\,A_t\otimes B_t`; it is replaced by one
 Kronecker product,
 
 .. math::
     G_\ell \approx A_\ell\otimes B_\ell,\qquad
-    B_\ell = \sum_{t,q} w_t B_{tq},\qquad
-    A_\ell = \frac{\sum_{t,q} w_t\operatorname{tr}(B_{tq})\,A_{tq}}{\sum_{t,q} w_t\operatorname{tr}(B_{tq})},
+    B_\ell = \sum_t w_t B_t,\qquad
+    A_\ell = \frac{\sum_t w_t\operatorname{tr}(B_t)\,A_t}{\sum_t w_t\operatorname{tr}(B_t)},
 
-exact when one term/quantity contributes or all :math:`A_{tq}` agree, and kept
+exact when one term contributes or all :math:`A_t` agree, and kept
 as an exponential moving average over steps (``ema``). With factored
 Tikhonov damping (Martens & Grosse 2015, §6.3),
 :math:`\pi = \sqrt{(\operatorname{tr}A/\dim A)/(\operatorname{tr}B/\dim B)}`,
@@ -37,7 +37,7 @@ a step that raises the loss is rejected and :math:`\lambda \leftarrow 10\lambda`
 with fixed ``lr``, ``momentum`` and ``damping``, every step taken (as in stochastic training).
 
 Cost per step: one forward and one backward sweep per quantity and term for
-the factors (:math:`O(nR(p^2 + q^2))` per layer, :math:`R` streams per point),
+the factors (one sweep per term; :math:`O(nR(p^2 + q^2))` per layer, :math:`R` streams per point),
 :math:`O(p^3 + q^3)` per layer for the two solves, the gradient, two
 :math:`Jv` products (``auto``) and one loss evaluation. Memory: the factors,
 :math:`O(\sum_\ell p_\ell^2 + q_\ell^2)`; :math:`J` is never formed.
@@ -135,24 +135,23 @@ class KFAC(Optimizer):
     # -- curvature -----------------------------------------------------------
     def _new_factors(self) -> list[tuple[Any, Any]]:
         p, xp = self.problem, self.problem.xp
-        d = int(p.net.in_features)
         acc: list[list[Any]] | None = None
         for t, lin in zip(p.terms, p._linearization()):
-            for q in t.needs:
-                shape = (t.n, *((d,) if q in ("gradient", "hessian_diagonal") else ()), p.m)
-                pairs = kfac_factors(p.net, t.points, q, xp.reshape(lin.coef[q], shape))
-                if len(pairs) != len(self.blocks):
-                    raise ValueError(  # pragma: no cover - the layout and the sweep disagree
-                        f"kfac_factors returned {len(pairs)} blocks for {len(self.blocks)} parameter blocks"
-                    )
-                if acc is None:
-                    acc = [[0.0, 0.0, 0.0] for _ in pairs]
-                for a, (A, B) in zip(acc, pairs):
-                    wB = t.weight * B
-                    tr = float(xp.linalg.trace(wB))
-                    a[0] = a[0] + tr * A
-                    a[1] = a[1] + wB
-                    a[2] += tr
+            ones = xp.ones((t.n,), dtype=p.dtype, device=p.device)
+            # the linearised residual of the term, all its quantities in one sweep
+            pairs = kfac_factors(p.net, t.points, p.coefficients(t, lin, ones))
+            if len(pairs) != len(self.blocks):
+                raise ValueError(  # pragma: no cover - the layout and the sweep disagree
+                    f"kfac_factors returned {len(pairs)} blocks for {len(self.blocks)} parameter blocks"
+                )
+            if acc is None:
+                acc = [[0.0, 0.0, 0.0] for _ in pairs]
+            for a, (A, B) in zip(acc, pairs):
+                wB = t.weight * B
+                tr = float(xp.linalg.trace(wB))
+                a[0] = a[0] + tr * A
+                a[1] = a[1] + wB
+                a[2] += tr
         assert acc is not None
         return [(A / tr if tr > 0 else A, B) for A, B, tr in acc]
 

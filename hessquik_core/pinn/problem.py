@@ -304,34 +304,43 @@ class Problem:
             self._jac = xp.concat(rows, axis=0)
         return self._jac
 
+    def _shape(self, t: Residual, q: str) -> tuple[int, ...]:
+        """The unsqueezed shape of quantity ``q`` of term ``t`` (contract 2: ``(n, m)`` or ``(n, d, m)``)."""
+        per_coordinate = q in ("gradient", "hessian_diagonal")
+        return (t.n, *((int(self.net.in_features),) if per_coordinate else ()), self.m)
+
+    def coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:
+        """``{q: c_q ⊙ w}`` in the quantities' shapes: the seed of one combined sweep of term ``t``."""
+        return {q: self.xp.reshape(lin.coef[q] * w[:, None], self._shape(t, q)) for q in t.needs}
+
     def jvp(self, v: Any) -> Any:
-        """:math:`Jv`, ``(N,)``, matrix-free (``v : (P,)``; no ``N × P`` array)."""
+        """:math:`Jv`, ``(N,)``, matrix-free (``v : (P,)``; no ``N × P`` array).
+
+        One forward and one forward R-sweep per term, all its quantities together.
+        """
         v = self._vector(v, self.P, "v")
         xp, out = self.xp, []
         for t, li in zip(self.terms, self._linearization()):
+            jq = jvp(self.net, t.points, t.needs, v)
             acc = 0.0
             for q in t.needs:
                 c = li.coef[q]
-                jq = xp.reshape(jvp(self.net, t.points, q, v), (t.n, c.shape[1]))
-                acc = acc + xp.sum(c * jq, axis=1)
+                acc = acc + xp.sum(c * xp.reshape(jq[q], (t.n, c.shape[1])), axis=1)
             out.append(li.scale * acc)
         return xp.concat(out)
 
     def vjp(self, w: Any) -> Any:
-        """:math:`J^\\top w`, ``(P,)``, matrix-free (``w : (N,)``)."""
+        """:math:`J^\\top w`, ``(P,)``, matrix-free (``w : (N,)``).
+
+        One forward and one backward sweep per term, seeded with ``c_q ⊙ w`` for all its quantities.
+        """
         w = self._vector(w, self.N, "w")
-        xp, out, start = self.xp, None, 0
+        out, start = None, 0
         for t, li in zip(self.terms, self._linearization()):
             wt = li.scale * w[start : start + t.n]
             start += t.n
-            for q in t.needs:
-                shape = (
-                    t.n,
-                    *((int(self.net.in_features),) if q in ("gradient", "hessian_diagonal") else ()),
-                )
-                W = xp.reshape(li.coef[q] * wt[:, None], (*shape, self.m))
-                g = vjp(self.net, t.points, q, W)
-                out = g if out is None else out + g
+            g = vjp(self.net, t.points, self.coefficients(t, li, wt))
+            out = g if out is None else out + g
         return out
 
     def gradient(self) -> Any:
