@@ -156,7 +156,8 @@ def _python_blocks(page):
 
 
 @pytest.mark.parametrize(
-    "page", ["getting_started.md", "training.md", "backends.md", "derivations.md", "activations.md"]
+    "page",
+    ["getting_started.md", "training.md", "backends.md", "derivations.md", "activations.md", "pinn.md"],
 )
 def test_docs_code_runs(page, monkeypatch, tmp_path):
     """Every ```python block of the page runs, in order, in one namespace."""

@@ -1,10 +1,10 @@
 r"""Physics-informed training: per-point parameter Jacobians, residual problems, second-order optimizers.
 
 :func:`jacobian`, :func:`quantities_and_jacobians`, :func:`jvp`, :func:`vjp` and
-:func:`kfac_factors` live in :mod:`hessquik_core.pinn.jacobian`;
-:class:`Problem` and :class:`Residual` (:mod:`hessquik_core.pinn.problem`) describe a
-least-squares loss on the network's input derivatives, trained by the optimizers of
-:mod:`hessquik_core.pinn.optim`. Guide: ``docs/pinn.md``.
+:func:`kfac_factors` live in ``hessquik_core.pinn.jacobian``;
+:class:`Problem` and :class:`Residual` (``hessquik_core.pinn.problem``) describe a
+least-squares loss on the network's input derivatives, trained by :class:`GaussNewton`,
+:class:`ENGD`, :class:`KFAC`, :class:`Adam` and :class:`LBFGS`. Guide: ``docs/pinn.md``.
 """
 
 from ._base import Optimizer, StepRecord

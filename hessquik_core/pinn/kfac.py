@@ -139,7 +139,7 @@ class KFAC(Optimizer):
         for t, lin in zip(p.terms, p._linearization()):
             ones = xp.ones((t.n,), dtype=p.dtype, device=p.device)
             # the linearised residual of the term, all its quantities in one sweep
-            pairs = kfac_factors(p.net, t.points, p.coefficients(t, lin, ones))
+            pairs = kfac_factors(p.net, t.points, p._coefficients(t, lin, ones))
             if len(pairs) != len(self.blocks):
                 raise ValueError(  # pragma: no cover - the layout and the sweep disagree
                     f"kfac_factors returned {len(pairs)} blocks for {len(self.blocks)} parameter blocks"
@@ -169,7 +169,7 @@ class KFAC(Optimizer):
         r"""The preconditioned gradient, ``(P,)``: per block
         :math:`\Delta_\ell = (A_\ell + \pi\sqrt\lambda I)^{-1} G_\ell (B_\ell + \sqrt\lambda/\pi\, I)^{-1}`.
 
-        Uses the current factors (after at least one :meth:`step`).
+        Uses the current factors (after at least one ``step()``).
         """
         if self._factors is None:
             raise RuntimeError("no Kronecker factors yet: call step() first")

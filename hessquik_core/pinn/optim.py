@@ -103,7 +103,7 @@ class GaussNewton(Optimizer):
     max_memory : float, optional
         Byte budget of a step (default: half the memory available on the
         points' device). ``"dense"`` and ``"kernel"`` are refused up front with
-        :class:`~hessquik_core.MemoryBudgetError` when :func:`solver_bytes` exceeds it.
+        :class:`~hessquik_core.MemoryBudgetError` when :func:`~hessquik_core.pinn.optim.solver_bytes` exceeds it.
 
     Notes
     -----

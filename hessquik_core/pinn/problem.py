@@ -309,7 +309,7 @@ class Problem:
         per_coordinate = q in ("gradient", "hessian_diagonal")
         return (t.n, *((int(self.net.in_features),) if per_coordinate else ()), self.m)
 
-    def coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:
+    def _coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:
         """``{q: c_q ⊙ w}`` in the quantities' shapes: the seed of one combined sweep of term ``t``."""
         return {q: self.xp.reshape(lin.coef[q] * w[:, None], self._shape(t, q)) for q in t.needs}
 
@@ -339,7 +339,7 @@ class Problem:
         for t, li in zip(self.terms, self._linearization()):
             wt = li.scale * w[start : start + t.n]
             start += t.n
-            g = vjp(self.net, t.points, self.coefficients(t, li, wt))
+            g = vjp(self.net, t.points, self._coefficients(t, li, wt))
             out = g if out is None else out + g
         return out
 
