@@ -393,3 +393,21 @@ def test_exported():
     assert hq.pinn.Problem is pinn.Problem
     for name in ("Problem", "Residual", "GaussNewton", "ENGD", "KFAC", "Adam", "LBFGS", "StepRecord"):
         assert name in hq.pinn.__all__, name
+
+
+def test_array_api_strict_namespace():
+    xs = pytest.importorskip("array_api_strict")
+    net = make_net()
+    fn, needs = CASES["burgers"]
+    x = points(6)
+    pn = pinn.Problem(net, [pinn.Residual(x, fn, needs)])
+    ps = pinn.Problem(net, [pinn.Residual(xs.asarray(x), fn, needs)])
+    J = ps.jacobian()
+    assert type(J).__module__.startswith("array_api_strict") and J.shape == (6, ps.P)
+    assert rel(np.asarray(J), pn.jacobian()) <= 1e-14
+    assert rel(np.asarray(ps.gradient()), pn.gradient()) <= 1e-14
+    assert type(ps.parameters()).__module__.startswith("array_api_strict")
+    l0 = ps.loss()
+    for opt in (pinn.GaussNewton(ps), pinn.GaussNewton(ps, solver="cg", cg_maxiter=5), pinn.KFAC(ps)):
+        opt.run(2, progress=False)
+    assert ps.loss() < l0
