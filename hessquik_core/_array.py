@@ -15,9 +15,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-import array_api_compat as aac
-
-from .backends import BACKEND_NAMES, Backend, backend_for, get_backend
+from .backends import BACKEND_NAMES, Backend, backend_for, get_backend, owner_of
 
 _MODES = ("auto", "forward", "backward")
 
@@ -29,7 +27,7 @@ def namespace_of(x, what: str = "x"):
             f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), got {type(x).__name__}"
         )
     try:
-        return aac.array_namespace(x)
+        return owner_of(x).namespace(x)
     except TypeError as err:
         raise TypeError(
             f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), "
@@ -143,9 +141,17 @@ def _move_to(be: Backend, x, like_device=None):
     return be.convert(x, dtype=be.dtype(_dtype_name(x.dtype)), device=like_device)
 
 
-@dataclass
+def cache_key(backend: str, xp, device, dtype) -> tuple:
+    """The key of a parameter conversion: ``(backend, namespace, device, dtype)`` as
+    strings (one spelling for network calls and curvature calls)."""
+    return (backend, getattr(xp, "__name__", str(xp)), str(device), _dtype_str(dtype))
+
+
+@dataclass(frozen=True)
 class CallContext:
-    """Everything the engine needs about one call."""
+    """Everything the engine needs about one call: the resolved request (immutable;
+    the planner settles ``mode``, ``route`` and ``training`` in a new one,
+    :func:`hessquik_core.engine.plan.plan`)."""
 
     xp: Any
     be: Any
@@ -163,11 +169,12 @@ class CallContext:
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
     native: Any = None
-    #: a specialised sweep the planner chose (:mod:`hessquik_core.engine.highdim`), or ``""``
+    #: a specialised sweep the planner chose (``hessquik_core.engine.highdim``), or ``""``
     route: str = ""
-    #: the backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
-    #: set once by the planner; ``"?"`` until then (the sweep then asks itself)
-    training: str | None = "?"
+    #: how a recorded training step runs (``"analytic"`` / ``"taped"``) or ``None`` (an
+    #: evaluation): :func:`~hessquik_core.engine.routes.analytic_step.training_kind`,
+    #: set once by the planner, and followed by the sweep
+    training: str | None = None
 
     @property
     def dtype(self):
@@ -175,7 +182,7 @@ class CallContext:
 
     @property
     def device(self):
-        return aac.device(self.x)
+        return self.be.device_of(self.x)
 
     @property
     def itemsize(self) -> int:
@@ -193,9 +200,8 @@ class CallContext:
 
     def cache_parts(self):
         """``(cache_key, dtype, device)``, asking the array for its device once."""
-        device = aac.device(self.x)
-        key = (self.backend, getattr(self.xp, "__name__", str(self.xp)), str(device), _dtype_str(self.dtype))
-        return key, self.dtype, device
+        device = self.be.device_of(self.x)
+        return cache_key(self.backend, self.xp, device, self.dtype), self.dtype, device
 
     @property
     def second_order(self) -> bool:
@@ -234,7 +240,7 @@ class CallContext:
         res.mode = self.mode
         if self.native is not None:
             # the call ran in another library: results go back to the caller's
-            dev = aac.device(self.orig_x)
+            dev = self.native.device_of(self.orig_x)
             for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
                 a = getattr(res, name)
                 if a is not None:
@@ -256,12 +262,7 @@ class InputContext:
 
     @property
     def cache_key(self):
-        return (
-            self.backend,
-            getattr(self.xp, "__name__", str(self.xp)),
-            str(aac.device(self.x)),
-            _dtype_str(self.x.dtype),
-        )
+        return cache_key(self.backend, self.xp, self.be.device_of(self.x), self.x.dtype)
 
 
 def resolve_input(net, x, backend) -> InputContext:
@@ -324,7 +325,7 @@ def resolve_call(
     V = None
     if directions is not None:
         if isinstance(directions, (list, tuple)):
-            V = xp.asarray(directions, dtype=xc.dtype, device=aac.device(xc))
+            V = xp.asarray(directions, dtype=xc.dtype, device=be.device_of(xc))
         else:
             directions = as_plain_array(directions, "directions")
             xpv = namespace_of(directions, "directions")
@@ -342,7 +343,7 @@ def resolve_call(
             if same and not inp.converted:
                 V = directions
             else:
-                V = be.convert(directions, dtype=xc.dtype, device=aac.device(xc))
+                V = be.convert(directions, dtype=xc.dtype, device=be.device_of(xc))
         if V.ndim != 2:
             raise ValueError(f"directions must be a matrix (d, k) or (m, k), got shape {tuple(V.shape)}")
 

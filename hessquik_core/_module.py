@@ -220,7 +220,7 @@ class Module:
                 else:
                     dt = be.dtype(str(p.dtype).split(".")[-1] if want is None else want)
                     grad = (
-                        bool(getattr(p, "requires_grad", False)) if requires_grad is None else requires_grad
+                        owner_of(p).requires_grad(p) if requires_grad is None else requires_grad
                     ) and pname not in mod._frozen
                     dev = device if device is not None or name is not None else getattr(p, "device", None)
                     try:
@@ -346,10 +346,10 @@ def _to_request(target, dtype, device):
 
 def _home_backend(p):
     """The backend a parameter's own library belongs to (host storage for others)."""
-    from .backends import owner_of
+    from .backends import home_backend, owner_of
 
     be = owner_of(p)
-    return get_backend("numpy") if be.library is None else be
+    return home_backend() if be.library is None else be
 
 
 def _writable_copy(a):

@@ -35,11 +35,11 @@ True
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._module import Module, _as_home
+from .engine.routes.switches import analytic_weight_gradient, step_workspace
 
 __all__ = [
     "analytic_weight_gradient",
@@ -51,12 +51,6 @@ __all__ = [
     "step_workspace",
     "torch_parameters",
 ]
-
-#: torch training steps of dense chains take the analytic weight gradient
-#: (:func:`analytic_weight_gradient`)
-_ANALYTIC = True
-#: those steps keep their large stacks in a reused workspace (:func:`step_workspace`)
-_WORKSPACE = True
 
 
 def _check_module(net) -> None:
@@ -184,104 +178,12 @@ def functional_call(net: Module, params: Mapping[str, Any], x, **kwargs):
         for mod, name, arr in staged:
             mod._params[name] = arr
             mod._cache.clear()
-        return net(x, **kwargs)
+        return cast(Callable[..., Any], net)(x, **kwargs)  # a network or layer: callable
     finally:
         for mod, name, arr in saved:
             mod._params[name] = arr
             # the cache may now hold conversions of ``params`` (e.g. tracers)
             mod._cache.clear()
-
-
-def analytic_weight_gradient(enabled: bool | None = None) -> bool:
-    r"""Whether eager torch training steps use the analytic weight gradient.
-
-    A forward-mode call of the value, gradient and/or Laplacian (or divergence)
-    through a chain of dense layers (``SingleLayer`` with a tanh, sin, sigmoid,
-    antiTanh, quadratic or identity activation), made while autograd records it
-    (``x`` or a parameter requires grad), runs as one ``torch.autograd.Function``
-    whose backward is the adjoint of the forward recurrences: three GEMMs per
-    layer over the stacked carries ``[u; ∂u; Δu]`` and no per-operation tape
-    (1.5-1.8x faster steps at d = 16-64 than autograd over the generic sweep,
-    same numbers to rounding). A second backward pass (``create_graph=True``:
-    a gradient penalty on the weight gradient, Hessian-vector products in the
-    weights) is exact too: the Function's backward then re-runs the
-    recurrences as taped operations and differentiates them.
-    ``torch.compile`` and ``torch.func`` transforms always trace the generic sweep.
-
-    Parameters
-    ----------
-    enabled : bool or None
-        ``True`` / ``False`` set the switch (process-wide); ``None`` only reads it.
-
-    Returns
-    -------
-    bool
-        The setting before the call.
-
-    Raises
-    ------
-    TypeError
-        If ``enabled`` is neither a bool nor None.
-    """
-    global _ANALYTIC
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    before = _ANALYTIC
-    if enabled is not None:
-        _ANALYTIC = enabled
-    return before
-
-
-def step_workspace(enabled: bool | None = None, *, release: bool = False) -> dict:
-    r"""The workspace that eager torch training steps keep their stacks in, on the CPU.
-
-    A step through the analytic weight gradient (:func:`analytic_weight_gradient`)
-    needs three ``(1 + k + 1, n, width)`` stacks per layer (``k`` tangents: d, or
-    the number of directions). Allocated afresh, each one above glibc's mmap
-    threshold (32 MiB) is new memory from the kernel, page-faulted on every step;
-    kept in a workspace it is reused: at d = 64, n = 1024, width 64 the step is
-    ~1.4x faster. A buffer is lent again only when no tensor shares its memory
-    any more — not while a graph that saved it is alive (``retain_graph=True``),
-    not while you hold a result that views it — so the numbers are the same
-    bit for bit with and without it. The memory held between steps is one step's
-    working set (what the step allocates anyway); buffers not used for two steps
-    (a new batch size or width) are released. CUDA tensors are not pooled (the
-    caching allocator already reuses memory), nor buffers under 1 MiB.
-
-    Parameters
-    ----------
-    enabled : bool or None
-        ``True`` / ``False`` switch the workspace on or off (process-wide; off
-        also releases it); ``None`` only reads the setting.
-    release : bool
-        Drop every buffer now (those still in use keep their memory until
-        their last view is gone).
-
-    Returns
-    -------
-    dict
-        ``{"enabled": setting before the call, "nbytes": bytes held before the call}``.
-
-    Raises
-    ------
-    TypeError
-        If ``enabled`` is neither a bool nor None, or ``release`` is not a bool.
-    """
-    global _WORKSPACE
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    if not isinstance(release, bool):
-        raise TypeError(f"release must be a bool, got {release!r}")
-    before = {"enabled": _WORKSPACE, "nbytes": 0}
-    # only where torch is in use already: this never imports it
-    ws = sys.modules.get("hessquik_core.backends._torch_workspace")
-    if ws is not None:
-        before["nbytes"] = ws.WORKSPACE.nbytes()
-    if enabled is not None:
-        _WORKSPACE = enabled
-    if ws is not None and (release or enabled is False):
-        ws.WORKSPACE.release()
-    return before
 
 
 def backward_in_chunks(loss_fn: Callable[[slice], Any], n: int, *, chunk: int = 128):
@@ -467,17 +369,17 @@ def fit(
                 print_fn(f"step {step:5d}  loss {history[-1]:.4e}")
         return history
 
-    opt = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=50, line_search_fn="strong_wolfe")
 
     def closure():
-        opt.zero_grad()
+        lbfgs.zero_grad()
         loss = loss_fn()
         loss.backward()
         return loss
 
     for step in range(steps):
         # L-BFGS returns the loss before its step: the same entry as Adam's
-        history.append(float(opt.step(closure).detach()))
+        history.append(float(lbfgs.step(closure).detach()))
         if log_every and step % log_every == 0:
             print_fn(f"lbfgs {step:4d}  loss {history[-1]:.4e}")
         if stop(step):

@@ -1,6 +1,8 @@
-"""The analytic weight gradient of torch training steps (``backends/_torch_step``).
+"""The analytic weight gradient of torch training steps (the route
+``engine/routes/analytic_step`` and its torch kernel ``backends/_torch_step``).
 
-A forward-mode call of value / gradient / Laplacian through a dense chain,
+A forward-mode call of value / gradient / Laplacian through a chain of layers
+that declare affine structure (dense, residual),
 recorded by autograd, runs as one ``torch.autograd.Function`` whose backward
 is the hand-written adjoint of the forward recurrences. It must give what
 autograd over the generic sweep gives (to 1e-12, float64), and an independent
@@ -17,7 +19,7 @@ torch = pytest.importorskip("torch")
 from layer_checks import uses_analytic_sweep as _uses_sweep  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
-from hessquik_core import training  # noqa: E402
+from hessquik_core.backends.base import SWITCHES  # noqa: E402
 from hessquik_core.training import analytic_weight_gradient, torch_parameters  # noqa: E402
 
 ACTS = ["tanh", "sin", "sigmoid", "antitanh", "quadratic", "identity"]
@@ -170,10 +172,11 @@ def test_not_used_where_it_does_not_apply():
         assert net(x, laplacian=True, mode="forward").laplacian.grad_fn is None
     plain = hq.FullyConnectedNN([3, 6, 1], act="tanh", seed=0).to("torch")
     assert plain(x, laplacian=True, mode="forward").laplacian.grad_fn is None
-    # layers it does not know, activations without a known third derivative
-    res = hq.NN(hq.SingleLayer(3, 6, act="tanh", seed=0), hq.ResnetNN(6, 1, act="tanh", seed=1))
-    torch_parameters(res)
-    assert not _uses_sweep(res(x, laplacian=True, mode="forward").laplacian)
+    # a layer that declares no affine structure, activations without a known third derivative
+    norm = hq.NN(hq.SingleLayer(3, 6, act="tanh", seed=0), hq.LayerNorm(6), hq.SingleLayer(6, 1, seed=1))
+    assert norm[1].affine_structure() is None
+    torch_parameters(norm)
+    assert not _uses_sweep(norm(x, laplacian=True, mode="forward").laplacian)
     soft = hq.FullyConnectedNN([3, 6, 1], act="softplus", seed=0)
     torch_parameters(soft)
     assert not _uses_sweep(soft(x, laplacian=True, mode="forward").laplacian)
@@ -219,7 +222,7 @@ def test_second_backward_is_exact(acts, quantity):
 
 
 def test_switch_arguments():
-    assert analytic_weight_gradient() is training._ANALYTIC
+    assert analytic_weight_gradient() is SWITCHES.analytic_step
     before = analytic_weight_gradient(False)
     try:
         assert analytic_weight_gradient() is False
@@ -277,9 +280,10 @@ def test_auto_mode_prices_the_training_step():
 
 
 def test_sweep_follows_the_planners_answer():
-    """The planner asks ``training_step`` once and keeps the answer on the call
-    (``ctx.training``); the torch sweep takes it instead of asking ``usable()``
-    again, and asks itself where the call was not settled (``"?"``)."""
+    """The planner asks ``training_kind`` once and keeps the answer on the call
+    (``ctx.training``); the sweep follows it and does not decide again."""
+    from dataclasses import replace
+
     from hessquik_core._array import resolve_call
     from hessquik_core.engine import plan
 
@@ -294,21 +298,20 @@ def test_sweep_follows_the_planners_answer():
 
     def run(mode, training=None):
         ctx = resolve_call(net, x, mode=mode, **kw)
-        assert ctx.training == "?"
-        plan._settle(leaves, ctx, x.shape[0])
+        assert ctx.training is None
+        ctx = plan._settle(leaves, ctx, x.shape[0])[2]
         if training is not None:
-            ctx.training = training
+            ctx = replace(ctx, training=training)
         return ctx, plan._guarded(leaves, ctx)
 
     ctx, fwd = run("forward")
     assert ctx.training == "analytic" and _uses_sweep(fwd.laplacian)
     ctx, res = run("backward")
     assert ctx.training == "analytic" and not _uses_sweep(res.laplacian)  # forward only
-    _, unsettled = run("forward", "?")
     _, taped = run("forward", "taped")
-    assert _uses_sweep(unsettled.laplacian) and not _uses_sweep(taped.laplacian)
+    assert not _uses_sweep(taped.laplacian)
     torch.testing.assert_close(taped.laplacian, fwd.laplacian, rtol=1e-12, atol=0)
-    torch.testing.assert_close(unsettled.gradient, taped.gradient, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fwd.gradient, taped.gradient, rtol=1e-12, atol=0)
     with torch.no_grad():
         ctx, res = run("forward")
     assert ctx.training is None and res.laplacian.grad_fn is None
@@ -340,3 +343,131 @@ def test_auto_mode_prices_first_order_steps():
     torch_parameters(wide)
     r = wide(torch.tensor(rng.standard_normal((64, 1))), gradient=True)
     assert r.mode == "forward" and _uses_sweep(r.gradient)
+
+
+# -- residual layers: f(u) = u + h σ(uK + b) declares affine structure with the identity path
+
+
+def _residual_net(act, h, first_residual, rng):
+    """A chain with residual layers inside (and, optionally, as the first layer: d == width)."""
+    if first_residual:
+        head = [hq.ResnetLayer(4, h=h, act=act, seed=rng)]
+    else:
+        head = [hq.SingleLayer(3, 4, act="tanh", seed=rng)]
+    return hq.NN(
+        *head,
+        hq.ResnetLayer(4, h=h, act=act, seed=rng),
+        hq.ResnetLayer(4, h=0.5, act="tanh", bias=False, seed=rng),
+        hq.SingleLayer(4, 2, seed=rng),
+    )
+
+
+@pytest.mark.parametrize("act", ["tanh", "sin", "identity"])
+@pytest.mark.parametrize("h", [1.0, 0.3])
+@pytest.mark.parametrize("first_residual", [False, True])
+@pytest.mark.parametrize("what", ["laplacian", "gradient", "both"])
+def test_residual_matches_autograd_over_generic_sweep(act, h, first_residual, what):
+    """Weight and input gradients of residual chains (ResnetLayer) through the analytic
+    step equal autograd over the generic sweep to 1e-12 (float64), and the step is taken."""
+    rng = np.random.default_rng(11)
+    net = _residual_net(act, h, first_residual, rng)
+    assert all(leaf.affine_structure().residual for leaf in list(net._leaves())[1:3])
+    params = torch_parameters(net)
+    x = torch.tensor(rng.standard_normal((7, net.in_features)), requires_grad=True)
+    kw = {"laplacian": what != "gradient", "gradient": what != "laplacian"}
+    got = _step(net, params, x, True, **kw)
+    want = _step(net, params, x, False, **kw)
+    assert got[2] and not want[2]  # the route is taken, and the reference is the taped sweep
+    _close(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_resnet_nn_takes_the_step_and_the_planner_says_so():
+    """ResnetNN (every leaf a ResnetLayer) is planned and run as the analytic step; its
+    Laplacian agrees with an independent torch.func reference."""
+    from torch.func import hessian, vmap
+
+    rng = np.random.default_rng(12)
+    net = hq.NN(hq.SingleLayer(2, 5, act="tanh", seed=0), hq.ResnetNN(5, 2, h=0.4, act="tanh", seed=1))
+    net = hq.NN(*list(net._leaves()), hq.SingleLayer(5, 1, seed=2))
+    assert net.cost(8, gradient=False, laplacian=True, training=True).training == "analytic"
+    params = torch_parameters(net)
+    x = torch.tensor(rng.standard_normal((8, 2)))
+    r = net(x, laplacian=True, mode="forward")
+    assert _uses_sweep(r.laplacian)
+    K0, b0, K1, b1, K2, b2, K3, b3 = params
+
+    def u(xi):
+        h = torch.tanh(xi @ K0 + b0)
+        h = h + 0.4 * torch.tanh(h @ K1 + b1)
+        h = h + 0.4 * torch.tanh(h @ K2 + b2)
+        return (h @ K3 + b3)[0]
+
+    lap = vmap(lambda xi: torch.trace(hessian(u)(xi)))(x)[:, None]
+    torch.testing.assert_close(r.laplacian, lap, rtol=1e-12, atol=1e-14)
+    loss = (r.laplacian**2).sum()
+    ref = torch.autograd.grad((lap**2).sum(), params, materialize_grads=True)
+    for a, b in zip(torch.autograd.grad(loss, params, materialize_grads=True), ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("quantity", ["laplacian", "gradient"])
+def test_residual_second_backward_is_exact(quantity):
+    """create_graph=True through residual layers: the double backward equals the generic sweep's."""
+    rng = np.random.default_rng(13)
+    net = _residual_net("sin", 0.7, True, rng)
+    params = torch_parameters(net)
+    x = torch.tensor(rng.standard_normal((5, 4)), requires_grad=True)
+    v = [torch.tensor(rng.standard_normal(p.shape)) for p in params]
+
+    def penalty_grads():
+        res = net(x, **{quantity: True}, mode="forward")
+        out = res.laplacian if quantity == "laplacian" else res.gradient
+        used = _uses_sweep(out)
+        loss = (torch.sin(out) ** 2).mean()
+        g = torch.autograd.grad(loss, params, create_graph=True, materialize_grads=True)
+        pen = sum((gi**2).sum() for gi in g)
+        hv = torch.autograd.grad(
+            g, params + [x], v, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
+        full = torch.autograd.grad(pen, params + [x], allow_unused=True, materialize_grads=True)
+        return used, [t.detach() for t in full] + [t.detach() for t in hv]
+
+    used, analytic = penalty_grads()
+    before = analytic_weight_gradient(False)
+    try:
+        unused, generic = penalty_grads()
+    finally:
+        analytic_weight_gradient(before)
+    assert used and not unused
+    for a, g in zip(analytic, generic):
+        assert a.dtype == g.dtype == torch.float64 and a.shape == g.shape
+        torch.testing.assert_close(a, g, rtol=1e-12, atol=1e-13)
+
+
+def test_the_route_runs_the_backend_capability(monkeypatch):
+    """The route hands the backend plain data (SweepLayer flags, arrays), never layers."""
+    from hessquik_core.backends import get_backend
+    from hessquik_core.backends.base import SweepLayer
+
+    be = get_backend("torch")
+    seen = []
+    real = type(be).stacked_affine_sweep
+
+    def spy(self, layers, laplacian, x, seed, weights):
+        seen.append((tuple(layers), laplacian, len(weights)))
+        return real(self, layers, laplacian, x, seed, weights)
+
+    monkeypatch.setattr(type(be), "stacked_affine_sweep", spy)
+    net = _residual_net("tanh", 0.3, False, np.random.default_rng(14))
+    torch_parameters(net)
+    x = torch.tensor(np.random.default_rng(15).standard_normal((3, 3)))
+    net(x, laplacian=True, mode="forward").laplacian.sum().backward()
+    ((layers, lap, nw),) = seen
+    assert lap and nw == 8 and all(type(s) is SweepLayer for s in layers)
+    assert [(s.scale, s.residual, s.linear) for s in layers] == [
+        (1.0, False, False),
+        (0.3, True, False),
+        (0.5, True, False),
+        (1.0, False, True),
+    ]

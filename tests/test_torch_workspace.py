@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 from layer_checks import uses_analytic_sweep as _uses_sweep  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
-from hessquik_core import training  # noqa: E402
 from hessquik_core.backends import _torch_workspace as tw  # noqa: E402
+from hessquik_core.backends.base import SWITCHES  # noqa: E402
 from hessquik_core.training import step_workspace, torch_parameters  # noqa: E402
 
 pytestmark = pytest.mark.skipif(tw._use_count is None, reason="this torch has no storage use count")
@@ -231,4 +231,4 @@ def test_training_module_does_not_import_torch():
     code = "import sys, hessquik_core.training as t; t.step_workspace(False); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    assert training._WORKSPACE is True
+    assert SWITCHES.step_workspace is True

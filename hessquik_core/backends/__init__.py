@@ -27,15 +27,21 @@ opt_einsum / einops pattern):
 
 and the capabilities the engine asks instead of names: ``mutable``,
 ``fuses``, ``cache_blocking(x, arrays)``, ``available_memory(device)``,
-``training_step(leaves, ctx)`` (is the call a recorded training step, and
-how does its forward route run) and ``fused_forward(...)`` (a library's own
-forward sweep, torch's analytic weight gradient).
+``records_autograd(arrays)``, ``requires_grad(a)``, ``autograd_enabled()``,
+``is_tracing()`` (a compiler or functional transform traces the call),
+``allocator_failure(err)``, and ``stacked_affine_sweep(...)`` (a custom-gradient
+function for chains of affine layers: torch's analytic training step, which
+receives plain arrays, activation objects and
+:class:`~hessquik_core.backends.base.SweepLayer` flags, never layers).
+Backends import nothing above :mod:`hessquik_core.carry` (``tests/test_import_graph.py``).
 
 Modules are imported lazily: asking for the ``"torch"`` backend imports
 torch, nothing else ever does. A new backend is one module ``_<name>.py``
 here that defines ``BACKEND``, a :class:`~hessquik_core.backends.base.Backend`
 owning the arrays of the library called ``<name>``; it is found by its file
-name, without being imported until a call needs it.
+name, without being imported until a call needs it. A module
+``_<name>_<what>.py`` is a helper of backend ``<name>`` (torch's
+``_torch_step.py`` and ``_torch_workspace.py``), not a backend.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ def _discover() -> tuple[str, ...]:
     """Backend names from the module files ``_<name>.py`` of this package, found
     without importing them (importing a backend imports its library)."""
     found = {m.name[1:] for m in pkgutil.iter_modules(__path__) if m.name[:1] == "_" and m.name[:2] != "__"}
+    # ``_<backend>_<what>.py`` is a helper module of backend ``<backend>`` (its kernels), no backend
+    found = {f for f in found if not any(f.startswith(other + "_") for other in found)}
     known = ("numpy", "torch", "cupy")
     return (*[n for n in known if n in found], *sorted(found - {*known, "generic"}), "generic")
 
@@ -133,6 +141,40 @@ def owner_of(a) -> Backend:
     return get_backend("generic")
 
 
+#: the home library of stored parameters and the host interchange format
+_HOME = "numpy"
+
+
+def home_backend() -> Backend:
+    """The backend of the home library (NumPy): where parameters are stored, and what a
+    request without arrays (``net.cost()``) is priced on."""
+    return get_backend(_HOME)
+
+
+def loaded() -> tuple[Backend, ...]:
+    """The backends imported so far (asking never imports a library)."""
+    return tuple(_LOADED.values())
+
+
+def autograd_backend() -> Backend:
+    """The first backend whose library records gradients (``autograd``), in the order
+    of :data:`BACKEND_NAMES` (torch); for ``net.cost(..., training=True)``.
+
+    Raises
+    ------
+    ValueError
+        If no installed library has autograd.
+    """
+    for name in BACKEND_NAMES:
+        try:
+            be = get_backend(name)
+        except ImportError:
+            continue
+        if be.autograd:
+            return be
+    raise ValueError("training=True prices an autograd training step; no installed backend has autograd")
+
+
 def model_backend(obj) -> Backend | None:
     """The backend of the library whose model ``obj`` is (a ``torch.nn.Module``:
     the torch backend), ``None`` for anything else; only imported libraries are asked."""
@@ -182,9 +224,12 @@ def to_numpy(a):
 __all__ = [
     "BACKEND_NAMES",
     "Backend",
+    "autograd_backend",
     "backend_for",
     "device_backend",
     "get_backend",
+    "home_backend",
+    "loaded",
     "model_backend",
     "owner_of",
     "to_numpy",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from itertools import chain
-
 import array_api_compat as aac
 import numpy as np
 import torch
 
-from . import _torch_step, to_numpy
+from . import _torch_step, _torch_workspace, to_numpy
 from .base import Backend, strided_span
 
 
@@ -71,36 +69,25 @@ class TorchBackend(Backend):
     def is_model(self, obj) -> bool:
         return isinstance(obj, torch.nn.Module)
 
-    def training_step(self, leaves, ctx) -> str | None:
-        """``None`` unless autograd records the call (grad mode on, and ``x`` or a
-        parameter requires grad); then ``"analytic"`` where :meth:`fused_forward`
-        would run the forward route, else ``"taped"``."""
-        if not torch.is_grad_enabled():
-            return None
-        arrays = chain((ctx.x,), (p for leaf in leaves for p in leaf.parameters()))
-        if not any(getattr(a, "requires_grad", False) for a in arrays):
-            return None
-        return self.training_route(leaves, ctx)
+    def autograd_enabled(self) -> bool:
+        return torch.is_grad_enabled()
 
-    def training_route(self, leaves, ctx) -> str | None:
-        """How the forward route of this call would run if autograd recorded it."""
-        return "analytic" if _torch_step.usable(leaves, ctx, mode="forward") else "taped"
+    def is_tracing(self) -> bool:
+        """``torch.compile`` traces (Inductor fuses the generic sweep), or a ``torch.func``
+        transform (vmap / grad / jacrev) is active."""
+        return bool(torch.compiler.is_compiling()) or torch._C._functorch.peek_interpreter_stack() is not None
 
-    def fused_forward(self, leaves, params, ctx, x):
-        """The forward sweep of a recorded training step as one autograd Function
-        with an analytic weight gradient (:mod:`._torch_step`), or ``None``
-        where it does not apply."""
-        if ctx.training != "?":
-            # settled by the planner (training_step): usable(..., mode="forward")
-            # was asked there, and the call runs forward iff ctx.mode says so
-            if ctx.training != "analytic" or ctx.mode != "forward":
-                return None
-        elif not _torch_step.usable(leaves, ctx):
-            return None
-        flat = [x] + [t for P in params for t in P.values() if t is not None]
-        if not any(t.requires_grad for t in flat):
-            return None
-        return _torch_step.run(leaves, params, ctx, x, ctx.seed_forward(), ctx.laplacian)
+    stacked_sweep = True
+
+    def stacked_affine_sweep(self, layers, laplacian: bool, x, seed, weights):
+        """One ``torch.autograd.Function`` with the analytic backward (:mod:`._torch_step`)."""
+        return _torch_step.run(layers, laplacian, x, seed, weights)
+
+    def workspace_bytes(self) -> int:
+        return _torch_workspace.WORKSPACE.nbytes()
+
+    def release_workspace(self) -> None:
+        _torch_workspace.WORKSPACE.release()
 
     def mm(self, a, b, *, xp=None):
         """``a[..., p] @ b[p, q]``; torch folds the leading axes into one GEMM."""

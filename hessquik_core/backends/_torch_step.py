@@ -30,10 +30,17 @@ The backward writes the GEMM operand ``[z̄; Ā; B̄]`` into the adjoint it
 came from and sums over the tangent axis slab by slab, so no ``(k, n, q)``
 temporary is allocated besides the GEMM outputs.
 
-Used only where it is exact (:func:`usable`): dense layers with activations
-whose third derivative is known here, forward mode, no Hessian or Hessian
-diagonal requested, eager torch (``torch.compile`` traces the generic
-sweep, which Inductor fuses), no ``torch.func`` transform active. A second
+A residual layer :math:`f(u) = u + h\,\sigma(uK + b)` adds its input's stack
+to its output's (the identity path) and scales the activation's rows by
+``h``; its adjoint is the same recurrence with :math:`h\sigma^{(j)}` in place of
+:math:`\sigma^{(j)}`, plus the incoming adjoint (the identity path again).
+
+This module is the kernel of the route
+:mod:`hessquik_core.engine.routes.analytic_step`, which decides where it
+applies (layers that declare affine structure, activations with σ‴, forward
+mode, no Hessian, eager torch) and hands it plain data: the weights, the
+activation objects and :class:`~hessquik_core.backends.base.SweepLayer`
+flags. It imports nothing of the layers or the engine. A second
 backward pass (``create_graph=True``: a gradient penalty on the weight
 gradient, a Hessian-vector product in the weights) is exact too: there the
 backward re-runs the same recurrences as ordinary taped torch operations and
@@ -46,15 +53,23 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import Identity, Tanh
 from ._torch_workspace import WORKSPACE
 
+#: entries per layer in the saved tensors: ``K, Z, z, S, Y_out, σ(z)``
+_PER_LAYER = 6
 
-def _derivs(act, z, s0):
-    r"""``(σ', σ'', σ''')`` at ``z``, given ``s0 = σ(z)``: the activation's own
-    :meth:`~hessquik_core.activations.Activation.derivatives` (which reuses ``s0``
-    where the derivatives are polynomials of it)."""
-    return act.derivatives(z, 3, value=s0)[1:]
+
+def _plain(layer) -> bool:
+    """``f = σ(uM + b)`` itself: no identity path, ``h = 1``."""
+    return layer.scale == 1.0 and not layer.residual
+
+
+def _derivs(layer, z, s0):
+    r"""``(σ', σ'', σ''')`` at ``z`` (times ``h``), given ``s0 = σ(z)``: the activation's
+    own ``derivatives`` (which reuses ``s0`` where they are polynomials of it)."""
+    out = layer.act.derivatives(z, 3, value=s0)[1:]
+    h = layer.scale
+    return out if h == 1.0 else tuple(h * s for s in out)
 
 
 def _vdot0(a, b):
@@ -67,64 +82,50 @@ def _vdot0(a, b):
     return acc
 
 
-def usable(leaves, ctx, mode=None) -> bool:
-    """May this call (in ``mode``, default its own) use :class:`_Sweep`? Exactly the
-    case it is exact and faster for; whether autograd records it is the caller's test."""
-    from ..layers.dense import SingleLayer
-
-    if (ctx.mode if mode is None else mode) != "forward":
-        return False
-    if ctx.hessian or ctx.hessian_diagonal or not (ctx.laplacian or ctx.gradient or ctx.divergence):
-        return False
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap / grad / jacrev active
-        return False
-    from .. import training
-
-    if not training._ANALYTIC:
-        return False
-    for leaf in leaves:
-        if type(leaf) is not SingleLayer or leaf.act.max_order < 3:
-            return False
-    return True
-
-
-def run(leaves, params, ctx, x, seed, laplacian: bool):
-    """``(value (n, m), jacobian (n, k, m), laplacian (n, m) or None)`` of the chain."""
-    acts = tuple(leaf.act for leaf in leaves)
-    flat = []
-    for P in params:
-        flat.append(P["K"])
-        flat.append(P["b"])
-    Y = _Sweep.apply(acts, bool(laplacian), x, seed, *flat)
-    k = seed.shape[1]
-    return Y[0], torch.permute(Y[1 : k + 1], (1, 0, 2)), (Y[k + 1] if laplacian else None)
+def run(layers, lap: bool, x, seed, flat):
+    """The output stack ``[u; ∂u; Δu] : (1 + k [+ 1], n, m)`` of the chain
+    (:meth:`~hessquik_core.backends.Backend.stacked_affine_sweep`)."""
+    return _Sweep.apply(tuple(layers), bool(lap), x, seed, *flat)
 
 
 def _fresh(shape, like):
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
-def _taped(acts, lap, x, seed, flat):
+def _taped(layers, lap, x, seed, flat):
     """The forward recurrences of :class:`_Sweep` as ordinary (recorded) torch
     operations: ``Y = [u; ∂u; Δu] : (rows, n, m)``, for the double-backward path."""
     k = seed.shape[1]
     u, G, L = x, seed[0][:, None, :], None  # G: (k, 1, d), shared by the batch
-    for i, act in enumerate(acts):
+    for i, layer in enumerate(layers):
         K, b = flat[2 * i], flat[2 * i + 1]
         z = u @ K if b is None else torch.addmm(b, u, K)
         A = G @ K
         B = None if (L is None or not lap) else L @ K
-        if isinstance(act, Identity):
+        if layer.linear and _plain(layer):
             u, G, L = z, A, B
             continue
-        s0, s1, s2 = act(z, 2, xp=None)
-        u, G = s0, s1 * A
-        if lap:
-            L = s2 * torch.sum(A * A, dim=0)
-            if B is not None:
-                L = L + s1 * B
+        s0, s1, s2 = layer.act(z, 2, xp=None)
+        Lf = None
+        if _plain(layer):
+            uf, Gf = s0, s1 * A
+            if lap:
+                Lf = s2 * torch.sum(A * A, dim=0)
+                if B is not None:
+                    Lf = Lf + s1 * B
+        else:
+            h = layer.scale
+            uf, Gf = h * s0, h * (s1 * A)
+            if lap:
+                Lf = s2 * torch.sum(A * A, dim=0)
+                if B is not None:
+                    Lf = Lf + s1 * B
+                Lf = h * Lf
+            if layer.residual:
+                uf, Gf = uf + u, Gf + G
+                if lap and L is not None:
+                    Lf = Lf + L
+        u, G, L = uf, Gf, Lf
     n = x.shape[0]
     G = torch.broadcast_to(G, (k, n, G.shape[-1]))
     if lap:
@@ -137,16 +138,17 @@ class _Sweep(torch.autograd.Function):
     """``Y_out = [u; ∂u; Δu] : (rows, n, m)`` of the network output (module docstring)."""
 
     @staticmethod
-    def forward(ctx, acts, lap, x, seed, *flat):
+    def forward(ctx, layers, lap, x, seed, *flat):
         n, k = x.shape[0], seed.shape[1]
         rows = 1 + k + (1 if lap else 0)
         saved = [x, seed]
         Y = None
         WORKSPACE.new_step()
-        last = len(acts) - 1
-        for i, act in enumerate(acts):
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
             K, b = flat[2 * i], flat[2 * i + 1]
             q = K.shape[1]
+            plain = _plain(layer)
             # the stacks the backward pass reads come from the step workspace (no fresh,
             # page-faulting memory per step); the returned stack is the caller's: fresh
             stack = WORKSPACE.empty if i < last else _fresh
@@ -161,20 +163,29 @@ class _Sweep(torch.autograd.Function):
                 if b is not None:
                     z.add_(b)  # the value row of Z becomes z itself
                 A = Z[1 : k + 1]
-            if isinstance(act, Identity) and Z is not None:
+            if layer.linear and plain and Z is not None:
                 # σ' = 1, σ'' = 0: the stack is the GEMM output
-                saved += [K, None, None, None, Z]
+                saved += [K, None, None, None, Z, None]
                 Y = Z
                 continue
             Yn = stack((rows, n, q), x)
-            if isinstance(act, Tanh):
-                t = torch.tanh(z, out=Yn[0])
-                s1 = 1.0 - t * t
-                s2 = -2.0 * t * s1
-            else:
-                s0, s1, s2 = act(z, 2, xp=None)
+            s0, s1, s2 = layer.act(z, 2, xp=None)
+            if plain:
                 Yn[0] = s0
+                s0 = None  # the backward pass reads σ(z) from the stack
+            else:
+                h = layer.scale
+                if h != 1.0:
+                    s1, s2 = h * s1, h * s2
+                    torch.mul(s0, h, out=Yn[0])
+                else:
+                    Yn[0] = s0
+                if layer.residual:
+                    Yn[0].add_(x if i == 0 else Y[0])
             torch.mul(s1, A, out=Yn[1 : k + 1])
+            if layer.residual:
+                # the identity path: the input's tangents (at the first layer the seed)
+                Yn[1 : k + 1].add_(seed[0][:, None, :] if i == 0 else Y[1 : k + 1])
             S = None
             if lap:
                 S = _vdot0(A, A)  # Σ_i A_i²: (1, q) at the first layer, (n, q) after
@@ -182,11 +193,13 @@ class _Sweep(torch.autograd.Function):
                     torch.mul(s2, S, out=Yn[k + 1])
                 else:
                     torch.addcmul(s2 * S, s1, Z[k + 1], out=Yn[k + 1])
-            saved += [K, Z, z, S, Yn]
+                if layer.residual and i > 0:
+                    Yn[k + 1].add_(Y[k + 1])
+            saved += [K, Z, z, S, Yn, s0]
             Y = Yn
-        ctx.acts, ctx.lap = acts, lap
-        ctx.has_b = tuple(flat[2 * i + 1] is not None for i in range(len(acts)))
-        saved += [flat[2 * i + 1] for i in range(len(acts))]  # the biases (double backward)
+        ctx.layers, ctx.lap = layers, lap
+        ctx.has_b = tuple(flat[2 * i + 1] is not None for i in range(len(layers)))
+        saved += [flat[2 * i + 1] for i in range(len(layers))]  # the biases (double backward)
         ctx.save_for_backward(*saved)
         return Y
 
@@ -201,15 +214,15 @@ class _Sweep(torch.autograd.Function):
         """The vector-Jacobian product of :func:`_taped`, recorded, so that autograd
         can differentiate the weight gradient once more."""
         saved = ctx.saved_tensors
-        nl = len(ctx.acts)
+        nl = len(ctx.layers)
         x, seed = saved[0], saved[1]
         flat = []
         for i in range(nl):
-            flat += [saved[2 + 5 * i], saved[2 + 5 * nl + i]]
+            flat += [saved[2 + _PER_LAYER * i], saved[2 + _PER_LAYER * nl + i]]
         needs = (ctx.needs_input_grad[2], *ctx.needs_input_grad[4:])
         inputs = [x, *flat]
         wrt = [j for j, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
-        Y = _taped(ctx.acts, ctx.lap, x, seed, flat)
+        Y = _taped(ctx.layers, ctx.lap, x, seed, flat)
         got = torch.autograd.grad(Y, [inputs[j] for j in wrt], Yb, create_graph=True, allow_unused=True)
         out = [None] * len(inputs)
         for j, g in zip(wrt, got):
@@ -218,26 +231,33 @@ class _Sweep(torch.autograd.Function):
 
     @staticmethod
     def _backward_analytic(ctx, Yb):
-        acts, lap = ctx.acts, ctx.lap
+        layers, lap = ctx.layers, ctx.lap
         saved = ctx.saved_tensors
         x, seed = saved[0], saved[1]
-        layers = [saved[2 + 5 * i : 7 + 5 * i] for i in range(len(acts))]  # (K, Z, z, S, Y_out)
+        # per layer (K, Z, z, S, Y_out, σ(z) or None)
+        per = [saved[2 + _PER_LAYER * i : 2 + _PER_LAYER * (i + 1)] for i in range(len(layers))]
         need = ctx.needs_input_grad[4:]
         k = seed.shape[1]
-        grads = [None] * (2 * len(acts))
+        grads = [None] * (2 * len(layers))
         # the incoming adjoint is autograd's (copied); every later one is this sweep's
         # own GEMM output and becomes the next GEMM operand [z̄; Ā; B̄] in place
         Yb = WORKSPACE.empty(Yb.shape, Yb).copy_(Yb)
-        xb = Asum = None
-        for i in range(len(acts) - 1, -1, -1):
-            act = acts[i]
-            K, Z, z, S, Yn = layers[i]
+        xb = Asum = ub = None
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            K, Z, z, S, Yn, s0 = per[i]
             zb, Gb = Yb[0], Yb[1 : k + 1]
-            if isinstance(act, Identity):
+            through = None  # the identity path's adjoint: the incoming one, before it is overwritten
+            if layer.residual:
+                if i > 0:
+                    through = WORKSPACE.empty(Yb.shape, Yb).copy_(Yb)
+                elif ctx.needs_input_grad[2]:
+                    ub = zb.clone()
+            if layer.linear and _plain(layer):
                 if i == 0 and need[0]:
                     Asum = Gb.sum(1)
             else:
-                s1, s2, s3 = _derivs(act, z, Yn[0])
+                s1, s2, s3 = _derivs(layer, z, Yn[0] if s0 is None else s0)
                 A = (seed[0] @ K)[:, None, :] if Z is None else Z[1 : k + 1]
                 # z̄ = σ' ū' + σ'' σ̄' + σ''' L̄' Σ_i A_i², with σ̄' = Σ_i Ḡ'_i A_i + L̄' B
                 s1b = _vdot0(Gb, A)
@@ -265,10 +285,14 @@ class _Sweep(torch.autograd.Function):
             if ctx.has_b[i] and need[2 * i + 1]:
                 grads[2 * i + 1] = zb.sum(0)
             if i > 0:
-                Yin = layers[i - 1][4]
+                Yin = per[i - 1][4]
                 Zb = Yb.view(-1, Yb.shape[-1])
                 if need[2 * i]:
                     grads[2 * i] = Yin.view(-1, Yin.shape[-1]).T @ Zb
+                if through is not None:
+                    # Ȳ = [z̄; Ā; B̄] Kᵀ + Ȳ' (the identity path), accumulated in the GEMM
+                    Yb = through.view(Zb.shape[0], K.shape[0]).addmm_(Zb, K.T).view(Yin.shape)
+                    continue
                 # the adjoint of the layer input, into a workspace buffer: the one of two
                 # layers up is dead by now and is lent again (no fresh, page-faulting memory)
                 out = WORKSPACE.empty(Yin.shape, Zb)
@@ -278,4 +302,6 @@ class _Sweep(torch.autograd.Function):
                 grads[0] = torch.addmm(x.T @ zb, seed[0].T, Asum)
             if ctx.needs_input_grad[2]:
                 xb = zb @ K.T
+                if ub is not None:
+                    xb = xb + ub
         return (None, None, xb, None, *grads)

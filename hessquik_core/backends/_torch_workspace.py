@@ -25,7 +25,8 @@ in stream order), only buffers of at least :data:`MIN_BYTES`, and a free
 buffer not lent during the last :data:`KEEP_STEPS` steps is dropped, so a
 change of batch size or width releases the old shapes.
 :func:`hessquik_core.training.step_workspace` switches the pool off or
-empties it.
+empties it (through :data:`~hessquik_core.backends.base.SWITCHES` and the
+backend's ``release_workspace``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import math
 import threading
 
 import torch
+
+from .base import SWITCHES
 
 #: buffers smaller than this are left to the allocator (glibc reuses them without page faults)
 MIN_BYTES = 1 << 20
@@ -62,9 +65,7 @@ class Workspace:
 
     def new_step(self) -> None:
         """Count a step and release the free buffers that were not lent recently."""
-        from .. import training
-
-        self.active = self.enabled and training._WORKSPACE
+        self.active = self.enabled and SWITCHES.step_workspace
         with self._lock:
             self._step += 1
             for key in list(self._bufs):

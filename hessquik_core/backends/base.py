@@ -16,7 +16,39 @@ namespace of the call (array-api-strict, ``jax.numpy``, ...) by
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple, Protocol
+
+
+class Switches:
+    """Process-wide switches of the training-step machinery, set through
+    :func:`hessquik_core.training.analytic_weight_gradient` and
+    :func:`hessquik_core.training.step_workspace`. They live here, at the bottom
+    of the import graph, so that neither the route reading one nor the backend
+    reading the other imports :mod:`hessquik_core.training`."""
+
+    #: recorded training steps of affine chains take the analytic weight gradient
+    analytic_step: bool = True
+    #: those steps keep their large stacks in a reused workspace
+    step_workspace: bool = True
+
+
+#: the one instance
+SWITCHES = Switches()
+
+
+class SweepLayer(NamedTuple):
+    r"""One layer :math:`f(u) = [u +]\, h\,\sigma(uM + b)` of a stacked affine sweep,
+    as plain data (:meth:`~hessquik_core.backends.Backend.stacked_affine_sweep`)."""
+
+    #: the activation: ``act(z, 2, xp=None) -> (σ, σ', σ'')`` and
+    #: ``act.derivatives(z, 3, value=σ(z)) -> (σ, σ', σ'', σ''')``
+    act: Any
+    #: ``σ`` is the identity (its derivatives need not be formed)
+    linear: bool
+    #: ``h``
+    scale: float = 1.0
+    #: the identity path ``u +`` (a residual layer, ``p == q``)
+    residual: bool = False
 
 
 class Backend:
@@ -79,6 +111,21 @@ class Backend:
         """Is ``xp`` this library's own namespace (so ``backend=None`` picks it)?"""
         return False
 
+    # -- arrays of this library ------------------------------------------------
+    def namespace(self, a) -> Any:
+        """The Array-API namespace of ``a``, one of this library's arrays (``TypeError``
+        if there is none). Default: array-api-compat's; a library it does not know
+        overrides this in its own backend file."""
+        import array_api_compat as aac
+
+        return aac.array_namespace(a)
+
+    def device_of(self, a) -> Any:
+        """The device ``a`` lives on (array-api-compat's ``device``, by default)."""
+        import array_api_compat as aac
+
+        return aac.device(a)
+
     # -- capabilities that depend on the call ---------------------------------
     @property
     def fuses(self) -> bool:
@@ -135,23 +182,73 @@ class Backend:
         converts (a ``torch.nn.Module``)? Asked of imported libraries only."""
         return False
 
-    def training_step(self, leaves, ctx) -> str | None:
-        """How a call that autograd records runs its forward route (``"analytic"``
-        or ``"taped"``), or ``None`` when nothing is recorded (an evaluation):
-        the cost model prices a training step's backward pass by it."""
-        return None
+    def requires_grad(self, a) -> bool:
+        """Is ``a`` marked for differentiation by this library's autograd (a trainable
+        leaf or a node of a recorded graph), whether or not recording is on now? (The
+        generic backend may hold another library's arrays: asked of the array.)"""
+        return bool(getattr(a, "requires_grad", False))
 
-    def training_route(self, leaves, ctx) -> str | None:
-        """What :meth:`training_step` would answer if autograd recorded this call
-        (``net.cost(..., training=True)``); ``None``: the library has no autograd."""
-        return None
+    def detached(self, a):
+        """``a`` without its autograd graph (itself where it has none)."""
+        return a.detach() if self.requires_grad(a) else a
 
-    def fused_forward(self, leaves, params, ctx, x):
-        """A library's own forward sweep for this call, or ``None`` (the generic
-        sweep). torch uses one for recorded training steps of dense chains
-        (an analytic weight gradient); must give the generic sweep's numbers.
-        Returns ``(value, jacobian (n, k, m), laplacian or None)``."""
-        return None
+    def autograd_enabled(self) -> bool:
+        """Does this library's autograd record operations now (torch: grad mode)?"""
+        return False
+
+    def is_tracing(self) -> bool:
+        """Is a tracing transformation of this library active (``torch.compile``,
+        ``torch.func``'s vmap/grad)? Routes with a custom-gradient function step
+        aside then: the transformation traces the generic sweep."""
+        return False
+
+    def allocator_failure(self, err: BaseException) -> bool:
+        """Is ``err`` a report that an allocation failed (the planner reports it as a
+        :class:`~hessquik_core.engine.plan.MemoryBudgetError`)? ``MemoryError``, and the
+        ``RuntimeError`` by which eager libraries' allocators say so (torch's CPU
+        allocator: "not enough memory"; CUDA: "out of memory"): any library's, since a
+        call may convert between libraries."""
+        if isinstance(err, MemoryError):
+            return True
+        if not isinstance(err, RuntimeError):
+            return False
+        text = str(err).lower()
+        return "out of memory" in text or "not enough memory" in text
+
+    #: :meth:`stacked_affine_sweep` is implemented (a custom-gradient function with an
+    #: analytic backward: the route :mod:`hessquik_core.engine.routes.analytic_step`)
+    stacked_sweep: bool = False
+
+    def stacked_affine_sweep(self, layers, laplacian: bool, x, seed, weights):
+        r"""The forward sweep of a chain of affine layers as one recorded operation
+        whose backward pass is the adjoint of the forward recurrences.
+
+        Parameters
+        ----------
+        layers : sequence of hessquik_core.backends.base.SweepLayer
+            Per layer :math:`f(u) = [u +]\, h\,\sigma(u M + b)`, as plain data (the
+            activation object, whether it is linear, ``h``, the identity path).
+        laplacian : bool
+            Whether the Laplacian row is carried.
+        x : array (n, d)
+        seed : array (1, k, d)
+            The input tangents (identity, or the directions transposed).
+        weights : sequence of arrays
+            ``M_1, b_1, M_2, b_2, ...`` (``b_i`` may be ``None``).
+
+        Returns
+        -------
+        array (1 + k [+ 1], n, m)
+            The stack ``[u; ∂u; Δu]`` of the output.
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no stacked affine sweep")
+
+    def workspace_bytes(self) -> int:
+        """Bytes held between calls by this backend's step workspace (0: none)."""
+        return 0
+
+    def release_workspace(self) -> None:
+        """Drop the buffers of the step workspace (buffers in use keep their memory)."""
 
     # -- the operations -------------------------------------------------------
     def mm(self, a, b, *, xp=None):
@@ -229,6 +326,40 @@ class Backend:
 
     def synchronize(self, device=None) -> None:
         """Block until queued device work is done (for timing)."""
+
+
+class Ops(Protocol):
+    """What rules, layers and routes may ask of ``ops``, the backend bound to a call's
+    namespace (:class:`Backend` satisfies it; checked by mypy below). Layer and rule
+    code uses the namespace ``xp`` for everything the Array API standard has and these
+    operations for what it lacks; routes also ask the capabilities."""
+
+    #: the Array-API namespace of the call
+    xp: Any
+    name: str
+    #: engine-owned temporaries may be written in place
+    mutable: bool
+    #: a custom-gradient stacked affine sweep exists (:meth:`Backend.stacked_affine_sweep`)
+    stacked_sweep: bool
+
+    def mm(self, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def addmm(self, c: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def addcmul(self, acc: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def sum_squares(self, a: Any, *, axis: int, xp: Any = None) -> Any: ...
+    def einsum(self, subscripts: str, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def view(self, a: Any, shape: Any) -> Any: ...
+    def multiply(self, a: Any, b: Any, *, out: Any) -> Any: ...
+    def eye(self, k: int, *, dtype: Any, device: Any) -> Any: ...
+    def records_autograd(self, arrays: Any) -> bool: ...
+    def requires_grad(self, a: Any) -> bool: ...
+    def autograd_enabled(self) -> bool: ...
+    def is_tracing(self) -> bool: ...
+    def stacked_affine_sweep(self, layers: Any, laplacian: bool, x: Any, seed: Any, weights: Any) -> Any: ...
+
+
+def _backend_is_ops(be: Backend) -> Ops:
+    """Static check (mypy): every backend provides :class:`Ops`."""
+    return be
 
 
 def strided_span(start: int, itemsize: int, shape, strides) -> tuple[int, int] | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._array import as_plain_array, check_max_memory, namespace_of, resolve_input
 from .._progress import progress_bar
-from ..backends import backend_for, model_backend
+from ..backends import backend_for, model_backend, owner_of
 from ..rules.directions import fill_rows
 from .layout import _network, parameter_layout
 from .losses import Loss, get_loss
@@ -39,7 +39,7 @@ def _convert(a, be, xp, device):
 
 def _detached(a):
     """Curvature is computed without autodiff: drop a torch tensor's graph (``requires_grad``)."""
-    return a.detach() if getattr(a, "requires_grad", False) else a
+    return owner_of(a).detached(a)
 
 
 class _Bound:

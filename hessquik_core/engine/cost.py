@@ -27,8 +27,10 @@ is validated against measured timings in ``benchmarks``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+
+from ..rules.cost import CostRequest, LayerCost, gemm_cost
 
 #: flops charged per array operation, ~5 µs at ~4 GFLOP/s: the Python and
 #: dispatch overhead that dominates tiny problems
@@ -192,89 +194,58 @@ def _fmt(b: float) -> str:
     return f"{b:.1f} TiB"
 
 
-def _value_cost(dims, n, itemsize):
+def _gemms(dims, n, k, request: CostRequest) -> list[LayerCost]:
+    """The default layer cost (:func:`~hessquik_core.rules.cost.gemm_cost`) of every GEMM
+    of a chain with shapes ``dims``; the chain's first is ``first``."""
+    return [gemm_cost(p, q, n, k, replace(request, first=i == 0)) for i, (p, q) in enumerate(dims)]
+
+
+def _total(costs: list[LayerCost]) -> LayerCost:
+    out = LayerCost()
+    for c in costs:
+        out = out + c
+    return out
+
+
+def _value_chain(costs, itemsize):
     """The plain forward pass: one GEMM and one activation per layer; live
     are a layer's input and output, ``n·(p + q)`` entries."""
-    flops = sum(2 * n * p * q for p, q in dims)
-    peak = max(n * (p + q) for p, q in dims) * itemsize
-    moved = sum(3 * n * q for _, q in dims) * itemsize
-    return flops, peak, 2 * len(dims), moved
+    t = _total(costs)
+    return t.flops, t.live * itemsize, t.ops, t.moved * itemsize
 
 
-def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
-    T = k * (k + 1) // 2 if packed else k * k
-    flops = 0.0
-    ops = 0
-    peak = 0.0
-    moved = 0.0  # entries passed through element-wise operations
-    for i, (p, q) in enumerate(dims):
-        first = i == 0
-        flops += 2 * n * p * q  # evaluation
-        flops += 2 * (1 if first else n) * k * p * q + n * k * q
-        ops += 6
-        moved += 3 * n * k * q
-        live = n * k * (p + 2 * q)
-        if hess:
-            flops += 3 * n * T * q + (0 if first else 2 * n * T * p * q)
-            ops += 5
-            # two gathers (an indexed copy costs ~3 streaming passes) and the
-            # outer product, the GEMM output H K and the fused sigma' (H K) sum
-            moved += 12 * n * T * q
-            live += n * T * (p + 3 * q)
-        if diag:
-            flops += 3 * n * k * q + (0 if first else 2 * n * k * p * q)
-            ops += 4
-            moved += 4 * n * k * q
-            live += n * k * (p + 2 * q)
-        if lap:
-            flops += 3 * n * k * q + (0 if first else 2 * n * p * q)
-            ops += 4
-            moved += 3 * n * k * q
-        peak = max(peak, live * itemsize)
-    m = dims[-1][1]
+def _fwd_chain(costs, n, k, m, hess, itemsize, packed):
+    t = _total(costs)
+    peak, moved = t.live * itemsize, t.moved
     if hess:
+        T = k * (k + 1) // 2 if packed else k * k
         # the packed triangle is gathered into the (n, k, k, m) result; a
         # gather costs about twice a streaming pass
         peak = max(peak, n * (k * k + T) * m * itemsize)
         moved += 6 * n * k * k * m
-    return flops, peak, ops, moved * itemsize
+    return t.flops, peak, t.ops, moved * itemsize
+
+
+def _bwd_chain(costs, itemsize):
+    t = _total(costs)
+    return t.flops, (t.live + t.stored) * itemsize, t.ops, t.moved * itemsize
+
+
+def _value_cost(dims, n, itemsize):
+    """:func:`_value_chain` of GEMM-shaped layers ``dims``."""
+    return _value_chain(_gemms(dims, n, 0, CostRequest("value")), itemsize)
+
+
+def _fwd_cost(dims, n, k, hess, diag, lap, itemsize, packed):
+    """The forward sweep of GEMM-shaped layers ``dims``."""
+    req = CostRequest("forward", hessian=hess, diagonal=diag, laplacian=lap, packed=packed)
+    return _fwd_chain(_gemms(dims, n, k, req), n, k, dims[-1][1], hess, itemsize, packed)
 
 
 def _bwd_cost(dims, n, k, hess, diag, lap, itemsize):
-    second = hess or diag or lap
-    flops = 0.0
-    ops = 0
-    stored = 0.0
-    moved = 0.0
-    for p, q in dims:
-        flops += 2 * n * p * q
-        stored += 3 * n * q
-        moved += 3 * n * q
-        ops += 4
-    peak = 0.0
-    for i in range(len(dims) - 1, -1, -1):
-        p, q = dims[i]
-        flops += 2 * n * k * p * q
-        ops += 3
-        moved += 3 * n * k * q
-        live = n * k * (p + q)
-        if second:
-            if i == 0 and not hess:
-                flops += (2 * n * k * q * q if lap else 0) + (2 * n * k * q * q * p if diag else 0)
-                moved += 4 * n * k * q * q + (2 * n * k * q * p if diag else 0)
-                # K (q, q) per example and output, the (p,) diagonal; the blocked
-                # diagonal GEMM's temporaries are a few MiB whatever n and p
-                live += n * k * (q * q + (p if diag else 0))
-            else:
-                # W (q, q), two (p, q) intermediates, the (p, p) result; about six
-                # element-wise passes over the (q, q) blocks (the sums are fused
-                # into GEMM outputs or taken in place)
-                flops += 2 * n * k * (q * q + p * q * (p + q))
-                moved += n * k * (6 * q * q + 2 * p * q + p * p)
-                live += n * k * (q * q + 2 * p * q + p * p)
-            ops += 8
-        peak = max(peak, live * itemsize)
-    return flops, peak + stored * itemsize, ops, moved * itemsize
+    """The backward sweep of GEMM-shaped layers ``dims``."""
+    req = CostRequest("backward", hessian=hess, diagonal=diag, laplacian=lap)
+    return _bwd_chain(_gemms(dims, n, k, req), itemsize)
 
 
 def estimate(leaves, n, **request) -> CostReport:
@@ -283,8 +254,39 @@ def estimate(leaves, n, **request) -> CostReport:
     Memoised on the layer shapes: the model is pure arithmetic on them, and
     it runs on every call.
     """
-    dims = tuple(shape for leaf in leaves for shape in leaf.cost_shapes)
-    return _estimate(dims, n, **request)
+    if all(not _own_cost(leaf) for leaf in leaves):
+        dims = tuple(shape for leaf in leaves for shape in leaf.cost_shapes)
+        return _estimate(dims, n, **request)
+    # a layer states its own cost (Layer.cost overridden): asked per call, not memoised
+    return _estimate.__wrapped__(_Layers(tuple(leaves)), n, **request)
+
+
+def _own_cost(leaf) -> bool:
+    """Does ``leaf`` (or a layer inside it) override :meth:`~hessquik_core.layers.Layer.cost`?"""
+    from ..layers.base import Layer
+
+    return any(type(mod).cost is not Layer.cost for mod in leaf.modules() if isinstance(mod, Layer))
+
+
+class _Layers(tuple):
+    """The leaves of a chain, priced by their own :meth:`~hessquik_core.layers.Layer.cost`."""
+
+    def costs(self, n, k, request: CostRequest) -> list[LayerCost]:
+        return [leaf.cost(n, k, replace(request, first=i == 0)) for i, leaf in enumerate(self)]
+
+    @property
+    def last_width(self) -> int:
+        return self[-1].out_features
+
+
+def _last_width(dims) -> int:
+    return dims.last_width if isinstance(dims, _Layers) else dims[-1][1]
+
+
+def _chain_costs(dims, n, k, request: CostRequest) -> list[LayerCost]:
+    if isinstance(dims, _Layers):
+        return dims.costs(n, k, request)
+    return _gemms(dims, n, k, request)
 
 
 @lru_cache(maxsize=1024)
@@ -338,11 +340,16 @@ def _estimate(
     for mode in modes:
         n1 = max(n, 1)
         if not derivatives:
-            f, pk, ops, mv = _value_cost(dims, n1, itemsize)
+            f, pk, ops, mv = _value_chain(_chain_costs(dims, n1, 0, CostRequest("value")), itemsize)
         elif mode == "forward":
-            f, pk, ops, mv = _fwd_cost(dims, n1, k_fwd, hessian, hessian_diagonal, lap_fwd, itemsize, packed)
+            req = CostRequest(
+                "forward", hessian=hessian, diagonal=hessian_diagonal, laplacian=lap_fwd, packed=packed
+            )
+            costs = _chain_costs(dims, n1, k_fwd, req)
+            f, pk, ops, mv = _fwd_chain(costs, n1, k_fwd, _last_width(dims), hessian, itemsize, packed)
         else:
-            f, pk, ops, mv = _bwd_cost(dims, n1, k_bwd, hessian, hessian_diagonal, laplacian, itemsize)
+            req = CostRequest("backward", hessian=hessian, diagonal=hessian_diagonal, laplacian=laplacian)
+            f, pk, ops, mv = _bwd_chain(_chain_costs(dims, n1, k_bwd, req), itemsize)
         route = RouteCost(
             mode,
             f * n / n1,

@@ -13,16 +13,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .._array import CallContext
-from ..backends import get_backend
+from ..backends import autograd_backend, home_backend
 from ..rules import affine
 from .cost import CostReport
 from .plan import VALUE, _result_fields, estimate_routes, plan
+from .routes import analytic_step
 
 
 class _Priced:
     """A backend as ``net.cost()`` prices it: ``fuses`` as asked, and a recorded
-    training step (``training``: the backend's answer, or ``None``) in place of
-    asking whether autograd records the zero-stride input."""
+    training step (``training``: the route's answer, or ``None``) is never
+    cache-blocked (the planner is handed the answer instead of asking whether
+    autograd records the zero-stride input)."""
 
     def __init__(self, be, fuses: bool, training: str | None) -> None:
         self._be = be
@@ -31,9 +33,6 @@ class _Priced:
 
     def __getattr__(self, name):
         return getattr(self._be, name)
-
-    def training_step(self, leaves, ctx):
-        return self._training
 
     def cache_blocking(self, x, arrays) -> bool:
         # a recorded call is one autograd graph over the whole batch: never blocked
@@ -72,7 +71,8 @@ def explain(
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
     derivatives = bool(gradient or hessian or laplacian or hessian_diagonal or divergence)
-    be = get_backend("torch" if training else "numpy")
+    # a training step is priced on the library with autograd; an evaluation on the home library
+    be = autograd_backend() if training else home_backend()
     xp = be.xp
     dtype = xp.float32 if itemsize == 4 else xp.float64
     x = xp.broadcast_to(xp.zeros((1, 1), dtype=dtype), (n, d))
@@ -92,9 +92,9 @@ def explain(
     )
     answer = None
     if training:
-        answer = be.training_route(leaves, ctx)
-        if answer is None:  # pragma: no cover - the torch backend always answers
-            raise ValueError("training=True prices a torch training step; this backend has no autograd")
+        answer = analytic_step.route_kind(leaves, ctx)
+        if answer is None:  # pragma: no cover - autograd_backend has autograd
+            raise ValueError("training=True prices an autograd training step; this backend has none")
     # both classic routes, as before: the table the mode is chosen from
     report = estimate_routes(
         leaves,
@@ -124,7 +124,8 @@ def explain(
                 f"directions fix the mode by their first axis; planned for {side} ({rows}, k) directions"
             )
     ctx = replace(ctx, be=_Priced(be, bool(fused), answer))
-    p = plan(leaves, ctx, max_memory)
+    p = plan(leaves, ctx, max_memory, training=answer)
+    ctx = p.call  # the settled call
     request = report.request + (" + divergence" if divergence else "")
     notes += _notes(leaves, ctx, p)
     return replace(
@@ -150,7 +151,8 @@ def explain(
 def _notes(leaves, ctx: CallContext, p) -> list:
     """What the route does that its name does not say."""
     notes = []
-    affine_first = bool(leaves) and callable(getattr(leaves[0], "affine_parts", None))
+    first = leaves[0].affine_structure() if leaves else None
+    affine_first = first is not None and first.plain
     if p.training is not None:
         notes.append(
             f"a recorded torch training step (forward route {p.training}): scores include the "

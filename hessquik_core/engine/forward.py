@@ -8,6 +8,7 @@ import numpy as np
 
 from ..carry import Packing, Request, Tangents
 from .result import Result
+from .routes import analytic_step
 
 
 def _packs(k: int) -> bool:
@@ -29,12 +30,16 @@ def _triangle(k: int):
 
 
 def run_forward(leaves, params, ctx, u, order) -> Result:
-    """Evaluate and push :class:`~hessquik_core.carry.Tangents` through every layer."""
+    """Evaluate and push :class:`~hessquik_core.carry.Tangents` through every layer, or,
+    where the planner settled the call as an analytic training step (``ctx.training``),
+    run it as :mod:`~hessquik_core.engine.routes.analytic_step`."""
     xp, ops = ctx.xp, ctx.be
     k = ctx.k
-    fused = ops.fused_forward(leaves, params, ctx, u)
-    if fused is not None:
-        return Result(value=fused[0], gradient=fused[1], laplacian=fused[2])
+    if ctx.training == analytic_step.ANALYTIC:
+        # the planner settled a recorded step of a declared affine chain: the stacked kernel
+        res = analytic_step.run(leaves, params, ctx)
+        if res is not None:
+            return res
     packing = None
     if ctx.hessian and _packs(k):
         iu, ju, pos, diag = _triangle(k)

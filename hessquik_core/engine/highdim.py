@@ -2,7 +2,9 @@ r"""Sweeps for high-dimensional inputs: the Laplacian and the divergence at a co
 independent of ``d`` beyond the first (and last) layer's products.
 
 Both start from a first layer :math:`u_1 = \sigma_1(x M_1 + b_1)`,
-``M_1 : (d, q)``, ``d > q`` (a layer offering ``affine_parts``).
+``M_1 : (d, q)``, ``d > q``: a layer that declares this plain affine structure
+(:meth:`~hessquik_core.layers.Layer.affine_structure`, ``h = 1``, no identity
+path); the divergence also needs a plain affine last layer.
 
 **Laplacian.** A forward Laplacian sweep only sees its tangents ``t_i`` (``i =
 1..d``, the rows of :math:`\partial u_1/\partial x = M_1 D_1`) through
@@ -31,8 +33,9 @@ with the batch-independent ``w × q`` product :math:`M_L M_1`; otherwise
 
 from __future__ import annotations
 
+from ..backends.base import Ops
 from ..carry import Request, Tangents
-from ..rules.affine import BLOCK_BYTES, gram, memo
+from ..rules.affine import BLOCK_BYTES, evaluate, gram, memo
 from ..rules.contractions import device
 from .cost import RouteCost, _fwd_cost, _value_cost
 from .result import Result
@@ -42,41 +45,55 @@ LAPLACIAN = "gram-laplacian"
 DIVERGENCE = "divergence"
 
 
-def _affine(leaf) -> bool:
-    return callable(getattr(leaf, "affine_parts", None))
+def plain_affine(leaf) -> bool:
+    r"""Does ``leaf`` declare the plain affine structure :math:`\sigma(uM + b)`?"""
+    st = leaf.affine_structure()
+    return st is not None and st.plain
 
 
-def choose(ctx, leaves, n: int, best_score: float, training=None) -> tuple[str, RouteCost | None]:
-    """The high-dimensional route for this call, if one applies and (for the
-    Laplacian) the cost model prices it below ``best_score``; else ``("", None)``.
-    ``training`` (the backend's :meth:`~hessquik_core.backends.base.Backend.training_step`):
-    the call is a recorded training step, whose backward pass over these routes'
-    taped operations is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``).
+def _affine_eval(leaf, u, P, order, ops: Ops):
+    """``(σ(z), σ'(z), σ''(z), M, linear)`` of a plain affine leaf at ``z = uM + b``, from
+    its declared structure (the rule :func:`~hessquik_core.rules.affine.evaluate`)."""
+    st = leaf.affine_structure(P)
+    s0, s1, s2 = evaluate(u, st.M, st.b, st.act, order, ops.xp)
+    return s0, s1, s2, st.M, st.linear
 
-    Only for ``mode="auto"`` (explicit modes run the classic sweeps), without
-    directions, and where the first layer is narrower than the input."""
-    if ctx.mode != "auto" or ctx.V is not None or not leaves or not _affine(leaves[0]):
-        return "", None
-    dims = tuple(s for leaf in leaves for s in leaf.cost_shapes)
-    d, q = dims[0]
-    if d <= q:
-        return "", None
-    itemsize = ctx.itemsize
+
+def first_narrows(ctx, leaves) -> bool:
+    """Does a high-dimensional route fit the request's shape: ``mode="auto"`` (explicit
+    modes run the classic sweeps), no directions, and a plain affine first layer
+    narrower than the input (``d > q``)?"""
+    if ctx.mode != "auto" or ctx.V is not None or not leaves or not plain_affine(leaves[0]):
+        return False
+    d, q = leaves[0].cost_shapes[0]
+    return d > q
+
+
+def _dims(leaves):
+    return tuple(s for leaf in leaves for s in leaf.cost_shapes)
+
+
+def laplacian_cost(ctx, leaves, n: int, training=None) -> RouteCost:
+    """Estimate of the Gram-root Laplacian for ``n`` examples. ``training``
+    (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`): the call is a
+    recorded training step, whose backward pass over this route's taped operations
+    is priced as the generic sweep's (``TRAINING_FACTOR["taped"]``)."""
+    dims = _dims(leaves)
     n1 = max(n, 1)
-    if ctx.divergence and not (ctx.gradient or ctx.second_order):
-        if len(leaves) < 2 or not _affine(leaves[-1]):
-            return "", None
-        rc = _route_cost(dims, n1, q, itemsize, ctx.be.fuses, lap=False, last_d=d)
-        return DIVERGENCE, _scaled(rc, n, n1)
-    if ctx.laplacian and not (ctx.gradient or ctx.hessian or ctx.hessian_diagonal or ctx.divergence):
-        rc = _route_cost(dims, n1, q, itemsize, ctx.be.fuses, lap=True, last_d=0)
-        if training is not None:
-            from .cost import TRAINING_FACTOR
+    rc = _route_cost(dims, n1, dims[0][1], ctx.itemsize, ctx.be.fuses, lap=True, last_d=0)
+    if training is not None:
+        from .cost import TRAINING_FACTOR
 
-            rc.step_factor = TRAINING_FACTOR["taped"]
-        if rc.score < best_score * n1 / max(n, 1):
-            return LAPLACIAN, _scaled(rc, n, n1)
-    return "", None
+        rc.step_factor = TRAINING_FACTOR["taped"]
+    return _scaled(rc, n, n1)
+
+
+def divergence_cost(ctx, leaves, n: int) -> RouteCost:
+    """Estimate of the cyclic-trace divergence for ``n`` examples."""
+    dims = _dims(leaves)
+    d, q = dims[0]
+    n1 = max(n, 1)
+    return _scaled(_route_cost(dims, n1, q, ctx.itemsize, ctx.be.fuses, lap=False, last_d=d), n, n1)
 
 
 def _route_cost(dims, n, q, itemsize, fused, *, lap: bool, last_d: int) -> RouteCost:
@@ -119,13 +136,13 @@ def _scaled(rc: RouteCost, n: int, n1: int) -> RouteCost:
     )
 
 
-def gram_root(M, ops):
+def gram_root(M, ops: Ops):
     r"""``(G, R)``: :math:`G = M^\top M` and ``R`` with :math:`R^\top R = G`
     (:math:`R = \Lambda^{1/2} U^\top` from :math:`G = U \Lambda U^\top`; rounding
     negatives of a singular ``G`` are clipped to zero)."""
     xp = ops.xp
     G = gram(M, ops)
-    if getattr(M, "requires_grad", False):
+    if ops.requires_grad(M):
         # trainable weights: the backward pass of an eigendecomposition divides
         # by eigenvalue gaps (unstable where they nearly coincide); Cholesky's
         # (G = L Lᵀ, R = Lᵀ) is smooth wherever G is positive definite, which
@@ -147,9 +164,7 @@ def gram_root(M, ops):
 def run_laplacian(leaves, params, ctx) -> Result:
     """Value and Laplacian ``(n, m)`` by the Gram-root forward sweep (module docstring)."""
     xp, ops = ctx.xp, ctx.be
-    first, P0 = leaves[0], params[0]
-    u, cache = first.evaluate(ctx.x, P0, 2, ops)
-    M, s1, s2, _ = first.affine_parts(cache, P0)
+    u, s1, s2, M, _ = _affine_eval(leaves[0], ctx.x, params[0], 2, ops)
     G, R = gram_root(M, ops)
     q = G.shape[0]
     eye = xp.eye(q, dtype=G.dtype, device=device(G))
@@ -165,9 +180,7 @@ def run_laplacian(leaves, params, ctx) -> Result:
 def run_divergence(leaves, params, ctx) -> Result:
     """Value and divergence ``(n,)`` without the Jacobian (module docstring)."""
     xp, ops = ctx.xp, ctx.be
-    first, P0 = leaves[0], params[0]
-    u, cache = first.evaluate(ctx.x, P0, 1, ops)
-    M1, s1, _, _ = first.affine_parts(cache, P0)
+    u, s1, _, M1, _ = _affine_eval(leaves[0], ctx.x, params[0], 1, ops)
     q = M1.shape[1]
     eye = xp.eye(q, dtype=s1.dtype, device=device(s1))
     # tangents along the q pre-activation coordinates of the first layer: D_1
@@ -177,9 +190,7 @@ def run_divergence(leaves, params, ctx) -> Result:
         u, cache = leaf.evaluate(u, P, 1, ops)
         tangents = leaf.forward_step(cache, P, tangents, request, ops)
     T = tangents.jacobian  # (n | 1, q, w)
-    last, PL = leaves[-1], params[-1]
-    u, cache = last.evaluate(u, PL, 1, ops)
-    ML, sL, _, linear = last.affine_parts(cache, PL)
+    u, sL, _, ML, linear = _affine_eval(leaves[-1], u, params[-1], 1, ops)
     n = u.shape[0]
     w = ML.shape[0]
     if T.shape[0] != n:
@@ -202,13 +213,14 @@ def run_divergence(leaves, params, ctx) -> Result:
     return Result(value=u, divergence=div)
 
 
-def run(leaves, params, ctx) -> Result:
-    """The sweep ``ctx.route`` names."""
-    if ctx.route == LAPLACIAN:
-        return run_laplacian(leaves, params, ctx)
-    if ctx.route == DIVERGENCE:
-        return run_divergence(leaves, params, ctx)
-    raise AssertionError(f"unknown route {ctx.route!r}")  # pragma: no cover
-
-
-__all__ = ["DIVERGENCE", "LAPLACIAN", "choose", "gram_root", "run", "run_divergence", "run_laplacian"]
+__all__ = [
+    "DIVERGENCE",
+    "LAPLACIAN",
+    "divergence_cost",
+    "first_narrows",
+    "gram_root",
+    "laplacian_cost",
+    "plain_affine",
+    "run_divergence",
+    "run_laplacian",
+]

@@ -75,7 +75,7 @@ def _writable(a) -> str | None:
     flags = getattr(a, "flags", None)
     if flags is not None and hasattr(flags, "writeable") and not flags.writeable:
         return "it is read-only (flags.writeable is False)"
-    if getattr(a, "requires_grad", False):
+    if owner_of(a).requires_grad(a):
         return "it requires grad (autograd forbids writing into it)"
     return None
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 
 from .._array import CallContext, check_max_memory
 from .._progress import progress_bar
-from ..rules.contractions import diagonal
-from . import forward, highdim
+from . import forward
 from .backward import run_backward
 from .cost import CostReport, RouteCost, estimate
 from .forward import run_forward
 from .out import check_out
 from .out import empty_result as _empty_result
 from .result import FIELDS, Result
+from .routes import analytic_step
+from .routes.base import Route
+from .routes.classic import ClassicRoute
+from .routes.highdim import DIVERGENCE, GRAM_LAPLACIAN
+from .routes.value import VALUE as VALUE_ROUTE
 
 
 class MemoryBudgetError(MemoryError, ValueError):
@@ -40,6 +44,9 @@ _OUT_BLOCK_BYTES = 24 * 2**20
 #: the name of the plain forward pass of a value-only call (nothing carried)
 VALUE = "value"
 
+#: "not given: ask" (``None`` is an answer: an evaluation, not a training step)
+_ASK = object()
+
 
 def route_name(ctx: CallContext) -> str:
     """The name of the route a settled call runs: ``"value"`` (value only),
@@ -51,9 +58,10 @@ def route_name(ctx: CallContext) -> str:
     return f"{ctx.mode}/{ctx.route}" if ctx.route else ctx.mode
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What the planner decided for one call, before any layer runs."""
+    """What the planner decided for one call, before any layer runs (immutable: the
+    one place a call is decided; nothing downstream decides again)."""
 
     #: :func:`route_name` of the settled call
     route: str
@@ -66,7 +74,9 @@ class Plan:
     chunk: int
     #: bytes of the result (0 with ``out=``: already allocated)
     result_bytes: float
-    #: the backend's training-step answer (``None``: an evaluation)
+    #: the settled call: the resolved call with its mode, route and training answer fixed
+    call: CallContext
+    #: the training-step answer (``None``: an evaluation; ``"analytic"`` / ``"taped"``)
     training: str | None = None
     #: free memory and working-memory budget, where the planner asked (large or budgeted calls)
     available: float | None = None
@@ -77,27 +87,31 @@ class Plan:
     refusal: str | None = None
 
 
-def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False) -> Plan:
+def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False, training=_ASK) -> Plan:
     """Settle the route of ``ctx`` and plan its memory, raising nothing: a call
     the planner refuses has :attr:`Plan.refusal` set. ``into``: results go into
-    ``out=`` buffers (the result is not allocated; cache blocks fit the heap)."""
+    ``out=`` buffers (the result is not allocated; cache blocks fit the heap).
+    ``training``: the training-step answer
+    (:func:`~hessquik_core.engine.routes.analytic_step.training_kind`) where the
+    caller prices one (``net.cost(..., training=True)``); asked here otherwise."""
     n = ctx.x.shape[0]
-    report, route, training = _settle(leaves, ctx, n)
+    report, route, ctx = _settle(leaves, ctx, n, training)
     # with out= the result is already allocated: only the working memory is planned
     result = _result_bytes(ctx, n) if not into else 0.0
-    p = Plan(route_name(ctx), route, report, n, n, result, training)
+    fixed = dict(route=route_name(ctx), cost=route, report=report, n=n, result_bytes=result)
+    fixed.update(training=ctx.training, call=ctx)
     chunk = n
+    available = budget = None
     # small calls need not ask the OS how much memory is free
     if max_memory is not None or route.peak_bytes >= _SMALL_CALL or result >= _SMALL_CALL:
         available = float(ctx.be.available_memory(ctx.device))
         # any real number type (numpy scalars included); NaN, bool and negatives refused
         checked = None if max_memory is None else check_max_memory(max_memory)
         budget = 0.5 * available if checked is None else checked
-        p.available, p.budget = available, budget
         if result >= _SMALL_CALL and result + min(route.per_example_bytes, route.peak_bytes) > available:
             # the result is allocated whole whatever the chunking: refuse now
             # rather than after the work (or with a raw allocator error)
-            p.refusal = (
+            refusal = (
                 f"the result ({_result_fields(ctx)}) needs {_fmt_bytes(result)}, more than the "
                 f"{_fmt_bytes(available)} of memory available on {ctx.device} (the memory budget "
                 f"of the working memory is {_fmt_bytes(budget)}); request less: hessian_diagonal "
@@ -105,26 +119,26 @@ def plan(leaves: list, ctx: CallContext, max_memory, into: bool = False) -> Plan
                 f"smaller batch (n = {n}), or out= buffers you allocate yourself (e.g. "
                 f"numpy.lib.format.open_memmap on disk; the call then writes them chunk by chunk)"
             )
-            return p
+            return Plan(**fixed, chunk=n, available=available, budget=budget, refusal=refusal)
         if route.peak_bytes > budget and not (n <= 1 and route.per_example_bytes <= budget):
             if route.per_example_bytes > budget:
-                p.refusal = (
+                refusal = (
                     f"one example needs an estimated {_fmt_bytes(route.per_example_bytes)} in "
                     f"{ctx.mode} mode, more than the memory budget of {_fmt_bytes(budget)} "
                     f"(max_memory); request less (e.g. laplacian or hessian_diagonal instead of "
                     f"hessian), use directions, or raise max_memory"
                 )
-                return p
+                return Plan(**fixed, chunk=n, available=available, budget=budget, refusal=refusal)
             chunk = max(1, int(budget // route.per_example_bytes))
     # a value-only call is one pass with nothing carried: never blocked; nor are
     # the high-dimensional sweeps (GEMM-bound, with batch-independent products
     # that blocks would repeat)
+    blocked = False
     if ctx.derivatives and not ctx.route:
         block = _cache_block(ctx, leaves, route, n, into)
-        p.blocked = block < chunk
+        blocked = block < chunk
         chunk = min(chunk, block)
-    p.chunk = chunk
-    return p
+    return Plan(**fixed, chunk=chunk, available=available, budget=budget, blocked=blocked)
 
 
 def call(
@@ -143,6 +157,7 @@ def call(
         raise TypeError(f"progress must be True, False or None, got {progress!r}")
     n = ctx.x.shape[0]
     p = plan(leaves, ctx, max_memory, out is not None)
+    ctx = p.call  # the settled call: every step below reads it, none changes it
     # out= is checked against the settled route before any memory refusal
     into = None if out is None else check_out(out, ctx, single, _parameters(leaves))
     if p.refusal is not None:
@@ -157,35 +172,69 @@ def call(
     return ctx.finish(_chunked(leaves, ctx, n, chunk, progress))
 
 
-def _settle(leaves: list, ctx: CallContext, n: int):
-    """Settle ``ctx.mode`` (and ``ctx.route``); return the classic routes' report,
-    the cost of the settled route and the training-step answer.
+def _sweep_forward(*args):
+    # looked up at call time: the sweep functions are this module's names
+    return run_forward(*args)
 
-    One estimate serves both the mode choice and the memory plan ("auto"
-    never has directions: they fix the mode in resolve_call); a value-only
-    call is priced as the plain forward pass it is."""
-    auto = ctx.mode == "auto"
-    # is the call a recorded training step? asked once: both the classic routes
-    # and the high-dimensional ones are priced by it
-    training = ctx.training = ctx.be.training_step(leaves, ctx)
-    modes = ("forward", "backward") if auto else (ctx.mode,)
+
+def _sweep_backward(*args):
+    return run_backward(*args)
+
+
+#: every route the planner considers, in the order ties are broken (the first wins)
+ROUTES: tuple[Route, ...] = (
+    VALUE_ROUTE,
+    ClassicRoute("forward", _sweep_forward),
+    ClassicRoute("backward", _sweep_backward),
+    GRAM_LAPLACIAN,
+    DIVERGENCE,
+)
+_BY_NAME = {r.name: r for r in ROUTES}
+
+
+def route_of(ctx: CallContext) -> Route:
+    """The route a settled call runs (its :func:`route_name`)."""
+    return _BY_NAME[route_name(ctx)]
+
+
+def _settle(leaves: list, ctx: CallContext, n: int, training=_ASK):
+    """Choose the route of the resolved call ``ctx``: ``(report, cost, settled)``, the
+    classic routes' report, the estimate of the chosen route and the settled call
+    (a new :class:`CallContext` with ``mode``, ``route`` and ``training`` fixed).
+
+    Every route of :data:`ROUTES` that applies is priced; a preferred one wins,
+    else the lowest score (ties: the first listed). One estimate of the classic
+    routes serves the choice and the memory plan ("auto" never has directions:
+    they fix the mode in resolve_call); a value-only call is priced as the plain
+    forward pass it is."""
+    # is the call a recorded training step? asked once: every route is priced by it,
+    # and the forward sweep follows it
+    if training is _ASK:
+        training = analytic_step.training_kind(leaves, ctx)
+    modes = ("forward", "backward") if ctx.mode == "auto" else (ctx.mode,)
     report = estimate_call(ctx, leaves, n, modes=modes, training=training)
-    special = None
-    if auto and ctx.derivatives:
-        # a Laplacian or divergence at d above the first width: the sweeps of
-        # engine/highdim.py, whose cost beyond the first layer is independent of d
-        best = report.routes[report.chosen].score
-        ctx.route, special = highdim.choose(ctx, leaves, n, best, training)
-    if auto:
-        ctx.mode = report.chosen if ctx.derivatives and special is None else "forward"
-    return report, (report.routes[ctx.mode] if special is None else special), training
+    best: tuple[Route, RouteCost] | None = None
+    for r in ROUTES:
+        if not r.applies(ctx, leaves):
+            continue
+        c = r.cost(ctx, leaves, n, report, training)
+        if c is None:
+            continue
+        if r.preferred:
+            best = (r, c)
+            break
+        if best is None or c.score < best[1].score:
+            best = (r, c)
+    assert best is not None, "the classic routes apply to every request"
+    route, cost = best
+    settled = replace(ctx, mode=route.mode(ctx), route=route.sweep, training=training)
+    return report, cost, settled
 
 
 def empty_result(leaves: list, ctx: CallContext, single: bool = False) -> Result:
     """Buffers for ``out=`` of the resolved call ``ctx``, in the layout of the
     route the call will take (:func:`~hessquik_core.engine.out.empty_result`)."""
-    _settle(leaves, ctx, ctx.x.shape[0])
-    return _empty_result(ctx, single)
+    return _empty_result(_settle(leaves, ctx, ctx.x.shape[0])[2], single)
 
 
 def _parameters(leaves):
@@ -202,15 +251,12 @@ def estimate_routes(leaves, n, *, d, k_fwd, **request):
     )
 
 
-_ASK = object()
-
-
 def estimate_call(ctx: CallContext, leaves, n, modes=("forward", "backward"), training=_ASK):
     """Cost report of the routes ``modes`` for a resolved call (``training``: the
-    backend's :meth:`~hessquik_core.backends.base.Backend.training_step` answer,
+    answer of :func:`~hessquik_core.engine.routes.analytic_step.training_kind`,
     asked here when not given)."""
     if training is _ASK:
-        training = ctx.be.training_step(leaves, ctx)
+        training = analytic_step.training_kind(leaves, ctx)
     kf = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "forward" else None
     kb = ctx.V.shape[1] if ctx.V is not None and ctx.mode == "backward" else None
     return estimate_routes(
@@ -302,17 +348,16 @@ def _result_fields(ctx: CallContext) -> str:
 
 
 def _guarded(leaves: list, ctx: CallContext) -> Result:
-    """:func:`_run`, with the allocator's failures (NumPy's ``MemoryError``,
-    torch's ``OutOfMemoryError`` / "not enough memory" ``RuntimeError``)
-    reported as :class:`MemoryBudgetError`: the estimate was too low for
-    this machine's allocator, and the remedy is the same."""
+    """:func:`_run`, with the allocator's failures (the backend's
+    :meth:`~hessquik_core.backends.base.Backend.allocator_failure`: ``MemoryError``,
+    torch's out-of-memory errors) reported as :class:`MemoryBudgetError`: the
+    estimate was too low for this machine's allocator, and the remedy is the same."""
     try:
         return _run(leaves, ctx)
     except MemoryBudgetError:
         raise
-    except (MemoryError, RuntimeError) as err:
-        text = str(err).lower()
-        if isinstance(err, RuntimeError) and "out of memory" not in text and "not enough memory" not in text:
+    except Exception as err:
+        if not ctx.be.allocator_failure(err):
             raise
         raise MemoryBudgetError(
             f"the allocator failed on a batch of {ctx.x.shape[0]} examples in {ctx.mode} mode "
@@ -384,25 +429,9 @@ def _empty_like_layout(a, n: int, xp, device):
 
 
 def _run(leaves: list, ctx: CallContext) -> Result:
-    """One unchunked call: parameters in the call's library, then the sweep."""
-    xp, ops = ctx.xp, ctx.be
+    """One unchunked call of the settled ``ctx``: parameters in the call's library,
+    then its route."""
     # the cache key, dtype and device once per call, not once per layer (a few str() calls each)
     key, dtype, device = ctx.cache_parts()
-    params = [leaf._eval_params(key, ops, xp, dtype, device) for leaf in leaves]
-    u = ctx.x
-    if not ctx.derivatives:
-        for leaf, P in zip(leaves, params):
-            u, _ = leaf.evaluate(u, P, 0, ops)
-        return Result(value=u)
-    if ctx.route:
-        return highdim.run(leaves, params, ctx)
-    order = 2 if ctx.second_order else 1
-    if ctx.mode == "forward":
-        res = run_forward(leaves, params, ctx, u, order)
-    else:
-        res = run_backward(leaves, params, ctx, u, order)
-    if ctx.divergence:
-        res.divergence = xp.sum(diagonal(res.gradient, xp), axis=-1)
-    if not ctx.gradient:
-        res.gradient = None
-    return res
+    params = [leaf._eval_params(key, ctx.be, ctx.xp, dtype, device) for leaf in leaves]
+    return route_of(ctx).run(leaves, params, ctx)

@@ -21,6 +21,8 @@ of the documentation states every method's shapes.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +32,8 @@ from ..activations import Softplus
 from ..carry import Adjoints, Request, Tangents
 from ..rules import jacobian
 from ..rules.contractions import diagonal
+from ..rules.cost import CostRequest, LayerCost, gemm_cost
+from .affine_structure import AffineStructure
 
 #: hessQuik's map to nonnegative ICNN weights: softplus(L)
 NONNEG = Softplus()
@@ -118,8 +122,28 @@ class Layer(Module):
         cost model (one for a plain layer; a block lists its internal ones)."""
         return ((self.in_features, self.out_features),)
 
+    def cost(self, n: int, k: int, request: CostRequest) -> LayerCost:
+        """The work of this layer for ``n`` examples and ``k`` tangents (forward) or
+        output directions (backward), for the cost model
+        (:mod:`hessquik_core.rules.cost`). Default: one GEMM-shaped affine step per
+        entry of :attr:`cost_shapes` (``request.first`` applies to the first). A layer
+        whose work is no GEMM (a normalisation, a spline) overrides it."""
+        total = LayerCost()
+        for j, (p, q) in enumerate(self.cost_shapes):
+            total = total + gemm_cost(p, q, n, k, request if j == 0 else replace(request, first=False))
+        return total
+
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def affine_structure(self, params: Mapping[str, Any] | None = None) -> AffineStructure | None:
+        r"""This layer as :math:`f(u) = [u +]\, h\,\sigma(uM + b)`, or ``None`` (the default:
+        no such form). With ``params`` (the call's, as the passes receive them) ``M``,
+        ``b`` and ``pullback`` are filled in; without, only the form is declared
+        (what the planner asks). A layer that declares it gets the analytic training
+        step and the high-dimensional routes
+        (:mod:`hessquik_core.layers.affine_structure`)."""
+        return None
 
     # -- input derivatives --------------------------------------------------------
     def evaluate(self, u, params: dict, order: int, ops) -> tuple[Any, Any]:

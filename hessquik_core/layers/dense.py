@@ -11,6 +11,7 @@ from ..activations import Activation, get_activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules.directions import weight_gradient
+from .affine_structure import AffineStructure
 from .base import Layer, check_int, register_layer, rng_of
 
 
@@ -112,11 +113,11 @@ class SingleLayer(Layer):
     def backward_first(self, cache, params, adjoints: Adjoints, what: str, ops):
         return affine.backward_first(cache.dsigma, cache.d2sigma, params["K"], adjoints, what, ops)
 
-    def affine_parts(self, cache, params):
-        r"""``(K, σ'(z), σ''(z), linear)`` of this layer as :math:`\sigma(uK + b)`
-        (``linear``: identity activation), for the engine's high-dimensional
-        routes (``hessquik_core.engine.highdim``)."""
-        return params["K"], cache.dsigma, cache.d2sigma, self.act.name == "identity"
+    def affine_structure(self, params=None) -> AffineStructure:
+        r""":math:`\sigma(uK + b)`: ``M = K``, ``b = b`` (:mod:`~hessquik_core.layers.affine_structure`)."""
+        if params is None:
+            return AffineStructure(self.act)
+        return AffineStructure(self.act, params["K"], params["b"], pullback=_dense_pullback)
 
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --------
     def param_vjp(self, cache, params, u, dl, per_example, ops):
@@ -220,6 +221,11 @@ class SingleLayer(Layer):
             kit.assign(lin.bias, kit.tensor(self.b))
         act = kit.act(self.act)
         return [lin] if act is None else [lin, act]
+
+
+def _dense_pullback(gM, gb) -> dict:
+    """Gradients with respect to ``M = K`` and ``b`` are those of ``K`` and ``b``."""
+    return {"K": gM} if gb is None else {"K": gM, "b": gb}
 
 
 __all__ = ["AffineCache", "SingleLayer"]

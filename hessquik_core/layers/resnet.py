@@ -3,6 +3,7 @@ r"""The residual layer :math:`f(u) = u + h\,\sigma(uK + b)`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from ..activations import Activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules.contractions import swap
+from .affine_structure import AffineStructure
 from .base import Layer, check_int, register_layer
 from .dense import SingleLayer
 
@@ -124,6 +126,12 @@ class ResnetLayer(Layer):
         # below needs no copy (R * σ' would inherit R's transposed layout)
         U = ops.addcmul(K * c, R, s1b)
         return Adjoints(dlu, ops.addmm(R, U, hKt))
+
+    def affine_structure(self, params=None) -> AffineStructure:
+        r""":math:`u + h\,\sigma(uK + b)`: the inner layer's ``M = K``, ``b``, scaled by ``h``,
+        with the identity path (:mod:`~hessquik_core.layers.affine_structure`)."""
+        inner = self.layer.affine_structure(params)
+        return replace(inner, scale=self.h, residual=True)
 
     # -- derivatives with respect to the parameters (hessquik_core.curvature) --------
     # f = u + h s(u) with s the inner single layer: the inner layer sees the

@@ -419,7 +419,7 @@ def _add_diagonal(out, delta, ops):
     written in place through a strided view where the library allows it."""
     xp = ops.xp
     n, k, w = out.shape[0], out.shape[1], out.shape[-1]
-    if ops.mutable and not getattr(out, "requires_grad", False):
+    if ops.mutable and not ops.requires_grad(out):
         flat = ops.view(out, (n, k, w * w))
         if flat is not None:
             flat[..., :: w + 1] += delta[..., None]
