@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._dask_hook import dask_dispatch
-from .problem import CurvatureOperator, _Problem
+from .problem import CurvatureOperator, curvature_problem
 
 __all__ = [
     "empirical_fisher_operator",
@@ -25,7 +24,6 @@ __all__ = [
 ]
 
 
-@dask_dispatch
 def hessian_operator(
     net: Any,
     x: Any,
@@ -88,15 +86,10 @@ def hessian_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "hessian",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("hessian", block_size, memory_budget)
 
 
-@dask_dispatch
 def ggn_operator(
     net: Any,
     x: Any,
@@ -156,15 +149,10 @@ def ggn_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "ggn",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("ggn", block_size, memory_budget)
 
 
-@dask_dispatch
 def empirical_fisher_operator(
     net: Any,
     x: Any,
@@ -225,15 +213,10 @@ def empirical_fisher_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "fisher",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("fisher", block_size, memory_budget)
 
 
-@dask_dispatch
 def hvp(
     net: Any,
     x: Any,
@@ -291,23 +274,10 @@ def hvp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        hessian_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("hessian", v, block_size, memory_budget)
 
 
-@dask_dispatch
 def ggn_vp(
     net: Any,
     x: Any,
@@ -362,23 +332,10 @@ def ggn_vp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        ggn_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("ggn", v, block_size, memory_budget)
 
 
-@dask_dispatch
 def empirical_fisher_vp(
     net: Any,
     x: Any,
@@ -433,17 +390,5 @@ def empirical_fisher_vp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        empirical_fisher_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("fisher", v, block_size, memory_budget)
