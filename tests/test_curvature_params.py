@@ -169,3 +169,28 @@ def test_a_frozen_torch_parameter_packed_with_trainable_ones_is_refused():
     with pytest.raises(ValueError, match=rf"torch's '{name}' shares the converted parameter '0.S.K'"):
         cv.gradient(tm, torch.tensor(x), torch.tensor(y), nn.MSELoss())
     assert cv.gradient(tm, torch.tensor(x), torch.tensor(y), nn.MSELoss(), params="all").ndim == 1
+
+
+def test_selection_in_every_array_library(lib):
+    """params= on a hessquik network, in each library: the restriction of the full results."""
+    if lib.name == "jax":
+        pytest.skip("JAX: the selection is the same Array-API code (take/concat); eager JAX is slow here")
+    net = hq.FullyConnectedNN([3, 5, 4, 2], act="tanh", seed=1)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    xl, yl = lib.asarray(x), lib.asarray(y)
+    lay = cv.parameter_layout(net)
+    sel = ["2.K", "0.b"]
+    idx = np.r_[lay.slice("0.b"), lay.slice("2.K")]
+    assert cv.parameter_layout(net, sel).keys == ("0.b", "2.K")
+    g = cv.gradient(net, xl, yl, "mse", params=sel, backend=lib.backend)
+    lib.check(g, (idx.size,), like=xl)
+    np.testing.assert_allclose(lib.to_numpy(g), cv.gradient(net, x, y, "mse")[idx], rtol=0, atol=1e-15)
+    H = cv.hessian(net, xl, yl, "mse", params=sel, backend=lib.backend, block_size=3)
+    lib.check(H, (idx.size, idx.size), like=xl)
+    Hf = cv.hessian(net, x, y, "mse")
+    np.testing.assert_allclose(lib.to_numpy(H), Hf[np.ix_(idx, idx)], rtol=0, atol=1e-14)
+    A = cv.per_example_gradients(net, xl, yl, "mse", params=sel, backend=lib.backend)
+    np.testing.assert_allclose(
+        lib.to_numpy(A), cv.per_example_gradients(net, x, y, "mse")[:, idx], rtol=0, atol=1e-15
+    )

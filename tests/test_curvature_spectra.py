@@ -453,3 +453,21 @@ def test_full_rank_from_trace_and_pipeline():
         cv.FullRankApproximation(vals, vecs, 0.0).solve(np.ones(vecs.shape[0]))
     with pytest.raises(ValueError, match="eigenvalues must have shape"):
         cv.LowRankApproximation(vals[:2], vecs)
+
+
+@pytest.mark.parametrize("n", [5, 60])  # k > N (null-space completion), N ≈ P
+def test_empirical_fisher_exact_routes_every_library(lib, n):
+    if lib.name == "jax":
+        pytest.skip("JAX: same Array-API code; eager JAX is slow here")
+    net, x, y = _opg_problem(n, widths=(3, 6, 2))  # P = 38
+    G = cv.empirical_fisher(net, x, y, "cross_entropy")
+    for method in ("gram", "dense"):
+        vals, vecs, _ = cv.empirical_fisher_eigenpairs(
+            net, lib.asarray(x), lib.asarray(y), "cross_entropy", 7, method=method, backend=lib.backend
+        )
+        lib.check(vecs, (38, 7), like=lib.asarray(x))
+        vals, vecs = lib.to_numpy(vals), lib.to_numpy(vecs)
+        r = min(n, 7)  # past rank A = N the pairs are (0, a null vector)
+        _check_pairs(vals[:r], vecs[:, :r], G, r, 1e-12)
+        np.testing.assert_allclose(vecs.T @ vecs, np.eye(7), atol=1e-12)
+        assert np.abs(G @ vecs[:, r:]).max(initial=0.0) <= 1e-12 * np.abs(G).max()

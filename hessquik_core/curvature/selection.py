@@ -14,7 +14,7 @@ whatever order the names are given in.
 * names: this package's keys (``"0.K"``) or, for a torch model, torch's
   (``"0.weight"``); a torch parameter maps to whole keys of the converted
   network (found by converting a labelled copy, see
-  :mod:`~hessquik_core.curvature.torch_order`).
+  ``hessquik_core/curvature/torch_order.py``).
 """
 
 from __future__ import annotations
