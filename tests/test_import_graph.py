@@ -38,7 +38,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # typed carries and parameter bookkeeping (Module)
     ("carry", ("carry", "_module")),
     # σ and its derivatives
-    ("activations", ("activations",)),
+    ("activations", ("activations", "activations.*")),
     # the recurrences, pure functions of (carries, ops)
     ("rules", ("rules", "rules.*")),
     # one file per layer: maths, parameter passes, declared structure

@@ -177,7 +177,14 @@ def test_not_used_where_it_does_not_apply():
     assert norm[1].affine_structure() is None
     torch_parameters(norm)
     assert not _uses_sweep(norm(x, laplacian=True, mode="forward").laplacian)
-    soft = hq.FullyConnectedNN([3, 6, 1], act="softplus", seed=0)
+    # (every built-in supplies σ‴ since issue 23: a custom activation with σ, σ′, σ″ only)
+    two = hq.activations.custom(
+        lambda z, xp: xp.tanh(z),
+        lambda z, xp: 1.0 - xp.tanh(z) ** 2,
+        lambda z, xp: -2.0 * xp.tanh(z) * (1.0 - xp.tanh(z) ** 2),
+    )
+    assert two.max_order == 2
+    soft = hq.FullyConnectedNN([3, 6, 1], act=two, seed=0)
     torch_parameters(soft)
     assert not _uses_sweep(soft(x, laplacian=True, mode="forward").laplacian)
     assert params
@@ -471,3 +478,57 @@ def test_the_route_runs_the_backend_capability(monkeypatch):
         (0.5, True, False),
         (1.0, False, True),
     ]
+
+
+# -- the GEMM provider of the stacked sweep (backends/_torch_gemm.py)
+
+
+@pytest.fixture
+def provider():
+    """Set ``SWITCHES.gemm_provider`` for one test, restored afterwards."""
+    before = SWITCHES.gemm_provider
+    yield lambda value: setattr(SWITCHES, "gemm_provider", value)
+    SWITCHES.gemm_provider = before
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("mode", ["host", "auto"])
+def test_gemm_provider_gives_the_same_step(provider, monkeypatch, residual, mode):
+    """Products through NumPy's BLAS (zero-copy views) give the step of torch's own
+    products to rounding (1e-12, float64), weights and input; "host" really uses NumPy."""
+    from hessquik_core.backends import _torch_gemm
+
+    rng = np.random.default_rng(21)
+    net = (
+        _residual_net("tanh", 0.6, False, rng)
+        if residual
+        else hq.FullyConnectedNN([3, 8, 8, 2], act="tanh", seed=5)
+    )
+    params = torch_parameters(net)
+    x = torch.tensor(rng.standard_normal((9, 3)), requires_grad=True)
+    want = _step(net, params, x, True)
+    provider(mode)
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(_torch_gemm.np, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = _step(net, params, x, True)
+    assert got[2] and want[2]
+    _close(got, want)
+    if mode == "host":
+        assert len(calls) >= 2 * len(list(net._leaves()))  # forward and backward products
+    else:
+        assert _torch_gemm._DECIDED.get(torch.float64) in (True, False)  # measured once
+
+
+def test_gemm_provider_float32_and_library_default(provider):
+    assert SWITCHES.gemm_provider == "library"  # the default: torch's products, the numbers of before
+    rng = np.random.default_rng(22)
+    net = hq.FullyConnectedNN([3, 16, 1], act="tanh", seed=0)
+    p32 = torch_parameters(net, dtype=torch.float32)
+    x = torch.tensor(rng.standard_normal((32, 3)), dtype=torch.float32, requires_grad=True)
+    want = _step(net, p32, x, True, dtype=torch.float32)
+    provider("host")
+    got = _step(net, p32, x, True, dtype=torch.float32)
+    for u, v in zip(got[1], want[1]):
+        assert u.dtype == torch.float32
+        assert float((u - v).abs().max()) <= 1e-5 * float(v.abs().max())

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _torch_gemm as gemm
 from ._torch_workspace import WORKSPACE
 
 #: entries per layer in the saved tensors: ``K, Z, z, S, Y_out, σ(z)``
@@ -154,11 +155,11 @@ class _Sweep(torch.autograd.Function):
             stack = WORKSPACE.empty if i < last else _fresh
             if i == 0:
                 # the input's tangents are the seed, shared by the batch: A = seed K is (k, 1, q)
-                z = x @ K if b is None else torch.addmm(b, x, K)
+                z = gemm.mm(x, K) if b is None else gemm.addmm(b, x, K)
                 A, Z = (seed[0] @ K)[:, None, :], None
             else:
                 Z = stack((rows, n, q), x)
-                torch.mm(Y.view(rows * n, Y.shape[-1]), K, out=Z.view(rows * n, q))
+                gemm.mm(Y.view(rows * n, Y.shape[-1]), K, out=Z.view(rows * n, q))
                 z = Z[0]
                 if b is not None:
                     z.add_(b)  # the value row of Z becomes z itself
@@ -288,20 +289,20 @@ class _Sweep(torch.autograd.Function):
                 Yin = per[i - 1][4]
                 Zb = Yb.view(-1, Yb.shape[-1])
                 if need[2 * i]:
-                    grads[2 * i] = Yin.view(-1, Yin.shape[-1]).T @ Zb
+                    grads[2 * i] = gemm.mm(Yin.view(-1, Yin.shape[-1]).T, Zb)
                 if through is not None:
                     # Ȳ = [z̄; Ā; B̄] Kᵀ + Ȳ' (the identity path), accumulated in the GEMM
-                    Yb = through.view(Zb.shape[0], K.shape[0]).addmm_(Zb, K.T).view(Yin.shape)
+                    Yb = gemm.addmm_(through.view(Zb.shape[0], K.shape[0]), Zb, K.T).view(Yin.shape)
                     continue
                 # the adjoint of the layer input, into a workspace buffer: the one of two
                 # layers up is dead by now and is lent again (no fresh, page-faulting memory)
                 out = WORKSPACE.empty(Yin.shape, Zb)
-                Yb = torch.mm(Zb, K.T, out=out.view(Zb.shape[0], K.shape[0])).view(Yin.shape)
+                Yb = gemm.mm(Zb, K.T, out=out.view(Zb.shape[0], K.shape[0])).view(Yin.shape)
                 continue
             if need[0]:
-                grads[0] = torch.addmm(x.T @ zb, seed[0].T, Asum)
+                grads[0] = torch.addmm(gemm.mm(x.T, zb), seed[0].T, Asum)
             if ctx.needs_input_grad[2]:
-                xb = zb @ K.T
+                xb = gemm.mm(zb, K.T)
                 if ub is not None:
                     xb = xb + ub
         return (None, None, xb, None, *grads)

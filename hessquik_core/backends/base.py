@@ -30,6 +30,10 @@ class Switches:
     analytic_step: bool = True
     #: those steps keep their large stacks in a reused workspace
     step_workspace: bool = True
+    #: who computes the GEMMs of a stacked sweep on the CPU: ``"library"`` (the array
+    #: library's own), ``"auto"`` (measured once per process: the faster of the library
+    #: and NumPy's BLAS) or ``"host"`` (NumPy, for tests); see ``backends/_torch_gemm.py``
+    gemm_provider: str = "library"
 
 
 #: the one instance
