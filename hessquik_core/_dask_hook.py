@@ -5,12 +5,12 @@ whether an argument is a chunked collection. Only then is the plugin that
 serves it imported (:mod:`hessquik_core.dask`, and with it Dask); it is
 named in :data:`PLUGINS` and imported by that name, as the backends are, so
 this module imports nothing of the package and the package's lower layers
-(``networks``, ``curvature.problem``) never import the plugin above them.
+(``networks``, ``curvature.sources``) never import the plugin above them.
 A plugin module provides
 
 * ``call(net, x, **call_arguments)``: ``net(x, ...)`` for a chunked ``x``;
 * ``curvature_source(net, x, y, loss, *, batch_size, backend, cache_forward, params)``:
-  the data source of a curvature computation (see ``hessquik_core/curvature/problem.py``).
+  the data source of a curvature computation (see ``hessquik_core/curvature/sources.py``).
 """
 
 from __future__ import annotations

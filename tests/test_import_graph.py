@@ -227,7 +227,9 @@ def upward_edges() -> list[tuple[str, str]]:
 def cycles(extra: dict[str, set[str]] | None = None) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan), without a
     package's edges into itself (with the edges ``extra`` added: the checker's own test)."""
-    full = {a: set(bs) | set((extra or {}).get(a, ())) for a, bs in edges().items()}
+    full = {a: set(bs) for a, bs in edges().items()}
+    for a, bs in (extra or {}).items():
+        full.setdefault(a, set()).update(bs)
     graph = {a: sorted(b for b in bs if not _is_own_child(a, b)) for a, bs in full.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .problem import curvature_problem
+from .sources import curvature_problem
 
 __all__ = ["empirical_fisher", "ggn", "hessian"]
 

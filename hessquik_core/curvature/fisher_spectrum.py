@@ -23,8 +23,9 @@ from ._spectral import (
     _rng,
 )
 from .lanczos import top_eigenpairs
-from .problem import DEFAULT_MEMORY_BUDGET, curvature_problem
+from .problem import DEFAULT_MEMORY_BUDGET
 from .products import empirical_fisher_operator
+from .sources import curvature_problem
 
 __all__ = ["ApproximationWarning", "empirical_fisher_eigenpairs", "empirical_fisher_trace"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .problem import curvature_problem
+from .sources import curvature_problem
 
 __all__ = ["gradient", "per_example_gradients", "value_and_gradient"]
 

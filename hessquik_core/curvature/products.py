@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .problem import CurvatureOperator, curvature_problem
+from .problem import CurvatureOperator
+from .sources import curvature_problem
 
 __all__ = [
     "empirical_fisher_operator",

@@ -15,7 +15,7 @@ chunk returns its plain sum :math:`\sum_{n\in c} g_n g_n^\top`, and
 task with the in-memory source on the chunk's own arrays; the terms are
 added in a tree (fan-in 8) and the factor applied once at the root.
 
-:class:`DaskSource` is what :func:`hessquik_core.curvature.problem.curvature_problem`
+:class:`DaskSource` is what :func:`hessquik_core.curvature.sources.curvature_problem`
 returns for dask ``x, y``: it offers the same methods as the in-memory
 source, so each public curvature function is declared once.
 """
@@ -32,7 +32,7 @@ from ..backends import owner_of
 from ..curvature.layout import _network
 from ..curvature.losses import get_loss
 from ..curvature.operators import LinearOperatorBase
-from ..curvature.problem import _Problem
+from ..curvature.sources import _Problem
 from ._graph import (
     Shared,
     check_chunk,
@@ -65,7 +65,7 @@ class DaskSource:
     """Network, loss and Dask-held data of one curvature computation.
 
     Every method builds a lazy graph: one task per chunk running the
-    in-memory source (:class:`~hessquik_core.curvature.problem._Problem`,
+    in-memory source (:class:`~hessquik_core.curvature.sources._Problem`,
     ``partial=True``) on the chunk with this call's ``batch_size``,
     ``backend`` and ``params``; a tree sum; the factor at the root.
     ``cache_forward=True`` is refused (each product re-runs each chunk's
@@ -167,7 +167,7 @@ class DaskSource:
             hlg, out, chunks=tuple((s,) for s in shape), meta=np.empty((0,) * len(shape), self.dtype)
         )
 
-    # -- what the public functions ask of a source (curvature.problem.SOURCE_METHODS) --
+    # -- what the public functions ask of a source (curvature.sources.SOURCE_METHODS) --
     @property
     def itemsize(self) -> int:
         return int(self.dtype.itemsize)
