@@ -319,7 +319,7 @@ class DaskCurvatureOperator(LinearOperatorBase):
         if is_dask(V):
             V = V.rechunk(-1)
             deps.append(V)
-            vref: Any = (V.name, 0, 0)
+            vref = (V.name, 0, 0)
         else:
             if not owner_of(V).dask_chunks:
                 raise TypeError(
@@ -337,8 +337,17 @@ class DaskCurvatureOperator(LinearOperatorBase):
         )
 
     def _matmat(self, V):
-        out = self.lazy_matmat(V)
-        return out if is_dask(V) else out.compute()
+        return self.lazy_matmat(V).compute()
+
+    def __matmul__(self, V: Any) -> Any:
+        """``A @ V``: NumPy for a NumPy ``V`` (computed), a lazy dask array for a dask ``V``."""
+        if is_dask(V):
+            if V.ndim == 1:
+                if V.shape[0] != self.size:
+                    raise ValueError(f"v must have shape ({self.size},), got {tuple(V.shape)}")
+                return self.lazy_matmat(V[:, None])[:, 0]
+            return self.lazy_matmat(V)
+        return super().__matmul__(V)
 
     def lazy_dense(self, symmetric: bool = True):
         """The ``(P, P)`` matrix as a lazy dask array: each chunk's dense term, summed in a tree."""
