@@ -92,8 +92,6 @@ nitpick_ignore = [
         # the private problem object a CurvatureOperator is built from (users
         # call hessian_operator & co.)
         "hessquik_core.curvature.sources._Problem",
-        # the private data holder of a DaskCurvatureOperator (built by the Dask entry points)
-        "hessquik_core.dask._curvature._Data",
         "scipy.sparse.linalg.LinearOperator",
         "matplotlib.axes.Axes",
     )

@@ -7,7 +7,7 @@ and composes the layers' parameter derivatives (``param_vjp``,
 ``param_rop_forward``, ``param_rop_backward``, see ``docs/adding_a_layer.md``)
 into gradient and product passes; :class:`CurvatureOperator` is the operator that
 :func:`~hessquik_core.curvature.hessian_operator` & co. return. The data loop
-(targets, loss, mini-batches or Dask chunks) is :mod:`hessquik_core.curvature.sources`.
+(targets, loss, mini-batches or Dask chunks) is ``hessquik_core.curvature.sources``.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def curvature_problem(net, x, y, loss, batch_size=None, backend=None, cache_forw
 
     In-memory arrays give a :class:`_Problem` (mini-batches of ``batch_size``
     examples, summed in a loop); a chunked collection (a Dask array) gives the
-    source of the plugin that serves it (:func:`hessquik_core._dask_hook.chunked_plugin`;
+    source of the plugin that serves it (``hessquik_core._dask_hook.chunked_plugin``;
     for Dask :class:`hessquik_core.dask.DaskSource`: one task per chunk, each an
     in-memory :class:`_Problem` with ``partial=True``, added in a tree). Both
     offer the methods the public functions call (:data:`SOURCE_METHODS`), with

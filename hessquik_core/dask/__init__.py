@@ -2,7 +2,7 @@
 
 Importing this module imports Dask (``pip install 'hessquik-core[dask]'``);
 the rest of the library does so only when it meets a Dask array
-(:func:`hessquik_core._dask_hook.chunked_plugin`):
+(``hessquik_core._dask_hook.chunked_plugin``):
 
 * ``net(x_dask, ...)`` (:func:`call`): one task per batch chunk, lazy Dask
   results chunked like ``x``;

@@ -15,7 +15,7 @@ chunk returns its plain sum :math:`\sum_{n\in c} g_n g_n^\top`, and
 task with the in-memory source on the chunk's own arrays; the terms are
 added in a tree (fan-in 8) and the factor applied once at the root.
 
-:class:`DaskSource` is what :func:`hessquik_core.curvature.sources.curvature_problem`
+:class:`DaskSource` is what ``hessquik_core.curvature.sources.curvature_problem``
 returns for dask ``x, y``: it offers the same methods as the in-memory
 source, so each public curvature function is declared once.
 """
