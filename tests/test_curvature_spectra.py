@@ -471,3 +471,27 @@ def test_empirical_fisher_exact_routes_every_library(lib, n):
         _check_pairs(vals[:r], vecs[:, :r], G, r, 1e-12)
         np.testing.assert_allclose(vecs.T @ vecs, np.eye(7), atol=1e-12)
         assert np.abs(G @ vecs[:, r:]).max(initial=0.0) <= 1e-12 * np.abs(G).max()
+
+
+def test_dask_route_is_named_approximate_and_warns():
+    """Dask data take the in-memory routes through the same function: the exact default (the
+    P × P matrix as one tree reduction: "dense"), and the randomized route, named approximate,
+    warning like in memory; the routes that need every row in one process are refused."""
+    da = pytest.importorskip("dask.array")
+    net, x, y = _opg_problem(60)
+    xd, yd = da.from_array(x, chunks=(20, 4)), da.from_array(y, chunks=(20,))
+    exact = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3)[0]
+    vals, _, info = cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3)
+    assert info["method"] == "dense"
+    np.testing.assert_allclose(np.asarray(vals), exact, rtol=1e-10)
+    vals, _, info = cv.empirical_fisher_eigenpairs(
+        net, xd, yd, "cross_entropy", 3, method="approx_randomized", n_iter=4
+    )
+    assert info["method"] == "approx_randomized"
+    np.testing.assert_allclose(np.asarray(vals), exact, rtol=1e-6)
+    with pytest.warns(cv.ApproximationWarning, match="Ritz residual"):
+        cv.empirical_fisher_eigenpairs(
+            net, xd, yd, "cross_entropy", 10, method="approx_randomized", n_iter=0, oversample=0
+        )
+    with pytest.raises(ValueError, match="approx_randomized"):
+        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, method="approx_incremental")
