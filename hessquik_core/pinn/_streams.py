@@ -44,17 +44,14 @@ class Bound:
         self.inp = inp
         self.be, self.xp = inp.be, inp.xp
         x = inp.x
-        if getattr(x, "requires_grad", False):
-            x = x.detach()
+        x = self.be.detached(x)  # a backend capability (tests/test_backend_capabilities.py)
         self.x = x
         self.dtype, self.device = x.dtype, aac.device(x)
         self.leaves = list(net._leaves())
         self.params = []
         for leaf in self.leaves:
             P = leaf._eval_params(inp.cache_key, self.be, self.xp, self.dtype, self.device)
-            self.params.append(
-                {k: (v.detach() if getattr(v, "requires_grad", False) else v) for k, v in P.items()}
-            )
+            self.params.append({k: self.be.detached(v) for k, v in P.items()})
         self.slots = []  # per leaf: (local parameter name, index in the layout)
         j = 0
         for leaf in self.leaves:
