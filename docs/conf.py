@@ -91,9 +91,7 @@ nitpick_ignore = [
         "hessQuik.networks.NN",
         # the private problem object a CurvatureOperator is built from (users
         # call hessian_operator & co.)
-        "hessquik_core.curvature.problem._Problem",
-        # the private data holder of a DaskCurvatureOperator (built by the Dask entry points)
-        "hessquik_core.dask._curvature._Data",
+        "hessquik_core.curvature.sources._Problem",
         "scipy.sparse.linalg.LinearOperator",
         "matplotlib.axes.Axes",
     )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._array import as_batch, resolve_call, unbatch
-from ._dask_hook import dask_call, is_dask
+from ._dask_hook import chunked_plugin, is_dask
 from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
 from .engine.explain import explain
@@ -210,10 +210,12 @@ class NN(Module):
             it yields only the requested quantities, in this order (see
             :class:`Result`).
         """
-        if is_dask(x):  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
+        plugin = chunked_plugin(x)
+        if plugin is not None:  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
             if out is not None:
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
-            return dask_call(**{k: v for k, v in locals().items() if k not in ("progress", "out")})
+            kw = {k: v for k, v in locals().items() if k not in ("self", "x", "out", "plugin")}
+            return plugin.call(self, x, **kw)
         ctx, single = self._resolve(
             x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
         )

@@ -474,15 +474,24 @@ def test_empirical_fisher_exact_routes_every_library(lib, n):
 
 
 def test_dask_route_is_named_approximate_and_warns():
-    """Dask data has the randomized route only: it says so (info, name) and warns like in memory."""
+    """Dask data take the in-memory routes through the same function: the exact default (the
+    P × P matrix as one tree reduction: "dense"), and the randomized route, named approximate,
+    warning like in memory; the routes that need every row in one process are refused."""
     da = pytest.importorskip("dask.array")
     net, x, y = _opg_problem(60)
     xd, yd = da.from_array(x, chunks=(20, 4)), da.from_array(y, chunks=(20,))
-    vals, _, info = cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, n_iter=4)
-    assert info["method"] == "approx_randomized"
     exact = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3)[0]
+    vals, _, info = cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3)
+    assert info["method"] == "dense"
+    np.testing.assert_allclose(np.asarray(vals), exact, rtol=1e-10)
+    vals, _, info = cv.empirical_fisher_eigenpairs(
+        net, xd, yd, "cross_entropy", 3, method="approx_randomized", n_iter=4
+    )
+    assert info["method"] == "approx_randomized"
     np.testing.assert_allclose(np.asarray(vals), exact, rtol=1e-6)
     with pytest.warns(cv.ApproximationWarning, match="Ritz residual"):
-        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 10, n_iter=0, oversample=0)
+        cv.empirical_fisher_eigenpairs(
+            net, xd, yd, "cross_entropy", 10, method="approx_randomized", n_iter=0, oversample=0
+        )
     with pytest.raises(ValueError, match="approx_randomized"):
-        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, method="exact")
+        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, method="approx_incremental")

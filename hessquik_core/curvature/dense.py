@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._dask_hook import dask_dispatch
-from .problem import _Problem
-from .products import ggn_operator, hessian_operator
+from .sources import curvature_problem
 
 __all__ = ["empirical_fisher", "ggn", "hessian"]
 
 
-@dask_dispatch
 def hessian(
     net: Any,
     x: Any,
@@ -91,20 +88,10 @@ def hessian(
     array of shape (P, P)
         In ``x``'s library, :class:`ParameterLayout` order.
     """
-    return hessian_operator(
-        net,
-        x,
-        y,
-        loss,
-        batch_size=batch_size,
-        block_size=block_size,
-        memory_budget=memory_budget,
-        backend=backend,
-        params=params,
-    ).to_dense(progress=progress, symmetric=symmetric)
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.dense("hessian", block_size, memory_budget, progress=progress, symmetric=symmetric)
 
 
-@dask_dispatch
 def ggn(
     net: Any,
     x: Any,
@@ -164,20 +151,10 @@ def ggn(
     array of shape (P, P)
         In ``x``'s library, :class:`ParameterLayout` order.
     """
-    return ggn_operator(
-        net,
-        x,
-        y,
-        loss,
-        batch_size=batch_size,
-        block_size=block_size,
-        memory_budget=memory_budget,
-        backend=backend,
-        params=params,
-    ).to_dense(progress=progress, symmetric=symmetric)
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.dense("ggn", block_size, memory_budget, progress=progress, symmetric=symmetric)
 
 
-@dask_dispatch
 def empirical_fisher(
     net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None, params: Any = None
 ) -> Any:
@@ -217,7 +194,4 @@ def empirical_fisher(
     array of shape (P, P)
         In ``x``'s library, :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, None, backend, params=params)
-    A = pb.per_example(0)
-    xp = pb.B.xp
-    return pb.B.to_user((xp.matrix_transpose(A) @ A) / pb.N)
+    return curvature_problem(net, x, y, loss, None, backend, params=params).empirical_fisher()

@@ -17,15 +17,15 @@ from typing import Any, cast
 import numpy as np
 
 from .._array import check_max_memory
-from .._dask_hook import dask_dispatch, is_dask
 from .._progress import progress_bar
 from ._spectral import (
     _check_int,
     _rng,
 )
 from .lanczos import top_eigenpairs
-from .problem import DEFAULT_MEMORY_BUDGET, _Problem
+from .problem import DEFAULT_MEMORY_BUDGET
 from .products import empirical_fisher_operator
+from .sources import curvature_problem
 
 __all__ = ["ApproximationWarning", "empirical_fisher_eigenpairs", "empirical_fisher_trace"]
 
@@ -46,7 +46,6 @@ class ApproximationWarning(UserWarning):
     """
 
 
-@dask_dispatch
 def empirical_fisher_eigenpairs(
     net: Any,
     x: Any,
@@ -191,7 +190,8 @@ def empirical_fisher_eigenpairs(
         res = top_eigenpairs(op, k, which="LA", seed=seed, progress=progress, return_info=True)
         vals, vecs, linfo = cast("tuple[Any, Any, dict[str, Any]]", res)
         return vals, vecs, {"method": "lanczos", "residuals": linfo["residuals"]}
-    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, params=params)
+    pb.check_route(method)
     P, N = pb.size, pb.N
     if k > P:
         raise ValueError(f"k must be at most P = {P}, got {k}")
@@ -200,17 +200,17 @@ def empirical_fisher_eigenpairs(
             DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget, "memory_budget"
         )
         assert budget is not None  # a number was given
-        itemsize = max(np.dtype(str(pb.B.dtype).split(".")[-1]).itemsize, 8)
-        if N <= P and N * P * itemsize <= budget:
+        itemsize = max(pb.itemsize, 8)
+        if N <= P and N * P * itemsize <= budget and pb.serves("gram"):
             method = "gram"
-        elif P < N and P * P * itemsize <= budget:
+        elif (P < N or not pb.serves("gram")) and P * P * itemsize <= budget:
             method = "dense"
         else:
             return empirical_fisher_eigenpairs(
                 net, x, y, loss, k, method="lanczos", batch_size=batch_size, seed=seed,
                 backend=backend, params=params, progress=progress,
             )  # fmt: skip
-    with progress_bar(progress, total=len(pb.chunks), desc="empirical Fisher", unit="batch") as bar:
+    with progress_bar(progress, total=pb.passes, desc="empirical Fisher", unit="batch") as bar:
         if method == "gram":
             return _gram(pb, k, seed, bar)
         return _dense(pb, k, bar)
@@ -222,7 +222,8 @@ def _approximate(net, x, y, loss, k, method, batch_size, oversample, n_iter, see
     r = k + oversample
     if method == "incremental":
         bs = r if batch_size is None else batch_size
-        pb = _Problem(net, x, y, loss, bs, backend, params=params)
+        pb = curvature_problem(net, x, y, loss, bs, backend, params=params)
+        pb.check_route("approx_incremental")
         if k > pb.size:
             raise ValueError(f"k must be at most P = {pb.size}, got {k}")
         with progress_bar(progress, total=len(pb.chunks), desc="empirical Fisher", unit="batch") as bar:
@@ -248,7 +249,7 @@ def _warn_if_inexact(vals, info, rtol, method):
             f"{bound:.3g}, {bound / low if low else math.inf:.2g} of the smallest eigenvalue returned, {low:.6g} "
             f"(warn_rtol={rtol:g}); method='exact' (the default) gives the eigenpairs to rounding",
             ApproximationWarning,
-            stacklevel=4,  # the caller of empirical_fisher_eigenpairs (through the dask hook)
+            stacklevel=3,  # the caller of empirical_fisher_eigenpairs
         )
 
 
@@ -305,19 +306,10 @@ def _complement(Q, P, n, seed, B):
 
 
 def _dense(pb, k, bar):
-    B, xp, be = pb.B, pb.B.xp, pb.B.be
-    G = None
-    for c in range(len(pb.chunks)):
-        Ab = pb.per_example(c)
-        Gb = xp.matrix_transpose(Ab) @ Ab
-        G = Gb if G is None else G + Gb
-        bar.update()
-    Gh = be.to_numpy(G).astype(np.float64) / pb.N
+    Gh = pb.fisher_gram_host(bar)  # (P, P) float64 NumPy, the source's sum over its data
     theta, V = np.linalg.eigh(0.5 * (Gh + Gh.T))
     idx = _top(theta, k)
-    vals = be.convert(theta[idx], xp=xp, dtype=B.dtype, device=B.device)
-    vecs = be.convert(np.ascontiguousarray(V[:, idx]), xp=xp, dtype=B.dtype, device=B.device)
-    return B.to_user(vals), B.to_user(vecs), {"method": "dense"}
+    return pb.from_host(theta[idx]), pb.from_host(np.ascontiguousarray(V[:, idx])), {"method": "dense"}
 
 
 def empirical_fisher_trace(
@@ -359,19 +351,7 @@ def empirical_fisher_trace(
     0-d array
         :math:`\mathrm{tr}\,G`, in ``x``'s library and dtype.
     """
-    if is_dask(x) or is_dask(y):
-        raise TypeError(
-            "empirical_fisher_trace takes in-memory arrays, got a dask array; for dask data use "
-            "hessquik_core.curvature.hutchinson_trace(empirical_fisher_operator(...)) or compute() a sample"
-        )
-    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
-    xp = pb.B.xp
-    total = None
-    for c in range(len(pb.chunks)):
-        Ab = pb.per_example(c)
-        s = xp.sum(Ab * Ab)
-        total = s if total is None else total + s
-    return pb.B.to_user(total / pb.N)
+    return curvature_problem(net, x, y, loss, batch_size, backend, params=params).fisher_trace()
 
 
 def _incremental(pb, k, r, bar):

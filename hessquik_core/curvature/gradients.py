@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._dask_hook import dask_dispatch
-from .problem import _Problem
+from .sources import curvature_problem
 
 __all__ = ["gradient", "per_example_gradients", "value_and_gradient"]
 
 
-@dask_dispatch
 def value_and_gradient(
     net: Any,
     x: Any,
@@ -62,17 +60,9 @@ def value_and_gradient(
     gradient : array of shape (P,)
         :math:`\\nabla_\\theta C` in :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
-    B, xp = pb.B, pb.B.xp
-    val = grad = None
-    for xb, Tb in pb.chunks:
-        v, g = B.grad_pass(xb, Tb, pb.loss, pb.w, False)
-        v = xp.sum(v)
-        val, grad = (v, g) if val is None else (val + v, grad + g)
-    return B.to_user(pb.w * val), B.to_user(pb.select(grad))
+    return curvature_problem(net, x, y, loss, batch_size, backend, params=params).value_and_gradient()
 
 
-@dask_dispatch
 def gradient(
     net: Any,
     x: Any,
@@ -120,7 +110,6 @@ def gradient(
     return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend, params=params)[1]
 
 
-@dask_dispatch
 def per_example_gradients(
     net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None, params: Any = None
 ) -> Any:
@@ -160,5 +149,4 @@ def per_example_gradients(
     array of shape (N, P)
         Row ``n`` is :math:`g_n` in :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, None, backend, params=params)
-    return pb.B.to_user(pb.per_example(0))
+    return curvature_problem(net, x, y, loss, None, backend, params=params).per_example_gradients()

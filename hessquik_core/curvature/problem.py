@@ -5,9 +5,9 @@ call's namespace, dtype and device (resolved by
 :func:`hessquik_core._array.resolve_input`, the path network calls use too)
 and composes the layers' parameter derivatives (``param_vjp``,
 ``param_rop_forward``, ``param_rop_backward``, see ``docs/adding_a_layer.md``)
-into gradient and product passes. :class:`_Problem` adds targets, loss and
-mini-batches; :class:`CurvatureOperator` is the operator that
-:func:`~hessquik_core.curvature.hessian_operator` & co. return.
+into gradient and product passes; :class:`CurvatureOperator` is the operator that
+:func:`~hessquik_core.curvature.hessian_operator` & co. return. The data loop
+(targets, loss, mini-batches or Dask chunks) is ``hessquik_core.curvature.sources``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from typing import Any
 import array_api_compat as aac
 import numpy as np
 
-from .._array import as_plain_array, check_max_memory, namespace_of, resolve_input
-from ..backends import backend_for, owner_of
+from .._array import check_max_memory, resolve_input
+from ..backends import owner_of
 from ..rules.directions import fill_rows
-from .layout import _check_torch_dtype, _network, parameter_layout
-from .losses import Loss, get_loss
-from .operators import LinearOperatorBase, _check_batch_size, _lib_name, _same_library
-from .selection import resolve_params
+from .layout import parameter_layout
+from .operators import LinearOperatorBase, _check_batch_size
 
 __all__ = ["CurvatureOperator"]
 
@@ -215,105 +213,6 @@ class _Bound:
         return self.join(out, (V.shape[0],), start)
 
 
-def _user_targets(y, B):
-    """Targets ``y`` in the library of ``x`` (``B.user_xp``).
-
-    A NumPy ``y`` with ``x`` of another library (e.g. NumPy labels for torch
-    data) is converted to that library, keeping its dtype (integer labels
-    stay integers) and moving it to ``x``'s device; any other mismatch is a
-    ``TypeError``.
-    """
-    y = as_plain_array(y, "y")
-    xpy = namespace_of(y, "y")
-    if _same_library(xpy, B.user_xp):
-        return y
-    if backend_for(xpy).interchange and not backend_for(B.user_xp).interchange:
-        if y.dtype.kind not in "biuf":
-            raise TypeError(
-                f"y must hold integer class labels or floating targets, got a NumPy array of dtype {y.dtype}"
-            )
-        return _convert(y, B.user_be, B.user_xp, B.user_device)
-    raise TypeError(
-        f"y must be an array of the same library as x ({_lib_name(B.user_xp)}) "
-        f"or a NumPy array, got {type(y).__module__}.{type(y).__name__}"
-    )
-
-
-class _Problem:
-    """Network, data, loss and mini-batches of one curvature computation."""
-
-    def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None):
-        original, net = net, _network(net)
-        _check_torch_dtype(original, x)
-        self.loss: Loss = get_loss(loss)
-        self.B = B = _Bound(net, x, backend)
-        # the differentiated parameters (params=): their layout, and where they sit in the full θ
-        self.layout, index = resolve_params(original, B.layout, params)
-        self.index = self.position = None
-        if index is not None:
-            P = B.layout.size
-            pos = np.full(
-                P, index.size, dtype=np.int64
-            )  # full θ entry -> selected entry (or the zero column)
-            pos[index] = np.arange(index.size, dtype=np.int64)
-            self.index = B.be.convert(index, xp=B.xp, dtype=B.xp.int64, device=B.device)
-            self.position = B.be.convert(pos, xp=B.xp, dtype=B.xp.int64, device=B.device)
-        y = _user_targets(y, B)
-        N = x.shape[0]
-        if y.ndim < 1 or y.shape[0] != N:
-            raise ValueError(f"y must have {N} rows (one per example), got shape {tuple(y.shape)}")
-        self.N = N
-        self.m = net.out_features
-        self.w = self.loss.weight_for(y)
-        bs = _check_batch_size(batch_size, N)
-        yc = B.to_call(y)
-        self.chunks = []
-        for i in range(0, N, bs):
-            xb = B.x[i : min(i + bs, N), ...]
-            Tb = self.loss._targets(xb.shape[0], self.m, B.dtype, yc[i : min(i + bs, N), ...], B.xp)
-            self.chunks.append((xb, Tb))
-        self.batch_size = bs
-        # the forward pass does not depend on the directions: keep it between
-        # products (like autograd's retained graph) unless mini-batches ask to save memory
-        self.cache_forward = len(self.chunks) == 1 if cache_forward is None else bool(cache_forward)
-        self._fwd = {}
-
-    @property
-    def size(self) -> int:
-        return self.layout.size
-
-    def select(self, a):
-        """The selected parameters' entries of ``a : (..., P_full)`` (call namespace)."""
-        return a if self.index is None else self.B.xp.take(a, self.index, axis=a.ndim - 1)
-
-    def embed(self, Vt):
-        """Directions ``(k, P_selected)`` as ``(k, P_full)``, zero on the parameters not selected."""
-        if self.index is None:
-            return Vt
-        xp = self.B.xp
-        zero = xp.zeros((Vt.shape[0], 1), dtype=Vt.dtype, device=self.B.device)
-        return xp.take(xp.concat([Vt, zero], axis=1), self.position, axis=1)
-
-    def per_example(self, chunk):
-        """``(n_b, P)`` rows :math:`\\nabla_\\theta\\ell_n` of one mini-batch, call namespace."""
-        xb, Tb = self.chunks[chunk]
-        return self.select(self.B.grad_pass(xb, Tb, self.loss, 1.0, True)[1])
-
-    def apply(self, Vt, kind, start=0):
-        """Sum over mini-batches of the products with ``Vt : (k, P)`` (call namespace);
-        ``start``: see :meth:`_Bound.rop_pass`."""
-        w = 1.0 / self.N if kind == "fisher" else self.w
-        Vt = self.embed(Vt)
-        out = None
-        for c, (xb, Tb) in enumerate(self.chunks):
-            prep = self._fwd.get((c, kind))
-            if prep is None and self.cache_forward:
-                prep = self._fwd[(c, kind)] = self.B.prepare(xb, Tb, self.loss, w, kind)
-            r = self.B.rop_pass(xb, Tb, self.loss, w, Vt, kind, prep, start)
-            out = r if out is None else out + r
-        return self.select(out) if start == 0 else out
-
-
 class CurvatureOperator(LinearOperatorBase):
     """Exact Hessian, Gauss–Newton or empirical Fisher of a training loss, as an operator.
 
@@ -341,7 +240,7 @@ class CurvatureOperator(LinearOperatorBase):
         Directions per pass.
     """
 
-    def __init__(self, problem: _Problem, kind: str, block_size=None, memory_budget=None) -> None:
+    def __init__(self, problem: Any, kind: str, block_size=None, memory_budget=None) -> None:
         B = problem.B
         super().__init__(problem.size, B.user_xp, _user_dtype(B), B.user_device)
         self.problem, self.kind = problem, kind
@@ -407,7 +306,7 @@ def _user_dtype(B):
     return getattr(B.user_xp, str(B.dtype).split(".")[-1])
 
 
-def _block_size(problem: _Problem, block_size, memory_budget) -> int:
+def _block_size(problem: Any, block_size, memory_budget) -> int:
     r"""Directions per pass: ``block_size``, or the most that fit ``memory_budget`` bytes.
 
     Estimate per direction: the R-images of every layer's input, output and

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._dask_hook import dask_dispatch
-from .problem import CurvatureOperator, _Problem
+from .problem import CurvatureOperator
+from .sources import curvature_problem
 
 __all__ = [
     "empirical_fisher_operator",
@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-@dask_dispatch
 def hessian_operator(
     net: Any,
     x: Any,
@@ -92,15 +91,10 @@ def hessian_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "hessian",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("hessian", block_size, memory_budget)
 
 
-@dask_dispatch
 def ggn_operator(
     net: Any,
     x: Any,
@@ -160,15 +154,10 @@ def ggn_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "ggn",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("ggn", block_size, memory_budget)
 
 
-@dask_dispatch
 def empirical_fisher_operator(
     net: Any,
     x: Any,
@@ -229,15 +218,10 @@ def empirical_fisher_operator(
     CurvatureOperator
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
-    return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
-        "fisher",
-        block_size,
-        memory_budget,
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, cache_forward, params)
+    return pb.operator("fisher", block_size, memory_budget)
 
 
-@dask_dispatch
 def hvp(
     net: Any,
     x: Any,
@@ -295,23 +279,10 @@ def hvp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        hessian_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("hessian", v, block_size, memory_budget)
 
 
-@dask_dispatch
 def ggn_vp(
     net: Any,
     x: Any,
@@ -366,23 +337,10 @@ def ggn_vp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        ggn_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("ggn", v, block_size, memory_budget)
 
 
-@dask_dispatch
 def empirical_fisher_vp(
     net: Any,
     x: Any,
@@ -437,17 +395,5 @@ def empirical_fisher_vp(
     array of shape (P,) or (P, k)
         Like ``v``.
     """
-    return (
-        empirical_fisher_operator(
-            net,
-            x,
-            y,
-            loss,
-            batch_size=batch_size,
-            block_size=block_size,
-            memory_budget=memory_budget,
-            backend=backend,
-            params=params,
-        )
-        @ v
-    )
+    pb = curvature_problem(net, x, y, loss, batch_size, backend, None, params)
+    return pb.product("fisher", v, block_size, memory_budget)

@@ -1,48 +1,20 @@
-"""Dask entry points: derivatives at points and curvature over data held as Dask arrays.
+"""Dask as a data source: derivatives at points and curvature over data held as Dask arrays.
 
 Importing this module imports Dask (``pip install 'hessquik-core[dask]'``);
-the rest of the library does so only when it meets a Dask array:
+the rest of the library does so only when it meets a Dask array
+(``hessquik_core._dask_hook.chunked_plugin``):
 
 * ``net(x_dask, ...)`` (:func:`call`): one task per batch chunk, lazy Dask
   results chunked like ``x``;
-* :mod:`hessquik_core.curvature` functions given dask ``x, y``: the
-  functions here, tree reductions over chunks (:class:`DaskCurvatureOperator`).
+* every :mod:`hessquik_core.curvature` function and operator given dask
+  ``x, y`` (same function, same arguments): its data source is a
+  :class:`DaskSource`, tree reductions of per-chunk partial sums;
+  operators are :class:`DaskCurvatureOperator`.
 
 See ``docs/dask.md``.
 """
 
-from ._curvature import (
-    DaskCurvatureOperator,
-    empirical_fisher,
-    empirical_fisher_eigenpairs,
-    empirical_fisher_operator,
-    empirical_fisher_vp,
-    ggn,
-    ggn_operator,
-    ggn_vp,
-    gradient,
-    hessian,
-    hessian_operator,
-    hvp,
-    per_example_gradients,
-    value_and_gradient,
-)
+from ._curvature import DaskCurvatureOperator, DaskSource, curvature_source
 from ._network import call
 
-__all__ = [
-    "DaskCurvatureOperator",
-    "empirical_fisher_eigenpairs",
-    "call",
-    "empirical_fisher",
-    "empirical_fisher_operator",
-    "empirical_fisher_vp",
-    "ggn",
-    "ggn_operator",
-    "ggn_vp",
-    "gradient",
-    "hessian",
-    "hessian_operator",
-    "hvp",
-    "per_example_gradients",
-    "value_and_gradient",
-]
+__all__ = ["DaskCurvatureOperator", "DaskSource", "call", "curvature_source"]

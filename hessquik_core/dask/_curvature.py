@@ -1,31 +1,38 @@
-r"""Curvature of a loss over a dataset held as Dask arrays: tree reductions over chunks.
+r"""Dask-held data as a curvature data source: per-chunk partial sums, added in a tree.
 
 The training loss :math:`C = w\sum_n \ell_n` is a sum over examples, so
 every quantity of :mod:`hessquik_core.curvature` is a sum of one term per
 batch chunk :math:`c`: with the per-chunk *sums* :math:`S_c` (the in-memory
-function on the chunk with ``reduction="sum"``),
+source on the chunk with ``partial=True``: :math:`w = 1`),
 :math:`\nabla C = w \sum_c S_c` and :math:`Hv = w \sum_c (H_c^{\rm sum} v)`,
-where :math:`w = 1/N` (``"mean"``, :math:`N` the *whole* dataset) or 1.
-The empirical Fisher is always :math:`\frac1N\sum_n g_n g_n^\top`: a chunk
-of :math:`n_c` examples returns its own mean, weighted back by :math:`n_c`.
-Each chunk's term is computed by one task with the in-memory function on
-the chunk's own arrays; the terms are added in a tree (fan-in 8) and the
-factor applied once at the root.
+where :math:`w = 1/D` (``"mean"``; :math:`D = \sum_c D_c` the *whole*
+dataset's normaliser: its number of examples, or for a cross-entropy with
+``ignore_index`` hit or class weights the summed weights of its counted
+targets, each chunk contributing its own :math:`D_c`) or 1 (``"sum"``).
+The empirical Fisher is always :math:`\frac1N\sum_n g_n g_n^\top`: each
+chunk returns its plain sum :math:`\sum_{n\in c} g_n g_n^\top`, and
+:math:`1/N` is applied at the root. Each chunk's term is computed by one
+task with the in-memory source on the chunk's own arrays; the terms are
+added in a tree (fan-in 8) and the factor applied once at the root.
+
+:class:`DaskSource` is what ``hessquik_core.curvature.sources.curvature_problem``
+returns for dask ``x, y``: it offers the same methods as the in-memory
+source, so each public curvature function is declared once.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import array_api_compat as aac
 import numpy as np
 
-from .._progress import progress_bar
+from .._dask_hook import is_dask
 from ..backends import owner_of
-from ..curvature import params as _p
+from ..curvature.layout import _network
 from ..curvature.losses import get_loss
-from ..curvature.params import LinearOperatorBase, parameter_layout
+from ..curvature.operators import LinearOperatorBase
+from ..curvature.sources import _Problem
 from ._graph import (
     Shared,
     check_chunk,
@@ -42,21 +49,43 @@ from ._graph import (
 
 _XP = aac.array_namespace(np.empty(0))
 
+#: the empirical-Fisher eigen-routes a Dask source serves (the N × N Gram route and the
+#: one-pass incremental SVD need every row on one process)
+_ROUTES = ("exact", "dense", "lanczos", "approx_randomized")
 
-class _Data:
-    """Validated dask ``x, y`` plus the network snapshot and the loss split into its sum."""
 
-    def __init__(self, net, x, y, loss, options: dict) -> None:
-        from .._dask_hook import is_dask
+def curvature_source(net, x, y, loss, *, batch_size=None, backend=None, cache_forward=None, params=None):
+    """The :class:`DaskSource` of dask ``x, y`` (the plugin entry point, see ``_dask_hook``)."""
+    return DaskSource(
+        net, x, y, loss, batch_size=batch_size, backend=backend, cache_forward=cache_forward, params=params
+    )
 
+
+class DaskSource:
+    """Network, loss and Dask-held data of one curvature computation.
+
+    Every method builds a lazy graph: one task per chunk running the
+    in-memory source (:class:`~hessquik_core.curvature.sources._Problem`,
+    ``partial=True``) on the chunk with this call's ``batch_size``,
+    ``backend`` and ``params``; a tree sum; the factor at the root.
+    ``cache_forward=True`` is refused (each product re-runs each chunk's
+    forward pass on its worker; there is nothing to keep between products).
+    """
+
+    def __init__(self, net, x, y, loss, *, batch_size=None, backend=None, cache_forward=None, params=None):
         if not (is_dask(x) and is_dask(y)):
             raise TypeError(
                 "x and y must both be dask arrays (chunked alike along axis 0) or both in-memory arrays; "
                 f"got x: {type(x).__module__}.{type(x).__name__}, y: {type(y).__module__}.{type(y).__name__}"
                 "; wrap the other with dask.array.from_array(a, chunks=(x.chunks[0], ...))"
             )
+        if cache_forward:
+            raise ValueError(
+                "cache_forward=True has no meaning for dask data: every product re-runs each chunk's "
+                "forward pass in its task (the workers keep nothing between products); leave it None"
+            )
         self.loss = get_loss(loss)
-        d = net.in_features
+        d = _network(net).in_features
         if x.ndim != 2 or x.shape[1] != d:
             raise ValueError(f"x must have shape (N, {d}), got shape {tuple(x.shape)}")
         lib = check_chunked(x, "x")
@@ -72,61 +101,144 @@ class _Data:
             raise TypeError(f"x and y must have chunks of one library, got {lib} and {ylib}")
         self.x, self.y, self.N, self.lib = x, y, N, lib
         self.nchunks = len(x.chunks[0])
-        self.sizes = tuple(int(c) for c in x.chunks[0])
-        self.net = snapshot(net)
-        self.layout = parameter_layout(self.net)
-        self.w = self.loss.weight(N)
-        loss_sum = copy.copy(self.loss)
-        loss_sum.reduction = "sum"
         self.dtype = np.dtype(x.dtype)
+        # one example on the client runs the in-memory checks (network, targets, loss,
+        # batch_size, backend, params): bad input fails here, before anything is computed
+        x0 = np.zeros((1, d), dtype=self.dtype)
+        y0 = np.zeros((1, *y.shape[1:]), dtype=y.dtype)
+        probe = _Problem(net, x0, y0, self.loss, batch_size, backend, None, params, partial=True)
+        probe.value_and_gradient()
+        self.probe = probe
+        self.layout = probe.layout
+        self.size = probe.size
+        # the selection as our keys: the worker's network is the converted snapshot
+        keys = None if probe.index is None else list(probe.layout.keys)
+        self.net = snapshot(_network(net))
         self.shared = Shared(
             self.net,
             lib,
             str(self.dtype),
-            {"loss": self.loss, "loss_sum": loss_sum, "ydtype": str(np.dtype(y.dtype)), "options": options},
+            {
+                "loss": self.loss,
+                "ydtype": str(np.dtype(y.dtype)),
+                "options": {"batch_size": batch_size, "backend": backend, "params": keys},
+            },
         )
-        # one example on the client runs the in-memory checks (targets, loss,
-        # options): bad input fails here, before anything is computed
-        x0 = np.zeros((1, d), dtype=self.dtype)
-        y0 = np.zeros((1, *y.shape[1:]), dtype=y.dtype)
-        _p.value_and_gradient(self.net, x0, y0, self.loss, **_pick(options, ("batch_size", "backend")))
 
-    def tasks(self, fn, name: str, *args) -> tuple[dict, list]:
-        """One task per chunk: ``fn(xb, yb, shared, index, *args)``; the layer and its keys."""
+    def __repr__(self) -> str:
+        return f"DaskSource(P={self.size}, N={self.N}, chunks={self.nchunks})"
+
+    # -- the graph ------------------------------------------------------------------
+    def _tasks(self, name: str, method: str, args: tuple) -> tuple[dict, list]:
+        """One task per chunk: ``_Problem(chunk, partial=True).<method>(*args)``; the layer and its keys."""
         skey = name + "-net"
         layer: dict[Any, Any] = {skey: self.shared}  # graph keys: names and (name, chunk) pairs
         keys = []
         for i in range(self.nchunks):
             k = (name + "-chunk", i)
             layer[k] = (
-                fn,
+                _chunk,
                 (self.x.name, i, 0),
                 (self.y.name, i, *((0,) * (self.y.ndim - 1))),
                 skey,
                 i,
+                method,
                 *args,
             )
             keys.append(k)
         return layer, keys
 
-    def reduce(self, fn, name, *args, scale, ndim, extra_deps=()):
-        """Lazy dask array (one chunk) ``scale · Σ_c fn(chunk c)`` for an ``ndim``-d result."""
-        layer, keys = self.tasks(fn, name, *args)
+    def _reduce(self, prefix: str, method: str, args: tuple, weight: str, shape: tuple, deps=()):
+        """Lazy ``factor · Σ_c chunk_c.<method>(*args)`` of shape ``shape`` (one chunk).
+
+        ``weight``: ``"loss"`` (:math:`w` of the loss, from the chunks' normalisers)
+        or ``"fisher"`` (:math:`1/N`).
+        """
+        name = token(prefix)
+        layer, keys = self._tasks(name, method, args)
         root = tree_sum(layer, keys, name)
         out = f"{name}-total"
-        key = (out, *((0,) * ndim))
-        layer[key] = (_scaled, root, scale)
-        return layer, key, out, [self.x, self.y, *extra_deps]
+        key = (out, *((0,) * len(shape)))
+        factor = 1.0 / self.N if weight == "fisher" else None
+        own = {key: (_finish, root, self.loss.reduction, factor)}
+        alldeps = [self.x, self.y, *deps]
+        hlg = graph(out, own, alldeps, extra_layers={name: (layer, {c.name for c in alldeps})})
+        return da.Array(
+            hlg, out, chunks=tuple((s,) for s in shape), meta=np.empty((0,) * len(shape), self.dtype)
+        )
 
+    # -- what the public functions ask of a source (curvature.sources.SOURCE_METHODS) --
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.itemsize)
 
-def _pick(options, names):
-    return {k: v for k, v in options.items() if k in names and v is not None}
+    @property
+    def passes(self) -> int:
+        return 1  # one distributed computation
 
+    def serves(self, route: str) -> bool:
+        return route in _ROUTES
 
-def _scaled(a, s):
-    if isinstance(a, tuple):
-        return tuple(s * u for u in a)
-    return s * a
+    def check_route(self, route: str) -> None:
+        if not self.serves(route):
+            raise ValueError(
+                f"for dask data empirical_fisher_eigenpairs supports method in {list(_ROUTES)} ('exact' and "
+                "'dense': the P × P matrix as a tree reduction; 'lanczos' and 'approx_randomized': "
+                f"distributed G-products), got method={route!r}; 'gram' and 'approx_incremental' "
+                "need every per-example gradient in one process"
+            )
+
+    def from_host(self, a):
+        return np.asarray(a, dtype=self.dtype)
+
+    def value_and_gradient(self):
+        """Lazy ``(C, ∇C)``: a 0-d and a ``(P,)`` dask array (NumPy), one tree reduction."""
+        both = self._reduce("value-grad", "value_and_gradient", (), "loss", (self.size + 1,))
+        # both outputs read the one root (value and gradient stacked): computed together, the data pass once
+        value = both[0]
+        return value, both[1:]
+
+    def per_example_gradients(self):
+        """Lazy ``(N, P)`` per-example gradients, chunked like ``x`` along axis 0 (chunk library)."""
+        name = token("per-example")
+        layer, keys = self._tasks(name, "per_example_gradients", ())
+        out = name + "-rows"
+        own = {(out, i, 0): k for i, k in enumerate(keys)}
+        x, y = self.x, self.y
+        hlg = graph(out, own, [x, y], extra_layers={name: (layer, {x.name, y.name})})
+        return da.Array(hlg, out, chunks=(x.chunks[0], (self.size,)), meta=meta_like(self.lib, 2, self.dtype))
+
+    def operator(self, kind, block_size=None, memory_budget=None):
+        return DaskCurvatureOperator(self, kind, block_size, memory_budget)
+
+    def product(self, kind, v, block_size=None, memory_budget=None):
+        """Lazy ``A v`` (dask array) for ``v : (P,)`` or ``(P, k)``, NumPy or dask."""
+        op = self.operator(kind, block_size, memory_budget)
+        if v.ndim == 1:
+            return op.lazy_matmat(v[:, None])[:, 0]
+        return op.lazy_matmat(v)
+
+    def dense(self, kind, block_size=None, memory_budget=None, progress=None, symmetric=True):
+        """Lazy dense ``(P, P)``: each chunk's dense matrix (``symmetric`` as given), summed in a tree."""
+        if progress:
+            raise ValueError(
+                "progress=True: a lazy dask result does no work until it is computed; watch it with "
+                "dask.diagnostics.ProgressBar() or the distributed dashboard instead"
+            )
+        return self.operator(kind, block_size, memory_budget).lazy_dense(symmetric)
+
+    def empirical_fisher(self):
+        """Lazy dense empirical Fisher ``(P, P)``."""
+        return self._reduce("fisher-dense", "empirical_fisher", (), "fisher", (self.size, self.size))
+
+    def fisher_trace(self):
+        """Lazy 0-d :math:`\\mathrm{tr}\\,G`."""
+        return self._reduce("fisher-trace", "fisher_trace", (), "fisher", ())
+
+    def fisher_gram_host(self, bar):
+        G = self.empirical_fisher().compute()
+        bar.update()
+        return np.asarray(G, dtype=np.float64)
 
 
 def _open(xb, yb, shared, index):
@@ -134,87 +246,44 @@ def _open(xb, yb, shared, index):
     check_chunk(yb, shared.lib, shared.extra["ydtype"], "y", index)
 
 
-def _chunk_value_grad(xb, yb, shared, index):
+def _chunk(xb, yb, shared, index, method, *args):
+    """One chunk's partial sum: ``(result as NumPy, the chunk's normaliser D_c)``."""
     _open(xb, yb, shared, index)
     o = shared.extra["options"]
-    v, g = _p.value_and_gradient(
-        shared.net, xb, yb, shared.extra["loss_sum"], **_pick(o, ("batch_size", "backend"))
-    )
-    return to_numpy(v), to_numpy(g)
+    loss = shared.extra["loss"]
+    pb = _Problem(shared.net, xb, yb, loss, o["batch_size"], o["backend"], None, o["params"], partial=True)
+    args = tuple(to_library(a, shared.lib) if isinstance(a, np.ndarray) else a for a in args)
+    r = getattr(pb, method)(*args)
+    if method == "value_and_gradient":  # (0-d, (P,)) stacked into one (P + 1,) vector
+        r = np.concatenate([np.reshape(to_numpy(r[0]), (1,)), to_numpy(r[1])])
+    elif method == "per_example_gradients":
+        return r  # rows, not summed: in the chunk's own library
+    return to_numpy(r), _normaliser(loss, yb)
 
 
-_PRODUCT_OPTS = ("batch_size", "block_size", "memory_budget", "backend")
+def _normaliser(loss, yb) -> float:
+    """:math:`D_c`: what the chunk adds to the mean's denominator (examples, or counted weights)."""
+    if loss.reduction != "mean":
+        return 0.0
+    try:
+        return 1.0 / loss.weight_for(yb)
+    except ValueError:  # every target of this chunk ignored: it counts nothing (other chunks may)
+        return 0.0
 
 
-def _chunk_product(xb, yb, shared, index, kind, V):
-    _open(xb, yb, shared, index)
-    o = _pick(shared.extra["options"], _PRODUCT_OPTS)
-    Vc = to_library(V, shared.lib)
-    if kind == "fisher":
-        # the chunk's own 1/n_c mean, weighted back to its sum
-        r = _p.empirical_fisher_vp(shared.net, xb, yb, shared.extra["loss"], Vc, **o) * xb.shape[0]
-    else:
-        fn = _p.hvp if kind == "hessian" else _p.ggn_vp
-        r = fn(shared.net, xb, yb, shared.extra["loss_sum"], Vc, **o)
-    return to_numpy(r)
-
-
-def _chunk_dense(xb, yb, shared, index, kind):
-    _open(xb, yb, shared, index)
-    o = shared.extra["options"]
-    if kind == "fisher":
-        r = _p.empirical_fisher(shared.net, xb, yb, shared.extra["loss"], **_pick(o, ("backend",)))
-        return to_numpy(r) * xb.shape[0]
-    fn = _p.hessian if kind == "hessian" else _p.ggn
-    return to_numpy(fn(shared.net, xb, yb, shared.extra["loss_sum"], **_pick(o, _PRODUCT_OPTS)))
-
-
-def _chunk_per_example(xb, yb, shared, index):
-    _open(xb, yb, shared, index)
-    o = _pick(shared.extra["options"], ("backend",))
-    return _p.per_example_gradients(shared.net, xb, yb, shared.extra["loss"], **o)
-
-
-# --------------------------------------------------------------------------
-# public functions (same names and arguments as hessquik_core.curvature)
-# --------------------------------------------------------------------------
-
-
-def value_and_gradient(net, x, y, loss, *, batch_size=None, backend=None):
-    """Lazy ``(C, ∇C)``: a 0-d and a ``(P,)`` dask array (NumPy), one tree reduction."""
-    D = _Data(net, x, y, loss, {"batch_size": batch_size, "backend": backend})
-    name = token("value-grad")
-    layer, root, _, deps = D.reduce(_chunk_value_grad, name, scale=D.w, ndim=0)
-    # both outputs read the one root: computed together, the data is passed once
-    vname, gname = name + "-value", name + "-gradient"
-    shared_layers = {name: (layer, {x.name, y.name})}
-    hv = graph(vname, {(vname,): (_item, root, 0)}, deps, extra_layers=shared_layers)
-    hg = graph(gname, {(gname, 0): (_item, root, 1)}, deps, extra_layers=shared_layers)
-    P = D.layout.size
-    value = da.Array(hv, vname, chunks=(), meta=np.empty((), dtype=D.dtype))
-    grad = da.Array(hg, gname, chunks=((P,),), meta=np.empty((0,), dtype=D.dtype))
-    return value, grad
-
-
-def _item(t, j):
-    return t[j]
-
-
-def gradient(net, x, y, loss, *, batch_size=None, backend=None):
-    """Lazy ``∇C`` ``(P,)``; see :func:`value_and_gradient`."""
-    return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
-
-
-def per_example_gradients(net, x, y, loss, *, backend=None):
-    """Lazy ``(N, P)`` per-example gradients, chunked like ``x`` along axis 0 (chunk library)."""
-    D = _Data(net, x, y, loss, {"backend": backend})
-    name = token("per-example")
-    layer, keys = D.tasks(_chunk_per_example, name)
-    out = name + "-rows"
-    P = D.layout.size
-    own = {(out, i, 0): k for i, k in enumerate(keys)}
-    hlg = graph(out, own, [x, y], extra_layers={name: (layer, {x.name, y.name})})
-    return da.Array(hlg, out, chunks=(x.chunks[0], (P,)), meta=meta_like(D.lib, 2, D.dtype))
+def _finish(total, reduction: str, factor):
+    """The root: the summed terms times ``factor`` (``None``: the loss's :math:`w` from :math:`D`)."""
+    value, D = total
+    if factor is None:
+        if reduction != "mean":
+            return value
+        if D == 0.0:
+            raise ValueError(
+                "every target is ignored (ignore_index) or has class weight 0: the mean over the "
+                "counted targets is undefined (torch returns nan); use reduction='sum' or other targets"
+            )
+        factor = 1.0 / D
+    return factor * value
 
 
 class DaskCurvatureOperator(LinearOperatorBase):
@@ -227,25 +296,25 @@ class DaskCurvatureOperator(LinearOperatorBase):
     dense work there. ``op @ V`` for a dask ``V`` and :meth:`lazy_matmat`
     return lazy dask arrays instead. The data are re-read from their
     source at every product: persist them first (``x, y = dask.persist(x, y)``)
-    when they are expensive to produce.
+    when they are expensive to produce. ``block_size`` and ``memory_budget``
+    apply to each chunk's in-memory products.
     """
 
-    def __init__(self, data: _Data, kind: str) -> None:
-        super().__init__(data.layout.size, _XP, data.dtype, "cpu")
-        self.data, self.kind = data, kind
+    def __init__(self, source: DaskSource, kind: str, block_size=None, memory_budget=None) -> None:
+        super().__init__(source.size, _XP, source.dtype, "cpu")
+        self.source, self.kind = source, kind
+        self.options = (block_size, memory_budget)
+        # the in-memory checks of the options, on the client (one example)
+        source.probe.operator(kind, block_size, memory_budget)
 
     def __repr__(self) -> str:
-        d = self.data
-        return f"DaskCurvatureOperator(kind={self.kind!r}, P={self.size}, N={d.N}, chunks={d.nchunks})"
+        s = self.source
+        return f"DaskCurvatureOperator(kind={self.kind!r}, P={self.size}, N={s.N}, chunks={s.nchunks})"
 
     def lazy_matmat(self, V):
         """``A @ V`` for ``V : (P, k)`` (NumPy or dask) as a lazy ``(P, k)`` dask array."""
-        from .._dask_hook import is_dask
-
-        D = self.data
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must have shape ({self.size}, k), got {tuple(V.shape)}")
-        name = token(f"{self.kind}-product")
         deps = []
         if is_dask(V):
             V = V.rechunk(-1)
@@ -256,160 +325,49 @@ class DaskCurvatureOperator(LinearOperatorBase):
                 raise TypeError(
                     f"V must be a NumPy or dask array, got {type(V).__module__}.{type(V).__name__}"
                 )
-            vref = np.asarray(to_numpy(V), dtype=D.dtype)
-        scale = 1.0 / D.N if self.kind == "fisher" else D.w
-        layer, key, out, alldeps = D.reduce(
-            _chunk_product, name, self.kind, vref, scale=scale, ndim=2, extra_deps=deps
-        )
-        hlg = graph(
-            out, {key: layer.pop(key)}, alldeps, extra_layers={name: (layer, {c.name for c in alldeps})}
-        )
-        return da.Array(
-            hlg, out, chunks=((self.size,), (int(V.shape[1]),)), meta=np.empty((0, 0), dtype=D.dtype)
+            vref = np.asarray(to_numpy(V), dtype=self.source.dtype)
+        weight = "fisher" if self.kind == "fisher" else "loss"
+        return self.source._reduce(
+            f"{self.kind}-product",
+            "product",
+            (self.kind, vref, *self.options),
+            weight,
+            (self.size, int(V.shape[1])),
+            deps,
         )
 
     def _matmat(self, V):
-        from .._dask_hook import is_dask
+        return self.lazy_matmat(V).compute()
 
-        out = self.lazy_matmat(V)
-        return out if is_dask(V) else out.compute()
+    def __matmul__(self, V: Any) -> Any:
+        """``A @ V``: NumPy for a NumPy ``V`` (computed), a lazy dask array for a dask ``V``."""
+        if is_dask(V):
+            if V.ndim == 1:
+                if V.shape[0] != self.size:
+                    raise ValueError(f"v must have shape ({self.size},), got {tuple(V.shape)}")
+                return self.lazy_matmat(V[:, None])[:, 0]
+            return self.lazy_matmat(V)
+        return super().__matmul__(V)
 
-    def lazy_dense(self):
+    def lazy_dense(self, symmetric: bool = True):
         """The ``(P, P)`` matrix as a lazy dask array: each chunk's dense term, summed in a tree."""
-        D = self.data
-        name = token(f"{self.kind}-dense")
-        scale = 1.0 / D.N if self.kind == "fisher" else D.w
-        layer, key, out, deps = D.reduce(_chunk_dense, name, self.kind, scale=scale, ndim=2)
-        hlg = graph(out, {key: layer.pop(key)}, deps, extra_layers={name: (layer, {x.name for x in deps})})
-        return da.Array(hlg, out, chunks=((self.size,), (self.size,)), meta=np.empty((0, 0), dtype=D.dtype))
+        weight = "fisher" if self.kind == "fisher" else "loss"
+        args = (self.kind, *self.options, None, symmetric)
+        return self.source._reduce(f"{self.kind}-dense", "dense", args, weight, (self.size, self.size))
 
-    def to_dense(self, *, block_size=None):
-        """The ``(P, P)`` matrix as NumPy (one distributed reduction of per-chunk dense terms)."""
-        return self.lazy_dense().compute()
+    def to_dense(self, *, block_size=None, progress=None, symmetric: bool = True):
+        """The ``(P, P)`` matrix as NumPy (one distributed reduction of per-chunk dense terms).
 
-
-def _operator(kind, net, x, y, loss, batch_size, block_size, memory_budget, backend):
-    opts = {
-        "batch_size": batch_size,
-        "block_size": block_size,
-        "memory_budget": memory_budget,
-        "backend": backend,
-    }
-    return DaskCurvatureOperator(_Data(net, x, y, loss, opts), kind)
-
-
-def hessian_operator(
-    net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None, cache_forward=None
-):
-    """Exact Hessian over dask data as a :class:`DaskCurvatureOperator`.
-
-    ``cache_forward`` is accepted for signature compatibility and ignored:
-    every product re-runs each chunk's forward pass on its worker.
-    """
-    return _operator("hessian", net, x, y, loss, batch_size, block_size, memory_budget, backend)
-
-
-def ggn_operator(
-    net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None, cache_forward=None
-):
-    """Generalised Gauss–Newton over dask data as a :class:`DaskCurvatureOperator`."""
-    return _operator("ggn", net, x, y, loss, batch_size, block_size, memory_budget, backend)
-
-
-def empirical_fisher_operator(
-    net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None, cache_forward=None
-):
-    """Empirical Fisher ``(1/N) Σ g_n g_nᵀ`` over dask data as a :class:`DaskCurvatureOperator`."""
-    return _operator("fisher", net, x, y, loss, batch_size, block_size, memory_budget, backend)
-
-
-def _lazy_product(op, v):
-    if v.ndim == 1:
-        return op.lazy_matmat(v[:, None])[:, 0]
-    return op.lazy_matmat(v)
-
-
-def hvp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
-    """Lazy :math:`Hv` (dask array) for ``v : (P,)`` or ``(P, k)``, NumPy or dask."""
-    return _lazy_product(
-        _operator("hessian", net, x, y, loss, batch_size, block_size, memory_budget, backend), v
-    )
-
-
-def ggn_vp(net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None):
-    """Lazy Gauss–Newton product (dask array) for ``v : (P,)`` or ``(P, k)``."""
-    return _lazy_product(_operator("ggn", net, x, y, loss, batch_size, block_size, memory_budget, backend), v)
-
-
-def empirical_fisher_vp(
-    net, x, y, loss, v, *, batch_size=None, block_size=None, memory_budget=None, backend=None
-):
-    """Lazy empirical-Fisher product (dask array) for ``v : (P,)`` or ``(P, k)``."""
-    return _lazy_product(
-        _operator("fisher", net, x, y, loss, batch_size, block_size, memory_budget, backend), v
-    )
-
-
-def hessian(
-    net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None, progress=None
-):
-    """Lazy dense ``(P, P)`` Hessian: each chunk's dense Hessian, summed in a tree.
-
-    ``progress`` is accepted for the in-memory signature; a lazy result has no work to
-    report until it is computed (use Dask's own progress bars or dashboard then)."""
-    return _operator("hessian", net, x, y, loss, batch_size, block_size, memory_budget, backend).lazy_dense()
-
-
-def ggn(
-    net, x, y, loss, *, batch_size=None, block_size=None, memory_budget=None, backend=None, progress=None
-):
-    """Lazy dense ``(P, P)`` Gauss–Newton matrix; see :func:`hessian`."""
-    return _operator("ggn", net, x, y, loss, batch_size, block_size, memory_budget, backend).lazy_dense()
-
-
-def empirical_fisher(net, x, y, loss, *, backend=None):
-    """Lazy dense empirical Fisher ``(P, P)``."""
-    return _operator("fisher", net, x, y, loss, None, None, None, backend).lazy_dense()
-
-
-def empirical_fisher_eigenpairs(
-    net,
-    x,
-    y,
-    loss,
-    k,
-    *,
-    method="approx_randomized",
-    batch_size=None,
-    oversample=10,
-    n_iter=2,
-    seed=0,
-    warn_rtol=1e-3,
-    backend=None,
-    progress=None,
-):
-    """Top-``k`` eigenpairs of the empirical Fisher over dask data (``method="approx_randomized"``
-    only, old name ``"randomized"``: subspace iteration on distributed :math:`G`-products, the
-    Rayleigh–Ritz step on the client). Approximate, like the in-memory route of that name: an
-    :class:`~hessquik_core.curvature.ApproximationWarning` when the largest Ritz residual exceeds
-    ``warn_rtol`` times the smallest eigenvalue returned."""
-    from ..curvature import spectra
-    from ..curvature.fisher_spectrum import _warn_if_inexact
-
-    if method not in ("approx_randomized", "randomized"):
-        raise ValueError(
-            f"for dask data empirical_fisher_eigenpairs supports method='approx_randomized' (distributed "
-            f"G-products; old name 'randomized'), got method={method!r}; 'incremental' and the exact "
-            f"routes need the per-example gradients in one process"
-        )
-    oversample = spectra._check_int("oversample", oversample, 0)
-    r = spectra._check_int("k", k, 1) + oversample
-    n_iter = spectra._check_int("n_iter", n_iter, 0)
-    op = _operator("fisher", net, x, y, loss, batch_size, None, None, backend)
-    if k >= op.size:
-        raise ValueError(f"k must be below P = {op.size}, got {k}")
-    with progress_bar(progress, total=n_iter + 2, desc="empirical Fisher", unit="pass") as bar:
-        vals, vecs, info = spectra._randomized(op, k, min(r, op.size), n_iter, seed, bar)
-    _warn_if_inexact(vals, info, float(warn_rtol), "approx_randomized")
-    info["method"] = "approx_randomized"
-    return vals, vecs, info
+        ``block_size`` is refused (give it to the operator's constructor: it applies to each
+        chunk's products), and so is ``progress=True`` (see :meth:`DaskSource.dense`)."""
+        if block_size is not None:
+            raise ValueError(
+                "block_size: for dask data give it when building the operator (it applies to each "
+                "chunk's in-memory products), not to to_dense"
+            )
+        if progress:
+            raise ValueError(
+                "progress=True: watch the distributed computation with dask.diagnostics.ProgressBar() "
+                "or the dashboard"
+            )
+        return self.lazy_dense(symmetric).compute()

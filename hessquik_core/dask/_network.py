@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .._dask_hook import is_dask
 from ..backends import owner_of, to_numpy
 from ._graph import (
     Shared,
@@ -45,6 +46,7 @@ def call(
     hessian_diagonal: bool = False,
     divergence: bool = False,
     max_memory: float | None = None,
+    progress: bool | None = None,
 ):
     """``net(x, ...)`` for a Dask array ``x`` of shape (n, d) chunked along the batch axis.
 
@@ -56,11 +58,16 @@ def call(
     together (``dask.compute(res.value, res.laplacian)``) and each chunk is
     evaluated once. Arguments as for :meth:`hessquik_core.NN.__call__`;
     ``directions`` must be a NumPy (or CuPy) array, it travels to every
-    worker whole. ``max_memory`` applies to each chunk's call.
+    worker whole. ``max_memory`` applies to each chunk's call; ``progress=True``
+    is refused (a lazy result has nothing to report until computed).
     """
-    from .._dask_hook import is_dask
     from ..networks import Result
 
+    if progress:
+        raise ValueError(
+            "progress=True: a lazy dask result does no work until it is computed; watch it with "
+            "dask.diagnostics.ProgressBar() or the distributed dashboard instead"
+        )
     d = net.in_features
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"x must have shape (n, {d}), got shape {tuple(x.shape)}")
