@@ -57,6 +57,24 @@ class ParameterLayout:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
 
+    @classmethod
+    def from_named(cls, named) -> ParameterLayout:
+        """The layout of ``(key, array)`` pairs in their order (e.g. ``net.named_parameters()``),
+        each flattened row-major; ``ValueError`` when there are none."""
+        keys, shapes, offsets, sizes = [], [], [], []
+        off = 0
+        for k, a in named:
+            shape = tuple(int(s) for s in a.shape)
+            size = int(np.prod(shape, dtype=np.int64))
+            keys.append(k)
+            shapes.append(shape)
+            offsets.append(off)
+            sizes.append(size)
+            off += size
+        if not keys:
+            raise ValueError("the network has no parameters")
+        return cls(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
+
     @property
     def size(self) -> int:
         """:math:`P`, the number of scalar parameters."""
@@ -355,19 +373,7 @@ def parameter_layout(net: Any, params: Any = None) -> ParameterLayout:
 
 
 def _full_layout(net) -> ParameterLayout:
-    keys, shapes, offsets, sizes = [], [], [], []
-    off = 0
-    for k, a in net.named_parameters():
-        shape = tuple(int(s) for s in a.shape)
-        size = int(np.prod(shape, dtype=np.int64))
-        keys.append(k)
-        shapes.append(shape)
-        offsets.append(off)
-        sizes.append(size)
-        off += size
-    if not keys:
-        raise ValueError("the network has no parameters")
-    return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
+    return ParameterLayout.from_named(net.named_parameters())
 
 
 def flatten_parameters(net: Any, like: Any = None, params: Any = None) -> Any:

@@ -19,22 +19,25 @@ whatever order the names are given in.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..backends import model_backend
-from .layout import ParameterLayout
 
 __all__ = ["resolve_params", "sub_layout"]
 
 
-def sub_layout(full: ParameterLayout, keys) -> ParameterLayout:
-    """The layout of the keys ``keys`` of ``full`` (in ``full``'s order), offsets from 0."""
+def sub_layout(full, keys):
+    """The layout of the keys ``keys`` of ``full`` (a ``ParameterLayout``, in its order),
+    offsets from 0; built by ``full``'s own class (this module does not import the layout
+    module, whose :func:`parameter_layout` calls into this one)."""
     idx = [i for i, k in enumerate(full.keys) if k in set(keys)]
     offsets, off = [], 0
     for i in idx:
         offsets.append(off)
         off += full.sizes[i]
-    return ParameterLayout(
+    return type(full)(
         tuple(full.keys[i] for i in idx),
         tuple(full.shapes[i] for i in idx),
         tuple(offsets),
@@ -42,7 +45,7 @@ def sub_layout(full: ParameterLayout, keys) -> ParameterLayout:
     )
 
 
-def _torch_keys(full: ParameterLayout, module) -> dict[str, tuple[str, ...]]:
+def _torch_keys(full, module) -> dict[str, tuple[str, ...]]:
     """torch parameter name -> the keys of the converted network holding it (whole keys only)."""
     from .torch_order import torch_labels
 
@@ -67,7 +70,7 @@ def _torch_keys(full: ParameterLayout, module) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def resolve_params(original, full: ParameterLayout, params) -> tuple[ParameterLayout, np.ndarray | None]:
+def resolve_params(original, full, params) -> tuple[Any, np.ndarray | None]:
     """The selected layout and the indices of its entries in the full :math:`\\theta` (``None``: all).
 
     ``original`` is what the caller gave as ``net`` (a torch model is read

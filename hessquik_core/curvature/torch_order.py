@@ -47,13 +47,19 @@ def _check_module(module) -> None:
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
 
 
+def _layout_of(net, like):
+    """The full layout of the hessquik-core network ``net``, built by the class of the
+    layout ``like`` (this module reads layouts, it does not import their module: the
+    layout's own methods call into this one)."""
+    return type(like).from_named(net.named_parameters())
+
+
 def torch_labels(full, module) -> np.ndarray:
     """For the full layout of ``from_torch(module)``: entry ``i`` of :math:`\theta` is torch's
     flat entry ``labels[i]`` (``named_parameters()`` order, 0-based)."""
     import torch
 
     from ..interop import from_torch
-    from .layout import flatten_parameters, parameter_layout
 
     _check_module(module)
     Pt = int(sum(p.numel() for p in module.parameters()))
@@ -65,13 +71,13 @@ def torch_labels(full, module) -> np.ndarray:
             off += p.numel()
     # activations do not move parameters: ReLU is let through for the probe only
     net = from_torch(probe, allow_relu=True, dtype=np.float64)
-    got = parameter_layout(net)
+    got = _layout_of(net, full)
     if (got.keys, got.shapes) != (full.keys, full.shapes):
         raise ValueError(
             f"the layout does not describe from_torch(module): layout keys {list(full.keys)} with shapes "
             f"{list(full.shapes)}, the module converts to {list(got.keys)} with {list(got.shapes)}"
         )
-    labels = np.asarray(flatten_parameters(net), dtype=np.float64)
+    labels = np.asarray(got.flatten(dict(net.named_parameters())), dtype=np.float64)
     idx = labels.astype(np.int64) - 1
     if (
         Pt != full.size
@@ -107,12 +113,11 @@ def torch_permutation(layout, module) -> np.ndarray:
     numpy.ndarray of shape (P,), int64
     """
     from ..interop import from_torch
-    from .layout import parameter_layout
 
     _check_module(module)
     Pt = int(sum(p.numel() for p in module.parameters()))
     try:
-        full = parameter_layout(from_torch(module, allow_relu=True))
+        full = _layout_of(from_torch(module, allow_relu=True), layout)
     except ValueError as err:
         raise ValueError(f"the torch module cannot be converted: {err}") from err
     if full.size != Pt:
@@ -138,9 +143,8 @@ def torch_permutation(layout, module) -> np.ndarray:
 def torch_names(layout, module) -> list[tuple[str, tuple[int, ...]]]:
     """The torch parameters (name, shape) whose entries ``layout`` holds, in ``named_parameters()`` order."""
     from ..interop import from_torch
-    from .layout import parameter_layout
 
-    full = parameter_layout(from_torch(module, allow_relu=True))
+    full = _layout_of(from_torch(module, allow_relu=True), layout)
     labels = torch_labels(full, module)
     held = np.zeros(full.size, dtype=bool)
     for k in layout.keys:
