@@ -56,6 +56,8 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pinn",
             "pinn.*",
             "higher",
+            "_higher_steps",
+            "variable_coefficients",
             "estimators",
             "training",
             "checks",
