@@ -303,9 +303,11 @@ def taylor_derivatives(net: NN, x: Any, directions: Any, order: int, *, backend:
 
 def _to(a, xp):
     """``a`` (any supported library) as an array ``xp.asarray`` accepts."""
-    if aac.array_namespace(a) is xp or aac.is_numpy_array(a):
+    from .backends import owner_of, to_numpy
+
+    # the host interchange format (NumPy) is accepted by every namespace's asarray
+    if aac.array_namespace(a) is xp or owner_of(a).interchange:
         return a
-    from .backends import to_numpy
 
     return to_numpy(a)
 

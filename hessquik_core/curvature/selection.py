@@ -80,7 +80,8 @@ def resolve_params(original, full, params) -> tuple[Any, np.ndarray | None]:
     if params is None:
         if not is_torch:
             return full, None
-        frozen = [n for n, p in original.named_parameters() if not p.requires_grad]
+        be = model_backend(original)
+        frozen = [n for n, p in original.named_parameters() if not be.requires_grad(p)]
         if not frozen:
             return full, None
         owners = _torch_keys(full, original)

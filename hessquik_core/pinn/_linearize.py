@@ -38,6 +38,8 @@ from typing import Any
 
 import array_api_compat as aac
 
+from ..backends import owner_of
+
 __all__ = ["QUANTITIES", "PointQuantities", "evaluate_residual", "residual_derivatives"]
 
 #: the quantities a residual may declare in ``needs``, in the order they are computed
@@ -156,7 +158,7 @@ def residual_derivatives(
         (its trailing axes flattened row-major).
     """
     n = x.shape[0]
-    if aac.is_torch_array(x):
+    if owner_of(x).autograd:  # the library's own autodiff on fn (torch.func)
         return _torch_vjp(fn, data, x, name, needs, n)
     cdt = xp.complex64 if x.dtype == xp.float32 else xp.complex128
     out: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from typing import Any
 import array_api_compat as aac
 
 from .._array import as_plain_array, namespace_of
+from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ._linearize import QUANTITIES, evaluate_residual, residual_derivatives
 from .jacobian import jvp, quantities_and_jacobians, vjp
@@ -421,4 +422,4 @@ class Problem:
 def _detach(a: Any) -> Any:
     # quantities feed fn only: no autograd graph through the network (torch parameters with
     # requires_grad would otherwise record one)
-    return a.detach() if aac.is_torch_array(a) else a
+    return owner_of(a).detached(a)
