@@ -22,7 +22,6 @@ from ..carry import Adjoints, Request, Tangents
 from ..rules import affine, streams
 from ..rules import fourier as rules
 from ..rules.directions import weight_gradient
-from .affine_structure import AffineStructure, SinCos
 from .base import Layer, check_int, register_layer
 
 _TWO_PI = 2.0 * math.pi
@@ -261,10 +260,12 @@ class FourierFeatures(_PointwiseLinear):
         y, s1, s2, K = rules.fourier_features_eval(u, params["B"], order, xp=ops.xp)
         return y, PointwiseLinearCache(s1, s2, K)
 
-    def affine_structure(self, params=None) -> AffineStructure:
+    def affine_structure(self, params=None):
         r""":math:`[\sin, \cos](2\pi uB) = \sigma(uM)` with :math:`M = 2\pi[B, B]`, no bias, and
         :math:`\sigma` the column-block :class:`~hessquik_core.layers.affine_structure.SinCos`
         (:mod:`~hessquik_core.layers.affine_structure`)."""
+        from .affine_structure import AffineStructure, SinCos  # here: one hunk in this file
+
         act = SinCos(self.num_features)
         if params is None:
             return AffineStructure(act)
