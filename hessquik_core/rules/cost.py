@@ -1,8 +1,8 @@
 r"""The cost model of one layer: the work of a GEMM-shaped step :math:`p \to q`.
 
 A layer is priced by :meth:`~hessquik_core.layers.Layer.cost` ``(n, k, request)``;
-its default sums :func:`gemm_cost` over the layer's :attr:`cost_shapes` (the GEMMs
-it runs). The engine's cost model (:mod:`hessquik_core.engine.cost`) sums the layers'
+its default sums :func:`gemm_cost` over the layer's ``cost_shapes`` (the GEMMs
+it runs). The engine's cost model (``hessquik_core.engine.cost``) sums the layers'
 :class:`LayerCost` along the chain and adds what belongs to the chain (the gather
 of a packed forward Hessian into the result, the evaluation kept for the backward
 sweep). A layer whose work is not a GEMM (a normalisation, a spline) overrides
