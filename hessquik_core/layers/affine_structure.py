@@ -31,7 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AffineStructure"]
+from ..activations import Activation
+
+__all__ = ["AffineStructure", "SinCos"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,41 @@ class AffineStructure:
     def linear(self) -> bool:
         r""":math:`\sigma` is the identity."""
         return getattr(self.act, "name", None) == "identity"
+
+
+@dataclass(frozen=True)
+class SinCos(Activation):
+    r"""The column-block activation of Fourier features:
+    :math:`\sigma(z) = [\sin z_{:, :F},\ \cos z_{:, F:}]`, ``z : (..., 2F)``.
+
+    Elementwise within each block, so the stacked sweep and the affine rule use it
+    like any activation; :math:`\sigma^{(j)}` of each block is that block's own
+    (:math:`\sin^{(j)} z = \sin(z + j\pi/2)`, formed exactly as ``±sin``/``±cos``).
+    Not registered: it exists for :meth:`FourierFeatures.affine_structure
+    <hessquik_core.layers.Layer.affine_structure>` and is never saved."""
+
+    #: ``F``: the first ``F`` columns are sines, the rest cosines
+    features: int
+
+    name = "sin|cos"
+    max_order = 4
+
+    def _blocks(self, z, xp):
+        F = self.features
+        zs, zc = z[..., :F], z[..., F:]
+        return xp.sin(zs), xp.cos(zs), xp.sin(zc), xp.cos(zc)
+
+    def _eval(self, z, order, xp):
+        out = self._derivs(z, order, xp)
+        return out + (None,) * (2 - order)
+
+    def _eval_high(self, z, order, xp, value):
+        return self._derivs(z, order, xp)
+
+    def _derivs(self, z, order, xp) -> tuple:
+        """``(σ, …, σ⁽ᵒʳᵈᵉʳ⁾)``: sin, cos, -sin, -cos, sin on the first block and
+        cos, -sin, -cos, sin, cos on the second."""
+        ss, cs, sc, cc = self._blocks(z, xp)
+        first = (ss, cs, -ss, -cs, ss)
+        second = (cc, -sc, -cc, sc, cc)
+        return tuple(xp.concat([first[j], second[j]], axis=-1) for j in range(order + 1))

@@ -260,6 +260,25 @@ class FourierFeatures(_PointwiseLinear):
         y, s1, s2, K = rules.fourier_features_eval(u, params["B"], order, xp=ops.xp)
         return y, PointwiseLinearCache(s1, s2, K)
 
+    def affine_structure(self, params=None):
+        r""":math:`[\sin, \cos](2\pi uB) = \sigma(uM)` with :math:`M = 2\pi[B, B]`, no bias, and
+        :math:`\sigma` the column-block :class:`~hessquik_core.layers.affine_structure.SinCos`
+        (:mod:`~hessquik_core.layers.affine_structure`)."""
+        from .affine_structure import AffineStructure, SinCos  # here: one hunk in this file
+
+        act = SinCos(self.num_features)
+        if params is None:
+            return AffineStructure(act)
+        from array_api_compat import array_namespace
+
+        K = _TWO_PI * params["B"]
+        F = self.num_features
+        return AffineStructure(
+            act,
+            M=array_namespace(K).concat([K, K], axis=1),
+            pullback=lambda gM, gb: {"B": _TWO_PI * (gM[..., :F] + gM[..., F:])},
+        )
+
     # -- derivatives with respect to B (hessquik_core.curvature) ------------------------
     def _fold(self, g, ops):
         """:math:`2\\pi(g_{:, :F} + g_{:, F:})`: a gradient with respect to ``K`` → ``B``."""
