@@ -331,3 +331,18 @@ def test_options_reach_every_chunk(monkeypatch):
     assert all(c[:3] == (16, "generic", None) and list(c[3]) == keys for c in chunks)
     assert len(chunks) == 1 + len(CHUNKS)
     assert [s for s in seen if len(s) == 3] == [("ggn", 1, None)] * len(CHUNKS)
+
+
+def test_torch_model_and_torch_parameter_names_over_dask_chunks():
+    """A torch model (converted once on the client, frozen parameters excluded) and ``params`` in
+    torch's names: each chunk's source differentiates the same selection as the in-memory call."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    model[0].bias.requires_grad_(False)
+    x, y, xn, yn = _data()
+    loss = torch.nn.CrossEntropyLoss()
+    g, H = dask.compute(cv.gradient(model, x, y, loss), cv.hessian(model, x, y, loss, params=["2.weight"]))
+    g0, H0 = cv.gradient(model, xn, yn, loss), cv.hessian(model, xn, yn, loss, params=["2.weight"])
+    assert g.shape == g0.shape == (3 * 5 + 5 * 3 + 3,) and H.shape == H0.shape == (15, 15)
+    assert rel(g, g0) <= RTOL and rel(H, H0) <= RTOL
