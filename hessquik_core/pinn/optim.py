@@ -17,12 +17,14 @@ from :math:`J` itself (SVD, QR + SVD, CGLS), never from the normal equations.
 
 **Levenberg–Marquardt damping** (``adaptive=True``): a step that does not
 lower the loss is rejected and :math:`\lambda \leftarrow \max(\lambda\cdot\text{up}, \lambda_{\min})`;
-an accepted one that the line search had to shorten to :math:`\alpha \le 1/8` raises
-it the same way; a full step (:math:`\alpha = 1`) with gain ratio
+an accepted one whose gain ratio at the chosen :math:`\alpha`,
 :math:`\varrho = (L - L_\text{new})/m(\alpha) > 0.75`
 (:math:`m(\alpha) = \alpha g^\top d - \frac12\alpha^2\|Jd\|^2`, the decrease the
 Gauss–Newton model predicts) lowers it,
-:math:`\lambda \leftarrow \max(\lambda\cdot\text{down}, \lambda_{\min})`; :math:`\varrho < 0.25` doubles it.
+:math:`\lambda \leftarrow \max(\lambda\cdot\text{down}, \lambda_{\min})`; otherwise a step the
+line search shortened to :math:`\alpha \le 1/8` raises it by ``up`` and :math:`\varrho < 0.25` doubles it.
+(Measured on Poisson 2-D: lowering :math:`\lambda` also when the line search shortens
+the step reaches a lower loss than keeping :math:`\lambda` until full steps succeed.)
 """
 
 from __future__ import annotations
@@ -206,10 +208,10 @@ class GaussNewton(Optimizer):
         if self.adaptive:
             if not accepted:
                 self.damping = max(self.damping * self.up, self.damping_min)
-            elif alpha <= 0.125:  # the line search had to shorten the step a lot: the model is poor
-                self.damping = max(self.damping * self.up, self.damping_min)
-            elif alpha == 1.0 and ratio > 0.75:
+            elif ratio > 0.75:  # the model predicted the decrease at the chosen α
                 self.damping = max(self.damping * self.down, self.damping_min)
+            elif alpha <= 0.125:  # a much shortened step that the model did not predict well either
+                self.damping = max(self.damping * self.up, self.damping_min)
             elif ratio < 0.25:
                 self.damping = max(self.damping * 2.0, self.damping_min)
             if self.damping > 1e30:

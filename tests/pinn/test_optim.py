@@ -103,7 +103,7 @@ def test_first_step_of_gauss_newton_is_the_damped_step():
 OPTIMIZERS = {
     # (optimizer, steps, loss reduction factor it reaches at least, monotone)
     "engd": (lambda pr: pinn.ENGD(pr), 20, 0.5, True),
-    "gn_dense": (lambda pr: pinn.GaussNewton(pr, solver="dense"), 10, 0.5, True),
+    "gn_dense": (lambda pr: pinn.GaussNewton(pr, solver="dense"), 15, 0.5, True),
     "gn_kernel": (lambda pr: pinn.GaussNewton(pr, solver="kernel", line_search="armijo"), 10, 0.5, True),
     "gn_cg": (lambda pr: pinn.GaussNewton(pr, solver="cg", line_search=None, cg_maxiter=10), 10, 0.5, True),
     "adam": (lambda pr: pinn.Adam(pr, lr=3e-2), 30, 0.9, False),
