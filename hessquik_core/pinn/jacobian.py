@@ -9,6 +9,8 @@ order) and a quantity :math:`q(x;\theta)` computed by a forward Taylor sweep,
 * ``"laplacian"``: :math:`\Delta u` — ``(n, m, P)``,
 * ``"hessian_diagonal"``: :math:`\partial_{ii} u` — ``(n, d, m, P)``,
 * ``"weighted_laplacian"``: :math:`\mathrm{tr}(S S^\top \nabla^2 u)` for ``weights = S : (d, r)`` — ``(n, m, P)``,
+* ``"biharmonic"``: :math:`\Delta^2 u` — ``(n, m, P)`` (dense and residual layers;
+  its own sweep, :mod:`hessquik_core.pinn._streams_bh`),
 
 this module returns :math:`J_i = \partial q(x_i;\theta)/\partial\theta` for every
 point, and the matrix-free products :math:`J v` and :math:`J^\top w`.
@@ -44,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..rules.streams import StreamSpec
+from . import _streams_bh_call as bh
 from ._streams import (
     PER_COORDINATE,
     QUANTITIES,
@@ -63,7 +66,19 @@ from ._streams import (
     weights_matrix,
 )
 
-__all__ = ["QUANTITIES", "Quantities", "jacobian", "jvp", "kfac_factors", "quantities_and_jacobians", "vjp"]
+#: every quantity with a per-point Jacobian (``QUANTITIES`` and the bi-Laplacian)
+ALL_QUANTITIES = (*QUANTITIES, "biharmonic")
+
+__all__ = [
+    "ALL_QUANTITIES",
+    "QUANTITIES",
+    "Quantities",
+    "jacobian",
+    "jvp",
+    "kfac_factors",
+    "quantities_and_jacobians",
+    "vjp",
+]
 
 
 @dataclass
@@ -77,6 +92,7 @@ class Quantities:
     laplacian : (n, m) or None
     hessian_diagonal : (n, d, m) or None
     weighted_laplacian : (n, m) or None
+    biharmonic : (n, m) or None
     """
 
     value: Any = None
@@ -84,10 +100,11 @@ class Quantities:
     laplacian: Any = None
     hessian_diagonal: Any = None
     weighted_laplacian: Any = None
+    biharmonic: Any = None
 
     def __getitem__(self, name: str):
-        if name not in QUANTITIES:
-            raise KeyError(f"unknown quantity {name!r}; known: {QUANTITIES}")
+        if name not in ALL_QUANTITIES:
+            raise KeyError(f"unknown quantity {name!r}; known: {ALL_QUANTITIES}")
         return getattr(self, name)
 
 
@@ -108,7 +125,10 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         layer type raises ``ValueError`` naming it, before any work.
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
-    quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian"}
+    quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian", "biharmonic"}
+        ``"biharmonic"`` (:math:`\Delta^2 u`) is available for networks of
+        ``SingleLayer`` and ``ResnetLayer`` whose activations have a closed-form
+        :math:`\sigma^{(5)}` (tanh, sin, antiTanh, sigmoid, identity, quadratic).
     weights : array of shape (d, r), optional
         ``S`` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)` (required
         for, and only for, ``"weighted_laplacian"``).
@@ -120,7 +140,7 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
     Returns
     -------
     J : array
-        ``(n, m, P)`` for ``"value"``, ``"laplacian"``, ``"weighted_laplacian"``;
+        ``(n, m, P)`` for ``"value"``, ``"laplacian"``, ``"weighted_laplacian"``, ``"biharmonic"``;
         ``(n, d, m, P)`` for ``"gradient"``, ``"hessian_diagonal"`` (``m`` not squeezed);
         parameters in :class:`~hessquik_core.curvature.ParameterLayout` order.
 
@@ -132,6 +152,9 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         Unknown quantity, bad ``weights``, an unsupported layer, or an
         activation without :math:`\sigma'''` for a second-order quantity.
     """
+    if isinstance(quantity, str) and quantity == "biharmonic":
+        Bb = bh.bound(net, x, weights, backend, max_memory)
+        return Bb.to_user(bh.jacobian(Bb)[0])
     B, S, sw = prepare(net, x, quantity, weights, backend)
     check_memory(B, sw, sw.groups, max_memory)
     _, caches = forward(B, sw, S)
@@ -152,7 +175,8 @@ def quantities_and_jacobians(
     Parameters
     ----------
     needs : sequence of str
-        Names from ``QUANTITIES`` (duplicates ignored).
+        Names from ``ALL_QUANTITIES`` (duplicates ignored); ``"biharmonic"`` takes
+        a sweep of its own.
     net, x, weights, backend, max_memory
         As for :func:`jacobian`.
 
@@ -166,6 +190,22 @@ def quantities_and_jacobians(
     """
     if isinstance(needs, str):
         needs = (needs,)
+    if "biharmonic" in needs:
+        # the bi-Laplacian's own sweep; the other quantities by theirs (when any)
+        rest = tuple(q for q in needs if q != "biharmonic")
+        Bb = bh.bound(net, x, None, backend, max_memory)
+        Jb, Y = bh.jacobian(Bb)
+        if rest:
+            Q, J = quantities_and_jacobians(
+                net, x, rest, weights=weights, backend=backend, max_memory=max_memory
+            )
+        else:
+            if weights is not None:
+                raise ValueError("weights (S of the weighted Laplacian) are not used by 'biharmonic'")
+            Q, J = Quantities(value=Bb.to_user(Y[0, ...])), {}
+        Q.biharmonic = Bb.to_user(Y[-1, ...])
+        J["biharmonic"] = Bb.to_user(Jb)
+        return Q, {q: J[q] for q in dict.fromkeys(needs)}
     needs = tuple(dict.fromkeys(check_quantity(q) for q in needs))
     if not needs:
         raise ValueError(f"needs must name at least one of {QUANTITIES}")
@@ -257,8 +297,10 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     Parameters
     ----------
     quantity : str or sequence of str
-        A name of ``QUANTITIES``, or several swept together (one sweep, see
-        :func:`kfac_factors` for which combine).
+        A name of ``ALL_QUANTITIES``, or several swept together (one sweep, see
+        :func:`kfac_factors` for which combine; ``"biharmonic"`` combines with
+        ``"value"``, ``"gradient"``, ``"laplacian"`` and ``"hessian_diagonal"``,
+        all carried by its streams).
     v : array of shape (P,)
         In :class:`~hessquik_core.curvature.ParameterLayout` order, ``x``'s library.
     net, x, weights, backend
@@ -269,19 +311,11 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     array of shape (n, m) or (n, d, m), or dict
         Like the quantity; for several, ``name -> array``.
     """
+    bnames = bh.names_of(quantity)
+    if bnames is not None:
+        return bh.run_jvp(net, x, quantity, bnames, v, weights, backend)
     B, S, sw, names = prepare_many(net, x, quantity, weights, backend)
-    P = B.layout.size
-    v = B.to_call(v, "v")
-    if v.ndim != 1 or v.shape[0] != P:
-        raise ValueError(f"v must have shape ({P},) (one parameter direction), got {tuple(v.shape)}")
-    lay = B.layout
-    Vs = [
-        {
-            name: B.xp.reshape(v[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
-            for name, j in slots
-        }
-        for slots in B.slots
-    ]
+    Vs = bh.param_direction(B, v)
     Y = input_streams(B, sw, S)
     RY: Any = None  # the input streams do not depend on the parameters
     for leaf, Pm, V in zip(B.leaves, B.params, Vs):
@@ -317,9 +351,10 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     Parameters
     ----------
     quantity : str or mapping of str to array
-        A name of ``QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
+        A name of ``ALL_QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
         for :math:`\sum_q J_q^\top w_q` of several quantities in one sweep
-        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual).
+        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual, or
+        ``{"biharmonic": w4, "value": w0}`` for :math:`\Delta^2 u + cu`).
     w : array of the quantity's shape, (n, m) or (n, d, m)
     net, x, weights, backend
         As for :func:`jacobian`.
@@ -329,6 +364,8 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     array of shape (P,)
     """
     ws = _weight_map(quantity, w, "vjp", True)
+    if bh.names_of(tuple(ws)) is not None:
+        return bh.run_vjp(net, x, quantity, ws, weights, backend)
     B, S, sw, names = prepare_many(net, x, tuple(ws), weights, backend)
     Ybar = combined_seed(B, sw, ws, "w")
     _, caches = forward(B, sw, S)
@@ -377,6 +414,8 @@ def kfac_factors(net, x, quantity="laplacian", w=None, *, weights=None, backend=
         without bias), ``B : (q, q)``.
     """
     ws = _weight_map(quantity, w, "kfac_factors", False)
+    if "biharmonic" in ws:
+        raise ValueError("kfac_factors: 'biharmonic' has no Kronecker factors yet (use jacobian, jvp or vjp)")
     B_, S, sw, _ = prepare_many(net, x, tuple(ws), weights, backend)
     for i, leaf in enumerate(B_.leaves):
         if not leaf.stream_kfac:
