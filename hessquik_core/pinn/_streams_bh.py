@@ -267,10 +267,11 @@ class Phi:
 # --------------------------------------------------------------------------
 
 
-def layer_forward(leaf, Y, P, d, ops):
-    """Streams out of one dense/residual layer and its cache ``(Y, Phi)``."""
+def layer_forward(leaf, Y, P, d, ops, phi_of=None):
+    """Streams out of one dense/residual layer and its cache ``(Y, Phi)``; ``phi_of(Z, act)``
+    builds the activation's stream map (default: the bi-Laplacian's :class:`Phi`)."""
     Z = st.affine_streams(Y, P["K"], P.get("b"), ops)
-    phi = Phi(Z, leaf.act, d, ops.xp)
+    phi = Phi(Z, leaf.act, d, ops.xp) if phi_of is None else phi_of(Z, leaf.act)
     A = phi.forward()
     if isinstance(leaf, ResnetLayer):
         A = Y + leaf.h * A

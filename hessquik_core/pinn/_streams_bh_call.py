@@ -193,3 +193,21 @@ def run_vjp(net, x, quantity, ws: dict, weights, backend):
         for name, j in slots:
             parts[j] = B.xp.reshape(g[name], (B.layout.sizes[j],))
     return B.to_user(B.xp.concat(parts, axis=0))
+
+
+def run_quantities(net, x, needs, weights, backend, max_memory, rest_of, Quantities):
+    """:func:`~hessquik_core.pinn.quantities_and_jacobians` with ``"biharmonic"`` among
+    ``needs``: the bi-Laplacian's own sweep, the other quantities by ``rest_of`` (the
+    function itself, called on the rest)."""
+    rest = tuple(q for q in needs if q != "biharmonic")
+    B = bound(net, x, None, backend, max_memory)
+    Jb, Y = jacobian(B)
+    if rest:
+        Q, J = rest_of(net, x, rest, weights=weights, backend=backend, max_memory=max_memory)
+    else:
+        if weights is not None:
+            raise ValueError("weights (S of the weighted Laplacian) are not used by 'biharmonic'")
+        Q, J = Quantities(value=B.to_user(Y[0, ...])), {}
+    Q.biharmonic = B.to_user(Y[-1, ...])
+    J["biharmonic"] = B.to_user(Jb)
+    return Q, {q: J[q] for q in dict.fromkeys(needs)}

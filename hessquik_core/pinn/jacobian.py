@@ -11,6 +11,10 @@ order) and a quantity :math:`q(x;\theta)` computed by a forward Taylor sweep,
 * ``"weighted_laplacian"``: :math:`\mathrm{tr}(S S^\top \nabla^2 u)` for ``weights = S : (d, r)`` — ``(n, m, P)``,
 * ``"biharmonic"``: :math:`\Delta^2 u` — ``(n, m, P)`` (dense and residual layers;
   its own sweep, :mod:`hessquik_core.pinn._streams_bh`),
+* ``"directional"``: :math:`\partial^k u[v, \dots, v]` for each column ``v`` of
+  ``directions = V : (d, K)``, and ``"pure_partial"``: :math:`\partial^k u/\partial x_i^k` for
+  ``coords = (i, …)`` (``K = len(coords)``), ``order = k`` in 1–4 — ``(n, K, m, P)``
+  (dense and residual layers, :mod:`hessquik_core.pinn._streams_taylor`),
 
 this module returns :math:`J_i = \partial q(x_i;\theta)/\partial\theta` for every
 point, and the matrix-free products :math:`J v` and :math:`J^\top w`.
@@ -47,6 +51,7 @@ from typing import Any
 
 from ..rules.streams import StreamSpec
 from . import _streams_bh_call as bh
+from . import _streams_taylor as tay
 from ._streams import (
     PER_COORDINATE,
     QUANTITIES,
@@ -66,19 +71,12 @@ from ._streams import (
     weights_matrix,
 )
 
-#: every quantity with a per-point Jacobian (``QUANTITIES`` and the bi-Laplacian)
-ALL_QUANTITIES = (*QUANTITIES, "biharmonic")
+#: every quantity with a per-point Jacobian (``QUANTITIES``, the bi-Laplacian, and the
+#: directional derivatives / pure partials of order 1–4 of :func:`jacobian`, :func:`jvp`, :func:`vjp`)
+ALL_QUANTITIES = (*QUANTITIES, "biharmonic", "directional", "pure_partial")
 
-__all__ = [
-    "ALL_QUANTITIES",
-    "QUANTITIES",
-    "Quantities",
-    "jacobian",
-    "jvp",
-    "kfac_factors",
-    "quantities_and_jacobians",
-    "vjp",
-]
+__all__ = ["ALL_QUANTITIES", "QUANTITIES", "Quantities", "jacobian", "jvp", "kfac_factors"]
+__all__ += ["quantities_and_jacobians", "vjp"]
 
 
 @dataclass
@@ -113,7 +111,18 @@ class Quantities:
 # --------------------------------------------------------------------------
 
 
-def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None, max_memory=None):
+def jacobian(
+    net,
+    x,
+    quantity="laplacian",
+    *,
+    weights=None,
+    backend=None,
+    max_memory=None,
+    directions=None,
+    coords=None,
+    order=None,
+):
     r"""Per-point Jacobian :math:`J_i = \partial q(x_i;\theta)/\partial\theta` of a derivative quantity.
 
     Parameters
@@ -126,9 +135,7 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
     quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian", "biharmonic"}
-        ``"biharmonic"`` (:math:`\Delta^2 u`) is available for networks of
-        ``SingleLayer`` and ``ResnetLayer`` whose activations have a closed-form
-        :math:`\sigma^{(5)}` (tanh, sin, antiTanh, sigmoid, identity, quadratic).
+        ``"biharmonic"``, ``"directional"``, ``"pure_partial"``: dense/residual layers only.
     weights : array of shape (d, r), optional
         ``S`` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)` (required
         for, and only for, ``"weighted_laplacian"``).
@@ -136,12 +143,20 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         Backend that runs the call (as for network calls).
     max_memory : float, optional
         Bytes the call may use; default half the free memory of the device.
+    directions : array of shape (d, K), optional
+        The directions of ``"directional"`` (required for, and only for, it).
+    coords : sequence of int, optional
+        The coordinates of ``"pure_partial"`` (required for, and only for, it).
+    order : int, optional
+        ``k`` in 1–4 of ``"directional"`` and ``"pure_partial"``. Order ``k`` needs :math:`\sigma^{(k+1)}`,
+        :math:`\Delta^2 u` :math:`\sigma^{(5)}` (tanh, sin, antiTanh, sigmoid, identity, quadratic).
 
     Returns
     -------
     J : array
         ``(n, m, P)`` for ``"value"``, ``"laplacian"``, ``"weighted_laplacian"``, ``"biharmonic"``;
         ``(n, d, m, P)`` for ``"gradient"``, ``"hessian_diagonal"`` (``m`` not squeezed);
+        ``(n, K, m, P)`` for ``"directional"``, ``"pure_partial"``;
         parameters in :class:`~hessquik_core.curvature.ParameterLayout` order.
 
     Raises
@@ -152,6 +167,11 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         Unknown quantity, bad ``weights``, an unsupported layer, or an
         activation without :math:`\sigma'''` for a second-order quantity.
     """
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run(
+            "jacobian", net, x, quantity, None, weights, backend, directions, coords, order, max_memory
+        )
+    tay.no_taylor_keywords(quantity, directions, coords, order)
     if isinstance(quantity, str) and quantity == "biharmonic":
         Bb = bh.bound(net, x, weights, backend, max_memory)
         return Bb.to_user(bh.jacobian(Bb)[0])
@@ -190,22 +210,10 @@ def quantities_and_jacobians(
     """
     if isinstance(needs, str):
         needs = (needs,)
-    if "biharmonic" in needs:
-        # the bi-Laplacian's own sweep; the other quantities by theirs (when any)
-        rest = tuple(q for q in needs if q != "biharmonic")
-        Bb = bh.bound(net, x, None, backend, max_memory)
-        Jb, Y = bh.jacobian(Bb)
-        if rest:
-            Q, J = quantities_and_jacobians(
-                net, x, rest, weights=weights, backend=backend, max_memory=max_memory
-            )
-        else:
-            if weights is not None:
-                raise ValueError("weights (S of the weighted Laplacian) are not used by 'biharmonic'")
-            Q, J = Quantities(value=Bb.to_user(Y[0, ...])), {}
-        Q.biharmonic = Bb.to_user(Y[-1, ...])
-        J["biharmonic"] = Bb.to_user(Jb)
-        return Q, {q: J[q] for q in dict.fromkeys(needs)}
+    if "biharmonic" in needs:  # its own sweep; the other quantities by theirs
+        return bh.run_quantities(
+            net, x, needs, weights, backend, max_memory, quantities_and_jacobians, Quantities
+        )
     needs = tuple(dict.fromkeys(check_quantity(q) for q in needs))
     if not needs:
         raise ValueError(f"needs must name at least one of {QUANTITIES}")
@@ -288,7 +296,7 @@ def quantities_and_jacobians(
     return out, {q: B.to_user(J[q]) for q in needs}
 
 
-def jvp(net, x, quantity, v, *, weights=None, backend=None):
+def jvp(net, x, quantity, v, *, weights=None, backend=None, directions=None, coords=None, order=None):
     r"""Matrix-free :math:`J v`: the derivative of the quantity along the parameter direction ``v``.
 
     One forward sweep and one forward R-sweep over the streams
@@ -311,6 +319,9 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     array of shape (n, m) or (n, d, m), or dict
         Like the quantity; for several, ``name -> array``.
     """
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run("jvp", net, x, quantity, v, weights, backend, directions, coords, order)
+    tay.no_taylor_keywords(quantity, directions, coords, order)
     bnames = bh.names_of(quantity)
     if bnames is not None:
         return bh.run_jvp(net, x, quantity, bnames, v, weights, backend)
@@ -342,7 +353,7 @@ def _weight_map(quantity, w, what: str, required: bool) -> dict:
     return dict(quantity)
 
 
-def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
+def vjp(net, x, quantity, w=None, *, weights=None, backend=None, directions=None, coords=None, order=None):
     r"""Matrix-free :math:`J^\top w = \sum_i J_i^\top w_i`.
 
     One forward sweep and one backward sweep seeded with ``w`` and summed over
@@ -363,6 +374,9 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     -------
     array of shape (P,)
     """
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run("vjp", net, x, quantity, w, weights, backend, directions, coords, order)
+    tay.no_taylor_keywords(quantity, directions, coords, order)
     ws = _weight_map(quantity, w, "vjp", True)
     if bh.names_of(tuple(ws)) is not None:
         return bh.run_vjp(net, x, quantity, ws, weights, backend)

@@ -293,3 +293,159 @@ def test_caller_arrays_untouched():
     hq.pinn.vjp(net, x, "biharmonic", w)
     for a, b in zip((x, v, w, np.asarray(hq.curvature.flatten_parameters(net))), copies):
         assert np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------
+# directional derivatives and pure partials of order 1-4
+# --------------------------------------------------------------------------
+
+
+def reference_directional(net, x, V, k):
+    """``(∂ᵏu[v,…,v] (n, K, m), J (n, K, m, P))``: k nested jacrev of ``s -> u(x + s v)``."""
+    f = torch_model(net)
+    th = torch.tensor(np.asarray(hq.curvature.flatten_parameters(net), dtype=np.float64))
+    Vt = torch.tensor(np.asarray(V, dtype=np.float64))
+
+    def dk(t, xi):
+        outs = []
+        for c in range(Vt.shape[1]):
+            v = Vt[:, c]
+
+            def g(s, v=v):
+                return f(t, xi + s * v)
+
+            for _ in range(k):
+                g = jacrev(g)
+            outs.append(g(torch.tensor(0.0, dtype=torch.float64)))
+        return torch.stack(outs)
+
+    X = torch.tensor(np.asarray(x, dtype=np.float64))
+    Q = vmap(dk, in_dims=(None, 0))(th, X)
+    J = vmap(jacrev(dk, argnums=0), in_dims=(None, 0))(th, X)
+    return Q.numpy(), J.numpy()
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("netname", ["dense-sin-m2", "resnet-mixed", "d1-antitanh"])
+def test_directional_against_torch_func(netname, order):
+    net = NETS[netname]()
+    x = _x(net, seed=order)
+    V = np.random.default_rng(order + 10).standard_normal((net.in_features, 2))
+    Q, Jref = reference_directional(net, x, V, order)
+    J = hq.pinn.jacobian(net, x, "directional", directions=V, order=order)
+    n, m, P = x.shape[0], net.out_features, Jref.shape[-1]
+    assert isinstance(J, np.ndarray) and J.dtype == np.float64 and J.shape == (n, 2, m, P)
+    assert rel(J, Jref) <= RTOL
+    assert rel(hq.taylor_derivatives(net, x, V, order)[order - 1], Q) <= 1e-12
+    v = np.random.default_rng(1).standard_normal(P)
+    w = np.random.default_rng(2).standard_normal((n, 2, m))
+    Jv = hq.pinn.jvp(net, x, "directional", v, directions=V, order=order)
+    assert Jv.shape == (n, 2, m) and rel(Jv, Jref @ v) <= RTOL
+    JTw = hq.pinn.vjp(net, x, "directional", w, directions=V, order=order)
+    assert JTw.shape == (P,) and rel(JTw, np.tensordot(w, Jref, axes=3)) <= RTOL
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_pure_partial_kdv_and_ks(order):
+    """u_xxx (KdV) and u_xxxx (Kuramoto–Sivashinsky) in the x of (t, x)."""
+    net = hq.NN(
+        hq.SingleLayer(2, 5, act="tanh", seed=1),
+        hq.ResnetLayer(5, h=0.5, act="sin", seed=2),
+        hq.SingleLayer(5, 1, seed=3),
+    )
+    x = _x(net, n=4, seed=5)
+    _, Jref = reference_directional(net, x, np.array([[0.0], [1.0]]), order)
+    J = hq.pinn.jacobian(net, x, "pure_partial", coords=[1], order=order)
+    assert J.shape == (4, 1, 1, Jref.shape[-1]) and rel(J, Jref) <= RTOL
+    both = hq.pinn.jacobian(net, x, "pure_partial", coords=(1, 0), order=order)
+    assert rel(both[:, 0], J[:, 0]) <= 1e-14
+    assert (
+        rel(
+            both[:, 1],
+            hq.pinn.jacobian(net, x, "directional", directions=np.eye(2)[:, :1], order=order)[:, 0],
+        )
+        <= 1e-14
+    )
+    assert rel(hq.pinn.jacobian(net, x, "pure_partial", coords=1, order=order), J) <= 1e-14
+
+
+def test_directional_libraries(lib):
+    net = NETS["resnet-mixed"]()
+    xn = _x(net, n=3, seed=2)
+    Vn = np.random.default_rng(3).standard_normal((2, 2))
+    x = lib.asarray(xn)
+    kw = {} if lib.backend is None else {"backend": lib.backend}
+    Jn = hq.pinn.jacobian(net, xn, "directional", directions=Vn, order=4)
+    J = hq.pinn.jacobian(net, x, "directional", directions=lib.asarray(Vn), order=4, **kw)
+    lib.check(J, Jn.shape, x)
+    assert rel(lib.to_numpy(J), Jn) <= 1e-13
+    Jp = hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=3, **kw)
+    lib.check(Jp, (3, 1, 2, Jn.shape[-1]), x)
+    P = Jn.shape[-1]
+    v = np.random.default_rng(1).standard_normal(P)
+    w = np.random.default_rng(2).standard_normal(Jn.shape[:-1])
+    Jv = hq.pinn.jvp(net, x, "directional", lib.asarray(v), directions=lib.asarray(Vn), order=4, **kw)
+    lib.check(Jv, Jn.shape[:-1], x)
+    assert rel(lib.to_numpy(Jv), Jn @ v) <= 1e-12
+    JTw = hq.pinn.vjp(net, x, "directional", lib.asarray(w), directions=lib.asarray(Vn), order=4, **kw)
+    lib.check(JTw, (P,), x)
+    assert rel(lib.to_numpy(JTw), np.tensordot(w, Jn, axes=3)) <= 1e-12
+
+
+def test_directional_float32():
+    net = NETS["resnet-mixed"]()
+    x = _x(net, n=4)
+    J64 = hq.pinn.jacobian(net, x, "pure_partial", coords=[0, 1], order=4)
+    J32 = hq.pinn.jacobian(net, x.astype(np.float32), "pure_partial", coords=[0, 1], order=4)
+    assert J32.dtype == np.float32 and rel(J32, J64) <= 1e-5
+
+
+def test_directional_orders_and_activations():
+    """Order k needs σ^(k+1): softplus (max_order 2) serves order 1, is refused from order 2 on."""
+    net = hq.NN(hq.SingleLayer(2, 3, act="softplus", seed=1), hq.SingleLayer(3, 1, seed=2))
+    x = _x(net, n=2)
+    assert hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=1).shape[:3] == (2, 1, 1)
+    with pytest.raises(ValueError, match=r"order 2: layer 0 \(SingleLayer\) uses Softplus.*order 3"):
+        hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=2)
+    with pytest.raises(ValueError, match="fifth derivative"):
+        hq.pinn.jacobian(net, x, "directional", directions=np.ones((2, 1)), order=4)
+    icnn = hq.NN(hq.ICNNLayer(2, None, 3, act="tanh", seed=1), hq.SingleLayer(5, 1, seed=2))
+    with pytest.raises(ValueError, match=r"ICNNLayer\) is not supported"):
+        hq.pinn.jvp(icnn, x, "pure_partial", np.zeros(30), coords=[0], order=3)
+
+
+def test_directional_bad_input():
+    net = NETS["dense-tanh"]()
+    x = _x(net, n=2)
+    P = hq.curvature.parameter_layout(net).size
+    V = np.ones((2, 1))
+    cases = [
+        (dict(quantity="directional", directions=V, order=5), "order = 1, 2, 3 or 4, got 5"),
+        (dict(quantity="directional", directions=V), "order = 1, 2, 3 or 4, got None"),
+        (dict(quantity="directional", order=3), r"needs directions = V of shape \(2, K\)"),
+        (dict(quantity="directional", directions=np.ones((3, 1)), order=3), r"shape \(2, K\).*got \(3, 1\)"),
+        (dict(quantity="directional", directions=V, coords=[0], order=3), "not coords="),
+        (dict(quantity="pure_partial", order=3), "needs coords"),
+        (dict(quantity="pure_partial", coords=[2], order=3), r"integers in 0\.\.1, got \[2\]"),
+        (dict(quantity="pure_partial", coords=[], order=3), "non-empty"),
+        (dict(quantity="pure_partial", directions=V, coords=[0], order=3), "not directions="),
+        (dict(quantity="pure_partial", coords=[0], order=3, weights=np.eye(2)), "not used by 'pure_partial'"),
+        (dict(quantity="laplacian", order=3), "only used by"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            hq.pinn.jacobian(net, x, **kw)
+    with pytest.raises(TypeError, match="x's library"):
+        hq.pinn.jacobian(net, x, "directional", directions=torch.ones(2, 1), order=3)
+    with pytest.raises(
+        ValueError, match=r"w must have the shape of the quantity 'pure_partial', \(2, 1, 1\)"
+    ):
+        hq.pinn.vjp(net, x, "pure_partial", np.zeros((2, 1)), coords=[0], order=3)
+    with pytest.raises(ValueError, match="vjp needs w"):
+        hq.pinn.vjp(net, x, "pure_partial", coords=[0], order=3)
+    with pytest.raises(ValueError, match=r"v must have shape"):
+        hq.pinn.jvp(net, x, "pure_partial", np.zeros(P - 1), coords=[0], order=3)
+    with pytest.raises(MemoryBudgetError):
+        hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=3, max_memory=1000)
+    with pytest.raises(ValueError, match="only used by"):
+        hq.pinn.vjp(net, x, "biharmonic", np.zeros((2, 1)), order=3)
