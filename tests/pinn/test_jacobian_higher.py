@@ -449,3 +449,60 @@ def test_directional_bad_input():
         hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=3, max_memory=1000)
     with pytest.raises(ValueError, match="only used by"):
         hq.pinn.vjp(net, x, "biharmonic", np.zeros((2, 1)), order=3)
+
+
+# --------------------------------------------------------------------------
+# end to end: Gauss–Newton on a fourth-order problem
+# --------------------------------------------------------------------------
+
+
+def test_gauss_newton_reduces_a_biharmonic_loss():
+    """Levenberg–Marquardt steps (JᵀJ + λI)δ = −Jᵀr on Δ²u = 4 sin x cos y in the unit square
+    with u = sin x cos y on the boundary, J from the per-point bi-Laplacian and value Jacobians
+    (hq.pinn.Problem does not take "biharmonic" yet; this is the solver it would run).
+    Measured: 1.53 -> 0.036 in 8 steps."""
+    net = hq.FullyConnectedNN([2, 8, 8, 1], act="tanh", seed=0)
+    rng = np.random.default_rng(0)
+    xi = rng.uniform(0, 1, (40, 2))
+    t = rng.uniform(0, 1, 20)
+    z, o = np.zeros(5), np.ones(5)
+    xb = np.concatenate(
+        [
+            np.stack([t[:5], z], 1),
+            np.stack([t[5:10], o], 1),
+            np.stack([z, t[10:15]], 1),
+            np.stack([o, t[15:]], 1),
+        ]
+    )
+
+    def ustar(x):
+        return np.sin(x[:, 0]) * np.cos(x[:, 1])
+
+    f = 4.0 * ustar(xi)
+    lay = hq.curvature.parameter_layout(net)
+
+    def linearise():
+        Q, J = hq.pinn.quantities_and_jacobians(net, xi, ("biharmonic",))
+        Qb, Jb = hq.pinn.quantities_and_jacobians(net, xb, ("value",))
+        r = np.concatenate(
+            [(Q.biharmonic[:, 0] - f) / np.sqrt(40), (Qb.value[:, 0] - ustar(xb)) / np.sqrt(20)]
+        )
+        return r, np.concatenate([J["biharmonic"][:, 0] / np.sqrt(40), Jb["value"][:, 0] / np.sqrt(20)])
+
+    losses, lam = [], 1e-3
+    for _ in range(8):
+        r, J = linearise()
+        losses.append(0.5 * r @ r)
+        theta = np.asarray(hq.curvature.flatten_parameters(net))
+        while lam < 1e8:
+            step = np.linalg.solve(J.T @ J + lam * np.eye(J.shape[1]), -J.T @ r)
+            net.load_state_dict(lay.unflatten(theta + step))
+            r2 = linearise()[0]
+            if 0.5 * r2 @ r2 < losses[-1]:
+                lam = max(lam / 3, 1e-9)
+                break
+            lam *= 4
+    r, _ = linearise()
+    losses.append(0.5 * r @ r)
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0] / 20
