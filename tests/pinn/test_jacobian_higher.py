@@ -452,6 +452,56 @@ def test_directional_bad_input():
 
 
 # --------------------------------------------------------------------------
+# random dense / residual architectures (hypothesis)
+# --------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+
+
+@hst.composite
+def architectures(draw):
+    d = draw(hst.integers(1, 3))
+    m = draw(hst.integers(1, 2))
+    acts = hst.sampled_from(["tanh", "sin", "sigmoid", "antitanh", "identity", "quadratic"])
+    width = draw(hst.integers(1, 4))
+    seeds = hst.integers(0, 99)
+    layers = [hq.SingleLayer(d, width, act=draw(acts), bias=draw(hst.booleans()), seed=draw(seeds))]
+    for _ in range(draw(hst.integers(0, 2))):
+        if draw(hst.booleans()):
+            h = draw(hst.floats(0.1, 1.0))
+            layers.append(
+                hq.ResnetLayer(width, h=h, act=draw(acts), bias=draw(hst.booleans()), seed=draw(seeds))
+            )
+        else:
+            w2 = draw(hst.integers(1, 4))
+            layers.append(
+                hq.SingleLayer(width, w2, act=draw(acts), bias=draw(hst.booleans()), seed=draw(seeds))
+            )
+            width = w2
+    layers.append(hq.SingleLayer(width, m, act=draw(acts), bias=draw(hst.booleans()), seed=draw(seeds)))
+    quantity = draw(hst.sampled_from(["biharmonic", "directional"]))
+    return hq.NN(*layers), quantity, draw(hst.integers(1, 4)), draw(hst.integers(1, 3))
+
+
+@settings(max_examples=8, deadline=None)
+@given(architectures())
+def test_random_architectures(arch):
+    net, quantity, order, n = arch
+    x = _x(net, n=n, seed=n)
+    if quantity == "biharmonic":
+        J = hq.pinn.jacobian(net, x, "biharmonic")
+        _, Jr = reference(net, x)
+    else:
+        V = np.random.default_rng(order).standard_normal((net.in_features, 2))
+        J = hq.pinn.jacobian(net, x, "directional", directions=V, order=order)
+        _, Jr = reference_directional(net, x, V, order)
+    assert J.shape == Jr.shape
+    # entries that vanish identically (a network of identity/quadratic layers) compare absolutely
+    assert np.max(np.abs(J - Jr)) <= RTOL * max(np.max(np.abs(Jr)), 1.0)
+
+
+# --------------------------------------------------------------------------
 # end to end: Gauss–Newton on a fourth-order problem
 # --------------------------------------------------------------------------
 
