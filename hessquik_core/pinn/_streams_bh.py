@@ -32,9 +32,11 @@ fifth derivatives are supplied here (:func:`sigma5`) for the activations where
 they are closed forms: tanh, sin, antiTanh, sigmoid, identity, quadratic;
 another activation is refused by name.
 
-Cost per layer: the streams are ``S = 3 + 2d + d²`` rows (the Hessian is kept
-full, ``d²`` rows, not packed: the adjoint of :math:`(c\cdot Hg)` is not
-symmetric), and the per-point block one batched GEMM of inner size ``S``.
+Cost per layer: the streams are ``S = 3 + 2d + d²`` rows, and the per-point block
+one batched GEMM of inner size ``S``. The Hessian is kept full (``d²`` rows, each
+entry an independent coordinate of the map above, so its adjoint needs no
+symmetrisation); packing it to ``d(d+1)/2`` rows, as :func:`hessquik_core.biharmonic`
+does, would save ``d(d-1)/2`` rows — not done yet.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..rules.streams import StreamSpec
-from ._streams import Bound, Sweep, assemble, check_memory, quantity_shape
+from ._streams import QUANTITIES, Bound, Sweep, assemble, check_memory, quantity_shape
 from ._streams_bh import check_supported, input_streams, layer_forward, layer_rop, layer_vjp, rows
 
 # --------------------------------------------------------------------------
@@ -211,3 +211,19 @@ def run_quantities(net, x, needs, weights, backend, max_memory, rest_of, Quantit
     Q.biharmonic = B.to_user(Y[-1, ...])
     J["biharmonic"] = B.to_user(Jb)
     return Q, {q: J[q] for q in dict.fromkeys(needs)}
+
+
+def weight_map(quantity, w, what: str, required: bool) -> dict:
+    """``{name: w}`` from ``(quantity, w)``: a name and its weights, or a mapping."""
+    if isinstance(quantity, str):
+        if required and w is None:
+            raise ValueError(f"{what} needs w, of the shape of the quantity {quantity!r}")
+        return {quantity: w}
+    if not isinstance(quantity, Mapping):
+        known = (*QUANTITIES, "biharmonic", "directional", "pure_partial")
+        raise ValueError(f"quantity must be one of {known} or a mapping of them to weights, got {quantity!r}")
+    if w is not None:
+        raise ValueError(
+            "with a mapping of quantities to weights, w must be None (the weights are in the mapping)"
+        )
+    return dict(quantity)

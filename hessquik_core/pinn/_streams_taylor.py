@@ -180,7 +180,8 @@ def _backward(B: Bound, caches, Ybar, mode: str) -> list:
 
 
 def jacobian(B: Bound, V, order: int):
-    """``(n, K, m, P)`` and the derivatives ``(n, K, m)``."""
+    """``(n, K, m, P)`` and the output streams ``(order + 1, n, K, m)`` (row ``j``: the
+    ``j``-th derivatives)."""
     xp = B.xp
     n, m, K = B.x.shape[0], B.net.out_features, V.shape[1]
     N = n * K
@@ -189,7 +190,7 @@ def jacobian(B: Bound, V, order: int):
     hot = xp.broadcast_to(eye[:, None, None, :], (m, 1, N, m))
     Ybar = xp.concat([xp.zeros((m, order, N, m), dtype=B.dtype, device=B.device), hot], axis=1)
     J = assemble(B, _backward(B, caches, Ybar, "point"), N, m)
-    return xp.reshape(J, (n, K, m, J.shape[-1])), xp.reshape(Y[order, ...], (n, K, m))
+    return xp.reshape(J, (n, K, m, J.shape[-1])), xp.reshape(Y, (order + 1, n, K, m))
 
 
 def jvp(B: Bound, V, order: int, Vs):
@@ -253,3 +254,27 @@ def run(what, net, x, quantity, arg, weights, backend, directions, coords, order
         return B.to_user(jvp(B, V, order, param_direction(B, arg)))
     w = checked_w(B, arg, (B.x.shape[0], V.shape[1], B.net.out_features), quantity)
     return B.to_user(vjp(B, V, order, w))
+
+
+def run_quantities(
+    net, x, needs, weights, backend, max_memory, directions, coords, order, rest_of, Quantities
+):
+    """:func:`~hessquik_core.pinn.quantities_and_jacobians` with ``"directional"`` or
+    ``"pure_partial"`` among ``needs``: its own sweep, the other quantities by ``rest_of``
+    (the function itself, called on the rest)."""
+    taylor = [q for q in dict.fromkeys(needs) if q in TAYLOR]
+    if len(taylor) > 1:
+        raise ValueError(f"needs may hold one of {TAYLOR} per call (one set of directions), got {taylor}")
+    q = taylor[0]
+    rest = tuple(r for r in needs if r != q)
+    B, V = prepare(net, x, q, None, backend, directions, coords, order, max_memory)
+    J, Y = jacobian(B, V, order)
+    if rest:
+        Q, Js = rest_of(net, x, rest, weights=weights, backend=backend, max_memory=max_memory)
+    else:
+        if weights is not None:
+            raise ValueError(f"weights (S of the weighted Laplacian) are not used by {q!r}")
+        Q, Js = Quantities(value=B.to_user(Y[0, :, 0, :])), {}
+    setattr(Q, q, B.to_user(Y[order, ...]))
+    Js[q] = B.to_user(J)
+    return Q, {k: Js[k] for k in dict.fromkeys(needs)}

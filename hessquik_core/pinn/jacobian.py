@@ -45,7 +45,6 @@ with :class:`~hessquik_core.engine.plan.MemoryBudgetError` before any work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,6 +69,7 @@ from ._streams import (
     sweep_of,
     weights_matrix,
 )
+from ._streams_bh_call import weight_map
 
 #: every quantity with a per-point Jacobian (``QUANTITIES``, the bi-Laplacian, and the
 #: directional derivatives / pure partials of order 1–4 of :func:`jacobian`, :func:`jvp`, :func:`vjp`)
@@ -91,6 +91,7 @@ class Quantities:
     hessian_diagonal : (n, d, m) or None
     weighted_laplacian : (n, m) or None
     biharmonic : (n, m) or None
+    directional, pure_partial : (n, K, m) or None
     """
 
     value: Any = None
@@ -99,6 +100,8 @@ class Quantities:
     hessian_diagonal: Any = None
     weighted_laplacian: Any = None
     biharmonic: Any = None
+    directional: Any = None
+    pure_partial: Any = None
 
     def __getitem__(self, name: str):
         if name not in ALL_QUANTITIES:
@@ -182,7 +185,16 @@ def jacobian(
 
 
 def quantities_and_jacobians(
-    net, x, needs=("value", "laplacian"), *, weights=None, backend=None, max_memory=None
+    net,
+    x,
+    needs=("value", "laplacian"),
+    *,
+    weights=None,
+    backend=None,
+    max_memory=None,
+    directions=None,
+    coords=None,
+    order=None,
 ):
     r"""The quantities ``needs`` at the points and their per-point Jacobians.
 
@@ -195,9 +207,9 @@ def quantities_and_jacobians(
     Parameters
     ----------
     needs : sequence of str
-        Names from ``ALL_QUANTITIES`` (duplicates ignored); ``"biharmonic"`` takes
-        a sweep of its own.
-    net, x, weights, backend, max_memory
+        Names from ``ALL_QUANTITIES`` (duplicates ignored); ``"biharmonic"`` and
+        ``"directional"`` / ``"pure_partial"`` (one of them per call) take sweeps of their own.
+    net, x, weights, backend, max_memory, directions, coords, order
         As for :func:`jacobian`.
 
     Returns
@@ -210,6 +222,12 @@ def quantities_and_jacobians(
     """
     if isinstance(needs, str):
         needs = (needs,)
+    kw = (directions, coords, order)
+    if any(q in tay.TAYLOR for q in needs):  # its own sweep; the other quantities by theirs
+        return tay.run_quantities(
+            net, x, needs, weights, backend, max_memory, *kw, quantities_and_jacobians, Quantities
+        )
+    tay.no_taylor_keywords(needs, *kw)
     if "biharmonic" in needs:  # its own sweep; the other quantities by theirs
         return bh.run_quantities(
             net, x, needs, weights, backend, max_memory, quantities_and_jacobians, Quantities
@@ -336,23 +354,6 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None, directions=None, coo
     return out[names[0]] if isinstance(quantity, str) else out
 
 
-def _weight_map(quantity, w, what: str, required: bool) -> dict:
-    """``{name: w}`` from ``(quantity, w)``: a name and its weights, or a mapping."""
-    if isinstance(quantity, str):
-        if required and w is None:
-            raise ValueError(f"{what} needs w, of the shape of the quantity {quantity!r}")
-        return {quantity: w}
-    if not isinstance(quantity, Mapping):
-        raise ValueError(
-            f"quantity must be one of {QUANTITIES} or a mapping of them to weights, got {quantity!r}"
-        )
-    if w is not None:
-        raise ValueError(
-            "with a mapping of quantities to weights, w must be None (the weights are in the mapping)"
-        )
-    return dict(quantity)
-
-
 def vjp(net, x, quantity, w=None, *, weights=None, backend=None, directions=None, coords=None, order=None):
     r"""Matrix-free :math:`J^\top w = \sum_i J_i^\top w_i`.
 
@@ -377,7 +378,7 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None, directions=None
     if isinstance(quantity, str) and quantity in tay.TAYLOR:
         return tay.run("vjp", net, x, quantity, w, weights, backend, directions, coords, order)
     tay.no_taylor_keywords(quantity, directions, coords, order)
-    ws = _weight_map(quantity, w, "vjp", True)
+    ws = weight_map(quantity, w, "vjp", True)
     if bh.names_of(tuple(ws)) is not None:
         return bh.run_vjp(net, x, quantity, ws, weights, backend)
     B, S, sw, names = prepare_many(net, x, tuple(ws), weights, backend)
@@ -427,7 +428,7 @@ def kfac_factors(net, x, quantity="laplacian", w=None, *, weights=None, backend=
         One pair per affine block in layer order: ``A : (p+1, p+1)`` (``(p, p)``
         without bias), ``B : (q, q)``.
     """
-    ws = _weight_map(quantity, w, "kfac_factors", False)
+    ws = weight_map(quantity, w, "kfac_factors", False)
     if "biharmonic" in ws:
         raise ValueError("kfac_factors: 'biharmonic' has no Kronecker factors yet (use jacobian, jvp or vjp)")
     B_, S, sw, _ = prepare_many(net, x, tuple(ws), weights, backend)

@@ -556,3 +556,24 @@ def test_gauss_newton_reduces_a_biharmonic_loss():
     losses.append(0.5 * r @ r)
     assert all(b < a for a, b in zip(losses, losses[1:]))
     assert losses[-1] < losses[0] / 20
+
+
+def test_quantities_and_jacobians_directional():
+    net = NETS["resnet-mixed"]()
+    x = _x(net, n=3, seed=6)
+    V = np.random.default_rng(7).standard_normal((2, 3))
+    Q, J = hq.pinn.quantities_and_jacobians(net, x, ("directional",), directions=V, order=3)
+    assert list(J) == ["directional"] and Q.directional.shape == (3, 3, 2)
+    assert rel(J["directional"], hq.pinn.jacobian(net, x, "directional", directions=V, order=3)) <= 1e-14
+    assert rel(Q.directional, hq.taylor_derivatives(net, x, V, 3)[2]) <= 1e-12
+    assert rel(Q.value, hq.biharmonic(net, x, full=True).value) <= 1e-14
+    needs = ("value", "pure_partial", "biharmonic", "laplacian")
+    Q, J = hq.pinn.quantities_and_jacobians(net, x, needs, coords=[1], order=4)
+    assert list(J) == list(needs) and Q["pure_partial"].shape == (3, 1, 2)
+    assert rel(J["pure_partial"], hq.pinn.jacobian(net, x, "pure_partial", coords=[1], order=4)) <= 1e-14
+    assert rel(J["biharmonic"], hq.pinn.jacobian(net, x, "biharmonic")) <= 1e-14
+    assert rel(Q.pure_partial, hq.pure_partials(net, x, [1], 4)) <= 1e-12
+    with pytest.raises(ValueError, match="one of .* per call"):
+        hq.pinn.quantities_and_jacobians(net, x, ("directional", "pure_partial"), coords=[0], order=3)
+    with pytest.raises(ValueError, match="only used by"):
+        hq.pinn.quantities_and_jacobians(net, x, ("value",), order=3)
