@@ -123,7 +123,7 @@ def sweep_of(quantity: str, d: int, r: int) -> Sweep:
 
 def check_quantity(quantity) -> str:
     if not isinstance(quantity, str) or quantity not in QUANTITIES:
-        raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+        raise ValueError(f"quantity must be one of {(*QUANTITIES, 'biharmonic')}, got {quantity!r}")
     return quantity
 
 

@@ -9,6 +9,12 @@ order) and a quantity :math:`q(x;\theta)` computed by a forward Taylor sweep,
 * ``"laplacian"``: :math:`\Delta u` — ``(n, m, P)``,
 * ``"hessian_diagonal"``: :math:`\partial_{ii} u` — ``(n, d, m, P)``,
 * ``"weighted_laplacian"``: :math:`\mathrm{tr}(S S^\top \nabla^2 u)` for ``weights = S : (d, r)`` — ``(n, m, P)``,
+* ``"biharmonic"``: :math:`\Delta^2 u` — ``(n, m, P)`` (dense and residual layers;
+  its own sweep, :mod:`hessquik_core.pinn._streams_bh`),
+* ``"directional"``: :math:`\partial^k u[v, \dots, v]` for each column ``v`` of
+  ``directions = V : (d, K)``, and ``"pure_partial"``: :math:`\partial^k u/\partial x_i^k` for
+  ``coords = (i, …)`` (``K = len(coords)``), ``order = k`` in 1–4 — ``(n, K, m, P)``
+  (dense and residual layers, :mod:`hessquik_core.pinn._streams_taylor`),
 
 this module returns :math:`J_i = \partial q(x_i;\theta)/\partial\theta` for every
 point, and the matrix-free products :math:`J v` and :math:`J^\top w`.
@@ -39,11 +45,12 @@ with :class:`~hessquik_core.engine.plan.MemoryBudgetError` before any work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..rules.streams import StreamSpec
+from . import _streams_bh_call as bh
+from . import _streams_taylor as tay
 from ._streams import (
     PER_COORDINATE,
     QUANTITIES,
@@ -62,8 +69,14 @@ from ._streams import (
     sweep_of,
     weights_matrix,
 )
+from ._streams_bh_call import weight_map
 
-__all__ = ["QUANTITIES", "Quantities", "jacobian", "jvp", "kfac_factors", "quantities_and_jacobians", "vjp"]
+#: every quantity with a per-point Jacobian (``QUANTITIES``, the bi-Laplacian, and the
+#: directional derivatives / pure partials of order 1–4 of :func:`jacobian`, :func:`jvp`, :func:`vjp`)
+ALL_QUANTITIES = (*QUANTITIES, "biharmonic", "directional", "pure_partial")
+
+__all__ = ["ALL_QUANTITIES", "QUANTITIES", "Quantities", "jacobian", "jvp", "kfac_factors"]
+__all__ += ["quantities_and_jacobians", "vjp"]
 
 
 @dataclass
@@ -77,6 +90,8 @@ class Quantities:
     laplacian : (n, m) or None
     hessian_diagonal : (n, d, m) or None
     weighted_laplacian : (n, m) or None
+    biharmonic : (n, m) or None
+    directional, pure_partial : (n, K, m) or None
     """
 
     value: Any = None
@@ -84,10 +99,13 @@ class Quantities:
     laplacian: Any = None
     hessian_diagonal: Any = None
     weighted_laplacian: Any = None
+    biharmonic: Any = None
+    directional: Any = None
+    pure_partial: Any = None
 
     def __getitem__(self, name: str):
-        if name not in QUANTITIES:
-            raise KeyError(f"unknown quantity {name!r}; known: {QUANTITIES}")
+        if name not in ALL_QUANTITIES:
+            raise KeyError(f"unknown quantity {name!r}; known: {ALL_QUANTITIES}")
         return getattr(self, name)
 
 
@@ -96,7 +114,18 @@ class Quantities:
 # --------------------------------------------------------------------------
 
 
-def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None, max_memory=None):
+def jacobian(
+    net,
+    x,
+    quantity="laplacian",
+    *,
+    weights=None,
+    backend=None,
+    max_memory=None,
+    directions=None,
+    coords=None,
+    order=None,
+):
     r"""Per-point Jacobian :math:`J_i = \partial q(x_i;\theta)/\partial\theta` of a derivative quantity.
 
     Parameters
@@ -108,7 +137,8 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         layer type raises ``ValueError`` naming it, before any work.
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
-    quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian"}
+    quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian", "biharmonic"}
+        ``"biharmonic"``, ``"directional"``, ``"pure_partial"``: dense/residual layers only.
     weights : array of shape (d, r), optional
         ``S`` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)` (required
         for, and only for, ``"weighted_laplacian"``).
@@ -116,12 +146,20 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         Backend that runs the call (as for network calls).
     max_memory : float, optional
         Bytes the call may use; default half the free memory of the device.
+    directions : array of shape (d, K), optional
+        The directions of ``"directional"`` (required for, and only for, it).
+    coords : sequence of int, optional
+        The coordinates of ``"pure_partial"`` (required for, and only for, it).
+    order : int, optional
+        ``k`` in 1–4 of ``"directional"`` and ``"pure_partial"``. Order ``k`` needs :math:`\sigma^{(k+1)}`,
+        :math:`\Delta^2 u` :math:`\sigma^{(5)}` (tanh, sin, antiTanh, sigmoid, identity, quadratic).
 
     Returns
     -------
     J : array
-        ``(n, m, P)`` for ``"value"``, ``"laplacian"``, ``"weighted_laplacian"``;
+        ``(n, m, P)`` for ``"value"``, ``"laplacian"``, ``"weighted_laplacian"``, ``"biharmonic"``;
         ``(n, d, m, P)`` for ``"gradient"``, ``"hessian_diagonal"`` (``m`` not squeezed);
+        ``(n, K, m, P)`` for ``"directional"``, ``"pure_partial"``;
         parameters in :class:`~hessquik_core.curvature.ParameterLayout` order.
 
     Raises
@@ -132,6 +170,14 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
         Unknown quantity, bad ``weights``, an unsupported layer, or an
         activation without :math:`\sigma'''` for a second-order quantity.
     """
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run(
+            "jacobian", net, x, quantity, None, weights, backend, directions, coords, order, max_memory
+        )
+    tay.no_taylor_keywords(quantity, directions, coords, order)
+    if isinstance(quantity, str) and quantity == "biharmonic":
+        Bb = bh.bound(net, x, weights, backend, max_memory)
+        return Bb.to_user(bh.jacobian(Bb)[0])
     B, S, sw = prepare(net, x, quantity, weights, backend)
     check_memory(B, sw, sw.groups, max_memory)
     _, caches = forward(B, sw, S)
@@ -139,7 +185,16 @@ def jacobian(net, x, quantity: str = "laplacian", *, weights=None, backend=None,
 
 
 def quantities_and_jacobians(
-    net, x, needs=("value", "laplacian"), *, weights=None, backend=None, max_memory=None
+    net,
+    x,
+    needs=("value", "laplacian"),
+    *,
+    weights=None,
+    backend=None,
+    max_memory=None,
+    directions=None,
+    coords=None,
+    order=None,
 ):
     r"""The quantities ``needs`` at the points and their per-point Jacobians.
 
@@ -152,8 +207,9 @@ def quantities_and_jacobians(
     Parameters
     ----------
     needs : sequence of str
-        Names from ``QUANTITIES`` (duplicates ignored).
-    net, x, weights, backend, max_memory
+        Names from ``ALL_QUANTITIES`` (duplicates ignored); ``"biharmonic"`` and
+        ``"directional"`` / ``"pure_partial"`` (one of them per call) take sweeps of their own.
+    net, x, weights, backend, max_memory, directions, coords, order
         As for :func:`jacobian`.
 
     Returns
@@ -166,6 +222,16 @@ def quantities_and_jacobians(
     """
     if isinstance(needs, str):
         needs = (needs,)
+    kw = (directions, coords, order)
+    if any(q in tay.TAYLOR for q in needs):  # its own sweep; the other quantities by theirs
+        return tay.run_quantities(
+            net, x, needs, weights, backend, max_memory, *kw, quantities_and_jacobians, Quantities
+        )
+    tay.no_taylor_keywords(needs, *kw)
+    if "biharmonic" in needs:  # its own sweep; the other quantities by theirs
+        return bh.run_quantities(
+            net, x, needs, weights, backend, max_memory, quantities_and_jacobians, Quantities
+        )
     needs = tuple(dict.fromkeys(check_quantity(q) for q in needs))
     if not needs:
         raise ValueError(f"needs must name at least one of {QUANTITIES}")
@@ -248,7 +314,7 @@ def quantities_and_jacobians(
     return out, {q: B.to_user(J[q]) for q in needs}
 
 
-def jvp(net, x, quantity, v, *, weights=None, backend=None):
+def jvp(net, x, quantity, v, *, weights=None, backend=None, directions=None, coords=None, order=None):
     r"""Matrix-free :math:`J v`: the derivative of the quantity along the parameter direction ``v``.
 
     One forward sweep and one forward R-sweep over the streams
@@ -257,8 +323,10 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     Parameters
     ----------
     quantity : str or sequence of str
-        A name of ``QUANTITIES``, or several swept together (one sweep, see
-        :func:`kfac_factors` for which combine).
+        A name of ``ALL_QUANTITIES``, or several swept together (one sweep, see
+        :func:`kfac_factors` for which combine; ``"biharmonic"`` combines with
+        ``"value"``, ``"gradient"``, ``"laplacian"`` and ``"hessian_diagonal"``,
+        all carried by its streams).
     v : array of shape (P,)
         In :class:`~hessquik_core.curvature.ParameterLayout` order, ``x``'s library.
     net, x, weights, backend
@@ -269,19 +337,14 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     array of shape (n, m) or (n, d, m), or dict
         Like the quantity; for several, ``name -> array``.
     """
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run("jvp", net, x, quantity, v, weights, backend, directions, coords, order)
+    tay.no_taylor_keywords(quantity, directions, coords, order)
+    bnames = bh.names_of(quantity)
+    if bnames is not None:
+        return bh.run_jvp(net, x, quantity, bnames, v, weights, backend)
     B, S, sw, names = prepare_many(net, x, quantity, weights, backend)
-    P = B.layout.size
-    v = B.to_call(v, "v")
-    if v.ndim != 1 or v.shape[0] != P:
-        raise ValueError(f"v must have shape ({P},) (one parameter direction), got {tuple(v.shape)}")
-    lay = B.layout
-    Vs = [
-        {
-            name: B.xp.reshape(v[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
-            for name, j in slots
-        }
-        for slots in B.slots
-    ]
+    Vs = bh.param_direction(B, v)
     Y = input_streams(B, sw, S)
     RY: Any = None  # the input streams do not depend on the parameters
     for leaf, Pm, V in zip(B.leaves, B.params, Vs):
@@ -291,24 +354,7 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     return out[names[0]] if isinstance(quantity, str) else out
 
 
-def _weight_map(quantity, w, what: str, required: bool) -> dict:
-    """``{name: w}`` from ``(quantity, w)``: a name and its weights, or a mapping."""
-    if isinstance(quantity, str):
-        if required and w is None:
-            raise ValueError(f"{what} needs w, of the shape of the quantity {quantity!r}")
-        return {quantity: w}
-    if not isinstance(quantity, Mapping):
-        raise ValueError(
-            f"quantity must be one of {QUANTITIES} or a mapping of them to weights, got {quantity!r}"
-        )
-    if w is not None:
-        raise ValueError(
-            "with a mapping of quantities to weights, w must be None (the weights are in the mapping)"
-        )
-    return dict(quantity)
-
-
-def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
+def vjp(net, x, quantity, w=None, *, weights=None, backend=None, directions=None, coords=None, order=None):
     r"""Matrix-free :math:`J^\top w = \sum_i J_i^\top w_i`.
 
     One forward sweep and one backward sweep seeded with ``w`` and summed over
@@ -317,9 +363,10 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     Parameters
     ----------
     quantity : str or mapping of str to array
-        A name of ``QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
+        A name of ``ALL_QUANTITIES`` (then ``w`` is required), or ``{name: w_name}``
         for :math:`\sum_q J_q^\top w_q` of several quantities in one sweep
-        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual).
+        (e.g. ``{"gradient": wg, "hessian_diagonal": wd}`` for a heat residual, or
+        ``{"biharmonic": w4, "value": w0}`` for :math:`\Delta^2 u + cu`).
     w : array of the quantity's shape, (n, m) or (n, d, m)
     net, x, weights, backend
         As for :func:`jacobian`.
@@ -328,7 +375,12 @@ def vjp(net, x, quantity, w=None, *, weights=None, backend=None):
     -------
     array of shape (P,)
     """
-    ws = _weight_map(quantity, w, "vjp", True)
+    if isinstance(quantity, str) and quantity in tay.TAYLOR:
+        return tay.run("vjp", net, x, quantity, w, weights, backend, directions, coords, order)
+    tay.no_taylor_keywords(quantity, directions, coords, order)
+    ws = weight_map(quantity, w, "vjp", True)
+    if bh.names_of(tuple(ws)) is not None:
+        return bh.run_vjp(net, x, quantity, ws, weights, backend)
     B, S, sw, names = prepare_many(net, x, tuple(ws), weights, backend)
     Ybar = combined_seed(B, sw, ws, "w")
     _, caches = forward(B, sw, S)
@@ -376,7 +428,9 @@ def kfac_factors(net, x, quantity="laplacian", w=None, *, weights=None, backend=
         One pair per affine block in layer order: ``A : (p+1, p+1)`` (``(p, p)``
         without bias), ``B : (q, q)``.
     """
-    ws = _weight_map(quantity, w, "kfac_factors", False)
+    ws = weight_map(quantity, w, "kfac_factors", False)
+    if "biharmonic" in ws:
+        raise ValueError("kfac_factors: 'biharmonic' has no Kronecker factors yet (use jacobian, jvp or vjp)")
     B_, S, sw, _ = prepare_many(net, x, tuple(ws), weights, backend)
     for i, leaf in enumerate(B_.leaves):
         if not leaf.stream_kfac:
