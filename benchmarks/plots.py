@@ -24,20 +24,12 @@ _STYLE = {
 }
 
 
-def _plt():
-    return harness.pyplot()
-
-
 def _ok(rows):
     return [r for r in rows if r.get("status") == "ok"]
 
 
 def _peers(rows):
-    out = []
-    for r in rows:
-        if r["peer"] not in out:
-            out.append(r["peer"])
-    return out
+    return list(dict.fromkeys(r["peer"] for r in rows))
 
 
 def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
@@ -84,7 +76,7 @@ def _heat(ax, fig, ds, ms, val, title, cmap, center=None, fmt="{:.2g}"):
 
 
 def _w2(out: Path, rows):
-    plt = _plt()
+    plt = harness.pyplot()
     ds = sorted({r["d"] for r in rows})
     ms = sorted({r["m"] for r in rows})
     peers = _peers(rows)
@@ -117,7 +109,7 @@ def _w2(out: Path, rows):
 
 
 def _w5(out: Path, rows):
-    plt = _plt()
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for p in _peers(rows):
         pts = sorted((r["n"], r["min_s"]) for r in _ok(rows) if r["peer"] == p)
