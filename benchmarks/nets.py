@@ -180,10 +180,6 @@ def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Mo
     )
 
 
-def model_of(spec: NetSpec) -> Model:
-    return records_model(spec_of(build(spec)), spec)
-
-
 def _model(m) -> Model:
     return m if isinstance(m, Model) else records_model(m)
 

@@ -45,6 +45,7 @@ once, so a burst of load from other processes hits all of them alike).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -143,6 +144,21 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _torch_runner(loss_fn, params, compile_s: float | None = None, around=None) -> Runner:
+    """A torch step: ``loss_fn()`` and its gradient w.r.t. ``params`` (``around``: a context
+    manager factory entered for the call)."""
+    import torch
+
+    def call():
+        with around() if around is not None else contextlib.nullcontext():
+            val = loss_fn()
+            grads = torch.autograd.grad(val, params, materialize_grads=True)
+        _sync()
+        return val.detach(), grads
+
+    return Runner(call, lambda out: (float(out[0]), [g.detach().cpu().numpy() for g in out[1]]), compile_s)
+
+
 def _torch_loss(loss: str, q, t, n: int):
     """Loss of the derivative ``q`` ((n, 1) Laplacian or (n, d) gradient/diagonal) against ``t``."""
     if loss == "laplacian":
@@ -190,21 +206,16 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
             inductor_config.force_disable_caches = not WARM_COMPILE
             fn = torch.compile(loss_fn)
 
-        def call():
-            before = analytic_weight_gradient(False) if taped else None
+        @contextlib.contextmanager
+        def untaped():
+            before = analytic_weight_gradient(False)
             try:
-                val = fn()
-                grads = torch.autograd.grad(val, params, materialize_grads=True)
+                yield
             finally:
-                if before is not None:
-                    analytic_weight_gradient(before)
-            _sync()
-            return val.detach(), grads
+                analytic_weight_gradient(before)
 
-        def to_numpy(out):
-            return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-        cs = None
+        runner = _torch_runner(fn, params, around=untaped if taped else None)
+        call = runner.call
         if compiled:
             # torch.compile compiles on the first call, and dynamo recompiles on the second
             # (here, loaded: 84 s, then 54 s, then milliseconds): calls until one is under half the
@@ -218,7 +229,8 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
                 if dt < 0.5 * prev and prev < math.inf:
                     break
                 prev = dt
-        return Runner(call, to_numpy, compile_s=cs)
+            runner.compile_s = cs
+        return runner
 
     return make
 
@@ -246,16 +258,10 @@ def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
             D = torch.diagonal(hess(ps, xx), dim1=-2, dim2=-1)
             return D.sum(-1, keepdim=True) if loss == "laplacian" else D
 
-    def call():
-        val = _torch_loss(loss, inner(params, x), t, n)
-        grads = torch.autograd.grad(val, params, materialize_grads=True)
-        _sync()
-        return val.detach(), grads
+    def loss_fn():
+        return _torch_loss(loss, inner(params, x), t, n)
 
-    def to_numpy(out):
-        return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-    return Runner(call, to_numpy)
+    return _torch_runner(loss_fn, params)
 
 
 # --------------------------------------------------------------------------
@@ -276,7 +282,7 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
     x, t = _torch_loss_terms(pt.loss, prob, dt)
     n, loss = pt.n, pt.loss
 
-    def call():
+    def loss_fn():
         if loss == "laplacian":
             # hessQuik's Laplacian runs in forward mode with the gradient recurrence
             _, _, q = hnet(x, do_gradient=True, do_Laplacian=True)
@@ -287,15 +293,9 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
         else:
             _, _, H = hnet(x, do_gradient=True, do_Hessian=True)
             q = torch.diagonal(H[..., 0], dim1=-2, dim2=-1)
-        val = _torch_loss(loss, q, t, n)
-        grads = torch.autograd.grad(val, params, materialize_grads=True)
-        _sync()
-        return val.detach(), grads
+        return _torch_loss(loss, q, t, n)
 
-    def to_numpy(out):
-        return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-    return Runner(call, to_numpy)
+    return _torch_runner(loss_fn, params)
 
 
 # --------------------------------------------------------------------------
