@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -218,9 +217,7 @@ def _child_main(cfg_json: str) -> int:
 
 
 def _spawn(cfg: dict, timeout_s: float) -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env, root = harness.child_env(), harness.ROOT
     t0 = time.perf_counter()
     try:
         p = subprocess.run(
