@@ -184,6 +184,13 @@ def _model(m) -> Model:
     return m if isinstance(m, Model) else records_model(m)
 
 
+def torch_dtype(name: str) -> Any:
+    """``torch.float32`` / ``torch.float64`` for ``"float32"`` / ``"float64"``."""
+    import torch
+
+    return getattr(torch, name)
+
+
 def torch_function(model: Model | list[LayerRecord], dtype, device="cpu"):
     """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
     import torch

@@ -121,12 +121,6 @@ def problem(pt: StepPoint) -> dict:
     }
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def _torch_loss_terms(loss: str, prob: dict, dt):
     import torch
 
@@ -181,7 +175,7 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
 
-        dt = _torch_dtype(pt.dtype)
+        dt = nets.torch_dtype(pt.dtype)
         net = model.build()  # a fresh copy: .to("torch") changes the network
         params = torch_parameters(net, dtype=dt, device=DEVICE)
         x, t = _torch_loss_terms(pt.loss, prob, dt)
@@ -244,7 +238,7 @@ def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
     from torch.func import hessian, jacrev, vmap
 
-    dt = _torch_dtype(pt.dtype)
+    dt = nets.torch_dtype(pt.dtype)
     params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in model.weights]
     f = _scalar(model, "torch")
     x, t = _torch_loss_terms(pt.loss, prob, dt)
@@ -274,7 +268,7 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
 
     from .nets import hessquik_net
 
-    dt = _torch_dtype(pt.dtype)
+    dt = nets.torch_dtype(pt.dtype)
     hnet = hessquik_net(model.records, dt, device=DEVICE)
     params = list(hnet.parameters())
     for p in params:
