@@ -67,6 +67,7 @@ __all__ = [
     "candidates",
     "cell",
     "check_then_time",
+    "child_env",
     "compare",
     "environment",
     "finish",
