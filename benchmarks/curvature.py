@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -283,9 +282,6 @@ CASES = [
 ]
 
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-
-
 def _spawn(case, cfg_name):
     cmd = [
         sys.executable,
@@ -298,8 +294,7 @@ def _spawn(case, cfg_name):
         "--threads",
         "1",
     ]
-    env = dict(os.environ, **{k: "1" for k in _THREAD_VARS})
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=harness.child_env(1))
     if r.returncode != 0:
         raise RuntimeError(f"{case} failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -51,7 +50,6 @@ CONFIGS = {
 }
 GGN_CHUNK = 2**16
 N_NOOP = 2000
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def pinn_net():
@@ -136,8 +134,7 @@ def cluster_measurements(cfg: dict, workers: int = 2) -> dict:
 
     from hessquik_core import curvature as cv
 
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(ONE_THREAD, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env = harness.child_env(1, base={})  # the workers' own variables
     # distributed sets MALLOC_TRIM_THRESHOLD_=65536 in its workers; any explicit
     # trim threshold also switches off glibc's adaptive mmap threshold, so every
     # large temporary of the chain rule is a fresh mmap whose pages fault on
@@ -470,10 +467,8 @@ def plot(out: Path, data: dict) -> Path | None:
 def run(args, desc: dict) -> dict:
     cfg = dict(CONFIGS[args.size])
     cmd = [sys.executable, "-m", "benchmarks.dask_bench", "--baseline-only", "--size", args.size]
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, **ONE_THREAD)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=True)
+    env = harness.child_env(1)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=harness.ROOT, check=True)
     base = json.loads(res.stdout.strip().splitlines()[-1])
     harness.log(f"baseline {base}")
     clu = cluster_measurements(cfg)

@@ -67,6 +67,7 @@ __all__ = [
     "candidates",
     "cell",
     "check_then_time",
+    "child_env",
     "compare",
     "environment",
     "finish",
@@ -95,7 +96,8 @@ __all__ = [
     "write_outputs",
 ]
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: first on a child's PYTHONPATH
+RESULTS = ROOT / "benchmarks" / "results"
 QUICK_OUT = Path("build/bench-quick")
 #: statuses of a record that carries a time
 TIMED = ("ok", "once")
@@ -607,7 +609,7 @@ def _openblas_threads(n: int) -> int | None:
 def set_threads(n: int) -> dict:
     """Use ``n`` threads everywhere: CPU affinity, the OpenMP/OpenBLAS/MKL variables (for
     child processes), OpenBLAS through its C API, torch, and XLA (before JAX loads)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in machine.THREAD_VARS:
         os.environ[var] = str(n)
     flags = os.environ.get("XLA_FLAGS", "")
     if "intra_op_parallelism_threads" not in flags:
@@ -632,6 +634,15 @@ def set_threads(n: int) -> dict:
         pass
     got["xla"] = n
     return got
+
+
+def child_env(threads: int | None = None, base: dict | None = None) -> dict[str, str]:
+    """The environment of a benchmark's child process: ``base`` (default: this process's),
+    this checkout first on ``PYTHONPATH``, and ``threads`` threads for every library."""
+    env = dict(os.environ if base is None else base)
+    env.update({k: str(threads) for k in machine.THREAD_VARS} if threads else {})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return env
 
 
 #: OpenBLAS tuning variables: a machine-specific override changes NumPy's GEMM rate

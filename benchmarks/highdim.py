@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -67,16 +66,6 @@ def _inputs(n: int, d: int, dtype) -> np.ndarray:
     return np.random.default_rng(1).standard_normal((n, d), dtype=np.float32).astype(dtype)
 
 
-def _plain_numpy(records, x):
-    u = x
-    for r in records:
-        z = u @ r.K
-        if r.b is not None:
-            z = z + r.b
-        u = np.tanh(z) if r.act == "tanh" else z
-    return u
-
-
 # --------------------------------------------------------------------------
 # child: one method at one point
 # --------------------------------------------------------------------------
@@ -97,12 +86,10 @@ def _child(cfg: dict) -> dict:
     keep: dict = {}
 
     if method in ("numpy-forward", "numpy-forward-vec"):
-        recs = [
-            type(r)(r.K.astype(dtype), None if r.b is None else r.b.astype(dtype), r.act) for r in records
-        ]
+        f, ws = nets.param_function(records, "numpy"), [w.astype(dtype) for w in nets.flat_weights(records)]
 
         def call():
-            return _plain_numpy(recs, x)
+            return f(ws, x)
 
         def rows(out):
             return {"value": out[:K_ROWS]}
@@ -218,9 +205,7 @@ def _child_main(cfg_json: str) -> int:
 
 
 def _spawn(cfg: dict, timeout_s: float) -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env, root = harness.child_env(), harness.ROOT
     t0 = time.perf_counter()
     try:
         p = subprocess.run(

@@ -36,6 +36,10 @@ import numpy as np
 __all__ = ["count_flops", "describe", "measure_copy", "measure_gemm", "threads"]
 
 
+#: the variables that set the thread count of OpenMP, OpenBLAS, MKL and Accelerate (read at load)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
 def threads() -> int:
     """Cores this process may run on (its CPU affinity)."""
     try:
@@ -323,11 +327,7 @@ def describe(n_threads: int) -> dict:
         "jaxlib": _version("jaxlib"),
         "folx": _version("folx"),
         "cupy": _version("cupy-cuda12x") or _version("cupy"),
-        "env": {
-            k: os.environ.get(k)
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
-            if os.environ.get(k)
-        },
+        "env": {k: os.environ.get(k) for k in (*THREAD_VARS, "XLA_FLAGS") if os.environ.get(k)},
     }
     try:
         import torch

@@ -123,7 +123,7 @@ def flat_weights(records: list[LayerRecord]) -> list[np.ndarray]:
 
 
 def _act(lib, name: str):
-    """σ in ``lib`` (``torch`` or ``jax.numpy``), with the formulas of :mod:`hessquik_core.activations`."""
+    """σ in ``lib`` (``torch``, ``jax.numpy`` or ``numpy``), with the formulas of :mod:`hessquik_core.activations`."""
     if name == "antitanh":
         return lambda z: lib.abs(z) + lib.log1p(lib.exp(-2.0 * lib.abs(z)))
     if name == "tanh":
@@ -134,10 +134,13 @@ def _act(lib, name: str):
 
 
 def param_function(records: list[LayerRecord], lib_name: str):
-    """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"`` or ``"jax"``, ``ps`` the weights
-    in :func:`flat_weights` order (for gradients with respect to them)."""
+    """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"``, ``"jax"`` or ``"numpy"`` (the last
+    also for a batch ``x: (n, d)``: the plain forward pass), ``ps`` the weights in
+    :func:`flat_weights` order (for gradients with respect to them)."""
     if lib_name == "torch":
         import torch as lib
+    elif lib_name == "numpy":
+        lib = np
     else:
         import jax.numpy as lib
     layout, i = [], 0
@@ -180,12 +183,15 @@ def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Mo
     )
 
 
-def model_of(spec: NetSpec) -> Model:
-    return records_model(spec_of(build(spec)), spec)
-
-
 def _model(m) -> Model:
     return m if isinstance(m, Model) else records_model(m)
+
+
+def torch_dtype(name: str) -> Any:
+    """``torch.float32`` / ``torch.float64`` for ``"float32"`` / ``"float64"``."""
+    import torch
+
+    return getattr(torch, name)
 
 
 def torch_function(model: Model | list[LayerRecord], dtype, device="cpu"):

@@ -36,12 +36,6 @@ def _np_dtype(name: str):
     return {"float32": np.float32, "float64": np.float64}[name]
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def _t2n(a) -> np.ndarray:
     return a.detach().cpu().numpy()
 
@@ -71,7 +65,7 @@ def _make_ours(array_kind: str, mode: str = "auto"):
             import torch
 
             dev = "cuda" if array_kind == "torch-cuda" else "cpu"
-            x = torch.tensor(x_np, dtype=_torch_dtype(dt), device=dev)
+            x = torch.tensor(x_np, dtype=nets.torch_dtype(dt), device=dev)
             conv, sync = _t2n, _torch_sync(dev)
         elif array_kind == "cupy":
             import cupy
@@ -117,7 +111,7 @@ def _make_hessquik(device: str):
     def make(point, net, model, x_np):
         import torch
 
-        dt = _torch_dtype(point.dtype)
+        dt = nets.torch_dtype(point.dtype)
         hnet = nets.hessquik_net(model.records, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)
@@ -165,7 +159,7 @@ def _make_torch_func(device: str):
         import torch
         from torch.func import hessian, jacfwd, jacrev, vmap
 
-        dt = _torch_dtype(point.dtype)
+        dt = nets.torch_dtype(point.dtype)
         f = nets.torch_function(model, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)

@@ -24,20 +24,12 @@ _STYLE = {
 }
 
 
-def _plt():
-    return harness.pyplot()
-
-
 def _ok(rows):
     return [r for r in rows if r.get("status") == "ok"]
 
 
 def _peers(rows):
-    out = []
-    for r in rows:
-        if r["peer"] not in out:
-            out.append(r["peer"])
-    return out
+    return list(dict.fromkeys(r["peer"] for r in rows))
 
 
 def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
@@ -57,7 +49,7 @@ def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
     )
 
 
-def _heat(ax, fig, ds, ms, val, title, cmap, center=None, fmt="{:.2g}"):
+def _heat(ax, fig, ds, ms, val, title, *, cmap, center=None, fmt="{:.2g}"):
     import numpy as np
 
     Z = np.full((len(ds), len(ms)), np.nan)
@@ -83,41 +75,41 @@ def _heat(ax, fig, ds, ms, val, title, cmap, center=None, fmt="{:.2g}"):
     ax.set_title(title, fontsize=9)
 
 
-def _w2(out: Path, rows):
-    plt = _plt()
-    ds = sorted({r["d"] for r in rows})
-    ms = sorted({r["m"] for r in rows})
-    peers = _peers(rows)
+def _heat_grid(path: Path, rows, peers, key: str, title, **heat) -> None:
+    """One heat map of ``key`` over (d, m) per peer, three to a row."""
+    plt = harness.pyplot()
+    ds, ms = sorted({r["d"] for r in rows}), sorted({r["m"] for r in rows})
     cols = min(3, len(peers))
     nr = math.ceil(len(peers) / cols)
     fig, axes = plt.subplots(nr, cols, figsize=(5.2 * cols, 4.2 * nr), squeeze=False)
     for ax, p in zip(axes.flat, peers):
-        val = {(r["d"], r["m"]): r["min_s"] for r in _ok(rows) if r["peer"] == p}
-        _heat(ax, fig, ds, ms, val, f"W2 time: {p}", "viridis")
+        val = {(r["d"], r["m"]): r[key] for r in _ok(rows) if r["peer"] == p and key in r}
+        _heat(ax, fig, ds, ms, val, title(p), **heat)
     for ax in list(axes.flat)[len(peers) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "w2_heatmaps.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def _w2(out: Path, rows):
+    peers = _peers(rows)
+    _heat_grid(out / "w2_heatmaps.png", rows, peers, "min_s", lambda p: f"W2 time: {p}", cmap="viridis")
     others = [p for p in peers if "ratio" in next((r for r in _ok(rows) if r["peer"] == p), {})]
-    if not others:
-        return
-    cols = min(3, len(others))
-    nr = math.ceil(len(others) / cols)
-    fig, axes = plt.subplots(nr, cols, figsize=(5.2 * cols, 4.2 * nr), squeeze=False)
-    for ax, p in zip(axes.flat, others):
-        val = {(r["d"], r["m"]): r["ratio"] for r in _ok(rows) if r["peer"] == p and "ratio" in r}
-        _heat(ax, fig, ds, ms, val, f"W2 ratio {p} / ours-best (>1: ours faster)", "RdBu", center=1.0)
-    for ax in list(axes.flat)[len(others) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "w2_ratio_heatmaps.png", dpi=110)
-    plt.close(fig)
+    if others:
+        _heat_grid(
+            out / "w2_ratio_heatmaps.png",
+            rows,
+            others,
+            "ratio",
+            lambda p: f"W2 ratio {p} / ours-best (>1: ours faster)",
+            cmap="RdBu",
+            center=1.0,
+        )
 
 
 def _w5(out: Path, rows):
-    plt = _plt()
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for p in _peers(rows):
         pts = sorted((r["n"], r["min_s"]) for r in _ok(rows) if r["peer"] == p)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 from pathlib import Path
 
-from .harness import fmt_bytes, fmt_time, md_table
+from . import harness
+from .harness import agreement_md, fmt_bytes, fmt_time, machine_md, md_table, write_outputs
 
 __all__ = ["evaluate_targets", "write_all"]
 
@@ -41,11 +41,7 @@ def _cell(r: dict | None) -> str:
 
 
 def _peers_in(rows):
-    order = []
-    for r in rows:
-        if r["peer"] not in order:
-            order.append(r["peer"])
-    return order
+    return _point_keys(rows, lambda r: r["peer"])
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -226,12 +222,7 @@ def _wl_rows(data, name):
 
 
 def _point_keys(rows, keyfun):
-    seen = []
-    for r in rows:
-        k = keyfun(r)
-        if k not in seen:
-            seen.append(k)
-    return seen
+    return list(dict.fromkeys(map(keyfun, rows)))
 
 
 def _grid(rows, keyfun, labelfun, cell, first=lambda r: []) -> tuple[list, list]:
@@ -309,50 +300,19 @@ def _w5_extra(data) -> str:
 
 
 def _machine_md(data) -> str:
+    """The harness's machine lines, then this run's memory budget, GPU, GEMM peak and copy bandwidth."""
     m = data["machine"]
-    lines = [
-        f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs; flags: {m.get('cpu_flags', '')})",
-        f"- threads used by every library: {m['threads_used']} "
-        f"(set: {', '.join(f'{k}={v}' for k, v in m.get('threads', {}).items())})",
-        f"- memory: {fmt_bytes(m.get('memory_total_bytes'))} total; budget for one call "
-        f"{fmt_bytes(data['memory_budget_bytes'])}",
-        f"- GPU: {m.get('gpu') or 'none'}",
-        f"- hessquik_core measured: source fingerprint `{m.get('hessquik_core_sources_sha256')}` "
-        "(SHA-256 over its .py files)",
-        f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end "
-        f"{m.get('load_average_end')} (other processes on the machine compete for its cores)",
-        f"- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as found: {m.get('openblas_tuning_found')}"
-        + (" (unset for the run)" if m.get("openblas_tuning_unset") else ""),
-        f"- {m['platform']}, Python {m['python']}",
-        f"- numpy {m['numpy']} ({m.get('numpy_blas')}), torch {m.get('torch')} "
-        f"({m.get('torch_blas', '')}), jax {m.get('jax')}, folx {m.get('folx')}, "
-        f"hessQuik {m.get('hessQuik')}, hessquik-core {m.get('hessquik_core')}",
-    ]
     gem = ", ".join(f"{k}: {v['flops_per_s'] / 1e9:.0f} GFLOP/s" for k, v in data["gemm"].items())
-    lines.append(f"- measured GEMM peak (best square size): {gem}")
     c = data["copy"]["cpu"]
-    lines.append(
-        f"- measured copy bandwidth: {c['touched_Bps'] / 1e9:.1f} GB/s into a touched buffer, "
-        f"{c['fresh_Bps'] / 1e9:.1f} GB/s into a new array"
-    )
-    return "\n".join(lines)
-
-
-def _agreement_md(data) -> str:
-    """Largest deviation of each peer from this library's float64 NumPy result."""
-    worst: dict = {}
-    for r in data["rows"]:
-        e = r.get("rel_err")
-        if e is not None:
-            k = (r["peer"], r["dtype"])
-            worst[k] = max(worst.get(k, 0.0), e)
-    if not worst:
-        return "- no peer ran"
-    body = [[p, dt, f"{e:.1e}"] for (p, dt), e in sorted(worst.items())]
-    mism = sum(1 for r in data["rows"] if r.get("status") == "mismatch")
-    return (
-        "Largest deviation over all points (max abs difference / max abs entry, first rows of each "
-        f"batch; {mism} mismatches):\n\n" + _table(["peer", "dtype", "largest deviation"], body)
+    return "\n".join(
+        machine_md(m)[2:-1]
+        + [
+            f"- memory: {fmt_bytes(m.get('memory_total_bytes'))} total; budget for one call "
+            f"{fmt_bytes(data['memory_budget_bytes'])}; GPU: {m.get('gpu') or 'none'}",
+            f"- measured GEMM peak (best square size): {gem}",
+            f"- measured copy bandwidth: {c['touched_Bps'] / 1e9:.1f} GB/s into a touched buffer, "
+            f"{c['fresh_Bps'] / 1e9:.1f} GB/s into a new array",
+        ]
     )
 
 
@@ -447,7 +407,8 @@ def markdown(data: dict, analysis: str | None = None) -> str:
             for png in plots.get(name, []):
                 s += ["", f"![{name}]({png})"]
         s.append("")
-    s += ["## Agreement with this library", "", _agreement_md(data), ""]
+    s += agreement_md(data["rows"], ("peer", "dtype"), "each peer from this library's float64 NumPy result")
+    s.append(f"{sum(r.get('status') == 'mismatch' for r in data['rows'])} mismatches.\n")
     skipped = [r for r in data["rows"] if r.get("status") not in ("ok", None)]
     s += ["## Skipped points, failures and notes", ""]
     s += [f"- {n}" for n in data["notes"]]
@@ -507,30 +468,20 @@ CSV_FIELDS = [
 
 
 def write_all(out: Path, data: dict, plots: bool = True) -> None:
-    """results.json, results.csv, machine.json/txt, results.md and (optionally) the PNGs."""
+    """machine.json/txt, the PNGs (optionally), results.json, results.csv and results.md."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data.setdefault("date", _dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
-    data["no_plots"] = not plots
-    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in data["rows"]:
-            w.writerow(r)
+    data["no_plots"] = not plots or harness.pyplot() is None
+    if plots and data["no_plots"]:
+        data["notes"].append("plots not drawn: matplotlib is not installed.")
     mach = dict(data["machine"], gemm=data["gemm"], copy=data["copy"])
     (out / "machine.json").write_text(json.dumps(mach, indent=1, default=str))
     (out / "machine.txt").write_text(_machine_md(data).replace("- ", "") + "\n")
-    if plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            data["no_plots"] = True
-            data["notes"].append("plots not drawn: matplotlib is not installed.")
-        else:
-            from . import plots as _plots
+    if not data["no_plots"]:
+        from . import plots as _plots
 
-            _plots.make_all(out, data)
+        _plots.make_all(out, data)
     analysis_file = Path(__file__).parent / "analysis.md"
     analysis = analysis_file.read_text() if (analysis_file.exists() and not data["quick"]) else None
-    (out / "results.md").write_text(markdown(data, analysis))
+    write_outputs(out, "results", data, markdown=lambda d: markdown(d, analysis), csv_fields=CSV_FIELDS)

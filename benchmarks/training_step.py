@@ -45,6 +45,7 @@ once, so a burst of load from other processes hits all of them alike).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -120,12 +121,6 @@ def problem(pt: StepPoint) -> dict:
     }
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def _torch_loss_terms(loss: str, prob: dict, dt):
     import torch
 
@@ -141,6 +136,21 @@ def _sync() -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def _torch_runner(loss_fn, params, compile_s: float | None = None, around=None) -> Runner:
+    """A torch step: ``loss_fn()`` and its gradient w.r.t. ``params`` (``around``: a context
+    manager factory entered for the call)."""
+    import torch
+
+    def call():
+        with around() if around is not None else contextlib.nullcontext():
+            val = loss_fn()
+            grads = torch.autograd.grad(val, params, materialize_grads=True)
+        _sync()
+        return val.detach(), grads
+
+    return Runner(call, lambda out: (float(out[0]), [g.detach().cpu().numpy() for g in out[1]]), compile_s)
 
 
 def _torch_loss(loss: str, q, t, n: int):
@@ -165,7 +175,7 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
 
-        dt = _torch_dtype(pt.dtype)
+        dt = nets.torch_dtype(pt.dtype)
         net = model.build()  # a fresh copy: .to("torch") changes the network
         params = torch_parameters(net, dtype=dt, device=DEVICE)
         x, t = _torch_loss_terms(pt.loss, prob, dt)
@@ -190,21 +200,16 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
             inductor_config.force_disable_caches = not WARM_COMPILE
             fn = torch.compile(loss_fn)
 
-        def call():
-            before = analytic_weight_gradient(False) if taped else None
+        @contextlib.contextmanager
+        def untaped():
+            before = analytic_weight_gradient(False)
             try:
-                val = fn()
-                grads = torch.autograd.grad(val, params, materialize_grads=True)
+                yield
             finally:
-                if before is not None:
-                    analytic_weight_gradient(before)
-            _sync()
-            return val.detach(), grads
+                analytic_weight_gradient(before)
 
-        def to_numpy(out):
-            return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-        cs = None
+        runner = _torch_runner(fn, params, around=untaped if taped else None)
+        call = runner.call
         if compiled:
             # torch.compile compiles on the first call, and dynamo recompiles on the second
             # (here, loaded: 84 s, then 54 s, then milliseconds): calls until one is under half the
@@ -218,7 +223,8 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
                 if dt < 0.5 * prev and prev < math.inf:
                     break
                 prev = dt
-        return Runner(call, to_numpy, compile_s=cs)
+            runner.compile_s = cs
+        return runner
 
     return make
 
@@ -232,7 +238,7 @@ def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
     from torch.func import hessian, jacrev, vmap
 
-    dt = _torch_dtype(pt.dtype)
+    dt = nets.torch_dtype(pt.dtype)
     params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in model.weights]
     f = _scalar(model, "torch")
     x, t = _torch_loss_terms(pt.loss, prob, dt)
@@ -246,16 +252,10 @@ def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
             D = torch.diagonal(hess(ps, xx), dim1=-2, dim2=-1)
             return D.sum(-1, keepdim=True) if loss == "laplacian" else D
 
-    def call():
-        val = _torch_loss(loss, inner(params, x), t, n)
-        grads = torch.autograd.grad(val, params, materialize_grads=True)
-        _sync()
-        return val.detach(), grads
+    def loss_fn():
+        return _torch_loss(loss, inner(params, x), t, n)
 
-    def to_numpy(out):
-        return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-    return Runner(call, to_numpy)
+    return _torch_runner(loss_fn, params)
 
 
 # --------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
 
     from .nets import hessquik_net
 
-    dt = _torch_dtype(pt.dtype)
+    dt = nets.torch_dtype(pt.dtype)
     hnet = hessquik_net(model.records, dt, device=DEVICE)
     params = list(hnet.parameters())
     for p in params:
@@ -276,7 +276,7 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
     x, t = _torch_loss_terms(pt.loss, prob, dt)
     n, loss = pt.n, pt.loss
 
-    def call():
+    def loss_fn():
         if loss == "laplacian":
             # hessQuik's Laplacian runs in forward mode with the gradient recurrence
             _, _, q = hnet(x, do_gradient=True, do_Laplacian=True)
@@ -287,15 +287,9 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
         else:
             _, _, H = hnet(x, do_gradient=True, do_Hessian=True)
             q = torch.diagonal(H[..., 0], dim1=-2, dim2=-1)
-        val = _torch_loss(loss, q, t, n)
-        grads = torch.autograd.grad(val, params, materialize_grads=True)
-        _sync()
-        return val.detach(), grads
+        return _torch_loss(loss, q, t, n)
 
-    def to_numpy(out):
-        return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
-
-    return Runner(call, to_numpy)
+    return _torch_runner(loss_fn, params)
 
 
 # --------------------------------------------------------------------------

@@ -515,7 +515,6 @@ def test_dask_bench_baseline_and_report(tmp_path):
         "benchmarks.second_order",
         "benchmarks.out_buffer",
         "benchmarks.studies.w6_summary",
-        "benchmarks.studies.step_breakdown",
     ],
 )
 def test_every_documented_command_parses_its_arguments(module, capsys):

@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # `python benchmarks/studies/w6_summary.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "benchmarks.studies"
 
+from .. import harness
+
 #: (peer, target ratio ours / peer, label); the JAX peer of a loss other than the
 #: Laplacian is plain ``jax`` (folx computes Laplacians only)
 TARGETS = (("jax+folx", 1.0, "≤ 1 vs JAX + folx"), ("torch.func", 1.0 / 3.0, "≤ 1/3 vs torch.func"))
@@ -38,23 +40,21 @@ def _peer(peer: str, loss: str) -> str:
 _OK = ("ok", "once")
 
 
+def _key(r: dict) -> tuple:
+    return (r["loss"], r["width"], r["dtype"], r["d"], r["peer"])
+
+
 def load(results: Path) -> list[dict]:
     """Every timed row of every ``w6*.json`` in ``results`` (the newest file wins a point)."""
     rows: dict[tuple, dict] = {}
-    files = sorted(results.glob("w6*.json"), key=lambda p: p.stat().st_mtime)
-    for f in files:
-        data = json.loads(f.read_text())
-        for r in data.get("rows", []):
-            key = (r["loss"], r["width"], r["dtype"], r["d"], r["peer"])
-            rows[key] = dict(r, source=f.name)
+    for f in sorted(results.glob("w6*.json"), key=lambda p: p.stat().st_mtime):
+        rows.update({_key(r): dict(r, source=f.name) for r in json.loads(f.read_text()).get("rows", [])})
     return list(rows.values())
 
 
-def _time(rows, loss, w, dt, d, peer):
-    for r in rows:
-        if (r["loss"], r["width"], r["dtype"], r["d"], r["peer"]) == (loss, w, dt, d, peer):
-            return r["min_s"] if r["status"] in _OK else None
-    return None
+def _time(rows, *key):
+    r = next((r for r in rows if _key(r) == key), None)
+    return r["min_s"] if r is not None and r["status"] in _OK else None
 
 
 def table(rows: list[dict]) -> str:
@@ -98,14 +98,7 @@ def table(rows: list[dict]) -> str:
             tc = _time(rows, loss, w, dt, d, "ours-compiled")
             tf = _time(rows, loss, w, dt, d, _peer("jax+folx", loss))
             comp = f"{tc / tf:.2f}" if tc is not None and tf is not None else ""
-            src = next(
-                (
-                    r["source"]
-                    for r in rows
-                    if (r["loss"], r["width"], r["dtype"], r["d"]) == (loss, w, dt, d)
-                ),
-                "",
-            )
+            src = next((r["source"] for r in rows if _key(r)[:4] == (loss, w, dt, d)), "")
             tt = "–" if t is None else (f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s")
             out.append(f"| {d} | {tt} | {cells[0]} | {cells[1]} | {comp} | {src} |")
         out.append("")
@@ -117,12 +110,8 @@ def table(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = harness.pyplot()
+    if plt is None:
         return None
     combos = sorted({(r["width"], r["dtype"]) for r in rows if r["loss"] == "laplacian"})
     if not combos:
@@ -131,14 +120,11 @@ def figure(rows: list[dict], path: Path) -> Path | None:
     for ax, (peer, target, label) in zip(axes[0], TARGETS):
         for j, (w, dt) in enumerate(combos):
             ds = sorted({r["d"] for r in rows if (r["loss"], r["width"], r["dtype"]) == ("laplacian", w, dt)})
-            pts = []
-            for d in ds:
-                t, tp = (
-                    _time(rows, "laplacian", w, dt, d, "ours-auto"),
-                    _time(rows, "laplacian", w, dt, d, peer),
-                )
-                if t is not None and tp is not None:
-                    pts.append((d, t / tp))
+            ts = [
+                (d, _time(rows, "laplacian", w, dt, d, "ours-auto"), _time(rows, "laplacian", w, dt, d, peer))
+                for d in ds
+            ]
+            pts = [(d, t / tp) for d, t, tp in ts if t is not None and tp is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=f"C{j}", label=f"width {w}, {dt}")
         ax.axhline(target, color="k", ls="--", lw=1, label=f"target {label}")
