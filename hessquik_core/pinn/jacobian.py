@@ -252,7 +252,7 @@ def jvp(net, x, quantity, v, *, weights=None, backend=None):
     r"""Matrix-free :math:`J v`: the derivative of the quantity along the parameter direction ``v``.
 
     One forward sweep and one forward R-sweep over the streams
-    (:meth:`~hessquik_core.layers.base.Layer.stream_rop`); ``J`` is never formed.
+    (``Layer.stream_rop`` of every layer); ``J`` is never formed.
 
     Parameters
     ----------
