@@ -105,7 +105,7 @@ def test_jax_peer_unavailable_is_a_result(tmp_path, monkeypatch):
     )
     rows = json.loads((tmp_path / f"{w7.STEM}.json").read_text())["rows"]
     jx = [r for r in rows if r["peer"] == "jax+folx"]
-    assert jx and all(r["status"] == "unavailable" and "folx" in r["note"] for r in jx)
+    assert jx and all(r["status"] == "unavailable" and "not installed" in r["note"] for r in jx)
 
 
 def test_accuracy_part_smoke(tmp_path):
