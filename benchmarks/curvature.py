@@ -113,7 +113,7 @@ def _torch_param_order(model):
     return torch.cat(perm)
 
 
-def _run_case(case: str, cfg: dict) -> dict:
+def run_case(case: str, cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -456,7 +456,7 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         harness.set_threads(1)
-        print(json.dumps(_run_case(args.worker, CONFIGS[args.config])))
+        print(json.dumps(run_case(args.worker, CONFIGS[args.config])))
         return 0
     args.quick = args.quick or args.smoke
     return harness.main(args, "curvature", run, write_all, configure_threads=configure_threads)

@@ -64,6 +64,7 @@ __all__ = [
     "Skip",
     "add_common_args",
     "agreement_md",
+    "candidates",
     "cell",
     "check_then_time",
     "compare",
@@ -432,6 +433,29 @@ def check_then_time(
                 min_s=t.min_s, median_s=t.median_s, rounds=t.repeat, number=t.number, samples=t.samples
             )
     return rows, live
+
+
+def candidates(
+    peers: Iterable[Peer],
+    point: Any,
+    *shared: Any,
+    task: str | None = None,
+    rule: Callable[[Peer], Skip | None] | None = None,
+) -> dict[str, Callable[[], Runner] | Skip]:
+    """The ``candidates`` of :func:`check_then_time` at ``point``: for each peer a builder
+    ``peer.build(point, *shared)``, or why it does not run there — ``not-run`` where it does
+    not serve ``task``, ``unavailable`` (with the missing module or device), or the
+    workload's own ``rule(peer)`` (e.g. a :func:`predicted_skip`)."""
+    out: dict[str, Callable[[], Runner] | Skip] = {}
+    for p in peers:
+        ok, why = p.available()
+        if task is not None and not p.serves(task):
+            out[p.name] = Skip("not-run", f"no {p.name} peer for task {task!r}")
+        elif not ok:
+            out[p.name] = Skip("unavailable", why)
+        else:
+            out[p.name] = (rule(p) if rule else None) or (lambda p=p: p.build(point, *shared))
+    return out
 
 
 def ratios(rows: list[dict], ours: Sequence[str], key: str = "ratios") -> None:

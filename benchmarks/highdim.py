@@ -242,7 +242,7 @@ def _spawn(cfg: dict, timeout_s: float) -> dict:
     return {"status": "crash", "note": f"{why}: {' | '.join(tail)}"[:400], "wall_s": wall}
 
 
-def _in_process(cfg: dict) -> dict:
+def in_process(cfg: dict) -> dict:
     """The child's work in this process (no time limit: for the smoke test)."""
     try:
         return _child(cfg)
@@ -353,7 +353,7 @@ def run(args, desc: dict) -> dict:
                     cfg["k"] = max(2, int(2 * tl / t2))
                 if exact_path.exists():
                     cfg["exact"] = str(exact_path)
-            res = _in_process(cfg) if args.in_process else _spawn(cfg, args.timeout_s)
+            res = in_process(cfg) if args.in_process else _spawn(cfg, args.timeout_s)
             rec.update(res)
             if rec["status"] in ("timeout", "crash"):
                 failed[method] = (d, rec["status"])

@@ -218,16 +218,6 @@ def grid(args) -> list[Point]:
     ]
 
 
-def _candidate(name: str, pt: Point, args, shared):
-    peer = REGISTRY[name]
-    if not peer.serves(pt.task):
-        return Skip("not-run", f"no {name} peer for this task")
-    if (pt.task, name) == ("step", "jax") and not args.step_jax_hessian:
-        return Skip("not-run", "not asked for (--step-jax-hessian)")
-    ok, why = peer.available()
-    return (lambda: peer.build(pt, *shared)) if ok else Skip("unavailable", why)
-
-
 def run_point(pt: Point, args, log) -> tuple[list[dict], dict | None]:
     """Every peer at one point: build, check against the float64 reference, time interleaved."""
     net = build(pt)
@@ -244,7 +234,13 @@ def run_point(pt: Point, args, log) -> tuple[list[dict], dict | None]:
         why = f"reference ({ref_name}, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
         log(f"  {why}")
         return [dict(base, peer=p, status="error", note=why) for p in args.peers], None
-    cands = {name: _candidate(name, pt, args, (m, prob)) for name in args.peers}
+
+    def rule(p: Peer) -> Skip | None:
+        if (pt.task, p.name) == ("step", "jax") and not args.step_jax_hessian:
+            return Skip("not-run", "not asked for (--step-jax-hessian)")
+        return None
+
+    cands = harness.candidates(REGISTRY.select(args.peers), pt, m, prob, task=pt.task, rule=rule)
     if pt.dtype == "float64" and ref_name in cands and not isinstance(cands[ref_name], Skip):
         cands[ref_name] = lambda: rr  # the reference is this peer at this point: reuse its build
     policy = harness.Policy(

@@ -227,7 +227,7 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.second_order", description=__doc__.splitlines()[0]
     )
-    harness.add_common_args(ap, replot=False)
+    harness.add_common_args(ap)
     args = ap.parse_args(argv)
     args.quick = args.quick or args.smoke
     return harness.main(args, "second_order", run, write_all, configure_threads=configure_threads)

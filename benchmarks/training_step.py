@@ -470,33 +470,35 @@ def _units(peer: str, pt: StepPoint) -> float:
     return d * w * w + w * w + (d * d * w if (peer, pt.loss) in _D2 else 0)
 
 
-def _candidate(name: str, pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, shared):
-    """The builder of peer ``name`` at ``pt``, or why it does not run there."""
-    ok, why = REGISTRY[name].available()
-    if not ok:
-        return Skip("unavailable", why)
-    if name == "ours-compiled" and not (
-        pt.d in args.compile_d
-        and pt.loss in args.compile_losses
-        and pt.width in args.compile_widths
-        and pt.dtype in args.compile_dtypes
-    ):
-        return Skip("not-run", "torch.compile only at the --compile-d points")
-    if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
-        return Skip("not-run", "forced modes only at the first width in the trimmed grid")
-    if name == "jax+folx" and pt.loss != "laplacian":
-        return Skip("not-run", "folx computes Laplacians only")
-    hbytes = pt.n * pt.d * pt.d * pt.width * pt.itemsize
-    if (name, pt.loss) in _D2 and hbytes > mem_budget:
-        return Skip(
-            "skip-memory",
-            f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget {mem_budget / 2**30:.0f} GiB",
-        )
-    # this library's default step is never skipped on a prediction; its forced modes at 4x the cap
-    cap = math.inf if name == "ours-auto" else args.max_call_s * (4 if name.startswith("ours") else 1)
-    t_pred, m_pred = pred.predict(name, pt)
-    skip = harness.predicted_skip(t_pred, m_pred, max_call_s=cap, mem_budget=mem_budget, what="step")
-    return skip or (lambda: REGISTRY[name].build(pt, *shared))
+def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
+    """Why a peer does not run at ``pt`` (``None``: it runs)."""
+
+    def rule(peer: Peer) -> Skip | None:
+        name = peer.name
+        if name == "ours-compiled" and not (
+            pt.d in args.compile_d
+            and pt.loss in args.compile_losses
+            and pt.width in args.compile_widths
+            and pt.dtype in args.compile_dtypes
+        ):
+            return Skip("not-run", "torch.compile only at the --compile-d points")
+        if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
+            return Skip("not-run", "forced modes only at the first width in the trimmed grid")
+        if name == "jax+folx" and pt.loss != "laplacian":
+            return Skip("not-run", "folx computes Laplacians only")
+        hbytes = pt.n * pt.d * pt.d * pt.width * pt.itemsize
+        if (name, pt.loss) in _D2 and hbytes > mem_budget:
+            return Skip(
+                "skip-memory",
+                f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget {mem_budget / 2**30:.0f} GiB",
+            )
+        # this library's default step is never skipped on a prediction; its forced modes at 4x the cap
+        cap = math.inf if name == "ours-auto" else args.max_call_s * (4 if name.startswith("ours") else 1)
+        t_pred, m_pred = pred.predict(name, pt)
+        skip = harness.predicted_skip(t_pred, m_pred, max_call_s=cap, mem_budget=mem_budget, what="step")
+        return skip
+
+    return rule
 
 
 def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, log) -> list[dict]:
@@ -513,7 +515,8 @@ def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, l
         why = f"reference (ours, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
         log(f"  {why}")
         return [dict(base, peer=name, status="error", note=why) for name in args.peers]
-    cands = {n: _candidate(n, pt, args, pred, mem_budget, (model, prob)) for n in args.peers}
+    rule = _rule(pt, args, pred, mem_budget)
+    cands = harness.candidates(REGISTRY.select(args.peers), pt, model, prob, rule=rule)
     policy = harness.Policy(
         rounds=args.repeat,
         min_round_s=0.01 if args.quick else 0.05,

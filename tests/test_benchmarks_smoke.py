@@ -194,7 +194,7 @@ def test_highdim_smoke_records_results_and_failures(tmp_path):
     assert chk["laplacian vs sum(hessian_diagonal)"] < 1e-12
     assert chk["value: value vs numpy-forward"] < 1e-12
     # a refusal is a result: recorded with its message
-    bad = hd._in_process(
+    bad = hd.in_process(
         {"method": "no-such-method", "d": 3, "n": 2, "dtype": "float64", "width": 4, "depth": 1}
     )
     assert bad["status"] == "error" and "no-such-method" in bad["note"]
@@ -477,7 +477,7 @@ def test_curvature_cases_agree_in_process():
     ]
     threads = torch.get_num_threads()  # a case sets one thread, as its worker process does
     try:
-        rows = [cv._run_case(c, cv.CONFIGS["smoke"]) for c in cases]
+        rows = [cv.run_case(c, cv.CONFIGS["smoke"]) for c in cases]
     finally:
         torch.set_num_threads(threads)
     for r in rows:
@@ -579,3 +579,27 @@ def test_gpu_check_benchmark_command_lines_parse():
     argv = [a if a != '""' else "" for a in argv]
     args = ts.parse_args([a for a in argv if a != "--out"])
     assert args.device == "cuda" and args.compile_d == [] and "jax+folx" in args.peers
+
+
+def test_harness_candidates_say_why_a_peer_does_not_run():
+    h = _harness()
+    built = []
+
+    def build(pt, shared):
+        built.append((pt, shared))
+        return "runner"
+
+    peers = [
+        h.Peer("a", build, tasks=("laplacian",)),
+        h.Peer("b", build, tasks=("hessian",)),
+        h.Peer("c", build, requires=("no_such_module_xyz",)),
+        h.Peer("d", build),
+    ]
+    rule = lambda p: h.Skip("skip-time", "too slow") if p.name == "d" else None  # noqa: E731
+    c = h.candidates(peers, "pt", "w", task="laplacian", rule=rule)
+    assert list(c) == ["a", "b", "c", "d"]
+    assert c["b"].status == "not-run" and c["c"] == h.Skip(
+        "unavailable", "no_such_module_xyz is not installed"
+    )
+    assert c["d"].note == "too slow" and built == []  # nothing is built before the harness asks
+    assert c["a"]() == "runner" and built == [("pt", "w")]
