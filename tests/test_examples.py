@@ -118,10 +118,11 @@ def test_pinn_second_order(tmp_path):
     errors = out["errors"]
     assert len(errors) == 10 and all(np.isfinite(e) for e in errors.values())
     assert all(n >= 1 for n in out["steps"].values())
-    # measured in --quick mode (seed 0, 2.5 s each on a loaded 2-core machine): KFAC 1.2e-2 on both
-    # problems, Adam 0.6 to 1.8; budgets are wall-clock, so only the ordering is checked
+    # measured in --quick mode (seed 0, 2.5 s each on a loaded 2-core machine): KFAC 1.2e-2 to 2.4e-2
+    # (100 to 350 steps), Adam 0.6 to 1.8; the budgets are wall-clock, so a slower machine takes
+    # fewer steps: the bound is loose and the ordering is what is checked
     for problem in ("Poisson 2-D", "heat 1-D"):
-        assert errors[f"{problem} / KFAC"] < 0.2
+        assert errors[f"{problem} / KFAC"] < 0.5
         assert errors[f"{problem} / KFAC"] < errors[f"{problem} / Adam"]
 
 

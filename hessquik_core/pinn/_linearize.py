@@ -41,7 +41,7 @@ import array_api_compat as aac
 __all__ = ["QUANTITIES", "PointQuantities", "evaluate_residual", "residual_derivatives"]
 
 #: the quantities a residual may declare in ``needs``, in the order they are computed
-QUANTITIES = ("value", "gradient", "laplacian", "hessian_diagonal")
+QUANTITIES = ("value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian")
 
 #: the complex step (any h far below the rounding unit works; 1e-20 is safe in complex64 too)
 _H = 1e-20
@@ -52,7 +52,8 @@ class PointQuantities:
 
     With one output (``m == 1``) the output axis is dropped: ``value (n,)``,
     ``gradient (n, d)``, ``laplacian (n,)``, ``hessian_diagonal (n, d)``; with
-    ``m > 1`` it is kept last (``value (n, m)``, ``gradient (n, d, m)``, ...).
+    ``m > 1`` it is kept last (``value (n, m)``, ``gradient (n, d, m)``, ...);
+    ``weighted_laplacian (n,)`` is :math:`\\mathrm{tr}(SS^\\top\\nabla^2 u)` for the residual's ``weights``.
     Reading a quantity the residual did not declare in ``needs`` raises
     :class:`ValueError` naming the residual.
     """
@@ -89,6 +90,11 @@ class PointQuantities:
     def hessian_diagonal(self) -> Any:
         """``(n, d)`` (``(n, d, m)``)."""
         return self._get("hessian_diagonal")
+
+    @property
+    def weighted_laplacian(self) -> Any:
+        """:math:`\\mathrm{tr}(SS^\\top\\nabla^2 u)`, ``(n,)`` (``(n, m)``), for the residual's ``weights`` ``S``."""
+        return self._get("weighted_laplacian")
 
     def __repr__(self) -> str:
         return f"PointQuantities({', '.join(f'{k}{tuple(v.shape)}' for k, v in self._data.items())})"

@@ -139,7 +139,7 @@ class KFAC(Optimizer):
         for t, lin in zip(p.terms, p._linearization()):
             ones = xp.ones((t.n,), dtype=p.dtype, device=p.device)
             # the linearised residual of the term, all its quantities in one sweep
-            pairs = kfac_factors(p.net, t.points, p._coefficients(t, lin, ones))
+            pairs = kfac_factors(p.net, t.points, p._coefficients(t, lin, ones), weights=t.weights)
             if len(pairs) != len(self.blocks):
                 raise ValueError(  # pragma: no cover - the layout and the sweep disagree
                     f"kfac_factors returned {len(pairs)} blocks for {len(self.blocks)} parameter blocks"

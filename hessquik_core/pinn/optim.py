@@ -45,7 +45,7 @@ _SEARCHES = ("grid", "armijo", None)
 def _components(problem: Problem) -> int:
     """:math:`\\sum_t n_t K_t`: rows of the per-quantity Jacobians :math:`\\partial q/\\partial\\theta`."""
     d, m = int(problem.net.in_features), problem.m
-    per = {"value": m, "laplacian": m, "gradient": d * m, "hessian_diagonal": d * m}
+    per = {"value": m, "laplacian": m, "weighted_laplacian": m, "gradient": d * m, "hessian_diagonal": d * m}
     return sum(t.n * sum(per[q] for q in t.needs) for t in problem.terms)
 
 

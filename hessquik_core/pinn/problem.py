@@ -60,11 +60,16 @@ class Residual:
         :mod:`~hessquik_core.pinn._linearize`).
     needs : sequence of str
         The quantities ``fn`` reads, from ``"value"``, ``"gradient"``,
-        ``"laplacian"``, ``"hessian_diagonal"``.
+        ``"laplacian"``, ``"hessian_diagonal"``, ``"weighted_laplacian"``
+        (the last combines with ``"value"`` only: it takes a sweep of its own).
     weight : float
         :math:`w_t \ge 0`; the term adds :math:`\frac{w_t}{2n}\|r\|^2` to the loss.
     name : str, optional
         For messages and :meth:`Problem.residuals` (default ``"term<i>"``).
+    weights : array of shape (d, r), optional
+        :math:`S` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)`
+        (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
+        required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Residual:
         *,
         weight: float = 1.0,
         name: str | None = None,
+        weights: Any = None,
     ) -> None:
         points = as_plain_array(points, "points")
         xp = namespace_of(points, "points")
@@ -96,6 +102,25 @@ class Residual:
             raise ValueError(f"weight must be >= 0, got {weight}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
+        if ("weighted_laplacian" in needs) != (weights is not None):
+            raise ValueError(
+                "weights (S, shape (d, r)) are required for, and only for, needs containing "
+                f"'weighted_laplacian'; got needs={needs} and weights={'given' if weights is not None else None}"
+            )
+        if "weighted_laplacian" in needs and not set(needs) <= {"value", "weighted_laplacian"}:
+            raise ValueError(
+                f"'weighted_laplacian' combines with 'value' only (it takes a sweep of its own), got needs={needs}; "
+                f"use two Residual terms"
+            )
+        if weights is not None:
+            weights = as_plain_array(weights, "weights")
+            if namespace_of(weights, "weights").__name__ != xp.__name__ or weights.dtype != points.dtype:
+                raise TypeError(f"weights must be an array of the points' library and dtype {points.dtype}")
+            if weights.ndim != 2 or weights.shape[0] != points.shape[1]:
+                raise ValueError(
+                    f"weights must have shape ({points.shape[1]}, r), got {tuple(weights.shape)}"
+                )
+        self.weights = weights
         self.points, self.fn, self.weight, self.name = points, fn, float(weight), name
         # computed in QUANTITIES order
         self.needs = tuple(q for q in QUANTITIES if q in needs)
@@ -227,7 +252,15 @@ class Problem:
             laplacian="laplacian" in t.needs,
             hessian_diagonal="hessian_diagonal" in t.needs,
         )
-        return {q: _detach(_squeeze(getattr(res, q), self.m, self.xp)) for q in t.needs}
+        out = {
+            q: _detach(_squeeze(getattr(res, q), self.m, self.xp))
+            for q in t.needs
+            if q != "weighted_laplacian"
+        }
+        if t.weights is not None:  # tr(SSᵀ∇²u) = tr(Sᵀ∇²u S): the forward Laplacian along the columns of S
+            lap = self.net(t.points, laplacian=True, directions=t.weights, mode="forward").laplacian
+            out["weighted_laplacian"] = _detach(_squeeze(lap, self.m, self.xp))
+        return out
 
     def _residual(self, i: int, data: dict[str, Any], check: bool) -> Any:
         t = self.terms[i]
@@ -294,7 +327,7 @@ class Problem:
         if self._jac is None:
             xp, rows = self.xp, []
             for t, li in zip(self.terms, lin):
-                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs)
+                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs, weights=t.weights)
                 Jt = 0.0
                 for q in t.needs:
                     c = li.coef[q]  # (n, K)
@@ -321,7 +354,7 @@ class Problem:
         v = self._vector(v, self.P, "v")
         xp, out = self.xp, []
         for t, li in zip(self.terms, self._linearization()):
-            jq = jvp(self.net, t.points, t.needs, v)
+            jq = jvp(self.net, t.points, t.needs, v, weights=t.weights)
             acc = 0.0
             for q in t.needs:
                 c = li.coef[q]
@@ -339,7 +372,7 @@ class Problem:
         for t, li in zip(self.terms, self._linearization()):
             wt = li.scale * w[start : start + t.n]
             start += t.n
-            g = vjp(self.net, t.points, self._coefficients(t, li, wt))
+            g = vjp(self.net, t.points, self._coefficients(t, li, wt), weights=t.weights)
             out = g if out is None else out + g
         return out
 

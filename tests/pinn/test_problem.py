@@ -48,7 +48,7 @@ class _Q:
         self.__dict__.update(kw)
 
 
-def torch_residual(net, x, fn, needs):
+def torch_residual(net, x, fn, needs, S=None):
     """``r(theta) (n,)`` by nested autograd, and ``theta``."""
     u = torch_u(net)
     X = torch.tensor(np.asarray(x, dtype=np.float64))
@@ -65,6 +65,10 @@ def torch_residual(net, x, fn, needs):
             if ("laplacian" in needs or "hessian_diagonal" in needs)
             else None
         )
+        if "weighted_laplacian" in needs:
+            Ht = vmap(jacrev(jacrev(u, argnums=1), argnums=1), in_dims=(None, 0))(th, X)
+            St = torch.tensor(S)
+            q["weighted_laplacian"] = torch.einsum("ij,nik,kj->n", St, Ht, St)
         if "laplacian" in needs:
             q["laplacian"] = torch.diagonal(H, dim1=1, dim2=2).sum(-1)
         if "hessian_diagonal" in needs:
@@ -411,3 +415,43 @@ def test_array_api_strict_namespace():
     for opt in (pinn.GaussNewton(ps), pinn.GaussNewton(ps, solver="cg", cg_maxiter=5), pinn.KFAC(ps)):
         opt.run(2, progress=False)
     assert ps.loss() < l0
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_weighted_laplacian_residual(lib):
+    """A diffusion ½tr(σσᵀ∇²u) + u - u³ with a non-diagonal σ, against nested autograd."""
+    net = make_net()
+    S = np.array([[0.8, 0.1, -0.3], [0.2, 0.5, 0.4]])
+    x = points(6)
+
+    def fn(q, x):
+        return 0.5 * q.weighted_laplacian + q.value - q.value**3
+
+    conv = torch.from_numpy if lib == "torch" else np.asarray
+    pr = pinn.Problem(net, [pinn.Residual(conv(x), fn, ("value", "weighted_laplacian"), weights=conv(S))])
+    r, theta = torch_residual(net, x, fn, ("value", "weighted_laplacian"), S)
+    np.testing.assert_allclose(to_np(pr.residuals()["term0"]), r(theta).numpy(), rtol=1e-12)
+    ref = np.sqrt(1 / 6) * jacrev(r)(theta).numpy()
+    J = pr.jacobian()
+    assert rel(J, ref) <= RTOL
+    v, w = np.random.default_rng(0).standard_normal(pr.P), np.random.default_rng(1).standard_normal(6)
+    assert rel(pr.jvp(conv(v)), ref @ v) <= 1e-13
+    assert rel(pr.vjp(conv(w)), ref.T @ w) <= 1e-13
+    l0 = pr.loss()
+    pinn.KFAC(pr).run(3, progress=False)
+    assert pr.loss() < l0
+
+
+def test_weighted_laplacian_bad_input():
+    x = points(4)
+    S = np.ones((2, 3))
+    with pytest.raises(ValueError, match="required for, and only for"):
+        pinn.Residual(x, boundary, ("weighted_laplacian",))
+    with pytest.raises(ValueError, match="required for, and only for"):
+        pinn.Residual(x, boundary, ("value",), weights=S)
+    with pytest.raises(ValueError, match="combines with 'value' only"):
+        pinn.Residual(x, boundary, ("gradient", "weighted_laplacian"), weights=S)
+    with pytest.raises(ValueError, match=r"\(2, r\)"):
+        pinn.Residual(x, boundary, ("weighted_laplacian",), weights=np.ones((3, 3)))
+    with pytest.raises(TypeError, match="library and dtype"):
+        pinn.Residual(x, boundary, ("weighted_laplacian",), weights=S.astype(np.float32))
