@@ -161,14 +161,12 @@ def run(args, machine: dict) -> dict:
         x = np.random.default_rng(pt.d).uniform(-1.0, 1.0, (pt.n, pt.d))
         ref_run = _ours("numpy")(Point(pt.n, pt.d, pt.width, "float64"), model, x)
         ref = ref_run.to_numpy(ref_run.call())
-        cands: dict = {}
-        for p in peers:
-            ok, why = p.available()
-            skip = None if ok else Skip("unavailable", why)
-            if skip is None:
-                t, m = pred.predict(p.name, pt)
-                skip = harness.predicted_skip(t, m, max_call_s=args.max_call_s, mem_budget=budget)
-            cands[p.name] = skip or (lambda p=p, pt=pt, model=model, x=x: p.build(pt, model, x))
+
+        def rule(p: Peer, pt: Point = pt) -> Skip | None:
+            t, m = pred.predict(p.name, pt)
+            return harness.predicted_skip(t, m, max_call_s=args.max_call_s, mem_budget=budget)
+
+        cands = harness.candidates(peers, pt, model, x, rule=rule)
         recs, live = harness.check_then_time(
             cands, ref, dtype=pt.dtype, policy=policy, base=dict(asdict(pt), P=pt.P)
         )
