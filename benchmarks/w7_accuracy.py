@@ -37,6 +37,7 @@ optimizer starts from the same loss and that the peer's :math:`J` agrees with th
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
@@ -357,7 +358,7 @@ def run(args, machine: dict) -> dict:
     for key in keys:
         for name in names:
             harness.log(f"{SPECS[key].name}: {name} ({max(args.budgets):g} s at most)")
-            if name == TF_GN and not harness.Peer(name, train, requires=("torch",)).available()[0]:
+            if name == TF_GN and importlib.util.find_spec("torch") is None:
                 rows.append(
                     dict(problem=key, optimizer=name, status="unavailable", note="torch is not installed")
                 )

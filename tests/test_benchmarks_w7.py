@@ -108,6 +108,26 @@ def test_jax_peer_unavailable_is_a_result(tmp_path, monkeypatch):
     assert jx and all(r["status"] == "unavailable" and "not installed" in r["note"] for r in jx)
 
 
+def test_a_point_without_reference_is_recorded_not_measured(tmp_path, monkeypatch):
+    def refuse(lib):
+        def make(*a):
+            raise MemoryError("reference J does not fit")
+
+        return make
+
+    monkeypatch.setattr(w7, "_ours", refuse)  # the float64 reference is built through w7._ours
+    w7.main(
+        ["--part", "jacobian", "--smoke", "--out", str(tmp_path), "--peers", "torch.func", "--no-plots"],
+        configure_threads=False,
+    )
+    data, md = (
+        json.loads((tmp_path / f"{w7.STEM}.json").read_text()),
+        (tmp_path / f"{w7.STEM}.md").read_text(),
+    )
+    assert {r["status"] for r in data["rows"]} == {"not-checked"}
+    assert all("reference J does not fit" in r["note"] for r in data["rows"]) and "not-checked" in md
+
+
 def test_accuracy_part_smoke(tmp_path):
     w7.main(
         ["--part", "accuracy", "--smoke", "--out", str(tmp_path), "--budgets", "0.2"],
