@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--workloads",
         default="W1,W2,W3,W4,W5",
-        help="comma-separated subset, e.g. W1,W3 (W6, the training step: benchmarks/training_step.py)",
+        help="comma-separated subset, e.g. W1,W3 (W6, the training step: benchmarks/training_step.py; "
+        "W7, PINN Jacobians and optimizers: benchmarks/w7.py)",
     )
     p.add_argument(
         "--peers", default=None, help="comma-separated peer names or families (default: every available one)"
@@ -113,6 +114,17 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
         w6 += [f"--threads={args.threads}"] if args.threads else []
         rc = training_step.main(w6, configure_threads=configure_threads)
         args.workloads = ",".join(w for w in args.workloads.split(",") if w != "W6")
+        if rc or not args.workloads:
+            return rc
+    if "W7" in args.workloads.split(","):
+        # PINN Jacobians and time to accuracy have their own runner (benchmarks/w7.py)
+        from . import w7
+
+        w7a = [f for f, on in (("--quick", args.quick and not args.smoke), ("--smoke", args.smoke)) if on]
+        w7a += ["--no-plots"] * args.no_plots + (["--out", str(args.out)] if args.out else [])
+        w7a += [f"--threads={args.threads}"] if args.threads else []
+        rc = w7.main(w7a, configure_threads=configure_threads)
+        args.workloads = ",".join(w for w in args.workloads.split(",") if w != "W7")
         if rc or not args.workloads:
             return rc
     from . import report
