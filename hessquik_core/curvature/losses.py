@@ -35,6 +35,11 @@ each row :math:`f_n` (they include the factor :math:`w`); since :math:`C` is a
 sum over examples its Hessian with respect to ``F`` is block diagonal, and
 only the ``N`` blocks ``(m, m)`` are returned.
 
+This module is over 400 lines because each loss keeps, next to its formulas,
+every option of its torch twin that it honours (ignore_index, class weights,
+label smoothing, reductions) with the derivation of its exact gradient and
+Hessian blocks; the classes share only the base class.
+
 torch loss objects are accepted wherever a loss is (:func:`get_loss`):
 ``torch.nn.CrossEntropyLoss(reduction=, weight=, ignore_index=, label_smoothing=)``
 becomes :class:`CrossEntropyLoss` with the same options (``"mean"`` divides by
