@@ -192,6 +192,9 @@ def count_flops(net, x, **kwargs) -> int:
 
     total = [0]
     mm0, es0 = be.mm, be.einsum
+    # what the instance itself held (normally nothing: the class's methods): restored as it
+    # was, so no bound copy is left on the process-wide backend to shadow the class later
+    own = {k: vars(be)[k] for k in ("mm", "einsum") if k in vars(be)}
 
     def mm(a, b, *, xp=None):
         total[0] += _mm_flops(a, b)
@@ -205,7 +208,11 @@ def count_flops(net, x, **kwargs) -> int:
     try:
         net(x, **kwargs)
     finally:
-        be.mm, be.einsum = mm0, es0
+        for k in ("mm", "einsum"):
+            if k in own:
+                setattr(be, k, own[k])
+            else:
+                delattr(be, k)
     return total[0]
 
 
