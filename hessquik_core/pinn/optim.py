@@ -236,23 +236,28 @@ class ENGD(GaussNewton):
     The natural gradient in the energy inner product of a least-squares PINN
     loss is :math:`G^{+}\nabla L` with the Gramian :math:`G = J^\top J`, i.e. the
     Gauss–Newton step, taken with the grid line search over :math:`2^{-k}`,
-    :math:`k = 0..30`, as published. Defaults: ``solver="dense"``,
-    ``line_search="grid"``, a fixed small damping ``damping=1e-8``,
-    ``adaptive=False``; every :class:`GaussNewton` option can be passed to change
-    them. The papers' pseudo-inverse (``damping=0``) is available but, measured
-    here on Poisson 2-D (2-64-1 tanh, 900 + 120 points, seed 0), it stalls from
-    a random initialisation: :math:`J` has singular values down to
-    :math:`10^{-21}\sigma_1`, and the few just above the ``rcond`` cut give steps
-    that no :math:`\alpha \ge 2^{-30}` can use. Unlike the papers' code, the step is
+    :math:`k = 0..30`, as published, taking the best :math:`\alpha` of the whole
+    grid. Defaults: ``solver="dense"``, ``line_search="grid"`` with
+    ``grid_full=True``, the papers' pseudo-inverse (``damping=0``: singular values
+    below ``rcond``·σ₁ are cut), ``adaptive=False``; every :class:`GaussNewton`
+    option can be passed to change them. Unlike the papers' code, the step is
     solved from :math:`J` (SVD) rather than from :math:`G`, which keeps its
-    accuracy below :math:`10^{-7}`.
+    accuracy below :math:`10^{-7}`. Measured on Poisson 2-D (2-64-1 tanh, 900 +
+    120 points, float64, seed 0): from this library's initialisation the first
+    pseudo-inverse steps are short (:math:`J` has singular values down to
+    :math:`10^{-21}\sigma_1`), then the steps converge quadratically: relative
+    L2 error :math:`9 \cdot 10^{-5}` at step 80, :math:`8 \cdot 10^{-12}` at step
+    100, :math:`4 \cdot 10^{-13}` from step 140; a fixed damping of
+    :math:`10^{-8}` stalls at :math:`2.4 \cdot 10^{-6}` after 400 steps, because
+    it filters exactly the small singular directions the last digits need.
 
     Cost per step as :class:`GaussNewton` (``"dense"``) plus 31 loss evaluations.
     """
 
     def __init__(self, problem: Problem, **options: Any) -> None:
-        options.setdefault("damping", 1e-8)
+        options.setdefault("damping", 0.0)
         options.setdefault("adaptive", False)
         options.setdefault("line_search", "grid")
+        options.setdefault("grid_full", True)
         options.setdefault("solver", "dense")
         super().__init__(problem, **options)
