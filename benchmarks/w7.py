@@ -157,7 +157,7 @@ def run(args, machine: dict) -> dict:
     rows: list[dict] = []
     for pt in points(args):
         harness.log(f"J of the Laplacian: n={pt.n} d={pt.d} width={pt.width} P={pt.P} {pt.dtype}")
-        model = nets.model_of(pt.spec)
+        model = nets.records_model(nets.spec_of(nets.build(pt.spec)), pt.spec)
         x = np.random.default_rng(pt.d).uniform(-1.0, 1.0, (pt.n, pt.d))
         try:  # the reference: this library's float64 J on NumPy
             ref_run = _ours("numpy")(Point(pt.n, pt.d, pt.width, "float64"), model, x)

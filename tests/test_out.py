@@ -384,12 +384,3 @@ def test_docs_example_runs():
     ns: dict = {}
     exec(compile(blocks[0], "docs/second_order.md", "exec"), ns)
     assert ns["H"] is ns["out"].hessian and ns["H"].shape == (500, 64, 64, 1)
-
-
-def test_out_buffer_benchmark_smoke():
-    """benchmarks/out_buffer.py runs on a tiny point and writes its table."""
-    from benchmarks.out_buffer import measure, write
-
-    rows = measure([4], repeats=1, threads=1, libs=("numpy",), n=10)
-    assert rows[0]["max_abs_diff"] == 0.0 and rows[0]["fresh_s"] > 0
-    assert "| numpy | 4 |" in write(rows, 1)

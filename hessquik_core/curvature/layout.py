@@ -59,8 +59,18 @@ class ParameterLayout:
 
     @classmethod
     def from_named(cls, named) -> ParameterLayout:
-        """The layout of ``(key, array)`` pairs in their order (e.g. ``net.named_parameters()``),
-        each flattened row-major; ``ValueError`` when there are none."""
+        """The layout of ``(key, array)`` pairs in their order, each flattened row-major.
+
+        Parameters
+        ----------
+        named : iterable of (str, array)
+            E.g. ``net.named_parameters()``.
+
+        Returns
+        -------
+        ParameterLayout
+            ``ValueError`` when there are no pairs.
+        """
         keys, shapes, offsets, sizes = [], [], [], []
         off = 0
         for k, a in named:

@@ -401,12 +401,18 @@ def test_directional_float32():
 
 
 def test_directional_orders_and_activations():
-    """Order k needs σ^(k+1): softplus (max_order 2) serves order 1, is refused from order 2 on."""
+    """Order k needs σ^(k+1): an activation with σ, σ′, σ″ only (max_order 2) serves order 1
+    and is refused from order 2 on; softplus (max_order 4, no σ⁽⁵⁾ here) is refused at order 4."""
+    two = hq.activations.custom(
+        np.tanh, lambda z: 1 - np.tanh(z) ** 2, lambda z: -2 * np.tanh(z) * (1 - np.tanh(z) ** 2)
+    )
+    assert two.max_order == 2
+    low = hq.NN(hq.SingleLayer(2, 3, act=two, seed=1), hq.SingleLayer(3, 1, seed=2))
+    x = _x(low, n=2)
+    assert hq.pinn.jacobian(low, x, "pure_partial", coords=[0], order=1).shape[:3] == (2, 1, 1)
+    with pytest.raises(ValueError, match=r"order 2: layer 0 \(SingleLayer\) uses .*order 3"):
+        hq.pinn.jacobian(low, x, "pure_partial", coords=[0], order=2)
     net = hq.NN(hq.SingleLayer(2, 3, act="softplus", seed=1), hq.SingleLayer(3, 1, seed=2))
-    x = _x(net, n=2)
-    assert hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=1).shape[:3] == (2, 1, 1)
-    with pytest.raises(ValueError, match=r"order 2: layer 0 \(SingleLayer\) uses Softplus.*order 3"):
-        hq.pinn.jacobian(net, x, "pure_partial", coords=[0], order=2)
     with pytest.raises(ValueError, match="fifth derivative"):
         hq.pinn.jacobian(net, x, "directional", directions=np.ones((2, 1)), order=4)
     icnn = hq.NN(hq.ICNNLayer(2, None, 3, act="tanh", seed=1), hq.SingleLayer(5, 1, seed=2))
