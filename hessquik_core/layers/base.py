@@ -148,6 +148,40 @@ class Layer(Module):
         diag = diagonal(full, ops.xp)
         return ops.xp.sum(diag, axis=-1) if what == "trace" else diag
 
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) -----------------
+    # A layer that supports hessquik_core.pinn.jacobian maps the Taylor streams
+    # Y = [u; ∂u_1..k; L] : (S, N, p) of its input (rules.streams) and their
+    # adjoints; these defaults refuse, naming the layer.
+    def _streams_unsupported(self):
+        return ValueError(
+            f"{type(self).__name__} is not supported for per-point Jacobians yet "
+            "(hessquik_core.pinn.jacobian): it has no stream_forward / stream_vjp / stream_rop"
+        )
+
+    #: whether :meth:`stream_vjp` supports ``mode="kfac"`` (an affine layer)
+    stream_kfac: ClassVar[bool] = False
+
+    def stream_activations(self) -> tuple:
+        """The activations the stream passes differentiate (the caller checks their orders)."""
+        return ()
+
+    def stream_forward(self, Y, params: dict, spec, ops):
+        """Streams ``Y : (S, N, p)`` -> ``(Y_out : (S, N, q), cache)`` (``spec``: a
+        ``StreamSpec`` of ``hessquik_core.rules.streams``)."""
+        raise self._streams_unsupported()
+
+    def stream_vjp(self, cache, params: dict, Ybar, mode: str, need_input: bool, ops):
+        """Adjoints ``Ybar : (c, S', N, q)`` -> ``(Ybar_in : (c, S', N, p) or None, out)``;
+        ``out``: local parameter name -> per-point Jacobian ``(N, c, *shape)``
+        (``mode="point"``) or its sum over points and directions (``"sum"``), or a
+        list of Kronecker factor pairs ``(A, B)`` (``"kfac"``)."""
+        raise self._streams_unsupported()
+
+    def stream_rop(self, cache, params: dict, RY, V: dict, ops):
+        """R-pass: the derivative ``(S, N, q)`` of the output streams along the parameter
+        direction ``V`` (local name -> ``shape``), given that of the input ``RY`` (or ``None``)."""
+        raise self._streams_unsupported()
+
     # -- calling a layer ----------------------------------------------------------
     def __call__(self, x, **kwargs):
         return _ENGINE[0](self, x, **kwargs)

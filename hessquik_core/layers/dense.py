@@ -9,7 +9,7 @@ import numpy as np
 
 from ..activations import Activation, get_activation
 from ..carry import Adjoints, Request, Tangents
-from ..rules import affine
+from ..rules import affine, streams
 from ..rules.directions import weight_gradient
 from .base import Layer, check_int, register_layer, rng_of
 
@@ -168,6 +168,35 @@ class SingleLayer(Layer):
         if r.Rgb is not None:
             g["b"] = r.Rgb
         return r.dl_u, r.Rdl_u, g
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    stream_kfac = True
+
+    def stream_activations(self) -> tuple:
+        return (self.act,)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = \Phi_\sigma(YK + b)` (``hessquik_core.rules.streams``)."""
+        Z = streams.affine_streams(Y, params["K"], params["b"], ops)
+        Yo, phi = streams.phi_forward(Z, self.act, spec, ops)
+        return Yo, (Y, phi)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \Phi_\sigma^\top(\bar Y)`; per point :math:`\partial_K = \sum_s Y_s^\top \bar Z_s`,
+        :math:`\partial_b = \bar z`; input adjoint :math:`\bar Z K^\top`."""
+        Y, phi = cache
+        Zbar = streams.phi_vjp(phi, Ybar, ops)
+        out = streams.affine_params(Y, Zbar, params["b"] is not None, mode, ops)
+        Yin = streams.affine_input_adjoint(Zbar, params["K"], ops) if need_input else None
+        if mode == "kfac":
+            return Yin, [out.weight]
+        return Yin, ({"K": out.weight} if out.bias is None else {"K": out.weight, "b": out.bias})
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`R Y' = \Phi_\sigma'(Z)[RY\,K + Y V_K + V_b]`."""
+        Y, phi = cache
+        RZ = streams.affine_rop(Y, RY, params["K"], V["K"], V.get("b"), ops)
+        return streams.phi_rop(phi, RZ, ops)
 
     @classmethod
     def from_hessquik(cls, module, kit):

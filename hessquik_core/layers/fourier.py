@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..carry import Adjoints, Request, Tangents
-from ..rules import affine
+from ..rules import affine, streams
 from ..rules import fourier as rules
 from ..rules.directions import weight_gradient
 from .base import Layer, check_int, register_layer
@@ -76,6 +76,38 @@ class _PointwiseLinear(Layer):
                 Rdelta = own if Rdelta is None else Rdelta + own
         Rdlu = None if (not need_Rdlu or Rdelta is None) else ops.mm(Rdelta, Kt)
         return dlu, Rdlu, {}
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # Y' = Φ_φ(Y K) with the per-column φ of the subclass (_stream_derivatives);
+    # a frozen K has no parameter blocks, a trainable one folds ∂K (_stream_fold).
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = \Phi_\phi(YK)`, ``K`` as :meth:`evaluate` builds it."""
+        K = self.evaluate(Y[0, ...], params, 0, ops)[1].K
+        Z = ops.mm(Y, K)
+        Yo, phi = streams.phi_from_derivatives(Z, self._stream_derivatives(Z[0, ...], ops), spec, ops)
+        return Yo, (Y, phi, K)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \Phi_\phi^\top(\bar Y')`, :math:`\bar Y = \bar Z K^\top`; the
+        parameters' block is the fold of :math:`\sum_s Y_s^\top \bar Z_s` (trainable ``K`` only)."""
+        Y, phi, K = cache
+        if mode == "kfac":
+            raise ValueError(
+                f"{type(self).__name__} has no Kronecker-factored curvature (not an affine layer)"
+            )
+        Zbar = streams.phi_vjp(phi, Ybar, ops)
+        Yin = streams.affine_input_adjoint(Zbar, K, ops) if need_input else None
+        if not self.trainable:
+            return Yin, {}
+        return Yin, self._stream_fold(streams.affine_params(Y, Zbar, False, mode, ops).weight, ops)
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = \Phi_\phi'(Z)[RY\,K + Y\,RK]` (``None`` while nothing depends on the parameters)."""
+        Y, phi, K = cache
+        if not self.trainable:
+            return None if RY is None else streams.phi_rop(phi, ops.mm(RY, K), ops)
+        RK = self._stream_RK({k: v[None, ...] for k, v in V.items()}, Y, ops)[0, ...]
+        return streams.phi_rop(phi, streams.affine_rop(Y, RY, K, RK, None, ops), ops)
 
 
 @functools.cache
@@ -277,6 +309,22 @@ class FourierFeatures(_PointwiseLinear):
         )
         return r.dl_u, r.Rdl_u, {"B": self._fold(r.RgM, ops)}
 
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    def _stream_derivatives(self, z, ops) -> tuple:
+        """``(φ, φ', φ'', φ''')`` per column: sin on the first ``F``, cos on the last
+        (for both, φ'' = −φ and φ''' = −φ')."""
+        xp, F = ops.xp, self.num_features
+        a, b = z[..., :F], z[..., F:]
+        s0 = xp.concat([xp.sin(a), xp.cos(b)], axis=-1)
+        s1 = xp.concat([xp.cos(a), -xp.sin(b)], axis=-1)
+        return s0, s1, -s0, -s1
+
+    def _stream_fold(self, W, ops) -> dict:
+        return {"B": self._fold(W, ops)}
+
+    def _stream_RK(self, V, Y, ops):
+        return self._RK(V, ops)
+
     # -- torch twin -----------------------------------------------------------------
     @classmethod
     def torch_twin_class(cls):
@@ -467,6 +515,24 @@ class PeriodicEmbedding(_PointwiseLinear):
             need_Rdlu=need_Rdlu,
         )
         return r.dl_u, r.Rdl_u, {"omega": self._fold(r.RgM, S, ops)}
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    def _stream_derivatives(self, z, ops) -> tuple:
+        """``(φ, φ', φ'', φ''')`` per column: cos, sin on the embedded blocks, the identity on the rest."""
+        xp, s = ops.xp, len(self.periods)
+        c, si, r = z[..., :s], z[..., s : 2 * s], z[..., 2 * s :]
+        zero, one = xp.zeros_like(r), xp.ones_like(r)
+        s0 = xp.concat([xp.cos(c), xp.sin(si), r], axis=-1)
+        s1 = xp.concat([-xp.sin(c), xp.cos(si), one], axis=-1)
+        s2 = xp.concat([-xp.cos(c), -xp.sin(si), zero], axis=-1)
+        s3 = xp.concat([xp.sin(c), -xp.cos(si), zero], axis=-1)
+        return s0, s1, s2, s3
+
+    def _stream_fold(self, W, ops) -> dict:
+        return {"omega": self._fold(W, self._sel(W, ops), ops)}
+
+    def _stream_RK(self, V, Y, ops):
+        return self._RK(V, self._sel(Y, ops), ops)
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod

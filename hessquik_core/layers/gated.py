@@ -31,6 +31,7 @@ from array_api_compat import device as _device
 from ..activations import Activation, get_activation
 from ..carry import Adjoints, Request, Tangents
 from ..rules import gated as G
+from ..rules import streams
 from ..rules.directions import weight_gradient
 from ..rules.gated import GateCache
 from .base import Layer, check_int, register_layer, rng_of
@@ -128,6 +129,60 @@ class _GatedStep(Layer):
             g["b"] = Rgb
         return dlu, Rdlu, g
 
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # [U, V, H] -> [U, V, U + Z ⋆ (V − U)] with Z = Φ_σ(H W + b) (rules.streams: ⋆ the
+    # product of streams); W, b are an affine block on the H streams.
+    stream_kfac = True
+
+    def stream_activations(self) -> tuple:
+        return (self.act,)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`[U, V, U + \Phi_\sigma(HW + b) \star (V - U)]`."""
+        U, V, H = self._split(Y)
+        Zs, phi = streams.phi_forward(
+            streams.affine_streams(H, params["W"], params["b"], ops), self.act, spec, ops
+        )
+        D = V - U
+        return ops.xp.concat([U, V, U + streams.star(Zs, D, spec, ops)], axis=-1), (H, phi, Zs, D)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \bar H' \star^\top D`, :math:`\bar D = \bar H' \star^\top Z`,
+        :math:`\bar A = \Phi_\sigma^\top(\bar Z)` (the affine block's adjoint: ``W``, ``b``);
+        input :math:`[\bar U' + \bar H' - \bar D,\ \bar V' + \bar D,\ \bar A W^\top]`."""
+        xp = ops.xp
+        H, phi, Zs, D = cache
+        spec = phi.spec
+        Ub, Vb, Hb = self._split(Ybar)
+        Abar = streams.phi_vjp(phi, streams.star_vjp(Hb, D, spec, ops), ops)
+        out = streams.affine_params(H, Abar, params["b"] is not None, mode, ops)
+        Yin = None
+        if need_input:
+            Dbar = streams.star_vjp(Hb, Zs, spec, ops)
+            Yin = xp.concat(
+                [Ub + Hb - Dbar, Vb + Dbar, streams.affine_input_adjoint(Abar, params["W"], ops)], axis=-1
+            )
+        if mode == "kfac":
+            return Yin, [out.weight]
+        return Yin, ({"W": out.weight} if out.bias is None else {"W": out.weight, "b": out.bias})
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`R[U, V, H'] = [RU, RV, RU + RZ \star D + Z \star (RV - RU)]`,
+        :math:`RZ = \Phi_\sigma'(A)[RH\,W + H V_W + V_b]`."""
+        xp = ops.xp
+        H, phi, Zs, D = cache
+        spec = phi.spec
+        RU = RV = RH = None
+        if RY is not None:
+            RU, RV, RH = self._split(RY)
+        RZ = streams.phi_rop(phi, streams.affine_rop(H, RH, params["W"], V["W"], V.get("b"), ops), ops)
+        RHn = streams.star(RZ, D, spec, ops)
+        if RY is None:
+            zero = xp.zeros((*RHn.shape[:-1], 2 * self.width), dtype=RHn.dtype, device=_device(RHn))
+            return xp.concat([zero, RHn], axis=-1)
+        RHn = RHn + RU + streams.star(Zs, RV - RU, spec, ops)
+        return xp.concat([RU, RV, RHn], axis=-1)
+
 
 class _ReadoutCache(NamedTuple):
     n: int
@@ -197,6 +252,35 @@ class _Readout(Layer):
         if Rgb is not None:
             g["b"] = Rgb
         return dlu, Rdlu, g
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # f = H K + b: an affine block with the identity on the H streams.
+    stream_kfac = True
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`H K` (+ ``b`` on the value row)."""
+        H = Y[..., 2 * self.width :]
+        return streams.affine_streams(H, params["K"], params["b"], ops), H
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r"""Per point :math:`\partial_K = \sum_s H_s^\top \bar Y'_s`, :math:`\partial_b = \bar y'_0`;
+        input :math:`[0, 0, \bar Y' K^\top]`."""
+        xp = ops.xp
+        H = cache
+        out = streams.affine_params(H, Ybar, params["b"] is not None, mode, ops)
+        Yin = None
+        if need_input:
+            dH = streams.affine_input_adjoint(Ybar, params["K"], ops)
+            zero = xp.zeros((*dH.shape[:-1], 2 * self.width), dtype=dH.dtype, device=_device(dH))
+            Yin = xp.concat([zero, dH], axis=-1)
+        if mode == "kfac":
+            return Yin, [out.weight]
+        return Yin, ({"K": out.weight} if out.bias is None else {"K": out.weight, "b": out.bias})
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = RH\,K + H V_K + V_b`."""
+        RH = None if RY is None else RY[..., 2 * self.width :]
+        return streams.affine_rop(cache, RH, params["K"], V["K"], V.get("b"), ops)
 
 
 @register_layer

@@ -308,6 +308,64 @@ class GatedResidual(Layer):
                 Rdlu = Rdlu - Va[None, :, :] * dl[:, None, :]
         return dlu, Rdlu, out
 
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # Y' = α Y_g + (1 − α) Y with Y_g the streams through g's leaves: the leaves see
+    # the adjoint α Ȳ', the identity path adds (1 − α) Ȳ', and ∂α = Σ_s (Y_g − Y)_s · Ȳ'_s.
+    def stream_activations(self) -> tuple:
+        acts: list = []
+        for leaf in self.block._leaves():
+            if type(leaf).stream_forward is Layer.stream_forward:
+                raise leaf._streams_unsupported()
+            acts.extend(leaf.stream_activations())
+        return tuple(acts)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`\alpha Y_g + (1 - \alpha) Y` (``Y_g`` through ``g``'s leaves)."""
+        leaves = list(self.block._leaves())
+        a = params["alpha"]
+        Yg, caches = Y, []
+        for leaf, p in zip(leaves, self._split(params, leaves)):
+            Yg, c = leaf.stream_forward(Yg, p, spec, ops)
+            caches.append(c)
+        return a * Yg + (1.0 - a) * Y, (Y, Yg, caches)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r"""Per point :math:`\partial_\alpha = \sum_s (Y_g - Y)_s \cdot \bar Y'_s`; ``g``'s
+        leaves get :math:`\alpha\bar Y'`; input :math:`\bar Y_g + (1 - \alpha)\bar Y'`."""
+        xp = ops.xp
+        if mode == "kfac":
+            raise ValueError(
+                "GatedResidual has no Kronecker-factored curvature (alpha is not an affine block)"
+            )
+        Y, Yg, caches = cache
+        leaves = list(self.block._leaves())
+        per = self._split(params, leaves)
+        a = params["alpha"]
+        r = Ybar.shape[1]
+        ga = xp.sum((Yg - Y)[:r, ...] * Ybar, axis=(1, 3))  # (c, N)
+        out: dict[str, Any] = {
+            "alpha": xp.matrix_transpose(ga)[..., None] if mode == "point" else xp.reshape(xp.sum(ga), (1,))
+        }
+        d = a * Ybar
+        for i in range(len(leaves) - 1, -1, -1):
+            d, g = leaves[i].stream_vjp(caches[i], per[i], d, mode, True, ops)
+            out.update({f"{i}/{k}": v for k, v in g.items()})
+        return (d + (1.0 - a) * Ybar if need_input else None), out
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = \alpha\,RY_g + V_\alpha (Y_g - Y) + (1 - \alpha) RY`."""
+        Y, Yg, caches = cache
+        leaves = list(self.block._leaves())
+        per, Vs = self._split(params, leaves), self._split(V, leaves)
+        a = params["alpha"]
+        R = RY
+        for leaf, p, c, Vl in zip(leaves, per, caches, Vs):
+            R = leaf.stream_rop(c, p, R, Vl, ops)
+        out = V["alpha"] * (Yg - Y)
+        if R is not None:
+            out = out + a * R
+        return out if RY is None else out + (1.0 - a) * RY
+
     # -- torch twin -----------------------------------------------------------------
     @classmethod
     def torch_twin_class(cls):

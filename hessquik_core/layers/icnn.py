@@ -9,7 +9,7 @@ import numpy as np
 
 from ..activations import get_activation
 from ..carry import Adjoints, Request, Tangents
-from ..rules import affine
+from ..rules import affine, streams
 from ..rules.contractions import device, sandwich
 from ..rules.directions import Outer, add_tail
 from .base import NONNEG, Layer, check_int, register_layer, rng_of
@@ -256,6 +256,60 @@ class ICNNLayer(Layer):
                 RL = RL + (gML * sp2)[None, :, :] * V["L"]
             g["L"] = RL
         return dlu, Rdlu, g
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # With w = [u, x] and M = [L⁺; K]: Y' = [Φ_σ(Y M + b), Y_x] (the x-columns pass
+    # through); the L-block of ∂M is multiplied by softplus'(L) (elementwise chain).
+    stream_kfac = True
+
+    def stream_activations(self) -> tuple:
+        return (self.act,)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = [\Phi_\sigma(YM + b),\ Y_{[s:]}]`, :math:`M = [L^+; K]`."""
+        M = self._M(params, ops.xp)
+        Z = streams.affine_streams(Y, M, params["b"], ops)
+        Yi, phi = streams.phi_forward(Z, self.act, spec, ops)
+        return ops.xp.concat([Yi, Y[..., self.n_in :]], axis=-1), (Y, phi, M)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \Phi_\sigma^\top(\bar Y'_{[:q]})`; :math:`\partial_M` as the dense layer's,
+        split into ``K`` and ``L`` (times :math:`\mathrm{softplus}'(L)`); input adjoint
+        :math:`\bar Z M^\top + [0, \bar Y'_{[q:]}]`. Kronecker factors are those of ``M``."""
+        xp = ops.xp
+        Y, phi, M = cache
+        q, s = self.out_width, self.n_in
+        Zbar = streams.phi_vjp(phi, Ybar[..., :q], ops)
+        out = streams.affine_params(Y, Zbar, params["b"] is not None, mode, ops)
+        Yin = None
+        if need_input:
+            Yin = add_tail(streams.affine_input_adjoint(Zbar, M, ops), Ybar[..., q:], s, xp)
+        if mode == "kfac":
+            return Yin, [out.weight]
+        W = out.weight
+        g = {"K": W[..., s:, :]}
+        if params["L"] is not None:
+            g["L"] = W[..., :s, :] * NONNEG(params["L"], 1, xp=xp)[1]
+        if out.bias is not None:
+            g["b"] = out.bias
+        return Yin, g
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = [\Phi_\sigma'(Z)[RY\,M + Y\,RM + V_b],\ RY_{[s:]}]`,
+        :math:`RM = [\mathrm{softplus}'(L) \odot V_L;\ V_K]`."""
+        xp = ops.xp
+        Y, phi, M = cache
+        s = self.n_in
+        RM = V["K"]
+        if params["L"] is not None:
+            RM = xp.concat([NONNEG(params["L"], 1, xp=xp)[1] * V["L"], RM], axis=0)
+        RZ = streams.affine_rop(Y, RY, M, RM, V.get("b"), ops)
+        Ri = streams.phi_rop(phi, RZ, ops)
+        if RY is None:
+            Rx = xp.zeros((*Y.shape[:-1], self.input_dim), dtype=Y.dtype, device=device(Y))
+        else:
+            Rx = RY[..., s:]
+        return xp.concat([Ri, Rx], axis=-1)
 
     @classmethod
     def from_hessquik(cls, module, kit):

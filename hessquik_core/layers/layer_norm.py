@@ -18,6 +18,7 @@ import numpy as np
 
 from ..carry import Adjoints, Request, Tangents
 from ..rules import layer_norm as rules
+from ..rules import streams
 from .base import Layer, check_int, register_layer
 
 
@@ -202,6 +203,74 @@ class LayerNorm(Layer):
         if dl is not None and rcache is not None:
             Rg = Rg + xp.sum(dl[:, None, :] * rcache, axis=0)
         return dlu, Rdlu, {"gamma": Rg, "beta": xp.sum(Rdl, axis=0)}
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # x̂ = c ⋆ ρ(v) with c = u − mean(u), v = mean(c ⋆ c), ρ(t) = (t + ε)^(-1/2),
+    # ⋆ the product of streams (rules.streams.star); f = γ x̂ + β.
+    def _rho_derivatives(self, t):
+        e = t + self.eps
+        r = e**-0.5
+        r3 = r / e
+        return r, -0.5 * r3, 0.75 * r3 / e, -1.875 * r3 / (e * e)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams of :math:`\gamma \odot \hat x + \beta`, :math:`\hat x = c \star \rho(\overline{c \star c})`."""
+        xp = ops.xp
+        C = Y - xp.mean(Y, axis=-1, keepdims=True)
+        V = xp.mean(streams.star(C, C, spec, ops), axis=-1, keepdims=True)  # (S, N, 1)
+        R, phi = streams.phi_from_derivatives(V, self._rho_derivatives(V[0, ...]), spec, ops)
+        X = streams.star(C, R, spec, ops)
+        gamma = params.get("gamma")
+        if gamma is None:
+            return X, (C, R, phi, X)
+        Yo = gamma * X
+        Yo = xp.concat([(Yo[0, ...] + params["beta"])[None, ...], Yo[1:, ...]], axis=0)
+        return Yo, (C, R, phi, X)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r"""Per point :math:`\partial_\gamma = \sum_s \hat X_s \odot \bar Y'_s`,
+        :math:`\partial_\beta = \bar y'_0`; the input adjoint back through ⋆, ρ and the centring."""
+        xp = ops.xp
+        C, R, phi, X = cache
+        if mode == "kfac":
+            raise ValueError("LayerNorm has no Kronecker-factored curvature (not an affine layer)")
+        gamma = params.get("gamma")
+        out = {}
+        if gamma is not None:
+            r = Ybar.shape[1]
+            gg = xp.sum(X[:r, ...] * Ybar, axis=1)  # (c, N, w)
+            gb = Ybar[:, 0, ...]
+            if mode == "point":
+                out = {"gamma": xp.permute_dims(gg, (1, 0, 2)), "beta": xp.permute_dims(gb, (1, 0, 2))}
+            else:
+                out = {"gamma": xp.sum(gg, axis=(0, 1)), "beta": xp.sum(gb, axis=(0, 1))}
+        if not need_input:
+            return None, out
+        spec = phi.spec
+        Xbar = Ybar if gamma is None else gamma * Ybar
+        Cbar = streams.star_vjp(Xbar, R, spec, ops)
+        Rbar = xp.sum(streams.star_vjp(Xbar, C, spec, ops), axis=-1, keepdims=True)
+        Vbar = streams.phi_vjp(phi, Rbar, ops) / self.features  # the mean's 1/w
+        Cbar = Cbar + 2.0 * streams.star_vjp(xp.broadcast_to(Vbar, Cbar.shape), C, spec, ops)
+        return Cbar - xp.mean(Cbar, axis=-1, keepdims=True), out
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = \gamma \odot R\hat X + V_\gamma \odot \hat X + V_\beta`, with
+        :math:`R\hat X = Rc \star \rho + c \star \rho'[2\,\overline{c \star Rc}]`."""
+        xp = ops.xp
+        C, R, phi, X = cache
+        spec = phi.spec
+        gamma = params.get("gamma")
+        RX = None
+        if RY is not None:
+            RC = RY - xp.mean(RY, axis=-1, keepdims=True)
+            RV = 2.0 * xp.mean(streams.star(C, RC, spec, ops), axis=-1, keepdims=True)
+            RX = streams.star(RC, R, spec, ops) + streams.star(C, streams.phi_rop(phi, RV, ops), spec, ops)
+        if gamma is None:
+            return RX
+        own = V["gamma"] * X
+        own = xp.concat([(own[0, ...] + V["beta"])[None, ...], own[1:, ...]], axis=0)
+        return own if RX is None else gamma * RX + own
 
     # -- torch twin -----------------------------------------------------------------
     def to_torch(self, kit) -> list:

@@ -7,10 +7,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..activations import Quadratic
 from ..carry import Adjoints, Request, Tangents
+from ..rules import streams
 from ..rules.contractions import device, lift
 from ..rules.directions import Outer, lin_dirs, lin_dirs_t, outer_sum, outer_sum_r, pad_front
 from .base import NONNEG, Layer, check_int, register_layer, rng_of
+
+#: σ(z) = z²/2, whose stream map is the quadratic part of the layer
+_HALF_SQUARE = Quadratic()
 
 
 class QuadraticCache(NamedTuple):
@@ -209,6 +214,56 @@ class _QuadraticBase(Layer):
         out = {"A": RgA, "mu": Rgmu}
         out.update(self._split_c(Rgc, params, None if dl is None else V.get("w"), gc, xp))
         return dlu, Rdlu, out
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # f = u c + Σ_j ½ a_j² + μ with a = y Aᵀ: every stream maps linearly through c,
+    # and the quadratic part is the stream map of σ(z) = z²/2 on Y_y Aᵀ summed over
+    # its r columns (σ' = z, σ'' = 1, σ''' = 0).
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = Y c + \sum_j \Phi_{z^2/2}(Y_y A^\top)_j` (+ ``μ`` on the value row)."""
+        xp = ops.xp
+        c = self._lin(params, xp)
+        lin = streams.affine_streams(Y, c[:, None], params["mu"], ops)
+        Za = ops.mm(Y[..., self._start :], xp.matrix_transpose(params["A"]))
+        Ya, phi = streams.phi_forward(Za, _HALF_SQUARE, spec, ops)
+        return lin + xp.sum(Ya, axis=-1, keepdims=True), (Y, phi, c)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r"""``Ybar : (c, S', N, 1)``: per point :math:`\partial_c = \sum_s Y_s \bar Y'_s`,
+        :math:`\partial_\mu = \bar y'_0`, :math:`\partial_A = (\sum_s Y_{y,s}^\top \bar Z_{a,s})^\top`
+        with :math:`\bar Z_a = \Phi^\top(\bar Y' \mathbf 1^\top)`; input adjoint
+        :math:`\bar Y' c^\top + [0, \bar Z_a A]`."""
+        xp = ops.xp
+        Y, phi, c = cache
+        s = self._start
+        if mode == "kfac":
+            raise ValueError(
+                f"{type(self).__name__} has no Kronecker-factored curvature (not an affine layer)"
+            )
+        A = params["A"]
+        Zbar = streams.phi_vjp(phi, xp.broadcast_to(Ybar, (*Ybar.shape[:-1], A.shape[0])), ops)
+        lin = streams.affine_params(Y, Ybar, True, mode, ops)
+        quad = streams.affine_params(Y[..., s:], Zbar, False, mode, ops)
+        gc = lin.weight[..., 0]  # (N, c, p) or (p,)
+        out = {"A": xp.matrix_transpose(quad.weight), "mu": lin.bias}
+        out.update(self._split_c(gc, params, None, None, xp))
+        Yin = None
+        if need_input:
+            Yin = Ybar * c + pad_front(ops.mm(Zbar, A), s, xp)
+        return Yin, out
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = RY\,c + Y\,Rc + V_\mu + \sum_j \Phi'(Z_a)[RY_y A^\top + Y_y V_A^\top]_j`."""
+        xp = ops.xp
+        Y, phi, c = cache
+        s = self._start
+        A = params["A"]
+        Rc = self._rc(params, {k: v[None, ...] for k, v in V.items()}, xp)[0, ...]
+        out = streams.affine_rop(Y, RY, c[:, None], Rc[:, None], V["mu"], ops)
+        RZa = ops.mm(Y[..., s:], xp.matrix_transpose(V["A"]))
+        if RY is not None:
+            RZa = RZa + ops.mm(RY[..., s:], xp.matrix_transpose(A))
+        return out + xp.sum(streams.phi_rop(phi, RZa, ops), axis=-1, keepdims=True)
 
     # -- torch twin -----------------------------------------------------------------
     def to_torch(self, kit) -> list:

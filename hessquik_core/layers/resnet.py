@@ -8,7 +8,7 @@ import numpy as np
 
 from ..activations import Activation
 from ..carry import Adjoints, Request, Tangents
-from ..rules import affine
+from ..rules import affine, streams
 from ..rules.contractions import swap
 from .base import Layer, check_int, register_layer
 from .dense import SingleLayer
@@ -148,6 +148,37 @@ class ResnetLayer(Layer):
             cache, rcache, params, u, Ru, V, None if dl is None else h * dl, h * Rdl, ops, need_dlu, need_Rdlu
         )
         return (None if dlu is None else dl + dlu), (None if Rdlu is None else Rdl + Rdlu), g
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # Y' = Y + h Φ_σ(YK + b): the inner map's adjoint sees h Ȳ', the identity path adds Ȳ'.
+    stream_kfac = True
+
+    def stream_activations(self) -> tuple:
+        return (self.act,)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = Y + h\,\Phi_\sigma(YK + b)`."""
+        Z = streams.affine_streams(Y, params["K"], params["b"], ops)
+        Yi, phi = streams.phi_forward(Z, self.act, spec, ops)
+        return Y + self.h * Yi, (Y, phi)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \Phi_\sigma^\top(h\bar Y')`, parameters as the dense layer's,
+        :math:`\bar Y = \bar Y' + \bar Z K^\top`."""
+        Y, phi = cache
+        Zbar = streams.phi_vjp(phi, self.h * Ybar, ops)
+        out = streams.affine_params(Y, Zbar, params["b"] is not None, mode, ops)
+        Yin = Ybar + streams.affine_input_adjoint(Zbar, params["K"], ops) if need_input else None
+        if mode == "kfac":
+            return Yin, [out.weight]
+        return Yin, ({"K": out.weight} if out.bias is None else {"K": out.weight, "b": out.bias})
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`RY' = RY + h\,\Phi_\sigma'(Z)[RY\,K + Y V_K + V_b]`."""
+        Y, phi = cache
+        RZ = streams.affine_rop(Y, RY, params["K"], V["K"], V.get("b"), ops)
+        Ri = self.h * streams.phi_rop(phi, RZ, ops)
+        return Ri if RY is None else RY + Ri
 
     @classmethod
     def from_hessquik(cls, module, kit):
