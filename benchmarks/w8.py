@@ -354,10 +354,11 @@ def points(args) -> list[Point]:
     elif args.quick:
         n, ds, width, paper = 128, [2, 5], 64, PAPER_WIDTHS
     else:
-        n, ds, width, paper = args.n, harness.int_list(args.d), args.width, PAPER_WIDTHS
+        n, ds, width, paper = 1024, harness.int_list(args.d), args.width, PAPER_WIDTHS
     if args.paper_widths:
         paper = tuple(harness.int_list(args.paper_widths))
-    n = args.n if args.n_given else n
+    n_given = args.n is not None
+    n = args.n if n_given else n
     out: list[Point] = []
     for dt in dtypes:
         if not args.no_paper:
@@ -365,7 +366,7 @@ def points(args) -> list[Point]:
                 D = args.paper_d_laplacian if op == "laplacian" else args.paper_d_high
                 if args.smoke:
                     D = 3
-                pn = min(n, 64) if args.quick and not args.n_given else n
+                pn = min(n, 64) if args.quick and not n_given else n
                 out += [Point("paper", op, t, D, pn, dt, paper, args.device) for t in tasks]
         for op in ops:
             for d in ds:
@@ -416,7 +417,9 @@ def run(args, machine: dict) -> dict:
         in_harness = [p for p in selected if not (p.name == "jet" and mode != "in-process")]
         cands = harness.candidates(in_harness, pt, weights, x, rule=_ad_rule(args, pred, pt))
         base = dict(asdict(pt), widths=list(pt.widths))
-        recs, live = harness.check_then_time(cands, ref, dtype=pt.dtype, base=base, policy=policy)
+        recs, live = harness.check_then_time(
+            cands, ref, dtype=pt.dtype, base=base, policy=policy, device=pt.device
+        )
         live.clear()
         if any(p.name == "jet" for p in selected) and mode != "in-process":
             if mode == "none":
@@ -576,14 +579,15 @@ def write(out: Path, data: dict, plots: bool = True) -> None:
     harness.write_outputs(out, STEM, data, markdown=markdown, csv_fields=CSV, plot=plot, plots=plots)
 
 
-def main(argv=None, *, configure_threads: bool = True) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.w8``."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.w8", description=__doc__.split("\n\n")[0])
     harness.add_common_args(p)
     p.add_argument("--peers", default=None, help=f"some of {', '.join(PEERS.names)} (default all)")
     p.add_argument("--ops", default=",".join(OPS), help="laplacian,biharmonic,uxxx")
     p.add_argument("--tasks", default=",".join(TASKS), help="eval,step")
     p.add_argument("--d", default="1,2,3,5,16", help="input dimensions of the width-64 MLPs")
-    p.add_argument("--n", type=int, default=1024, help="points per batch")
+    p.add_argument("--n", type=int, default=None, help="points per batch (default 1024; quick 128)")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--dtypes", default="float64", help="float64 and/or float32")
@@ -607,8 +611,11 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
         help=f"interpreter with jet-for-pytorch (default $HQ_JET_PYTHON or {DEFAULT_JET_PYTHON}; 'none': skip)",
     )
     p.add_argument("--jet-timeout-s", type=float, default=600.0)
-    args = p.parse_args(argv)
-    args.n_given = "--n" in (argv if argv is not None else sys.argv[1:])
+    return p
+
+
+def main(argv=None, *, configure_threads: bool = True) -> int:
+    args = parser().parse_args(argv)
     if args.smoke:
         args.quick = True
     t0 = time.perf_counter()

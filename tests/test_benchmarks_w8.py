@@ -116,3 +116,13 @@ def test_jet_child_agrees_on_one_point():
         pytest.skip(rec["note"])
     assert rec["status"] in harness.TIMED, rec
     assert rec["rel_err"] <= 1e-10 and np.isfinite(rec["min_s"])
+
+
+def test_gpu_check_w8_stage_parses():
+    """gpu_check.sh's W8 stage names options benchmarks.w8 accepts."""
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    line = script.split("-m benchmarks.w8", 1)[1].split("\n\n", 1)[0]
+    argv = [a.strip('"') for a in line.replace("\\\n", " ").split()]
+    assert "--device" in argv and "cuda" in argv
+    args = w8.parser().parse_args([a for a in argv if a != "--out" and not a.startswith("$RES")])
+    assert args.device == "cuda" and args.dtypes == "float32,float64"
