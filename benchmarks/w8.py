@@ -490,9 +490,14 @@ def markdown(data: dict) -> str:
     lines += [
         f"Command: `python -m benchmarks.w8 {' '.join(data.get('argv', []))}`",
         "",
-        f"jet: {m.get('jet_mode', '?')}. Where jet ran in a child process it was timed there, alone, "
-        "by the same timing function and policy (not interleaved with the other peers); its weights "
-        "and points came from the same arrays through a .npz file.",
+        f"jet: {m.get('jet_mode', '?')}. "
+        + (
+            "jet ran in a child process (another Python, through a .npz with the same weights and points) "
+            "and was timed there, alone, by the same timing function and policy: not interleaved with "
+            "the other peers."
+            if m.get("jet_mode") == "child"
+            else "Every peer ran in this process, timed in interleaved rounds."
+        ),
         "",
         "Targets: ours ≥ 1.5× faster than jet and ≥ 3× faster than torch.func nested AD for every "
         "operator and step, at no more peak memory than jet.",
