@@ -249,11 +249,11 @@ def jet_mode(args) -> tuple[str, str]:
     """``("in-process", "")``, ``("child", python)`` or ``("none", why)``."""
     import importlib.util
 
+    if args.jet_python == "none":
+        return "none", "jet disabled (--jet-python none)"
     if importlib.util.find_spec("jet") is not None:
         return "in-process", ""
     py = args.jet_python or os.environ.get("HQ_JET_PYTHON") or DEFAULT_JET_PYTHON
-    if args.jet_python == "none":
-        return "none", "jet disabled (--jet-python none)"
     if not Path(py).exists():
         return "none", f"jet is not installed here and its interpreter {py} is missing (see --jet-python)"
     probe = subprocess.run(
