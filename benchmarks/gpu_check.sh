@@ -13,6 +13,8 @@
 #   3. pytest -m cuda       — the CUDA-marked tests (CuPy and torch-CUDA backends)
 #   4. eval benchmark       — W1 and W3 quick points on CuPy and torch-CUDA against
 #                             torch.func-CUDA, hessQuik-CUDA and JAX/folx-GPU (installed ones)
+#   4b. W8 benchmark        — Laplacian, bi-Laplacian, u_xxx and their training steps on
+#                             torch-CUDA against jet-for-pytorch and torch.func (quick grid)
 #   5. W6 benchmark         — training steps (Laplacian, gradient, diagonal losses) on
 #                             torch-CUDA against torch.func, hessQuik and JAX-GPU
 #                             (CuPy has no autograd: no training step there)
@@ -153,6 +155,25 @@ stage "pytest -m cuda" 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs \
 GPU_PEERS="ours-cupy,ours-torch-cuda,torch.func-cuda,hessQuik-0.0.6-cuda,jax-cuda,folx-cuda"
 stage "benchmark W1,W3 (GPU peers)" 90 "$PY" -m benchmarks --quick --workloads W1,W3 \
     --peers "$GPU_PEERS" --out "$RES/eval" --no-progress --single-pass
+
+# ---------------------------------------------------------------------------
+# W8 stage (owned by the W8 workload, benchmarks/w8.py): Laplacian, bi-Laplacian,
+# u_xxx and their training steps on torch-CUDA against jet-for-pytorch and
+# torch.func nested AD (quick grid). jet needs Python >= 3.12: it is installed when
+# $PY is new enough (unless GPU_CHECK_NO_INSTALL), or taken from $HQ_JET_PYTHON;
+# without it the jet peer is reported unavailable with the reason and the stage
+# still runs the other peers.
+# ---------------------------------------------------------------------------
+if [ -z "${GPU_CHECK_NO_INSTALL:-}" ] && ! have jet \
+    && "$PY" -c "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)" >/dev/null 2>&1; then
+    stage "install jet-for-pytorch (W8)" 60 "$PY" -m pip install --quiet "jet-for-pytorch>=1.0"
+fi
+# what is left after keeping W6's 100 s, at most 120 s
+W8_LIMIT=$((DEADLINE - $(date +%s) - 100))
+[ "$W8_LIMIT" -gt 120 ] && W8_LIMIT=120
+[ "$W8_LIMIT" -lt 20 ] && W8_LIMIT=20
+stage "benchmark W8 (torch-CUDA, jet, nested AD)" "$W8_LIMIT" "$PY" -m benchmarks.w8 --quick --device cuda \
+    --dtypes float32,float64 --repeat 5 --max-call-s 5 --skip-s 20 --jet-timeout-s 60 --out "$RES/w8"
 
 # ---------------------------------------------------------------------------
 # 5. W6 training step on torch-CUDA

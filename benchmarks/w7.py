@@ -13,7 +13,7 @@ Two parts (issue 22, *Speed and accuracy*), each one table, CSV, JSON and figure
     nested-AD Laplacian ``trace(torch.func.hessian(u))``, blocks concatenated to ``(n, P)``;
   - ``jax+folx``: ``jit(vmap(jacrev))`` over the parameters of folx's forward Laplacian,
     compiled ahead of time (compilation reported apart); skipped cleanly without jax/folx
-    (``PYTHONPATH=/work/benchlib`` provides them on the project machine).
+    (``pip install -e ".[bench]"`` installs them).
 
   Every peer's first call is checked against ``ours-numpy`` in float64 before it is timed
   (:func:`benchmarks.harness.check_then_time`), with its peak memory; a point a peer is
@@ -27,7 +27,7 @@ Two parts (issue 22, *Speed and accuracy*), each one table, CSV, JSON and figure
 
 Run (quiet machine, about 2 h for ``--part all``)::
 
-    PYTHONPATH=/work/benchlib python -m benchmarks.w7 --part all   # writes benchmarks/results/w7_*
+    python -m benchmarks.w7 --part all   # writes benchmarks/results/w7_*
     python -m benchmarks.w7 --quick --out "$(mktemp -d)"           # a few minutes, both parts
 """
 
