@@ -1,6 +1,6 @@
 """Benchmark: parameter curvature of an MLP classifier, hessquik_core vs torch autograd.
 
-    python -m benchmarks.curvature [--quick] [--out benchmarks/results/curvature.md]
+    python -m benchmarks.curvature [--quick] [--out DIR]   (writes DIR/curvature.md, .json)
 
 Workloads (softmax cross-entropy, tanh MLP, linear last layer):
 
@@ -23,19 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # `python benchmarks/curvature.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 import numpy as np
 
-from benchmarks.measure import _reset_hwm, _status_kib
+from . import harness
+from .measure import reset_rss_peak, rss_bytes, rss_peak_bytes
 
 CONFIGS = {
     "full": {"widths": [64, 256, 256, 10], "n_eig": 1000, "n_pex": 256, "repeats": 5},
     "quick": {"widths": [32, 96, 64, 10], "n_eig": 256, "n_pex": 128, "repeats": 3},
+    "smoke": {"widths": [4, 8, 6, 3], "n_eig": 16, "n_pex": 8, "repeats": 2},
 }
 K_EIG = 10
 EIG_TOL = 1e-8
@@ -44,10 +49,6 @@ EIG_TOL = 1e-8
 # --------------------------------------------------------------------------
 # worker side
 # --------------------------------------------------------------------------
-
-
-def _rss_kib(field: str) -> int:
-    return _status_kib(field) or 0
 
 
 def _problem(cfg, n, dtype):
@@ -112,7 +113,7 @@ def _torch_param_order(model):
     return torch.cat(perm)
 
 
-def _run_case(case: str, cfg: dict) -> dict:
+def run_case(case: str, cfg: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -225,8 +226,8 @@ def _run_case(case: str, cfg: dict) -> dict:
 
     # -- measure ------------------------------------------------------------
     warm()
-    base = _rss_kib("VmRSS")
-    ok = _reset_hwm()
+    base = rss_bytes() or 0
+    ok = reset_rss_peak()
     reps = 2 if task == "eig" else cfg["repeats"]
     times, walls = [], []
     res = None
@@ -236,11 +237,11 @@ def _run_case(case: str, cfg: dict) -> dict:
         res = run()
         times.append(time.process_time() - t0)
         walls.append(time.perf_counter() - w0)
-    peak = _rss_kib("VmHWM")
+    peak = rss_peak_bytes() or 0
     out.update(
         seconds=float(np.min(times)),
         wall=float(np.min(walls)),
-        peak_mib=max(peak - base, 0) / 1024.0,
+        peak_mib=max(peak - base, 0) / 2**20,
         peak_reset=ok,
         matvecs=count["matvecs"],
         result=np.asarray(res, dtype=float).tolist() if task != "pex" else res,
@@ -286,7 +287,17 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "V
 
 
 def _spawn(case, cfg_name):
-    cmd = [sys.executable, "-m", "benchmarks.curvature", "--worker", case, "--config", cfg_name]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.curvature",
+        "--worker",
+        case,
+        "--config",
+        cfg_name,
+        "--threads",
+        "1",
+    ]
     env = dict(os.environ, **{k: "1" for k in _THREAD_VARS})
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if r.returncode != 0:
@@ -294,32 +305,13 @@ def _spawn(case, cfg_name):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _machine():
-    import scipy
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores (load average {load} at the end of the run: the machine is "
-        f"shared); Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
-        f"torch {torch.__version__}; every measurement single-threaded (BLAS and torch)"
-    )
-
-
 def _ratio(ref, r):
     return f"{ref / r:.2f}x" if r > 0 else "n/a"
 
 
-def _report(rows, cfg_name, cfg, path: Path):
+def _report(data: dict) -> str:
+    rows, cfg_name = data["rows"], data["config"]
+    cfg = CONFIGS[cfg_name]
     by = {r["case"]: r for r in rows}
     w = cfg["widths"]
     P = rows[0]["P"]
@@ -327,8 +319,7 @@ def _report(rows, cfg_name, cfg, path: Path):
     lines = [
         f"# Parameter curvature benchmark (`python -m benchmarks.curvature{flag}`)",
         "",
-        f"Machine: {_machine()}.",
-        "",
+        *harness.machine_md(data["machine"]),
         f"MLP classifier `{w}` (tanh, linear last layer), P = {P} parameters, softmax cross-entropy "
         f"(mean over examples). Hessian work in float64 on N = {cfg['n_eig']} examples; per-example "
         f"gradients in float32 on N = {cfg['n_pex']}.",
@@ -401,9 +392,14 @@ def _report(rows, cfg_name, cfg, path: Path):
             f"| {_ratio(by['pex:vmap']['seconds'], r['seconds'])} |"
         )
     out_mib = cfg["n_pex"] * P * 4 / 2**20
+    bad = {c: e for c, e in data.get("agreement", {}).items() if e > (1e-4 if c.startswith("pex") else 1e-6)}
     lines += [
         "",
         f"The (N, P) float32 result itself is {out_mib:.1f} MiB.",
+        "",
+        "Agreement with the torch reference of each task (largest relative deviation): "
+        + ", ".join(f"{c} {e:.1e}" for c, e in data.get("agreement", {}).items())
+        + (f". **Disagreeing: {sorted(bad)}**" if bad else "."),
         "",
         "## Lanczos route",
         "",
@@ -413,33 +409,58 @@ def _report(rows, cfg_name, cfg, path: Path):
         "per-product transfer and synchronisation) is by reasoning only: no GPU was available here.",
         "",
     ]
-    text = "\n".join(lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
+    return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="P ≈ 1e4 and fewer examples")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "curvature.md"))
+def run(args, desc: dict) -> dict:
+    cfg_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    rows = []
+    for case in CASES:
+        r = _spawn(case, cfg_name)
+        harness.log(
+            f"{case:28s} {r['seconds']:9.4f} s  peak {r['peak_mib']:8.1f} MiB  products {r['matvecs']}"
+        )
+        rows.append(r)
+    return {"config": cfg_name, "rows": rows, "agreement": agreement(rows)}
+
+
+#: the reference of each task: the torch autograd (or vmap) row
+_REF = {"eig": "eig:autograd", "hvp": "hvp:autograd", "hvp10": "hvp10:autograd", "pex": "pex:vmap"}
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Each row's result against its task's torch reference (relative to the reference's
+    largest entry; per-example gradients by an order-free checksum of one row). Every case
+    runs in its own process, so the check follows the timing instead of preceding it; a
+    deviation above 1e-6 (float32 per-example gradients: 1e-4) is marked in the report."""
+    by = {r["case"]: r for r in rows}
+    out = {}
+    for r in rows:
+        ref = by.get(_REF[r["case"].split(":")[0]])
+        if ref is not None:
+            out[r["case"]] = harness.compare(
+                {"r": np.asarray(r["result"], float)}, {"r": np.asarray(ref["result"], float)}
+            )[0]
+    return out
+
+
+def write_all(out: Path, data: dict, plots: bool = True) -> None:
+    harness.write_outputs(out, "curvature", data, markdown=_report)
+
+
+def main(argv=None, *, configure_threads: bool = True) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.curvature", description=__doc__.splitlines()[0])
+    harness.add_common_args(ap, threads=1)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(_run_case(args.worker, CONFIGS[args.config])))
-        return
-    cfg_name = "quick" if args.quick else "full"
-    rows = []
-    for case in CASES:
-        r = _spawn(case, cfg_name)
-        print(
-            f"{case:28s} {r['seconds']:9.4f} s  peak {r['peak_mib']:8.1f} MiB  products {r['matvecs']}",
-            flush=True,
-        )
-        rows.append(r)
-    print(_report(rows, cfg_name, CONFIGS[cfg_name], Path(args.out)))
+        harness.set_threads(1)
+        print(json.dumps(run_case(args.worker, CONFIGS[args.config])))
+        return 0
+    args.quick = args.quick or args.smoke
+    return harness.main(args, "curvature", run, write_all, configure_threads=configure_threads)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,19 +29,25 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # `python benchmarks/dask_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
 import numpy as np
+
+from . import harness
 
 CONFIGS = {
     # full: the sizes the issue asks for; the sweep uses 2**20 points so that
     # five chunk sizes fit the ~8 minute budget on a loaded 2-core machine
     "full": {"n_lap": 10**7, "n_ggn": 10**6, "n_sweep": 2**20, "sweep": [14, 15, 16, 17, 18], "chunk": 2**18},
     "quick": {"n_lap": 2**20, "n_ggn": 2**17, "n_sweep": 2**19, "sweep": [14, 15, 16, 17], "chunk": 2**17},
+    "smoke": {"n_lap": 2**13, "n_ggn": 2**12, "n_sweep": 2**13, "sweep": [11, 12], "chunk": 2**12},
 }
 GGN_CHUNK = 2**16
 N_NOOP = 2000
@@ -284,7 +290,8 @@ def weak_scaling(
     return rows
 
 
-def write_results(cfg, base, clu, out: Path, quick: bool) -> None:
+def analyse(cfg, base, clu) -> dict:
+    """The per-chunk cost fit and the weak-scaling model from the measurements."""
     W = clu["workers"]
     fit = fit_chunk_cost(clu["sweep"], W)
     m = 1.0 + 1.0 / 8  # one evaluation task per chunk plus ~1/8 of a tree-sum task
@@ -296,26 +303,26 @@ def write_results(cfg, base, clu, out: Path, quick: bool) -> None:
         )
         for c in (2**14, 2**16, 2**18)
     }
-    data = {"config": cfg, "quick": quick, "baseline": base, "cluster": clu, "fit": fit, "weak_scaling": ws}
-    data["machine"] = {
-        "loadavg_before": cfg.get("_load_before"),
-        "loadavg_after": list(os.getloadavg()),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dask.json").write_text(json.dumps(data, indent=1))
+    return {"config": cfg, "baseline": base, "cluster": clu, "fit": fit, "weak_scaling": ws, "rows": []}
 
-    lb, la = data["machine"]["loadavg_before"], data["machine"]["loadavg_after"]
+
+def markdown(data: dict) -> str:
+    cfg, base, clu, fit = data["config"], data["baseline"], data["cluster"], data["fit"]
+    ws = {int(c): v for c, v in data["weak_scaling"].items()}
+    W, m = clu["workers"], 1.0 + 1.0 / 8
+    mach = data["machine"]
+    # (results written before the harness: loadavg_before/after, cpus)
+    lb = [round(v, 2) for v in mach.get("load_average_start") or mach.get("loadavg_before") or []]
+    la = [round(v, 2) for v in mach.get("load_average_end") or mach.get("loadavg_after") or []]
     f = lambda s: f"{s:.2f}"  # noqa: E731
     lines = [
         "# Dask: a 2-worker LocalCluster against one NumPy process",
         "",
-        "Written by `python -m benchmarks.dask_bench" + (" --quick`" if quick else "`") + " (float64, CPU).",
-        f"**Numbers from a loaded, shared machine** ({os.cpu_count()} cores shared with other jobs; "
-        f"`os.getloadavg()` before the run {tuple(round(v, 2) for v in lb)}, after "
-        f"{tuple(round(v, 2) for v in la)}): read ratios, not absolute times, and expect noise of tens of "
+        f"Written by `python -m benchmarks.dask_bench {' '.join(data.get('argv', []))}` (float64, CPU).",
+        "**Numbers from a loaded, shared machine** "
+        f"({mach.get('logical_cpus') or mach.get('cpus')} cores shared with other jobs; "
+        f"load average before the run {tuple(lb)}, after "
+        f"{tuple(la)}): read ratios, not absolute times, and expect noise of tens of "
         "percent. Baseline: one process, one BLAS thread; cluster: 2 worker processes × 1 thread "
         "(so the ideal speed-up is 2 only if 2 cores are free, which on this machine they are not).",
         "",
@@ -398,7 +405,7 @@ def write_results(cfg, base, clu, out: Path, quick: bool) -> None:
         "| workers | " + " | ".join(f"E, chunk 2^{int(np.log2(c))}" for c in ws) + " |",
         "|---|" + "---|" * len(ws),
     ]
-    for i, row in enumerate(ws[2**14]):
+    for i, row in enumerate(next(iter(ws.values()))):
         lines.append(
             f"| {row['workers']} | " + " | ".join(f"{ws[c][i]['efficiency']:.2f}" for c in ws) + " |"
         )
@@ -416,8 +423,8 @@ def write_results(cfg, base, clu, out: Path, quick: bool) -> None:
         "oversubscribed machine (it shrinks on idle cores). Plot: `dask.png`.",
         "",
     ]
-    (out / "dask.md").write_text("\n".join(lines))
-    _plot(clu, base, fit, out / "dask.png")
+    lines += harness.machine_md(mach)
+    return "\n".join(lines)
 
 
 def _P() -> int:
@@ -426,14 +433,12 @@ def _P() -> int:
     return cv.parameter_layout(classifier()).size
 
 
-def _plot(clu, base, fit, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is in the bench extra
-        return
+def plot(out: Path, data: dict) -> Path | None:
+    plt = harness.pyplot()
+    if plt is None:
+        return None
+    clu, base, fit = data["cluster"], data["baseline"], data["fit"]
+    path = out / "dask.png"
     c = np.array([r["chunk"] for r in clu["sweep"]], dtype=float)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(c, [r["wall_s"] / base["sweep_s"] for r in clu["sweep"]], "o-", label="wall: 2 workers / NumPy")
@@ -459,34 +464,41 @@ def _plot(clu, base, fit, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    cfg = dict(CONFIGS["quick" if args.quick else "full"])
-    if args.baseline_only:
-        print(json.dumps(baseline(cfg)))
-        return 0
-    cfg["_load_before"] = list(os.getloadavg())
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "benchmarks.dask_bench", "--baseline-only"] + (
-        ["--quick"] if args.quick else []
-    )
+def run(args, desc: dict) -> dict:
+    cfg = dict(CONFIGS[args.size])
+    cmd = [sys.executable, "-m", "benchmarks.dask_bench", "--baseline-only", "--size", args.size]
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, **ONE_THREAD)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=True)
     base = json.loads(res.stdout.strip().splitlines()[-1])
-    print("baseline", base, flush=True)
+    harness.log(f"baseline {base}")
     clu = cluster_measurements(cfg)
-    print("cluster", clu, flush=True)
-    write_results(cfg, base, clu, Path(args.out), args.quick)
-    print(f"done in {time.perf_counter() - t0:.0f} s -> {args.out}/dask.md")
-    return 0
+    harness.log(f"cluster {clu}")
+    return dict(analyse(cfg, base, clu), quick=args.quick, argv=sys.argv[1:])
+
+
+def write_all(out: Path, data: dict, plots: bool = True) -> None:
+    harness.write_outputs(
+        out, "dask", data, markdown=markdown, plot=plot, plots=plots, image_alt="chunk size"
+    )
+
+
+def main(argv=None, *, configure_threads: bool = True) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.dask_bench", description=__doc__.split("\n")[0])
+    harness.add_common_args(ap, threads=1)
+    ap.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.quick = args.quick or args.smoke
+    args.size = args.size or ("smoke" if args.smoke else "quick" if args.quick else "full")
+    if args.baseline_only:
+        print(json.dumps(baseline(dict(CONFIGS[args.size]))))
+        return 0
+    return harness.main(args, "dask", run, write_all, configure_threads=configure_threads)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ diagonal, gradient against JAX).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -46,6 +45,8 @@ if __package__ in (None, ""):  # `python benchmarks/highdim.py`
     __package__ = "benchmarks"
 
 import numpy as np
+
+from . import harness
 
 SCALAR = ("numpy-forward", "torch-forward", "value", "laplacian", "hessian_diagonal", "gradient")
 EXTERNAL = ("folx-laplacian", "jax-gradient")
@@ -142,9 +143,7 @@ def _child(cfg: dict) -> dict:
 
         keep["k"] = k
     elif method in EXTERNAL:
-        from .peers import _jax_setup
-
-        jax = _jax_setup()
+        jax = harness.jax_setup()
         import jax.numpy as jnp
 
         f = nets.jax_function(records, getattr(jnp, dtype.name))
@@ -204,9 +203,7 @@ def _child(cfg: dict) -> dict:
 
 def _child_main(cfg_json: str) -> int:
     cfg = json.loads(cfg_json)
-    from .run import _set_threads
-
-    _set_threads(cfg["threads"])
+    harness.set_threads(cfg["threads"])
     try:
         res = _child(cfg)
     except Exception as e:  # recorded, never hidden: a refusal is a result
@@ -245,7 +242,7 @@ def _spawn(cfg: dict, timeout_s: float) -> dict:
     return {"status": "crash", "note": f"{why}: {' | '.join(tail)}"[:400], "wall_s": wall}
 
 
-def _in_process(cfg: dict) -> dict:
+def in_process(cfg: dict) -> dict:
     """The child's work in this process (no time limit: for the smoke test)."""
     try:
         return _child(cfg)
@@ -254,10 +251,7 @@ def _in_process(cfg: dict) -> dict:
 
 
 def _rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
+    return harness.compare({"a": a}, {"a": np.asarray(b, dtype=np.float64)})[0]
 
 
 def _checks(rows_of: dict) -> dict:
@@ -287,13 +281,10 @@ def _checks(rows_of: dict) -> dict:
     return out
 
 
-def run(args) -> dict:
+def run(args, desc: dict) -> dict:
     from . import machine
 
     t_start = time.perf_counter()
-    desc = machine.describe(args.threads)
-    desc["load_average_start"] = machine.load_average()
-    desc["hessquik_core_sources_sha256"] = machine.source_fingerprint()
     avail = machine.mem_available() or 8 * 2**30
     rows, checks = [], {}
     tmp = Path(tempfile.mkdtemp(prefix="highdim-"))
@@ -362,7 +353,7 @@ def run(args) -> dict:
                     cfg["k"] = max(2, int(2 * tl / t2))
                 if exact_path.exists():
                     cfg["exact"] = str(exact_path)
-            res = _in_process(cfg) if args.in_process else _spawn(cfg, args.timeout_s)
+            res = in_process(cfg) if args.in_process else _spawn(cfg, args.timeout_s)
             rec.update(res)
             if rec["status"] in ("timeout", "crash"):
                 failed[method] = (d, rec["status"])
@@ -389,10 +380,8 @@ def run(args) -> dict:
                 b = base["numpy-forward-vec" if r["method"] in VECTOR else "numpy-forward"]
                 if b and r["n"] == n:  # a method run at a smaller n has no ratio
                     r["over_forward"] = r["min_s"] / b
-    desc["load_average_end"] = machine.load_average()
     return {
         "title": "High-dimensional inputs: exact derivatives against a plain forward pass",
-        "label": args.label,
         "argv": sys.argv[1:],
         "config": {
             "d": args.d,
@@ -404,17 +393,9 @@ def run(args) -> dict:
             "timeout_s": args.timeout_s,
             "repeat": args.repeat,
         },
-        "machine": desc,
         "rows": rows,
         "checks": checks,
-        "wall_s": time.perf_counter() - t_start,
     }
-
-
-def _fmt_t(s) -> str:
-    if s is None:
-        return "—"
-    return f"{s:.2f} s" if s >= 1 else f"{s * 1e3:.3g} ms"
 
 
 def markdown(data: dict) -> str:
@@ -429,10 +410,7 @@ def markdown(data: dict) -> str:
         f"(limit {cfg['timeout_s']:.0f} s). Produced by `python -m benchmarks.highdim "
         f"{' '.join(data.get('argv', []))}` in {data['wall_s']:.0f} s.",
         "",
-        f"- machine: {m['cpu']}, threads {m['threads_used']}, env {m.get('env')}; load average at start "
-        f"{m.get('load_average_start')}, at end {m.get('load_average_end')}; hessquik_core fingerprint "
-        f"`{m.get('hessquik_core_sources_sha256')}`",
-        "",
+        *harness.machine_md(m),
         "Time per call, and in brackets its ratio to the plain NumPy forward pass of the same network "
         "(the issue's target: ≤ 2.5× for the exact Laplacian, diagonal, divergence and gradient). "
         "The batch-independent weight products of the high-dimensional routes (the Gram matrix "
@@ -456,7 +434,7 @@ def markdown(data: dict) -> str:
             if r is None:
                 cells.append("")
             elif r["status"] == "ok":
-                c = _fmt_t(r["min_s"])
+                c = harness.fmt_time(r["min_s"])
                 if r.get("over_forward") is not None:
                     c += f" ({r['over_forward']:.1f}×)"
                 elif r["n"] != idx.get((d, "numpy-forward"), r)["n"]:
@@ -488,12 +466,8 @@ def markdown(data: dict) -> str:
 
 
 def plot(out: Path, data: dict) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = harness.pyplot()
+    if plt is None:
         return None
     ok = [r for r in data["rows"] if r["status"] == "ok"]
     if not ok:
@@ -523,26 +497,16 @@ def plot(out: Path, data: dict) -> Path | None:
     return path
 
 
-_CSV = (
+CSV_FIELDS = (
     "d n width depth dtype method status min_s first_s repeats over_forward k rel_rms_error "
     "peak_rss_bytes error_type note"
 ).split()
 
 
 def write_all(out: Path, data: dict, plots: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "highdim.json").write_text(json.dumps(data, indent=1, default=str))
-    with open(out / "highdim.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=_CSV, extrasaction="ignore")
-        w.writeheader()
-        for r in data["rows"]:
-            w.writerow(r)
-    md = markdown(data)
-    if plots:
-        p = plot(out, data)
-        if p is not None:
-            md += f"\n![time against d]({p.name})\n"
-    (out / "highdim.md").write_text(md)
+    harness.write_outputs(
+        out, "highdim", data, markdown=markdown, csv_fields=CSV_FIELDS, plot=plot, plots=plots
+    )
 
 
 def _ints(s: str) -> list[int]:
@@ -551,10 +515,8 @@ def _ints(s: str) -> list[int]:
 
 def main(argv=None, *, configure_threads: bool = True) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.highdim", description=__doc__.split("\n\n")[0])
+    harness.add_common_args(p)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true", help="small sizes (validation, ~1 minute)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes for the test suite")
-    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--d", type=_ints, default=None, help="e.g. 1e4,1e5,1e6")
     p.add_argument("--nd", type=float, default=None, help="n·d (default 2.5e7)")
     p.add_argument("--width", type=int, default=64)
@@ -567,28 +529,16 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     p.add_argument(
         "--max-total-s", type=float, default=1800.0, help="methods not started by then are not run"
     )
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--label", default="")
     p.add_argument(
         "--in-process", action="store_true", help="no subprocesses (and no time limit): for the test suite"
     )
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--replot", type=Path, default=None, help="rebuild highdim.md and the plot from DIR")
     args = p.parse_args(argv)
     if args.child is not None:
         return _child_main(args.child)
-    if args.replot is not None:
-        write_all(
-            args.replot, json.loads((args.replot / "highdim.json").read_text()), plots=not args.no_plots
-        )
-        return 0
     from . import machine
 
+    # the children inherit the thread settings through the environment harness.main sets
     args.threads = args.threads or machine.threads()
-    if configure_threads:
-        from .run import _set_threads
-
-        _set_threads(args.threads)  # inherited by the children
     if args.smoke:
         args.quick = True
     if args.d is None:
@@ -605,11 +555,7 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     bad = sorted(set(args.methods) - set(METHODS))
     if bad:
         p.error(f"unknown methods {bad}; expected some of {list(METHODS)}")
-    out = args.out or (Path("build/bench-quick") if args.quick else Path(__file__).parent / "results")
-    data = run(args)
-    write_all(out, data, plots=not args.no_plots)
-    print(f"wrote {out / 'highdim.md'} ({data['wall_s']:.0f} s)")
-    return 0
+    return harness.main(args, "highdim", run, write_all, configure_threads=configure_threads)
 
 
 if __name__ == "__main__":

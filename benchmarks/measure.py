@@ -1,10 +1,13 @@
-"""Timing (timeit-style) and peak-memory measurement.
+"""Timing (interleaved rounds) and peak-memory measurement.
 
-Timing follows :mod:`timeit`: a call is repeated ``number`` times per
-repeat, ``number`` chosen so that one repeat lasts at least ``min_repeat_s``
-(``Timer.autorange``), and ``repeat`` repeats are taken; the per-call
-minimum and median are reported. Each call's result is dropped before the
-next call starts, so at most one output is alive at a time.
+Timing: :func:`time_interleaved` times several warmed-up calls against each other,
+one call of each per round (``number`` calls in a row, chosen so that a call's
+share of a round lasts ``min_round_s``, as :mod:`timeit`'s ``autorange`` does), the
+order rotating from round to round where asked; the per-call minimum and median
+over the rounds are reported. Each call's result is dropped before the next call
+starts, so at most one output is alive at a time. The workloads reach it through
+:func:`benchmarks.harness.check_then_time` (which checks every call's result first);
+``second_order.py`` times rows of different quantities with it directly.
 
 Peak memory of one call:
 
@@ -19,7 +22,6 @@ Peak memory of one call:
 from __future__ import annotations
 
 import gc
-import os
 import re
 import statistics
 import time
@@ -28,7 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Timing", "peak_memory", "rss_bytes", "time_call", "time_interleaved"]
+__all__ = [
+    "Timing",
+    "peak_memory",
+    "reset_rss_peak",
+    "rss_bytes",
+    "rss_peak_bytes",
+    "time_interleaved",
+]
 
 
 @dataclass
@@ -41,37 +50,14 @@ class Timing:
     samples: list  # per-call time of each repeat
 
 
-def time_call(
-    call: Callable[[], Any], *, min_repeat_s: float, repeat: int, max_total_s: float, first_s: float
-) -> Timing:
-    """Time ``call`` (already warmed up; ``first_s`` is how long that warm-up call took).
-
-    ``number`` calls per repeat so that a repeat lasts ``min_repeat_s``; fewer
-    repeats (at least one) where ``repeat`` of them would pass ``max_total_s``.
-    """
-    per = max(first_s, 1e-7)
-    number = max(1, int(min_repeat_s / per)) if per < min_repeat_s else 1
-    if number > 1:  # calibrate on a real repeat, as timeit.autorange does
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = call()
-            del out
-        per = (time.perf_counter() - t0) / number
-        number = max(1, int(min_repeat_s / per) + 1)
-    reps = max(1, min(repeat, int(max_total_s / max(per * number, 1e-9))))
-    times = []
-    t_all = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = call()
-            del out
-        times.append((time.perf_counter() - t0) / number)
-    return Timing(min(times), statistics.median(times), number, reps, time.perf_counter() - t_all, times)
-
-
 def time_interleaved(
-    calls: dict[str, Callable[[], Any]], *, rounds: int, min_round_s: float, max_total_s: float
+    calls: dict[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    min_round_s: float,
+    max_total_s: float,
+    rotate: bool = False,
+    known_s: dict[str, float] | None = None,
 ) -> dict[str, Timing]:
     """Time several (already warmed-up) calls against each other, in interleaved rounds.
 
@@ -81,21 +67,33 @@ def time_interleaved(
     peer of the round alike instead of one peer's whole series. A call whose
     ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
     ``rounds`` is one); the per-call minimum over the rounds is the result.
+
+    ``rotate``: round ``i`` starts with the ``i``-th call (mod their number): the
+    call timed first after a switch finds the caches cold (measured 1.2-2x on
+    0.2-1 ms calls), and that should not always be the same one. ``known_s``:
+    seconds per call already measured (a slow call's warm-up), for which no
+    calibration call is made.
     """
     numbers, reps = {}, {}
     for name, call in calls.items():
-        t0 = time.perf_counter()
-        out = call()
-        del out
-        per = max(time.perf_counter() - t0, 1e-7)
+        if known_s and name in known_s:
+            per = max(known_s[name], 1e-7)
+        else:
+            t0 = time.perf_counter()
+            out = call()
+            del out
+            per = max(time.perf_counter() - t0, 1e-7)
         numbers[name] = max(1, int(min_round_s / per))
         reps[name] = max(min(2, rounds), min(rounds, int(max_total_s / (per * numbers[name]))))
     samples: dict[str, list] = {name: [] for name in calls}
     total = dict.fromkeys(calls, 0.0)
     for i in range(max(reps.values(), default=0)):
-        for name, call in calls.items():
-            if i >= reps[name]:
-                continue
+        names = [n for n in calls if i < reps[n]]
+        if rotate and names:
+            j = i % len(names)
+            names = names[j:] + names[:j]
+        for name in names:
+            call = calls[name]
             t0 = time.perf_counter()
             for _ in range(numbers[name]):
                 out = call()
@@ -131,6 +129,18 @@ def rss_bytes() -> int | None:
     return None if kib is None else kib * 1024
 
 
+def rss_peak_bytes() -> int | None:
+    """The resident set's high-water mark since the process started or :func:`reset_rss_peak`."""
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def reset_rss_peak() -> bool:
+    """Reset the resident set's high-water mark (Linux ``/proc/self/clear_refs``); ``False``
+    where that is not possible."""
+    return _reset_hwm()
+
+
 def _reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -138,10 +148,6 @@ def _reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def can_reset_rss_peak() -> bool:
-    return os.path.exists("/proc/self/clear_refs") and _reset_hwm()
 
 
 def peak_memory(

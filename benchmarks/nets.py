@@ -17,6 +17,7 @@ Activations are written with the same formulas as :mod:`hessquik_core.activation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,82 +113,100 @@ def spec_of(net: hq.NN) -> list[LayerRecord]:
 
 
 # --------------------------------------------------------------------------
-# torch (for torch.func)
+# torch (for torch.func) and JAX (for jax and folx): one forward, two libraries
 # --------------------------------------------------------------------------
 
 
-def _torch_act(name: str):
-    import torch
+def flat_weights(records: list[LayerRecord]) -> list[np.ndarray]:
+    """The weights in ``net.named_parameters()`` order: ``K``, ``b`` of each layer."""
+    return [a for r in records for a in ((r.K,) if r.b is None else (r.K, r.b))]
 
+
+def _act(lib, name: str):
+    """σ in ``lib`` (``torch`` or ``jax.numpy``), with the formulas of :mod:`hessquik_core.activations`."""
     if name == "antitanh":
-        return lambda z: torch.abs(z) + torch.log1p(torch.exp(-2.0 * torch.abs(z)))
+        return lambda z: lib.abs(z) + lib.log1p(lib.exp(-2.0 * lib.abs(z)))
     if name == "tanh":
-        return torch.tanh
+        return lib.tanh
     if name == "identity":
         return lambda z: z
-    raise ValueError(f"no torch form for activation {name!r}")
+    raise ValueError(f"no {lib.__name__} form for activation {name!r}")
 
 
-def torch_function(records: list[LayerRecord], dtype, device="cpu"):
-    """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
-    import torch
-
-    layers = []
+def param_function(records: list[LayerRecord], lib_name: str):
+    """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"`` or ``"jax"``, ``ps`` the weights
+    in :func:`flat_weights` order (for gradients with respect to them)."""
+    if lib_name == "torch":
+        import torch as lib
+    else:
+        import jax.numpy as lib
+    layout, i = [], 0
     for r in records:
-        K = torch.tensor(r.K, dtype=dtype, device=device)
-        b = None if r.b is None else torch.tensor(r.b, dtype=dtype, device=device)
-        layers.append((K, b, _torch_act(r.act), r.residual, r.h))
+        layout.append((i, None if r.b is None else i + 1, _act(lib, r.act), r.residual, r.h))
+        i += 1 if r.b is None else 2
 
-    def f(x):
+    def f(ps, x):
         u = x
-        for K, b, act, res, h in layers:
-            z = u @ K
-            if b is not None:
-                z = z + b
+        for iK, ib, act, res, h in layout:
+            z = u @ ps[iK] if ib is None else u @ ps[iK] + ps[ib]
             u = u + h * act(z) if res else act(z)
         return u
 
     return f
 
 
-# --------------------------------------------------------------------------
-# JAX (for jax and folx)
-# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Model:
+    """A network in every peer's form: ``build()`` a fresh hessquik_core network (NumPy
+    float64 weights), ``weights`` in its ``named_parameters()`` order, ``function(lib)`` the
+    per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"`` or ``"jax"`` with ``ps`` in that
+    order, and ``records`` (hessQuik 0.0.6's network; single and residual layers only).
+    A workload with another architecture writes its own ``function`` and hands its Model
+    to the same peers."""
+
+    build: Callable[[], Any]
+    weights: list
+    function: Callable[[str], Callable]
+    records: list | None = None
 
 
-def _jax_act(name: str):
-    import jax.numpy as jnp
-
-    if name == "antitanh":
-        return lambda z: jnp.abs(z) + jnp.log1p(jnp.exp(-2.0 * jnp.abs(z)))
-    if name == "tanh":
-        return jnp.tanh
-    if name == "identity":
-        return lambda z: z
-    raise ValueError(f"no JAX form for activation {name!r}")
+def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Model:
+    """The :class:`Model` of layer records (``spec``: to rebuild the network)."""
+    return Model(
+        lambda: build(spec) if spec is not None else None,
+        flat_weights(records),
+        lambda lib: param_function(records, lib),
+        records,
+    )
 
 
-def jax_function(records: list[LayerRecord], dtype, device=None):
+def model_of(spec: NetSpec) -> Model:
+    return records_model(spec_of(build(spec)), spec)
+
+
+def _model(m) -> Model:
+    return m if isinstance(m, Model) else records_model(m)
+
+
+def torch_function(model: Model | list[LayerRecord], dtype, device="cpu"):
+    """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
+    import torch
+
+    m = _model(model)
+    ps = [torch.tensor(a, dtype=dtype, device=device) for a in m.weights]
+    f = m.function("torch")
+    return lambda x: f(ps, x)
+
+
+def jax_function(model: Model | list[LayerRecord], dtype, device=None):
     """Per-example ``f(x: (d,)) -> (m,)`` in ``jax.numpy`` (weights closed over as constants)."""
     import jax
     import jax.numpy as jnp
 
-    layers = []
-    for r in records:
-        K = jax.device_put(jnp.asarray(r.K, dtype=dtype), device)
-        b = None if r.b is None else jax.device_put(jnp.asarray(r.b, dtype=dtype), device)
-        layers.append((K, b, _jax_act(r.act), r.residual, r.h))
-
-    def f(x):
-        u = x
-        for K, b, act, res, h in layers:
-            z = u @ K
-            if b is not None:
-                z = z + b
-            u = u + h * act(z) if res else act(z)
-        return u
-
-    return f
+    m = _model(model)
+    ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in m.weights]
+    f = m.function("jax")
+    return lambda x: f(ps, x)
 
 
 # --------------------------------------------------------------------------

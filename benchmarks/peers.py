@@ -20,102 +20,16 @@ and is skipped; nothing is ever substituted for it.
 
 from __future__ import annotations
 
-import importlib.util
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import nets
+from .harness import Peer, Registry, Runner, jax_aot, jax_setup
 
-__all__ = ["PEERS", "Peer", "Runner", "gpu_available", "peers_for"]
+__all__ = ["PEERS", "TASKS"]
 
 TASKS = ("hessian", "laplacian")
-
-
-@dataclass
-class Runner:
-    """A prepared computation: ``call()`` runs it, ``to_numpy(out)`` converts its result."""
-
-    call: Callable[[], Any]
-    to_numpy: Callable[[Any], dict]
-    compile_s: float = 0.0  # ahead-of-time compilation (JAX/folx), not in the timings
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """One method on one backend/device.
-
-    Attributes
-    ----------
-    name : str
-        Column label (``"ours-numpy"``, ``"torch.func"``, ...).
-    family : str
-        ``"ours"``, ``"hessquik"``, ``"torch.func"``, ``"jax"`` or ``"folx"``.
-    rate_backend : str
-        Whose measured GEMM rate and copy bandwidth bound this peer
-        (``"numpy"``, ``"torch"``, ``"jax"``, ``"cupy"``, ``"torch-cuda"``).
-    device : str
-        ``"cpu"`` or ``"cuda"``.
-    tasks : tuple
-        Which of :data:`TASKS` it can do.
-    make : callable
-        ``make(point, net, records, x_np) -> Runner``.
-    requires : tuple
-        Import names that must be present.
-    """
-
-    name: str
-    family: str
-    rate_backend: str
-    device: str
-    tasks: tuple
-    make: Callable
-    requires: tuple = ()
-    note: str = ""
-
-    def available(self) -> tuple[bool, str]:
-        """``(True, "")`` or ``(False, reason)``."""
-        for mod in self.requires:
-            if importlib.util.find_spec(mod) is None:
-                return False, f"{mod} is not installed"
-        if self.device == "cuda" and not gpu_available(self.rate_backend):
-            return False, "no CUDA GPU on this machine"
-        return True, ""
-
-
-def gpu_available(kind: str) -> bool:
-    """Whether ``kind`` (``"cupy"``, ``"torch-cuda"``, ``"jax"``) sees a CUDA GPU."""
-    try:
-        if kind == "cupy":
-            if importlib.util.find_spec("cupy") is None:
-                return False
-            import cupy
-
-            return cupy.cuda.runtime.getDeviceCount() > 0
-        if kind in ("torch-cuda", "torch"):
-            if importlib.util.find_spec("torch") is None:
-                return False
-            import torch
-
-            return torch.cuda.is_available()
-        if kind == "jax-cuda":
-            if importlib.util.find_spec("jax") is None:
-                return False
-            import jax
-
-            return any(dev.platform == "gpu" for dev in jax.devices())
-    except Exception:
-        return False
-    return False
-
-
-# --------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------
 
 
 def _np_dtype(name: str):
@@ -148,7 +62,7 @@ def _torch_sync(device: str) -> Callable[[], None]:
 def _make_ours(array_kind: str, mode: str = "auto"):
     """This library called the way a user would: ``net(x, gradient=True, hessian=True)``."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         dt = point.dtype
         if array_kind == "numpy":
             x = np.ascontiguousarray(x_np, dtype=_np_dtype(dt))
@@ -189,9 +103,7 @@ def _make_ours(array_kind: str, mode: str = "auto"):
             def to_numpy(r):
                 return {"value": conv(r.value), "laplacian": conv(r.laplacian)}
 
-        runner = Runner(call, to_numpy)
-        # the first call converts and caches the parameters: do it before timing
-        return runner
+        return Runner(call, to_numpy)
 
     return make
 
@@ -202,11 +114,11 @@ def _make_ours(array_kind: str, mode: str = "auto"):
 
 
 def _make_hessquik(device: str):
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         import torch
 
         dt = _torch_dtype(point.dtype)
-        hnet = nets.hessquik_net(records, dt, device=device)
+        hnet = nets.hessquik_net(model.records, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)
         n, m = x.shape[0], point.spec.m
@@ -249,12 +161,12 @@ def _make_torch_func(device: str):
     with ``has_aux`` so that the value and gradient come out of the same sweep;
     the Laplacian is the trace of that Hessian."""
 
-    def make(point, net, records, x_np):
+    def make(point, net, model, x_np):
         import torch
         from torch.func import hessian, jacfwd, jacrev, vmap
 
         dt = _torch_dtype(point.dtype)
-        f = nets.torch_function(records, dt, device=device)
+        f = nets.torch_function(model, dt, device=device)
         x = torch.tensor(x_np, dtype=dt, device=device)
         sync = _torch_sync(device)
 
@@ -306,31 +218,17 @@ def _make_torch_func(device: str):
 # --------------------------------------------------------------------------
 
 
-def _jax_setup():
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    return jax
-
-
-def _aot(jitted, x):
-    """Compile ahead of time so that compilation never lands in a timing."""
-    t0 = time.perf_counter()
-    compiled = jitted.lower(x).compile()
-    return compiled, time.perf_counter() - t0
-
-
 def _make_jax(device: str):
     r"""``jit(vmap(jacfwd(jacrev(f))))`` (= ``jit(vmap(hessian(f)))``) with ``has_aux``
     for the value and gradient; the Laplacian is the trace of the Hessian."""
 
-    def make(point, net, records, x_np):
-        jax = _jax_setup()
+    def make(point, net, model, x_np):
+        jax = jax_setup()
         import jax.numpy as jnp
 
         dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
         dt = getattr(jnp, point.dtype)
-        f = nets.jax_function(records, dt, device=dev)
+        f = nets.jax_function(model, dt, device=dev)
         x = jax.device_put(jnp.asarray(x_np, dtype=dt), dev)
 
         if point.task == "hessian":
@@ -343,7 +241,7 @@ def _make_jax(device: str):
                 J, y = jax.jacrev(f_aux, has_aux=True)(xi)
                 return J, (J, y)
 
-            fn, cs = _aot(jax.jit(jax.vmap(jax.jacfwd(grad_aux, has_aux=True))), x)
+            fn, cs = jax_aot(jax.jit(jax.vmap(jax.jacfwd(grad_aux, has_aux=True))), x)
 
             def to_numpy(out):
                 H, (J, y) = out
@@ -358,7 +256,7 @@ def _make_jax(device: str):
                 H = jax.hessian(f)(xi)  # (m, d, d)
                 return f(xi), jnp.trace(H, axis1=-2, axis2=-1)
 
-            fn, cs = _aot(jax.jit(jax.vmap(one)), x)
+            fn, cs = jax_aot(jax.jit(jax.vmap(one)), x)
 
             def to_numpy(out):
                 return {"value": np.asarray(out[0]), "laplacian": np.asarray(out[1])}
@@ -375,8 +273,8 @@ def _make_ours_jax_jit(device: str):
     r"""This library's chain rule on JAX arrays (the generic Array-API backend),
     traced once by ``jax.jit``: the same engine, compiled by XLA."""
 
-    def make(point, net, records, x_np):
-        jax = _jax_setup()
+    def make(point, net, model, x_np):
+        jax = jax_setup()
         import jax.numpy as jnp
 
         dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
@@ -407,7 +305,7 @@ def _make_ours_jax_jit(device: str):
         # tracers, which a later trace of the same network would then reuse (an
         # engine limitation reported with the results)
         f(x[:1])
-        fn, cs = _aot(jax.jit(f), x)
+        fn, cs = jax_aot(jax.jit(f), x)
 
         def call():
             return jax.block_until_ready(fn(x))
@@ -421,14 +319,14 @@ def _make_folx(device: str):
     r"""``jit(vmap(folx.forward_laplacian(f)))``: value, Jacobian and Laplacian in one
     forward sweep (dense, ``sparsity_threshold=0``)."""
 
-    def make(point, net, records, x_np):
-        jax = _jax_setup()
+    def make(point, net, model, x_np):
+        jax = jax_setup()
         import jax.numpy as jnp
         from folx import forward_laplacian
 
         dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
         dt = getattr(jnp, point.dtype)
-        f = nets.jax_function(records, dt, device=dev)
+        f = nets.jax_function(model, dt, device=dev)
         x = jax.device_put(jnp.asarray(x_np, dtype=dt), dev)
         fl = forward_laplacian(f, sparsity_threshold=0)
 
@@ -436,7 +334,7 @@ def _make_folx(device: str):
             r = fl(xi)
             return r.x, r.laplacian
 
-        fn, cs = _aot(jax.jit(jax.vmap(one)), x)
+        fn, cs = jax_aot(jax.jit(jax.vmap(one)), x)
 
         def call():
             return jax.block_until_ready(fn(x))
@@ -455,20 +353,25 @@ def _make_folx(device: str):
 
 _BOTH = ("hessian", "laplacian")
 
-PEERS: list[Peer] = [
-    Peer("ours-numpy", "ours", "numpy", "cpu", _BOTH, _make_ours("numpy")),
-    Peer("ours-torch", "ours", "torch", "cpu", _BOTH, _make_ours("torch"), requires=("torch",)),
-    Peer(
+
+def _peer(name, family, backend, device, tasks, build, requires=(), note="") -> Peer:
+    return Peer(name, build, requires, family, tasks, backend, device, note)
+
+
+PEERS = Registry(
+    _peer("ours-numpy", "ours", "numpy", "cpu", _BOTH, _make_ours("numpy")),
+    _peer("ours-torch", "ours", "torch", "cpu", _BOTH, _make_ours("torch"), ("torch",)),
+    _peer(
         "ours-jax-jit",
         "ours",
         "jax",
         "cpu",
         _BOTH,
         _make_ours_jax_jit("cpu"),
-        requires=("jax",),
-        note="this library on JAX arrays (generic Array-API backend) inside jax.jit",
+        ("jax",),
+        "this library on JAX arrays (generic Array-API backend) inside jax.jit",
     ),
-    Peer(
+    _peer(
         "ours-numpy-bwd",
         "ours",
         "numpy",
@@ -477,76 +380,41 @@ PEERS: list[Peer] = [
         _make_ours("numpy", "backward"),
         note="Laplacian forced through the backward sweep (mode='backward')",
     ),
-    Peer(
+    _peer(
         "ours-torch-bwd",
         "ours",
         "torch",
         "cpu",
         ("laplacian",),
         _make_ours("torch", "backward"),
-        requires=("torch",),
-        note="Laplacian by the backward sweep (mode='backward')",
+        ("torch",),
+        "Laplacian by the backward sweep (mode='backward')",
     ),
-    Peer("ours-cupy", "ours", "cupy", "cuda", _BOTH, _make_ours("cupy"), requires=("cupy",)),
-    Peer(
-        "ours-torch-cuda", "ours", "torch-cuda", "cuda", _BOTH, _make_ours("torch-cuda"), requires=("torch",)
-    ),
-    Peer(
-        "hessQuik-0.0.6",
-        "hessquik",
-        "torch",
-        "cpu",
-        _BOTH,
-        _make_hessquik("cpu"),
-        requires=("hessQuik", "torch"),
-    ),
-    Peer("torch.func", "torch.func", "torch", "cpu", _BOTH, _make_torch_func("cpu"), requires=("torch",)),
-    Peer("jax", "jax", "jax", "cpu", _BOTH, _make_jax("cpu"), requires=("jax",)),
-    Peer("folx", "folx", "jax", "cpu", ("laplacian",), _make_folx("cpu"), requires=("jax", "folx")),
-    Peer(
+    _peer("ours-cupy", "ours", "cupy", "cuda", _BOTH, _make_ours("cupy"), ("cupy",)),
+    _peer("ours-torch-cuda", "ours", "torch-cuda", "cuda", _BOTH, _make_ours("torch-cuda"), ("torch",)),
+    _peer("hessQuik-0.0.6", "hessquik", "torch", "cpu", _BOTH, _make_hessquik("cpu"), ("hessQuik", "torch")),
+    _peer("torch.func", "torch.func", "torch", "cpu", _BOTH, _make_torch_func("cpu"), ("torch",)),
+    _peer("jax", "jax", "jax", "cpu", _BOTH, _make_jax("cpu"), ("jax",)),
+    _peer("folx", "folx", "jax", "cpu", ("laplacian",), _make_folx("cpu"), ("jax", "folx")),
+    _peer(
         "hessQuik-0.0.6-cuda",
         "hessquik",
         "torch-cuda",
         "cuda",
         _BOTH,
         _make_hessquik("cuda"),
-        requires=("hessQuik", "torch"),
+        ("hessQuik", "torch"),
     ),
-    Peer(
-        "jax-cuda",
-        "jax",
-        "jax-cuda",
-        "cuda",
-        _BOTH,
-        _make_jax("cuda"),
-        requires=("jax",),
-        note="JAX on the GPU",
-    ),
-    Peer(
+    _peer("jax-cuda", "jax", "jax-cuda", "cuda", _BOTH, _make_jax("cuda"), ("jax",), "JAX on the GPU"),
+    _peer(
         "folx-cuda",
         "folx",
         "jax-cuda",
         "cuda",
         ("laplacian",),
         _make_folx("cuda"),
-        requires=("jax", "folx"),
-        note="folx on the GPU",
+        ("jax", "folx"),
+        "folx on the GPU",
     ),
-    Peer(
-        "torch.func-cuda",
-        "torch.func",
-        "torch-cuda",
-        "cuda",
-        _BOTH,
-        _make_torch_func("cuda"),
-        requires=("torch",),
-    ),
-]
-
-
-def peers_for(task: str, names: list[str] | None = None) -> list[Peer]:
-    """The registered peers that can do ``task`` (optionally only ``names``)."""
-    out = [p for p in PEERS if task in p.tasks]
-    if names is not None:
-        out = [p for p in out if p.name in names or p.family in names]
-    return out
+    _peer("torch.func-cuda", "torch.func", "torch-cuda", "cuda", _BOTH, _make_torch_func("cuda"), ("torch",)),
+)

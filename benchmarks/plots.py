@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import harness
+
 __all__ = ["make_all"]
 
 _STYLE = {
@@ -23,12 +25,7 @@ _STYLE = {
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return harness.pyplot()
 
 
 def _ok(rows):
@@ -43,29 +40,21 @@ def _peers(rows):
     return out
 
 
-def _lines(ax, rows, x, title, xlabel):
-    for p in _peers(rows):
-        pts = sorted((r[x], r["min_s"]) for r in _ok(rows) if r["peer"] == p)
-        if pts:
-            ax.plot(*zip(*pts), label=p, **_STYLE.get(p, {}))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("time per call (s)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def _w1(out: Path, rows):
-    plt = _plt()
-    ns = sorted({r["n"] for r in rows})
-    fig, axes = plt.subplots(1, len(ns), figsize=(6 * len(ns), 4.5), squeeze=False)
-    for ax, n in zip(axes[0], ns):
-        _lines(ax, [r for r in rows if r["n"] == n], "d", f"W1: m = 1, n = {n}", "input dimension d")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "w1_time_vs_d.png", dpi=110)
-    plt.close(fig)
+def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
+    """Time against d, one panel per value of ``key`` (W1: n, W3: width)."""
+    vals = sorted({r[key] for r in rows})
+    panels = [(title(v), lambda r, v=v: r[key] == v) for v in vals]
+    harness.plot_series(
+        out / name,
+        rows,
+        panels,
+        x="d",
+        peers=_peers(rows),
+        style=_STYLE,
+        ylabel="time per call (s)",
+        title=label,
+        ncols=len(vals),
+    )
 
 
 def _heat(ax, fig, ds, ms, val, title, cmap, center=None, fmt="{:.2g}"):
@@ -127,24 +116,6 @@ def _w2(out: Path, rows):
     plt.close(fig)
 
 
-def _w3(out: Path, rows):
-    plt = _plt()
-    ws = sorted({r["width"] for r in rows})
-    fig, axes = plt.subplots(1, len(ws), figsize=(6 * len(ws), 4.5), squeeze=False)
-    for ax, w in zip(axes[0], ws):
-        _lines(
-            ax,
-            [r for r in rows if r["width"] == w],
-            "d",
-            f"W3: Laplacian, tanh MLP width {w}, n = 256",
-            "input dimension d",
-        )
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "w3_time_vs_d.png", dpi=110)
-    plt.close(fig)
-
-
 def _w5(out: Path, rows):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -174,10 +145,24 @@ def make_all(out: Path, data: dict) -> None:
     for r in data["rows"]:
         by.setdefault(r["workload"], []).append(r)
     if by.get("W1"):
-        _w1(out, by["W1"])
+        _panels(
+            out,
+            by["W1"],
+            "n",
+            lambda n: f"W1: m = 1, n = {n}",
+            "w1_time_vs_d.png",
+            "W1: value, gradient, Hessian",
+        )
     if by.get("W2"):
         _w2(out, by["W2"])
     if by.get("W3"):
-        _w3(out, by["W3"])
+        _panels(
+            out,
+            by["W3"],
+            "width",
+            lambda w: f"W3: Laplacian, tanh MLP width {w}, n = 256",
+            "w3_time_vs_d.png",
+            "W3: Laplacian",
+        )
     if by.get("W5"):
         _w5(out, by["W5"])

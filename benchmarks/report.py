@@ -7,6 +7,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
+from .harness import fmt_bytes, fmt_time, md_table
+
 __all__ = ["evaluate_targets", "write_all"]
 
 #: this library's CPU runs the targets compare with: eager NumPy/torch, and
@@ -15,31 +17,12 @@ OURS_EAGER = ("ours-numpy", "ours-torch")
 OURS_ALL = ("ours-numpy", "ours-torch", "ours-jax-jit")
 
 
-def _fmt_t(s: float | None) -> str:
-    if s is None:
-        return "—"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s:.3g} s"
-
-
-def _fmt_b(b: float | None) -> str:
-    if b is None:
-        return "—"
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if b >= f:
-            return f"{b / f:.3g} {unit}"
-    return f"{b:.0f} B"
-
-
 def _cell(r: dict | None) -> str:
     if r is None:
         return ""
     st = r.get("status")
     if st == "ok":
-        parts = [_fmt_t(r["min_s"])]
+        parts = [fmt_time(r["min_s"])]
         if "ratio" in r:
             parts.append(f"{r['ratio']:.2f}×")
         parts.append(f"{100 * r['frac']:.0f}%")
@@ -65,17 +48,8 @@ def _peers_in(rows):
     return order
 
 
-def _index(rows):
-    return {
-        (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"], r["peer"]): r
-        for r in rows
-    }
-
-
 def _table(header: list[str], body: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(out)
+    return "\n".join(md_table(header, body))
 
 
 # --------------------------------------------------------------------------
@@ -260,7 +234,8 @@ def _point_keys(rows, keyfun):
     return seen
 
 
-def _grid(rows, keyfun, labelfun) -> str:
+def _grid(rows, keyfun, labelfun, cell, first=lambda r: []) -> tuple[list, list]:
+    """One row per point (``labelfun``, ``first(any record)``, then ``cell(record or None)`` per peer)."""
     peers = _peers_in(rows)
     byk: dict = {}
     for r in rows:
@@ -269,39 +244,23 @@ def _grid(rows, keyfun, labelfun) -> str:
     for k in _point_keys(rows, keyfun):
         cells = byk[k]
         any_r = next(iter(cells.values()))
-        body.append(labelfun(any_r) + [_cell(cells.get(p)) for p in peers])
+        body.append(labelfun(any_r) + first(any_r) + [cell(cells.get(p)) for p in peers])
     return peers, body
 
 
-def _mem_grid(rows, keyfun, labelfun):
-    peers = _peers_in(rows)
-    byk: dict = {}
-    for r in rows:
-        byk.setdefault(keyfun(r), {})[r["peer"]] = r
-    body = []
-    for k in _point_keys(rows, keyfun):
-        cells = byk[k]
-        any_r = next(iter(cells.values()))
-        body.append(
-            labelfun(any_r)
-            + [_fmt_b(any_r["out_bytes"])]
-            + [
-                _fmt_b(cells[p].get("peak_bytes"))
-                if p in cells and cells[p].get("peak_bytes") is not None
-                else (_cell(cells.get(p)) if p in cells and cells[p]["status"] != "ok" else "—")
-                for p in peers
-            ]
-        )
-    return peers, body
+def _mem_cell(r: dict | None) -> str:
+    if r is not None and r.get("peak_bytes") is not None:
+        return fmt_bytes(r["peak_bytes"])
+    return _cell(r) if r is not None and r["status"] != "ok" else "—"
 
 
 def _section(data, name, keyfun, labelfun, label_hdr) -> str:
     rows = _wl_rows(data, name)
     if not rows:
         return ""
-    peers, body = _grid(rows, keyfun, labelfun)
+    peers, body = _grid(rows, keyfun, labelfun, _cell)
     s = _table(label_hdr + peers, body)
-    mpeers, mbody = _mem_grid(rows, keyfun, labelfun)
+    mpeers, mbody = _grid(rows, keyfun, labelfun, _mem_cell, lambda r: [fmt_bytes(r["out_bytes"])])
     s += (
         "\n\n<details><summary>Peak memory (output size, then each peer's peak)</summary>\n\n"
         + _table(label_hdr + ["output"] + mpeers, mbody)
@@ -343,7 +302,7 @@ def _w5_extra(data) -> str:
         if len(have) >= 2:
             lo, hi = have[0], have[-1]
             lines.append(
-                f"- `{p}`: per-call overhead ≈ {_fmt_t(by[(lo, p)])} (n = {lo}); asymptotic "
+                f"- `{p}`: per-call overhead ≈ {fmt_time(by[(lo, p)])} (n = {lo}); asymptotic "
                 f"{by[(hi, p)] / hi * 1e6:.3g} µs per example (n = {hi})"
             )
     return out + "\n\n" + "\n".join(lines)
@@ -355,13 +314,15 @@ def _machine_md(data) -> str:
         f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs; flags: {m.get('cpu_flags', '')})",
         f"- threads used by every library: {m['threads_used']} "
         f"(set: {', '.join(f'{k}={v}' for k, v in m.get('threads', {}).items())})",
-        f"- memory: {_fmt_b(m.get('memory_total_bytes'))} total; budget for one call "
-        f"{_fmt_b(data['memory_budget_bytes'])}",
+        f"- memory: {fmt_bytes(m.get('memory_total_bytes'))} total; budget for one call "
+        f"{fmt_bytes(data['memory_budget_bytes'])}",
         f"- GPU: {m.get('gpu') or 'none'}",
         f"- hessquik_core measured: source fingerprint `{m.get('hessquik_core_sources_sha256')}` "
         "(SHA-256 over its .py files)",
         f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end "
         f"{m.get('load_average_end')} (other processes on the machine compete for its cores)",
+        f"- OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as found: {m.get('openblas_tuning_found')}"
+        + (" (unset for the run)" if m.get("openblas_tuning_unset") else ""),
         f"- {m['platform']}, Python {m['python']}",
         f"- numpy {m['numpy']} ({m.get('numpy_blas')}), torch {m.get('torch')} "
         f"({m.get('torch_blas', '')}), jax {m.get('jax')}, folx {m.get('folx')}, "
@@ -431,9 +392,16 @@ def markdown(data: dict, analysis: str | None = None) -> str:
         "",
         "Each cell is `min time · ratio · limit%`:",
         "",
-        "- *min time*: the fastest of the timeit-style repeats (the median is in `results.csv`); calls "
-        "under 0.5 s are timed in a second pass minutes later and the best of both passes is kept, "
-        "which removes most slow-downs caused by other processes on a shared machine;",
+        (
+            "- *min time*: the best of up to "
+            f"{data['timing']['rounds']} interleaved rounds (each round calls every agreeing peer of the "
+            "point in turn, the order rotating from round to round, so a burst of load from other processes "
+            "slows all of them alike; the median is in `results.csv`);"
+            if data.get("timing", {}).get("interleaved")
+            else "- *min time*: the fastest of the timeit-style repeats (the median is in `results.csv`); "
+            "calls under 0.5 s are timed in a second pass minutes later and the best of both passes is "
+            "kept, which removes most slow-downs caused by other processes on a shared machine;"
+        ),
         "- *ratio*: that time over this library's best CPU time at the same point "
         "(the fastest of `ours-numpy`, `ours-torch` and `ours-jax-jit`, the last being this library's "
         "engine on JAX arrays traced by `jax.jit`); above 1 means this library is that much faster;",

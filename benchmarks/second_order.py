@@ -2,37 +2,41 @@
 Hessian, and the cost model against measured timings.
 
 ``python -m benchmarks.second_order [--quick] [--out DIR]`` writes
-``second_order.md`` (default: ``benchmarks/results/``). NumPy backend,
-float64, thread count as set by the environment (reported).
+``second_order.md`` and ``second_order.json`` (default: ``benchmarks/results/``).
+NumPy backend, float64, threads set by the harness (``--threads``, default all
+cores; reported). The calls compared in one row are timed against each other in
+interleaved rounds (:func:`benchmarks.measure.time_interleaved`, best of the
+rounds); forward and backward mode of the cost-model table are first checked to
+agree (:func:`benchmarks.harness.check_then_time`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
+import sys
 import tracemalloc
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/second_order.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
 
 import numpy as np
 
 import hessquik_core as hq
 import hessquik_core.engine.forward as nw
 
+from . import harness
+from .measure import time_interleaved
 
-def _time(fn, repeat: int, budget_s: float = 2.0) -> float:
-    """Best of ``repeat`` runs (fewer if one run exceeds ``budget_s``)."""
-    fn()  # warm-up: caches, first-touch allocation
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best = min(best, dt)
-        if dt > budget_s:
-            break
-    return best
+
+def _times(calls: dict, repeat: int, budget_s: float = 2.0) -> dict[str, float]:
+    """Best of ``repeat`` interleaved rounds of ``calls`` (each warmed up; fewer rounds,
+    at least two, where they would pass ``budget_s`` per call)."""
+    for f in calls.values():
+        f()  # warm-up: caches, first-touch allocation
+    tm = time_interleaved(calls, rounds=repeat, min_round_s=0.0, max_total_s=budget_s, rotate=True)
+    return {k: v.min_s for k, v in tm.items()}
 
 
 def _peak(fn) -> float:
@@ -57,18 +61,18 @@ def table_quantities(dims, n, width, repeat):
     for d in dims:
         net = mlp(d, width, 3, 1)
         x = np.random.default_rng(0).standard_normal((n, d))
-        t = {}
 
         def call(net=net, x=x, **kw):
             return lambda: net(x, **kw)
 
         # mode="auto" (the cost model's route): forward mode at d = 1024 would carry
         # n·d(d+1)/2·width entries per layer, tens of GB
-        t["hess"] = _time(call(hessian=True), repeat)
+        calls = {"hess": call(hessian=True)}
         for mode in ("forward", "backward"):
-            t[f"lap_{mode}"] = _time(call(laplacian=True, mode=mode), repeat)
-            t[f"diag_{mode}"] = _time(call(hessian_diagonal=True, mode=mode), repeat)
-        t["hutch"] = _time(lambda net=net, x=x: hq.laplacian_estimate(net, x, 16, seed=0), repeat)
+            calls[f"lap_{mode}"] = call(laplacian=True, mode=mode)
+            calls[f"diag_{mode}"] = call(hessian_diagonal=True, mode=mode)
+        calls["hutch"] = lambda net=net, x=x: hq.laplacian_estimate(net, x, 16, seed=0)
+        t = _times(calls, repeat)
         best_lap = min(t["lap_forward"], t["lap_backward"])
         mem_h = _peak(call(hessian=True)) / 2**20
         mem_l = _peak(call(laplacian=True)) / 2**20
@@ -90,9 +94,12 @@ def table_symmetry(dims, n, width, repeat, monkey):
         def fwd(net=net, x=x):
             return net(x, hessian=True, mode="forward")
 
-        tp = _time(fwd, repeat)
-        with monkey(lambda k: False):
-            tf = _time(fwd, repeat)
+        def full(fwd=fwd):
+            with monkey(lambda k: False):
+                return fwd()
+
+        t = _times({"packed": fwd, "full": full}, repeat)
+        tp, tf = t["packed"], t["full"]
         rows.append(f"| {d} | {tp * 1e3:.2f} ms | {tf * 1e3:.2f} ms | {tf / tp:.2f}x |")
     return rows
 
@@ -111,6 +118,27 @@ class _Packs:
         nw._packs = self.saved
 
 
+def _checked_pair(net, x, req: dict, repeat: int) -> tuple[float, float]:
+    """Forward and backward mode of one request: checked to agree with the float64
+    result of ``mode="auto"``, then timed against each other."""
+    name = next(iter(req))
+    ref = {name: np.asarray(getattr(net(x, **req), name))}
+
+    def peer(mode):
+        return lambda: harness.Runner(
+            lambda: net(x, mode=mode, **req), lambda r: {name: np.asarray(getattr(r, name))}
+        )
+
+    policy = harness.Policy(rounds=repeat, min_round_s=0.0, budget_s=2.0)
+    rows, _ = harness.check_then_time(
+        {m: peer(m) for m in ("forward", "backward")}, ref, dtype="float64", policy=policy
+    )
+    bad = [f"{r['peer']}: {r['status']} {r['note']}" for r in rows if r["status"] not in harness.TIMED]
+    if bad:
+        raise RuntimeError(f"{name} at d = {x.shape[1]}: " + "; ".join(bad))
+    return rows[0]["min_s"], rows[1]["min_s"]
+
+
 def table_cost_model(grid, n, width, repeat):
     rows = [
         "| d | m | request | predicted fwd/bwd flops | measured fwd/bwd time | model picks | faster | "
@@ -124,8 +152,7 @@ def table_cost_model(grid, n, width, repeat):
             net = mlp(d, width, 2, m)
             x = np.random.default_rng(1).standard_normal((n, d))
             rep = net.cost(n, **req)
-            tf = _time(lambda net=net, x=x, req=req: net(x, mode="forward", **req), repeat)
-            tb = _time(lambda net=net, x=x, req=req: net(x, mode="backward", **req), repeat)
+            tf, tb = _checked_pair(net, x, req, repeat)
             faster = "forward" if tf < tb else "backward"
             picked = rep.chosen
             loss = (tf if picked == "forward" else tb) / min(tf, tb)
@@ -144,26 +171,21 @@ def table_cost_model(grid, n, width, repeat):
     return rows, summary
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CI-sized run")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
+def run(args, desc: dict) -> dict:
     if args.quick:
-        dims, n, repeat, sym_dims = (16, 64), 64, 2, (8, 16)
-        grid = [(4, 16), (16, 4)]
+        dims, n, repeat, sym_dims = ((8,) if args.smoke else (16, 64)), 64, 2, (8, 16)
+        grid = [(4, 2)] if args.smoke else [(4, 16), (16, 4)]
     else:
         dims, n, repeat, sym_dims = (16, 64, 256, 1024), 256, 5, (8, 16, 32, 64)
         grid = [(d, m) for d in (2, 8, 32, 128) for m in (1, 4, 16, 64)]
+    if args.smoke:
+        n, sym_dims = 16, (4,)
     width = 32
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
     lines = [
         "# Second-order quantities: cost against the full Hessian",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads={threads}; "
-        f"NumPy {np.__version__}, hessquik-core {hq.__version__}; float64, NumPy backend; best of {repeat} runs.",
+        f"hessquik-core {hq.__version__}; float64, NumPy backend; best of {repeat} interleaved rounds. "
+        f"Produced by `python -m benchmarks.second_order {' '.join(sys.argv[1:])}`.",
         f"Network: tanh MLP, width {width}, depth 3, scalar output; n = {n}.",
         "",
         "## Laplacian and Hessian diagonal without forming the Hessian",
@@ -183,16 +205,32 @@ def main(argv=None) -> int:
         "",
         "## Cost model against measured timings",
         "",
-        f"MLP width {width}, depth 2, n = {n}. Ratios < 1 favour forward mode.",
+        f"MLP width {width}, depth 2, n = {n}. Ratios < 1 favour forward mode; both modes were checked to "
+        'agree with `mode="auto"` before they were timed.',
         "",
     ]
     rows, summary = table_cost_model(grid, n, width, repeat)
     lines += rows + ["", summary, ""]
-    path = out / "second_order.md"
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
-    print(f"\nwritten: {path}")
-    return 0
+    return {"rows": [], "text": "\n".join(lines)}
+
+
+def write_all(out: Path, data: dict, plots: bool = True) -> None:
+    harness.write_outputs(
+        out,
+        "second_order",
+        data,
+        markdown=lambda d: d["text"] + "\n" + "\n".join(harness.machine_md(d["machine"])),
+    )
+
+
+def main(argv=None, *, configure_threads: bool = True) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.second_order", description=__doc__.splitlines()[0]
+    )
+    harness.add_common_args(ap)
+    args = ap.parse_args(argv)
+    args.quick = args.quick or args.smoke
+    return harness.main(args, "second_order", run, write_all, configure_threads=configure_threads)
 
 
 if __name__ == "__main__":

@@ -45,15 +45,11 @@ once, so a burst of load from other processes hits all of them alike).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/training_step.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -61,22 +57,14 @@ if __package__ in (None, ""):  # `python benchmarks/training_step.py`
 
 import numpy as np
 
+from . import harness, nets
+from .harness import Peer, Runner, Skip
+
 LOSSES = ("laplacian", "gradient", "hessian_diagonal")
 #: where every peer runs ("cpu" or "cuda"; set from --device)
 DEVICE = "cpu"
 #: let torch.compile use Inductor's on-disk caches (--warm-compile)
 WARM_COMPILE = False
-ALL_PEERS = (
-    "ours-auto",
-    "ours-fwd",
-    "ours-bwd",
-    "ours-taped",
-    "ours-compiled",
-    "torch.func",
-    "jax",
-    "jax+folx",
-    "hessQuik-0.0.6",
-)
 #: how a peer's step time grows with d at fixed n and width (for the skip rule):
 #: the Hessian-forming peers carry n·d² entries per layer, the others n·d
 _D2 = {("torch.func", "laplacian"), ("torch.func", "hessian_diagonal"), ("jax", "laplacian")}
@@ -103,14 +91,14 @@ class StepPoint:
         return 8 if self.dtype == "float64" else 4
 
 
-@dataclass
-class StepRunner:
-    """``call()`` runs one step (loss and weight gradient) and returns when it is done;
-    ``to_numpy(out)`` gives ``(loss, [grad per parameter in record order])``."""
+def mlp_model(pt: StepPoint, records) -> nets.Model:
+    return nets.records_model(records, pt.spec)
 
-    call: Any
-    to_numpy: Any
-    compile_s: float | None = None
+
+def _scalar(model: nets.Model, lib: str):
+    """The per-example function of a scalar-output network: ``f(ps, x) -> ()``."""
+    f = model.function(lib)
+    return lambda ps, xi: f(ps, xi)[0]
 
 
 # --------------------------------------------------------------------------
@@ -130,16 +118,6 @@ def problem(pt: StepPoint) -> dict:
         "g": 0.1 * rng.standard_normal((pt.n, pt.d)),
         "h": 0.01 * rng.standard_normal((pt.n, pt.d)),
     }
-
-
-def _flat_records(records) -> list:
-    """The weights in ``net.named_parameters()`` order: K, b of each layer."""
-    out = []
-    for r in records:
-        out.append(r.K)
-        if r.b is not None:
-            out.append(r.b)
-    return out
 
 
 def _torch_dtype(name: str):
@@ -182,15 +160,13 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
     gradient of :func:`hessquik_core.training.analytic_weight_gradient` off), the
     step before that lever, for the before/after column."""
 
-    def make(pt: StepPoint, records, prob) -> StepRunner:
+    def make(pt: StepPoint, model: nets.Model, prob) -> Runner:
         import torch
 
         from hessquik_core.training import analytic_weight_gradient, torch_parameters
 
-        from . import nets
-
         dt = _torch_dtype(pt.dtype)
-        net = nets.build(pt.spec)  # a fresh copy: .to("torch") changes the network
+        net = model.build()  # a fresh copy: .to("torch") changes the network
         params = torch_parameters(net, dtype=dt, device=DEVICE)
         x, t = _torch_loss_terms(pt.loss, prob, dt)
         n, loss = pt.n, pt.loss
@@ -228,7 +204,21 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
         def to_numpy(out):
             return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
 
-        return StepRunner(call, to_numpy)
+        cs = None
+        if compiled:
+            # torch.compile compiles on the first call, and dynamo recompiles on the second
+            # (here, loaded: 84 s, then 54 s, then milliseconds): calls until one is under half the
+            # call before it are the compile time, reported apart from the step
+            cs, prev = 0.0, math.inf
+            for _ in range(4):
+                t0 = time.perf_counter()
+                call()
+                dt = time.perf_counter() - t0
+                cs += dt
+                if dt < 0.5 * prev and prev < math.inf:
+                    break
+                prev = dt
+        return Runner(call, to_numpy, compile_s=cs)
 
     return make
 
@@ -238,38 +228,13 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
 # --------------------------------------------------------------------------
 
 
-def _torch_mlp(records, dt):
-    """Leaf tensors (record order) and a per-example ``f(params, x: (d,)) -> scalar``."""
-    import torch
-
-    from .nets import _torch_act
-
-    params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in _flat_records(records)]
-    layout = []
-    i = 0
-    for r in records:
-        has_b = r.b is not None
-        layout.append((i, i + 1 if has_b else None, _torch_act(r.act), r.residual, r.h))
-        i += 2 if has_b else 1
-
-    def f(ps, xi):
-        u = xi
-        for iK, ib, act, res, h in layout:
-            z = u @ ps[iK]
-            if ib is not None:
-                z = z + ps[ib]
-            u = u + h * act(z) if res else act(z)
-        return u[0]
-
-    return params, f
-
-
-def _make_torch_func(pt: StepPoint, records, prob) -> StepRunner:
+def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
     from torch.func import hessian, jacrev, vmap
 
     dt = _torch_dtype(pt.dtype)
-    params, f = _torch_mlp(records, dt)
+    params = [torch.tensor(a, dtype=dt, device=DEVICE, requires_grad=True) for a in model.weights]
+    f = _scalar(model, "torch")
     x, t = _torch_loss_terms(pt.loss, prob, dt)
     n, loss = pt.n, pt.loss
     if loss == "gradient":
@@ -290,7 +255,7 @@ def _make_torch_func(pt: StepPoint, records, prob) -> StepRunner:
     def to_numpy(out):
         return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
 
-    return StepRunner(call, to_numpy)
+    return Runner(call, to_numpy)
 
 
 # --------------------------------------------------------------------------
@@ -298,13 +263,13 @@ def _make_torch_func(pt: StepPoint, records, prob) -> StepRunner:
 # --------------------------------------------------------------------------
 
 
-def _make_hessquik(pt: StepPoint, records, prob) -> StepRunner:
+def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
     import torch
 
     from .nets import hessquik_net
 
     dt = _torch_dtype(pt.dtype)
-    hnet = hessquik_net(records, dt, device=DEVICE)
+    hnet = hessquik_net(model.records, dt, device=DEVICE)
     params = list(hnet.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -330,7 +295,7 @@ def _make_hessquik(pt: StepPoint, records, prob) -> StepRunner:
     def to_numpy(out):
         return float(out[0]), [g.detach().cpu().numpy() for g in out[1]]
 
-    return StepRunner(call, to_numpy)
+    return Runner(call, to_numpy)
 
 
 # --------------------------------------------------------------------------
@@ -339,32 +304,14 @@ def _make_hessquik(pt: StepPoint, records, prob) -> StepRunner:
 
 
 def _make_jax(use_folx: bool):
-    def make(pt: StepPoint, records, prob) -> StepRunner:
-        from .peers import _jax_setup
-
-        jax = _jax_setup()
+    def make(pt: StepPoint, model: nets.Model, prob) -> Runner:
+        jax = harness.jax_setup()
         import jax.numpy as jnp
-
-        from .nets import _jax_act
 
         dt = getattr(jnp, pt.dtype)
         dev = jax.devices("gpu" if DEVICE == "cuda" else "cpu")[0]
-        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in _flat_records(records)]
-        layout = []
-        i = 0
-        for r in records:
-            has_b = r.b is not None
-            layout.append((i, i + 1 if has_b else None, _jax_act(r.act), r.residual, r.h))
-            i += 2 if has_b else 1
-
-        def f(ps, xi):
-            u = xi
-            for iK, ib, act, res, h in layout:
-                z = u @ ps[iK]
-                if ib is not None:
-                    z = z + ps[ib]
-                u = u + h * act(z) if res else act(z)
-            return u[0]
+        params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in model.weights]
+        f = _scalar(model, "jax")
 
         key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[pt.loss]
         x = jax.device_put(jnp.asarray(prob["x"], dtype=dt), dev)
@@ -394,79 +341,29 @@ def _make_jax(use_folx: bool):
                 return jnp.mean((q + tt) ** 2)
             return jnp.sum((q - tt) ** 2) / n
 
-        t0 = time.perf_counter()
-        step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, x, t).compile()
-        cs = time.perf_counter() - t0
-
-        def call():
-            return jax.block_until_ready(step(params, x, t))
-
-        def to_numpy(out):
-            return float(out[0]), [np.asarray(g) for g in out[1]]
-
-        return StepRunner(call, to_numpy, compile_s=cs)
+        return harness.jax_step(loss_fn, params, x, t)
 
     return make
 
 
-MAKERS = {
-    "ours-auto": (_make_ours("auto"), ("torch",)),
-    "ours-fwd": (_make_ours("forward"), ("torch",)),
-    "ours-bwd": (_make_ours("backward"), ("torch",)),
-    "ours-taped": (_make_ours("forward", taped=True), ("torch",)),
-    "ours-compiled": (_make_ours("auto", compiled=True), ("torch",)),
-    "torch.func": (_make_torch_func, ("torch",)),
-    "jax": (_make_jax(False), ("jax",)),
-    "jax+folx": (_make_jax(True), ("jax", "folx")),
-    "hessQuik-0.0.6": (_make_hessquik, ("hessQuik", "torch")),
-}
+def _peer(name, build, *requires):
+    return Peer(
+        name, build, requires=requires, family="ours" if name.startswith("ours") else name, backend="torch"
+    )
 
 
-def _available(name: str) -> tuple[bool, str]:
-    import importlib.util
-
-    for mod in MAKERS[name][1]:
-        if importlib.util.find_spec(mod) is None:
-            return False, f"{mod} is not installed"
-    return True, ""
-
-
-# --------------------------------------------------------------------------
-# agreement
-# --------------------------------------------------------------------------
-
-
-def tolerance(dtype: str) -> float:
-    # float32 is checked against the float64 reference: its tolerance is its
-    # precision, grown by the depth of the derivative recurrences
-    return 1e-8 if dtype == "float64" else 5e-3
-
-
-def compare(got, ref) -> tuple[float, str]:
-    """Largest relative deviation of ``(loss, grads)`` from ``ref``.
-
-    The loss is compared relative to itself; every weight gradient relative
-    to the largest entry of the whole reference gradient (small blocks, e.g.
-    a bias whose gradient is almost zero, are not held to more digits than
-    the gradient as a whole has)."""
-    loss, grads = got
-    rloss, rgrads = ref
-    worst, where = abs(loss - rloss) / max(abs(rloss), 1e-300), "loss"
-    if not math.isfinite(worst):
-        return math.inf, "loss not finite"
-    if len(grads) != len(rgrads):
-        return math.inf, f"{len(grads)} gradients, expected {len(rgrads)}"
-    scale = max(float(np.max(np.abs(g))) for g in rgrads) or 1e-300
-    for i, (g, r) in enumerate(zip(grads, rgrads)):
-        g = np.asarray(g, dtype=np.float64).reshape(r.shape) if np.size(g) == r.size else None
-        if g is None:
-            return math.inf, f"gradient {i} has the wrong size"
-        e = float(np.max(np.abs(g - r))) / scale
-        if not math.isfinite(e):
-            return math.inf, f"gradient {i} not finite"
-        if e > worst:
-            worst, where = e, f"gradient {i}"
-    return worst, where
+REGISTRY = harness.Registry(
+    _peer("ours-auto", _make_ours("auto"), "torch"),
+    _peer("ours-fwd", _make_ours("forward"), "torch"),
+    _peer("ours-bwd", _make_ours("backward"), "torch"),
+    _peer("ours-taped", _make_ours("forward", taped=True), "torch"),
+    _peer("ours-compiled", _make_ours("auto", compiled=True), "torch"),
+    _peer("torch.func", _make_torch_func, "torch"),
+    _peer("jax", _make_jax(False), "jax"),
+    _peer("jax+folx", _make_jax(True), "jax", "folx"),
+    _peer("hessQuik-0.0.6", _make_hessquik, "hessQuik", "torch"),
+)
+ALL_PEERS = REGISTRY.names
 
 
 # --------------------------------------------------------------------------
@@ -493,21 +390,13 @@ def grid(args) -> list[StepPoint]:
     return pts
 
 
-def _float_list(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.training_step", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--quick", action="store_true", help="a small grid, well under a minute")
-    p.add_argument("--smoke", action="store_true", help="a tiny grid for the test suite")
-    p.add_argument(
-        "--out", type=Path, default=None, help="folder (default benchmarks/results; quick: build/bench-quick)"
-    )
-    p.add_argument("--d", type=_float_list, default=None, help="input dimensions, e.g. 1,2,3,8")
-    p.add_argument("--widths", type=_float_list, default=None)
+    harness.add_common_args(p)
+    p.add_argument("--d", type=harness.int_list, default=None, help="input dimensions, e.g. 1,2,3,8")
+    p.add_argument("--widths", type=harness.int_list, default=None)
     p.add_argument("--dtypes", default=None, help="float64,float32")
     p.add_argument("--losses", default=None, help="laplacian,gradient,hessian_diagonal")
     p.add_argument("--n", type=int, default=None, help="collocation points (default 1024)")
@@ -521,30 +410,28 @@ def parse_args(argv=None):
     p.add_argument("--peers", default=None, help=f"subset of {','.join(ALL_PEERS)}")
     p.add_argument(
         "--compile-d",
-        type=_float_list,
+        type=harness.int_list,
         default=None,
         help="d at which ours-compiled runs (width/dtype/loss as in --compile-at); default 2,16",
     )
     p.add_argument(
         "--compile-losses", default="laplacian", help="losses at which ours-compiled runs (default laplacian)"
     )
-    p.add_argument("--compile-widths", type=_float_list, default=None, help="default: the smallest width")
+    p.add_argument(
+        "--compile-widths", type=harness.int_list, default=None, help="default: the smallest width"
+    )
     p.add_argument("--compile-dtypes", default="float64", help="default float64")
     p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (default 7; quick 3)")
     p.add_argument(
         "--max-call-s", type=float, default=None, help="skip a peer whose predicted step exceeds this"
     )
-    p.add_argument("--label", default="", help="a line printed at the top of w6.md (e.g. 'loaded machine')")
     p.add_argument("--prefix", default="w6", help="output file stem (default w6)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every peer runs")
     p.add_argument(
         "--warm-compile",
         action="store_true",
         help="let torch.compile reuse Inductor's on-disk caches (default: cold compiles)",
     )
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--replot", type=Path, default=None, help="rebuild w6.md and plot from DIR/w6.json")
     args = p.parse_args(argv)
     if args.smoke:
         args.quick = True
@@ -570,10 +457,10 @@ def parse_args(argv=None):
         args.repeat = 3 if quick else 7
     if args.max_call_s is None:
         args.max_call_s = 1.0 if quick else 8.0
-    args.peers = list(ALL_PEERS) if args.peers is None else args.peers.split(",")
-    bad = sorted(set(args.peers) - set(ALL_PEERS))
-    if bad:
-        p.error(f"unknown peers {bad}; expected some of {list(ALL_PEERS)}")
+    try:
+        args.peers = [q.name for q in REGISTRY.select(args.peers)]
+    except ValueError as e:
+        p.error(str(e))
     bad = sorted(set(args.losses) - set(LOSSES))
     if bad:
         p.error(f"unknown losses {bad}; expected some of {list(LOSSES)}")
@@ -585,228 +472,109 @@ def parse_args(argv=None):
 # --------------------------------------------------------------------------
 
 
-def _predict(seen: dict, peer: str, pt: StepPoint):
-    """Time of ``peer``'s step at ``pt`` predicted from its largest measured smaller d
-    (growth ∝ d for peers carrying first derivatives, ∝ d² for Hessian-forming ones)."""
-    rows = seen.get((peer, pt.loss, pt.width, pt.dtype, pt.n))
-    if not rows:
-        return None, None
-    d0, t0, m0 = max(rows)
-    w = pt.width
-
-    def units(d):
-        # per-example work of the first-derivative methods ~ d·w² (d tangents through
-        # the w x w layers) + w² (the value); the Hessian-forming ones add d²·w
-        return d * w * w + w * w + (d * d * w if (peer, pt.loss) in _D2 else 0)
-
-    s = max(1.0, units(pt.d) / units(d0)) * 1.25
-    return t0 * s, (None if m0 is None else m0 * s)
+def _units(peer: str, pt: StepPoint) -> float:
+    """How a peer's step grows with d at fixed n and width: per example ~ d·w² (d tangents
+    through the w x w layers) + w² (the value); the Hessian-forming peers add d²·w."""
+    d, w = pt.d, pt.width
+    return d * w * w + w * w + (d * d * w if (peer, pt.loss) in _D2 else 0)
 
 
-def _time_round(runners: dict, numbers: dict, samples: dict) -> None:
-    for name, r in runners.items():
-        t0 = time.perf_counter()
-        for _ in range(numbers[name]):
-            out = r.call()
-            del out
-        samples[name].append((time.perf_counter() - t0) / numbers[name])
+def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
+    """Why a peer does not run at ``pt`` (``None``: it runs)."""
 
-
-def run_point(pt: StepPoint, args, seen: dict, mem_budget: float, log) -> list[dict]:
-    """Every peer at one point: build, check against the reference, then time interleaved."""
-    from . import nets
-    from .measure import peak_memory
-
-    net = nets.build(pt.spec)
-    records = nets.spec_of(net)
-    prob = problem(pt)
-    # the reference: this library, float64, eager, mode="auto"
-    ref_pt = StepPoint(pt.d, pt.width, pt.n, "float64", pt.loss, pt.depth)
-    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in _flat_records(records))))
-    try:
-        ref_runner = _make_ours("auto")(ref_pt, records, prob)
-        ref = ref_runner.to_numpy(ref_runner.call())
-        del ref_runner
-    except Exception as e:  # no reference, nothing can be checked: every peer says why
-        why = f"reference (ours, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
-        log(f"  {why}")
-        return [dict(base, peer=name, status="error", note=why) for name in args.peers]
-    rows, runners = [], {}
-    for name in args.peers:
-        rec = dict(base, peer=name, status="ok", note="")
-        rows.append(rec)
-        ok, why = _available(name)
-        if not ok:
-            rec.update(status="unavailable", note=why)
-            continue
+    def rule(peer: Peer) -> Skip | None:
+        name = peer.name
         if name == "ours-compiled" and not (
             pt.d in args.compile_d
             and pt.loss in args.compile_losses
             and pt.width in args.compile_widths
             and pt.dtype in args.compile_dtypes
         ):
-            rec.update(status="not-run", note="torch.compile only at the --compile-d points")
-            continue
+            return Skip("not-run", "torch.compile only at the --compile-d points")
         if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
-            rec.update(status="not-run", note="forced modes only at the first width in the trimmed grid")
-            continue
+            return Skip("not-run", "forced modes only at the first width in the trimmed grid")
         if name == "jax+folx" and pt.loss != "laplacian":
-            rec.update(status="not-run", note="folx computes Laplacians only")
-            continue
-        t_pred, m_pred = _predict(seen, name, pt)
-        if (name, pt.loss) in _D2:
-            hbytes = pt.n * pt.d * pt.d * pt.width * pt.itemsize
-            if hbytes > mem_budget:
-                rec.update(
-                    status="skip-memory",
-                    note=f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget "
-                    f"{mem_budget / 2**30:.0f} GiB",
-                )
-                continue
-        if m_pred is not None and m_pred > mem_budget:
-            rec.update(status="skip-memory", note=f"predicted peak {m_pred / 2**30:.1f} GiB > budget")
-            continue
-        if t_pred is not None and t_pred > args.max_call_s and not name.startswith("ours"):
-            rec.update(
-                status="skip-time", note=f"predicted {t_pred:.1f} s per step > cap {args.max_call_s:g} s"
+            return Skip("not-run", "folx computes Laplacians only")
+        hbytes = pt.n * pt.d * pt.d * pt.width * pt.itemsize
+        if (name, pt.loss) in _D2 and hbytes > mem_budget:
+            return Skip(
+                "skip-memory",
+                f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget {mem_budget / 2**30:.0f} GiB",
             )
-            continue
-        if t_pred is not None and t_pred > 4 * args.max_call_s and name != "ours-auto":
-            rec.update(status="skip-time", note=f"predicted {t_pred:.1f} s per step > 4x cap")
-            continue
-        try:
-            with warnings.catch_warnings():
-                for cat in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
-                    warnings.simplefilter("ignore", cat)
-                t0 = time.perf_counter()
-                runner = MAKERS[name][0](pt, records, prob)
-                setup_s = time.perf_counter() - t0
-                out, first_s, peak = peak_memory(runner.call, device=DEVICE, kind="torch", collect=False)
-            got = runner.to_numpy(out)
-            del out
-        except Exception as e:  # a peer that breaks is reported, never hidden
-            rec.update(status="error", note=f"{type(e).__name__}: {e}".replace("\n", " ")[:300])
-            log(f"  {name}: {rec['note']}")
-            continue
-        # torch.compile compiles on the first call: that call is the compile time
-        rec["compile_s"] = (
-            runner.compile_s
-            if runner.compile_s is not None
-            else (first_s if name == "ours-compiled" else None)
-        )
-        rec["setup_s"] = setup_s
-        rec["first_s"] = first_s
-        rec["peak_bytes"] = peak.get("gpu", peak.get("rss"))
-        err, where = compare(got, ref)
-        rec["rel_err"] = err
-        if not err <= tolerance(pt.dtype):
-            rec.update(
-                status="mismatch", note=f"disagrees with hessquik_core: rel. error {err:.2e} in {where}"
-            )
-            log(f"  {name}: {rec['note']}")
-            continue
-        if first_s > 4 * args.max_call_s and name != "ours-compiled":
-            # too slow to repeat: the checked call is its only timing (an upper bound)
-            rec.update(status="once", min_s=first_s, median_s=first_s, rounds=1, number=1)
-            rec["note"] = f"one call only: it took {first_s:.1f} s > 4x the cap (includes first-call setup)"
-            seen.setdefault((name, pt.loss, pt.width, pt.dtype, pt.n), []).append(
-                (pt.d, first_s, rec["peak_bytes"])
-            )
-            continue
-        runners[name] = (runner, rec)
+        # this library's default step is never skipped on a prediction; its forced modes at 4x the cap
+        cap = math.inf if name == "ours-auto" else args.max_call_s * (4 if name.startswith("ours") else 1)
+        t_pred, m_pred = pred.predict(name, pt)
+        skip = harness.predicted_skip(t_pred, m_pred, max_call_s=cap, mem_budget=mem_budget, what="step")
+        return skip
 
-    # warm-up and calibration: `number` calls per round so a round lasts >= min_round_s
-    min_round_s = 0.01 if args.quick else 0.05
-    numbers, samples, live = {}, {}, {}
-    per = {}
-    for name, (runner, _rec) in runners.items():
-        t0 = time.perf_counter()
-        out = runner.call()
-        del out
-        per[name] = time.perf_counter() - t0
-        numbers[name] = max(1, int(min_round_s / max(per[name], 1e-7)))
-        samples[name] = []
-        live[name] = runner
-    # slow steps get fewer rounds (at least 2): about 2 s (quick: 0.5 s) of timing per peer
-    budget = 0.5 if args.quick else 2.0
-    rounds = {n: max(2, min(args.repeat, int(budget / max(per[n] * numbers[n], 1e-9)))) for n in live}
-    for i in range(max(rounds.values(), default=0)):
-        names = [n for n in live if i < rounds[n]]
-        # rotate the order each round: the peer timed first after the switch from
-        # the previous point's or round's last one finds caches cold (measured
-        # 1.2-2x on 0.2-1 ms evaluations here), and it was always ours-auto
-        j = i % max(len(names), 1)
-        _time_round({n: live[n] for n in names[j:] + names[:j]}, numbers, samples)
-    for name, (_runner, rec) in runners.items():
-        s = samples[name]
-        rec.update(min_s=min(s), median_s=float(np.median(s)), rounds=len(s), number=numbers[name], samples=s)
-        seen.setdefault((name, pt.loss, pt.width, pt.dtype, pt.n), []).append(
-            (pt.d, rec["min_s"], rec["peak_bytes"])
-        )
-    runners.clear()
+    return rule
+
+
+def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, log) -> list[dict]:
+    """Every peer at one point: build, check against the reference, then time interleaved."""
+
+    model = mlp_model(pt, nets.spec_of(nets.build(pt.spec)))
+    prob = problem(pt)
+    base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in model.weights)))
+    try:  # the reference: this library, float64, eager, mode="auto"
+        rr = _make_ours("auto")(StepPoint(pt.d, pt.width, pt.n, "float64", pt.loss, pt.depth), model, prob)
+        ref = rr.to_numpy(rr.call())
+        del rr
+    except Exception as e:  # no reference, nothing can be checked: every peer says why
+        why = f"reference (ours, float64) failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        log(f"  {why}")
+        return [dict(base, peer=name, status="error", note=why) for name in args.peers]
+    rule = _rule(pt, args, pred, mem_budget)
+    cands = harness.candidates(REGISTRY.select(args.peers), pt, model, prob, rule=rule)
+    policy = harness.Policy(
+        rounds=args.repeat,
+        min_round_s=0.01 if args.quick else 0.05,
+        budget_s=0.5 if args.quick else 2.0,
+        once_s=4 * args.max_call_s,  # too slow to repeat: the checked call is its only timing
+        warm_s=math.inf,
+    )
+    rows, live = harness.check_then_time(
+        cands, ref, dtype=pt.dtype, policy=policy, base=base, device=DEVICE, log=log
+    )
     live.clear()
-    ours = next((r["min_s"] for r in rows if r["peer"] == "ours-auto" and r["status"] == "ok"), None)
+    pred.add_rows(rows, pt)
+    harness.ratios(rows, ("ours-auto",))
     for r in rows:
-        if r["status"] in ("ok", "once") and ours is not None:
-            r["ours_over_peer"] = ours / r["min_s"]
+        if "ours-auto" in r.get("ratios", {}):
+            r["ours_over_peer"] = r["ratios"]["ours-auto"]
     return rows
 
 
-def run(args) -> dict:
-    from . import machine
+_CONFIG = (
+    "d widths dtypes losses n depth repeat max_call_s compile_d compile_losses compile_widths "
+    "compile_dtypes peers"
+).split()
 
-    t_start = time.perf_counter()
+
+def run(args, desc: dict) -> dict:
     import torch  # noqa: F401  (loaded before timing: its import is not a result)
 
-    desc = machine.describe(args.threads_used)
-    desc["threads"] = args.thread_report
-    desc["load_average_start"] = machine.load_average()
-    desc["hessquik_core_sources_sha256"] = machine.source_fingerprint()
-    avail = machine.mem_available() or 8 * 2**30
-    mem_budget = 0.5 * avail
+    t_start = time.perf_counter()
+    mem_budget = harness.mem_budget(0.5)
     pts = grid(args)
-    seen: dict = {}
+    pred = harness.Predictor(lambda pt: (pt.loss, pt.width, pt.dtype, pt.n), _units)
     rows = []
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     for i, pt in enumerate(pts):
         t0 = time.perf_counter()
-        rows += run_point(pt, args, seen, mem_budget, log)
-        log(
+        rows += run_point(pt, args, pred, mem_budget, harness.log)
+        harness.log(
             f"[{i + 1}/{len(pts)}] {pt.loss} d={pt.d} w={pt.width} {pt.dtype}: "
             f"{time.perf_counter() - t0:.1f} s (total {time.perf_counter() - t_start:.0f} s)"
         )
-    desc["load_average_end"] = machine.load_average()
+    cfg = {k: getattr(args, k) for k in _CONFIG}
     return {
         "workload": "W6",
         "title": "W6: training step (loss on input derivatives + gradient w.r.t. all weights)",
-        "label": args.label,
         "quick": args.quick,
-        "argv": sys.argv[1:],
-        "config": {
-            "d": args.d,
-            "widths": args.widths,
-            "dtypes": args.dtypes,
-            "losses": args.losses,
-            "n": args.n,
-            "depth": args.depth,
-            "repeat": args.repeat,
-            "max_call_s": args.max_call_s,
-            "compile_d": args.compile_d,
-            "compile_losses": args.compile_losses,
-            "compile_widths": args.compile_widths,
-            "compile_dtypes": args.compile_dtypes,
-            "trimmed_grid": args.trim,
-            "peers": args.peers,
-            "device": args.device,
-            "warm_compile": args.warm_compile,
-        },
-        "machine": desc,
+        "argv": sys.argv[1:] if args.argv is None else args.argv,
+        "config": dict(cfg, trimmed_grid=args.trim, device=args.device, warm_compile=args.warm_compile),
         "memory_budget_bytes": mem_budget,
         "rows": rows,
-        "wall_s": time.perf_counter() - t_start,
     }
 
 
@@ -815,31 +583,11 @@ def run(args) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _fmt_t(s) -> str:
-    if s is None:
-        return "—"
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} µs"
-
-
-def _cell(r) -> str:
-    if r is None:
-        return ""
-    st = r["status"]
-    if st == "ok":
-        return _fmt_t(r["min_s"])
-    if st == "once":
-        return f"≤{_fmt_t(r['min_s'])} (1 call)"
-    return {"not-run": "", "unavailable": "n/a"}.get(st, st)
-
-
 def markdown(data: dict) -> str:
-    rows = data["rows"]
-    m = data["machine"]
-    cfg = data["config"]
+    rows, cfg = data["rows"], data["config"]
+    for r in rows:  # results written before the harness carry the ratio alone
+        if "ours_over_peer" in r and "ratios" not in r:
+            r["ratios"] = {"ours-auto": r["ours_over_peer"]}
     peers = [p for p in cfg["peers"] if any(r["peer"] == p and r["status"] != "not-run" for r in rows)]
     lines = [f"# {data['title']}", ""]
     if data.get("label"):
@@ -850,15 +598,16 @@ def markdown(data: dict) -> str:
         "with respect to every weight. Losses: `laplacian` = mean((Δu + f)²), `gradient` = mean ‖∇u − g‖², "
         "`hessian_diagonal` = mean ‖diag ∇²u − h‖². Every peer runs in this process with the same weights; "
         "its loss and weight gradient were checked against this library's float64 result before timing "
-        f"(tolerance {tolerance('float64'):.0e} in float64, {tolerance('float32'):.0e} in float32, relative). "
-        f"Times are the best of up to {cfg['repeat']} interleaved rounds. Produced by "
+        f"(tolerance {harness.tolerance('float64'):.0e} in float64, {harness.tolerance('float32'):.0e} in "
+        f"float32, relative). Times are the best of up to {cfg['repeat']} interleaved rounds (the order "
+        "rotating each round). Produced by "
         f"`python -m benchmarks.training_step {' '.join(data.get('argv', []))}` in {data['wall_s']:.0f} s.",
         "",
         "Peers: `ours-auto`/`-fwd`/`-bwd` — torch autograd through `net(x, laplacian=True, mode=...)` "
         "(eager; forward mode through dense layers with the analytic weight gradient); `ours-taped` — "
         "forward mode with autograd over the generic sweep (`analytic_weight_gradient(False)`, the step "
-        "before that lever); `ours-compiled` — `torch.compile` of the same loss (compile time in its own table); "
-        "`torch.func` — `vmap(hessian)` / `vmap(jacrev)` then autograd; `jax` — "
+        "before that lever); `ours-compiled` — `torch.compile` of the same loss (compile time in its own "
+        "table); `torch.func` — `vmap(hessian)` / `vmap(jacrev)` then autograd; `jax` — "
         "`jit(value_and_grad(loss))` over `vmap(jax.hessian)` / `vmap(jax.grad)`; `jax+folx` — the same "
         "over folx's `forward_laplacian`; `hessQuik-0.0.6` — autograd through its own derivative outputs.",
         "",
@@ -870,54 +619,16 @@ def markdown(data: dict) -> str:
         lines += [
             f"Grid trimmed to fit the run into ~12 minutes: the `gradient` and `hessian_diagonal` losses "
             f"at width {cfg['widths'][0]} and {cfg['dtypes'][0]} only; widths above {cfg['widths'][0]} in "
-            "float32 only and without the forced `ours-fwd`/`ours-bwd` modes; `torch.compile` (~40 s per compile "
-            f"on 2 cores) at d = {cfg['compile_d']}, {cfg['compile_losses']} loss, width "
+            "float32 only and without the forced `ours-fwd`/`ours-bwd` modes; `torch.compile` (~40 s per "
+            f"compile on 2 cores) at d = {cfg['compile_d']}, {cfg['compile_losses']} loss, width "
             f"{cfg['compile_widths']}, {cfg['compile_dtypes']}. `--full-grid` runs everything.",
             "",
         ]
-    lines += [
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu']} ({m['logical_cpus']} logical CPUs), threads used {m['threads_used']} "
-        f"({m.get('threads')})",
-        f"- environment: {m.get('env')}",
-        f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end "
-        f"{m.get('load_average_end')}",
-        f"- hessquik_core source fingerprint `{m.get('hessquik_core_sources_sha256')}`",
-        f"- torch {m.get('torch')}, jax {m.get('jax')}, folx {m.get('folx')}, hessQuik {m.get('hessQuik')}, "
-        f"numpy {m['numpy']}, Python {m['python']}",
-        "",
-    ]
-    series = []
-    for r in rows:
-        k = (r["loss"], r["width"], r["dtype"])
-        if k not in series:
-            series.append(k)
-    for loss, width, dtype in series:
-        sub = [r for r in rows if (r["loss"], r["width"], r["dtype"]) == (loss, width, dtype)]
-        ds = sorted({r["d"] for r in sub})
-        idx = {(r["d"], r["peer"]): r for r in sub}
-        cols = [
-            p for p in peers if any(idx.get((d, p), {}).get("status") not in (None, "not-run") for d in ds)
-        ]
-        lines += [f"## `{loss}` loss, width {width}, {dtype}", ""]
-        lines.append("| d | " + " | ".join(cols) + " |")
-        lines.append("|---" * (len(cols) + 1) + "|")
-        for d in ds:
-            lines.append(f"| {d} | " + " | ".join(_cell(idx.get((d, p))) for p in cols) + " |")
-        rcols = [p for p in cols if p != "ours-auto"]
-        if rcols:
-            lines += ["", "Ratio ours-auto / peer:", ""]
-            lines.append("| d | " + " | ".join(rcols) + " |")
-            lines.append("|---" * (len(rcols) + 1) + "|")
-            for d in ds:
-                cells = []
-                for p in rcols:
-                    r = idx.get((d, p))
-                    c = f"{r['ours_over_peer']:.2f}" if r and "ours_over_peer" in r else ""
-                    cells.append(c + ("*" if c and r["status"] == "once" else ""))
-                lines.append(f"| {d} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += harness.machine_md(data["machine"])
+    for key in dict.fromkeys((r["loss"], r["width"], r["dtype"]) for r in rows):
+        sub = [r for r in rows if (r["loss"], r["width"], r["dtype"]) == key]
+        lines += [f"## `{key[0]}` loss, width {key[1]}, {key[2]}", ""]
+        lines += harness.series_tables(sub, "d", peers, ("ours-auto",))
     comp = [r for r in rows if r.get("compile_s") is not None and r["status"] == "ok"]
     if comp:
         lines += [
@@ -927,37 +638,17 @@ def markdown(data: dict) -> str:
             "trace and Inductor code generation for both graphs); `jax`, `jax+folx`: "
             "`jit(...).lower(...).compile()`.",
             "",
-            "| loss | d | width | dtype | peer | compile | step after it |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for r in comp:
-            lines.append(
-                f"| {r['loss']} | {r['d']} | {r['width']} | {r['dtype']} | {r['peer']} | "
-                f"{r['compile_s']:.2f} s | {_fmt_t(r['min_s'])} |"
-            )
-        lines.append("")
-    notes = [r for r in rows if r["status"] != "not-run" and (r["status"] != "ok" or r.get("note"))]
-    if notes:
-        lines += ["## Skipped, failed or disagreeing", ""]
-        for r in notes:
-            lines.append(
-                f"- {r['peer']} at {r['loss']} d={r['d']} w={r['width']} {r['dtype']}: {r['status']} — {r['note']}"
-            )
-        lines.append("")
-    worst: dict = {}
-    for r in rows:
-        if r.get("rel_err") is not None:
-            k = (r["peer"], r["dtype"])
-            worst[k] = max(worst.get(k, 0.0), r["rel_err"])
-    if worst:
-        lines += [
-            "## Agreement with this library (largest relative deviation of loss and weight gradient)",
-            "",
-        ]
-        lines += ["| peer | dtype | deviation |", "|---|---|---|"]
-        for (p, dt), e in sorted(worst.items()):
-            lines.append(f"| {p} | {dt} | {e:.1e} |")
-        lines.append("")
+        lines += harness.md_table(
+            ["loss", "d", "width", "dtype", "peer", "compile", "step after it"],
+            (
+                [r["loss"], r["d"], r["width"], r["dtype"], r["peer"], f"{r['compile_s']:.2f} s"]
+                + [harness.fmt_time(r["min_s"])]
+                for r in comp
+            ),
+        ) + [""]
+    lines += harness.notes_md(rows, lambda r: f"{r['loss']} d={r['d']} w={r['width']} {r['dtype']}")
+    lines += harness.agreement_md(rows, ("peer", "dtype"), "loss and weight gradient")
     return "\n".join(lines)
 
 
@@ -975,98 +666,59 @@ _STYLE = {
 
 
 def plot(out: Path, data: dict, prefix: str = "w6") -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [r for r in data["rows"] if r["status"] in ("ok", "once")]
-    if not rows:
-        return None
-    losses = [x for x in LOSSES if any(r["loss"] == x for r in rows)]
+    """Step time against d, one panel per (loss, width, dtype)."""
+    rows = data["rows"]
     cols = sorted({(r["width"], r["dtype"]) for r in rows}, key=lambda k: (k[0], k[1] != "float64"))
-    fig, axes = plt.subplots(
-        len(losses), len(cols), figsize=(max(6.4, 4.6 * len(cols)), 3.6 * len(losses) + 0.6), squeeze=False
+    panels = [
+        (f"{loss}, width {w}, {dt}", lambda r, k=(loss, w, dt): (r["loss"], r["width"], r["dtype"]) == k)
+        for loss in LOSSES
+        if any(r["loss"] == loss for r in rows)
+        for w, dt in cols
+    ]
+    return harness.plot_series(
+        out / f"{prefix}_step_time.png",
+        rows,
+        panels,
+        x="d",
+        peers=data["config"]["peers"],
+        style=_STYLE,
+        ylabel="step time (s)",
+        title=data["title"] + (f". {data['label']}" if data.get("label") else ""),
+        ncols=max(1, len(cols)),
     )
-    for i, loss in enumerate(losses):
-        for j, (w, dt) in enumerate(cols):
-            ax = axes[i][j]
-            for p in data["config"]["peers"]:
-                pts = sorted(
-                    (r["d"], r["min_s"])
-                    for r in rows
-                    if (r["peer"], r["loss"], r["width"], r["dtype"]) == (p, loss, w, dt)
-                )
-                if pts:
-                    ax.plot(*zip(*pts), label=p, **_STYLE.get(p, {}))
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("input dimension d")
-            ax.set_ylabel("step time (s)")
-            ax.set_title(f"{loss}, width {w}, {dt}", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    import textwrap
-
-    width = int(16 * max(6.4, 4.6 * len(cols)))  # characters that fit the figure's width
-    title = "\n".join(
-        textwrap.wrap(data["title"] + (f". {data['label']}" if data.get("label") else ""), width)
-    )
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = out / f"{prefix}_step_time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
-_CSV = (
+CSV_FIELDS = (
     "loss d width dtype n depth peer status min_s median_s rounds number compile_s first_s "
     "peak_bytes rel_err ours_over_peer note"
 ).split()
 
 
 def write_all(out: Path, data: dict, prefix: str = "w6", plots: bool = True) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{prefix}.json").write_text(json.dumps(data, indent=1, default=str))
-    with open(out / f"{prefix}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=_CSV, extrasaction="ignore")
-        w.writeheader()
-        for r in data["rows"]:
-            w.writerow(r)
-    md = markdown(data)
-    if plots:
-        p = plot(out, data, prefix)
-        if p is not None:
-            md += f"\n![W6 step time]({p.name})\n"
-    (out / f"{prefix}.md").write_text(md)
+    harness.write_outputs(
+        out,
+        prefix,
+        data,
+        markdown=markdown,
+        csv_fields=CSV_FIELDS,
+        plot=lambda o, dd: plot(o, dd, prefix),
+        plots=plots,
+        image_alt="W6 step time",
+    )
 
 
 def main(argv=None, *, configure_threads: bool = True) -> int:
     args = parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     global DEVICE, WARM_COMPILE
     DEVICE, WARM_COMPILE = args.device, args.warm_compile
-    if args.replot is not None:
-        data = json.loads((args.replot / f"{args.prefix}.json").read_text())
-        write_all(args.replot, data, args.prefix, plots=not args.no_plots)
-        print(f"rebuilt {args.replot / (args.prefix + '.md')}")
-        return 0
-    from . import machine
-
-    args.threads_used = args.threads or machine.threads()
-    if configure_threads:
-        from .run import _set_threads
-
-        args.thread_report = _set_threads(args.threads_used)
-    else:
-        args.thread_report = {}
-    out = args.out or (Path("build/bench-quick") if args.quick else Path(__file__).parent / "results")
-    data = run(args)
-    write_all(out, data, args.prefix, plots=not args.no_plots)
-    print(f"wrote {out / (args.prefix + '.md')} ({data['wall_s']:.0f} s)")
-    return 0
+    return harness.main(
+        args,
+        args.prefix,
+        run,
+        lambda out, data, plots: write_all(out, data, args.prefix, plots),
+        configure_threads=configure_threads,
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ library.
 (4, 3, 3, 3)
 """
 
-from . import activations, checks, compat, curvature, layers, networks, pinn, training
+from . import activations, checks, compat, curvature, higher, layers, networks, pinn, training
 from .activations import (
     GELU,
     AntiTanh,
@@ -23,12 +23,20 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .estimators import Estimate, divergence_estimate, laplacian_estimate, weighted_laplacian
+from .estimators import (
+    Estimate,
+    biharmonic_estimate,
+    divergence_estimate,
+    laplacian_estimate,
+    weighted_laplacian,
+)
+from .higher import biharmonic, pure_partials, taylor_derivatives
 from .interop import from_torch, to_torch
 from .interop_hessquik import from_hessquik
 from .io import load, save
 from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
 from .networks import ICNN, NN, FullyConnectedNN, MemoryBudgetError, ResnetNN, Result
+from .variable_coefficients import second_order_operator
 
 __version__ = "0.1.0"
 
@@ -73,6 +81,12 @@ __all__ = [
     "divergence_estimate",
     "laplacian_estimate",
     "weighted_laplacian",
+    "biharmonic",
+    "biharmonic_estimate",
+    "higher",
+    "pure_partials",
+    "second_order_operator",
+    "taylor_derivatives",
     "layers",
     "networks",
 ]

@@ -13,6 +13,11 @@ seeded as the tangents, the network carries the diagonal of
   :math:`\mathbb{E}[v^\top \nabla^2 f\, v] = \Delta f`; the mean over ``k``
   samples is unbiased with standard error :math:`s/\sqrt{k}`.
 * :func:`divergence_estimate`: likewise :math:`\mathbb{E}[v^\top J v] = \mathrm{tr}\,J`.
+* :func:`biharmonic_estimate`: for Gaussian :math:`v \sim N(0, I)`, Isserlis'
+  theorem :math:`\mathbb{E}[v_i v_j v_k v_l] = \delta_{ij}\delta_{kl} + \delta_{ik}\delta_{jl}
+  + \delta_{il}\delta_{jk}` gives :math:`\mathbb{E}[\partial^4 f[v, v, v, v]] = 3\,\Delta^2 f`;
+  each probe is one fourth-order directional derivative
+  (:func:`~hessquik_core.higher.taylor_derivatives`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from ._array import namespace_of
 if TYPE_CHECKING:
     from .networks import NN
 
-__all__ = ["Estimate", "divergence_estimate", "laplacian_estimate", "weighted_laplacian"]
+__all__ = [
+    "Estimate",
+    "biharmonic_estimate",
+    "divergence_estimate",
+    "laplacian_estimate",
+    "weighted_laplacian",
+]
 
 _DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -184,6 +195,56 @@ def divergence_estimate(
     return Estimate(mean, se, int(num_samples))
 
 
+def biharmonic_estimate(
+    net: NN,
+    x: Any,
+    num_samples: int = 16,
+    *,
+    seed: int | np.random.Generator | None = None,
+    distribution: str = "gaussian",
+    backend: str | None = None,
+) -> Estimate:
+    r"""Unbiased Monte-Carlo estimate of the bi-Laplacian :math:`\Delta^2 f` of every output, (n, m).
+
+    With Gaussian probes :math:`v \sim N(0, I_d)`,
+    :math:`\mathbb{E}[v_i v_j v_k v_l] = \delta_{ij}\delta_{kl} + \delta_{ik}\delta_{jl} + \delta_{il}\delta_{jk}`
+    (Isserlis), so :math:`\mathbb{E}[\partial^4 f[v,v,v,v]] = 3 \sum_{ij} \partial_i^2\partial_j^2 f
+    = 3\Delta^2 f`; each sample is :math:`\partial^4 f[v,v,v,v] / 3`, one
+    fourth-order directional derivative (``4 k`` carried numbers per feature
+    for ``k`` probes, against :math:`d(d+1)/2 + 2d + 2` for the exact
+    :func:`~hessquik_core.higher.biharmonic`). Rademacher probes are *biased* here
+    (:math:`\mathbb{E}[\partial^4 f[v,v,v,v]] = 3\Delta^2 f - 2\sum_i \partial_i^4 f`)
+    and are refused.
+
+    Parameters
+    ----------
+    net : NN
+        Activations supplying the fourth derivative (``act.max_order >= 4``).
+    x : array (n, d)
+    num_samples : int, >= 2
+        Probe vectors ``k`` (shared by all examples in the batch).
+    seed : int or numpy.random.Generator, optional
+    distribution : {"gaussian"}
+    backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
+
+    Returns
+    -------
+    Estimate
+        ``value`` and ``stderr`` of shape (n, m), in ``x``'s library.
+    """
+    if distribution != "gaussian":
+        raise ValueError(
+            "biharmonic_estimate needs Gaussian probes (distribution='gaussian'): Rademacher probes "
+            f"estimate 3Δ²f - 2Σ_i ∂_i⁴f, not 3Δ²f; got distribution={distribution!r}"
+        )
+    from .higher import taylor_derivatives
+
+    V = _probes(net, x, num_samples, seed, distribution)
+    D4 = taylor_derivatives(net, x, V, 4, backend=backend)[-1]  # (n, k, m): ∂⁴f[v,v,v,v] per probe
+    mean, se = _mean_stderr(D4 / 3.0, axis=1)
+    return Estimate(mean, se, int(num_samples))
+
+
 def weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -> Any:
     """Exact :math:`\\mathrm{tr}(A \\nabla^2 f) = \\sum_{ij} A_{ij} \\partial_i \\partial_j f` with :math:`A = S S^\\top`.
 
@@ -191,16 +252,23 @@ def weighted_laplacian(net: NN, x: Any, S: Any, *, backend: str | None = None) -
     ----------
     net : NN
     x : array of shape (n, d)
-    S : array (d, r)
+    S : array (d, r) or (n, d, r)
         A factor of the (positive semi-definite) coefficient matrix, e.g.
         its Cholesky factor; ``r`` may be smaller than ``d``. Same library
-        as ``x`` or NumPy.
+        as ``x`` or NumPy. Of shape ``(n, d, r)``, a factor per point,
+        :math:`A(x_i) = S_i S_i^\\top` (a diffusion tensor that varies with
+        :math:`x`): the forward sweep's tangents are then seeded per point
+        with :math:`S_i^\\top` (:mod:`hessquik_core.variable_coefficients`).
     backend : optional, as in :meth:`~hessquik_core.NN.__call__`.
 
     Returns
     -------
     array (n, m)
     """
+    if getattr(S, "ndim", None) == 3:
+        from .variable_coefficients import pointwise_weighted_laplacian
+
+        return pointwise_weighted_laplacian(net, x, S, backend=backend)
     return net(x, laplacian=True, directions=S, mode="forward", backend=backend).laplacian
 
 

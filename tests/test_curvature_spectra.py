@@ -124,30 +124,40 @@ def test_float32_operator():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["incremental", "randomized"])
+def _approx_call(*args, **kwargs):
+    """An approximate route: its ApproximationWarning (if any) is part of its contract."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cv.ApproximationWarning)
+        return cv.empirical_fisher_eigenpairs(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["approx_incremental", "approx_randomized", "incremental", "randomized"])
 def test_empirical_fisher_eigenpairs_vs_dense(method):
     net, x, y, _, G = _problem()
     ev, evec = np.linalg.eigh(G)
     ev, evec = ev[::-1], evec[:, ::-1]
     k = 4
-    vals, vecs, info = cv.empirical_fisher_eigenpairs(
+    vals, vecs, info = _approx_call(
         net, x, y, "cross_entropy", k, method=method, batch_size=7, oversample=10, n_iter=3, seed=0
     )
     np.testing.assert_allclose(vals, ev[:k], rtol=1e-6)
     # eigenvectors up to sign, well-separated top of the spectrum
     np.testing.assert_allclose(np.abs(np.sum(vecs * evec[:, :k], axis=0)), 1.0, atol=1e-5)
     np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=1e-10)
-    assert all(np.all(np.asarray(v) >= 0) for v in info.values())
+    assert info["method"] == ("approx_" + method if not method.startswith("approx_") else method)
+    assert all(np.all(np.asarray(v) >= 0) for k_, v in info.items() if k_ != "method")
 
 
 def test_incremental_svd_exact_when_rank_fits():
-    """N ≤ k + oversample: the streamed factor is exact, nothing discarded."""
+    """N ≤ k + oversample: the streamed factor is exact, nothing discarded, no warning."""
     net, x, y, _, _ = _problem()
     xs, ys = x[:12], y[:12]
     G = cv.empirical_fisher(net, xs, ys, "cross_entropy")
     ev = np.sort(np.linalg.eigvalsh(G))[::-1]
     vals, _, info = cv.empirical_fisher_eigenpairs(
-        net, xs, ys, "cross_entropy", 5, batch_size=5, oversample=7
+        net, xs, ys, "cross_entropy", 5, method="approx_incremental", batch_size=5, oversample=7
     )
     np.testing.assert_allclose(vals, ev[:5], rtol=1e-10, atol=1e-14)
     assert info["discarded"] == pytest.approx(0.0, abs=1e-12 * ev[0])
@@ -157,12 +167,118 @@ def test_empirical_fisher_eigenpairs_torch():
     torch = pytest.importorskip("torch")
     net, x, y, _, G = _problem()
     ev = np.sort(np.linalg.eigvalsh(G))[::-1]
-    for method in ("incremental", "randomized"):
-        vals, vecs, _ = cv.empirical_fisher_eigenpairs(
+    for method in ("exact", "dense", "gram", "lanczos", "approx_incremental", "approx_randomized"):
+        vals, vecs, _ = _approx_call(
             net, torch.tensor(x), torch.tensor(y), "cross_entropy", 3, method=method, batch_size=10, n_iter=3
         )
         assert isinstance(vals, torch.Tensor) and isinstance(vecs, torch.Tensor)
-        np.testing.assert_allclose(vals.numpy(), ev[:3], rtol=1e-6)
+        assert vals.dtype == vecs.dtype == torch.float64 and tuple(vecs.shape) == (G.shape[0], 3)
+        np.testing.assert_allclose(vals.numpy(), ev[:3], rtol=1e-6 if "approx" in method else 1e-12)
+
+
+# --------------------------------------------------------------------------
+# G exact by default (issue 24, item 1)
+# --------------------------------------------------------------------------
+
+
+def _opg_problem(n=100, widths=(4, 16, 3)):
+    """The docs' example: N = 100 examples, P = 131 parameters, 10 requested pairs."""
+    net = hq.FullyConnectedNN(list(widths), act="tanh", seed=0)
+    x = np.random.default_rng(0).standard_normal((n, widths[0]))
+    y = np.arange(n) % widths[-1]
+    return net, x, y
+
+
+def _check_pairs(vals, vecs, G, k, rtol):
+    ev, V = np.linalg.eigh(G)
+    ev, V = ev[::-1], V[:, ::-1]
+    assert vals.shape == (k,) and vecs.shape == (G.shape[0], k)
+    np.testing.assert_allclose(vals, ev[:k], rtol=0, atol=rtol * ev[0])
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=rtol)
+    # eigenvectors: the residual G q - λ q, and the projector onto the top-k space
+    assert np.linalg.norm(G @ vecs - vecs * vals, axis=0).max() <= rtol * ev[0]
+    np.testing.assert_allclose(vecs @ vecs.T, V[:, :k] @ V[:, :k].T, atol=rtol)
+
+
+def test_empirical_fisher_eigenpairs_exact_by_default():
+    """The default is exact to rounding, with no warning (was: incremental, 1e-5..5 % off)."""
+    net, x, y = _opg_problem()
+    G = cv.empirical_fisher(net, x, y, "cross_entropy")
+    vals, vecs, info = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 10)
+    _check_pairs(vals, vecs, G, 10, 1e-12)
+    assert info["method"] == "gram"  # N = 100 <= P = 131
+
+
+@pytest.mark.parametrize("method", ["gram", "dense", "lanczos"])
+@pytest.mark.parametrize("n", [12, 100, 400])  # N < P, N ≈ P, N > P
+def test_empirical_fisher_exact_routes(method, n):
+    net, x, y = _opg_problem(n)
+    G = cv.empirical_fisher(net, x, y, "cross_entropy")
+    vals, vecs, info = cv.empirical_fisher_eigenpairs(
+        net, x, y, "cross_entropy", 8, method=method, batch_size=37
+    )
+    assert info["method"] == method
+    _check_pairs(vals, vecs, G, 8, 1e-10 if method == "lanczos" else 1e-12)
+
+
+def test_exact_picks_dense_or_lanczos_by_size_and_budget():
+    net, x, y = _opg_problem(400)  # P = 131 < N
+    assert cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3)[2]["method"] == "dense"
+    _, _, info = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3, memory_budget=1000)
+    assert info["method"] == "lanczos" and info["residuals"].shape == (3,)
+    net, x, y = _opg_problem(50)
+    _, _, info = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3, memory_budget=1000)
+    assert info["method"] == "lanczos"
+
+
+def test_gram_route_beyond_the_rank_completes_with_null_vectors():
+    """k > N: eigenvalues past rank A are exact zeros, the vectors orthonormal and in the null space."""
+    net, x, y = _opg_problem(5)
+    G = cv.empirical_fisher(net, x, y, "cross_entropy")
+    vals, vecs, info = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 9)
+    assert info["method"] == "gram"
+    _check_pairs(vals[:5], vecs[:, :5], G, 5, 1e-12)
+    assert np.all(vals[5:] == 0)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(9), atol=1e-12)
+    assert np.abs(G @ vecs[:, 5:]).max() <= 1e-12 * np.abs(G).max()
+
+
+def test_approximate_routes_warn_when_their_bound_is_large():
+    net, x, y = _opg_problem()
+    with pytest.warns(cv.ApproximationWarning, match=r"approx_incremental.*discarded.*method='exact'"):
+        vals, _, info = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 10, method="incremental")
+    assert info["discarded"] > 1e-3 * float(vals[-1])
+    with pytest.warns(cv.ApproximationWarning, match="Ritz residual"):
+        cv.empirical_fisher_eigenpairs(
+            net, x, y, "cross_entropy", 10, method="approx_randomized", n_iter=0, oversample=0
+        )
+    # a generous tolerance silences it
+    cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 10, method="incremental", warn_rtol=1e9)
+
+
+def test_empirical_fisher_eigenpairs_bad_arguments():
+    net, x, y = _opg_problem(20)
+    with pytest.raises(ValueError, match="method must be one of.*approx_incremental"):
+        cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 2, method="svd")
+    with pytest.raises(ValueError, match="warn_rtol"):
+        cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 2, warn_rtol=-1.0)
+    with pytest.raises(ValueError, match="k must be at most P = 131"):
+        cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 132)
+    with pytest.raises(ValueError, match="k must be below P = 131"):
+        cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 131, method="lanczos")
+
+
+def test_empirical_fisher_trace_is_exact():
+    net, x, y = _opg_problem()
+    A = cv.per_example_gradients(net, x, y, "cross_entropy")
+    for bs in (None, 7):
+        t = cv.empirical_fisher_trace(net, x, y, "cross_entropy", batch_size=bs)
+        assert isinstance(t, (np.ndarray, np.generic)) and t.shape == () and t.dtype == np.float64
+        assert float(t) == pytest.approx(np.sum(A * A) / x.shape[0], rel=1e-14)
+    torch = pytest.importorskip("torch")
+    t = cv.empirical_fisher_trace(net, torch.tensor(x), torch.tensor(y), torch.nn.CrossEntropyLoss())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64
+    assert float(t) == pytest.approx(np.sum(A * A) / x.shape[0], rel=1e-13)
 
 
 # --------------------------------------------------------------------------
@@ -328,9 +444,7 @@ def test_low_and_full_rank_approximations(lib, rng):
 
 def test_full_rank_from_trace_and_pipeline():
     net, x, y, _, G = _problem()
-    vals, vecs, _ = cv.empirical_fisher_eigenpairs(
-        net, x, y, "cross_entropy", 5, n_iter=3, method="randomized"
-    )
+    vals, vecs, _ = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 5)
     approx = cv.FullRankApproximation.from_trace(vals, vecs, np.trace(G))
     assert approx.trace() == pytest.approx(np.trace(G), rel=1e-10)
     # the top-K part agrees with G on the span of the eigenvectors
@@ -339,3 +453,36 @@ def test_full_rank_from_trace_and_pipeline():
         cv.FullRankApproximation(vals, vecs, 0.0).solve(np.ones(vecs.shape[0]))
     with pytest.raises(ValueError, match="eigenvalues must have shape"):
         cv.LowRankApproximation(vals[:2], vecs)
+
+
+@pytest.mark.parametrize("n", [5, 60])  # k > N (null-space completion), N ≈ P
+def test_empirical_fisher_exact_routes_every_library(lib, n):
+    if lib.name == "jax":
+        pytest.skip("JAX: same Array-API code; eager JAX is slow here")
+    net, x, y = _opg_problem(n, widths=(3, 6, 2))  # P = 38
+    G = cv.empirical_fisher(net, x, y, "cross_entropy")
+    for method in ("gram", "dense"):
+        vals, vecs, _ = cv.empirical_fisher_eigenpairs(
+            net, lib.asarray(x), lib.asarray(y), "cross_entropy", 7, method=method, backend=lib.backend
+        )
+        lib.check(vecs, (38, 7), like=lib.asarray(x))
+        vals, vecs = lib.to_numpy(vals), lib.to_numpy(vecs)
+        r = min(n, 7)  # past rank A = N the pairs are (0, a null vector)
+        _check_pairs(vals[:r], vecs[:, :r], G, r, 1e-12)
+        np.testing.assert_allclose(vecs.T @ vecs, np.eye(7), atol=1e-12)
+        assert np.abs(G @ vecs[:, r:]).max(initial=0.0) <= 1e-12 * np.abs(G).max()
+
+
+def test_dask_route_is_named_approximate_and_warns():
+    """Dask data has the randomized route only: it says so (info, name) and warns like in memory."""
+    da = pytest.importorskip("dask.array")
+    net, x, y = _opg_problem(60)
+    xd, yd = da.from_array(x, chunks=(20, 4)), da.from_array(y, chunks=(20,))
+    vals, _, info = cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, n_iter=4)
+    assert info["method"] == "approx_randomized"
+    exact = cv.empirical_fisher_eigenpairs(net, x, y, "cross_entropy", 3)[0]
+    np.testing.assert_allclose(np.asarray(vals), exact, rtol=1e-6)
+    with pytest.warns(cv.ApproximationWarning, match="Ritz residual"):
+        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 10, n_iter=0, oversample=0)
+    with pytest.raises(ValueError, match="approx_randomized"):
+        cv.empirical_fisher_eigenpairs(net, xd, yd, "cross_entropy", 3, method="exact")

@@ -11,8 +11,8 @@ For a network :math:`f(x;\theta)` with :math:`P` parameters, data
   (:func:`hessian`), generalised Gauss–Newton (:func:`ggn_vp`) and the
   empirical Fisher :math:`G = \frac1N\sum_n g_n g_n^\top` (:func:`empirical_fisher_vp`);
 * spectra: :func:`top_eigenpairs` (Lanczos), :func:`empirical_fisher_eigenpairs`,
-  :func:`hutchinson_trace`, :func:`hutchpp_trace`, :func:`hutchinson_diagonal`,
-  :func:`spectral_density`;
+  :func:`empirical_fisher_trace` (exact), :func:`hutchinson_trace`, :func:`hutchpp_trace`,
+  :func:`hutchinson_diagonal`, :func:`spectral_density`;
 * :class:`LowRankApproximation`, :class:`FullRankApproximation` operators.
 
 Parameters are ordered as in ``net.state_dict()``, each flattened row-major
@@ -53,9 +53,11 @@ from .params import (
     value_and_gradient,
 )
 from .spectra import (
+    ApproximationWarning,
     LanczosNoConvergence,
     SpectralDensity,
     empirical_fisher_eigenpairs,
+    empirical_fisher_trace,
     hessian_eigenpairs,
     hutchinson_diagonal,
     hutchinson_trace,
@@ -64,8 +66,10 @@ from .spectra import (
     spectral_density,
     top_eigenpairs,
 )
+from .torch_order import TorchOrderOperator
 
 __all__ = [
+    "ApproximationWarning",
     "CrossEntropyLoss",
     "CurvatureOperator",
     "DenseOperator",
@@ -77,11 +81,13 @@ __all__ = [
     "MSELoss",
     "ParameterLayout",
     "SpectralDensity",
+    "TorchOrderOperator",
     "approx",
     "aslinearoperator",
     "empirical_fisher",
     "empirical_fisher_eigenpairs",
     "empirical_fisher_operator",
+    "empirical_fisher_trace",
     "empirical_fisher_vp",
     "flatten_parameters",
     "get_loss",

@@ -26,7 +26,9 @@ def hessian(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
+    symmetric: bool = True,
 ) -> Any:
     r"""The dense ``(P, P)`` Hessian of the training loss, from blocks of exact Hessian-vector products.
 
@@ -35,8 +37,16 @@ def hessian(
     estimate ``itemsize·(4·batch·Σ_layers(p + 2q) + 4P)`` per column), and
     the data in mini-batches of ``batch_size`` examples whose contributions
     are summed (with the global factor :math:`w`, so the result is the
-    Hessian of the full-data loss). Not symmetrised: it is symmetric to
-    rounding because every column is exact.
+    Hessian of the full-data loss).
+
+    By default (``symmetric=True``) only the layer blocks :math:`H_{ij}`
+    with :math:`i \ge j` are computed: the columns of layer ``j`` go
+    through layers ``j..L`` only (the forward R-pass starts at layer ``j``,
+    the backward one stops there), and :math:`H_{ji} = H_{ij}^\top`. Every
+    entry is an exact product, not an average of two, and the result is
+    exactly symmetric (see
+    :meth:`~hessquik_core.curvature.CurvatureOperator.to_dense`).
+    ``symmetric=False`` pushes every column through every layer.
 
     Parameters
     ----------
@@ -63,10 +73,18 @@ def hessian(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     progress : bool, optional
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
         interactive, ``True`` always, ``False`` never.
+    symmetric : bool, default True
+        Compute the blocks on and below the layer diagonal only and mirror them.
 
     Returns
     -------
@@ -82,7 +100,8 @@ def hessian(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense(progress=progress)
+        params=params,
+    ).to_dense(progress=progress, symmetric=symmetric)
 
 
 @dask_dispatch
@@ -96,7 +115,9 @@ def ggn(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
+    symmetric: bool = True,
 ) -> Any:
     """The dense generalised Gauss–Newton matrix, assembled like :func:`hessian`.
 
@@ -125,10 +146,18 @@ def ggn(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     progress : bool, optional
         Progress bar over the column blocks (tqdm): ``None`` (default)
         shows one only when tqdm is installed and the session is
         interactive, ``True`` always, ``False`` never.
+    symmetric : bool, default True
+        Compute the blocks on and below the layer diagonal only and mirror them.
 
     Returns
     -------
@@ -144,11 +173,14 @@ def ggn(
         block_size=block_size,
         memory_budget=memory_budget,
         backend=backend,
-    ).to_dense(progress=progress)
+        params=params,
+    ).to_dense(progress=progress, symmetric=symmetric)
 
 
 @dask_dispatch
-def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
+def empirical_fisher(
+    net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None, params: Any = None
+) -> Any:
     r"""Dense :math:`G = \frac1N \sum_n g_n g_n^\top = \frac1N A^\top A`, ``A`` the per-example gradients.
 
     Forms ``A : (N, P)`` in one pass; for large ``N·P`` use
@@ -173,13 +205,19 @@ def empirical_fisher(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
     array of shape (P, P)
         In ``x``'s library, :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, None, backend)
+    pb = _Problem(net, x, y, loss, None, backend, params=params)
     A = pb.per_example(0)
     xp = pb.B.xp
     return pb.B.to_user((xp.matrix_transpose(A) @ A) / pb.N)

@@ -17,7 +17,14 @@ __all__ = ["gradient", "per_example_gradients", "value_and_gradient"]
 
 @dask_dispatch
 def value_and_gradient(
-    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    *,
+    batch_size: int | None = None,
+    backend: str | None = None,
+    params: Any = None,
 ) -> tuple[Any, Any]:
     r"""Training loss :math:`C` (0-d) and its gradient :math:`\nabla_\theta C` ``(P,)``.
 
@@ -41,6 +48,12 @@ def value_and_gradient(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
@@ -49,19 +62,26 @@ def value_and_gradient(
     gradient : array of shape (P,)
         :math:`\\nabla_\\theta C` in :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, batch_size, backend)
+    pb = _Problem(net, x, y, loss, batch_size, backend, params=params)
     B, xp = pb.B, pb.B.xp
     val = grad = None
     for xb, Tb in pb.chunks:
         v, g = B.grad_pass(xb, Tb, pb.loss, pb.w, False)
         v = xp.sum(v)
         val, grad = (v, g) if val is None else (val + v, grad + g)
-    return B.to_user(pb.w * val), B.to_user(grad)
+    return B.to_user(pb.w * val), B.to_user(pb.select(grad))
 
 
 @dask_dispatch
 def gradient(
-    net: Any, x: Any, y: Any, loss: Any, *, batch_size: int | None = None, backend: str | None = None
+    net: Any,
+    x: Any,
+    y: Any,
+    loss: Any,
+    *,
+    batch_size: int | None = None,
+    backend: str | None = None,
+    params: Any = None,
 ) -> Any:
     r""":math:`\nabla_\theta C`, the gradient of the training loss.
 
@@ -85,17 +105,25 @@ def gradient(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
     array of shape (P,)
         The second output of :func:`value_and_gradient`.
     """
-    return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend)[1]
+    return value_and_gradient(net, x, y, loss, batch_size=batch_size, backend=backend, params=params)[1]
 
 
 @dask_dispatch
-def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None) -> Any:
+def per_example_gradients(
+    net: Any, x: Any, y: Any, loss: Any, *, backend: str | None = None, params: Any = None
+) -> Any:
     r"""Per-example gradients :math:`g_n = \nabla_\theta \ell(f(x_n;\theta), y_n)`, shape ``(N, P)``.
 
     One batched pass (no loop over examples). Rows are gradients of the
@@ -120,11 +148,17 @@ def per_example_gradients(net: Any, x: Any, y: Any, loss: Any, *, backend: str |
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
     array of shape (N, P)
         Row ``n`` is :math:`g_n` in :class:`ParameterLayout` order.
     """
-    pb = _Problem(net, x, y, loss, None, backend)
+    pb = _Problem(net, x, y, loss, None, backend, params=params)
     return pb.B.to_user(pb.per_example(0))

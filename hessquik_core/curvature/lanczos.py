@@ -301,6 +301,7 @@ def hessian_eigenpairs(
     batch_size: int | None = None,
     block_size: int | None = None,
     backend: str | None = None,
+    params: Any = None,
     progress: bool | None = None,
     return_info: bool = False,
 ) -> tuple[Any, Any] | tuple[Any, Any, dict[str, Any]]:
@@ -330,6 +331,8 @@ def hessian_eigenpairs(
         Directions per pass.
     backend : str, optional
         Force a backend; results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, as in :func:`~hessquik_core.curvature.hessian_operator`.
 
     Returns
     -------
@@ -339,7 +342,9 @@ def hessian_eigenpairs(
     info : dict
         Only with ``return_info=True``, see :func:`top_eigenpairs`.
     """
-    op = hessian_operator(net, x, y, loss, batch_size=batch_size, block_size=block_size, backend=backend)
+    op = hessian_operator(
+        net, x, y, loss, batch_size=batch_size, block_size=block_size, backend=backend, params=params
+    )
     return top_eigenpairs(
         op,
         k,

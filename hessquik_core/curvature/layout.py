@@ -9,6 +9,7 @@ vector for a network, layer or torch model (converted once with
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,16 +141,162 @@ class ParameterLayout:
             for k, shape, o, s in zip(self.keys, self.shapes, self.offsets, self.sizes)
         }
 
+    # -- torch's named_parameters() order -------------------------------------
+    def permutation_to(self, module: Any) -> np.ndarray:
+        r"""The permutation :math:`\pi` to a torch module's order: ``theta_torch = theta[pi]``.
+
+        ``theta_torch`` concatenates ``module.named_parameters()``, each
+        flattened row-major in torch's shape (``Linear.weight`` ``(out, in)``,
+        the transpose of this layout's ``K``). Found by converting a labelled
+        copy of ``module`` (``hessquik_core/curvature/torch_order.py``).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The model this layout's network was converted from (or that
+            :func:`hessquik_core.to_torch` made of it).
+
+        Returns
+        -------
+        numpy.ndarray of shape (P,), int64
+        """
+        from .torch_order import torch_permutation
+
+        return torch_permutation(self, module)
+
+    def to_torch_order(self, a: Any, module: Any, *, matrix: bool = False) -> Any:
+        r"""Flat vectors, a ``(P, P)`` matrix or an operator in ``module.named_parameters()`` order.
+
+        :math:`v_t = v[\pi]` along the last axis of ``a : (..., P)``;
+        with ``matrix=True``, :math:`H_t = H[\pi][:, \pi]` for ``a : (P, P)``;
+        an operator :math:`\mathcal{A}` becomes :math:`\Pi\mathcal{A}\Pi^\top` (a
+        :class:`~hessquik_core.curvature.TorchOrderOperator` taking
+        and returning torch-ordered vectors).
+
+        Parameters
+        ----------
+        a : array of shape (..., P) or (P, P), or LinearOperatorBase
+            In this layout's order (any array library; it stays there).
+        module : torch.nn.Module
+        matrix : bool, default False
+            Permute both axes of a ``(P, P)`` array.
+
+        Returns
+        -------
+        array or TorchOrderOperator
+            Same shape, library, dtype and device; a new array (``a`` is not modified).
+        """
+        return self._permute(a, module, matrix, inverse=False)
+
+    def from_torch_order(self, a: Any, module: Any, *, matrix: bool = False) -> Any:
+        r"""The inverse of :meth:`to_torch_order`: :math:`v = v_t[\pi^{-1}]`.
+
+        E.g. a gradient from torch autograd, concatenated in
+        ``named_parameters()`` order, in this layout's order.
+
+        Parameters
+        ----------
+        a : array of shape (..., P) or (P, P), or LinearOperatorBase
+            In ``module.named_parameters()`` order.
+        module : torch.nn.Module
+        matrix : bool, default False
+            Permute both axes of a ``(P, P)`` array.
+
+        Returns
+        -------
+        array or TorchOrderOperator
+            Same shape, library, dtype and device.
+        """
+        return self._permute(a, module, matrix, inverse=True)
+
+    def to_torch_parameters(self, a: Any, module: Any) -> dict[str, Any]:
+        """Flat vectors ``(..., P)`` split into ``module``'s parameters, in torch's names and shapes.
+
+        Parameters
+        ----------
+        a : array of shape (..., P)
+            In this layout's order.
+        module : torch.nn.Module
+
+        Returns
+        -------
+        dict of str to array
+            ``name -> (..., *param.shape)`` for ``name, param in module.named_parameters()``
+            (``Linear.weight`` ``(out, in)``), in ``a``'s library.
+        """
+        from .torch_order import torch_names
+
+        t = self.to_torch_order(a, module)
+        xp = namespace_of(t, "a")
+        lead = tuple(t.shape[:-1])
+        out, off = {}, 0
+        for name, shape in torch_names(self, module):
+            n = int(np.prod(shape, dtype=np.int64))
+            out[name] = xp.reshape(t[..., off : off + n], (*lead, *shape))
+            off += n
+        return out
+
+    def _permute(self, a, module, matrix, inverse):
+        from .operators import LinearOperatorBase
+        from .torch_order import TorchOrderOperator, _take
+
+        pi = self.permutation_to(module)
+        idx = np.argsort(pi) if inverse else pi
+        if isinstance(a, LinearOperatorBase):
+            if a.size != self.size:
+                raise ValueError(f"the operator must be ({self.size}, {self.size}), got {a.shape}")
+            return TorchOrderOperator(a, idx)
+        namespace_of(a, "a")
+        if matrix:
+            if tuple(a.shape) != (self.size, self.size):
+                raise ValueError(f"a must have shape ({self.size}, {self.size}), got {tuple(a.shape)}")
+            return _take(_take(a, idx, 0), idx, 1)
+        if a.ndim < 1 or a.shape[-1] != self.size:
+            raise ValueError(f"a must have shape (..., {self.size}), got {tuple(a.shape)}")
+        return _take(a, idx, a.ndim - 1)
+
+
+# torch module -> (its state key, the converted network): a curvature call on an unchanged
+# model (the common loop: gradient, step, gradient, ...) reuses the conversion
+_CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _torch_state_key(module) -> tuple:
+    """What the conversion of ``module`` depends on, cheaply: the modules (type, training
+    flag, hooks), every parameter and buffer (identity, storage, version counter, dtype,
+    device, shape) and the global hooks. An in-place change through torch (an optimiser
+    step, ``p.copy_`` under ``no_grad``) bumps the version counter and so invalidates the
+    entry; a write through ``p.data`` does not (torch's autograd cannot see it either)."""
+    import torch.nn.modules.module as tmod
+
+    mods = tuple(
+        (name, type(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
+        for name, m in module.named_modules()
+    )
+    tensors = tuple(
+        (name, id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+    )
+    hooks = tuple(len(getattr(tmod, n, ())) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+    return mods, tensors, hooks
+
 
 def _network(net):
-    """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``)."""
+    """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``,
+    cached while the module and its parameters are unchanged, see :func:`_torch_state_key`)."""
     if hasattr(net, "named_parameters") and hasattr(net, "_leaves"):
         return net
     if model_backend(net) is not None:  # a torch model (the only library with one)
         from ..interop import from_torch
 
+        key = _torch_state_key(net)
+        hit = _CONVERTED.get(net)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         try:
-            return from_torch(net)
+            out = from_torch(net)
+            _CONVERTED[net] = (key, out)
+            return out
         except ValueError as err:
             raise ValueError(
                 f"net is a torch module: curvature functions convert it with hessquik_core.from_torch, "
@@ -161,19 +308,53 @@ def _network(net):
     )
 
 
-def parameter_layout(net: Any) -> ParameterLayout:
+def _check_torch_dtype(model, x):
+    """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
+    computing a float32 model in float64 (or back) silently would differ from what the model does."""
+    if model is _net_like(model) or not hasattr(x, "dtype"):
+        return
+    xd = str(x.dtype).split(".")[-1]
+    for name, p in model.named_parameters():
+        pd = str(p.dtype).split(".")[-1]
+        if p.is_floating_point() and pd != xd:
+            raise TypeError(
+                f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
+                f"mix, and curvature does too rather than compute in another precision than the model; "
+                f"convert one, e.g. model.to(torch.{xd}) or x.to(torch.{pd})"
+            )
+
+
+def _net_like(model):
+    """``model`` if it is a hessquik-core network or layer, else ``None`` (a torch module)."""
+    return model if hasattr(model, "_leaves") or model_backend(model) is None else None
+
+
+def parameter_layout(net: Any, params: Any = None) -> ParameterLayout:
     """The :class:`ParameterLayout` of a network or layer (``state_dict`` order, row-major).
 
     Parameters
     ----------
     net : NN or Layer or torch.nn.Sequential
         A torch model is described as converted by :func:`hessquik_core.from_torch`.
+    params : None, "all" or iterable of str, optional
+        The selection of the curvature functions' ``params=``: the layout of
+        the vectors they return (a torch model's frozen parameters are left
+        out by default, as there). Without a selection, every parameter.
 
     Returns
     -------
     ParameterLayout
     """
-    net = _network(net)
+    original, net = net, _network(net)
+    full = _full_layout(net)
+    if params is None and model_backend(original) is None:
+        return full
+    from .selection import resolve_params
+
+    return resolve_params(original, full, params)[0]
+
+
+def _full_layout(net) -> ParameterLayout:
     keys, shapes, offsets, sizes = [], [], [], []
     off = 0
     for k, a in net.named_parameters():
@@ -189,7 +370,7 @@ def parameter_layout(net: Any) -> ParameterLayout:
     return ParameterLayout(tuple(keys), tuple(shapes), tuple(offsets), tuple(sizes))
 
 
-def flatten_parameters(net: Any, like: Any = None) -> Any:
+def flatten_parameters(net: Any, like: Any = None, params: Any = None) -> Any:
     """:math:`\\theta` as one vector ``(P,)``.
 
     Parameters
@@ -198,15 +379,19 @@ def flatten_parameters(net: Any, like: Any = None) -> Any:
     like : array, optional
         Without it the vector is in the library of the stored parameters;
         with it, in ``like``'s library, dtype and device.
+    params : None, "all" or iterable of str, optional
+        The selected parameters only, as in :func:`parameter_layout`.
 
     Returns
     -------
     array of shape (P,)
         Parameters in :class:`ParameterLayout` order.
     """
-    net = _network(net)
-    layout = parameter_layout(net)
-    state = dict(net.named_parameters())
+    original, net = net, _network(net)
+    layout = (
+        parameter_layout(original, params) if params is not None or original is not net else _full_layout(net)
+    )
+    state = {k: a for k, a in net.named_parameters() if k in layout.keys}
     if like is not None:
         xp = namespace_of(like, "like")
         be = backend_for(xp)

@@ -36,15 +36,22 @@ sum over examples its Hessian with respect to ``F`` is block diagonal, and
 only the ``N`` blocks ``(m, m)`` are returned.
 
 torch loss objects are accepted wherever a loss is (:func:`get_loss`):
-``torch.nn.CrossEntropyLoss(reduction=...)`` becomes :class:`CrossEntropyLoss`
-with the same reduction; ``torch.nn.MSELoss(reduction=...)`` keeps torch's
+``torch.nn.CrossEntropyLoss(reduction=, weight=, ignore_index=, label_smoothing=)``
+becomes :class:`CrossEntropyLoss` with the same options (``"mean"`` divides by
+the summed weights of the counted labels, as torch); ``torch.nn.MSELoss(reduction=...)`` keeps torch's
 scaling (mean over all ``N·m`` entries, no ½), so values, gradients and
 curvature equal torch's.
+
+(Longer than this package's ~400-line guide: the loss contract and both
+losses with every torch option, most of it the docstrings that pin the
+conventions; splitting the two losses apart would split one contract.)
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from .._array import namespace_of
 
@@ -90,6 +97,22 @@ class Loss:
         float
         """
         return 1.0 / n if self.reduction == "mean" else 1.0
+
+    def weight_for(self, y: Any) -> float:
+        """:math:`w` for the targets ``y`` of a call: :meth:`weight` of ``len(y)`` unless the
+        loss's mean depends on the targets (:class:`CrossEntropyLoss` with ``ignore_index`` hit
+        or class weights: one over the summed weights of the counted targets, as torch).
+
+        Parameters
+        ----------
+        y : array
+            All targets of the call (``(N, ...)``).
+
+        Returns
+        -------
+        float
+        """
+        return self.weight(int(y.shape[0]))
 
     # -- validation ---------------------------------------------------------
     def _check_output(self, F):
@@ -147,7 +170,7 @@ class Loss:
         -------
         0-d array
         """
-        return self.weight(F.shape[0]) * self._sum(self.per_example(F, y))
+        return self.weight_for(y) * self._sum(self.per_example(F, y))
 
     def gradient(self, F: Any, y: Any) -> Any:
         r""":math:`\partial C/\partial f_n = w\,\nabla_f \ell(f_n, y_n)`.
@@ -164,9 +187,7 @@ class Loss:
         array of shape (N, m)
         """
         xp = self._check_output(F)
-        return self.weight(F.shape[0]) * self._d1(
-            F, self._targets(F.shape[0], F.shape[1], F.dtype, y, xp), xp
-        )
+        return self.weight_for(y) * self._d1(F, self._targets(F.shape[0], F.shape[1], F.dtype, y, xp), xp)
 
     def hessian(self, F: Any, y: Any) -> Any:
         r"""Diagonal blocks :math:`\partial^2 C/\partial f_n^2 = w\,\nabla_f^2 \ell`.
@@ -183,9 +204,7 @@ class Loss:
         array of shape (N, m, m)
         """
         xp = self._check_output(F)
-        return self.weight(F.shape[0]) * self._d2(
-            F, self._targets(F.shape[0], F.shape[1], F.dtype, y, xp), xp
-        )
+        return self.weight_for(y) * self._d2(F, self._targets(F.shape[0], F.shape[1], F.dtype, y, xp), xp)
 
     def hvp(self, F: Any, y: Any, R: Any) -> Any:
         r""":math:`w\,\nabla_f^2 \ell(f_n)\, r_n`, one vector per example.
@@ -206,7 +225,7 @@ class Loss:
         if tuple(R.shape) != tuple(F.shape):
             raise ValueError(f"R must have the shape of F {tuple(F.shape)}, got {tuple(R.shape)}")
         T = self._targets(F.shape[0], F.shape[1], F.dtype, y, xp)
-        return self.weight(F.shape[0]) * self._hvp(F, T, R[:, None, :], xp)[:, 0, :]
+        return self.weight_for(y) * self._hvp(F, T, R[:, None, :], xp)[:, 0, :]
 
     @staticmethod
     def _sum(a):
@@ -252,38 +271,166 @@ class MSELoss(Loss):
 
 
 class CrossEntropyLoss(Loss):
-    r"""Softmax cross-entropy on logits, reduced by ``reduction``.
+    r"""Softmax cross-entropy on logits, reduced by ``reduction``, with torch's options.
 
-    ``y`` is either integer class labels ``(N,)`` in ``[0, m)`` or target
-    probabilities ``(N, m)`` (one-hot or soft; rows are used as given, their
-    sum :math:`s` scales the log-sum-exp term). With ``reduction="mean"``
-    it equals ``torch.nn.CrossEntropyLoss()``.
+    ``y`` is either integer class labels ``(N,)`` in ``[0, m)`` (or equal to
+    ``ignore_index``) or target probabilities ``(N, m)`` (one-hot or soft;
+    rows are used as given, their sum :math:`s` scales the log-sum-exp term).
+    Every option is that of ``torch.nn.CrossEntropyLoss`` and gives torch's
+    value: the per-example loss is
+    :math:`\ell_n = \sum_c t_{nc}\,(\mathrm{lse}(f_n) - f_{nc})` with target weights
+
+    * labels: :math:`t_{nc} = a_n\big((1-\varepsilon)\,\omega_{y_n}\delta_{c y_n}
+      + \tfrac{\varepsilon}{m}\,\omega_c\big)`, :math:`a_n = [y_n \ne \text{ignore\_index}]`,
+      and ``"mean"`` divides by :math:`D = \sum_n a_n\,\omega_{y_n}` (the
+      number of counted labels without class weights);
+    * probabilities :math:`\pi_n`: :math:`t_{nc} = \omega_c\big((1-\varepsilon)\pi_{nc}
+      + \tfrac{\varepsilon}{m}\big)`, and ``"mean"`` divides by :math:`N`
+
+    (:math:`\omega` the class weights, 1 without; :math:`\varepsilon` the label
+    smoothing). Since :math:`\ell_n` keeps the form :math:`s\,\mathrm{lse}(f) - t\cdot f`,
+    its derivatives are :math:`\nabla_f\ell = s\,p - t` and
+    :math:`\nabla_f^2\ell = s(\mathrm{diag}\,p - pp^\top)` with these :math:`t`.
 
     Parameters
     ----------
     reduction : {"mean", "sum"}
+        ``"none"`` is refused: curvature needs one scalar loss.
+    weight : array of shape (m,), optional
+        Class weights :math:`\omega` (any library; kept as float64 on the host).
+    ignore_index : int, default -100
+        Labels equal to it contribute nothing (and are not counted by ``"mean"``).
+    label_smoothing : float, default 0.0
+        :math:`\varepsilon \in [0, 1]`.
     """
 
     name = "cross_entropy"
 
+    def __init__(
+        self,
+        reduction: str = "mean",
+        *,
+        weight: Any = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+        self.ignore_index = int(ignore_index)
+        eps = float(label_smoothing)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = eps
+        self.class_weight = None if weight is None else _host_vector(weight, "weight")
+
+    def __repr__(self) -> str:
+        opts = [f"reduction={self.reduction!r}"]
+        if self.class_weight is not None:
+            opts.append(f"weight={self.class_weight.tolist()}")
+        if self.ignore_index != -100:
+            opts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            opts.append(f"label_smoothing={self.label_smoothing}")
+        return f"CrossEntropyLoss({', '.join(opts)})"
+
+    def _omega(self, m, dtype, xp, device):
+        """Class weights ``(m,)`` in the call's namespace (ones without)."""
+        if self.class_weight is None:
+            return xp.ones(m, dtype=dtype, device=device)
+        if self.class_weight.shape != (m,):
+            raise ValueError(
+                f"class weights must have shape ({m},) (one per output), got {self.class_weight.shape}"
+            )
+        return xp.asarray(self.class_weight, dtype=dtype, device=device)
+
+    def _labels(self, y, n, m, xp):
+        """Integer labels checked; returns (counted mask ``(n,)`` bool, labels with ignored ones set to 0)."""
+        if tuple(y.shape) != (n,):
+            raise ValueError(f"integer labels y must have shape ({n},), got {tuple(y.shape)}")
+        keep = y != self.ignore_index
+        yk = xp.where(keep, y, xp.zeros_like(y))
+        if n and (int(xp.min(yk)) < 0 or int(xp.max(yk)) >= m):
+            bad = y[(keep & ((y < 0) | (y >= m)))]
+            raise ValueError(
+                f"integer labels must lie in [0, {m}) or equal ignore_index={self.ignore_index}, "
+                f"got {int(bad[0])}"
+            )
+        return keep, yk
+
+    def weight(self, n: int) -> float:
+        """:math:`w` from the number of examples alone: ``1/n`` (``"mean"``) or ``1``.
+
+        That is torch's normaliser only when no label equals ``ignore_index``
+        and there are no class weights; :meth:`weight_for` reads the targets
+        (every curvature function in memory uses it). With class weights and
+        ``"mean"`` this refuses, since ``n`` alone cannot give it.
+
+        Parameters
+        ----------
+        n : int
+            Number of examples.
+
+        Returns
+        -------
+        float
+        """
+        if self.class_weight is not None and self.reduction == "mean":
+            raise ValueError(
+                "the mean of a class-weighted cross-entropy divides by the summed weights of the "
+                "targets, which the number of examples alone does not give: use weight_for(y) "
+                "(dask data: use reduction='sum' and divide by that sum yourself)"
+            )
+        return super().weight(n)
+
+    def weight_for(self, y: Any) -> float:
+        if self.reduction == "sum":
+            return 1.0
+        xp = namespace_of(y, "y")
+        n = int(y.shape[0])
+        if not xp.isdtype(y.dtype, "integral") or y.ndim != 1:
+            return 1.0 / n  # probabilities: torch's mean is over the N examples
+        if self.class_weight is None:
+            D = float(xp.sum(xp.astype(y != self.ignore_index, xp.float64)))
+        else:
+            keep = _host(y) != self.ignore_index
+            labels = _host(y)[keep]
+            if labels.size and (labels.min() < 0 or labels.max() >= self.class_weight.size):
+                return 1.0 / n  # the label check in _targets names the bad label
+            D = float(np.sum(self.class_weight[labels]))
+        if D == 0.0:
+            raise ValueError(
+                "every target is ignored (ignore_index) or has class weight 0: the mean over the "
+                "counted targets is undefined (torch returns nan); use reduction='sum' or other targets"
+            )
+        return 1.0 / D
+
     def _targets(self, n, m, dtype, y, xp):
         namespace_of(y, "y")
+        dev = _dev(y)
+        eps = self.label_smoothing
         if xp.isdtype(y.dtype, "integral"):
-            if tuple(y.shape) != (n,):
-                raise ValueError(f"integer labels y must have shape ({n},), got {tuple(y.shape)}")
-            if n and (int(xp.min(y)) < 0 or int(xp.max(y)) >= m):
-                raise ValueError(
-                    f"integer labels must lie in [0, {m}), got range [{int(xp.min(y))}, {int(xp.max(y))}]"
-                )
-            classes = xp.arange(m, dtype=y.dtype, device=_dev(y))
-            return xp.astype(y[:, None] == classes[None, :], dtype)
+            keep, yk = self._labels(y, n, m, xp)
+            classes = xp.arange(m, dtype=y.dtype, device=dev)
+            onehot = xp.astype(yk[:, None] == classes[None, :], dtype)
+            if self.class_weight is None and eps == 0.0 and self.ignore_index not in range(0, m):
+                T = onehot
+            else:
+                om = self._omega(m, dtype, xp, dev)
+                T = (1.0 - eps) * onehot * om[None, :] + (eps / m) * om[None, :]
+            return T * xp.astype(keep, dtype)[:, None]
         if not xp.isdtype(y.dtype, "real floating"):
             raise TypeError(
                 f"labels y must be integers (N,) or floating probabilities (N, m), got dtype {y.dtype}"
             )
         if tuple(y.shape) != (n, m):
             raise ValueError(f"probability targets y must have shape ({n}, {m}), got {tuple(y.shape)}")
-        return xp.astype(y, dtype)
+        T = xp.astype(y, dtype)
+        if eps:
+            T = (1.0 - eps) * T + eps / m
+        if self.class_weight is not None:
+            T = T * self._omega(m, dtype, xp, dev)[None, :]
+        return T
 
     @staticmethod
     def _lse(F, xp):
@@ -358,20 +505,18 @@ def _from_torch_loss(spec) -> Loss | None:
     if reduction not in _REDUCTIONS:
         raise ValueError(
             f"loss: torch.nn.{name}(reduction={reduction!r}) is not supported: curvature needs a scalar "
-            f"loss, reduction 'mean' or 'sum'"
+            f"loss, reduction 'mean' or 'sum' (for per-example values use "
+            f"hessquik_core.curvature.per_example_gradients or Loss.per_example)"
         )
     if name == "MSELoss":
         return _TorchMSELoss(reduction)
-    if getattr(spec, "weight", None) is not None:
-        raise ValueError(
-            "loss: torch.nn.CrossEntropyLoss with class weights is not supported (weight=None only)"
-        )
-    if float(getattr(spec, "label_smoothing", 0.0)) != 0.0:
-        raise ValueError(
-            "loss: torch.nn.CrossEntropyLoss with label_smoothing is not supported; pass smoothed "
-            "target probabilities (N, m) as y instead"
-        )
-    return CrossEntropyLoss(reduction)
+    w = getattr(spec, "weight", None)
+    return CrossEntropyLoss(
+        reduction,
+        weight=None if w is None else w.detach().cpu().double().numpy(),
+        ignore_index=int(getattr(spec, "ignore_index", -100)),
+        label_smoothing=float(getattr(spec, "label_smoothing", 0.0)),
+    )
 
 
 _LOSSES = {
@@ -393,9 +538,10 @@ def get_loss(spec: Any) -> Loss:
         objects keep their ``reduction`` (``"mean"`` or ``"sum"``) and
         torch's scaling: ``torch.nn.MSELoss()`` is the mean of the squared
         errors over all ``N·m`` entries (:class:`MSELoss` is half the sum
-        over the outputs); ``torch.nn.CrossEntropyLoss()`` equals
-        :class:`CrossEntropyLoss` (class weights and label smoothing are
-        refused).
+        over the outputs); ``torch.nn.CrossEntropyLoss(weight=, ignore_index=,
+        label_smoothing=)`` becomes :class:`CrossEntropyLoss` with the same
+        options (the same value, gradient and curvature as torch);
+        ``reduction="none"`` is refused.
 
     Returns
     -------
@@ -412,6 +558,25 @@ def get_loss(spec: Any) -> Loss:
         f"loss must be a Loss instance, torch.nn.MSELoss / CrossEntropyLoss or one of {sorted(_LOSSES)}, "
         f"got {spec!r}"
     )
+
+
+def _host(a) -> np.ndarray:
+    """A small array (labels, class weights) as NumPy, from any library or device."""
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    if type(a).__module__.startswith("cupy"):  # pragma: no cover - needs a GPU
+        return a.get()
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError, RuntimeError):  # e.g. array-api-strict, JAX on a device
+        return np.from_dlpack(a)
+
+
+def _host_vector(v, name) -> np.ndarray:
+    out = np.asarray(_host(v) if hasattr(v, "shape") else v, dtype=np.float64)
+    if out.ndim != 1 or not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be a finite vector (m,), got {out!r}")
+    return out
 
 
 def _dev(a):

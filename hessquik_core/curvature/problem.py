@@ -12,15 +12,18 @@ mini-batches; :class:`CurvatureOperator` is the operator that
 
 from __future__ import annotations
 
+from typing import Any
+
 import array_api_compat as aac
 import numpy as np
 
 from .._array import as_plain_array, check_max_memory, namespace_of, resolve_input
 from ..backends import backend_for, owner_of
 from ..rules.directions import fill_rows
-from .layout import _network, parameter_layout
+from .layout import _check_torch_dtype, _network, parameter_layout
 from .losses import Loss, get_loss
 from .operators import LinearOperatorBase, _check_batch_size, _lib_name, _same_library
+from .selection import resolve_params
 
 __all__ = ["CurvatureOperator"]
 
@@ -110,13 +113,22 @@ class _Bound:
             for slots in self.slots
         ]
 
-    def join(self, grads, lead):
-        """Per-leaf dicts of ``(*lead, *shape)`` to ``(*lead, P)`` in layout order."""
-        parts = [None] * len(self.layout.keys)
-        for slots, g in zip(self.slots, grads):
-            for name, j in slots:
-                parts[j] = self.xp.reshape(g[name], (*lead, self.layout.sizes[j]))
+    def join(self, grads, lead, start=0):
+        """Per-leaf dicts of ``(*lead, *shape)`` to ``(*lead, P)`` in layout order
+        (leaves ``start`` on only: ``(*lead, P - offset of leaf start)``)."""
+        parts = [
+            self.xp.reshape(g[name], (*lead, self.layout.sizes[j]))
+            for slots, g in zip(self.slots[start:], grads[start:])
+            for name, j in slots
+        ]
         return self.xp.concat(parts, axis=-1)
+
+    def leaf_offset(self, i):
+        """Where leaf ``i``'s parameters start in θ (``P`` past the last leaf)."""
+        for slots in self.slots[i:]:
+            if slots:
+                return self.layout.offsets[slots[0][1]]
+        return self.layout.size
 
     def grad_pass(self, x, T, loss, w, per_example):
         """Loss values ``(n,)`` and ``∇θ`` of ``w Σ ℓ_n``: ``(P,)``, or per example ``(n, P)``."""
@@ -155,30 +167,38 @@ class _Bound:
                     dl, _ = self.leaves[i].param_vjp(caches[i], self.params[i], inputs[i], dl, False, be)
         return F, inputs, caches, dls
 
-    def rop_pass(self, x, T, loss, w, V, kind, prep=None):
+    def rop_pass(self, x, T, loss, w, V, kind, prep=None, start=0):
         """Curvature-matrix products for the directions ``V : (k, P)``; returns ``(k, P)``.
 
         ``kind``: ``"hessian"`` (exact, with every layer's curvature terms),
         ``"ggn"`` (output curvature :math:`w\\nabla_f^2\\ell` only) or
         ``"fisher"`` (output curvature :math:`w\\nabla_f\\ell\\nabla_f\\ell^\\top`).
         ``prep``: the result of :meth:`prepare` (independent of ``V``).
+
+        ``start``: the directions are zero on the parameters of leaves before
+        ``start`` and only the rows of leaves ``start`` on are wanted
+        (``(k, P - leaf_offset(start))``): the forward R-pass begins at leaf
+        ``start`` (its input does not depend on the directions, ``Ru = None``)
+        and the backward R-pass ends there. The dense symmetric build uses it.
         """
         xp, be = self.xp, self.be
         F, inputs, caches, dls = self.prepare(x, T, loss, w, kind) if prep is None else prep
         Vs = self.split(V)
-        Ru, Rins, rcaches = None, [], []
-        for leaf, P, u, cache, Vl in zip(self.leaves, self.params, inputs, caches, Vs):
-            Rins.append(Ru)
-            Ru, rc = leaf.param_rop_forward(cache, P, u, Ru, Vl, be)
-            rcaches.append(rc)
+        n_leaves = len(self.leaves)
+        Ru, Rins, rcaches = None, [None] * n_leaves, [None] * n_leaves
+        for i in range(start, n_leaves):
+            Rins[i] = Ru
+            Ru, rcaches[i] = self.leaves[i].param_rop_forward(
+                caches[i], self.params[i], inputs[i], Ru, Vs[i], be
+            )
         # Ru : (n, k, m) = J_n v, the output tangent of every direction
         if kind == "fisher":
             g1 = loss._d1(F, T, xp)
             Rdl = w * xp.sum(g1[:, None, :] * Ru, axis=-1)[:, :, None] * g1[:, None, :]
         else:
             Rdl = w * loss._hvp(F, T, Ru, xp)
-        out = [None] * len(self.leaves)
-        for i in range(len(self.leaves) - 1, -1, -1):
+        out = [None] * n_leaves
+        for i in range(n_leaves - 1, start - 1, -1):
             _, Rdl, out[i] = self.leaves[i].param_rop_backward(
                 caches[i],
                 rcaches[i],
@@ -190,9 +210,9 @@ class _Bound:
                 Rdl,
                 be,
                 need_dlu=False,
-                need_Rdlu=i > 0,
+                need_Rdlu=i > start,
             )
-        return self.join(out, (V.shape[0],))
+        return self.join(out, (V.shape[0],), start)
 
 
 def _user_targets(y, B):
@@ -222,17 +242,29 @@ def _user_targets(y, B):
 class _Problem:
     """Network, data, loss and mini-batches of one curvature computation."""
 
-    def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None):
-        net = _network(net)
+    def __init__(self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None):
+        original, net = net, _network(net)
+        _check_torch_dtype(original, x)
         self.loss: Loss = get_loss(loss)
         self.B = B = _Bound(net, x, backend)
+        # the differentiated parameters (params=): their layout, and where they sit in the full θ
+        self.layout, index = resolve_params(original, B.layout, params)
+        self.index = self.position = None
+        if index is not None:
+            P = B.layout.size
+            pos = np.full(
+                P, index.size, dtype=np.int64
+            )  # full θ entry -> selected entry (or the zero column)
+            pos[index] = np.arange(index.size, dtype=np.int64)
+            self.index = B.be.convert(index, xp=B.xp, dtype=B.xp.int64, device=B.device)
+            self.position = B.be.convert(pos, xp=B.xp, dtype=B.xp.int64, device=B.device)
         y = _user_targets(y, B)
         N = x.shape[0]
         if y.ndim < 1 or y.shape[0] != N:
             raise ValueError(f"y must have {N} rows (one per example), got shape {tuple(y.shape)}")
         self.N = N
         self.m = net.out_features
-        self.w = self.loss.weight(N)
+        self.w = self.loss.weight_for(y)
         bs = _check_batch_size(batch_size, N)
         yc = B.to_call(y)
         self.chunks = []
@@ -248,24 +280,38 @@ class _Problem:
 
     @property
     def size(self) -> int:
-        return self.B.layout.size
+        return self.layout.size
+
+    def select(self, a):
+        """The selected parameters' entries of ``a : (..., P_full)`` (call namespace)."""
+        return a if self.index is None else self.B.xp.take(a, self.index, axis=a.ndim - 1)
+
+    def embed(self, Vt):
+        """Directions ``(k, P_selected)`` as ``(k, P_full)``, zero on the parameters not selected."""
+        if self.index is None:
+            return Vt
+        xp = self.B.xp
+        zero = xp.zeros((Vt.shape[0], 1), dtype=Vt.dtype, device=self.B.device)
+        return xp.take(xp.concat([Vt, zero], axis=1), self.position, axis=1)
 
     def per_example(self, chunk):
         """``(n_b, P)`` rows :math:`\\nabla_\\theta\\ell_n` of one mini-batch, call namespace."""
         xb, Tb = self.chunks[chunk]
-        return self.B.grad_pass(xb, Tb, self.loss, 1.0, True)[1]
+        return self.select(self.B.grad_pass(xb, Tb, self.loss, 1.0, True)[1])
 
-    def apply(self, Vt, kind):
-        """Sum over mini-batches of the products with ``Vt : (k, P)`` (call namespace)."""
+    def apply(self, Vt, kind, start=0):
+        """Sum over mini-batches of the products with ``Vt : (k, P)`` (call namespace);
+        ``start``: see :meth:`_Bound.rop_pass`."""
         w = 1.0 / self.N if kind == "fisher" else self.w
+        Vt = self.embed(Vt)
         out = None
         for c, (xb, Tb) in enumerate(self.chunks):
             prep = self._fwd.get((c, kind))
             if prep is None and self.cache_forward:
                 prep = self._fwd[(c, kind)] = self.B.prepare(xb, Tb, self.loss, w, kind)
-            r = self.B.rop_pass(xb, Tb, self.loss, w, Vt, kind, prep)
+            r = self.B.rop_pass(xb, Tb, self.loss, w, Vt, kind, prep, start)
             out = r if out is None else out + r
-        return out
+        return self.select(out) if start == 0 else out
 
 
 class CurvatureOperator(LinearOperatorBase):
@@ -309,6 +355,41 @@ class CurvatureOperator(LinearOperatorBase):
 
     def _default_block(self) -> int:
         return self.block_size
+
+    def to_dense(
+        self, *, block_size: int | None = None, progress: bool | None = None, symmetric: bool = True
+    ) -> Any:
+        r"""The ``(P, P)`` matrix; by default only its blocks on and below the layer diagonal.
+
+        With ``symmetric=True`` (default) the columns of leaf (layer) ``j`` are
+        pushed through leaves ``j..L`` only: the forward R-pass starts at leaf
+        ``j`` (earlier leaves see zero directions) and the backward R-pass
+        stops there, giving the rows :math:`H_{ij}`, :math:`i \ge j` (of a
+        diagonal block :math:`H_{jj}` the lower triangle is kept); the blocks
+        above the diagonal are their transposes, :math:`H_{ji} = H_{ij}^\top`.
+        Every entry is an exact product (not symmetrised); the result is
+        exactly symmetric. The per-column work falls from all ``L`` leaves to
+        leaves ``j..L``, so the saving grows with depth (none for one layer).
+        ``symmetric=False`` is the plain column-by-column build.
+
+        Parameters
+        ----------
+        block_size : int, optional
+            Columns per product (default: the operator's own block size).
+        progress : bool, optional
+            Progress bar over the column blocks; see :func:`hessian`.
+        symmetric : bool, default True
+
+        Returns
+        -------
+        array of shape (P, P)
+            In the operator's library.
+        """
+        if not symmetric or self.problem.index is not None:  # a selection (params=): the column build
+            return super().to_dense(block_size=block_size, progress=progress)
+        from .triangle import symmetric_dense
+
+        return symmetric_dense(self, block_size, progress)
 
     def _matmat(self, V):
         B, xp = self.problem.B, self.problem.B.xp

@@ -6,6 +6,10 @@ forward pass kept between products); :func:`hvp`, :func:`ggn_vp`,
 :func:`empirical_fisher_vp` apply one once. The exact Hessian's products are
 Pearlmutter's R-operator, worked out per layer (``param_rop_forward`` /
 ``param_rop_backward``).
+
+(Longer than this package's ~400-line guide: six thin entry points whose
+full docstrings repeat their shared parameters on purpose, each page of the
+API reference being read on its own.)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def hessian_operator(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The exact Hessian :math:`H = \nabla_\theta^2 C` as an operator (Hessian-vector products).
@@ -72,6 +77,12 @@ def hessian_operator(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     cache_forward : bool, optional
         Keep each mini-batch's forward pass between products (default:
         True without mini-batches, False with them).
@@ -82,7 +93,10 @@ def hessian_operator(
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward), "hessian", block_size, memory_budget
+        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
+        "hessian",
+        block_size,
+        memory_budget,
     )
 
 
@@ -97,6 +111,7 @@ def ggn_operator(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The generalised Gauss–Newton matrix :math:`w \sum_n J_n^\top \nabla_f^2 \ell_n J_n` as an operator.
@@ -130,6 +145,12 @@ def ggn_operator(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     cache_forward : bool, optional
         Keep each mini-batch's forward pass between products (default:
         True without mini-batches, False with them).
@@ -140,7 +161,10 @@ def ggn_operator(
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward), "ggn", block_size, memory_budget
+        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
+        "ggn",
+        block_size,
+        memory_budget,
     )
 
 
@@ -155,6 +179,7 @@ def empirical_fisher_operator(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
     cache_forward: bool | None = None,
 ) -> CurvatureOperator:
     r"""The outer-product (empirical Fisher) matrix :math:`G = \frac1N \sum_n g_n g_n^\top`.
@@ -189,6 +214,12 @@ def empirical_fisher_operator(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
     cache_forward : bool, optional
         Keep each mini-batch's forward pass between products (default:
         True without mini-batches, False with them).
@@ -199,7 +230,10 @@ def empirical_fisher_operator(
         ``(P, P)``; ``op @ v`` for ``v : (P,)`` or ``(P, k)``.
     """
     return CurvatureOperator(
-        _Problem(net, x, y, loss, batch_size, backend, cache_forward), "fisher", block_size, memory_budget
+        _Problem(net, x, y, loss, batch_size, backend, cache_forward, params),
+        "fisher",
+        block_size,
+        memory_budget,
     )
 
 
@@ -215,6 +249,7 @@ def hvp(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
 ) -> Any:
     r""":math:`Hv`, products with the exact Hessian of the training loss.
 
@@ -248,6 +283,12 @@ def hvp(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
@@ -264,6 +305,7 @@ def hvp(
             block_size=block_size,
             memory_budget=memory_budget,
             backend=backend,
+            params=params,
         )
         @ v
     )
@@ -281,6 +323,7 @@ def ggn_vp(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
 ) -> Any:
     r"""Products with the generalised Gauss–Newton matrix (see :func:`ggn_operator`).
 
@@ -311,6 +354,12 @@ def ggn_vp(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
@@ -327,6 +376,7 @@ def ggn_vp(
             block_size=block_size,
             memory_budget=memory_budget,
             backend=backend,
+            params=params,
         )
         @ v
     )
@@ -344,6 +394,7 @@ def empirical_fisher_vp(
     block_size: int | None = None,
     memory_budget: float | None = None,
     backend: str | None = None,
+    params: Any = None,
 ) -> Any:
     r""":math:`Gv` with :math:`G = \frac1N\sum_n g_n g_n^\top` (see :func:`empirical_fisher_operator`).
 
@@ -374,6 +425,12 @@ def empirical_fisher_vp(
     backend : str, optional
         Force a backend (``"numpy"``, ``"torch"``, ``"cupy"``, ``"generic"``);
         results return in ``x``'s library.
+    params : None, "all" or iterable of str, optional
+        The parameters differentiated, the others held fixed: ``None`` (default)
+        all of a hessquik-core network and the trainable (``requires_grad``)
+        ones of a torch model, ``"all"``, or names (``"0.K"``, or torch's
+        ``"0.weight"``). Results are over the selected entries in layout order
+        (``parameter_layout(net, params)`` describes them).
 
     Returns
     -------
@@ -390,6 +447,7 @@ def empirical_fisher_vp(
             block_size=block_size,
             memory_budget=memory_budget,
             backend=backend,
+            params=params,
         )
         @ v
     )

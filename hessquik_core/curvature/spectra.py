@@ -11,9 +11,10 @@ probes on every backend; every stochastic estimate reports its spread.
   ARPACK (``eigsh``) on host copies, or a thick-restart Lanczos with full
   reorthogonalisation kept in the operator's library (``O(ncv·P)``
   memory, ``ncv ≈ 2K``).
-* :func:`empirical_fisher_eigenpairs`: top ``K`` of :math:`G = \frac1N\sum_n g_n g_n^\top`
-  by incremental SVD of per-example gradient mini-batches or by
-  randomised subspace iteration on :math:`G`-products, ``O(KP)`` memory.
+* :func:`empirical_fisher_eigenpairs`: top ``K`` of :math:`G = \frac1N\sum_n g_n g_n^\top`,
+  exact by default (Gram matrix, dense ``G`` or Lanczos); incremental SVD
+  and randomised subspace iteration as opt-in approximations;
+  :func:`empirical_fisher_trace`: the exact :math:`\mathrm{tr}\,G`.
 * :func:`hutchinson_trace`, :func:`hutchpp_trace`, :func:`hutchinson_diagonal`.
 * :func:`spectral_density`: stochastic Lanczos quadrature.
 
@@ -38,14 +39,21 @@ from __future__ import annotations
 
 from ._spectral import _check_int, _rng  # noqa: F401 - hessquik_core.dask uses them from here
 from .density import SpectralDensity, lanczos_tridiagonal, spectral_density
-from .fisher_spectrum import _randomized, empirical_fisher_eigenpairs  # noqa: F401
+from .fisher_spectrum import (  # noqa: F401 - _randomized: hessquik_core.dask uses it from here
+    ApproximationWarning,
+    _randomized,
+    empirical_fisher_eigenpairs,
+    empirical_fisher_trace,
+)
 from .lanczos import LanczosNoConvergence, _auto_method, hessian_eigenpairs, top_eigenpairs  # noqa: F401
 from .trace_estimation import hutchinson_diagonal, hutchinson_trace, hutchpp_trace
 
 __all__ = [
+    "ApproximationWarning",
     "LanczosNoConvergence",
     "SpectralDensity",
     "empirical_fisher_eigenpairs",
+    "empirical_fisher_trace",
     "hessian_eigenpairs",
     "hutchinson_diagonal",
     "hutchinson_trace",

@@ -379,22 +379,28 @@ def empirical_fisher_eigenpairs(
     loss,
     k,
     *,
-    method="randomized",
+    method="approx_randomized",
     batch_size=None,
     oversample=10,
     n_iter=2,
     seed=0,
+    warn_rtol=1e-3,
     backend=None,
     progress=None,
 ):
-    """Top-``k`` eigenpairs of the empirical Fisher over dask data (``method="randomized"`` only:
-    subspace iteration on distributed :math:`G`-products, the Rayleigh–Ritz step on the client)."""
+    """Top-``k`` eigenpairs of the empirical Fisher over dask data (``method="approx_randomized"``
+    only, old name ``"randomized"``: subspace iteration on distributed :math:`G`-products, the
+    Rayleigh–Ritz step on the client). Approximate, like the in-memory route of that name: an
+    :class:`~hessquik_core.curvature.ApproximationWarning` when the largest Ritz residual exceeds
+    ``warn_rtol`` times the smallest eigenvalue returned."""
     from ..curvature import spectra
+    from ..curvature.fisher_spectrum import _warn_if_inexact
 
-    if method != "randomized":
+    if method not in ("approx_randomized", "randomized"):
         raise ValueError(
-            f"for dask data empirical_fisher_eigenpairs supports method='randomized' (distributed "
-            f"G-products), got method={method!r}; 'incremental' streams chunks through one process"
+            f"for dask data empirical_fisher_eigenpairs supports method='approx_randomized' (distributed "
+            f"G-products; old name 'randomized'), got method={method!r}; 'incremental' and the exact "
+            f"routes need the per-example gradients in one process"
         )
     oversample = spectra._check_int("oversample", oversample, 0)
     r = spectra._check_int("k", k, 1) + oversample
@@ -403,4 +409,7 @@ def empirical_fisher_eigenpairs(
     if k >= op.size:
         raise ValueError(f"k must be below P = {op.size}, got {k}")
     with progress_bar(progress, total=n_iter + 2, desc="empirical Fisher", unit="pass") as bar:
-        return spectra._randomized(op, k, min(r, op.size), n_iter, seed, bar)
+        vals, vecs, info = spectra._randomized(op, k, min(r, op.size), n_iter, seed, bar)
+    _warn_if_inexact(vals, info, float(warn_rtol), "approx_randomized")
+    info["method"] = "approx_randomized"
+    return vals, vecs, info

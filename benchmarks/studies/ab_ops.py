@@ -5,9 +5,9 @@ does not. This script records, for the torch backend, every top-level ``aten::``
 (torch.profiler, ``record_shapes=True``) of one ``net(x, ...)`` call per point, and the number of Python function
 calls of the same call on NumPy and torch (cProfile). Run it once per tree, then compare::
 
-    PYTHONPATH=<tree-before> python benchmarks/ab_ops.py before.json
-    PYTHONPATH=<tree-after>  python benchmarks/ab_ops.py after.json
-    python benchmarks/ab_ops.py --compare before.json after.json
+    PYTHONPATH=<tree-before> python benchmarks/studies/ab_ops.py before.json
+    PYTHONPATH=<tree-after>  python benchmarks/studies/ab_ops.py after.json
+    python benchmarks/studies/ab_ops.py --compare before.json after.json
 """
 
 from __future__ import annotations

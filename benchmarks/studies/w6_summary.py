@@ -1,6 +1,6 @@
 r"""The W6 targets across every committed W6 run: one table and one figure.
 
-``python -m benchmarks.w6_summary [--results DIR]`` reads every
+``python -m benchmarks.studies.w6_summary [--results DIR]`` reads every
 ``w6*.json`` written by :mod:`benchmarks.training_step` in ``DIR`` (default
 ``benchmarks/results``) and writes ``w6_summary.md`` and
 ``w6_summary.png`` there. Issue 13's targets for the eager torch step are
@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/w6_summary.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "benchmarks"
+if __package__ in (None, ""):  # `python benchmarks/studies/w6_summary.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "benchmarks.studies"
 
 #: (peer, target ratio ours / peer, label); the JAX peer of a loss other than the
 #: Laplacian is plain ``jax`` (folx computes Laplacians only)
@@ -66,7 +66,7 @@ def table(rows: list[dict]) -> str:
         "Targets (issue 13): ≤ 1 against JAX + folx, ≤ 0.33 against `torch.func`. "
         "`compiled` is `torch.compile(loss, fullgraph=True)` of the same loss, "
         "ratio to JAX + folx. ✓ met, ✗ missed, – peer not run (over the time or memory cap, or folx "
-        "for a loss other than the Laplacian). Produced by `python -m benchmarks.w6_summary` from the "
+        "for a loss other than the Laplacian). Produced by `python -m benchmarks.studies.w6_summary` from the "
         "`w6*.json` files listed in the last column; their `.md` files hold the times, machine and load. "
         "For the `gradient` and `hessian_diagonal` losses the JAX peer is `jax` (`jit(value_and_grad)` "
         "over `vmap(jax.grad)` / `vmap(jax.hessian)`; folx computes Laplacians only).",
@@ -158,7 +158,7 @@ def figure(rows: list[dict], path: Path) -> Path | None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = p.parse_args(argv)
     rows = load(args.results)
     if not rows:

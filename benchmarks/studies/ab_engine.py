@@ -1,6 +1,6 @@
 """Before/after timing of engine points, public API only: run with PYTHONPATH=<tree>.
 
-PYTHONPATH=<tree> python benchmarks/ab_engine.py OUT.json [--train]   (one process; best of R interleaved repeats)
+PYTHONPATH=<tree> python benchmarks/studies/ab_engine.py OUT.json [--train]   (one process; best of R interleaved repeats)
 """
 
 import json

@@ -1,6 +1,6 @@
 r"""Where the time of a small-d W6 step goes, against JAX + folx.
 
-``python -m benchmarks.step_breakdown [--d 1,2,3] [--losses ...] [--threads 2]``
+``python -m benchmarks.studies.step_breakdown [--d 1,2,3] [--losses ...] [--threads 2]``
 times W6 steps (tanh MLP width 64, depth 4, n = 1024, float64, eager torch,
 ``mode="auto"``: for the Laplacian loss the forward sweep with the analytic
 weight gradient, for the gradient loss the taped backward sweep, for the
@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "benchmarks"
+if __package__ in (None, ""):  # `python benchmarks/studies/step_breakdown.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "benchmarks.studies"
 
 import numpy as np
 
@@ -87,11 +87,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=20)
     args = p.parse_args(argv)
-    from . import nets
-    from . import training_step as ts
-    from .run import _set_threads
+    from .. import nets
+    from .. import training_step as ts
+    from ..harness import set_threads
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     import torch
 
     rows = []
@@ -99,10 +99,11 @@ def main(argv=None) -> int:
     for loss, d in points:
         pt = ts.StepPoint(d=d, width=64, n=1024, dtype="float64", loss=loss)
         rec = nets.spec_of(nets.build(pt.spec))
-        ours = ts.MAKERS["ours-auto"][0](pt, rec, ts.problem(pt))
-        folx = ts.MAKERS["jax+folx" if loss == "laplacian" else "jax"][0](pt, rec, ts.problem(pt))
+        model = ts.mlp_model(pt, rec)
+        ours = ts.REGISTRY["ours-auto"].build(pt, model, ts.problem(pt))
+        folx = ts.REGISTRY["jax+folx" if loss == "laplacian" else "jax"].build(pt, model, ts.problem(pt))
         small = ts.StepPoint(d=d, width=64, n=8, dtype="float64", loss=loss)
-        ours8 = ts.MAKERS["ours-auto"][0](small, rec, ts.problem(small))
+        ours8 = ts.REGISTRY["ours-auto"].build(small, model, ts.problem(small))
         best = {"ours": 1e9, "folx": 1e9, "ours8": 1e9}
         for _ in range(args.repeat):  # interleaved
             for key, r in (("ours", ours), ("folx", folx), ("ours8", ours8)):
