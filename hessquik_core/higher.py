@@ -16,7 +16,7 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
-Supported layers (``hessquik_core._higher_steps``): every built-in layer —
+Supported layers (``hessquik_core.engine.higher_steps``): every built-in layer —
 :class:`~hessquik_core.SingleLayer`, :class:`~hessquik_core.ResnetLayer`,
 :class:`~hessquik_core.ICNNLayer`, :class:`~hessquik_core.QuadraticLayer`,
 :class:`~hessquik_core.QuadraticICNNLayer`, :class:`~hessquik_core.FourierFeatures`,
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import array_api_compat as aac
 
-from . import _higher_steps as S
 from ._array import as_batch, as_plain_array, namespace_of, resolve_input
+from .engine import higher_steps as S
 from .rules import taylor as T
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ __all__ = ["BiharmonicResult", "biharmonic", "pure_partials", "taylor_derivative
 @dataclass(frozen=True)
 class _Rule:
     """The nonlinear rules of one carry: ``act(carry_z, (σ', …))`` and
-    ``mul(a, carry_a, b, carry_b)`` (``hessquik_core._higher_steps``)."""
+    ``mul(a, carry_a, b, carry_b)`` (``hessquik_core.engine.higher_steps``)."""
 
     act: Callable
     mul: Callable

@@ -56,6 +56,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pinn",
             "pinn.*",
             "higher",
+            "variable_coefficients",
             "estimators",
             "training",
             "checks",
