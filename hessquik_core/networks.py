@@ -148,7 +148,7 @@ class NN(Module):
             Trace of the Jacobian, shape (n,), for networks with d = m.
         biharmonic : bool
             :math:`\Delta^2 u`, shape (n, m), exact: one forward sweep of
-            :math:`d(d+1)/2 + 2d + 3` numbers per feature (:func:`hessquik_core.biharmonic`'s;
+            :math:`d(d+1)/2 + 2d + 3` numbers per feature (:func:`~hessquik_core.higher.biharmonic`'s;
             ``gradient``, ``laplacian`` from the same sweep). Refused up front: ``directions``,
             ``mode="backward"``, ``hessian``, ``hessian_diagonal``, ``divergence``, ``out=``,
             Dask arrays, activations without σ⁗, layer types without an order-4 rule.

@@ -2,11 +2,11 @@ r"""The bi-Laplacian route: ``net(x, biharmonic=True)``.
 
 One forward sweep carries, per feature, the value, :math:`\nabla u` (``d``), the
 packed Hessian (``d(d+1)/2``), :math:`\nabla\Delta u` (``d``), :math:`\Delta u` and
-:math:`\Delta^2 u` (:mod:`hessquik_core.engine.higher_steps`,
+:math:`\Delta^2 u` (``hessquik_core.engine.higher_steps``,
 :mod:`hessquik_core.rules.taylor`): :math:`d(d+1)/2 + 2d + 3` streams through each
 weight matrix against the forward Laplacian's ``d + 2``. The gradient and the
 Laplacian come from the same sweep when asked (``gradient=True``,
-``laplacian=True``). The same sweep as :func:`hessquik_core.biharmonic`.
+``laplacian=True``). The same sweep as :func:`~hessquik_core.higher.biharmonic`.
 """
 
 from __future__ import annotations
