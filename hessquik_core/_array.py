@@ -79,7 +79,9 @@ def as_batch(x, d: int):
 
 def unbatch(res):
     """Drop the batch axis of a batch-of-one result (every entry is ``(1, ...)``)."""
-    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
+    from .engine.result import FIELDS  # the engine package imports this module
+
+    for name in FIELDS:
         a = getattr(res, name)
         if a is not None:
             setattr(res, name, a[0, ...])
@@ -165,6 +167,8 @@ class CallContext:
     hessian_diagonal: bool
     divergence: bool = False
     V: Any = None
+    #: :math:`\Delta^2 u` (the bi-Laplacian route, :mod:`hessquik_core.engine.routes.higher`)
+    biharmonic: bool = False
     backend: str = "numpy"
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
@@ -209,7 +213,7 @@ class CallContext:
 
     @property
     def derivatives(self) -> bool:
-        return self.gradient or self.divergence or self.second_order
+        return self.gradient or self.divergence or self.second_order or self.biharmonic
 
     @property
     def k(self) -> int:
@@ -241,7 +245,9 @@ class CallContext:
         if self.native is not None:
             # the call ran in another library: results go back to the caller's
             dev = self.native.device_of(self.orig_x)
-            for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
+            from .engine.result import FIELDS  # the engine package imports this module
+
+            for name in FIELDS:
                 a = getattr(res, name)
                 if a is not None:
                     setattr(res, name, _move_to(self.native, a, dev))
@@ -300,8 +306,45 @@ def resolve_input(net, x, backend) -> InputContext:
     return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
 
 
+def _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence) -> None:
+    """The combinations ``biharmonic=True`` takes: the bi-Laplacian sweep runs forward
+    over all ``d`` coordinates and carries the value, gradient and Laplacian besides
+    (``gradient=True``, ``laplacian=True`` come from it); nothing else."""
+    if mode == "backward":
+        raise ValueError(
+            "biharmonic=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
+        )
+    if directions is not None:
+        raise ValueError(
+            "biharmonic=True is the sum over all coordinates (Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u): it cannot be "
+            "combined with directions (for derivatives along directions see hq.taylor_derivatives)"
+        )
+    extra = [
+        k
+        for k, v in (("hessian", hessian), ("hessian_diagonal", hessian_diagonal), ("divergence", divergence))
+        if v
+    ]
+    if extra:
+        raise ValueError(
+            f"biharmonic=True combines with gradient=True and laplacian=True (from the same sweep), "
+            f"not with {', '.join(extra)}: make a separate call for "
+            f"{'it' if len(extra) == 1 else 'them'}"
+        )
+
+
 def resolve_call(
-    net, x, *, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence=False
+    net,
+    x,
+    *,
+    directions,
+    mode,
+    backend,
+    gradient,
+    hessian,
+    laplacian,
+    hessian_diagonal,
+    divergence=False,
+    biharmonic=False,
 ) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
 
@@ -309,6 +352,7 @@ def resolve_call(
     except when ``directions`` decide it (their first axis is ``d`` or ``m``).
     """
     divergence = _bool("divergence", divergence)
+    biharmonic = _bool("biharmonic", biharmonic)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
@@ -316,6 +360,12 @@ def resolve_call(
     x = as_plain_array(x, "x")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if biharmonic:
+        _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence)
+        from .engine.higher_steps import check_leaf  # the engine package imports this module
+
+        for leaf in net._leaves():  # with hq.biharmonic's messages
+            check_leaf(leaf, 4, "biharmonic")
 
     inp = resolve_input(net, x, backend)
     d, m = net.in_features, net.out_features
@@ -382,6 +432,7 @@ def resolve_call(
         hessian_diagonal=hessian_diagonal,
         divergence=divergence,
         V=V,
+        biharmonic=biharmonic,
         backend=inp.backend,
         orig_x=x,
         native=native if inp.converted else None,

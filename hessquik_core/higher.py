@@ -16,7 +16,7 @@ carry of higher order (:mod:`hessquik_core.rules.taylor`):
 * :func:`taylor_derivatives` carries the ``K`` directional derivatives along
   ``k`` directions, ``K·k`` numbers per feature (Taylor mode, in derivatives).
 
-Supported layers (``hessquik_core._higher_steps``): every built-in layer —
+Supported layers (``hessquik_core.engine.higher_steps``): every built-in layer —
 :class:`~hessquik_core.SingleLayer`, :class:`~hessquik_core.ResnetLayer`,
 :class:`~hessquik_core.ICNNLayer`, :class:`~hessquik_core.QuadraticLayer`,
 :class:`~hessquik_core.QuadraticICNNLayer`, :class:`~hessquik_core.FourierFeatures`,
@@ -32,7 +32,10 @@ a request needs (:attr:`~hessquik_core.activations.Activation.max_order`).
 
 Every result is an ordinary array expression of the weights in ``x``'s
 library, dtype and device, so a loss built from it trains with torch
-autograd. These are functions, not yet flags of the network call.
+autograd. The bi-Laplacian is also a flag of the network call,
+``net(x, biharmonic=True)`` (the route :mod:`hessquik_core.engine.routes.higher`;
+:func:`biharmonic` without ``full`` calls it); the directional derivatives and
+pure partials are functions only.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import array_api_compat as aac
 
-from . import _higher_steps as S
 from ._array import as_batch, as_plain_array, namespace_of, resolve_input
+from .engine import higher_steps as S
 from .rules import taylor as T
 
 if TYPE_CHECKING:
@@ -53,13 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["BiharmonicResult", "biharmonic", "pure_partials", "taylor_derivatives"]
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """The nonlinear rules of one carry: ``act(carry_z, (σ', …))`` and
-    ``mul(a, carry_a, b, carry_b)`` (``hessquik_core._higher_steps``)."""
-
-    act: Callable
-    mul: Callable
+#: the nonlinear rules of one carry (``hessquik_core.engine.higher_steps.Rule``)
+_Rule = S.Rule
 
 
 #: target working set (bytes) of one row block of a sweep: larger batches run in
@@ -95,10 +93,9 @@ def _sweep(net, x, backend, seed: Callable, rule: Callable, order: int, what: st
     rows = max(1, CHUNK_BYTES // per_row)
     parts = []
     for i in range(0, max(n, 1), rows):
-        u, c = xc[i : min(i + rows, n), ...], seed(xp, xc.dtype, dev)
-        for leaf, P in zip(leaves, params):
-            u, c = S.run(leaf, P, u, c, r, order, be)
-        parts.append((u, c))
+        parts.append(
+            S.sweep(leaves, params, xc[i : min(i + rows, n), ...], seed(xp, xc.dtype, dev), r, order, be)
+        )
     if len(parts) == 1:
         return _Input(inp, single), *parts[0]
     u = xp.concat([p[0] for p in parts], axis=0)
@@ -214,26 +211,20 @@ def biharmonic(net: NN, x: Any, *, full: bool = False, backend: str | None = Non
     ValueError
         An activation without :math:`\sigma''''` (named), or a bad ``x``.
     """
+    if not full:  # the call flag's route (hessquik_core.engine.routes.higher)
+        return net(x, biharmonic=True, backend=backend).biharmonic
     d = net.in_features
 
     def seed(xp, dtype, dev):
         return T.biharmonic_seed(d, xp, dtype, dev)
 
     def rule(xp, dtype, dev):
-        tri = T.triangle(d, xp, dtype, dev)
-        return _Rule(
-            lambda c, s: T.biharmonic_act(c, s, tri, xp),
-            lambda a, ca, b, cb: T.biharmonic_mul(a, ca, b, cb, tri, xp),
-        )
+        return S.biharmonic_rule(d, xp, dtype, dev)
 
-    inp, u, (g, _, gL, L, B) = _sweep(
-        net, x, backend, seed, rule, 4, "biharmonic", d * d + d * (d + 1) // 2 + 2 * d + 3
-    )
+    inp, u, (g, _, gL, L, B) = _sweep(net, x, backend, seed, rule, 4, "biharmonic", S.biharmonic_width(d))
     xp = inp.xp
     n, m = u.shape
     B = _full(B, (n, m), xp, u)
-    if not full:
-        return _back(inp, B)
     fields = (u, _full(g, (n, d, m), xp, u), _full(L, (n, m), xp, u), _full(gL, (n, d, m), xp, u), B)
     return BiharmonicResult(*(_back(inp, a) for a in fields))
 

@@ -99,10 +99,10 @@ class NN(Module):
 
     # -- evaluation -------------------------------------------------------
     def _resolve(
-        self, x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
+        self, x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, *more
     ):
         """The settled call context of ``self(x, ...)`` and whether ``x`` was one
-        point ``(d,)`` (a batch of one, squeezed after)."""
+        point ``(d,)`` (a batch of one, squeezed after); ``more``: ``(biharmonic,)`` where asked."""
         single = getattr(x, "ndim", None) == 1
         if single:
             x = as_batch(x, self.in_features)
@@ -117,6 +117,7 @@ class NN(Module):
             laplacian=laplacian,
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
+            biharmonic=more[0] if more else False,
         )
         return ctx, single
 
@@ -132,6 +133,7 @@ class NN(Module):
         *,
         hessian_diagonal: bool = False,
         divergence: bool = False,
+        biharmonic: bool = False,
         max_memory: float | None = None,
         progress: bool | None = None,
         out: Result | None = None,
@@ -166,6 +168,12 @@ class NN(Module):
             uses only Array-API standard functions.
         divergence : bool
             Trace of the Jacobian, shape (n,), for networks with d = m.
+        biharmonic : bool
+            :math:`\Delta^2 u`, shape (n, m), exact: one forward sweep of
+            :math:`d(d+1)/2 + 2d + 3` numbers per feature (:func:`~hessquik_core.higher.biharmonic`'s;
+            ``gradient``, ``laplacian`` from the same sweep). Refused up front: ``directions``,
+            ``mode="backward"``, ``hessian``, ``hessian_diagonal``, ``divergence``, ``out=``,
+            Dask arrays, activations without σ⁗, layer types without an order-4 rule.
         max_memory : float, optional
             Byte budget for the call's working memory (the temporaries of
             the chain rule). Default: half the memory available on ``x``'s
@@ -210,14 +218,27 @@ class NN(Module):
             it yields only the requested quantities, in this order (see
             :class:`Result`).
         """
+        if biharmonic is True and out is not None:
+            raise ValueError("biharmonic=True does not take out= buffers: call without out=")
         plugin = chunked_plugin(x)
         if plugin is not None:  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
+            if biharmonic is not False:
+                raise TypeError("biharmonic=True is not supported for Dask arrays: call on a computed array")
             if out is not None:
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
-            kw = {k: v for k, v in locals().items() if k not in ("self", "x", "out", "plugin")}
+            kw = {k: v for k, v in locals().items() if k not in ("self", "x", "out", "plugin", "biharmonic")}
             return plugin.call(self, x, **kw)
         ctx, single = self._resolve(
-            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
+            x,
+            directions,
+            mode,
+            backend,
+            gradient,
+            hessian,
+            laplacian,
+            hessian_diagonal,
+            divergence,
+            biharmonic,
         )
         res = call(list(self._leaves()), ctx, max_memory, progress, out, single)
         if out is not None:  # out's own arrays, already of the caller's shapes
@@ -276,6 +297,7 @@ class NN(Module):
         mode: str = "auto",
         max_memory: float | None = None,
         training: bool = False,
+        biharmonic: bool = False,
     ):
         """Estimated cost of a call on ``n`` examples, and what the planner does with it.
 
@@ -310,6 +332,9 @@ class NN(Module):
             As for :meth:`__call__` (explicit modes run the classic sweeps).
         max_memory : float, optional
             As for :meth:`__call__`: default half the free host memory.
+        biharmonic : bool
+            Price ``net(x, biharmonic=True, ...)``: the route ``"forward/biharmonic"``
+            (:math:`d(d+1)/2 + 2d + 3` streams per feature through each weight matrix).
         training : bool
             Price a torch training step (the call recorded by autograd, then
             its backward pass), as a call on tensors that require grad would be.
@@ -337,6 +362,7 @@ class NN(Module):
             mode=mode,
             max_memory=max_memory,
             training=bool(training),
+            biharmonic=bool(biharmonic),
         )
 
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):

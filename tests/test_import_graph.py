@@ -56,7 +56,6 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pinn",
             "pinn.*",
             "higher",
-            "_higher_steps",
             "variable_coefficients",
             "estimators",
             "training",

@@ -8,6 +8,10 @@ import pytest
 import hessquik_core as hq
 from hessquik_core.engine import FIELDS
 
+#: the quantities one call can request together (biharmonic=True has its own route
+#: and combines only with gradient and laplacian: tests/test_higher_flags.py)
+TOGETHER = tuple(f for f in FIELDS[1:] if f != "biharmonic")
+
 torch = pytest.importorskip("torch")
 
 
@@ -34,7 +38,9 @@ def x():
         ("gradient", "laplacian"),
         ("gradient", "hessian"),
         ("laplacian", "hessian_diagonal", "divergence"),
-        tuple(FIELDS[1:]),
+        TOGETHER,
+        ("gradient", "laplacian", "biharmonic"),
+        ("biharmonic",),
     ],
 )
 def test_unpacking_yields_requested_in_fixed_order(net, x, request_):
@@ -185,13 +191,13 @@ def test_output_activation_default_and_linear(x, tmp_path):
 @pytest.mark.parametrize("mode", ["forward", "backward"])
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_single_point_every_quantity(net, x, mode, lib):
-    req = {f: True for f in FIELDS[1:]}
+    req = {f: True for f in TOGETHER}
     batch = net(x, mode=mode, **req)
     conv = (lambda a: a) if lib == "numpy" else torch.from_numpy
     for i in range(len(x)):
         one = net(conv(x[i]), mode=mode, **req)
         assert one.mode == mode
-        for name in FIELDS:
+        for name in ("value", *TOGETHER):
             got = getattr(one, name)
             want = getattr(batch, name)[i]
             assert tuple(got.shape) == want.shape

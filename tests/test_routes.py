@@ -28,7 +28,14 @@ def _applicable(net, x, mode="auto", **flags):
 
 def test_every_route_is_a_route():
     names = [r.name for r in plan.ROUTES]
-    assert names == ["value", "forward", "backward", "forward/gram-laplacian", "forward/divergence"]
+    assert names == [
+        "value",
+        "forward",
+        "backward",
+        "forward/gram-laplacian",
+        "forward/divergence",
+        "forward/biharmonic",
+    ]
     for r in plan.ROUTES:
         assert all(callable(getattr(r, f)) for f in ("applies", "cost", "mode", "run"))
         assert isinstance(r.sweep, str) and isinstance(r.preferred, bool)
@@ -47,6 +54,9 @@ def test_which_routes_apply():
     # a first layer that declares no affine structure: no high-dimensional route
     normed = hq.NN(hq.LayerNorm(40), hq.SingleLayer(40, 1, seed=0))
     assert _applicable(normed, x, laplacian=True) == ["forward", "backward"]
+    # the bi-Laplacian has one route, and it steps aside for every other request
+    assert _applicable(wide, x, biharmonic=True) == ["forward/biharmonic"]
+    assert _applicable(wide, x, laplacian=True, biharmonic=True) == ["forward/biharmonic"]
 
 
 def test_the_plan_is_immutable_and_carries_the_settled_call():

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .._array import CallContext
+from .._array import CallContext, _check_biharmonic
 from ..backends import autograd_backend, home_backend
 from ..rules import affine
 from .cost import CostReport
+from .higher_steps import biharmonic_streams
 from .plan import VALUE, _result_fields, estimate_routes, plan
 from .routes import analytic_step
 
@@ -56,6 +57,7 @@ def explain(
     mode: str = "auto",
     max_memory=None,
     training: bool = False,
+    biharmonic: bool = False,
 ) -> CostReport:
     """The cost report of a request, with the planner's decisions (module docstring).
 
@@ -70,6 +72,10 @@ def explain(
         raise ValueError(f"mode must be one of ('auto', 'forward', 'backward'), got {mode!r}")
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
+    if biharmonic:
+        _check_biharmonic(
+            mode, None if num_directions is None else num_directions, hessian, hessian_diagonal, divergence
+        )
     derivatives = bool(gradient or hessian or laplacian or hessian_diagonal or divergence)
     # a training step is priced on the library with autograd; an evaluation on the home library
     be = autograd_backend() if training else home_backend()
@@ -88,6 +94,7 @@ def explain(
         laplacian=bool(laplacian),
         hessian_diagonal=bool(hessian_diagonal),
         divergence=bool(divergence),
+        biharmonic=bool(biharmonic),
         backend=be.name,
     )
     answer = None
@@ -127,6 +134,7 @@ def explain(
     p = plan(leaves, ctx, max_memory, training=answer)
     ctx = p.call  # the settled call
     request = report.request + (" + divergence" if divergence else "")
+    request = request + (" + biharmonic" if biharmonic else "")
     notes += _notes(leaves, ctx, p)
     return replace(
         report,
@@ -160,6 +168,12 @@ def _notes(leaves, ctx: CallContext, p) -> list:
         )
     if p.route == VALUE:
         notes.append("value only: one plain forward pass, nothing carried, never cache-blocked")
+    elif ctx.biharmonic:
+        s = biharmonic_streams(ctx.d)
+        notes.append(
+            f"bi-Laplacian sweep: d(d+1)/2 + 2d + 3 = {s} streams per feature through each weight "
+            f"matrix (the forward Laplacian's: d + 2 = {ctx.d + 2}); no (n, d, d, d, d) array"
+        )
     elif ctx.route:
         q = leaves[0].cost_shapes[0][1]
         what = "Gram root R (RᵀR = MᵀM)" if ctx.route == "gram-laplacian" else "pre-activation coordinates"

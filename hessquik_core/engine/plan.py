@@ -18,6 +18,7 @@ from .routes import analytic_step
 from .routes.base import Route
 from .routes.classic import ClassicRoute
 from .routes.highdim import DIVERGENCE, GRAM_LAPLACIAN
+from .routes.higher import BIHARMONIC
 from .routes.value import VALUE as VALUE_ROUTE
 
 
@@ -188,6 +189,7 @@ ROUTES: tuple[Route, ...] = (
     ClassicRoute("backward", _sweep_backward),
     GRAM_LAPLACIAN,
     DIVERGENCE,
+    BIHARMONIC,
 )
 _BY_NAME = {r.name: r for r in ROUTES}
 
@@ -329,6 +331,7 @@ def _result_bytes(ctx: CallContext, n: int) -> float:
     entries += d * d * m if ctx.hessian else 0
     entries += d * m if ctx.hessian_diagonal else 0
     entries += m if ctx.laplacian else 0
+    entries += ctx.m if ctx.biharmonic else 0
     return float(n * entries * ctx.itemsize)
 
 
@@ -341,6 +344,7 @@ def _result_fields(ctx: CallContext) -> str:
         "hessian_diagonal": (n, d, m),
         "laplacian": (n, m),
         "divergence": (n,),
+        "biharmonic": (n, ctx.m),
     }
     parts = [f"value {(n, ctx.m)}"]
     parts += [f"{name} {shape}" for name, shape in shapes.items() if getattr(ctx, name)]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 MODES = ("auto", "forward", "backward")
 
 #: the array fields of :class:`Result`, in order
-FIELDS = ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence")
+FIELDS = ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence", "biharmonic")
 
 
 #: an array of any supported library (NumPy, torch, CuPy, Array-API)
@@ -27,8 +27,8 @@ class Result:
 
     **Unpacking** yields exactly the requested quantities, never a
     ``None``: the value first, then, of those asked for, gradient, hessian,
-    laplacian, hessian_diagonal, divergence, in this fixed order (the order
-    of the attributes below). So ``f, g = net(x, gradient=True)``,
+    laplacian, hessian_diagonal, divergence, biharmonic, in this fixed order
+    (the order of the attributes below). So ``f, g = net(x, gradient=True)``,
     ``f, g, L = net(x, gradient=True, laplacian=True)`` and hessQuik's
     ``f, df, d2f = net(x, gradient=True, hessian=True)`` all mean what they
     say; unpacking into more or fewer names than were requested raises
@@ -59,6 +59,9 @@ class Result:
         diagonal of ``VᵀHV``.
     divergence : array or None
         ``(n,)``, the trace of the Jacobian (networks with d = m).
+    biharmonic : array or None
+        ``(n, m)``, the bi-Laplacian Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u
+        (``net(x, biharmonic=True)``).
     mode : {"forward", "backward"} or None
         The route actually taken.
     """
@@ -71,6 +74,7 @@ class Result:
     laplacian: Array = None
     hessian_diagonal: Array = None
     divergence: Array = None
+    biharmonic: Array = None
     mode: Literal["forward", "backward"] | None = None
 
     def __repr__(self) -> str:

@@ -13,6 +13,8 @@ settles the call for one:
   ``engine/backward.py``), for any chain;
 * :mod:`.highdim` — the Gram-root Laplacian and the cyclic-trace divergence
   (``engine/highdim.py``) for a plain affine first layer narrower than ``d``;
+* :mod:`.higher` — the bi-Laplacian sweep (``biharmonic=True``), the only route
+  computing Δ²u;
 * :mod:`.analytic_step` — a recorded training step of a declared affine chain as
   one custom-gradient function, run inside the forward route as the plan settled it
   (its switches: :mod:`.switches`).

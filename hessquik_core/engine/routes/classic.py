@@ -27,7 +27,8 @@ class ClassicRoute:
         self._sweep = sweep
 
     def applies(self, ctx, leaves) -> bool:
-        return ctx.derivatives and ctx.mode in ("auto", self._mode)
+        # Δ²u has a route of its own (routes/higher.py)
+        return ctx.derivatives and not ctx.biharmonic and ctx.mode in ("auto", self._mode)
 
     def cost(self, ctx, leaves, n, report, training):
         return report.routes[self._mode]

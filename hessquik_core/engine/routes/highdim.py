@@ -16,7 +16,7 @@ class GramLaplacianRoute:
     preferred = False
 
     def applies(self, ctx, leaves) -> bool:
-        if not highdim.first_narrows(ctx, leaves):
+        if ctx.biharmonic or not highdim.first_narrows(ctx, leaves):
             return False
         return ctx.laplacian and not (ctx.gradient or ctx.hessian or ctx.hessian_diagonal or ctx.divergence)
 
@@ -40,7 +40,7 @@ class DivergenceRoute:
     preferred = True
 
     def applies(self, ctx, leaves) -> bool:
-        if not highdim.first_narrows(ctx, leaves):
+        if ctx.biharmonic or not highdim.first_narrows(ctx, leaves):
             return False
         if not ctx.divergence or ctx.gradient or ctx.second_order:
             return False

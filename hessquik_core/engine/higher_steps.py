@@ -1,6 +1,10 @@
 r"""One step of the higher-order sweeps (:mod:`hessquik_core.higher`) per layer:
 ``step(leaf, params, u, carry, rule, order, ops) -> (f, carry_f)``.
 
+Below the engine in the import order: the biharmonic route
+(:mod:`hessquik_core.engine.routes.higher`) and the public functions of
+:mod:`hessquik_core.higher` both sweep with it.
+
 ``rule`` supplies the pointwise rule ``rule.act(carry_z, (σ', …))`` and the
 product rule ``rule.mul(a, carry_a, b, carry_b)`` of the carry being swept
 (:mod:`hessquik_core.rules.taylor`); everything else is linear and field-wise.
@@ -19,12 +23,12 @@ and refused (:func:`check_leaf`) otherwise, naming its type.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat as aac
 
-from .rules import taylor as T
+from ..rules import taylor as T
 
 
 def _affine(act, M, b, u, c, rule, order, ops, h=None):
@@ -158,44 +162,54 @@ def _layer_norm(leaf, P, u, c, rule, order, ops):
     return f, cx if gamma is None else T.scale(cx, gamma)
 
 
-@cache
-def steps() -> dict[type, tuple[Callable, bool]]:
-    """Layer class -> (step, whether it calls ``leaf.act``). Exact classes: a
-    subclass may change the maths, so it is refused until registered."""
-    from .layers import ICNNLayer, QuadraticICNNLayer, QuadraticLayer, ResnetLayer, SingleLayer
-    from .layers.fourier import FourierFeatures, PeriodicEmbedding
-    from .layers.gated import _GatedStep, _Readout
-    from .layers.gated_residual import GatedResidual
-    from .layers.layer_norm import LayerNorm
+#: the layers with a rule of their own, by exact class (module and qualified name: a
+#: subclass may change the maths, so it is refused until registered; names, not
+#: imports, so that the engine does not import the layer modules, some of which
+#: import the package above the engine) -> (step, whether it calls ``leaf.act``)
+_STEPS: dict[str, tuple[Callable, bool]] = {
+    "layers.dense.SingleLayer": (_dense, True),
+    "layers.resnet.ResnetLayer": (_resnet, True),
+    "layers.icnn.ICNNLayer": (_icnn, True),
+    "layers.quadratic.QuadraticLayer": (_quadratic, False),
+    "layers.quadratic.QuadraticICNNLayer": (_quadratic, False),
+    "layers.fourier.FourierFeatures": (_pointwise_trig, False),
+    "layers.fourier.PeriodicEmbedding": (_pointwise_trig, False),
+    "layers.gated._GatedStep": (_gated_step, True),
+    "layers.gated._Readout": (_readout, False),
+    "layers.gated_residual.GatedResidual": (_gated_residual, False),
+    "layers.layer_norm.LayerNorm": (_layer_norm, False),
+}
+_PKG = __name__.rsplit(".", 2)[0] + "."
 
-    return {
-        SingleLayer: (_dense, True),
-        ResnetLayer: (_resnet, True),
-        ICNNLayer: (_icnn, True),
-        QuadraticLayer: (_quadratic, False),
-        QuadraticICNNLayer: (_quadratic, False),
-        FourierFeatures: (_pointwise_trig, False),
-        PeriodicEmbedding: (_pointwise_trig, False),
-        _GatedStep: (_gated_step, True),
-        _Readout: (_readout, False),
-        GatedResidual: (_gated_residual, False),
-        LayerNorm: (_layer_norm, False),
-    }
+
+def _key(cls: type) -> str:
+    mod = cls.__module__
+    return (mod[len(_PKG) :] if mod.startswith(_PKG) else "?" + mod) + "." + cls.__qualname__
+
+
+def steps() -> dict[str, tuple[Callable, bool]]:
+    """Layer class (``"layers.<module>.<class>"``) -> (step, whether it calls ``leaf.act``)."""
+    return _STEPS
+
+
+def _step_of(leaf) -> tuple[Callable, bool] | None:
+    return _STEPS.get(_key(type(leaf)))
 
 
 def check_leaf(leaf, order: int, what: str) -> None:
     """Refuse a layer without a rule (``TypeError``) or an activation that cannot
     supply ``order`` derivatives (``ValueError``), naming them; recurses into
     the block of a gated residual."""
-    table = steps()
     st = declared(leaf)
+    entry = _step_of(leaf)
     if st is not None:
         act = st.act
-    elif type(leaf) in table:
-        act = getattr(leaf, "act", None) if table[type(leaf)][1] else None
+    elif entry is not None:
+        act = getattr(leaf, "act", None) if entry[1] else None
     else:
         # the gated MLP's private leaves are named by their block
-        names = ", ".join(sorted({"GatedMLP" if c.__name__[0] == "_" else c.__name__ for c in table}))
+        classes = {k.rsplit(".", 1)[-1] for k in _STEPS}
+        names = ", ".join(sorted({"GatedMLP" if c[0] == "_" else c for c in classes}))
         raise TypeError(
             f"{what}: no rule of order {order} for layer type {type(leaf).__name__} "
             f"(supported: {names}, and any layer declaring affine_structure)"
@@ -216,7 +230,59 @@ def run(leaf, P, u, c, rule, order, ops):
     """One layer of a higher-order sweep (after :func:`check_leaf`)."""
     if declared(leaf) is not None:
         return _structured(leaf, P, u, c, rule, order, ops)
-    return steps()[type(leaf)][0](leaf, P, u, c, rule, order, ops)
+    entry = _step_of(leaf)
+    assert entry is not None, "check_leaf refuses layers without a rule"
+    return entry[0](leaf, P, u, c, rule, order, ops)
 
 
-__all__ = ["check_leaf", "declared", "run", "steps"]
+@dataclass(frozen=True)
+class Rule:
+    """The nonlinear rules of one carry: ``act(carry_z, (σ', …))`` and
+    ``mul(a, carry_a, b, carry_b)``."""
+
+    act: Callable
+    mul: Callable
+
+
+def biharmonic_width(d: int) -> int:
+    """Numbers per feature the bi-Laplacian sweep holds at once (the carried
+    :math:`d(d+1)/2 + 2d + 3`, value included, and one unpacked ``(d, d)`` Hessian):
+    the working-memory measure of the row blocks and of the route's estimate."""
+    return d * d + d * (d + 1) // 2 + 2 * d + 3
+
+
+def biharmonic_streams(d: int) -> int:
+    r"""Numbers per feature the bi-Laplacian sweep pushes through each weight matrix:
+    value, :math:`\nabla u` (``d``), the packed Hessian (``d(d+1)/2``),
+    :math:`\nabla\Delta u` (``d``), :math:`\Delta u`, :math:`\Delta^2 u`."""
+    return d * (d + 1) // 2 + 2 * d + 3
+
+
+def biharmonic_rule(d: int, xp, dtype, device) -> Rule:
+    """The bi-Laplacian carry's rules (:mod:`hessquik_core.rules.taylor`)."""
+    tri = T.triangle(d, xp, dtype, device)
+    return Rule(
+        lambda c, s: T.biharmonic_act(c, s, tri, xp),
+        lambda a, ca, b, cb: T.biharmonic_mul(a, ca, b, cb, tri, xp),
+    )
+
+
+def sweep(leaves, params, u, carry, rule: Rule, order: int, ops):
+    """Push ``(u, carry)`` through every leaf (after :func:`check_leaf` of each):
+    ``(f, carry_f)`` of the output."""
+    for leaf, P in zip(leaves, params):
+        u, carry = run(leaf, P, u, carry, rule, order, ops)
+    return u, carry
+
+
+__all__ = [
+    "Rule",
+    "biharmonic_rule",
+    "biharmonic_streams",
+    "biharmonic_width",
+    "check_leaf",
+    "declared",
+    "run",
+    "steps",
+    "sweep",
+]
