@@ -23,8 +23,10 @@ _MODES = ("auto", "forward", "backward")
 def namespace_of(x, what: str = "x"):
     """``array_namespace(x)`` with an error that says what was expected."""
     if isinstance(x, (list, tuple, int, float)) or not hasattr(x, "shape"):
+        lists = ", or a nested list of real numbers" if what in ("x", "directions") else ""
         raise TypeError(
-            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), got {type(x).__name__}"
+            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array{lists}), "
+            f"got {type(x).__name__}"
         )
     try:
         return owner_of(x).namespace(x)
@@ -66,23 +68,54 @@ def as_plain_array(a, what: str = "x"):
     return a
 
 
+def as_input_array(x, what: str = "x"):
+    """A (nested) list or tuple of numbers as a NumPy ``float64`` array (results are then
+    NumPy arrays); anything else unchanged. Ragged lists: ``ValueError``, others ``TypeError``."""
+    if not isinstance(x, (list, tuple)):
+        return x
+    import numpy as np
+
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        kind = ValueError if "inhomogeneous" in str(err) or "sequence" in str(err) else TypeError
+        raise kind(
+            f"{what} given as a {type(x).__name__} must be a rectangular nested list of real numbers "
+            f"(it becomes a NumPy float64 array): {err}"
+        ) from err
+
+
 def as_batch(x, d: int):
-    """A single point ``x : (d,)`` as a batch of one, ``(1, d)`` (a view)."""
+    """``x : (..., d)`` as a batch ``(N, d)`` and the leading shape to restore: ``()`` for one
+    point ``(d,)`` (a batch of one, a view), ``None`` for ``(n, d)`` (unchanged), ``(n1, ..., nk)``
+    for ``(n1, ..., nk, d)`` (``reshape``: a view whenever the strides allow, never a change
+    to the caller's array)."""
     x = as_plain_array(x, "x")
     xp = namespace_of(x)
-    if x.shape[0] != d:
+    if x.ndim == 0 or x.shape[-1] != d:
         raise ValueError(
-            f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim 1): a single point has shape ({d},)"
+            f"x must have shape (n, {d}) (or (..., {d}) with extra leading batch axes), got shape "
+            f"{tuple(x.shape)} (ndim {x.ndim}): a single point has shape ({d},)"
         )
-    return xp.expand_dims(x, axis=0)
+    if x.ndim == 1:
+        return xp.expand_dims(x, axis=0), ()
+    if x.ndim == 2:
+        return x, None
+    lead = tuple(int(s) for s in x.shape[:-1])
+    return xp.reshape(x, (math.prod(lead), d)), lead
 
 
-def unbatch(res):
-    """Drop the batch axis of a batch-of-one result (every entry is ``(1, ...)``)."""
+def unbatch(res, lead=()):
+    """A batch result ``(N, ...)`` with the leading shape ``lead`` of :func:`as_batch` (``()``
+    drops the batch axis of one point; a split of one axis is a view, never a copy)."""
     for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
         a = getattr(res, name)
         if a is not None:
-            setattr(res, name, a[0, ...])
+            if not lead:
+                setattr(res, name, a[0, ...])
+            else:
+                xp = namespace_of(a, f"result.{name}")
+                setattr(res, name, xp.reshape(a, tuple(lead) + tuple(a.shape[1:])))
     return res
 
 
@@ -265,16 +298,20 @@ class InputContext:
         return cache_key(self.backend, self.xp, self.be.device_of(self.x), self.x.dtype)
 
 
-def resolve_input(net, x, backend) -> InputContext:
+def resolve_input(net, x, backend, convert: bool = True) -> InputContext:
     """Validate ``x : (n, d)`` for ``net`` and move it to the backend that runs the call.
 
     ``backend=None`` keeps ``x``'s library; a backend that owns another
     library converts ``x`` to it (results are converted back by the caller);
-    the generic backend runs on ``x``'s own namespace.
+    the generic backend runs on ``x``'s own namespace. A nested list is a
+    NumPy ``float64`` array (:func:`as_input_array`). ``convert=False``
+    defers the conversion: ``InputContext.x`` is then a stand-in with the
+    converted array's shape, dtype and device holding one entry (a broadcast
+    zero), all the planner reads of ``x``.
     """
     if backend is not None and backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
-    x = as_plain_array(x, "x")
+    x = as_plain_array(as_input_array(x, "x"), "x")
     xp0 = namespace_of(x)
     d = net.in_features
     if x.ndim != 2:
@@ -293,31 +330,48 @@ def resolve_input(net, x, backend) -> InputContext:
     # one that owns none (generic) runs on x's namespace
     converted = chosen.library is not None and chosen.library != native.library
     if converted:
-        xc = _move_to(chosen, x)
         be = chosen
+        zero = be.xp.zeros((), dtype=be.dtype(_dtype_name(x.dtype)))
+        xc = _move_to(be, x) if convert else be.xp.broadcast_to(zero, (x.shape[0], d))
     else:
         xc, be = x, chosen.bind(xp0)
     return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
 
 
 def resolve_call(
-    net, x, *, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence=False
+    net,
+    x,
+    *,
+    directions,
+    mode,
+    backend,
+    gradient,
+    hessian,
+    laplacian,
+    hessian_diagonal,
+    divergence=False,
+    admit=None,
 ) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
 
     ``mode="auto"`` is left for the caller to settle by the cost model,
     except when ``directions`` decide it (their first axis is ``d`` or ``m``).
+
+    ``admit(ctx)``, optional: the caller's refusal check (the planner's memory
+    plan), run *before* ``x`` is converted to another library (only then), on a stand-in of
+    the converted ``x`` (:func:`resolve_input`); it raises to refuse. A refused
+    call never converts (materialises) ``x``: a broadcast view stays a view.
     """
     divergence = _bool("divergence", divergence)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
     hessian_diagonal = _bool("hessian_diagonal", hessian_diagonal)
-    x = as_plain_array(x, "x")
+    x = as_plain_array(as_input_array(x, "x"), "x")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
 
-    inp = resolve_input(net, x, backend)
+    inp = resolve_input(net, x, backend, convert=admit is None)
     d, m = net.in_features, net.out_features
     xp, xc, be = inp.xp, inp.x, inp.be
     native = inp.user_be
@@ -369,7 +423,7 @@ def resolve_call(
             raise ValueError(
                 f"directions for mode={mode!r} must have shape ({need}, k), got {tuple(V.shape)}"
             )
-    return CallContext(
+    ctx = CallContext(
         xp=xp,
         be=be,
         x=xc,
@@ -386,3 +440,7 @@ def resolve_call(
         orig_x=x,
         native=native if inp.converted else None,
     )
+    if admit is not None and inp.converted:
+        admit(ctx)  # refuses on shapes, before x is converted (else call() plans on x itself)
+        ctx = replace(ctx, x=_move_to(be, x))
+    return ctx

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import as_batch, resolve_call, unbatch
+from ._array import as_batch, as_input_array, resolve_call, unbatch
 from ._dask_hook import dask_call, is_dask
 from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
 from .engine.explain import explain
+from .engine.plan import plan
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
 from .layers.base import check_int, rng_of, set_engine
 
@@ -77,13 +78,32 @@ class NN(Module):
 
     # -- evaluation -------------------------------------------------------
     def _resolve(
-        self, x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
+        self,
+        x,
+        directions,
+        mode,
+        backend,
+        gradient,
+        hessian,
+        laplacian,
+        hessian_diagonal,
+        divergence,
+        admit=None,
+        out_what: str | None = None,
     ):
-        """The settled call context of ``self(x, ...)`` and whether ``x`` was one
-        point ``(d,)`` (a batch of one, squeezed after)."""
-        single = getattr(x, "ndim", None) == 1
-        if single:
-            x = as_batch(x, self.in_features)
+        """The resolved context of ``self(x, ...)`` on a batch ``(N, d)`` and ``x``'s leading
+        shape for the results (:func:`~hessquik_core._array.as_batch`); ``admit``: see
+        :func:`~hessquik_core._array.resolve_call`; ``out_what``: names an ``out=`` use."""
+        x = as_input_array(x, "x")
+        lead = None
+        if getattr(x, "ndim", 2) != 2:
+            x, lead = as_batch(x, self.in_features)
+        if lead and out_what is not None:
+            raise ValueError(
+                f"{out_what} does not take x with extra leading batch axes (x has shape "
+                f"{tuple(lead) + (self.in_features,)}): pass x.reshape(-1, {self.in_features}) and "
+                f"reshape the results (a reshape of out= buffers could silently copy them)"
+            )
         ctx = resolve_call(
             self,
             x,
@@ -95,8 +115,9 @@ class NN(Module):
             laplacian=laplacian,
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
+            admit=admit,
         )
-        return ctx, single
+        return ctx, lead
 
     def __call__(
         self,
@@ -192,13 +213,22 @@ class NN(Module):
             if out is not None:
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
             return dask_call(**{k: v for k, v in locals().items() if k not in ("progress", "out")})
-        ctx, single = self._resolve(
-            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
-        )
-        res = call(list(self._leaves()), ctx, max_memory, progress, out, single)
+        leaves = list(self._leaves())
+
+        def admit(c):  # the memory plan on shapes, before x is converted to another library
+            p = plan(leaves, c, max_memory, out is not None)
+            if p.refusal is not None:
+                raise MemoryBudgetError(p.refusal)
+
+        ctx, lead = self._resolve(
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence,
+            admit, None if out is None else "out=",
+        )  # fmt: skip
+        single = lead == ()
+        res = call(leaves, ctx, max_memory, progress, out, single)
         if out is not None:  # out's own arrays, already of the caller's shapes
             return res
-        return unbatch(res) if single else res
+        return res if lead is None else unbatch(res, lead)
 
     def empty_result(
         self,
@@ -232,10 +262,11 @@ class NN(Module):
         """
         if is_dask(x):
             raise TypeError("empty_result does not take Dask arrays: their results are lazy Dask arrays")
-        ctx, single = self._resolve(
-            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
-        )
-        return empty_result(list(self._leaves()), ctx, single)
+        ctx, lead = self._resolve(
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence,
+            out_what="empty_result",
+        )  # fmt: skip
+        return empty_result(list(self._leaves()), ctx, lead == ())
 
     def cost(
         self,
