@@ -139,12 +139,16 @@ class NN(Module):
 
         Parameters
         ----------
-        x : array of shape (n, d) or (d,)
-            NumPy, CuPy, torch or any Array-API array, floating dtype. The
+        x : array of shape (n, d), (d,) or (..., d)
+            NumPy, CuPy, torch or any Array-API array, floating dtype, or a
+            nested list of numbers (a NumPy ``float64`` array). The
             computation runs in ``x``'s dtype and on its device; parameters
             are converted (and cached) to match. A single point ``(d,)``
             gives results without the batch axis (``value (m,)``,
-            ``gradient (d, m)``, ...; ``directions`` keep their meaning).
+            ``gradient (d, m)``, ...; ``directions`` keep their meaning);
+            extra leading axes ``(n1, ..., nk, d)`` run as the batch
+            ``x.reshape(-1, d)`` and every result gets them back (see
+            :class:`Result`; not with ``out=``).
         gradient, hessian, laplacian, hessian_diagonal : bool
             What to compute besides the value. The Laplacian and the
             diagonal alone never form the full Hessian.
