@@ -94,6 +94,7 @@ class SinCos(Activation):
     features: int
 
     name = "sin|cos"
+    #: derivatives up to the fourth of each block (the analytic step needs the third)
     max_order = 4
 
     def _blocks(self, z, xp):
