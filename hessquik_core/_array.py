@@ -108,7 +108,9 @@ def as_batch(x, d: int):
 def unbatch(res, lead=()):
     """A batch result ``(N, ...)`` with the leading shape ``lead`` of :func:`as_batch` (``()``
     drops the batch axis of one point; a split of one axis is a view, never a copy)."""
-    for name in ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence"):
+    from .engine.result import FIELDS  # the engine package imports this module
+
+    for name in FIELDS:
         a = getattr(res, name)
         if a is not None:
             if not lead:
