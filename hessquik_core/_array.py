@@ -85,42 +85,6 @@ def as_input_array(x, what: str = "x"):
         ) from err
 
 
-def as_batch(x, d: int):
-    """``x : (..., d)`` as a batch ``(N, d)`` and the leading shape to restore: ``()`` for one
-    point ``(d,)`` (a batch of one, a view), ``None`` for ``(n, d)`` (unchanged), ``(n1, ..., nk)``
-    for ``(n1, ..., nk, d)`` (``reshape``: a view whenever the strides allow, never a change
-    to the caller's array)."""
-    x = as_plain_array(x, "x")
-    xp = namespace_of(x)
-    if x.ndim == 0 or x.shape[-1] != d:
-        raise ValueError(
-            f"x must have shape (n, {d}) (or (..., {d}) with extra leading batch axes), got shape "
-            f"{tuple(x.shape)} (ndim {x.ndim}): a single point has shape ({d},)"
-        )
-    if x.ndim == 1:
-        return xp.expand_dims(x, axis=0), ()
-    if x.ndim == 2:
-        return x, None
-    lead = tuple(int(s) for s in x.shape[:-1])
-    return xp.reshape(x, (math.prod(lead), d)), lead
-
-
-def unbatch(res, lead=()):
-    """A batch result ``(N, ...)`` with the leading shape ``lead`` of :func:`as_batch` (``()``
-    drops the batch axis of one point; a split of one axis is a view, never a copy)."""
-    from .engine.result import FIELDS  # the engine package imports this module
-
-    for name in FIELDS:
-        a = getattr(res, name)
-        if a is not None:
-            if not lead:
-                setattr(res, name, a[0, ...])
-            else:
-                xp = namespace_of(a, f"result.{name}")
-                setattr(res, name, xp.reshape(a, tuple(lead) + tuple(a.shape[1:])))
-    return res
-
-
 def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
     """``max_memory`` as a float number of bytes (``None`` stays ``None``).
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import as_batch, as_input_array, resolve_call, unbatch
+from ._array import resolve_call
 from ._dask_hook import dask_call, is_dask
+from ._inputs import admission, batch_input, unbatch
 from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
 from .engine.explain import explain
-from .engine.plan import plan
 from .layers import ICNNLayer, Layer, ResnetLayer, SingleLayer
 from .layers.base import check_int, rng_of, set_engine
 
@@ -92,18 +92,9 @@ class NN(Module):
         out_what: str | None = None,
     ):
         """The resolved context of ``self(x, ...)`` on a batch ``(N, d)`` and ``x``'s leading
-        shape for the results (:func:`~hessquik_core._array.as_batch`); ``admit``: see
+        shape for the results (:func:`~hessquik_core._inputs.batch_input`); ``admit``: see
         :func:`~hessquik_core._array.resolve_call`; ``out_what``: names an ``out=`` use."""
-        x = as_input_array(x, "x")
-        lead = None
-        if getattr(x, "ndim", 2) != 2:
-            x, lead = as_batch(x, self.in_features)
-        if lead and out_what is not None:
-            raise ValueError(
-                f"{out_what} does not take x with extra leading batch axes (x has shape "
-                f"{tuple(lead) + (self.in_features,)}): pass x.reshape(-1, {self.in_features}) and "
-                f"reshape the results (a reshape of out= buffers could silently copy them)"
-            )
+        x, lead = batch_input(x, self.in_features, out_what)
         ctx = resolve_call(
             self,
             x,
@@ -218,15 +209,9 @@ class NN(Module):
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
             return dask_call(**{k: v for k, v in locals().items() if k not in ("progress", "out")})
         leaves = list(self._leaves())
-
-        def admit(c):  # the memory plan on shapes, before x is converted to another library
-            p = plan(leaves, c, max_memory, out is not None)
-            if p.refusal is not None:
-                raise MemoryBudgetError(p.refusal)
-
-        ctx, lead = self._resolve(
+        ctx, lead = self._resolve(  # the memory plan refuses before x is converted (admission)
             x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence,
-            admit, None if out is None else "out=",
+            admission(leaves, max_memory, out is not None), None if out is None else "out=",
         )  # fmt: skip
         single = lead == ()
         res = call(leaves, ctx, max_memory, progress, out, single)
