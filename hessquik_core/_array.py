@@ -79,10 +79,8 @@ def as_input_array(x, what: str = "x"):
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
         kind = ValueError if "inhomogeneous" in str(err) or "sequence" in str(err) else TypeError
-        raise kind(
-            f"{what} given as a {type(x).__name__} must be a rectangular nested list of real numbers "
-            f"(it becomes a NumPy float64 array): {err}"
-        ) from err
+        msg = f"{what} given as a {type(x).__name__} must be a rectangular nested list of real numbers"
+        raise kind(f"{msg} (it becomes a NumPy float64 array): {err}") from err
 
 
 def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
@@ -322,12 +320,9 @@ def resolve_call(
 
     ``mode="auto"`` is left for the caller to settle by the cost model,
     except when ``directions`` decide it (their first axis is ``d`` or ``m``).
-
-    ``admit(ctx)``, optional: the caller's refusal check (the planner's memory
-    plan), run *before* ``x`` is converted to another library (only then), on a stand-in of
-    the converted ``x`` (:func:`resolve_input`); it raises to refuse. A refused
-    call never converts (materialises) ``x``: a broadcast view stays a view.
-    """
+    ``admit(ctx)``: a refusal check run on a stand-in of ``x`` (:func:`resolve_input`)
+    *before* ``x`` is converted to another library (only then): a refused call never
+    materialises ``x`` (:func:`~hessquik_core._inputs.admission`)."""
     divergence = _bool("divergence", divergence)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)

@@ -77,23 +77,11 @@ class NN(Module):
         return f"{type(self).__name__}(\n  {inner}\n)"
 
     # -- evaluation -------------------------------------------------------
-    def _resolve(
-        self,
-        x,
-        directions,
-        mode,
-        backend,
-        gradient,
-        hessian,
-        laplacian,
-        hessian_diagonal,
-        divergence,
-        admit=None,
-        out_what: str | None = None,
-    ):
-        """The resolved context of ``self(x, ...)`` on a batch ``(N, d)`` and ``x``'s leading
+    def _resolve(self, x, *flags, admit=None, out_what: str | None = None):
+        """The resolved context of ``self(x, *flags)`` on a batch ``(N, d)`` and ``x``'s leading
         shape for the results (:func:`~hessquik_core._inputs.batch_input`); ``admit``: see
         :func:`~hessquik_core._array.resolve_call`; ``out_what``: names an ``out=`` use."""
+        directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence = flags
         x, lead = batch_input(x, self.in_features, out_what)
         ctx = resolve_call(
             self,
@@ -211,7 +199,7 @@ class NN(Module):
         leaves = list(self._leaves())
         ctx, lead = self._resolve(  # the memory plan refuses before x is converted (admission)
             x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence,
-            admission(leaves, max_memory, out is not None), None if out is None else "out=",
+            admit=admission(leaves, max_memory, out is not None), out_what=None if out is None else "out=",
         )  # fmt: skip
         single = lead == ()
         res = call(leaves, ctx, max_memory, progress, out, single)
