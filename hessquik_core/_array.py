@@ -68,6 +68,17 @@ def as_plain_array(a, what: str = "x"):
     return a
 
 
+def as_batch(x, d: int):
+    """A single point ``x : (d,)`` as a batch of one, ``(1, d)`` (a view)."""
+    x = as_plain_array(x, "x")
+    xp = namespace_of(x)
+    if x.shape[0] != d:
+        raise ValueError(
+            f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim 1): a single point has shape ({d},)"
+        )
+    return xp.expand_dims(x, axis=0)
+
+
 def as_input_array(x, what: str = "x"):
     """A (nested) list or tuple of numbers as a NumPy ``float64`` array (results are then
     NumPy arrays); anything else unchanged. Ragged lists: ``ValueError``, others ``TypeError``."""

@@ -17,7 +17,7 @@ from .engine.plan import MemoryBudgetError, plan
 from .engine.result import FIELDS
 
 
-def as_batch(x, d: int):
+def flatten_batch(x, d: int):
     """``x : (..., d)`` as a batch ``(N, d)`` and the leading shape to restore.
 
     ``()`` for one point ``(d,)`` (a batch of one, a view); ``None`` for
@@ -43,7 +43,7 @@ def as_batch(x, d: int):
 
 def batch_input(x, d: int, out_what: str | None = None):
     """``(batch, lead)``: ``x`` (an array or a nested list, :func:`~hessquik_core._array.as_input_array`)
-    as a batch ``(N, d)`` and its leading shape (:func:`as_batch`; ``None`` for ``(n, d)``).
+    as a batch ``(N, d)`` and its leading shape (:func:`flatten_batch`; ``None`` for ``(n, d)``).
 
     ``out_what`` names an ``out=`` use (``"out="``, ``"empty_result"``): those
     refuse extra leading axes (``ValueError``), since a reshape of the caller's
@@ -52,7 +52,7 @@ def batch_input(x, d: int, out_what: str | None = None):
     x = as_input_array(x, "x")
     if getattr(x, "ndim", 2) == 2:
         return x, None  # the usual batch: checked by resolve_input
-    x, lead = as_batch(x, d)
+    x, lead = flatten_batch(x, d)
     if lead and out_what is not None:
         raise ValueError(
             f"{out_what} does not take x with extra leading batch axes (x has shape "

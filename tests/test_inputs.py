@@ -91,18 +91,18 @@ def test_leading_axes_autograd_flows_through_the_reshape():
     torch.testing.assert_close(g.reshape(-1, 2), gf, rtol=1e-14, atol=1e-15)
 
 
-def test_as_batch_is_a_view_when_possible():
+def test_flatten_batch_is_a_view_when_possible():
     x = np.random.default_rng(2).standard_normal((4, 5, 3))
-    flat, lead = inputs.as_batch(x, 3)
+    flat, lead = inputs.flatten_batch(x, 3)
     assert lead == (4, 5) and flat.shape == (20, 3) and np.shares_memory(flat, x)
     view = np.broadcast_to(np.arange(3.0), (1000, 1000, 3))
-    flat, lead = inputs.as_batch(view, 3)  # merged zero strides: still a view, never materialised
+    flat, lead = inputs.flatten_batch(view, 3)  # merged zero strides: still a view, never materialised
     assert flat.shape == (10**6, 3) and np.shares_memory(flat, view) and flat.strides == (0, 8)
     t = x.transpose(1, 0, 2)  # not mergeable: a copy, the caller's array untouched
-    flat, lead = inputs.as_batch(t, 3)
+    flat, lead = inputs.flatten_batch(t, 3)
     assert lead == (5, 4)
     np.testing.assert_array_equal(flat, t.reshape(-1, 3))
-    assert inputs.as_batch(x[0, 0], 3)[1] == () and inputs.as_batch(x[0], 3)[1] is None
+    assert inputs.flatten_batch(x[0, 0], 3)[1] == () and inputs.flatten_batch(x[0], 3)[1] is None
 
 
 def test_leading_axes_wrong_last_axis():
