@@ -23,10 +23,8 @@ _MODES = ("auto", "forward", "backward")
 def namespace_of(x, what: str = "x"):
     """``array_namespace(x)`` with an error that says what was expected."""
     if isinstance(x, (list, tuple, int, float)) or not hasattr(x, "shape"):
-        lists = ", or a nested list of real numbers" if what in ("x", "directions") else ""
         raise TypeError(
-            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array{lists}), "
-            f"got {type(x).__name__}"
+            f"{what} must be a NumPy, CuPy or torch array (or any Array-API array), got {type(x).__name__}"
         )
     try:
         return owner_of(x).namespace(x)
@@ -77,21 +75,6 @@ def as_batch(x, d: int):
             f"x must have shape (n, {d}), got shape {tuple(x.shape)} (ndim 1): a single point has shape ({d},)"
         )
     return xp.expand_dims(x, axis=0)
-
-
-def as_input_array(x, what: str = "x"):
-    """A (nested) list or tuple of numbers as a NumPy ``float64`` array (results are then
-    NumPy arrays); anything else unchanged. Ragged lists: ``ValueError``, others ``TypeError``."""
-    if not isinstance(x, (list, tuple)):
-        return x
-    import numpy as np
-
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        kind = ValueError if "inhomogeneous" in str(err) or "sequence" in str(err) else TypeError
-        msg = f"{what} given as a {type(x).__name__} must be a rectangular nested list of real numbers"
-        raise kind(f"{msg} (it becomes a NumPy float64 array): {err}") from err
 
 
 def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
@@ -278,15 +261,11 @@ def resolve_input(net, x, backend, convert: bool = True) -> InputContext:
 
     ``backend=None`` keeps ``x``'s library; a backend that owns another
     library converts ``x`` to it (results are converted back by the caller);
-    the generic backend runs on ``x``'s own namespace. A nested list is a
-    NumPy ``float64`` array (:func:`as_input_array`). ``convert=False``
-    defers the conversion: ``InputContext.x`` is then a stand-in with the
-    converted array's shape, dtype and device holding one entry (a broadcast
-    zero), all the planner reads of ``x``.
-    """
+    the generic backend runs on ``x``'s own namespace. ``convert=False``: ``InputContext.x``
+    is a stand-in (a broadcast zero) of the converted ``x``'s shape, dtype and device."""
     if backend is not None and backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
-    x = as_plain_array(as_input_array(x, "x"), "x")
+    x = as_plain_array(x, "x")
     xp0 = namespace_of(x)
     d = net.in_features
     if x.ndim != 2:
@@ -331,15 +310,14 @@ def resolve_call(
 
     ``mode="auto"`` is left for the caller to settle by the cost model,
     except when ``directions`` decide it (their first axis is ``d`` or ``m``).
-    ``admit(ctx)``: a refusal check run on a stand-in of ``x`` (:func:`resolve_input`)
-    *before* ``x`` is converted to another library (only then): a refused call never
-    materialises ``x`` (:func:`~hessquik_core._inputs.admission`)."""
+    ``admit(ctx)`` refuses on a stand-in of ``x`` before ``x`` is converted to another library
+    (:func:`~hessquik_core._inputs.admission`): a refused call never materialises ``x``."""
     divergence = _bool("divergence", divergence)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
     hessian_diagonal = _bool("hessian_diagonal", hessian_diagonal)
-    x = as_plain_array(as_input_array(x, "x"), "x")
+    x = as_plain_array(x, "x")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
 

@@ -12,9 +12,24 @@ from __future__ import annotations
 
 import math
 
-from ._array import as_input_array, as_plain_array, namespace_of
+from ._array import as_plain_array, namespace_of
 from .engine.plan import MemoryBudgetError, plan
 from .engine.result import FIELDS
+
+
+def as_input_array(x, what: str = "x"):
+    """A (nested) list or tuple of numbers as a NumPy ``float64`` array (results are then
+    NumPy arrays); anything else unchanged. Ragged lists: ``ValueError``, others ``TypeError``."""
+    if not isinstance(x, (list, tuple)):
+        return x
+    import numpy as np
+
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        kind = ValueError if "inhomogeneous" in str(err) or "sequence" in str(err) else TypeError
+        msg = f"{what} given as a {type(x).__name__} must be a rectangular nested list of real numbers"
+        raise kind(f"{msg} (it becomes a NumPy float64 array): {err}") from err
 
 
 def flatten_batch(x, d: int):
@@ -42,14 +57,14 @@ def flatten_batch(x, d: int):
 
 
 def batch_input(x, d: int, out_what: str | None = None):
-    """``(batch, lead)``: ``x`` (an array or a nested list, :func:`~hessquik_core._array.as_input_array`)
+    """``(batch, lead)``: ``x`` (an array or a nested list, :func:`as_input_array`)
     as a batch ``(N, d)`` and its leading shape (:func:`flatten_batch`; ``None`` for ``(n, d)``).
 
     ``out_what`` names an ``out=`` use (``"out="``, ``"empty_result"``): those
     refuse extra leading axes (``ValueError``), since a reshape of the caller's
     buffers to ``(N, ...)`` could silently copy them instead of writing in place.
     """
-    x = as_input_array(x, "x")
+    x = as_input_array(x, "x")  # directions lists: resolve_call, in x's library and dtype
     if getattr(x, "ndim", 2) == 2:
         return x, None  # the usual batch: checked by resolve_input
     x, lead = flatten_batch(x, d)
