@@ -154,7 +154,8 @@ class NN(Module):
             device. A call whose estimated peak exceeds it runs in batch
             chunks (results are identical); if one example alone exceeds
             it, :class:`MemoryBudgetError` is raised before anything is
-            allocated. The result is not counted against ``max_memory``: it
+            allocated (with ``backend=`` another library's: before ``x``
+            is converted, so a broadcast view is never materialised). The result is not counted against ``max_memory``: it
             is allocated once, whole, and must fit in the memory available
             on the device next to one chunk's work, otherwise
             :class:`MemoryBudgetError` (stating its size) is raised before
