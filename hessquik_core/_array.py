@@ -77,17 +77,6 @@ def as_batch(x, d: int):
     return xp.expand_dims(x, axis=0)
 
 
-def unbatch(res):
-    """Drop the batch axis of a batch-of-one result (every entry is ``(1, ...)``)."""
-    from .engine.result import FIELDS  # the engine package imports this module
-
-    for name in FIELDS:
-        a = getattr(res, name)
-        if a is not None:
-            setattr(res, name, a[0, ...])
-    return res
-
-
 def check_max_memory(max_memory, name: str = "max_memory") -> float | None:
     """``max_memory`` as a float number of bytes (``None`` stays ``None``).
 
@@ -271,13 +260,13 @@ class InputContext:
         return cache_key(self.backend, self.xp, self.be.device_of(self.x), self.x.dtype)
 
 
-def resolve_input(net, x, backend) -> InputContext:
+def resolve_input(net, x, backend, convert: bool = True) -> InputContext:
     """Validate ``x : (n, d)`` for ``net`` and move it to the backend that runs the call.
 
     ``backend=None`` keeps ``x``'s library; a backend that owns another
     library converts ``x`` to it (results are converted back by the caller);
-    the generic backend runs on ``x``'s own namespace.
-    """
+    the generic backend runs on ``x``'s own namespace. ``convert=False``: ``InputContext.x``
+    is a stand-in (a broadcast zero) of the converted ``x``'s shape, dtype and device."""
     if backend is not None and backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}: expected one of {BACKEND_NAMES} or None")
     x = as_plain_array(x, "x")
@@ -299,8 +288,9 @@ def resolve_input(net, x, backend) -> InputContext:
     # one that owns none (generic) runs on x's namespace
     converted = chosen.library is not None and chosen.library != native.library
     if converted:
-        xc = _move_to(chosen, x)
         be = chosen
+        zero = be.xp.zeros((), dtype=be.dtype(_dtype_name(x.dtype)))
+        xc = _move_to(be, x) if convert else be.xp.broadcast_to(zero, (x.shape[0], d))
     else:
         xc, be = x, chosen.bind(xp0)
     return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
@@ -345,12 +335,14 @@ def resolve_call(
     hessian_diagonal,
     divergence=False,
     biharmonic=False,
+    admit=None,
 ) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
 
     ``mode="auto"`` is left for the caller to settle by the cost model,
     except when ``directions`` decide it (their first axis is ``d`` or ``m``).
-    """
+    ``admit(ctx)`` refuses on a stand-in of ``x`` before ``x`` is converted to another library
+    (:func:`~hessquik_core._inputs.admission`): a refused call never materialises ``x``."""
     divergence = _bool("divergence", divergence)
     biharmonic = _bool("biharmonic", biharmonic)
     gradient = _bool("gradient", gradient)
@@ -367,7 +359,7 @@ def resolve_call(
         for leaf in net._leaves():  # with hq.biharmonic's messages
             check_leaf(leaf, 4, "biharmonic")
 
-    inp = resolve_input(net, x, backend)
+    inp = resolve_input(net, x, backend, convert=admit is None)
     d, m = net.in_features, net.out_features
     xp, xc, be = inp.xp, inp.x, inp.be
     native = inp.user_be
@@ -419,7 +411,7 @@ def resolve_call(
             raise ValueError(
                 f"directions for mode={mode!r} must have shape ({need}, k), got {tuple(V.shape)}"
             )
-    return CallContext(
+    ctx = CallContext(
         xp=xp,
         be=be,
         x=xc,
@@ -437,3 +429,7 @@ def resolve_call(
         orig_x=x,
         native=native if inp.converted else None,
     )
+    if admit is not None and inp.converted:
+        admit(ctx)  # refuses on shapes, before x is converted (else call() plans on x itself)
+        ctx = replace(ctx, x=_move_to(be, x))
+    return ctx

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import as_batch, resolve_call, unbatch
+from ._array import resolve_call
 from ._dask_hook import chunked_plugin, is_dask
+from ._inputs import admission, batch_input, unbatch
 from ._module import Module
 from .engine import MODES, MemoryBudgetError, Result, call, empty_result, estimate_call
 from .engine.explain import explain
@@ -98,14 +99,13 @@ class NN(Module):
         return f"{type(self).__name__}(\n  {inner}\n)"
 
     # -- evaluation -------------------------------------------------------
-    def _resolve(
-        self, x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, *more
-    ):
-        """The settled call context of ``self(x, ...)`` and whether ``x`` was one
-        point ``(d,)`` (a batch of one, squeezed after); ``more``: ``(biharmonic,)`` where asked."""
-        single = getattr(x, "ndim", None) == 1
-        if single:
-            x = as_batch(x, self.in_features)
+    def _resolve(self, x, *flags, admit=None, out_what: str | None = None):
+        """The resolved context of ``self(x, *flags)`` on a batch ``(N, d)`` and ``x``'s leading
+        shape for the results (:func:`~hessquik_core._inputs.batch_input`); ``flags`` may end
+        with ``biharmonic``; ``admit``: see :func:`~hessquik_core._array.resolve_call`;
+        ``out_what``: names an ``out=`` use."""
+        directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, *more = flags
+        x, lead = batch_input(x, self.in_features, out_what)
         ctx = resolve_call(
             self,
             x,
@@ -118,8 +118,9 @@ class NN(Module):
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
             biharmonic=more[0] if more else False,
+            admit=admit,
         )
-        return ctx, single
+        return ctx, lead
 
     def __call__(
         self,
@@ -142,12 +143,16 @@ class NN(Module):
 
         Parameters
         ----------
-        x : array of shape (n, d) or (d,)
-            NumPy, CuPy, torch or any Array-API array, floating dtype. The
+        x : array of shape (n, d), (d,) or (..., d)
+            NumPy, CuPy, torch or any Array-API array, floating dtype, or a
+            nested list of numbers (a NumPy ``float64`` array). The
             computation runs in ``x``'s dtype and on its device; parameters
             are converted (and cached) to match. A single point ``(d,)``
             gives results without the batch axis (``value (m,)``,
-            ``gradient (d, m)``, ...; ``directions`` keep their meaning).
+            ``gradient (d, m)``, ...; ``directions`` keep their meaning);
+            extra leading axes ``(n1, ..., nk, d)`` run as the batch
+            ``x.reshape(-1, d)`` and every result gets them back (see
+            :class:`Result`; not with ``out=``).
         gradient, hessian, laplacian, hessian_diagonal : bool
             What to compute besides the value. The Laplacian and the
             diagonal alone never form the full Hessian.
@@ -180,7 +185,8 @@ class NN(Module):
             device. A call whose estimated peak exceeds it runs in batch
             chunks (results are identical); if one example alone exceeds
             it, :class:`MemoryBudgetError` is raised before anything is
-            allocated. The result is not counted against ``max_memory``: it
+            allocated (with ``backend=`` another library's: before ``x``
+            is converted, so a broadcast view is never materialised). The result is not counted against ``max_memory``: it
             is allocated once, whole, and must fit in the memory available
             on the device next to one chunk's work, otherwise
             :class:`MemoryBudgetError` (stating its size) is raised before
@@ -228,22 +234,16 @@ class NN(Module):
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
             kw = {k: v for k, v in locals().items() if k not in ("self", "x", "out", "plugin", "biharmonic")}
             return plugin.call(self, x, **kw)
-        ctx, single = self._resolve(
-            x,
-            directions,
-            mode,
-            backend,
-            gradient,
-            hessian,
-            laplacian,
-            hessian_diagonal,
-            divergence,
-            biharmonic,
-        )
-        res = call(list(self._leaves()), ctx, max_memory, progress, out, single)
+        leaves = list(self._leaves())
+        ctx, lead = self._resolve(  # the memory plan refuses before x is converted (admission)
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, biharmonic,
+            admit=admission(leaves, max_memory, out is not None), out_what=None if out is None else "out=",
+        )  # fmt: skip
+        single = lead == ()
+        res = call(leaves, ctx, max_memory, progress, out, single)
         if out is not None:  # out's own arrays, already of the caller's shapes
             return res
-        return unbatch(res) if single else res
+        return res if lead is None else unbatch(res, lead)
 
     def empty_result(
         self,
@@ -277,10 +277,11 @@ class NN(Module):
         """
         if is_dask(x):
             raise TypeError("empty_result does not take Dask arrays: their results are lazy Dask arrays")
-        ctx, single = self._resolve(
-            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence
-        )
-        return empty_result(list(self._leaves()), ctx, single)
+        ctx, lead = self._resolve(
+            x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence,
+            out_what="empty_result",
+        )  # fmt: skip
+        return empty_result(list(self._leaves()), ctx, lead == ())
 
     def cost(
         self,

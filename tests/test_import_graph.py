@@ -44,7 +44,7 @@ TIERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # one file per layer: maths, parameter passes, declared structure
     ("layers", ("layers", "layers.*")),
     # the resolved call, the planner, the routes and the sweeps
-    ("engine", ("_array", "engine", "engine.*")),
+    ("engine", ("_array", "_inputs", "engine", "engine.*")),
     # NN and the factories: hand a call to the engine; the network registry (file-format names)
     ("networks", ("networks", "registry")),
     # what is built on networks

@@ -23,7 +23,12 @@ class Result:
     Arrays are of ``x``'s library (NumPy, torch, CuPy, ...), in its dtype
     and on its device. For a single point ``x`` of shape ``(d,)`` every
     entry drops its leading batch axis (``value (m,)``, ``gradient (d, m)``,
-    ``hessian (d, d, m)``, ..., ``divergence ()``).
+    ``hessian (d, d, m)``, ..., ``divergence ()``). For ``x`` with extra
+    leading batch axes ``(n1, ..., nk, d)`` (a grid ``(nx, ny, d)``) every
+    entry has them in place of ``n``: ``value (n1, ..., nk, m)``,
+    ``gradient (n1, ..., nk, d, m)``, ``hessian (n1, ..., nk, d, d, m)``,
+    ``laplacian (n1, ..., nk, m)``, ``hessian_diagonal (n1, ..., nk, d, m)``,
+    ``divergence (n1, ..., nk)``.
 
     **Unpacking** yields exactly the requested quantities, never a
     ``None``: the value first, then, of those asked for, gradient, hessian,
