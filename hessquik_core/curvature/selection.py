@@ -81,6 +81,7 @@ def resolve_params(original, full, params) -> tuple[Any, np.ndarray | None]:
         if not is_torch:
             return full, None
         be = model_backend(original)
+        assert be is not None  # is_torch: a model of an imported library
         frozen = [n for n, p in original.named_parameters() if not be.requires_grad(p)]
         if not frozen:
             return full, None
