@@ -52,6 +52,7 @@ STEM = "w7_accuracy"
 PI = math.pi
 THRESHOLDS = (1e-4, 1e-6, 1e-7)
 OURS_GN, TF_GN = "GN", "GN (torch.func J)"
+OURS_ENGD, TF_ENGD = "ENGD", "ENGD (torch.func J)"
 #: problem -> (error target, within seconds), the issue's targets
 TARGETS = {
     "poisson2d": (1e-10, 10.0),
@@ -208,6 +209,12 @@ def _gn(pr):
     return pinn.GaussNewton(pr, solver="dense" if pr.P <= pr.N else "kernel")
 
 
+def _engd(pr):
+    from hessquik_core import pinn
+
+    return pinn.ENGD(pr, solver="dense" if pr.P <= pr.N else "kernel")
+
+
 def _make(name: str):
     from hessquik_core import pinn
 
@@ -217,15 +224,17 @@ def _make(name: str):
         OURS_GN: _gn,
         "KFAC": lambda pr: pinn.KFAC(pr),
         TF_GN: _gn,
+        OURS_ENGD: _engd,
+        TF_ENGD: _engd,
     }[name]
 
 
-OPTIMIZERS = ("Adam", "L-BFGS", OURS_GN, "KFAC", TF_GN)
+OPTIMIZERS = ("Adam", "L-BFGS", OURS_GN, OURS_ENGD, "KFAC", TF_GN, TF_ENGD)
 
 
 def train(key: str, spec: Spec, opt_name: str, args) -> dict:
     """One optimizer from the shared initial weights: its error curve ``[(seconds, step, error)]``."""
-    tf = opt_name == TF_GN
+    tf = opt_name in (TF_GN, TF_ENGD)
     backend = "torch" if tf else args.backend
     rec: dict = {"problem": key, "optimizer": opt_name, "backend": backend, "status": "ok", "note": ""}
     try:
@@ -292,7 +301,7 @@ def targets(rows: list[dict], budgets: list[float]) -> list[dict]:
     out = []
     for key in dict.fromkeys(r["problem"] for r in rows):
         by = {r["optimizer"]: r for r in rows if r["problem"] == key and r["status"] == "ok"}
-        ours = {k: v for k, v in by.items() if k in (OURS_GN, "KFAC")}
+        ours = {k: v for k, v in by.items() if k in (OURS_GN, OURS_ENGD, "KFAC")}
         err, within = TARGETS[key]
         if ours:
             b = within if within is not None else max(budgets)
@@ -318,15 +327,17 @@ def targets(rows: list[dict], budgets: list[float]) -> list[dict]:
                     met=below,
                 )
             )
-        if OURS_GN in by and TF_GN in by:
-            a, t = by[OURS_GN], by[TF_GN]
+        for mine, peer in ((OURS_GN, TF_GN), (OURS_ENGD, TF_ENGD)):
+            if mine not in by or peer not in by:
+                continue
+            a, t = by[mine], by[peer]
             e = max(a["final_error"], t["final_error"])  # the error both reached
             ta, tt = _time_to(a["_full"], e), _time_to(t["_full"], e)
             ratio = None if not (ta and tt) else tt / ta
             out.append(
                 dict(
                     problem=key,
-                    target=f"≥ 5× faster than {TF_GN} to the same error ({e:.1e})",
+                    target=f"{mine} ≥ 5× faster than {peer} to the same error ({e:.1e})",
                     got=("—" if ratio is None else f"{ratio:.1f}× ({ta:.2f} s vs {tt:.2f} s)")
                     + (
                         "" if a["backend"] == t["backend"] else f"; ours on {a['backend']}, the peer on torch"
@@ -358,7 +369,7 @@ def run(args, machine: dict) -> dict:
     for key in keys:
         for name in names:
             harness.log(f"{SPECS[key].name}: {name} ({max(args.budgets):g} s at most)")
-            if name == TF_GN and importlib.util.find_spec("torch") is None:
+            if name in (TF_GN, TF_ENGD) and importlib.util.find_spec("torch") is None:
                 rows.append(
                     dict(problem=key, optimizer=name, status="unavailable", note="torch is not installed")
                 )
