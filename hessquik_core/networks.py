@@ -2,6 +2,11 @@ r"""Networks: compositions of layers; :mod:`hessquik_core.engine` runs their cal
 
 ``net(x, gradient=True, hessian=True)`` evaluates the network and, without
 automatic differentiation, its input derivatives. See :meth:`NN.__call__`.
+
+This module is over 400 lines because :meth:`NN.__call__`, :meth:`NN.empty_result`
+and :meth:`NN.cost` each document every keyword of a call with its shapes (what
+``help(net)`` shows); the code itself is short, and the three factories are
+``NN`` subclasses that only choose their layers.
 """
 
 from __future__ import annotations
