@@ -47,6 +47,7 @@ def _run(name, tmp_path, *extra):
     return out
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_hermite_peaks(tmp_path):
     # stated thresholds for --quick (400 Adam steps on 300 points); the full run reaches ~3e-3 / 1e-2 / 3e-2
     out = _run("hermite_peaks", tmp_path)
@@ -56,6 +57,7 @@ def test_hermite_peaks(tmp_path):
     assert Path(out["weights"]).is_file()
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 @pytest.mark.parametrize("dim, threshold", [(2, 0.05), (10, 0.10)])
 def test_poisson(tmp_path, dim, threshold):
     # relative L2 error of the PINN solution against the analytic one
@@ -64,6 +66,7 @@ def test_poisson(tmp_path, dim, threshold):
     assert out["rel_l2_error"] < threshold
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_icnn_convex(tmp_path):
     out = _run("icnn_convex", tmp_path)
     # the ICNN is convex for any weights: every Hessian PSD, in and out of the training box
@@ -76,6 +79,7 @@ def test_icnn_convex(tmp_path):
     assert out["mlp_frac_not_psd_out"] > 0.1
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_scipy_newton(tmp_path):
     out = _run("scipy_newton", tmp_path)
     # the callbacks are the network's derivatives
@@ -89,6 +93,7 @@ def test_scipy_newton(tmp_path):
     assert out["minimiser_distance_to_true"] < 0.1
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_helmholtz_fourier(tmp_path):
     out = _run("helmholtz_fourier", tmp_path)
     # (about) equal trainable parameter counts
@@ -101,6 +106,7 @@ def test_helmholtz_fourier(tmp_path):
     assert out["fourier_gated_rel_l2_error"] < out["tanh_rel_l2_error"]
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_highdim_poisson(tmp_path):
     """d = 10^4, trained through the exact Laplacian (backward mode)."""
     out = _run("highdim_poisson", tmp_path)
@@ -113,6 +119,7 @@ def test_highdim_poisson(tmp_path):
     assert out["rel_l2_error"] < 0.8 * out["initial_rel_l2_error"]
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_kirchhoff_plate(tmp_path):
     """A fourth-order problem trained through the exact bi-Laplacian."""
     out = _run("kirchhoff_plate", tmp_path)
@@ -121,6 +128,7 @@ def test_kirchhoff_plate(tmp_path):
     assert out["rel_residual"] < 5e-2
 
 
+@pytest.mark.slow  # trains the example (--quick): tens of seconds
 def test_pinn_second_order(tmp_path):
     """Adam, L-BFGS, Gauss-Newton, ENGD and KFAC on Poisson 2-D and heat 1-D, same weights and time budget."""
     out = _run("pinn_second_order", tmp_path)
