@@ -68,4 +68,3 @@ def test_bad_indices_say_what_is_expected():
         single[0]
     with pytest.raises(TypeError, match="no batch axis"):
         len(single)
-
