@@ -208,10 +208,31 @@ def _walk(module, path: str, out: list) -> None:
     from torch import nn
 
     if type(module) is nn.Sequential:
-        for name, child in module.named_children():
-            _walk(child, f"{path}.{name}" if path else name, out)
+        # the registered children in order, repeats included: named_children() yields a
+        # module object once, so Sequential(lin, act, lin2, act) would lose its second act
+        for name, child in module._modules.items():
+            if child is not None:
+                _walk(child, f"{path}.{name}" if path else name, out)
     else:
         out.append((path or "<root>", module))
+
+
+def _check_not_shared(leaves) -> None:
+    """Refuse a module object with parameters that occurs twice (tied weights): a converted
+    network holds one parameter set per layer, so it would untie them and its parameter
+    curvature would not be the model's."""
+    seen: dict[int, str] = {}
+    for path, mod in leaves:
+        if next(iter(mod.parameters()), None) is None:
+            continue  # parameter-free modules (activations) may be reused freely
+        if id(mod) in seen:
+            raise ValueError(
+                f"submodule {path!r} is the same module object as {seen[id(mod)]!r} (shared, tied "
+                f"weights); a hessquik-core network holds one parameter set per layer, so the "
+                f"conversion would untie them: give each layer its own module (e.g. copy.deepcopy), "
+                f"or keep this model in torch"
+            )
+        seen[id(mod)] = path
 
 
 def _np(t, dtype) -> np.ndarray:
@@ -349,7 +370,9 @@ def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, d
     Raises
     ------
     ValueError
-        Naming the offending submodule (dotted path) for anything else:
+        Naming the offending submodule (dotted path) for a module object with
+        parameters that occurs twice (tied weights, which a converted network would
+        untie), and for anything else:
         non-smooth activations, unknown modules (e.g. a hand-written
         residual block), an activation without a preceding ``nn.Linear``,
         ``Dropout`` in training mode, or mismatched widths; and for any
@@ -383,6 +406,7 @@ def from_torch(module, *, allow_relu: bool = False, allow_kinks: bool = False, d
         allow_relu = _OptIns(bool(allow_relu), bool(allow_kinks))  # type: ignore[assignment]
     leaves: list = []
     _walk(module, "", leaves)
+    _check_not_shared(leaves)
     layers: list[Layer] = []
     # a twin waiting for the activation module that may follow it (nn.Linear, then nn.Tanh)
     pending: tuple[str, Any, type[Layer]] | None = None

@@ -294,3 +294,20 @@ def test_import_hygiene():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_from_torch_refuses_tied_weights_and_keeps_reused_activations():
+    """A module object with parameters used twice is refused (its weights are tied); a reused
+    parameter-free activation is converted at every place it occurs."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    shared = nn.Linear(3, 3).double()
+    with pytest.raises(ValueError, match=r"'2' is the same module object as '0'.*tied"):
+        hq.from_torch(nn.Sequential(shared, nn.Tanh(), shared))
+    act = nn.Tanh()
+    tm = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2), act).double()
+    net = hq.from_torch(tm)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    np.testing.assert_allclose(net(x).value, tm(torch.from_numpy(x)).detach().numpy(), rtol=1e-13, atol=1e-14)
