@@ -62,6 +62,36 @@ def pyplot():
     return plt
 
 
+def plot_solution_and_loss(path, X, Y, exact, approx, history, switch_step, *, names, xy_labels, loss_title):
+    """The figure of a trained 2-D PINN example: exact field, network field (shared colour scale),
+    their absolute difference, and the training loss with the Adam → L-BFGS switch marked.
+
+    ``names = (exact title, network title, difference title)``; ``xy_labels = (x label, y label)``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
+    levels = np.linspace(min(exact.min(), approx.min()), max(exact.max(), approx.max()), 21)
+    for a, z, title in ((ax[0], exact, names[0]), (ax[1], approx, names[1])):
+        c = a.contourf(X, Y, z, levels=levels, cmap="viridis")
+        a.set_title(title)
+    fig.colorbar(c, ax=ax[:2], shrink=0.9)
+    c = ax[2].contourf(X, Y, np.abs(approx - exact), levels=20, cmap="magma")
+    ax[2].set_title(names[2])
+    fig.colorbar(c, ax=ax[2], shrink=0.9)
+    for a in ax[:3]:
+        a.set_aspect("equal")
+        a.set_xlabel(xy_labels[0])
+        a.set_ylabel(xy_labels[1])
+    ax[3].semilogy(history)
+    ax[3].axvline(switch_step, color="gray", ls="--", lw=1, label="Adam → L-BFGS")
+    ax[3].legend()
+    ax[3].set_xlabel("step (Adam, then L-BFGS outer steps)")
+    ax[3].set_title(loss_title)
+    ax[3].grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 

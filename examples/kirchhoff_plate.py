@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, parser, pyplot, rel_err, setup  # noqa: E402
+from _common import Timer, parser, plot_solution_and_loss, rel_err, setup  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
 from hessquik_core.training import fit, torch_parameters  # noqa: E402
@@ -126,7 +126,6 @@ def main(argv=None) -> dict:
 
 def plot(net, history, adam_steps, path: Path) -> Path:
     """w, w_θ, |w_θ - w| on the plate, and the loss."""
-    plt = pyplot()
     m = 101
     s = np.linspace(0.0, 1.0, m)
     X, Y = np.meshgrid(s, s)
@@ -134,28 +133,12 @@ def plot(net, history, adam_steps, path: Path) -> Path:
     w = exact(pts)[0].reshape(m, m)
     wh = net(pts).value[:, 0].reshape(m, m)
 
-    fig, ax = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
-    levels = np.linspace(min(w.min(), wh.min()), max(w.max(), wh.max()), 21)
-    for a, z, title in ((ax[0], w, "exact deflection w"), (ax[1], wh, r"PINN $w_\theta$")):
-        c = a.contourf(X, Y, z, levels=levels, cmap="viridis")
-        a.set_title(title)
-    fig.colorbar(c, ax=ax[:2], shrink=0.9)
-    c = ax[2].contourf(X, Y, np.abs(wh - w), levels=20, cmap="magma")
-    ax[2].set_title(r"$|w_\theta - w|$")
-    fig.colorbar(c, ax=ax[2], shrink=0.9)
-    for a in ax[:3]:
-        a.set_aspect("equal")
-        a.set_xlabel("x")
-        a.set_ylabel("y")
-    ax[3].semilogy(history)
-    ax[3].axvline(adam_steps, color="gray", ls="--", lw=1, label="Adam → L-BFGS")
-    ax[3].legend()
-    ax[3].set_xlabel("step (Adam, then L-BFGS outer steps)")
-    ax[3].set_title(r"training loss, $D\Delta^2 w = q$")
-    ax[3].grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot_solution_and_loss(
+        path, X, Y, w, wh, history, adam_steps,
+        names=("exact deflection w", r"PINN $w_\theta$", r"$|w_\theta - w|$"),
+        xy_labels=("x", "y"),
+        loss_title=r"training loss, $D\Delta^2 w = q$",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, parser, pyplot, rel_err, setup  # noqa: E402
+from _common import Timer, parser, plot_solution_and_loss, rel_err, setup  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
 from hessquik_core.training import fit, torch_parameters  # noqa: E402
@@ -152,7 +152,6 @@ def main(argv=None) -> dict:
 
 def plot(net, d, history, adam_steps, path: Path) -> Path:
     """u, u_θ and |u_θ - u| on the (x1, x2) plane (other coordinates 0.5), and the loss."""
-    plt = pyplot()
     m = 101
     s = np.linspace(0.0, 1.0, m)
     X, Y = np.meshgrid(s, s)
@@ -161,29 +160,13 @@ def plot(net, d, history, adam_steps, path: Path) -> Path:
     u = exact(pts)[0].reshape(m, m)
     uh = net(pts).value[:, 0].reshape(m, m)
 
-    fig, ax = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
-    levels = np.linspace(min(u.min(), uh.min()), max(u.max(), uh.max()), 21)
     where = "" if d == 2 else rf" ($x_3, \ldots, x_{{{d}}} = 0.5$)"
-    for a, z, title in ((ax[0], u, "exact u" + where), (ax[1], uh, r"PINN $u_\theta$")):
-        c = a.contourf(X, Y, z, levels=levels, cmap="viridis")
-        a.set_title(title)
-    fig.colorbar(c, ax=ax[:2], shrink=0.9)
-    c = ax[2].contourf(X, Y, np.abs(uh - u), levels=20, cmap="magma")
-    ax[2].set_title(r"$|u_\theta - u|$")
-    fig.colorbar(c, ax=ax[2], shrink=0.9)
-    for a in ax[:3]:
-        a.set_aspect("equal")
-        a.set_xlabel("$x_1$")
-        a.set_ylabel("$x_2$")
-    ax[3].semilogy(history)
-    ax[3].axvline(adam_steps, color="gray", ls="--", lw=1, label="Adam → L-BFGS")
-    ax[3].legend()
-    ax[3].set_xlabel("step (Adam, then L-BFGS outer steps)")
-    ax[3].set_title(f"training loss, d = {d}")
-    ax[3].grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot_solution_and_loss(
+        path, X, Y, u, uh, history, adam_steps,
+        names=("exact u" + where, r"PINN $u_\theta$", r"$|u_\theta - u|$"),
+        xy_labels=("$x_1$", "$x_2$"),
+        loss_title=f"training loss, d = {d}",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
