@@ -87,120 +87,6 @@ def test_w6_training_step_smoke(tmp_path):
     assert (tmp_path / "w6.csv").exists()
 
 
-def test_w6_summary_marks_targets(tmp_path):
-    """The W6 summary computes ours / peer from the rows and marks each target."""
-    summary = pytest.importorskip("benchmarks.studies.w6_summary")
-
-    def row(peer, loss, d, t):
-        return dict(peer=peer, loss=loss, width=64, dtype="float64", d=d, status="ok", min_s=t)
-
-    rows = [
-        row("ours-auto", "laplacian", 2, 0.02),
-        row("jax+folx", "laplacian", 2, 0.01),  # 2.00: missed
-        row("torch.func", "laplacian", 2, 0.1),  # 0.20: met
-        row("ours-auto", "gradient", 2, 0.01),
-        row("jax", "gradient", 2, 0.02),  # 0.50: met (plain jax is the gradient loss's peer)
-        row("torch.func", "gradient", 2, 0.012),  # 0.83: missed
-    ]
-    (tmp_path / "w6_x.json").write_text(json.dumps({"rows": rows}))
-    assert summary.main(["--results", str(tmp_path)]) == 0
-    md = (tmp_path / "w6_summary.md").read_text()
-    assert "| 2 | 20.0 ms | 2.00 ✗ | 0.20 ✓ |" in md
-    assert "| 2 | 10.0 ms | 0.50 ✓ | 0.83 ✗ |" in md
-    assert "**2 targets met, 2 missed**" in md
-
-
-def _pinn_arch_rows(tmp_path, peers, *extra):
-    pa = pytest.importorskip("benchmarks.pinn_arch")
-    argv = ["--smoke", "--out", str(tmp_path), "--peers", peers, "--repeat", "2", *extra]
-    assert pa.main(argv, configure_threads=False) == 0
-    data = json.loads((tmp_path / "pinn_arch.json").read_text())
-    for r in data["rows"]:
-        assert r["status"] in ("ok", "not-run"), r
-        if r["status"] == "ok":
-            assert r["rel_err"] <= 1e-8 and r["min_s"] > 0 and r["rounds"] >= 2, r
-    return data
-
-
-def test_pinn_arch_smoke(tmp_path):
-    """Fourier features + gated MLP: this library's Laplacian and training step agree with
-    torch.func's on the same weights before they are timed; the tables are written."""
-    data = _pinn_arch_rows(tmp_path, "ours-numpy,ours-torch,torch.func", "--no-plots")
-    ok = {(r["task"], r["peer"]) for r in data["rows"] if r["status"] == "ok"}
-    assert ok == {
-        ("laplacian", "ours-numpy"),
-        ("laplacian", "ours-torch"),
-        ("laplacian", "torch.func"),
-        ("step", "ours-torch"),
-        ("step", "torch.func"),
-    }
-    # the step differentiates every weight: B of the Fourier features included
-    step = next(r for r in data["rows"] if (r["task"], r["peer"]) == ("step", "torch.func"))
-    assert step["ratios"]["ours-torch"] > 0 and step["n_params"] > 0
-    md = (tmp_path / "pinn_arch.md").read_text()
-    assert "Ratio ours-numpy / peer" in md and "Ratio ours-torch / peer" in md and "load average" in md
-    assert (tmp_path / "pinn_arch.csv").read_text().startswith("task,d,n,dtype")
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None or importlib.util.find_spec("folx") is None,
-    reason="needs jax and folx",
-)
-def test_pinn_arch_jax_peers_agree(tmp_path):
-    """The JAX version of the network (hessian trace, folx Laplacian, folx training step)
-    gives this library's results on the same weights; the plot is drawn."""
-    data = _pinn_arch_rows(tmp_path, "ours-numpy,ours-torch,jax,jax+folx", "--profile-s", "0.1")
-    ok = {(r["task"], r["peer"]) for r in data["rows"] if r["status"] == "ok"}
-    assert {("laplacian", "jax"), ("laplacian", "jax+folx"), ("step", "jax+folx")} <= ok
-    assert all(
-        r["compile_s"] > 0 for r in data["rows"] if r["peer"].startswith("jax") and r["status"] == "ok"
-    )
-    # where a peer was faster, this library's call was profiled
-    for pr in data["profiles"]:
-        assert pr["faster_peers"] and pr["top"] and 0 < pr["top"][0]["own_frac"] <= 1
-    if data["profiles"]:
-        assert "## Profiles where a peer is faster" in (tmp_path / "pinn_arch.md").read_text()
-    if importlib.util.find_spec("matplotlib") is not None:
-        assert (tmp_path / "pinn_arch.png").stat().st_size > 0
-
-
-def test_highdim_smoke_records_results_and_failures(tmp_path):
-    """The high-dimensional harness runs in process on tiny sizes, cross-checks the
-    methods against each other, and records a failing call instead of crashing."""
-    hd = pytest.importorskip("benchmarks.highdim")
-    methods = "numpy-forward,value,laplacian,hessian_diagonal,gradient,hutchinson-2,hutchinson-eq"
-    rc = hd.main(
-        [
-            "--smoke",
-            "--in-process",
-            "--d",
-            "50",
-            "--nd",
-            "1000",
-            "--methods",
-            methods,
-            "--out",
-            str(tmp_path),
-            "--no-plots",
-        ],
-        configure_threads=False,
-    )
-    assert rc == 0
-    data = json.loads((tmp_path / "highdim.json").read_text())
-    st = {r["method"]: r for r in data["rows"]}
-    assert all(r["status"] == "ok" for r in st.values()), st
-    assert st["hutchinson-eq"]["k"] >= 2 and 0 < st["hutchinson-eq"]["rel_rms_error"] < 10
-    chk = data["checks"]["50"]
-    assert chk["laplacian vs sum(hessian_diagonal)"] < 1e-12
-    assert chk["value: value vs numpy-forward"] < 1e-12
-    # a refusal is a result: recorded with its message
-    bad = hd.in_process(
-        {"method": "no-such-method", "d": 3, "n": 2, "dtype": "float64", "width": 4, "depth": 1}
-    )
-    assert bad["status"] == "error" and "no-such-method" in bad["note"]
-    assert "highdim" in (tmp_path / "highdim.md").read_text() or (tmp_path / "highdim.md").exists()
-
-
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs the whole check")
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_without_gpu_exits_cleanly(tmp_path):
@@ -439,82 +325,11 @@ def test_harness_profile_names_the_hot_function():
     assert h.profile_md(pr)[0] == "| function | own | cumulative | calls per call |"
 
 
-def test_out_buffer_smoke(tmp_path):
-    """The out= study: both variants agree with the fresh result before they are timed."""
-    ob = pytest.importorskip("benchmarks.out_buffer")
-    assert ob.main(["--smoke", "--out", str(tmp_path), "--libs", "numpy"], configure_threads=False) == 0
-    data = json.loads((tmp_path / "out_buffer.json").read_text())
-    (row,) = data["rows"]
-    assert row["fresh_s"] > 0 and row["out_s"] > 0 and row["max_rel_diff"] <= 1e-12
-    assert {r["peer"]: r["status"] for r in row["records"]} == {"fresh": "ok", "out": "ok"}
-    assert row["peak_alloc_out"] > 0 and row["peak_alloc_fresh"] > 0  # counted, not compared: tiny sizes
-    assert "fresh / out" in (tmp_path / "out_buffer.md").read_text()
-
-
-def test_second_order_smoke(tmp_path):
-    """The cost-model table checks forward against backward mode before timing them."""
-    so = pytest.importorskip("benchmarks.second_order")
-    assert so.main(["--smoke", "--out", str(tmp_path)], configure_threads=False) == 0
-    md = (tmp_path / "second_order.md").read_text()
-    assert "## Cost model against measured timings" in md and "picked the faster route in" in md
-    assert "## Machine" in md and (tmp_path / "second_order.json").exists()
-
-
-def test_curvature_cases_agree_in_process():
-    """The curvature benchmark's cases (each a subprocess in a run) on the tiny config:
-    this library's Hessian-vector products, eigenvalues and per-example gradients agree
-    with the torch references the report compares them with."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("scipy")
-    cv = pytest.importorskip("benchmarks.curvature")
-    cases = [
-        "hvp:ours_numpy",
-        "hvp:autograd",
-        "eig:ours_numpy_lanczos",
-        "eig:autograd",
-        "pex:ours_numpy",
-        "pex:vmap",
-    ]
-    threads = torch.get_num_threads()  # a case sets one thread, as its worker process does
-    try:
-        rows = [cv.run_case(c, cv.CONFIGS["smoke"]) for c in cases]
-    finally:
-        torch.set_num_threads(threads)
-    for r in rows:
-        assert r["seconds"] >= 0 and r["P"] > 0, r
-    agree = cv.agreement(rows)
-    assert set(agree) == set(cases)
-    assert max(agree[c] for c in cases if not c.startswith("pex")) < 1e-10
-    assert agree["pex:ours_numpy"] < 1e-4
-
-
-def test_dask_bench_baseline_and_report(tmp_path):
-    """The Dask benchmark's one-process baseline runs on the tiny config, and its report is
-    rebuilt from the committed measurements (the cluster itself is exercised by the Dask
-    tests; a whole run takes ~40 s on a loaded 2-core machine)."""
-    dk = pytest.importorskip("benchmarks.dask_bench")
-    base = dk.baseline(dict(dk.CONFIGS["smoke"]))
-    assert base["laplacian_s"] > 0 and base["ggn_s"] > 0
-    committed = Path(_ROOT) / "benchmarks" / "results" / "dask.json"
-    if committed.is_file():
-        shutil.copy(committed, tmp_path / "dask.json")
-        assert dk.main(["--replot", str(tmp_path), "--no-plots"]) == 0
-        md = (tmp_path / "dask.md").read_text()
-        assert "## Weak scaling estimate" in md and "| workers |" in md
-
-
 @pytest.mark.parametrize(
     "module",
     [
         "benchmarks.run",
         "benchmarks.training_step",
-        "benchmarks.pinn_arch",
-        "benchmarks.highdim",
-        "benchmarks.curvature",
-        "benchmarks.dask_bench",
-        "benchmarks.second_order",
-        "benchmarks.out_buffer",
-        "benchmarks.studies.w6_summary",
     ],
 )
 def test_every_documented_command_parses_its_arguments(module, capsys):
@@ -533,6 +348,26 @@ def test_readme_names_a_command_for_every_committed_result():
     ]
     for f in sorted(results.glob("*")):
         assert f"`{f.name}`" in table or f"`{f.name.split('.')[0]}.*`" in table, f.name
+
+
+def test_retired_results_name_the_commit_that_holds_their_script():
+    """A result whose script was retired says so in its first lines, and benchmarks/retired.md names
+    that script with the commit it is recovered from; no retired script is left in the tree."""
+    root = Path(_ROOT) / "benchmarks"
+    retired = (root / "retired.md").read_text()
+    readme = (root / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and "retired" in line]
+    assert len(rows) >= 9
+    for line in rows:
+        for name in line.split(" | ")[0].strip("| ").split(", "):
+            f = root / "results" / name.strip("`")
+            assert f.is_file() and f"`{f.name}`" in retired, f.name
+            if f.suffix == ".md":
+                head = "\n".join(f.read_text().splitlines()[:3])
+                assert "retired in session 7" in head or "retired study" in line, f.name
+    for script in ("out_buffer", "second_order", "dask_bench", "highdim", "curvature", "pinn_arch"):
+        assert f"`benchmarks/{script}.py`" in retired and not (root / f"{script}.py").exists()
+    assert "6d911f3" in retired and not (root / "studies").exists()
 
 
 def test_harness_names_a_peer_that_fails_when_repeated():

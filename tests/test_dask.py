@@ -444,25 +444,3 @@ def test_worker_killed_mid_computation_result_complete(client):
     # the nanny brought a fresh process up in place of the killed one
     client.wait_for_workers(2, timeout=60)
     assert before[victim] not in client.run(os.getpid).values()
-
-
-def test_benchmark_report_from_recorded_results(tmp_path):
-    """The benchmark's analysis (cost split, weak-scaling model, tables, plot) runs on its recorded numbers."""
-    import json
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    recorded = root / "benchmarks" / "results" / "dask.json"
-    if not recorded.exists():
-        pytest.skip("no recorded benchmark results")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    bench = pytest.importorskip("benchmarks.dask_bench")
-    pytest.importorskip("matplotlib")
-    d = json.loads(recorded.read_text())
-    bench.write_all(tmp_path, d)  # the report rebuilt from the recorded analysis (the harness writers)
-    md = (tmp_path / "dask.md").read_text()
-    assert "loaded, shared machine" in md and "Weak scaling" in md and (tmp_path / "dask.png").exists()
-    fit = bench.fit_chunk_cost(d["cluster"]["sweep"], d["cluster"]["workers"])
-    rows = bench.weak_scaling(fit["a_cpu_s"], fit["b_cpu_s_per_point"], 1e-3, 2**16, [1, 10**6], 1.125)
-    assert 0 < rows[1]["efficiency"] < rows[0]["efficiency"] <= 1
