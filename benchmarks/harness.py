@@ -1,36 +1,10 @@
-r"""The benchmark harness: what every workload shares.
+"""The benchmark harness: what every workload shares (``benchmarks/README.md``, "The harness").
 
-A workload states only its *points* (the parameters of one measurement), its
-*peers* (the methods compared, each built from the same weights) and its
-*table layout*; everything else is here, once:
-
-* :class:`Peer` and :class:`Registry` — a peer is a name, an availability check
-  (the modules it needs, and a device check for GPU peers) and a builder
-  ``build(point, *shared) -> Runner`` that makes the peer's version of the
-  point's computation from the weights every peer shares;
-* :func:`check_then_time` — the one measurement procedure: every peer's first
-  call (its warm-up, with peak memory) is checked against this library's
-  reference; a peer that disagrees is reported and never timed; the agreeing
-  ones are timed against each other in interleaved rounds whose order rotates
-  each round (:func:`benchmarks.measure.time_interleaved`), best of the rounds,
-  with a per-peer time budget; a peer whose checked call alone exceeded the cap
-  is timed by that one call;
-* :class:`Predictor` and :func:`predicted_skip` — a point a peer is predicted
-  (from its own measured smaller points) to run longer than the cap, or to need
-  more memory than the budget, is skipped with the reason written down;
-* :func:`environment` — threads set explicitly for every library (affinity,
-  OpenMP/OpenBLAS/MKL variables, OpenBLAS through its C API, torch, XLA),
-  ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` recorded and unset in this process
-  only, load average, versions and the source fingerprint recorded;
-* writers: Markdown pieces (:func:`md_table`, :func:`series_tables`,
-  :func:`machine_md`, :func:`notes_md`, :func:`agreement_md`), CSV, JSON and the
-  PNG of time against a parameter (:func:`plot_series`), all through
-  :func:`write_outputs`;
-* command-line pieces shared by the workloads (:func:`add_common_args`,
-  :func:`main`).
-
-How to add a workload: ``benchmarks/README.md``. One module on purpose (the issue asks for
-one harness, and a workload author reads one file); its sections follow the list above.
+A workload states its points, its peers and its table layout; here, once: peers and their
+registry, the agreement check, :func:`check_then_time` (check, then interleaved timing), the
+skip and prediction rules, the profile of a slower call, the thread and environment set-up, the
+Markdown/CSV/JSON/PNG writers and the command line. One module on purpose: a workload author
+reads one file; its sections follow that order.
 """
 
 from __future__ import annotations
@@ -55,47 +29,6 @@ import numpy as np
 from . import machine
 from .measure import peak_memory, time_interleaved
 
-__all__ = [
-    "Peer",
-    "Policy",
-    "Predictor",
-    "Registry",
-    "Runner",
-    "Skip",
-    "add_common_args",
-    "agreement_md",
-    "candidates",
-    "cell",
-    "check_then_time",
-    "child_env",
-    "compare",
-    "environment",
-    "finish",
-    "fmt_bytes",
-    "fmt_time",
-    "int_list",
-    "jax_aot",
-    "jax_setup",
-    "jax_step",
-    "log",
-    "machine_md",
-    "main",
-    "md_table",
-    "mem_budget",
-    "notes_md",
-    "out_dir",
-    "plot_series",
-    "predicted_skip",
-    "profile",
-    "profile_md",
-    "pyplot",
-    "ratios",
-    "series_tables",
-    "set_threads",
-    "tolerance",
-    "write_outputs",
-]
-
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: first on a child's PYTHONPATH
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_OUT = Path("build/bench-quick")
@@ -104,9 +37,7 @@ TIMED = ("ok", "once")
 _QUIET = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
 
 
-# --------------------------------------------------------------------------
-# peers
-# --------------------------------------------------------------------------
+# --- peers ---
 
 
 @dataclass
@@ -245,9 +176,7 @@ class Registry:
         return [p for p in self if p.name in want or p.family in want]
 
 
-# --------------------------------------------------------------------------
-# agreement
-# --------------------------------------------------------------------------
+# --- agreement ---
 
 
 def tolerance(dtype: str, float32: float = 5e-3) -> float:
@@ -298,9 +227,7 @@ def compare(got: Any, ref: Any, rows: int | None = None) -> tuple[float, str]:
     return max(worst, 0.0), where
 
 
-# --------------------------------------------------------------------------
-# check, then time
-# --------------------------------------------------------------------------
+# --- check, then time ---
 
 
 @dataclass(frozen=True)
@@ -469,9 +396,7 @@ def ratios(rows: list[dict], ours: Sequence[str], key: str = "ratios") -> None:
             r[key] = {o: best[o] / r["min_s"] for o in ours if o in best}
 
 
-# --------------------------------------------------------------------------
-# skip and prediction rules
-# --------------------------------------------------------------------------
+# --- skip and prediction rules ---
 
 
 class Predictor:
@@ -520,9 +445,7 @@ def predicted_skip(
     return None
 
 
-# --------------------------------------------------------------------------
-# profile (where a peer is faster)
-# --------------------------------------------------------------------------
+# --- profile (where a peer is faster) ---
 
 
 def _where(file: str, line: int, fn: str) -> str:
@@ -580,9 +503,7 @@ def profile_md(pr: dict) -> list[str]:
     )
 
 
-# --------------------------------------------------------------------------
-# threads and environment
-# --------------------------------------------------------------------------
+# --- threads and environment ---
 
 
 def _openblas_threads(n: int) -> int | None:
@@ -634,15 +555,6 @@ def set_threads(n: int) -> dict:
         pass
     got["xla"] = n
     return got
-
-
-def child_env(threads: int | None = None, base: dict | None = None) -> dict[str, str]:
-    """The environment of a benchmark's child process: ``base`` (default: this process's),
-    this checkout first on ``PYTHONPATH``, and ``threads`` threads for every library."""
-    env = dict(os.environ if base is None else base)
-    env.update({k: str(threads) for k in machine.THREAD_VARS} if threads else {})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return env
 
 
 #: OpenBLAS tuning variables: a machine-specific override changes NumPy's GEMM rate
@@ -720,9 +632,7 @@ def log(msg: str) -> None:
 _stderr = log
 
 
-# --------------------------------------------------------------------------
-# writers
-# --------------------------------------------------------------------------
+# --- writers ---
 
 
 def fmt_time(s: float | None) -> str:
@@ -913,9 +823,7 @@ def write_outputs(
     (out / f"{stem}.md").write_text(md)
 
 
-# --------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------
+# --- command line ---
 
 
 def int_list(s: str) -> list[int]:
@@ -924,25 +832,20 @@ def int_list(s: str) -> list[int]:
 
 def add_common_args(p: argparse.ArgumentParser, *, threads: int | None = None, replot: bool = True) -> None:
     """``--quick``, ``--smoke``, ``--out``, ``--threads``, ``--label``, ``--no-plots`` (and ``--replot``)."""
-    p.add_argument("--quick", action="store_true", help="a small grid, about a minute")
-    p.add_argument("--smoke", action="store_true", help="a tiny grid for the test suite (implies --quick)")
-    p.add_argument(
-        "--out", type=Path, default=None, help=f"folder (default benchmarks/results; quick: {QUICK_OUT})"
-    )
-    p.add_argument(
+    add = p.add_argument
+    add("--quick", action="store_true", help="a small grid, about a minute")
+    add("--smoke", action="store_true", help="a tiny grid for the test suite (implies --quick)")
+    add("--out", type=Path, help=f"folder (default benchmarks/results; quick: {QUICK_OUT})")
+    add(
         "--threads",
         type=int,
         default=threads,
         help=f"threads for every library (default {threads or 'all cores'})",
     )
-    p.add_argument(
-        "--label", default="", help="a line printed at the top of the table (e.g. 'loaded machine')"
-    )
-    p.add_argument("--no-plots", action="store_true", help="write tables only")
+    add("--label", default="", help="a line printed at the top of the table (e.g. 'loaded machine')")
+    add("--no-plots", action="store_true", help="write tables only")
     if replot:
-        p.add_argument(
-            "--replot", type=Path, default=None, help="only rebuild the table and plot from DIR's JSON"
-        )
+        add("--replot", type=Path, help="only rebuild the table and plot from DIR's JSON")
 
 
 def out_dir(args: argparse.Namespace) -> Path:

@@ -160,9 +160,7 @@ def measure_copy(*, quick: bool = False, device: str = "cpu", tiny: bool = False
     return {"touched_Bps": b / t_touched, "fresh_Bps": b / t_fresh, "array_bytes": b}
 
 
-# --------------------------------------------------------------------------
-# flop counting
-# --------------------------------------------------------------------------
+# --- flop counting ---
 
 
 def _mm_flops(a, b) -> int:
@@ -225,9 +223,7 @@ def flops_at(net, d: int, n: int, dtype, **kwargs) -> int:
     return f2 + (f3 - f2) * (n - 2)
 
 
-# --------------------------------------------------------------------------
-# description
-# --------------------------------------------------------------------------
+# --- description ---
 
 
 def _cpu_model() -> str:

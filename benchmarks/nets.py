@@ -112,9 +112,7 @@ def spec_of(net: hq.NN) -> list[LayerRecord]:
     return out
 
 
-# --------------------------------------------------------------------------
-# torch (for torch.func) and JAX (for jax and folx): one forward, two libraries
-# --------------------------------------------------------------------------
+# --- torch (for torch.func) and JAX (for jax and folx): one forward, two libraries ---
 
 
 def flat_weights(records: list[LayerRecord]) -> list[np.ndarray]:
@@ -215,9 +213,7 @@ def jax_function(model: Model | list[LayerRecord], dtype, device=None):
     return lambda x: f(ps, x)
 
 
-# --------------------------------------------------------------------------
-# hessQuik 0.0.6
-# --------------------------------------------------------------------------
+# --- hessQuik 0.0.6 ---
 
 
 def hessquik_net(records: list[LayerRecord], dtype, device="cpu") -> Any:

@@ -48,9 +48,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(md_table(header, body))
 
 
-# --------------------------------------------------------------------------
-# targets
-# --------------------------------------------------------------------------
+# --- targets ---
 
 
 def _group(rows):
@@ -212,9 +210,7 @@ def _targets_md(targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------
-# workload tables
-# --------------------------------------------------------------------------
+# --- workload tables ---
 
 
 def _wl_rows(data, name):

@@ -1,33 +1,22 @@
-"""Benchmark runner: ``python -m benchmarks [--quick] [--out DIR]``.
+"""W1–W5 runner: ``python -m benchmarks [--quick] [--out DIR]`` (``--workloads W6``/``W7`` hand over
+to :mod:`benchmarks.training_step` / :mod:`benchmarks.w7`).
 
-For every point of every workload (see :mod:`benchmarks.workloads`) and
-every available peer (see :mod:`benchmarks.peers`), in this one process:
-
-1. build the network once (NumPy float64 weights) and hand the same weights
-   to every peer, in the point's dtype;
-2. through :func:`benchmarks.harness.check_then_time`: run every peer once,
-   measuring its peak memory, and check its result against this library's
-   float64 NumPy result on the first rows of the batch — a peer that
-   disagrees gets no timing; then time the agreeing peers of the point
-   against each other in interleaved rounds (best of the rounds);
-3. relate the time to this library's best CPU time (ratio) and to the
-   machine limit (:mod:`benchmarks.machine`).
-
-A point is skipped, with the reason written down, when its output alone
-would not fit in the memory budget, or when the peer's own measured growth
-over smaller points of the same series predicts that it would not fit, or
-would take longer than the per-call time cap. Nothing is ever estimated in
-place of a measurement: a skipped cell says "skipped" and why.
-
-Writes ``results.md`` (tables, targets, notes), ``results.json`` and
-``results.csv`` (every field), ``machine.json``/``machine.txt`` and the PNG
-plots into the output folder.
+For every point of every workload (:mod:`benchmarks.workloads`) and every available peer
+(:mod:`benchmarks.peers`), in this one process: the network is built once and every peer gets the
+same weights in the point's dtype; :func:`benchmarks.harness.check_then_time` checks each peer
+against this library's float64 NumPy result on the first rows of the batch and times the agreeing
+ones against each other; each time is related to this library's best CPU time (ratio) and to the
+machine limit (:mod:`benchmarks.machine`). A point whose output would not fit the memory budget, or
+which the peer's own growth over smaller points predicts to pass the budget or the per-call cap, is
+skipped with the reason written down. Writes ``results.md``/``.json``/``.csv``,
+``machine.json``/``.txt`` and the plots.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -42,53 +31,14 @@ from .harness import Skip
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="CI-sized smoke run (well under two minutes)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default: benchmarks/results, or build/bench-quick with --quick)",
-    )
-    p.add_argument(
-        "--workloads",
-        default="W1,W2,W3,W4,W5",
-        help="comma-separated subset, e.g. W1,W3 (W6, the training step: benchmarks/training_step.py; "
-        "W7, PINN Jacobians and optimizers: benchmarks/w7.py)",
-    )
-    p.add_argument(
-        "--peers", default=None, help="comma-separated peer names or families (default: every available one)"
-    )
-    p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all cores)")
-    p.add_argument(
-        "--max-call-s",
-        type=float,
-        default=None,
-        help="skip a peer at a point whose predicted single call exceeds this (s)",
-    )
-    p.add_argument(
-        "--mem-fraction",
-        type=float,
-        default=0.7,
-        help="memory budget as a fraction of the RAM available at start (default 0.7)",
-    )
-    p.add_argument("--no-plots", action="store_true", help="write tables only")
-    p.add_argument(
-        "--replot",
-        type=Path,
-        default=None,
-        help="only rebuild results.md and the plots from DIR/results.json",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--single-pass",
-        action="store_true",
-        help="accepted for old command lines: the interleaved rounds replaced the second timing pass",
-    )
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a tiny configuration (two W1 points, tiny rate measurements) for the test suite",
-    )
+    harness.add_common_args(p)
+    add = p.add_argument
+    add("--workloads", default="W1,W2,W3,W4,W5", help="comma-separated subset, e.g. W1,W3 (W6, W7 too)")
+    add("--peers", help="comma-separated peer names or families (default: every available one)")
+    add("--max-call-s", type=float, help="skip a peer whose predicted single call exceeds this (s)")
+    add("--mem-fraction", type=float, default=0.7, help="memory budget: share of the RAM free at start")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--single-pass", action="store_true", help="accepted for old command lines (no second pass any more)")
     args = p.parse_args(argv)
     from .peers import PEERS
 
@@ -105,31 +55,21 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     args = parse_args(argv)
     if args.smoke:
         args.quick = True
-    if "W6" in args.workloads.split(","):
-        # the training-step workload has its own runner (benchmarks/training_step.py)
-        from . import training_step
-
-        w6 = [f for f, on in (("--quick", args.quick and not args.smoke), ("--smoke", args.smoke)) if on]
-        w6 += ["--no-plots"] * args.no_plots + (["--out", str(args.out)] if args.out else [])
-        w6 += [f"--threads={args.threads}"] if args.threads else []
-        rc = training_step.main(w6, configure_threads=configure_threads)
-        args.workloads = ",".join(w for w in args.workloads.split(",") if w != "W6")
-        if rc or not args.workloads:
-            return rc
-    if "W7" in args.workloads.split(","):
-        # PINN Jacobians and time to accuracy have their own runner (benchmarks/w7.py)
-        from . import w7
-
-        w7a = [f for f, on in (("--quick", args.quick and not args.smoke), ("--smoke", args.smoke)) if on]
-        w7a += ["--no-plots"] * args.no_plots + (["--out", str(args.out)] if args.out else [])
-        w7a += [f"--threads={args.threads}"] if args.threads else []
-        rc = w7.main(w7a, configure_threads=configure_threads)
-        args.workloads = ",".join(w for w in args.workloads.split(",") if w != "W7")
+    for name, module in (("W6", "training_step"), ("W7", "w7")):
+        if name not in args.workloads.split(","):
+            continue
+        # the training step (W6) and PINN Jacobians and optimizers (W7) have their own runners
+        sub = importlib.import_module(f".{module}", __package__)
+        size = ("--quick", args.quick and not args.smoke), ("--smoke", args.smoke)
+        argv_sub = [f for f, on in size if on]
+        argv_sub += ["--no-plots"] * args.no_plots + (["--out", str(args.out)] if args.out else [])
+        argv_sub += [f"--threads={args.threads}"] if args.threads else []
+        rc = sub.main(argv_sub, configure_threads=configure_threads)
+        args.workloads = ",".join(w for w in args.workloads.split(",") if w != name)
         if rc or not args.workloads:
             return rc
     from . import report
 
-    args.label, args.no_plots = "", args.no_plots
     return harness.main(
         args,
         "results",
@@ -139,9 +79,7 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     )
 
 
-# --------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------
+# --- the run ---
 
 
 def _units(peer: str, pt) -> float:
@@ -215,21 +153,16 @@ def run(args, desc: dict) -> dict:
 
     quick = args.quick
     max_call_s = args.max_call_s or (2.0 if quick else 40.0)
-    policy_cfg = dict(
-        rounds=3 if quick else 7, min_round_s=0.005 if quick else 0.1, budget_s=0.5 if quick else 5.0
-    )
+    policy_cfg = dict(rounds=3, min_round_s=0.005, budget_s=0.5)
+    if not quick:
+        policy_cfg = dict(rounds=7, min_round_s=0.1, budget_s=5.0)
     mem_budget = harness.mem_budget(args.mem_fraction)
     wls = [w for w in workloads.workloads(quick, smoke=args.smoke) if w.name in args.workloads.split(",")]
 
     # ---- peers and notes ------------------------------------------------
-    notes: list[str] = []
-    active = []
-    for peer in peers.PEERS.select(args.peers):
-        ok, why = peer.available()
-        if ok:
-            active.append(peer)
-        else:
-            notes.append(f"`{peer.name}` skipped: {why}.")
+    avail = [(peer, *peer.available()) for peer in peers.PEERS.select(args.peers)]
+    notes = [f"`{peer.name}` skipped: {why}." for peer, ok, why in avail if not ok]
+    active = [peer for peer, ok, _ in avail if ok]
     needed = {p.task for w in wls for p in w.points}
     active = [p for p in active if set(p.tasks) & needed]
 
@@ -244,16 +177,13 @@ def run(args, desc: dict) -> dict:
 
     # ---- the loop: one check_then_time per point ----------------------------
     todo = [(w, pt) for w in wls for pt in w.points]
-    bar = _progress(len(todo), args.no_progress)
+    bar = _progress(len(todo), args.no_progress)  # tqdm, or one that does nothing
     done: dict = {}  # point key -> its records (W4's float64 points are W1's: run once)
     rows: list[dict] = []
     pred = harness.Predictor(_series, _units)
     built: dict = {}
     for w, pt in todo:
-        if bar is not None:
-            bar.set_description(
-                f"{w.name} {pt.spec.kind} d={pt.spec.d} m={pt.spec.m} n={pt.n} {pt.dtype[-2:]}"
-            )
+        bar.set_description(f"{w.name} {pt.spec.kind} d={pt.spec.d} m={pt.spec.m} n={pt.n} {pt.dtype[-2:]}")
         if pt.key not in done:
             if pt.spec not in built:
                 built.clear()  # keep one network at a time
@@ -272,18 +202,9 @@ def run(args, desc: dict) -> dict:
                 for p in mine
             }
             big = pt.out_bytes > 64 * 2**20  # a full collection costs ~0.2 s: only around large points
-            base = {
-                "kind": pt.spec.kind,
-                "d": pt.spec.d,
-                "m": pt.spec.m,
-                "width": pt.spec.width,
-                "depth": pt.spec.depth,
-                "n": pt.n,
-                "dtype": pt.dtype,
-                "task": pt.task,
-                "out_bytes": pt.out_bytes,
-                "flops": flops,
-            }
+            s = pt.spec
+            base = dict(kind=s.kind, d=s.d, m=s.m, width=s.width, depth=s.depth, n=pt.n, dtype=pt.dtype)
+            base.update(task=pt.task, out_bytes=pt.out_bytes, flops=flops)
             policy = harness.Policy(tol_float32=2e-3, rows=k, collect=big, warm_s=0.5, **policy_cfg)
             recs, live = harness.check_then_time(cands, ref, dtype=pt.dtype, policy=policy, base=base)
             live.clear()
@@ -303,10 +224,8 @@ def run(args, desc: dict) -> dict:
             done[pt.key] = recs
         # a computation shared by two workloads was run once; each gets its own copy
         rows += [dict(r, workload=w.name) for r in done[pt.key]]
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     for r in rows:
         if r.get("status") == "ok":
             r["frac"] = r["limit_s"] / r["min_s"]
@@ -318,12 +237,8 @@ def run(args, desc: dict) -> dict:
 
     best: dict = {}
     for r in rows:
-        if (
-            r["family"] == "ours"
-            and r["device"] == "cpu"
-            and r.get("status") == "ok"
-            and not r["peer"].endswith("-bwd")
-        ):
+        own = (r["family"], r["device"], r.get("status")) == ("ours", "cpu", "ok")
+        if own and not r["peer"].endswith("-bwd"):
             best[key(r)] = min(best.get(key(r), float("inf")), r["min_s"])
     for r in rows:
         if r.get("status") == "ok" and key(r) in best:
@@ -346,18 +261,19 @@ def run(args, desc: dict) -> dict:
     }
 
 
+class _NoBar:
+    def set_description(self, _: str) -> None: ...
+    def update(self, _: int) -> None: ...
+    def close(self) -> None: ...
+
+
 def _progress(total: int, off: bool):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
-        return None
-    return tqdm(
-        total=total,
-        disable=off,
-        unit="point",
-        dynamic_ncols=True,
-        mininterval=0.1 if sys.stderr.isatty() else 15.0,
-    )
+        return _NoBar()
+    mininterval = 0.1 if sys.stderr.isatty() else 15.0
+    return tqdm(total=total, disable=off, unit="point", dynamic_ncols=True, mininterval=mininterval)
 
 
 if __name__ == "__main__":

@@ -102,9 +102,7 @@ def _scalar(model: nets.Model, lib: str):
     return lambda ps, xi: f(ps, xi)[0]
 
 
-# --------------------------------------------------------------------------
-# the problem: inputs and targets, shared by every peer
-# --------------------------------------------------------------------------
+# --- the problem: inputs and targets, shared by every peer ---
 
 
 def problem(pt: StepPoint) -> dict:
@@ -160,9 +158,7 @@ def _torch_loss(loss: str, q, t, n: int):
     return ((q - t) ** 2).sum() / n
 
 
-# --------------------------------------------------------------------------
-# this library
-# --------------------------------------------------------------------------
+# --- this library ---
 
 
 def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
@@ -229,9 +225,7 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
     return make
 
 
-# --------------------------------------------------------------------------
-# torch.func
-# --------------------------------------------------------------------------
+# --- torch.func ---
 
 
 def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
@@ -258,9 +252,7 @@ def _make_torch_func(pt: StepPoint, model: nets.Model, prob) -> Runner:
     return _torch_runner(loss_fn, params)
 
 
-# --------------------------------------------------------------------------
-# hessQuik 0.0.6
-# --------------------------------------------------------------------------
+# --- hessQuik 0.0.6 ---
 
 
 def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
@@ -292,9 +284,7 @@ def _make_hessquik(pt: StepPoint, model: nets.Model, prob) -> Runner:
     return _torch_runner(loss_fn, params)
 
 
-# --------------------------------------------------------------------------
-# JAX (and folx)
-# --------------------------------------------------------------------------
+# --- JAX (and folx) ---
 
 
 def _make_jax(use_folx: bool):
@@ -360,9 +350,7 @@ REGISTRY = harness.Registry(
 ALL_PEERS = REGISTRY.names
 
 
-# --------------------------------------------------------------------------
-# the grid
-# --------------------------------------------------------------------------
+# --- the grid ---
 
 
 def grid(args) -> list[StepPoint]:
@@ -461,9 +449,7 @@ def parse_args(argv=None):
     return args
 
 
-# --------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------
+# --- the run ---
 
 
 def _units(peer: str, pt: StepPoint) -> float:
@@ -572,9 +558,7 @@ def run(args, desc: dict) -> dict:
     }
 
 
-# --------------------------------------------------------------------------
-# report
-# --------------------------------------------------------------------------
+# --- report ---
 
 
 def markdown(data: dict) -> str:
