@@ -33,9 +33,6 @@ from math import prod
 
 import numpy as np
 
-__all__ = ["count_flops", "describe", "measure_copy", "measure_gemm", "threads"]
-
-
 #: the variables that set the thread count of OpenMP, OpenBLAS, MKL and Accelerate (read at load)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -62,46 +59,25 @@ def _gemm_call(backend: str, a, b):
     """A zero-argument call computing ``a @ b`` on ``backend`` and waiting for it."""
     if backend == "numpy":
         return lambda: a @ b
-    if backend == "torch":
+    if backend in ("torch", "torch-cuda"):
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        return lambda: ta @ tb
-    if backend == "torch-cuda":
-        import torch
-
-        ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
-
-        def f():
-            ta @ tb
-            torch.cuda.synchronize()
-
-        return f
+        if backend == "torch":
+            return lambda: ta @ tb
+        ta, tb = ta.cuda(), tb.cuda()
+        return lambda: (ta @ tb, torch.cuda.synchronize())
     if backend == "cupy":
         import cupy
 
         ca, cb = cupy.asarray(a), cupy.asarray(b)
-
-        def g():
-            ca @ cb
-            cupy.cuda.Device().synchronize()
-
-        return g
-    if backend == "jax":
+        return lambda: (ca @ cb, cupy.cuda.Device().synchronize())
+    if backend in ("jax", "jax-cuda"):
         import jax
 
         jax.config.update("jax_enable_x64", True)
-        import jax.numpy as jnp
-
-        ja, jb = jnp.asarray(a), jnp.asarray(b)
-        mm = jax.jit(lambda u, v: u @ v)
-        return lambda: mm(ja, jb).block_until_ready()
-    if backend == "jax-cuda":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-        gpu = jax.devices("gpu")[0]
-        ja, jb = jax.device_put(a, gpu), jax.device_put(b, gpu)
+        dev = jax.devices("gpu" if backend == "jax-cuda" else "cpu")[0]
+        ja, jb = jax.device_put(a, dev), jax.device_put(b, dev)
         mm = jax.jit(lambda u, v: u @ v)
         return lambda: mm(ja, jb).block_until_ready()
     raise ValueError(f"no GEMM measurement for backend {backend!r}")
@@ -146,16 +122,8 @@ def measure_copy(*, quick: bool = False, device: str = "cpu", tiny: bool = False
     src = torch.randn(nbytes // 8, dtype=torch.float64, device="cuda")
     dst = torch.empty_like(src)
 
-    def touched():
-        dst.copy_(src)
-        torch.cuda.synchronize()
-
-    def fresh():
-        src.clone()
-        torch.cuda.synchronize()
-
-    t_touched = _best(touched, reps)
-    t_fresh = _best(fresh, reps)
+    t_touched = _best(lambda: (dst.copy_(src), torch.cuda.synchronize()), reps)
+    t_fresh = _best(lambda: (src.clone(), torch.cuda.synchronize()), reps)
     b = src.numel() * 8
     return {"touched_Bps": b / t_touched, "fresh_Bps": b / t_fresh, "array_bytes": b}
 
@@ -226,26 +194,22 @@ def flops_at(net, d: int, n: int, dtype, **kwargs) -> int:
 # --- description ---
 
 
-def _cpu_model() -> str:
+def _proc(path: str, key: str) -> str | None:
+    """The value of the first line of ``/proc/<path>`` starting with ``key`` (``None``: none, or not Linux)."""
     try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        with open(f"/proc/{path}") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith(key)), None)
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return None
+
+
+def _cpu_model() -> str:
+    return _proc("cpuinfo", "model name") or platform.processor() or "unknown"
 
 
 def _mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    kib = _proc("meminfo", "MemTotal")
+    return None if kib is None else int(kib.split()[0]) * 1024
 
 
 def source_fingerprint() -> str:
@@ -272,14 +236,8 @@ def load_average() -> list[float] | None:
 
 
 def mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    kib = _proc("meminfo", "MemAvailable")
+    return None if kib is None else int(kib.split()[0]) * 1024
 
 
 def _version(dist: str) -> str | None:
@@ -299,16 +257,8 @@ def _numpy_blas() -> str:
 
 
 def _flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    fl = line.split(":", 1)[1].split()
-                    keep = [f for f in ("avx2", "fma", "avx512f", "avx512_fp16", "amx_tile") if f in fl]
-                    return " ".join(keep)
-    except OSError:
-        pass
-    return ""
+    fl = (_proc("cpuinfo", "flags") or "").split()
+    return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_fp16", "amx_tile") if f in fl)
 
 
 def describe(n_threads: int) -> dict:

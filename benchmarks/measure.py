@@ -6,8 +6,7 @@ share of a round lasts ``min_round_s``, as :mod:`timeit`'s ``autorange`` does), 
 order rotating from round to round where asked; the per-call minimum and median
 over the rounds are reported. Each call's result is dropped before the next call
 starts, so at most one output is alive at a time. The workloads reach it through
-:func:`benchmarks.harness.check_then_time` (which checks every call's result first);
-``second_order.py`` times rows of different quantities with it directly.
+:func:`benchmarks.harness.check_then_time` (which checks every call's result first).
 
 Peak memory of one call:
 
@@ -29,15 +28,6 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-__all__ = [
-    "Timing",
-    "peak_memory",
-    "reset_rss_peak",
-    "rss_bytes",
-    "rss_peak_bytes",
-    "time_interleaved",
-]
 
 
 @dataclass
@@ -121,24 +111,6 @@ def _status_kib(key: str) -> int | None:
         return None
 
 
-def rss_bytes() -> int | None:
-    """Current resident set size."""
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib * 1024
-
-
-def rss_peak_bytes() -> int | None:
-    """The resident set's high-water mark since the process started or :func:`reset_rss_peak`."""
-    kib = _status_kib("VmHWM")
-    return None if kib is None else kib * 1024
-
-
-def reset_rss_peak() -> bool:
-    """Reset the resident set's high-water mark (Linux ``/proc/self/clear_refs``); ``False``
-    where that is not possible."""
-    return _reset_hwm()
-
-
 def _reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -169,7 +141,7 @@ def peak_memory(
         peak["gpu"] = read()
         peak["method"] = "max allocated (GPU)"
         return out, dt, peak
-    base = rss_bytes()
+    base = _status_kib("VmRSS")
     ok = _reset_hwm()
     if use_tracemalloc:
         tracemalloc.start()
@@ -182,43 +154,39 @@ def peak_memory(
         peak["tracemalloc"] = tpeak
     hwm = _status_kib("VmHWM")
     if ok and base is not None and hwm is not None:
-        peak["rss"] = max(0, hwm * 1024 - base)
+        peak["rss"] = max(0, (hwm - base) * 1024)
         peak["method"] = "RSS high-water mark above the pre-call RSS"
     return out, dt, peak
 
 
 def _gpu_counters(kind: str):
+    """``(reset, read)``: reset the GPU's high-water mark; read the bytes above the reset."""
     if kind == "jax-cuda":
         # XLA preallocates its GPU pool and exposes no high-water mark through torch
         # or CuPy: not measured
         return (lambda: None), (lambda: None)
+    base = [0]
     if kind == "cupy":
         import cupy
 
         pool = cupy.get_default_memory_pool()
-        state = {"base": 0, "peak": 0}
 
         # CuPy keeps no high-water mark: the pool's total bytes after the call
         # (blocks are cached, not returned) bounds the call's peak from below
         def reset():
             pool.free_all_blocks()
-            state["base"] = pool.used_bytes()
+            base[0] = pool.used_bytes()
 
-        def read():
-            return pool.total_bytes() - state["base"]
-
-        return reset, read
+        return reset, lambda: pool.total_bytes() - base[0]
     import torch
 
-    def reset():
+    def reset_torch():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        state_base[0] = torch.cuda.memory_allocated()
-
-    state_base = [0]
+        base[0] = torch.cuda.memory_allocated()
 
     def read():
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - state_base[0]
+        return torch.cuda.max_memory_allocated() - base[0]
 
-    return reset, read
+    return reset_torch, read

@@ -25,16 +25,6 @@ import numpy as np
 
 import hessquik_core as hq
 
-__all__ = [
-    "NetSpec",
-    "LayerRecord",
-    "build",
-    "hessquik_net",
-    "jax_function",
-    "spec_of",
-    "torch_function",
-]
-
 
 @dataclass(frozen=True)
 class NetSpec:
@@ -92,23 +82,12 @@ def spec_of(net: hq.NN) -> list[LayerRecord]:
     """Flatten a network of single and residual layers into layer records."""
     out = []
     for leaf in net._leaves():
-        if isinstance(leaf, hq.ResnetLayer):
-            inner = leaf.layer
-            out.append(
-                LayerRecord(
-                    np.asarray(inner.K),
-                    None if inner.b is None else np.asarray(inner.b),
-                    leaf.act.name,
-                    residual=True,
-                    h=leaf.h,
-                )
-            )
-        elif isinstance(leaf, hq.SingleLayer):
-            out.append(
-                LayerRecord(np.asarray(leaf.K), None if leaf.b is None else np.asarray(leaf.b), leaf.act.name)
-            )
-        else:
+        res = isinstance(leaf, hq.ResnetLayer)
+        if not (res or isinstance(leaf, hq.SingleLayer)):
             raise TypeError(f"benchmark networks hold single and residual layers only, got {leaf!r}")
+        lay = leaf.layer if res else leaf
+        b = None if lay.b is None else np.asarray(lay.b)
+        out.append(LayerRecord(np.asarray(lay.K), b, leaf.act.name, residual=res, h=leaf.h if res else 1.0))
     return out
 
 
@@ -231,14 +210,9 @@ def hessquik_net(records: list[LayerRecord], dtype, device="cpu") -> Any:
     mods = []
     for r in records:
         p, q = r.K.shape
-        if r.residual:
-            mod = hql.resnetLayer(
-                p, h=r.h, act=acts[r.act](), bias=r.b is not None, device=device, dtype=dtype
-            )
-            target = mod.layer
-        else:
-            mod = hql.singleLayer(p, q, act=acts[r.act](), bias=r.b is not None, device=device, dtype=dtype)
-            target = mod
+        kw = dict(act=acts[r.act](), bias=r.b is not None, device=device, dtype=dtype)
+        mod = hql.resnetLayer(p, h=r.h, **kw) if r.residual else hql.singleLayer(p, q, **kw)
+        target = mod.layer if r.residual else mod
         with torch.no_grad():
             target.K.copy_(torch.tensor(r.K, dtype=dtype, device=device))
             if r.b is not None:

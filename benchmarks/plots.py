@@ -7,8 +7,6 @@ from pathlib import Path
 
 from . import harness
 
-__all__ = ["make_all"]
-
 _STYLE = {
     "ours-numpy": dict(color="C0", marker="o", lw=2.2),
     "ours-torch": dict(color="C1", marker="s", lw=2.2),
@@ -36,17 +34,10 @@ def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
     """Time against d, one panel per value of ``key`` (W1: n, W3: width)."""
     vals = sorted({r[key] for r in rows})
     panels = [(title(v), lambda r, v=v: r[key] == v) for v in vals]
-    harness.plot_series(
-        out / name,
-        rows,
-        panels,
-        x="d",
-        peers=_peers(rows),
-        style=_STYLE,
-        ylabel="time per call (s)",
-        title=label,
-        ncols=len(vals),
+    kw = dict(
+        x="d", peers=_peers(rows), style=_STYLE, ylabel="time per call (s)", title=label, ncols=len(vals)
     )
+    harness.plot_series(out / name, rows, panels, **kw)
 
 
 def _heat(ax, fig, ds, ms, val, title, *, cmap, center=None, fmt="{:.2g}"):
@@ -70,8 +61,7 @@ def _heat(ax, fig, ds, ms, val, title, *, cmap, center=None, fmt="{:.2g}"):
                 ax.text(j, i, fmt.format(Z[i, j]), ha="center", va="center", fontsize=6)
     ax.set_xticks(range(len(ms)), [str(m) for m in ms])
     ax.set_yticks(range(len(ds)), [str(d) for d in ds])
-    ax.set_xlabel("output dimension m")
-    ax.set_ylabel("input dimension d")
+    ax.set(xlabel="output dimension m", ylabel="input dimension d")
     ax.set_title(title, fontsize=9)
 
 
@@ -97,15 +87,8 @@ def _w2(out: Path, rows):
     _heat_grid(out / "w2_heatmaps.png", rows, peers, "min_s", lambda p: f"W2 time: {p}", cmap="viridis")
     others = [p for p in peers if "ratio" in next((r for r in _ok(rows) if r["peer"] == p), {})]
     if others:
-        _heat_grid(
-            out / "w2_ratio_heatmaps.png",
-            rows,
-            others,
-            "ratio",
-            lambda p: f"W2 ratio {p} / ours-best (>1: ours faster)",
-            cmap="RdBu",
-            center=1.0,
-        )
+        title = lambda p: f"W2 ratio {p} / ours-best (>1: ours faster)"  # noqa: E731
+        _heat_grid(out / "w2_ratio_heatmaps.png", rows, others, "ratio", title, cmap="RdBu", center=1.0)
 
 
 def _w5(out: Path, rows):
@@ -117,10 +100,7 @@ def _w5(out: Path, rows):
             axes[0].plot(*zip(*pts), label=p, **_STYLE.get(p, {}))
             axes[1].plot([a for a, _ in pts], [t / a for a, t in pts], label=p, **_STYLE.get(p, {}))
     for ax, yl in zip(axes, ("time per call (s)", "time per example (s)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size n")
-        ax.set_ylabel(yl)
+        ax.set(xscale="log", yscale="log", xlabel="batch size n", ylabel=yl)
         ax.grid(True, which="both", alpha=0.3)
     d = rows[0]["d"] if rows else "?"
     axes[0].set_title(f"W5: batch scaling, d = {d}, m = 1")
@@ -148,13 +128,7 @@ def make_all(out: Path, data: dict) -> None:
     if by.get("W2"):
         _w2(out, by["W2"])
     if by.get("W3"):
-        _panels(
-            out,
-            by["W3"],
-            "width",
-            lambda w: f"W3: Laplacian, tanh MLP width {w}, n = 256",
-            "w3_time_vs_d.png",
-            "W3: Laplacian",
-        )
+        title = lambda w: f"W3: Laplacian, tanh MLP width {w}, n = 256"  # noqa: E731
+        _panels(out, by["W3"], "width", title, "w3_time_vs_d.png", "W3: Laplacian")
     if by.get("W5"):
         _w5(out, by["W5"])

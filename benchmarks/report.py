@@ -9,12 +9,18 @@ from pathlib import Path
 from . import harness
 from .harness import agreement_md, fmt_bytes, fmt_time, machine_md, md_table, write_outputs
 
-__all__ = ["evaluate_targets", "write_all"]
-
 #: this library's CPU runs the targets compare with: eager NumPy/torch, and
 #: those plus the same engine traced by jax.jit
 OURS_EAGER = ("ours-numpy", "ours-torch")
 OURS_ALL = ("ours-numpy", "ours-torch", "ours-jax-jit")
+
+
+_STATUS_CELL = {
+    "skip-memory": "skip (memory)",
+    "skip-time": "skip (time)",
+    "skip-budget": "skip (run budget)",
+}
+_STATUS_CELL["error-memory"] = "FAILED (memory)"
 
 
 def _cell(r: dict | None) -> str:
@@ -22,22 +28,11 @@ def _cell(r: dict | None) -> str:
         return ""
     st = r.get("status")
     if st == "ok":
-        parts = [fmt_time(r["min_s"])]
-        if "ratio" in r:
-            parts.append(f"{r['ratio']:.2f}×")
-        parts.append(f"{100 * r['frac']:.0f}%")
-        return " · ".join(parts)
-    if st == "skip-memory":
-        return "skip (memory)"
-    if st == "skip-time":
-        return "skip (time)"
-    if st == "skip-budget":
-        return "skip (run budget)"
+        ratio = [f"{r['ratio']:.2f}×"] if "ratio" in r else []
+        return " · ".join([fmt_time(r["min_s"]), *ratio, f"{100 * r['frac']:.0f}%"])
     if st == "mismatch":
         return f"MISMATCH {r.get('rel_err', float('nan')):.1e}"
-    if st == "error-memory":
-        return "FAILED (memory)"
-    return "FAILED"
+    return _STATUS_CELL.get(st, "FAILED")
 
 
 def _peers_in(rows):
@@ -51,12 +46,16 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 # --- targets ---
 
 
+def point_key(r: dict) -> tuple:
+    """A record's point: (workload, kind, d, m, width, n, dtype, task)."""
+    return (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])
+
+
 def _group(rows):
     """{point tuple: {peer: row}} over all rows."""
     g: dict = {}
     for r in rows:
-        k = (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])
-        g.setdefault(k, {})[r["peer"]] = r
+        g.setdefault(point_key(r), {})[r["peer"]] = r
     return g
 
 
@@ -72,17 +71,11 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
     ram = data["machine"].get("memory_total_bytes") or 0
     out = []
 
-    def vs(peer_family_name, pred, ratio_needed, label, better="faster"):
-        worst, bad, count, missing = None, [], 0, 0
+    def vs(peer_family_name, pred, ratio_needed, label):
+        worst, bad, count = None, [], 0
         for k, peers in g.items():
-            if not pred(k):
-                continue
-            b = _best_ours(peers, ours)
-            p = peers.get(peer_family_name)
-            if p is None or b is None:
-                missing += 1
-                continue
-            if p.get("status") != "ok":
+            b, p = _best_ours(peers, ours), peers.get(peer_family_name)
+            if not pred(k) or p is None or b is None or p.get("status") != "ok":
                 continue
             count += 1
             ratio = p["min_s"] / b["min_s"]
@@ -102,32 +95,14 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
     w12 = lambda k: k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64"  # noqa: E731
     out.append(vs("hessQuik-0.0.6", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than hessQuik 0.0.6"))
     out.append(vs("torch.func", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than torch.func"))
-    out.append(
-        vs(
-            "jax",
-            lambda k: w12(k) and k[2] >= 16,
-            1.0,
-            "W1/W2, n=1000, float64, d ≥ 16: not slower than JAX-jit",
-        )
-    )
-    out.append(
-        vs(
-            "jax",
-            lambda k: k[0] == "W1" and k[5] == 10 and k[6] == "float64",
-            1 / 1.5,
-            "W1, n=10: within 1.5× of JAX-jit (JAX time / ours ≥ 0.67)",
-        )
-    )
+    w1_10 = lambda k: k[0] == "W1" and k[5] == 10 and k[6] == "float64"  # noqa: E731
     w3 = lambda k: k[0] == "W3"  # noqa: E731
+    w16 = lambda k: w12(k) and k[2] >= 16  # noqa: E731
+    out.append(vs("jax", w16, 1.0, "W1/W2, n=1000, float64, d ≥ 16: not slower than JAX-jit"))
+    out.append(vs("jax", w1_10, 1 / 1.5, "W1, n=10: within 1.5× of JAX-jit (JAX time / ours ≥ 0.67)"))
     out.append(vs("folx", w3, 1.0, "W3: not slower than folx"))
-    out.append(
-        vs(
-            "torch.func",
-            lambda k: w3(k) and k[2] >= 256,
-            2.0,
-            "W3, d ≥ 256: ≥ 2× faster than the trace of torch.func's Hessian",
-        )
-    )
+    big3 = lambda k: w3(k) and k[2] >= 256  # noqa: E731
+    out.append(vs("torch.func", big3, 2.0, "W3, d ≥ 256: ≥ 2× faster than the trace of torch.func's Hessian"))
 
     # machine limit at large d
     fr, miss, cnt = [], [], 0
@@ -140,37 +115,20 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
             fr.append((b["frac"], b.get("frac_fresh"), _pt(k)))
             if b["frac"] < 0.5:
                 miss.append((_pt(k), b["frac"]))
-    out.append(
-        {
-            "target": "W1/W2, n=1000, d ≥ 256: ≥ 50% of the machine limit",
-            "points": cnt,
-            "fractions": fr,
-            "misses": miss,
-            "status": "not measured" if cnt == 0 else ("met" if not miss else "missed"),
-        }
-    )
+    status = "not measured" if cnt == 0 else ("met" if not miss else "missed")
+    target = "W1/W2, n=1000, d ≥ 256: ≥ 50% of the machine limit"
+    out.append(dict(target=target, points=cnt, fractions=fr, misses=miss, status=status))
 
     # no memory failure where the output fits in half the RAM
+    fits = [r for r in rows if r["family"] == "ours" and r["out_bytes"] <= ram / 2]
+    memory = ("skip-memory", "error-memory")
     bad = [
-        (
-            _pt((r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])),
-            r["peer"],
-            r.get("status"),
-        )
-        for r in rows
-        if r["family"] == "ours"
-        and r["device"] == "cpu"
-        and r["out_bytes"] <= ram / 2
-        and r.get("status") in ("skip-memory", "error-memory")
+        (_pt(point_key(r)), r["peer"], r.get("status"))
+        for r in fits
+        if r["device"] == "cpu" and r.get("status") in memory
     ]
-    out.append(
-        {
-            "target": "no point whose output fits in half the RAM fails for memory (this library)",
-            "points": sum(1 for r in rows if r["family"] == "ours" and r["out_bytes"] <= ram / 2),
-            "misses": bad,
-            "status": "met" if not bad else "missed",
-        }
-    )
+    target = "no point whose output fits in half the RAM fails for memory (this library)"
+    out.append(dict(target=target, points=len(fits), misses=bad, status="met" if not bad else "missed"))
     return out
 
 
@@ -383,13 +341,8 @@ def markdown(data: dict, analysis: str | None = None) -> str:
         _targets_md(evaluate_targets(data, OURS_EAGER)),
         "",
     ]
-    plots = {
-        "W1": ["w1_time_vs_d.png"],
-        "W2": ["w2_heatmaps.png", "w2_ratio_heatmaps.png"],
-        "W3": ["w3_time_vs_d.png"],
-        "W4": [],
-        "W5": ["w5_batch_scaling.png"],
-    }
+    plots = {"W1": ["w1_time_vs_d.png"], "W2": ["w2_heatmaps.png", "w2_ratio_heatmaps.png"]}
+    plots.update(W3=["w3_time_vs_d.png"], W5=["w5_batch_scaling.png"])
     for w in data["workloads"]:
         name = w["name"]
         s += [f"## {w['title']}", ""]
@@ -428,39 +381,11 @@ def markdown(data: dict, analysis: str | None = None) -> str:
     return "\n".join(s) + "\n"
 
 
-CSV_FIELDS = [
-    "workload",
-    "kind",
-    "d",
-    "m",
-    "width",
-    "depth",
-    "n",
-    "dtype",
-    "task",
-    "peer",
-    "status",
-    "min_s",
-    "median_s",
-    "number",
-    "repeat",
-    "first_s",
-    "compile_s",
-    "ratio",
-    "ours_best_s",
-    "flops",
-    "out_bytes",
-    "limit_s",
-    "frac",
-    "limit_fresh_s",
-    "frac_fresh",
-    "peak_bytes",
-    "peak_method",
-    "rel_err",
-    "predicted_s",
-    "predicted_peak",
-    "note",
-]
+CSV_FIELDS = (
+    "workload kind d m width depth n dtype task peer status min_s median_s number repeat first_s compile_s "
+    "ratio ours_best_s flops out_bytes limit_s frac limit_fresh_s frac_fresh peak_bytes peak_method rel_err "
+    "predicted_s predicted_peak note"
+).split()
 
 
 def write_all(out: Path, data: dict, plots: bool = True) -> None:

@@ -232,8 +232,7 @@ def run(args, desc: dict) -> dict:
             r["frac_fresh"] = r["limit_fresh_s"] / r["min_s"]
 
     # ---- ratios to this library's best CPU time ------------------------------
-    def key(r):
-        return (r["workload"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["task"])
+    from .report import point_key as key
 
     best: dict = {}
     for r in rows:

@@ -1,45 +1,17 @@
 r"""W6 — the training step: a loss on input derivatives and its gradient w.r.t. every weight.
 
-``python -m benchmarks.training_step [--quick] [--out DIR]`` (also
-``python -m benchmarks --workloads W6``). What physics-informed, Sobolev and
-Hermite-style training runs thousands of times is not an evaluation but a
-*step*: the derivatives of the network at n collocation points, a loss on
-them, and the gradient of that loss with respect to all weights. The timed
-call is exactly that, for three losses on a tanh MLP ``u: R^d -> R``:
+``python -m benchmarks.training_step [--quick] [--out DIR]`` (also ``python -m benchmarks
+--workloads W6``). What physics-informed, Sobolev and Hermite-style training runs thousands of times
+is a *step*: the derivatives of the network at n collocation points, a loss on them, and its
+gradient with respect to all weights. The timed call is exactly that, for three losses on a tanh
+MLP ``u: R^d -> R``: ``laplacian`` :math:`\frac1n\sum_k (\Delta u(x_k) + f_k)^2` (a Poisson
+residual), ``gradient`` :math:`\frac1n\sum_k \|\nabla u(x_k) - g_k\|^2` (Sobolev / Hermite) and
+``hessian_diagonal`` :math:`\frac1n\sum_k \|\operatorname{diag}\nabla^2 u(x_k) - h_k\|^2`.
 
-``laplacian``
-    :math:`\frac1n\sum_k (\Delta u(x_k) + f_k)^2` (a Poisson residual);
-``gradient``
-    :math:`\frac1n\sum_k \|\nabla u(x_k) - g_k\|^2` (Sobolev / Hermite);
-``hessian_diagonal``
-    :math:`\frac1n\sum_k \|\operatorname{diag}\nabla^2 u(x_k) - h_k\|^2`.
-
-Peers, all in this process and with the same weights (built once by
-:mod:`benchmarks.nets`):
-
-* ``ours-auto`` / ``ours-fwd`` / ``ours-bwd`` — torch autograd through
-  ``net(x, laplacian=True, mode=...)`` after ``net.to("torch", requires_grad=True)``
-  (:func:`hessquik_core.training.torch_parameters`), eager (forward mode through
-  the MLP's dense layers takes the analytic weight gradient);
-* ``ours-taped`` — forward mode with that switched off
-  (:func:`hessquik_core.training.analytic_weight_gradient`), autograd over the
-  generic sweep: the step before the lever;
-* ``ours-compiled`` — the same loss under ``torch.compile`` (compile time,
-  the first call's, reported separately; only at the ``--compile-d`` points,
-  because one compile costs tens of seconds);
-* ``torch.func`` — ``vmap(hessian(f))`` (Laplacian, diagonal) or
-  ``vmap(jacrev(f))`` (gradient), then ``torch.autograd.grad``;
-* ``jax`` — ``jax.jit(jax.value_and_grad(loss))`` with ``vmap(jax.hessian)``
-  or ``vmap(jax.grad)`` inside; ``jax+folx`` — the same with folx's
-  ``forward_laplacian`` (Laplacian loss only); compiled ahead of time;
-* ``hessQuik-0.0.6`` — autograd through hessQuik's own Laplacian / gradient /
-  Hessian outputs (what its users train with).
-
-Before any timing every peer's loss and weight gradient are compared with
-this library's float64 result (eager torch, ``mode="auto"``); a peer that
-disagrees is reported as a mismatch and not timed. Timings are the best of
-``--repeat`` *interleaved* rounds (each round calls every peer of the point
-once, so a burst of load from other processes hits all of them alike).
+The peers (:data:`REGISTRY`; the table's *Peers* paragraph in :func:`markdown` says what each
+runs) get the same weights (:mod:`benchmarks.nets`); each one's loss and weight gradient are
+checked against this library's float64 result (eager torch, ``mode="auto"``) before it is timed in
+``--repeat`` interleaved rounds (:func:`benchmarks.harness.check_then_time`).
 """
 
 from __future__ import annotations
@@ -119,14 +91,14 @@ def problem(pt: StepPoint) -> dict:
     }
 
 
+#: the target of each loss in :func:`problem`
+_TARGET = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}
+
+
 def _torch_loss_terms(loss: str, prob: dict, dt):
     import torch
 
-    key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[loss]
-    return (
-        torch.tensor(prob["x"], dtype=dt, device=DEVICE),
-        torch.tensor(prob[key], dtype=dt, device=DEVICE),
-    )
+    return tuple(torch.tensor(prob[k], dtype=dt, device=DEVICE) for k in ("x", _TARGET[loss]))
 
 
 def _sync() -> None:
@@ -297,9 +269,7 @@ def _make_jax(use_folx: bool):
         params = [jax.device_put(jnp.asarray(a, dtype=dt), dev) for a in model.weights]
         f = _scalar(model, "jax")
 
-        key = {"laplacian": "f", "gradient": "g", "hessian_diagonal": "h"}[pt.loss]
-        x = jax.device_put(jnp.asarray(prob["x"], dtype=dt), dev)
-        t = jax.device_put(jnp.asarray(prob[key], dtype=dt), dev)
+        x, t = (jax.device_put(jnp.asarray(prob[k], dtype=dt), dev) for k in ("x", _TARGET[pt.loss]))
         n, loss = pt.n, pt.loss
 
         if use_folx:
@@ -373,72 +343,48 @@ def grid(args) -> list[StepPoint]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.training_step", description=__doc__.split("\n\n")[0]
-    )
+    doc = (__doc__ or "").split("\n\n")[0]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training_step", description=doc)
     harness.add_common_args(p)
-    p.add_argument("--d", type=harness.int_list, default=None, help="input dimensions, e.g. 1,2,3,8")
-    p.add_argument("--widths", type=harness.int_list, default=None)
-    p.add_argument("--dtypes", default=None, help="float64,float32")
-    p.add_argument("--losses", default=None, help="laplacian,gradient,hessian_diagonal")
-    p.add_argument("--n", type=int, default=None, help="collocation points (default 1024)")
-    p.add_argument(
-        "--full-grid",
-        action="store_true",
-        help="every loss at every width and dtype (default: gradient/diagonal losses at the first "
-        "width and dtype only)",
-    )
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--peers", default=None, help=f"subset of {','.join(ALL_PEERS)}")
-    p.add_argument(
-        "--compile-d",
-        type=harness.int_list,
-        default=None,
-        help="d at which ours-compiled runs (width/dtype/loss as in --compile-at); default 2,16",
-    )
-    p.add_argument(
-        "--compile-losses", default="laplacian", help="losses at which ours-compiled runs (default laplacian)"
-    )
-    p.add_argument(
-        "--compile-widths", type=harness.int_list, default=None, help="default: the smallest width"
-    )
-    p.add_argument("--compile-dtypes", default="float64", help="default float64")
-    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (default 7; quick 3)")
-    p.add_argument(
-        "--max-call-s", type=float, default=None, help="skip a peer whose predicted step exceeds this"
-    )
-    p.add_argument("--prefix", default="w6", help="output file stem (default w6)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every peer runs")
-    p.add_argument(
-        "--warm-compile",
-        action="store_true",
-        help="let torch.compile reuse Inductor's on-disk caches (default: cold compiles)",
-    )
+    add, ints = p.add_argument, harness.int_list
+    add("--d", type=ints, help="input dimensions, e.g. 1,2,3,8")
+    add("--widths", type=ints)
+    add("--dtypes", help="float64,float32")
+    add("--losses", help="laplacian,gradient,hessian_diagonal")
+    add("--n", type=int, help="collocation points (default 1024)")
+    add("--full-grid", action="store_true", help="every loss at every width and dtype (default: trimmed)")
+    add("--depth", type=int, default=4)
+    add("--peers", help=f"subset of {','.join(ALL_PEERS)}")
+    add("--compile-d", type=ints, help="d at which ours-compiled runs (default 2,16; none with --quick)")
+    add("--compile-losses", default="laplacian", help="losses at which ours-compiled runs")
+    add("--compile-widths", type=ints, help="default: the smallest width")
+    add("--compile-dtypes", default="float64", help="default float64")
+    add("--repeat", type=int, help="interleaved rounds (default 7; quick 3)")
+    add("--max-call-s", type=float, help="skip a peer whose predicted step exceeds this")
+    add("--prefix", default="w6", help="output file stem (default w6)")
+    add("--device", choices=("cpu", "cuda"), default="cpu", help="where every peer runs")
+    add("--warm-compile", action="store_true", help="let torch.compile reuse Inductor's on-disk caches")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.quick = True
-    small = args.smoke
-    quick = args.quick
-    if args.d is None:
-        args.d = [2] if small else ([2, 16] if quick else [1, 2, 3, 8, 16, 64, 256, 1024])
+    args.quick = quick = args.quick or args.smoke
+    size = 0 if args.smoke else 1 if quick else 2  # smoke, quick, full: the defaults below
+
+    def pick(*by_size):
+        return by_size[size]
+
     args.trim = not (args.full_grid or quick or args.widths is not None or args.dtypes is not None)
-    if args.widths is None:
-        args.widths = [8] if small else ([64] if quick else [64, 256])
+    defaults = dict(d=pick([2], [2, 16], [1, 2, 3, 8, 16, 64, 256, 1024]), widths=pick([8], [64], [64, 256]))
+    # one compile costs ~40 s on a 2-core machine: none in the quick run
+    defaults.update(n=pick(32, 128, 1024), compile_d=pick([], [], [2, 16]), repeat=pick(3, 3, 7))
+    defaults.update(max_call_s=pick(1.0, 1.0, 8.0))
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     args.dtypes = (args.dtypes or ("float64" if quick else "float64,float32")).split(",")
     args.losses = (args.losses or ",".join(LOSSES)).split(",")
-    if args.n is None:
-        args.n = 32 if small else (128 if quick else 1024)
-    if args.compile_d is None:
-        # one compile costs ~40 s on a 2-core machine: none in the quick run
-        args.compile_d = [] if quick else [2, 16]
     args.compile_losses = args.compile_losses.split(",")
     args.compile_dtypes = args.compile_dtypes.split(",")
     if args.compile_widths is None:
         args.compile_widths = [min(args.widths)]
-    if args.repeat is None:
-        args.repeat = 3 if quick else 7
-    if args.max_call_s is None:
-        args.max_call_s = 1.0 if quick else 8.0
     try:
         args.peers = [q.name for q in REGISTRY.select(args.peers)]
     except ValueError as e:
@@ -653,16 +599,11 @@ def plot(out: Path, data: dict, prefix: str = "w6") -> Path | None:
         if any(r["loss"] == loss for r in rows)
         for w, dt in cols
     ]
+    title = data["title"] + (f". {data['label']}" if data.get("label") else "")
+    peers, ncols = data["config"]["peers"], max(1, len(cols))
+    path = out / f"{prefix}_step_time.png"
     return harness.plot_series(
-        out / f"{prefix}_step_time.png",
-        rows,
-        panels,
-        x="d",
-        peers=data["config"]["peers"],
-        style=_STYLE,
-        ylabel="step time (s)",
-        title=data["title"] + (f". {data['label']}" if data.get("label") else ""),
-        ncols=max(1, len(cols)),
+        path, rows, panels, x="d", peers=peers, style=_STYLE, ylabel="step time (s)", title=title, ncols=ncols
     )
 
 
@@ -673,16 +614,9 @@ CSV_FIELDS = (
 
 
 def write_all(out: Path, data: dict, prefix: str = "w6", plots: bool = True) -> None:
-    harness.write_outputs(
-        out,
-        prefix,
-        data,
-        markdown=markdown,
-        csv_fields=CSV_FIELDS,
-        plot=lambda o, dd: plot(o, dd, prefix),
-        plots=plots,
-        image_alt="W6 step time",
-    )
+    plot_ = lambda o, dd: plot(o, dd, prefix)  # noqa: E731
+    kw = dict(csv_fields=CSV_FIELDS, plot=plot_, plots=plots, image_alt="W6 step time")
+    harness.write_outputs(out, prefix, data, markdown=markdown, **kw)
 
 
 def main(argv=None, *, configure_threads: bool = True) -> int:
@@ -690,13 +624,8 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
     args.argv = None if argv is None else list(argv)
     global DEVICE, WARM_COMPILE
     DEVICE, WARM_COMPILE = args.device, args.warm_compile
-    return harness.main(
-        args,
-        args.prefix,
-        run,
-        lambda out, data, plots: write_all(out, data, args.prefix, plots),
-        configure_threads=configure_threads,
-    )
+    write = lambda out, data, plots: write_all(out, data, args.prefix, plots)  # noqa: E731
+    return harness.main(args, args.prefix, run, write, configure_threads=configure_threads)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 
 from .nets import NetSpec
 
-__all__ = ["Point", "Workload", "workloads"]
-
 
 @dataclass(frozen=True)
 class Point:
@@ -80,13 +78,8 @@ def workloads(quick: bool, smoke: bool = False) -> list[Workload]:
 
     ``smoke`` is a two-point W1 for the test suite."""
     if smoke:
-        return [
-            Workload(
-                "W1",
-                "W1 (smoke): scalar-output ResNet, value + gradient + Hessian, float64",
-                [Point("W1", _resnet(d, 1), 10, "float64", "hessian") for d in (1, 4)],
-            )
-        ]
+        title = "W1 (smoke): scalar-output ResNet, value + gradient + Hessian, float64"
+        return [Workload("W1", title, [Point("W1", _resnet(d, 1), 10, "float64", "hessian") for d in (1, 4)])]
     if quick:
         w1_d, w1_n = [1, 8, 64], [10, 1000]
         w2_dm, w2_n = [2, 16], 1000
@@ -101,9 +94,7 @@ def workloads(quick: bool, smoke: bool = False) -> list[Workload]:
         w5_n, w5_d = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000], 16
 
     W1 = Workload("W1", "W1: scalar-output ResNet (w=16, depth 4), value + gradient + Hessian, float64")
-    for n in w1_n:
-        for d in w1_d:
-            W1.points.append(Point("W1", _resnet(d, 1), n, "float64", "hessian"))
+    W1.points = [Point("W1", _resnet(d, 1), n, "float64", "hessian") for n in w1_n for d in w1_d]
 
     W2 = Workload("W2", f"W2: vector-output ResNet heatmap over (d, m), n = {w2_n}, float64")
     if not quick:
@@ -113,23 +104,18 @@ def workloads(quick: bool, smoke: bool = False) -> list[Workload]:
     pts = [Point("W2", _resnet(d, m), w2_n, "float64", "hessian") for d in w2_dm for m in w2_dm]
     W2.points = sorted(pts, key=lambda p: (p.size_units, p.spec.d, p.spec.m))
 
-    W3 = Workload(
-        "W3", "W3: Laplacian of a tanh MLP (depth 4, scalar output), n = 256, float64", task="laplacian"
+    W3 = Workload("W3", "W3: Laplacian of a tanh MLP (depth 4, scalar output), n = 256, float64")
+    W3.task, W3.points = (
+        "laplacian",
+        [Point("W3", _mlp(d, w), 256, "float64", "laplacian") for w in w3_w for d in w3_d],
     )
-    for w in w3_w:
-        for d in w3_d:
-            W3.points.append(Point("W3", _mlp(d, w), 256, "float64", "laplacian"))
 
     W4 = Workload("W4", "W4: float32 against float64 (W1 network at n = 1000; W3 MLP Laplacians)")
-    for d in w4[0]:
-        for dt in ("float64", "float32"):
-            W4.points.append(Point("W4", _resnet(d, 1), 1000, dt, "hessian"))
-    for d, w in w4[1]:
-        for dt in ("float64", "float32"):
-            W4.points.append(Point("W4", _mlp(d, w), 256, dt, "laplacian"))
+    dts = ("float64", "float32")
+    W4.points = [Point("W4", _resnet(d, 1), 1000, dt, "hessian") for d in w4[0] for dt in dts]
+    W4.points += [Point("W4", _mlp(d, w), 256, dt, "laplacian") for d, w in w4[1] for dt in dts]
 
     W5 = Workload("W5", f"W5: batch scaling at d = {w5_d} (W1 network), value + gradient + Hessian, float64")
-    for n in w5_n:
-        W5.points.append(Point("W5", _resnet(w5_d, 1), n, "float64", "hessian"))
+    W5.points = [Point("W5", _resnet(w5_d, 1), n, "float64", "hessian") for n in w5_n]
 
     return [W1, W2, W3, W4, W5]
