@@ -5,21 +5,12 @@
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
 #
-# Stages (each with its own time limit; a failing stage is recorded and the
-# script goes on; the whole run stays under ~8 minutes):
-#   1. nvidia-smi           — no GPU: say so, write the summary and exit 0
-#   2. install              — pip install of what is missing (torch CUDA build,
-#                             cupy-cuda12x, test deps; jax[cuda12] if GPU_CHECK_JAX=1)
-#   3. pytest -m cuda       — the CUDA-marked tests (CuPy and torch-CUDA backends)
-#   4. eval benchmark       — W1 and W3 quick points on CuPy and torch-CUDA against
-#                             torch.func-CUDA, hessQuik-CUDA and JAX/folx-GPU (installed ones)
-#   4b. W8 benchmark        — Laplacian, bi-Laplacian, u_xxx and their training steps on
-#                             torch-CUDA against jet-for-pytorch and torch.func (quick grid)
-#   5. W6 benchmark         — training steps (Laplacian, gradient, diagonal losses) on
-#                             torch-CUDA against torch.func, hessQuik and JAX-GPU
-#                             (CuPy has no autograd: no training step there)
-#   6. summary              — benchmarks/results/gpu/summary.txt
-#
+# Stages, each with its own time limit (a failing one is recorded and the script goes on; all
+# under ~8 minutes): 1. nvidia-smi (no GPU: say so, write the summary, exit 0); 2. pip install of
+# what is missing (torch CUDA build, cupy-cuda12x, test deps; jax[cuda12] if GPU_CHECK_JAX=1);
+# 3. pytest -m cuda; 4. W1/W3 quick points on CuPy and torch-CUDA against the GPU peers; W8 on
+# torch-CUDA against jet-for-pytorch and torch.func; 5. the W6 training step on torch-CUDA (CuPy
+# has no autograd); 6. the summary, benchmarks/results/gpu/summary.txt.
 # Environment: PYTHON (default: python3), GPU_CHECK_JAX=1 to pip install jax[cuda12],
 # GPU_CHECK_NO_INSTALL=1 to install nothing, GPU_CHECK_BUDGET_S (default 460) for the
 # total time of the stages, GPU_CHECK_RESULTS for another results folder.
@@ -82,9 +73,7 @@ finish() {
     fi
 }
 
-# ---------------------------------------------------------------------------
-# 1. is there a GPU?
-# ---------------------------------------------------------------------------
+# --- 1. is there a GPU?
 log "hessquik-core GPU check in $ROOT"
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! timeout 30 nvidia-smi >"$RES/nvidia-smi.txt" 2>&1; then
     log "no NVIDIA GPU found (nvidia-smi missing or failing): nothing to check on this machine."
@@ -105,9 +94,7 @@ fi
 have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 cuda_torch() { "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; }
 
-# ---------------------------------------------------------------------------
-# 2. install what is missing (PyPI's torch wheel for Linux x86_64 is a CUDA build)
-# ---------------------------------------------------------------------------
+# --- 2. install what is missing (PyPI's torch wheel for Linux x86_64 is a CUDA build)
 if [ -z "${GPU_CHECK_NO_INSTALL:-}" ]; then
     pkgs=()
     for spec in "numpy:numpy" "array_api_compat:array-api-compat" "pytest:pytest" "hypothesis:hypothesis" \
@@ -131,39 +118,28 @@ import importlib
 for mod in ("numpy", "torch", "cupy", "jax", "folx", "hessQuik"):
     try:
         m = importlib.import_module(mod)
-        extra = ""
-        if mod == "torch":
-            extra = f" cuda={m.version.cuda} available={m.cuda.is_available()}"
-        if mod == "cupy":
-            extra = f" devices={m.cuda.runtime.getDeviceCount()}"
-        if mod == "jax":
-            extra = f" devices={m.devices()}"
+        extra = {
+            "torch": lambda: f" cuda={m.version.cuda} available={m.cuda.is_available()}",
+            "cupy": lambda: f" devices={m.cuda.runtime.getDeviceCount()}",
+            "jax": lambda: f" devices={m.devices()}",
+        }.get(mod, lambda: "")()
         print(f"{mod} {getattr(m, '__version__', '?')}{extra}")
     except Exception as e:  # noqa: BLE001 - a report, not a failure
         print(f"{mod}: not usable ({type(e).__name__}: {e})")
 EOF
 
-# ---------------------------------------------------------------------------
-# 3. the cuda-marked tests
-# ---------------------------------------------------------------------------
+# --- 3. the cuda-marked tests
 stage "pytest -m cuda" 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs \
     --junitxml="$RES/pytest-cuda.xml" tests
 
-# ---------------------------------------------------------------------------
-# 4. evaluation benchmark: W1 and W3 quick points on the GPU peers
-# ---------------------------------------------------------------------------
+# --- 4. evaluation benchmark: W1 and W3 quick points on the GPU peers
 GPU_PEERS="ours-cupy,ours-torch-cuda,torch.func-cuda,hessQuik-0.0.6-cuda,jax-cuda,folx-cuda"
 stage "benchmark W1,W3 (GPU peers)" 90 "$PY" -m benchmarks --quick --workloads W1,W3 \
     --peers "$GPU_PEERS" --out "$RES/eval" --no-progress --single-pass
 
-# ---------------------------------------------------------------------------
-# W8 stage (owned by the W8 workload, benchmarks/w8.py): Laplacian, bi-Laplacian,
-# u_xxx and their training steps on torch-CUDA against jet-for-pytorch and
-# torch.func nested AD (quick grid). jet needs Python >= 3.12: it is installed when
-# $PY is new enough (unless GPU_CHECK_NO_INSTALL), or taken from $HQ_JET_PYTHON;
-# without it the jet peer is reported unavailable with the reason and the stage
-# still runs the other peers.
-# ---------------------------------------------------------------------------
+# --- W8 (benchmarks/w8.py), quick grid. jet needs Python >= 3.12: installed when $PY is new enough
+# (unless GPU_CHECK_NO_INSTALL) or taken from $HQ_JET_PYTHON; without it the jet peer is reported
+# unavailable with the reason and the other peers still run.
 if [ -z "${GPU_CHECK_NO_INSTALL:-}" ] && ! have jet \
     && "$PY" -c "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)" >/dev/null 2>&1; then
     stage "install jet-for-pytorch (W8)" 60 "$PY" -m pip install --quiet "jet-for-pytorch>=1.0"
@@ -175,9 +151,7 @@ W8_LIMIT=$((DEADLINE - $(date +%s) - 100))
 stage "benchmark W8 (torch-CUDA, jet, nested AD)" "$W8_LIMIT" "$PY" -m benchmarks.w8 --quick --device cuda \
     --dtypes float32,float64 --repeat 5 --max-call-s 5 --skip-s 20 --jet-timeout-s 60 --out "$RES/w8"
 
-# ---------------------------------------------------------------------------
-# 5. W6 training step on torch-CUDA
-# ---------------------------------------------------------------------------
+# --- 5. W6 training step on torch-CUDA
 stage "benchmark W6 (torch-CUDA)" 100 "$PY" -m benchmarks.training_step --device cuda \
     --d 2,16,256 --widths 64 --dtypes float32 --n 1024 --repeat 5 --compile-d "" \
     --peers ours-auto,ours-fwd,ours-bwd,torch.func,jax,jax+folx,hessQuik-0.0.6 \

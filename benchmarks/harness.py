@@ -10,6 +10,7 @@ reads one file; its sections follow that order.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import importlib.util
@@ -75,11 +76,8 @@ def jax_step(loss: Callable, params: list, *args) -> Runner:
     import jax
 
     step, cs = jax_aot(jax.jit(jax.value_and_grad(loss)), params, *args)
-    return Runner(
-        lambda: jax.block_until_ready(step(params, *args)),
-        lambda out: (float(out[0]), [np.asarray(g) for g in out[1]]),
-        compile_s=cs,
-    )
+    to_numpy = lambda out: (float(out[0]), [np.asarray(g) for g in out[1]])  # noqa: E731
+    return Runner(lambda: jax.block_until_ready(step(params, *args)), to_numpy, compile_s=cs)
 
 
 def _gpu_available(backend: str) -> bool:
@@ -103,15 +101,10 @@ def _gpu_available(backend: str) -> bool:
 
 @dataclass(frozen=True)
 class Peer:
-    """One method on one backend and device.
-
-    ``build(point, *shared) -> Runner`` makes the method's version of the point's
-    computation from the weights every peer shares (``shared`` is the workload's:
-    the network, its weight records, the inputs ...). ``family`` is ``"ours"`` for
-    this library; ``tasks`` the point tasks it can do (empty: every task);
-    ``backend`` the array library it runs on (``"numpy"``, ``"torch"``, ``"jax"``,
-    ``"cupy"``, ``"torch-cuda"``, ``"jax-cuda"``), ``device`` ``"cpu"`` or ``"cuda"``.
-    """
+    """One method on one backend and device: ``build(point, *shared) -> Runner`` makes its version
+    of the point's computation from the weights every peer shares; ``family`` is ``"ours"`` for this
+    library; ``tasks`` the point tasks it can do (empty: every task); ``backend`` its array library
+    (``"numpy"``, ``"torch"``, ``"jax"``, ``"cupy"``, ``"torch-cuda"``, ``"jax-cuda"``)."""
 
     name: str
     build: Callable[..., Runner]
@@ -241,13 +234,10 @@ class Skip:
 
 @dataclass(frozen=True)
 class Policy:
-    """How the agreeing peers of one point are timed.
-
-    ``rounds`` interleaved rounds at most (each call's share of a round repeated to last
-    ``min_round_s``), fewer (at least two) where they would pass ``budget_s`` per peer;
-    a peer whose checked call took longer than ``once_s`` is timed by that call only
-    (status ``once``, an upper bound); a checked call longer than ``warm_s`` is its own
-    warm-up (no second untimed call)."""
+    """How the agreeing peers of one point are timed: ``rounds`` interleaved rounds at most (each call's
+    share of a round lasting ``min_round_s``), fewer (at least two) where they would pass ``budget_s``
+    per peer; a peer whose checked call took longer than ``once_s`` is timed by that call only (status
+    ``once``, an upper bound); a checked call longer than ``warm_s`` is its own warm-up."""
 
     rounds: int = 7
     min_round_s: float = 0.05
@@ -257,6 +247,15 @@ class Policy:
     tol_float32: float = 5e-3
     rows: int | None = None  # compare only the first rows of the batch
     collect: bool = False  # gc.collect() before each checked call (large outputs)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Peers' own deprecation and user warnings are not results: ignored while they run."""
+    with warnings.catch_warnings():
+        for cat in _QUIET:
+            warnings.simplefilter("ignore", cat)
+        yield
 
 
 def _failure(e: BaseException) -> tuple[str, str]:
@@ -279,12 +278,10 @@ def check_then_time(
 ) -> tuple[list[dict], dict[str, Runner]]:
     """Measure every peer of one point: build, check against ``reference``, time interleaved.
 
-    ``candidates`` maps a peer name to a zero-argument builder of its :class:`Runner`
-    (or a :class:`Skip`). Returns one record per candidate, in order (``base``'s
-    fields, ``peer``, ``status``, ``note`` and, once run, ``setup_s``, ``first_s``,
-    ``first_cpu_s``, ``compile_s``, ``peak_bytes``, ``rel_err``; once timed,
-    ``min_s``, ``median_s``, ``rounds``, ``number``, ``samples``), and the runners
-    that were timed (for a profile or a second pass; drop them when done)."""
+    ``candidates``: peer name -> zero-argument builder of its :class:`Runner`, or a :class:`Skip`.
+    Returns one record per candidate, in order (``base``'s fields, ``peer``, ``status``, ``note``;
+    once run ``setup_s``, ``first_s``, ``first_cpu_s``, ``compile_s``, ``peak_bytes``, ``rel_err``;
+    once timed ``min_s``, ``median_s``, ``rounds``, ``number``, ``samples``) and the timed runners."""
     say = log if log is not None else _stderr
     rows: list[dict] = []
     live: dict[str, Runner] = {}
@@ -297,19 +294,13 @@ def check_then_time(
             rec.update(status=make.status, note=make.note)
             continue
         try:
-            with warnings.catch_warnings():  # peers' own deprecation notices are not results
-                for cat in _QUIET:
-                    warnings.simplefilter("ignore", cat)
+            with _quiet():
                 t0 = time.perf_counter()
                 runner = make()
                 rec["setup_s"] = time.perf_counter() - t0
                 c0 = time.process_time()
-                out, first_s, peak = peak_memory(
-                    runner.call,
-                    device=runner.extra.get("device", device),
-                    kind=runner.extra.get("kind", "torch"),
-                    collect=policy.collect,
-                )
+                dev, kind = runner.extra.get("device", device), runner.extra.get("kind", "torch")
+                out, first_s, peak = peak_memory(runner.call, device=dev, kind=kind, collect=policy.collect)
                 rec["first_cpu_s"] = time.process_time() - c0
                 got = runner.to_numpy(out)
                 del out
@@ -336,19 +327,15 @@ def check_then_time(
         live[name] = runner
         if first_s >= policy.warm_s:
             first[name] = first_s
-    timing = dict(
-        rounds=policy.rounds, min_round_s=policy.min_round_s, max_total_s=policy.budget_s, rotate=True
-    )
-    with warnings.catch_warnings():
-        for cat in _QUIET:
-            warnings.simplefilter("ignore", cat)
+    timing = dict(rounds=policy.rounds, min_round_s=policy.min_round_s, max_total_s=policy.budget_s)
+    with _quiet():
         try:
-            tm = time_interleaved({n: r.call for n, r in live.items()}, known_s=first, **timing)
+            tm = time_interleaved({n: r.call for n, r in live.items()}, known_s=first, rotate=True, **timing)
         except Exception:  # a call that ran once fails when repeated: time them one by one to name it
             tm = {}
             for n in list(live):
                 try:
-                    tm.update(time_interleaved({n: live[n].call}, known_s=first, **timing))
+                    tm.update(time_interleaved({n: live[n].call}, known_s=first, rotate=True, **timing))
                 except Exception as e:
                     rec = next(r for r in rows if r["peer"] == n)
                     status, msg = _failure(e)
@@ -356,11 +343,9 @@ def check_then_time(
                     say(f"  {n}: {rec['note']}")
                     del live[n]
     for rec in rows:
-        t = tm.get(rec["peer"])
-        if t is not None:
-            rec.update(
-                min_s=t.min_s, median_s=t.median_s, rounds=t.repeat, number=t.number, samples=t.samples
-            )
+        if (t := tm.get(rec["peer"])) is not None:
+            rec.update(min_s=t.min_s, median_s=t.median_s, rounds=t.repeat, number=t.number)
+            rec["samples"] = t.samples
     return rows, live
 
 
@@ -406,10 +391,7 @@ class Predictor:
     ``units(peer, point)`` beyond the largest point measured so far, times ``safety``."""
 
     def __init__(
-        self,
-        series: Callable[[Any], Hashable],
-        units: Callable[[str, Any], float],
-        safety: float = 1.25,
+        self, series: Callable[[Any], Hashable], units: Callable[[str, Any], float], safety: float = 1.25
     ):
         self.series, self.units, self.safety = series, units, safety
         self.seen: dict = {}
@@ -443,64 +425,6 @@ def predicted_skip(
     if t_pred is not None and t_pred > max_call_s:
         return Skip("skip-time", f"predicted {t_pred:.1f} s per {what} > cap {max_call_s:g} s")
     return None
-
-
-# --- profile (where a peer is faster) ---
-
-
-def _where(file: str, line: int, fn: str) -> str:
-    if file == "~":  # a built-in
-        return fn
-    parts = Path(file).parts
-    # this library's files by their package path (layers/gated.py and rules/gated.py differ)
-    name = "/".join(parts[parts.index("hessquik_core") :]) if "hessquik_core" in parts else parts[-1]
-    return f"{name}:{line}({fn})"
-
-
-def profile(call, seconds: float, per: float | None = None, top: int = 10) -> dict:
-    """``cProfile`` of repeated ``call()`` (already warm; ``per`` seconds a call) for about
-    ``seconds``: the ``top`` functions by own time (``tottime``), as fractions of the
-    profiled time."""
-    import cProfile
-    import pstats
-
-    if per is None:
-        t0 = time.perf_counter()
-        call()
-        per = time.perf_counter() - t0
-    calls = max(1, min(200, int(seconds / max(per, 1e-6))))
-    pr = cProfile.Profile()
-    pr.enable()
-    for _ in range(calls):
-        out = call()
-        del out
-    pr.disable()
-    st = pstats.Stats(pr)
-    total = st.total_tt or 1e-300  # type: ignore[attr-defined]
-    rows = []
-    for (file, line, fn), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        rows.append((tt, ct, nc, _where(file, line, fn)))
-    rows.sort(reverse=True)
-    return {
-        "calls": calls,
-        "per_call_s": total / calls,
-        "top": [
-            {"function": w, "own_frac": tt / total, "cum_frac": ct / total, "ncalls_per_call": nc / calls}
-            for tt, ct, nc, w in rows[:top]
-        ],
-    }
-
-
-def profile_md(pr: dict) -> list[str]:
-    """A :func:`profile`'s table."""
-    return md_table(
-        ["function", "own", "cumulative", "calls per call"],
-        (
-            [f"`{t['function'].replace('|', chr(92) + '|')}`", f"{100 * t['own_frac']:.0f}%"]
-            + [f"{100 * t['cum_frac']:.0f}%", f"{t['ncalls_per_call']:.0f}"]
-            for t in pr["top"]
-        ),
-    )
 
 
 # --- threads and environment ---
@@ -563,13 +487,10 @@ _FOUND = "HQ_BENCH_OPENBLAS_FOUND"  # what the first process found, handed to it
 
 
 def _unset_openblas_tuning() -> dict:
-    """Record :data:`OPENBLAS_TUNING` as found, and run this benchmark without them.
-
-    OpenBLAS reads them when it is loaded (with NumPy, before any benchmark code runs), so
-    unsetting them means starting this process again: it re-executes itself once
-    (``os.execve`` with ``sys.orig_argv``) with the variables removed from its own
-    environment and what it found passed on in ``HQ_BENCH_OPENBLAS_FOUND``. The caller's
-    shell and every other process keep theirs. ``HQ_BENCH_KEEP_OPENBLAS=1`` keeps them."""
+    """Record :data:`OPENBLAS_TUNING` as found, and run this benchmark without them: OpenBLAS reads
+    them when NumPy loads it, so this process re-executes itself once (``os.execve``) without them,
+    passing what it found on in ``HQ_BENCH_OPENBLAS_FOUND``; every other process keeps them.
+    ``HQ_BENCH_KEEP_OPENBLAS=1`` keeps them here too."""
     if _FOUND in os.environ:
         return json.loads(os.environ[_FOUND])
     found = {k: os.environ.get(k) for k in OPENBLAS_TUNING}
@@ -589,19 +510,12 @@ def _unset_openblas_tuning() -> dict:
 
 
 def environment(threads: int | None, *, configure: bool = True) -> dict:
-    """Set up this process for timing and describe the machine (JSON-able).
-
-    With ``configure`` (a benchmark's own process): :data:`OPENBLAS_TUNING` are recorded
-    and unset for this process (:func:`_unset_openblas_tuning`), and ``threads``
-    (default: every core this process may use) are set for every library
-    (:func:`set_threads`). Without it (called from a test) nothing is changed, only
-    recorded. The load average at the start, the versions and the fingerprint of
-    hessquik_core's sources are recorded; call :func:`finish` at the end."""
+    """Set up this process for timing and describe the machine (JSON-able): with ``configure`` (a
+    benchmark's own process) :func:`_unset_openblas_tuning` and :func:`set_threads` (default: every
+    core this process may use); without it (a test) only recorded. The load average, versions and
+    source fingerprint are recorded; call :func:`finish` at the end."""
     n = threads or machine.threads()
-    if configure:
-        found = _unset_openblas_tuning()
-    else:
-        found = {k: os.environ.get(k) for k in OPENBLAS_TUNING}
+    found = _unset_openblas_tuning() if configure else {k: os.environ.get(k) for k in OPENBLAS_TUNING}
     report = set_threads(n) if configure else {}
     desc = machine.describe(n)
     desc.update(
@@ -629,7 +543,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-_stderr = log
+_stderr = log  # check_then_time's default (its argument ``log`` hides this function)
 
 
 # --- writers ---
@@ -848,10 +762,6 @@ def add_common_args(p: argparse.ArgumentParser, *, threads: int | None = None, r
         add("--replot", type=Path, help="only rebuild the table and plot from DIR's JSON")
 
 
-def out_dir(args: argparse.Namespace) -> Path:
-    return args.out or (QUICK_OUT if args.quick else RESULTS)
-
-
 def main(
     args: argparse.Namespace,
     stem: str,
@@ -873,7 +783,7 @@ def main(
     data.setdefault("machine", desc)
     data.setdefault("label", getattr(args, "label", ""))
     data["wall_s"] = time.perf_counter() - t0
-    out = out_dir(args)
+    out = args.out or (QUICK_OUT if args.quick else RESULTS)
     write(out, data, not args.no_plots)
     print(f"wrote {out / (stem + '.md')} ({data['wall_s']:.0f} s)")
     return 0

@@ -1,24 +1,12 @@
 r"""What this machine can do at best: the limit every timing is compared with.
 
-For a benchmark point the *machine limit* is the time below which no method
-can go on this machine,
-
-.. math::
-    t_\text{limit} = \max\Big(\frac{\text{flops}}{R_\text{GEMM}},\
-                              \frac{\text{output bytes}}{B_\text{copy}}\Big),
-
-with :math:`R_\text{GEMM}` the best measured matrix-multiply rate of the
-peer's own backend and dtype (NumPy, torch, JAX), and :math:`B_\text{copy}`
-the measured copy bandwidth (bytes written per second). ``flops`` is the
-GEMM work of this library's chain rule for that point, counted by
-instrumenting the backend's ``mm``/``einsum`` during a call (see
-:func:`count_flops`) — the minimal GEMM work of this algorithm, not of
-every algorithm.
-
-Two copy bandwidths are measured: into an already-touched buffer (STREAM
-style, the stricter bound) and into a freshly allocated array (what every
-method that returns a new output pays, page faults included). The table's
-"limit %" uses the stricter one; both are kept in the JSON.
+The *machine limit* of a point is :math:`t_\text{limit} = \max(\text{flops} / R_\text{GEMM},\
+\text{output bytes} / B_\text{copy})`, with :math:`R_\text{GEMM}` the best measured square-GEMM
+rate of the peer's own backend and dtype and :math:`B_\text{copy}` the measured copy bandwidth.
+``flops`` is the GEMM work of this library's chain rule at that point, counted by instrumenting the
+backend's ``mm``/``einsum`` (:func:`count_flops`): the least GEMM work of this algorithm, not of
+every algorithm. Two bandwidths are measured, into a touched buffer (STREAM style, the stricter
+bound, used for "limit %") and into a fresh array (page faults included); the JSON keeps both.
 """
 
 from __future__ import annotations

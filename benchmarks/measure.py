@@ -1,21 +1,8 @@
-"""Timing (interleaved rounds) and peak-memory measurement.
+"""Timing (interleaved rounds, :func:`time_interleaved`) and the peak memory of one call.
 
-Timing: :func:`time_interleaved` times several warmed-up calls against each other,
-one call of each per round (``number`` calls in a row, chosen so that a call's
-share of a round lasts ``min_round_s``, as :mod:`timeit`'s ``autorange`` does), the
-order rotating from round to round where asked; the per-call minimum and median
-over the rounds are reported. Each call's result is dropped before the next call
-starts, so at most one output is alive at a time. The workloads reach it through
-:func:`benchmarks.harness.check_then_time` (which checks every call's result first).
-
-Peak memory of one call:
-
-* CPU — the growth of the resident set size above its value before the
-  call, read from ``VmHWM`` after resetting the high-water mark through
-  ``/proc/self/clear_refs`` (Linux); ``tracemalloc``'s peak is recorded as
-  well where asked (it sees NumPy's allocations, not torch's or XLA's);
-* GPU — ``torch.cuda.max_memory_allocated`` or the CuPy pool's high-water
-  mark.
+Peak memory: on the CPU the growth of the resident set above its pre-call size, read from
+``VmHWM`` after resetting the high-water mark through ``/proc/self/clear_refs`` (Linux); on a GPU
+``torch.cuda.max_memory_allocated`` or the CuPy pool's high-water mark.
 """
 
 from __future__ import annotations
@@ -24,7 +11,6 @@ import gc
 import re
 import statistics
 import time
-import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,18 +37,14 @@ def time_interleaved(
 ) -> dict[str, Timing]:
     """Time several (already warmed-up) calls against each other, in interleaved rounds.
 
-    Each round runs every call once in turn (``number`` calls in a row, chosen
-    per call from one calibration call so that its share of a round lasts
-    ``min_round_s``), so a burst of load from other processes slows every
-    peer of the round alike instead of one peer's whole series. A call whose
-    ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
-    ``rounds`` is one); the per-call minimum over the rounds is the result.
-
-    ``rotate``: round ``i`` starts with the ``i``-th call (mod their number): the
-    call timed first after a switch finds the caches cold (measured 1.2-2x on
-    0.2-1 ms calls), and that should not always be the same one. ``known_s``:
-    seconds per call already measured (a slow call's warm-up), for which no
-    calibration call is made.
+    Each round runs every call once in turn (``number`` calls in a row, from one calibration call,
+    so that its share of a round lasts ``min_round_s``): a burst of load from other processes slows
+    every peer of the round alike. A call whose ``rounds`` would pass ``max_total_s`` gets fewer (at
+    least two, unless ``rounds`` is one); the result is the per-call minimum over the rounds (and the
+    median). ``rotate``: round ``i`` starts with the ``i``-th call, since the call timed first after a
+    switch finds the caches cold (1.2-2x measured on 0.2-1 ms calls). ``known_s``: seconds per call
+    already measured (a slow call's warm-up), for which no calibration call is made. Each result is
+    dropped before the next call starts.
     """
     numbers, reps = {}, {}
     for name, call in calls.items():
@@ -120,13 +102,11 @@ def _reset_hwm() -> bool:
         return False
 
 
-def peak_memory(
-    call: Callable[[], Any], *, device: str, kind: str, use_tracemalloc: bool = False, collect: bool = True
-):
+def peak_memory(call: Callable[[], Any], *, device: str, kind: str, collect: bool = True):
     """Run ``call`` once; return ``(result, seconds, peak)``.
 
     ``peak`` is a dict: ``rss`` (bytes above the pre-call RSS, CPU),
-    ``tracemalloc`` (bytes, when asked) or ``gpu`` (bytes, GPU), and
+    or ``gpu`` (bytes, GPU), and
     ``method`` naming what was measured.
     """
     if collect:
@@ -143,15 +123,9 @@ def peak_memory(
         return out, dt, peak
     base = _status_kib("VmRSS")
     ok = _reset_hwm()
-    if use_tracemalloc:
-        tracemalloc.start()
     t0 = time.perf_counter()
     out = call()
     dt = time.perf_counter() - t0
-    if use_tracemalloc:
-        _, tpeak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        peak["tracemalloc"] = tpeak
     hwm = _status_kib("VmHWM")
     if ok and base is not None and hwm is not None:
         peak["rss"] = max(0, (hwm - base) * 1024)

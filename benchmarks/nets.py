@@ -1,17 +1,9 @@
 r"""The benchmark networks, and the same weights in every peer's form.
 
-A network is built once with :mod:`hessquik_core` (NumPy float64 weights
-from a fixed seed). :func:`spec_of` flattens it into a list of plain layer
-records; from that list the other peers' versions are made, so that every
-method evaluates *the same function*:
-
-* :func:`torch_function` — a per-example function :math:`f: \mathbb{R}^d \to \mathbb{R}^m`
-  in torch, for ``torch.func``;
-* :func:`jax_function` — the same in ``jax.numpy``, for JAX and folx;
-* :func:`hessquik_net` — the original ``hessQuik`` 0.0.6 network with the
-  weights copied in.
-
-Activations are written with the same formulas as :mod:`hessquik_core.activations`
+A network is built once with :mod:`hessquik_core` (NumPy float64 weights, fixed seed);
+:func:`spec_of` flattens it into layer records, from which :func:`torch_function`,
+:func:`jax_function` and :func:`hessquik_net` (hessQuik 0.0.6) make the other peers' versions of
+*the same function*, with the activations' formulas of :mod:`hessquik_core.activations`
 (antiTanh :math:`\sigma(z) = |z| + \log(1 + e^{-2|z|}) = \log(2\cosh z)`).
 """
 
@@ -160,10 +152,6 @@ def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Mo
     )
 
 
-def _model(m) -> Model:
-    return m if isinstance(m, Model) else records_model(m)
-
-
 def torch_dtype(name: str) -> Any:
     """``torch.float32`` / ``torch.float64`` for ``"float32"`` / ``"float64"``."""
     import torch
@@ -171,22 +159,20 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def torch_function(model: Model | list[LayerRecord], dtype, device="cpu"):
+def torch_function(m: Model, dtype, device="cpu"):
     """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
     import torch
 
-    m = _model(model)
     ps = [torch.tensor(a, dtype=dtype, device=device) for a in m.weights]
     f = m.function("torch")
     return lambda x: f(ps, x)
 
 
-def jax_function(model: Model | list[LayerRecord], dtype, device=None):
+def jax_function(m: Model, dtype, device=None):
     """Per-example ``f(x: (d,)) -> (m,)`` in ``jax.numpy`` (weights closed over as constants)."""
     import jax
     import jax.numpy as jnp
 
-    m = _model(model)
     ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in m.weights]
     f = m.function("jax")
     return lambda x: f(ps, x)

@@ -24,10 +24,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python benchmarks/training_step.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "benchmarks"
-
 import numpy as np
 
 from . import harness, nets
@@ -124,7 +120,8 @@ def _torch_runner(loss_fn, params, compile_s: float | None = None, around=None) 
 
 
 def _torch_loss(loss: str, q, t, n: int):
-    """Loss of the derivative ``q`` ((n, 1) Laplacian or (n, d) gradient/diagonal) against ``t``."""
+    """Loss of the derivative ``q`` ((n, 1) Laplacian or (n, d) gradient/diagonal) against ``t``
+    (torch or JAX arrays)."""
     if loss == "laplacian":
         return ((q + t) ** 2).mean()
     return ((q - t) ** 2).sum() / n
@@ -177,7 +174,6 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
                 analytic_weight_gradient(before)
 
         runner = _torch_runner(fn, params, around=untaped if taped else None)
-        call = runner.call
         if compiled:
             # torch.compile compiles on the first call, and dynamo recompiles on the second
             # (here, loaded: 84 s, then 54 s, then milliseconds): calls until one is under half the
@@ -185,7 +181,7 @@ def _make_ours(mode: str, compiled: bool = False, taped: bool = False):
             cs, prev = 0.0, math.inf
             for _ in range(4):
                 t0 = time.perf_counter()
-                call()
+                runner.call()
                 dt = time.perf_counter() - t0
                 cs += dt
                 if dt < 0.5 * prev and prev < math.inf:
@@ -289,13 +285,7 @@ def _make_jax(use_folx: bool):
                 D = jnp.diagonal(H, axis1=-2, axis2=-1)
                 return D.sum(-1, keepdims=True) if loss == "laplacian" else D
 
-        def loss_fn(ps, xx, tt):
-            q = deriv(ps, xx)
-            if loss == "laplacian":
-                return jnp.mean((q + tt) ** 2)
-            return jnp.sum((q - tt) ** 2) / n
-
-        return harness.jax_step(loss_fn, params, x, t)
+        return harness.jax_step(lambda ps, xx, tt: _torch_loss(loss, deriv(ps, xx), tt, n), params, x, t)
 
     return make
 
@@ -410,12 +400,11 @@ def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
 
     def rule(peer: Peer) -> Skip | None:
         name = peer.name
-        if name == "ours-compiled" and not (
-            pt.d in args.compile_d
-            and pt.loss in args.compile_losses
-            and pt.width in args.compile_widths
-            and pt.dtype in args.compile_dtypes
-        ):
+        at = zip(
+            (pt.d, pt.loss, pt.width, pt.dtype),
+            (args.compile_d, args.compile_losses, args.compile_widths, args.compile_dtypes),
+        )
+        if name == "ours-compiled" and not all(v in allowed for v, allowed in at):
             return Skip("not-run", "torch.compile only at the --compile-d points")
         if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
             return Skip("not-run", "forced modes only at the first width in the trimmed grid")
@@ -423,15 +412,13 @@ def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
             return Skip("not-run", "folx computes Laplacians only")
         hbytes = pt.n * pt.d * pt.d * pt.width * pt.itemsize
         if (name, pt.loss) in _D2 and hbytes > mem_budget:
-            return Skip(
-                "skip-memory",
-                f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget {mem_budget / 2**30:.0f} GiB",
-            )
+            why = f"its per-layer Hessians alone are {hbytes / 2**30:.0f} GiB > budget {mem_budget / 2**30:.0f} GiB"
+            return Skip("skip-memory", why)
         # this library's default step is never skipped on a prediction; its forced modes at 4x the cap
         cap = math.inf if name == "ours-auto" else args.max_call_s * (4 if name.startswith("ours") else 1)
-        t_pred, m_pred = pred.predict(name, pt)
-        skip = harness.predicted_skip(t_pred, m_pred, max_call_s=cap, mem_budget=mem_budget, what="step")
-        return skip
+        return harness.predicted_skip(
+            *pred.predict(name, pt), max_call_s=cap, mem_budget=mem_budget, what="step"
+        )
 
     return rule
 
@@ -452,13 +439,9 @@ def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, l
         return [dict(base, peer=name, status="error", note=why) for name in args.peers]
     rule = _rule(pt, args, pred, mem_budget)
     cands = harness.candidates(REGISTRY.select(args.peers), pt, model, prob, rule=rule)
-    policy = harness.Policy(
-        rounds=args.repeat,
-        min_round_s=0.01 if args.quick else 0.05,
-        budget_s=0.5 if args.quick else 2.0,
-        once_s=4 * args.max_call_s,  # too slow to repeat: the checked call is its only timing
-        warm_s=math.inf,
-    )
+    # once_s: too slow to repeat, the checked call is its only timing
+    quick = dict(min_round_s=0.01, budget_s=0.5) if args.quick else dict(min_round_s=0.05, budget_s=2.0)
+    policy = harness.Policy(rounds=args.repeat, once_s=4 * args.max_call_s, warm_s=math.inf, **quick)
     rows, live = harness.check_then_time(
         cands, ref, dtype=pt.dtype, policy=policy, base=base, device=DEVICE, log=log
     )
@@ -488,20 +471,23 @@ def run(args, desc: dict) -> dict:
     for i, pt in enumerate(pts):
         t0 = time.perf_counter()
         rows += run_point(pt, args, pred, mem_budget, harness.log)
+        took, total = time.perf_counter() - t0, time.perf_counter() - t_start
         harness.log(
-            f"[{i + 1}/{len(pts)}] {pt.loss} d={pt.d} w={pt.width} {pt.dtype}: "
-            f"{time.perf_counter() - t0:.1f} s (total {time.perf_counter() - t_start:.0f} s)"
+            f"[{i + 1}/{len(pts)}] {pt.loss} d={pt.d} w={pt.width} {pt.dtype}: {took:.1f} s (total {total:.0f} s)"
         )
     cfg = {k: getattr(args, k) for k in _CONFIG}
-    return {
-        "workload": "W6",
-        "title": "W6: training step (loss on input derivatives + gradient w.r.t. all weights)",
-        "quick": args.quick,
-        "argv": sys.argv[1:] if args.argv is None else args.argv,
-        "config": dict(cfg, trimmed_grid=args.trim, device=args.device, warm_compile=args.warm_compile),
-        "memory_budget_bytes": mem_budget,
-        "rows": rows,
-    }
+    title = "W6: training step (loss on input derivatives + gradient w.r.t. all weights)"
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    cfg.update(trimmed_grid=args.trim, device=args.device, warm_compile=args.warm_compile)
+    return dict(
+        workload="W6",
+        title=title,
+        quick=args.quick,
+        argv=argv,
+        config=cfg,
+        memory_budget_bytes=mem_budget,
+        rows=rows,
+    )
 
 
 # --- report ---
@@ -563,14 +549,11 @@ def markdown(data: dict) -> str:
             "`jit(...).lower(...).compile()`.",
             "",
         ]
-        lines += harness.md_table(
-            ["loss", "d", "width", "dtype", "peer", "compile", "step after it"],
-            (
-                [r["loss"], r["d"], r["width"], r["dtype"], r["peer"], f"{r['compile_s']:.2f} s"]
-                + [harness.fmt_time(r["min_s"])]
-                for r in comp
-            ),
-        ) + [""]
+        head = ["loss", "d", "width", "dtype", "peer", "compile", "step after it"]
+        cells = [
+            [*(r[k] for k in head[:5]), f"{r['compile_s']:.2f} s", harness.fmt_time(r["min_s"])] for r in comp
+        ]
+        lines += harness.md_table(head, cells) + [""]
     lines += harness.notes_md(rows, lambda r: f"{r['loss']} d={r['d']} w={r['width']} {r['dtype']}")
     lines += harness.agreement_md(rows, ("peer", "dtype"), "loss and weight gradient")
     return "\n".join(lines)

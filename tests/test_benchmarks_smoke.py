@@ -313,18 +313,6 @@ def test_harness_writers(tmp_path):
         assert (tmp_path / "t.png").stat().st_size > 0 and "](t.png)" in md
 
 
-def test_harness_profile_names_the_hot_function():
-    h = _harness()
-
-    def hot():
-        return sum(i * i for i in range(2000))
-
-    pr = h.profile(hot, 0.02)
-    assert pr["calls"] >= 1 and pr["top"] and 0 < pr["top"][0]["own_frac"] <= 1
-    assert any("hot" in t["function"] or "genexpr" in t["function"] for t in pr["top"])
-    assert h.profile_md(pr)[0] == "| function | own | cumulative | calls per call |"
-
-
 @pytest.mark.parametrize(
     "module",
     [
