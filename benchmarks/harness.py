@@ -454,13 +454,11 @@ def _openblas_threads(n: int) -> int | None:
 def set_threads(n: int) -> dict:
     """Use ``n`` threads everywhere: CPU affinity, the OpenMP/OpenBLAS/MKL variables (for
     child processes), OpenBLAS through its C API, torch, and XLA (before JAX loads)."""
-    for var in machine.THREAD_VARS:
-        os.environ[var] = str(n)
+    os.environ.update({var: str(n) for var in machine.THREAD_VARS})
     flags = os.environ.get("XLA_FLAGS", "")
     if "intra_op_parallelism_threads" not in flags:
-        os.environ["XLA_FLAGS"] = (
-            flags + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={n}"
-        ).strip()
+        xla = f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={n}"
+        os.environ["XLA_FLAGS"] = (flags + xla).strip()
     got: dict = {}
     try:
         cores = sorted(os.sched_getaffinity(0))
@@ -762,13 +760,12 @@ def add_common_args(p: argparse.ArgumentParser, *, threads: int | None = None, r
         add("--replot", type=Path, help="only rebuild the table and plot from DIR's JSON")
 
 
+RunFn = Callable[[argparse.Namespace, dict], dict]  # run(args, machine) -> data
+WriteFn = Callable[[Path, dict, bool], None]  # write(out, data, plots)
+
+
 def main(
-    args: argparse.Namespace,
-    stem: str,
-    run: Callable[[argparse.Namespace, dict], dict],
-    write: Callable[[Path, dict, bool], None],
-    *,
-    configure_threads: bool = True,
+    args: argparse.Namespace, stem: str, run: RunFn, write: WriteFn, *, configure_threads: bool = True
 ) -> int:
     """The common ``main``: ``--replot``, then :func:`environment`, ``run(args, machine)``,
     ``write(out, data, plots)``."""
@@ -776,8 +773,7 @@ def main(
         write(args.replot, json.loads((args.replot / f"{stem}.json").read_text()), not args.no_plots)
         print(f"rebuilt {args.replot / (stem + '.md')}")
         return 0
-    t0 = time.perf_counter()
-    desc = environment(args.threads, configure=configure_threads)
+    t0, desc = time.perf_counter(), environment(args.threads, configure=configure_threads)
     data = run(args, desc)
     finish(desc)
     data.setdefault("machine", desc)

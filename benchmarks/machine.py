@@ -78,10 +78,8 @@ def measure_gemm(backend: str, dtype: str, *, quick: bool = False, tiny: bool = 
     rng = np.random.default_rng(0)
     rates = {}
     for N in sizes:
-        a = rng.standard_normal((N, N)).astype(dtype)
-        b = rng.standard_normal((N, N)).astype(dtype)
-        t = _best(_gemm_call(backend, a, b), reps)
-        rates[N] = 2.0 * N**3 / t
+        a, b = (rng.standard_normal((N, N)).astype(dtype) for _ in range(2))
+        rates[N] = 2.0 * N**3 / _best(_gemm_call(backend, a, b), reps)
     best_n = max(rates, key=rates.get)
     return {
         "flops_per_s": rates[best_n],
@@ -143,9 +141,7 @@ def count_flops(net, x, **kwargs) -> int:
     from hessquik_core.backends import get_backend
 
     be = get_backend("numpy")
-
-    total = [0]
-    mm0, es0 = be.mm, be.einsum
+    total, mm0, es0 = [0], be.mm, be.einsum
     # what the instance itself held (normally nothing: the class's methods): restored as it
     # was, so no bound copy is left on the process-wide backend to shadow the class later
     own = {k: vars(be)[k] for k in ("mm", "einsum") if k in vars(be)}
@@ -172,10 +168,7 @@ def count_flops(net, x, **kwargs) -> int:
 
 def flops_at(net, d: int, n: int, dtype, **kwargs) -> int:
     """GEMM flops at batch ``n``, from two tiny calls: the count is affine in ``n``."""
-    x2 = np.zeros((2, d), dtype=dtype)
-    x3 = np.zeros((3, d), dtype=dtype)
-    f2 = count_flops(net, x2, **kwargs)
-    f3 = count_flops(net, x3, **kwargs)
+    f2, f3 = (count_flops(net, np.zeros((k, d), dtype=dtype), **kwargs) for k in (2, 3))
     return f2 + (f3 - f2) * (n - 2)
 
 
@@ -263,10 +256,7 @@ def describe(n_threads: int) -> dict:
         "numpy_blas": _numpy_blas(),
         "hessquik_core": _version("hessquik-core"),
         "hessQuik": _version("hessQuik") or _version("hessquik"),
-        "torch": _version("torch"),
-        "jax": _version("jax"),
-        "jaxlib": _version("jaxlib"),
-        "folx": _version("folx"),
+        **{k: _version(k) for k in ("torch", "jax", "jaxlib", "folx")},
         "cupy": _version("cupy-cuda12x") or _version("cupy"),
         "env": {k: os.environ.get(k) for k in (*THREAD_VARS, "XLA_FLAGS") if os.environ.get(k)},
     }

@@ -103,12 +103,8 @@ def _reset_hwm() -> bool:
 
 
 def peak_memory(call: Callable[[], Any], *, device: str, kind: str, collect: bool = True):
-    """Run ``call`` once; return ``(result, seconds, peak)``.
-
-    ``peak`` is a dict: ``rss`` (bytes above the pre-call RSS, CPU),
-    or ``gpu`` (bytes, GPU), and
-    ``method`` naming what was measured.
-    """
+    """Run ``call`` once; return ``(result, seconds, peak)``, ``peak`` a dict: ``rss`` (bytes above the
+    pre-call RSS, CPU) or ``gpu`` (bytes, GPU), and ``method`` naming what was measured."""
     if collect:
         gc.collect()
     peak: dict = {}
@@ -118,9 +114,7 @@ def peak_memory(call: Callable[[], Any], *, device: str, kind: str, collect: boo
         t0 = time.perf_counter()
         out = call()
         dt = time.perf_counter() - t0
-        peak["gpu"] = read()
-        peak["method"] = "max allocated (GPU)"
-        return out, dt, peak
+        return out, dt, {"gpu": read(), "method": "max allocated (GPU)"}
     base = _status_kib("VmRSS")
     ok = _reset_hwm()
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ A network is built once with :mod:`hessquik_core` (NumPy float64 weights, fixed 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,9 @@ import hessquik_core as hq
 
 @dataclass(frozen=True)
 class NetSpec:
-    """Which network a benchmark point uses.
-
-    ``kind="resnet"`` is the hessQuik paper's network
-    ``[d] -antiTanh-> [w] -(depth tanh residual layers, h)-> [w] -identity-> [m]``;
-    ``kind="mlp"`` is ``depth`` tanh layers of width ``w`` and an identity
-    output layer to ``m``.
-    """
+    """Which network a benchmark point uses: ``kind="resnet"`` is the hessQuik paper's network
+    ``[d] -antiTanh-> [w] -(depth tanh residual layers, h)-> [w] -identity-> [m]``; ``kind="mlp"``
+    is ``depth`` tanh layers of width ``w`` and an identity output layer to ``m``."""
 
     kind: str
     d: int
@@ -35,10 +32,6 @@ class NetSpec:
     depth: int
     h: float = 0.5
     seed: int = 2022
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}(d={self.d}, m={self.m}, w={self.width}, depth={self.depth})"
 
 
 @dataclass(frozen=True)
@@ -106,12 +99,11 @@ def param_function(records: list[LayerRecord], lib_name: str):
     """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"``, ``"jax"`` or ``"numpy"`` (the last
     also for a batch ``x: (n, d)``: the plain forward pass), ``ps`` the weights in
     :func:`flat_weights` order (for gradients with respect to them)."""
-    if lib_name == "torch":
-        import torch as lib
-    elif lib_name == "numpy":
-        lib = np
-    else:
-        import jax.numpy as lib
+    lib = (
+        np
+        if lib_name == "numpy"
+        else importlib.import_module("torch" if lib_name == "torch" else "jax.numpy")
+    )
     layout, i = [], 0
     for r in records:
         layout.append((i, None if r.b is None else i + 1, _act(lib, r.act), r.residual, r.h))
@@ -144,12 +136,8 @@ class Model:
 
 def records_model(records: list[LayerRecord], spec: NetSpec | None = None) -> Model:
     """The :class:`Model` of layer records (``spec``: to rebuild the network)."""
-    return Model(
-        lambda: build(spec) if spec is not None else None,
-        flat_weights(records),
-        lambda lib: param_function(records, lib),
-        records,
-    )
+    rebuild = lambda: build(spec) if spec is not None else None  # noqa: E731
+    return Model(rebuild, flat_weights(records), lambda lib: param_function(records, lib), records)
 
 
 def torch_dtype(name: str) -> Any:
@@ -163,8 +151,7 @@ def torch_function(m: Model, dtype, device="cpu"):
     """Per-example ``f(x: (d,)) -> (m,)`` in torch, weights converted once."""
     import torch
 
-    ps = [torch.tensor(a, dtype=dtype, device=device) for a in m.weights]
-    f = m.function("torch")
+    ps, f = [torch.tensor(a, dtype=dtype, device=device) for a in m.weights], m.function("torch")
     return lambda x: f(ps, x)
 
 
@@ -173,8 +160,7 @@ def jax_function(m: Model, dtype, device=None):
     import jax
     import jax.numpy as jnp
 
-    ps = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in m.weights]
-    f = m.function("jax")
+    ps, f = [jax.device_put(jnp.asarray(a, dtype=dtype), device) for a in m.weights], m.function("jax")
     return lambda x: f(ps, x)
 
 
@@ -188,11 +174,7 @@ def hessquik_net(records: list[LayerRecord], dtype, device="cpu") -> Any:
     import hessQuik.networks as hqn
     import torch
 
-    acts = {
-        "antitanh": hqa.antiTanhActivation,
-        "tanh": hqa.tanhActivation,
-        "identity": hqa.identityActivation,
-    }
+    acts = dict(antitanh=hqa.antiTanhActivation, tanh=hqa.tanhActivation, identity=hqa.identityActivation)
     mods = []
     for r in records:
         p, q = r.K.shape

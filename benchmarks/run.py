@@ -1,15 +1,10 @@
 """W1–W5 runner: ``python -m benchmarks [--quick] [--out DIR]`` (``--workloads W6``/``W7`` hand over
 to :mod:`benchmarks.training_step` / :mod:`benchmarks.w7`).
 
-For every point of every workload (:mod:`benchmarks.workloads`) and every available peer
-(:mod:`benchmarks.peers`), in this one process: the network is built once and every peer gets the
-same weights in the point's dtype; :func:`benchmarks.harness.check_then_time` checks each peer
-against this library's float64 NumPy result on the first rows of the batch and times the agreeing
-ones against each other; each time is related to this library's best CPU time (ratio) and to the
-machine limit (:mod:`benchmarks.machine`). A point whose output would not fit the memory budget, or
-which the peer's own growth over smaller points predicts to pass the budget or the per-call cap, is
-skipped with the reason written down. Writes ``results.md``/``.json``/``.csv``,
-``machine.json``/``.txt`` and the plots.
+The points (:mod:`benchmarks.workloads`), peers (:mod:`benchmarks.peers`) and tables
+(:mod:`benchmarks.report`) of W1–W5, measured by :func:`benchmarks.harness.check_then_time` in this
+one process; each time is related to this library's best CPU time and to the machine limit
+(:mod:`benchmarks.machine`). ``benchmarks/README.md`` describes the procedure and its skip rules.
 """
 
 from __future__ import annotations
@@ -82,25 +77,17 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
 # --- the run ---
 
 
-def _units(peer: str, pt) -> float:
-    return pt.size_units
-
-
 def _series(pt) -> tuple:
     """Within a series (task, dtype, network kind, width, n) time and memory grow with
-    :attr:`Point.size_units`: the Hessian output and the first layer's ``n·d²·width``
-    work dominate at large sizes."""
-    s = pt.spec
-    return (pt.task, pt.dtype, s.kind, s.width, pt.n)
+    :attr:`Point.size_units`: the Hessian output and the first layer's ``n·d²·width`` work."""
+    return (pt.task, pt.dtype, pt.spec.kind, pt.spec.width, pt.n)
 
 
 def _reference(net, x, task: str) -> dict:
     """This library, NumPy float64, on the rows ``x``."""
-    if task == "hessian":
-        r = net(x, gradient=True, hessian=True)
-        return {"value": r.value, "gradient": r.gradient, "hessian": r.hessian}
-    r = net(x, laplacian=True)
-    return {"value": r.value, "laplacian": r.laplacian}
+    hess = task == "hessian"
+    r = net(x, gradient=True, hessian=True) if hess else net(x, laplacian=True)
+    return {k: getattr(r, k) for k in (("value", "gradient", "hessian") if hess else ("value", "laplacian"))}
 
 
 def _flops(net, pt) -> int:
@@ -109,27 +96,22 @@ def _flops(net, pt) -> int:
 
     from . import machine
 
+    d = pt.spec.d
     if pt.task == "hessian":
-        return machine.flops_at(net, pt.spec.d, pt.n, np.float64, gradient=True, hessian=True)
-    return min(
-        machine.flops_at(net, pt.spec.d, pt.n, np.float64, laplacian=True, mode=md)
-        for md in ("forward", "backward")
-    )
+        return machine.flops_at(net, d, pt.n, np.float64, gradient=True, hessian=True)
+    modes = ("forward", "backward")
+    return min(machine.flops_at(net, d, pt.n, np.float64, laplacian=True, mode=md) for md in modes)
 
 
 def _candidate(w, pt, peer, predicted, mem_budget, max_call_s, shared):
     """The builder of ``peer`` at ``pt``, or why it is skipped (run budget, memory, prediction)."""
-    if w.max_out_bytes is not None and pt.out_bytes > w.max_out_bytes:
-        return Skip(
-            "skip-budget",
-            f"output {pt.out_bytes / 1e9:.1f} GB is above this workload's "
-            f"{w.max_out_bytes / 1e9:.1f} GB cap for the full run's wall time",
-        )
-    if pt.out_bytes > mem_budget:
-        return Skip(
-            "skip-memory",
-            f"output alone is {pt.out_bytes / 2**30:.1f} GiB > budget {mem_budget / 2**30:.1f} GiB",
-        )
+    cap, out = w.max_out_bytes, pt.out_bytes
+    if cap is not None and out > cap:
+        why = f"output {out / 1e9:.1f} GB is above this workload's {cap / 1e9:.1f} GB cap for the full run's wall time"
+        return Skip("skip-budget", why)
+    if out > mem_budget:
+        why = f"output alone is {out / 2**30:.1f} GiB > budget {mem_budget / 2**30:.1f} GiB"
+        return Skip("skip-memory", why)
 
     def build():
         r = peer.build(pt, *shared)
@@ -159,14 +141,14 @@ def run(args, desc: dict) -> dict:
     mem_budget = harness.mem_budget(args.mem_fraction)
     wls = [w for w in workloads.workloads(quick, smoke=args.smoke) if w.name in args.workloads.split(",")]
 
-    # ---- peers and notes ------------------------------------------------
+    # peers and notes
     avail = [(peer, *peer.available()) for peer in peers.PEERS.select(args.peers)]
     notes = [f"`{peer.name}` skipped: {why}." for peer, ok, why in avail if not ok]
     active = [peer for peer, ok, _ in avail if ok]
     needed = {p.task for w in wls for p in w.points}
     active = [p for p in active if set(p.tasks) & needed]
 
-    # ---- machine limits ---------------------------------------------------
+    # machine limits
     rates: dict = {}
     for rb in sorted({p.backend for p in active}):
         for dt in sorted({p.dtype for w in wls for p in w.points}):
@@ -175,12 +157,12 @@ def run(args, desc: dict) -> dict:
     if any(p.device == "cuda" for p in active):
         copy["cuda"] = machine.measure_copy(quick=quick, device="cuda", tiny=args.smoke)
 
-    # ---- the loop: one check_then_time per point ----------------------------
+    # the loop: one check_then_time per point
     todo = [(w, pt) for w in wls for pt in w.points]
     bar = _progress(len(todo), args.no_progress)  # tqdm, or one that does nothing
     done: dict = {}  # point key -> its records (W4's float64 points are W1's: run once)
     rows: list[dict] = []
-    pred = harness.Predictor(_series, _units)
+    pred = harness.Predictor(_series, lambda peer, pt: pt.size_units)
     built: dict = {}
     for w, pt in todo:
         bar.set_description(f"{w.name} {pt.spec.kind} d={pt.spec.d} m={pt.spec.m} n={pt.n} {pt.dtype[-2:]}")
@@ -197,9 +179,9 @@ def run(args, desc: dict) -> dict:
             mine = [p for p in active if pt.task in p.tasks]
             # from each peer's own smaller points of the series, before this one is measured
             predicted = {p.name: pred.predict(p.name, pt) for p in mine}
+            shared = (net, model, x_np)
             cands = {
-                p.name: _candidate(w, pt, p, predicted[p.name], mem_budget, max_call_s, (net, model, x_np))
-                for p in mine
+                p.name: _candidate(w, pt, p, predicted[p.name], mem_budget, max_call_s, shared) for p in mine
             }
             big = pt.out_bytes > 64 * 2**20  # a full collection costs ~0.2 s: only around large points
             s = pt.spec
@@ -216,8 +198,8 @@ def run(args, desc: dict) -> dict:
                 rate = rates[f"{p.backend}/{pt.dtype}"]["flops_per_s"]
                 bw = copy["cuda" if p.device == "cuda" else "cpu"]
                 rec.update(family=p.family, device=p.device, rate_backend=p.backend)
-                rec["limit_s"] = max(flops / rate, pt.out_bytes / bw["touched_Bps"])
-                rec["limit_fresh_s"] = max(flops / rate, pt.out_bytes / bw["fresh_Bps"])
+                rec.update(limit_s=max(flops / rate, pt.out_bytes / bw["touched_Bps"]))
+                rec.update(limit_fresh_s=max(flops / rate, pt.out_bytes / bw["fresh_Bps"]))
                 rec["predicted_s"], rec["predicted_peak"] = predicted[p.name]
                 if rec["status"] == "ok":
                     rec["repeat"] = rec["rounds"]
@@ -228,10 +210,9 @@ def run(args, desc: dict) -> dict:
     bar.close()
     for r in rows:
         if r.get("status") == "ok":
-            r["frac"] = r["limit_s"] / r["min_s"]
-            r["frac_fresh"] = r["limit_fresh_s"] / r["min_s"]
+            r.update(frac=r["limit_s"] / r["min_s"], frac_fresh=r["limit_fresh_s"] / r["min_s"])
 
-    # ---- ratios to this library's best CPU time ------------------------------
+    # ratios to this library's best CPU time
     from .report import point_key as key
 
     best: dict = {}
@@ -241,23 +222,14 @@ def run(args, desc: dict) -> dict:
             best[key(r)] = min(best.get(key(r), float("inf")), r["min_s"])
     for r in rows:
         if r.get("status") == "ok" and key(r) in best:
-            r["ours_best_s"] = best[key(r)]
-            r["ratio"] = r["min_s"] / best[key(r)]
-    return {
-        "quick": quick,
-        "gemm": rates,
-        "copy": copy,
-        "memory_budget_bytes": mem_budget,
-        "max_call_s": max_call_s,
-        "timing": dict(policy_cfg, interleaved=True),
-        "notes": notes,
-        "peers": [{"name": p.name, "family": p.family, "device": p.device, "note": p.note} for p in active],
-        "workloads": [
-            {"name": w.name, "title": w.title, "task": w.task, "points": [asdict(p) for p in w.points]}
-            for w in wls
-        ],
-        "rows": rows,
-    }
+            r.update(ours_best_s=best[key(r)], ratio=r["min_s"] / best[key(r)])
+    data = dict(quick=quick, gemm=rates, copy=copy, memory_budget_bytes=mem_budget, max_call_s=max_call_s)
+    data.update(timing=dict(policy_cfg, interleaved=True), notes=notes)
+    data["peers"] = [dict(name=p.name, family=p.family, device=p.device, note=p.note) for p in active]
+    data["workloads"] = [
+        dict(name=w.name, title=w.title, task=w.task, points=list(map(asdict, w.points))) for w in wls
+    ]
+    return dict(data, rows=rows)
 
 
 class _NoBar:
