@@ -315,9 +315,8 @@ def check_then_time(
         del got
         rec["rel_err"] = err
         if not err <= tol:
-            rec.update(
-                status="mismatch", note=f"disagrees with hessquik_core: rel. error {err:.2e} in {where}"
-            )
+            note = f"disagrees with hessquik_core: rel. error {err:.2e} in {where}"
+            rec.update(status="mismatch", note=note)
             say(f"  {name}: {rec['note']}")
             continue
         if first_s > policy.once_s:
@@ -390,9 +389,7 @@ class Predictor:
     Within one series (``series(point)``) both are taken to grow at most in proportion to
     ``units(peer, point)`` beyond the largest point measured so far, times ``safety``."""
 
-    def __init__(
-        self, series: Callable[[Any], Hashable], units: Callable[[str, Any], float], safety: float = 1.25
-    ):
+    def __init__(self, series: Callable[[Any], Hashable], units: Callable[[str, Any], float], safety=1.25):
         self.series, self.units, self.safety = series, units, safety
         self.seen: dict = {}
 
@@ -418,10 +415,8 @@ def predicted_skip(
 ) -> Skip | None:
     """The skip a prediction implies, or ``None``: memory before time."""
     if m_pred is not None and m_pred > mem_budget:
-        return Skip(
-            "skip-memory",
-            f"predicted peak {m_pred / 2**30:.1f} GiB (from its measured growth) > budget {mem_budget / 2**30:.1f} GiB",
-        )
+        why = f"predicted peak {m_pred / 2**30:.1f} GiB (from its measured growth) > budget {mem_budget / 2**30:.1f} GiB"
+        return Skip("skip-memory", why)
     if t_pred is not None and t_pred > max_call_s:
         return Skip("skip-time", f"predicted {t_pred:.1f} s per {what} > cap {max_call_s:g} s")
     return None
@@ -585,7 +580,7 @@ def md_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> list[str]:
 
 
 def series_tables(
-    rows: list[dict], x: str, peers: Sequence[str], ours: Sequence[str], key: str = "ratios"
+    rows: list[dict], x: str, peers: Sequence[str], ours: Sequence[str], key="ratios"
 ) -> list[str]:
     """One series' tables: time per ``x`` value and peer, then ``o / peer`` for each ``o`` in
     ``ours`` (from ``rec[key][o]``; ``*`` marks a one-call time)."""
@@ -632,11 +627,8 @@ def notes_md(rows: list[dict], label: Callable[[dict], str]) -> list[str]:
     notes = [r for r in rows if r["status"] != "not-run" and (r["status"] != "ok" or r.get("note"))]
     if not notes:
         return []
-    return (
-        ["## Skipped, failed or disagreeing", ""]
-        + [f"- {r['peer']} at {label(r)}: {r['status']} — {r.get('note', '')}" for r in notes]
-        + [""]
-    )
+    items = [f"- {r['peer']} at {label(r)}: {r['status']} — {r.get('note', '')}" for r in notes]
+    return ["## Skipped, failed or disagreeing", "", *items, ""]
 
 
 def agreement_md(rows: list[dict], keys: Sequence[str], what: str) -> list[str]:
@@ -748,12 +740,7 @@ def add_common_args(p: argparse.ArgumentParser, *, threads: int | None = None, r
     add("--quick", action="store_true", help="a small grid, about a minute")
     add("--smoke", action="store_true", help="a tiny grid for the test suite (implies --quick)")
     add("--out", type=Path, help=f"folder (default benchmarks/results; quick: {QUICK_OUT})")
-    add(
-        "--threads",
-        type=int,
-        default=threads,
-        help=f"threads for every library (default {threads or 'all cores'})",
-    )
+    add("--threads", type=int, default=threads, help=f"threads for every library ({threads or 'all cores'})")
     add("--label", default="", help="a line printed at the top of the table (e.g. 'loaded machine')")
     add("--no-plots", action="store_true", help="write tables only")
     if replot:
@@ -764,9 +751,7 @@ RunFn = Callable[[argparse.Namespace, dict], dict]  # run(args, machine) -> data
 WriteFn = Callable[[Path, dict, bool], None]  # write(out, data, plots)
 
 
-def main(
-    args: argparse.Namespace, stem: str, run: RunFn, write: WriteFn, *, configure_threads: bool = True
-) -> int:
+def main(args: argparse.Namespace, stem: str, run: RunFn, write: WriteFn, *, configure_threads=True) -> int:
     """The common ``main``: ``--replot``, then :func:`environment`, ``run(args, machine)``,
     ``write(out, data, plots)``."""
     if getattr(args, "replot", None) is not None:

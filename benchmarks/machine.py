@@ -98,11 +98,8 @@ def measure_copy(*, quick: bool = False, device: str = "cpu", tiny: bool = False
         dst.fill(0.0)
         t_touched = _best(lambda: np.copyto(dst, src), reps)
         t_fresh = _best(lambda: src.copy(), reps)
-        return {
-            "touched_Bps": src.nbytes / t_touched,
-            "fresh_Bps": src.nbytes / t_fresh,
-            "array_bytes": src.nbytes,
-        }
+        b = src.nbytes
+        return {"touched_Bps": b / t_touched, "fresh_Bps": b / t_fresh, "array_bytes": b}
     import torch
 
     src = torch.randn(nbytes // 8, dtype=torch.float64, device="cuda")

@@ -99,11 +99,8 @@ def param_function(records: list[LayerRecord], lib_name: str):
     """Per-example ``f(ps, x: (d,)) -> (m,)`` in ``"torch"``, ``"jax"`` or ``"numpy"`` (the last
     also for a batch ``x: (n, d)``: the plain forward pass), ``ps`` the weights in
     :func:`flat_weights` order (for gradients with respect to them)."""
-    lib = (
-        np
-        if lib_name == "numpy"
-        else importlib.import_module("torch" if lib_name == "torch" else "jax.numpy")
-    )
+    mod = "torch" if lib_name == "torch" else "jax.numpy"
+    lib = np if lib_name == "numpy" else importlib.import_module(mod)
     layout, i = [], 0
     for r in records:
         layout.append((i, None if r.b is None else i + 1, _act(lib, r.act), r.residual, r.h))

@@ -84,14 +84,12 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
                 worst = (ratio, k)
             if ratio < ratio_needed:
                 bad.append((k, ratio))
-        return {
-            "target": label,
-            "points": count,
-            "worst_ratio": None if worst is None else worst[0],
-            "worst_at": None if worst is None else _pt(worst[1]),
-            "misses": [(_pt(k), r) for k, r in bad],
-            "status": "not measured" if count == 0 else ("met" if not bad else "missed"),
-        }
+        status = "not measured" if count == 0 else ("met" if not bad else "missed")
+        w_ratio, w_at = (None, None) if worst is None else (worst[0], _pt(worst[1]))
+        misses = [(_pt(k), r) for k, r in bad]
+        return dict(
+            target=label, points=count, worst_ratio=w_ratio, worst_at=w_at, misses=misses, status=status
+        )
 
     w12 = lambda k: k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64"  # noqa: E731
     out.append(vs("hessQuik-0.0.6", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than hessQuik 0.0.6"))
@@ -123,11 +121,8 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
     # no memory failure where the output fits in half the RAM
     fits = [r for r in rows if r["family"] == "ours" and r["out_bytes"] <= ram / 2]
     memory = ("skip-memory", "error-memory")
-    bad = [
-        (_pt(point_key(r)), r["peer"], r.get("status"))
-        for r in fits
-        if r["device"] == "cpu" and r.get("status") in memory
-    ]
+    failed = [r for r in fits if r["device"] == "cpu" and r.get("status") in memory]
+    bad = [(_pt(point_key(r)), r["peer"], r.get("status")) for r in failed]
     target = "no point whose output fits in half the RAM fails for memory (this library)"
     out.append(dict(target=target, points=len(fits), misses=bad, status="met" if not bad else "missed"))
     return out
@@ -153,11 +148,11 @@ def _targets_md(targets: list[dict]) -> str:
                 f" (worst ratio peer/ours = {t['worst_ratio']:.2f} at {t['worst_at']}, {t['points']} points)"
             )
         if "fractions" in t and t["fractions"]:
-            fs = ", ".join(
+            fs = [
                 f"{p}: {100 * f:.0f}% (fresh-alloc bound {100 * (ff or 0):.0f}%)"
                 for f, ff, p in t["fractions"]
-            )
-            line += f" — {fs}"
+            ]
+            line += " — " + ", ".join(fs)
         lines.append(line)
         misses = t.get("misses") or []
         if misses and "worst_ratio" in t:
@@ -207,11 +202,8 @@ def _section(data, name, keyfun, labelfun, label_hdr) -> str:
     peers, body = _grid(rows, keyfun, labelfun, _cell)
     s = _table(label_hdr + peers, body)
     mpeers, mbody = _grid(rows, keyfun, labelfun, _mem_cell, lambda r: [fmt_bytes(r["out_bytes"])])
-    s += (
-        "\n\n<details><summary>Peak memory (output size, then each peer's peak)</summary>\n\n"
-        + _table(label_hdr + ["output"] + mpeers, mbody)
-        + "\n\n</details>"
-    )
+    summary = "\n\n<details><summary>Peak memory (output size, then each peer's peak)</summary>\n\n"
+    s += summary + _table(label_hdr + ["output"] + mpeers, mbody) + "\n\n</details>"
     return s
 
 
@@ -360,10 +352,8 @@ def markdown(data: dict, analysis: str | None = None) -> str:
         if k in seen:
             continue
         seen.add(k)
-        s.append(
-            f"- {r['peer']} at {r['kind']} d={r['d']} m={r['m']} w={r['width']} n={r['n']} "
-            f"{r['dtype']}: {r['status']} — {r.get('note', '')}"
-        )
+        at = f"{r['kind']} d={r['d']} m={r['m']} w={r['width']} n={r['n']} {r['dtype']}"
+        s.append(f"- {r['peer']} at {at}: {r['status']} — {r.get('note', '')}")
     if not data["notes"] and not skipped:
         s.append("- none")
     peers_notes = [p for p in data["peers"] if p.get("note")]
@@ -403,9 +393,8 @@ def _panels(out: Path, rows, key: str, title, name: str, label: str) -> None:
     """Time against d, one panel per value of ``key`` (W1: n, W3: width)."""
     vals = sorted({r[key] for r in rows})
     panels = [(title(v), lambda r, v=v: r[key] == v) for v in vals]
-    kw = dict(
-        x="d", peers=_peers(rows), style=_STYLE, ylabel="time per call (s)", title=label, ncols=len(vals)
-    )
+    kw = dict(x="d", peers=_peers(rows), style=_STYLE, ylabel="time per call (s)", title=label)
+    kw["ncols"] = len(vals)
     harness.plot_series(out / name, rows, panels, **kw)
 
 
@@ -486,14 +475,8 @@ def make_all(out: Path, data: dict) -> None:
     for r in data["rows"]:
         by.setdefault(r["workload"], []).append(r)
     if by.get("W1"):
-        _panels(
-            out,
-            by["W1"],
-            "n",
-            lambda n: f"W1: m = 1, n = {n}",
-            "w1_time_vs_d.png",
-            "W1: value, gradient, Hessian",
-        )
+        title = lambda n: f"W1: m = 1, n = {n}"  # noqa: E731
+        _panels(out, by["W1"], "n", title, "w1_time_vs_d.png", "W1: value, gradient, Hessian")
     if by.get("W2"):
         _w2(out, by["W2"])
     if by.get("W3"):

@@ -65,13 +65,8 @@ def main(argv=None, *, configure_threads: bool = True) -> int:
             return rc
     from . import report
 
-    return harness.main(
-        args,
-        "results",
-        run,
-        lambda out, data, plots: report.write_all(out, data, plots=plots),
-        configure_threads=configure_threads,
-    )
+    write = lambda out, data, plots: report.write_all(out, data, plots=plots)  # noqa: E731
+    return harness.main(args, "results", run, write, configure_threads=configure_threads)
 
 
 # --- the run ---
@@ -179,10 +174,8 @@ def run(args, desc: dict) -> dict:
             mine = [p for p in active if pt.task in p.tasks]
             # from each peer's own smaller points of the series, before this one is measured
             predicted = {p.name: pred.predict(p.name, pt) for p in mine}
-            shared = (net, model, x_np)
-            cands = {
-                p.name: _candidate(w, pt, p, predicted[p.name], mem_budget, max_call_s, shared) for p in mine
-            }
+            lim = (mem_budget, max_call_s, (net, model, x_np))  # budgets, then what every peer shares
+            cands = {p.name: _candidate(w, pt, p, predicted[p.name], *lim) for p in mine}
             big = pt.out_bytes > 64 * 2**20  # a full collection costs ~0.2 s: only around large points
             s = pt.spec
             base = dict(kind=s.kind, d=s.d, m=s.m, width=s.width, depth=s.depth, n=pt.n, dtype=pt.dtype)
@@ -226,9 +219,8 @@ def run(args, desc: dict) -> dict:
     data = dict(quick=quick, gemm=rates, copy=copy, memory_budget_bytes=mem_budget, max_call_s=max_call_s)
     data.update(timing=dict(policy_cfg, interleaved=True), notes=notes)
     data["peers"] = [dict(name=p.name, family=p.family, device=p.device, note=p.note) for p in active]
-    data["workloads"] = [
-        dict(name=w.name, title=w.title, task=w.task, points=list(map(asdict, w.points))) for w in wls
-    ]
+    wl = lambda w: dict(name=w.name, title=w.title, task=w.task, points=list(map(asdict, w.points)))  # noqa: E731
+    data["workloads"] = [wl(w) for w in wls]
     return dict(data, rows=rows)
 
 

@@ -50,18 +50,12 @@ class StepPoint:
     depth: int = 4
 
     @property
-    def spec(self):
-        from .nets import NetSpec
-
-        return NetSpec("mlp", self.d, 1, width=self.width, depth=self.depth)
+    def spec(self) -> nets.NetSpec:
+        return nets.NetSpec("mlp", self.d, 1, width=self.width, depth=self.depth)
 
     @property
     def itemsize(self) -> int:
         return 8 if self.dtype == "float64" else 4
-
-
-def mlp_model(pt: StepPoint, records) -> nets.Model:
-    return nets.records_model(records, pt.spec)
 
 
 def _scalar(model: nets.Model, lib: str):
@@ -77,14 +71,9 @@ def problem(pt: StepPoint) -> dict:
     """Inputs and loss targets (float64 NumPy, fixed seeds)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((pt.n, pt.d))
-    # targets of the size of the network's derivatives, so that the loss is
-    # neither dominated by the target nor ~0
-    return {
-        "x": x,
-        "f": 0.1 * rng.standard_normal((pt.n, 1)),
-        "g": 0.1 * rng.standard_normal((pt.n, pt.d)),
-        "h": 0.01 * rng.standard_normal((pt.n, pt.d)),
-    }
+    # targets of the size of the network's derivatives: the loss is neither dominated by the target nor ~0
+    f, g = 0.1 * rng.standard_normal((pt.n, 1)), 0.1 * rng.standard_normal((pt.n, pt.d))
+    return {"x": x, "f": f, "g": g, "h": 0.01 * rng.standard_normal((pt.n, pt.d))}
 
 
 #: the target of each loss in :func:`problem`
@@ -291,9 +280,8 @@ def _make_jax(use_folx: bool):
 
 
 def _peer(name, build, *requires):
-    return Peer(
-        name, build, requires=requires, family="ours" if name.startswith("ours") else name, backend="torch"
-    )
+    family = "ours" if name.startswith("ours") else name
+    return Peer(name, build, requires=requires, family=family, backend="torch")
 
 
 REGISTRY = harness.Registry(
@@ -326,9 +314,7 @@ def grid(args) -> list[StepPoint]:
             if args.trim and width != args.widths[0]:
                 # the wider network in one precision only: float32, the usual training precision
                 dtypes = ["float32"] if "float32" in dtypes else dtypes[:1]
-            for dtype in dtypes:
-                for d in args.d:
-                    pts.append(StepPoint(d, width, args.n, dtype, loss, depth=args.depth))
+            pts += [StepPoint(d, width, args.n, dt, loss, depth=args.depth) for dt in dtypes for d in args.d]
     return pts
 
 
@@ -400,11 +386,9 @@ def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
 
     def rule(peer: Peer) -> Skip | None:
         name = peer.name
-        at = zip(
-            (pt.d, pt.loss, pt.width, pt.dtype),
-            (args.compile_d, args.compile_losses, args.compile_widths, args.compile_dtypes),
-        )
-        if name == "ours-compiled" and not all(v in allowed for v, allowed in at):
+        allowed = (args.compile_d, args.compile_losses, args.compile_widths, args.compile_dtypes)
+        at = zip((pt.d, pt.loss, pt.width, pt.dtype), allowed)
+        if name == "ours-compiled" and not all(v in ok for v, ok in at):
             return Skip("not-run", "torch.compile only at the --compile-d points")
         if args.trim and name in ("ours-fwd", "ours-bwd", "ours-taped") and pt.width != args.widths[0]:
             return Skip("not-run", "forced modes only at the first width in the trimmed grid")
@@ -416,9 +400,8 @@ def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
             return Skip("skip-memory", why)
         # this library's default step is never skipped on a prediction; its forced modes at 4x the cap
         cap = math.inf if name == "ours-auto" else args.max_call_s * (4 if name.startswith("ours") else 1)
-        return harness.predicted_skip(
-            *pred.predict(name, pt), max_call_s=cap, mem_budget=mem_budget, what="step"
-        )
+        t_pred, m_pred = pred.predict(name, pt)
+        return harness.predicted_skip(t_pred, m_pred, max_call_s=cap, mem_budget=mem_budget, what="step")
 
     return rule
 
@@ -426,7 +409,7 @@ def _rule(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float):
 def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, log) -> list[dict]:
     """Every peer at one point: build, check against the reference, then time interleaved."""
 
-    model = mlp_model(pt, nets.spec_of(nets.build(pt.spec)))
+    model = nets.records_model(nets.spec_of(nets.build(pt.spec)), pt.spec)
     prob = problem(pt)
     base = dict(asdict(pt), n_params=int(sum(np.size(a) for a in model.weights)))
     try:  # the reference: this library, float64, eager, mode="auto"
@@ -442,9 +425,8 @@ def run_point(pt: StepPoint, args, pred: harness.Predictor, mem_budget: float, l
     # once_s: too slow to repeat, the checked call is its only timing
     quick = dict(min_round_s=0.01, budget_s=0.5) if args.quick else dict(min_round_s=0.05, budget_s=2.0)
     policy = harness.Policy(rounds=args.repeat, once_s=4 * args.max_call_s, warm_s=math.inf, **quick)
-    rows, live = harness.check_then_time(
-        cands, ref, dtype=pt.dtype, policy=policy, base=base, device=DEVICE, log=log
-    )
+    kw = dict(dtype=pt.dtype, policy=policy, base=base, device=DEVICE, log=log)
+    rows, live = harness.check_then_time(cands, ref, **kw)
     live.clear()
     pred.add_rows(rows, pt)
     harness.ratios(rows, ("ours-auto",))
@@ -472,22 +454,14 @@ def run(args, desc: dict) -> dict:
         t0 = time.perf_counter()
         rows += run_point(pt, args, pred, mem_budget, harness.log)
         took, total = time.perf_counter() - t0, time.perf_counter() - t_start
-        harness.log(
-            f"[{i + 1}/{len(pts)}] {pt.loss} d={pt.d} w={pt.width} {pt.dtype}: {took:.1f} s (total {total:.0f} s)"
-        )
+        at = f"{pt.loss} d={pt.d} w={pt.width} {pt.dtype}"
+        harness.log(f"[{i + 1}/{len(pts)}] {at}: {took:.1f} s (total {total:.0f} s)")
     cfg = {k: getattr(args, k) for k in _CONFIG}
     title = "W6: training step (loss on input derivatives + gradient w.r.t. all weights)"
     argv = sys.argv[1:] if args.argv is None else args.argv
     cfg.update(trimmed_grid=args.trim, device=args.device, warm_compile=args.warm_compile)
-    return dict(
-        workload="W6",
-        title=title,
-        quick=args.quick,
-        argv=argv,
-        config=cfg,
-        memory_budget_bytes=mem_budget,
-        rows=rows,
-    )
+    data = dict(workload="W6", title=title, quick=args.quick, argv=argv, config=cfg)
+    return dict(data, memory_budget_bytes=mem_budget, rows=rows)
 
 
 # --- report ---

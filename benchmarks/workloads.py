@@ -105,10 +105,8 @@ def workloads(quick: bool, smoke: bool = False) -> list[Workload]:
     W2.points = sorted(pts, key=lambda p: (p.size_units, p.spec.d, p.spec.m))
 
     W3 = Workload("W3", "W3: Laplacian of a tanh MLP (depth 4, scalar output), n = 256, float64")
-    W3.task, W3.points = (
-        "laplacian",
-        [Point("W3", _mlp(d, w), 256, "float64", "laplacian") for w in w3_w for d in w3_d],
-    )
+    W3.task = "laplacian"
+    W3.points = [Point("W3", _mlp(d, w), 256, "float64", "laplacian") for w in w3_w for d in w3_d]
 
     W4 = Workload("W4", "W4: float32 against float64 (W1 network at n = 1000; W3 MLP Laplacians)")
     dts = ("float64", "float32")
