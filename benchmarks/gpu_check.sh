@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
-# GPU readiness check: install what is missing, run the `cuda`-marked tests and a
-# short GPU benchmark, and write everything to benchmarks/results/gpu/ (and to
-# $OUT when set: the device runner returns the files it finds there).
-#
-#   bash benchmarks/gpu_check.sh            # from the repository root
-#
+# GPU readiness check (`bash benchmarks/gpu_check.sh` from the repository root): install what is
+# missing, run the `cuda`-marked tests and short GPU benchmarks, and write everything to
+# benchmarks/results/gpu/ (and to $OUT when set: the device runner returns the files it finds there).
 # Stages, each with its own time limit (a failing one is recorded and the script goes on; all
 # under ~8 minutes): 1. nvidia-smi (no GPU: say so, write the summary, exit 0); 2. pip install of
 # what is missing (torch CUDA build, cupy-cuda12x, test deps; jax[cuda12] if GPU_CHECK_JAX=1);

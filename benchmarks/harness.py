@@ -148,9 +148,6 @@ class Registry:
     def __getitem__(self, name: str) -> Peer:
         return self._peers[name]
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._peers
-
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._peers)
@@ -455,23 +452,18 @@ def set_threads(n: int) -> dict:
         xla = f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={n}"
         os.environ["XLA_FLAGS"] = (flags + xla).strip()
     got: dict = {}
-    try:
+    if hasattr(os, "sched_setaffinity"):  # Linux
         cores = sorted(os.sched_getaffinity(0))
         if n < len(cores):
             os.sched_setaffinity(0, cores[:n])
         got["affinity"] = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        pass
     got["numpy_blas"] = _openblas_threads(n)
-    try:
+    if importlib.util.find_spec("torch") is not None:
         import torch
 
         torch.set_num_threads(n)
         got["torch"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    got["xla"] = n
-    return got
+    return dict(got, xla=n)
 
 
 #: OpenBLAS tuning variables: a machine-specific override changes NumPy's GEMM rate

@@ -37,14 +37,13 @@ def time_interleaved(
 ) -> dict[str, Timing]:
     """Time several (already warmed-up) calls against each other, in interleaved rounds.
 
-    Each round runs every call once in turn (``number`` calls in a row, from one calibration call,
-    so that its share of a round lasts ``min_round_s``): a burst of load from other processes slows
-    every peer of the round alike. A call whose ``rounds`` would pass ``max_total_s`` gets fewer (at
-    least two, unless ``rounds`` is one); the result is the per-call minimum over the rounds (and the
-    median). ``rotate``: round ``i`` starts with the ``i``-th call, since the call timed first after a
-    switch finds the caches cold (1.2-2x measured on 0.2-1 ms calls). ``known_s``: seconds per call
-    already measured (a slow call's warm-up), for which no calibration call is made. Each result is
-    dropped before the next call starts.
+    Each round runs every call once in turn (``number`` calls in a row, from one calibration call, so
+    that its share of a round lasts ``min_round_s``): a burst of load slows every peer of the round
+    alike. A call whose ``rounds`` would pass ``max_total_s`` gets fewer (at least two, unless
+    ``rounds`` is one); the result is the per-call minimum (and median) over the rounds. ``rotate``:
+    round ``i`` starts with the ``i``-th call (the first call after a switch finds the caches cold:
+    1.2-2x on 0.2-1 ms calls). ``known_s``: seconds per call already measured, no calibration call.
+    Each result is dropped before the next call starts: one output is alive at a time.
     """
     numbers, reps = {}, {}
     for name, call in calls.items():
@@ -130,8 +129,7 @@ def peak_memory(call: Callable[[], Any], *, device: str, kind: str, collect: boo
 def _gpu_counters(kind: str):
     """``(reset, read)``: reset the GPU's high-water mark; read the bytes above the reset."""
     if kind == "jax-cuda":
-        # XLA preallocates its GPU pool and exposes no high-water mark through torch
-        # or CuPy: not measured
+        # XLA preallocates its GPU pool and exposes no high-water mark through torch or CuPy: not measured
         return (lambda: None), (lambda: None)
     base = [0]
     if kind == "cupy":

@@ -19,10 +19,6 @@ _NAMES = {"hessian": ("value", "gradient", "hessian"), "laplacian": ("value", "l
 _BOTH = TASKS
 
 
-def _np_dtype(name: str):
-    return {"float32": np.float32, "float64": np.float64}[name]
-
-
 def _t2n(a) -> np.ndarray:
     return a.detach().cpu().numpy()
 
@@ -84,7 +80,7 @@ def _make_ours(array_kind: str, mode: str = "auto"):
     def make(point, net, model, x_np):
         dt = point.dtype
         if array_kind == "numpy":
-            x = np.ascontiguousarray(x_np, dtype=_np_dtype(dt))
+            x = np.ascontiguousarray(x_np, dtype=dt)
             conv, sync = np.asarray, (lambda: None)
         elif array_kind in ("torch", "torch-cuda"):
             import torch
@@ -95,7 +91,7 @@ def _make_ours(array_kind: str, mode: str = "auto"):
         elif array_kind == "cupy":
             import cupy
 
-            x = cupy.asarray(x_np, dtype=_np_dtype(dt))
+            x = cupy.asarray(x_np, dtype=dt)
             conv, sync = cupy.asnumpy, (lambda: cupy.cuda.Device().synchronize())
         else:
             raise AssertionError(array_kind)
@@ -235,29 +231,14 @@ def _peer(name, family, backend, device, tasks, build, requires=(), note="") -> 
 
 
 _LAP, _T, _JF, _HQ = ("laplacian",), ("torch",), ("jax", "folx"), ("hessQuik", "torch")
+_JIT = "this library on JAX arrays (generic Array-API backend) inside jax.jit"
 _BWD = "Laplacian by the backward sweep (mode='backward')"
+_NBWD = "Laplacian forced through the backward sweep (mode='backward')"
 PEERS = Registry(
     _peer("ours-numpy", "ours", "numpy", "cpu", _BOTH, _make_ours("numpy")),
     _peer("ours-torch", "ours", "torch", "cpu", _BOTH, _make_ours("torch"), _T),
-    _peer(
-        "ours-jax-jit",
-        "ours",
-        "jax",
-        "cpu",
-        _BOTH,
-        _make_ours_jax_jit("cpu"),
-        ("jax",),
-        "this library on JAX arrays (generic Array-API backend) inside jax.jit",
-    ),  # fmt: skip
-    _peer(
-        "ours-numpy-bwd",
-        "ours",
-        "numpy",
-        "cpu",
-        _LAP,
-        _make_ours("numpy", "backward"),
-        note="Laplacian forced through the backward sweep (mode='backward')",
-    ),  # fmt: skip
+    _peer("ours-jax-jit", "ours", "jax", "cpu", _BOTH, _make_ours_jax_jit("cpu"), ("jax",), _JIT),
+    _peer("ours-numpy-bwd", "ours", "numpy", "cpu", _LAP, _make_ours("numpy", "backward"), note=_NBWD),
     _peer("ours-torch-bwd", "ours", "torch", "cpu", _LAP, _make_ours("torch", "backward"), _T, _BWD),
     _peer("ours-cupy", "ours", "cupy", "cuda", _BOTH, _make_ours("cupy"), ("cupy",)),
     _peer("ours-torch-cuda", "ours", "torch-cuda", "cuda", _BOTH, _make_ours("torch-cuda"), _T),
@@ -267,8 +248,6 @@ PEERS = Registry(
     _peer("folx", "folx", "jax", "cpu", _LAP, _make_jax("cpu", folx=True), _JF),
     _peer("hessQuik-0.0.6-cuda", "hessquik", "torch-cuda", "cuda", _BOTH, _make_hessquik("cuda"), _HQ),
     _peer("jax-cuda", "jax", "jax-cuda", "cuda", _BOTH, _make_jax("cuda"), ("jax",), "JAX on the GPU"),
-    _peer(
-        "folx-cuda", "folx", "jax-cuda", "cuda", _LAP, _make_jax("cuda", folx=True), _JF, "folx on the GPU"
-    ),
+    _peer("folx-cuda", "folx", "jax-cuda", "cuda", _LAP, _make_jax("cuda", True), _JF, "folx on the GPU"),
     _peer("torch.func-cuda", "torch.func", "torch-cuda", "cuda", _BOTH, _make_torch_func("cuda"), _T),
 )

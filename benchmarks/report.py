@@ -16,12 +16,8 @@ OURS_EAGER = ("ours-numpy", "ours-torch")
 OURS_ALL = ("ours-numpy", "ours-torch", "ours-jax-jit")
 
 
-_STATUS_CELL = {
-    "skip-memory": "skip (memory)",
-    "skip-time": "skip (time)",
-    "skip-budget": "skip (run budget)",
-}
-_STATUS_CELL["error-memory"] = "FAILED (memory)"
+_STATUS_CELL = {"skip-memory": "skip (memory)", "skip-time": "skip (time)"}
+_STATUS_CELL.update({"skip-budget": "skip (run budget)", "error-memory": "FAILED (memory)"})
 
 
 def _cell(r: dict | None) -> str:
@@ -84,12 +80,10 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
                 worst = (ratio, k)
             if ratio < ratio_needed:
                 bad.append((k, ratio))
-        status = "not measured" if count == 0 else ("met" if not bad else "missed")
+        st = "not measured" if count == 0 else ("met" if not bad else "missed")
         w_ratio, w_at = (None, None) if worst is None else (worst[0], _pt(worst[1]))
         misses = [(_pt(k), r) for k, r in bad]
-        return dict(
-            target=label, points=count, worst_ratio=w_ratio, worst_at=w_at, misses=misses, status=status
-        )
+        return dict(target=label, points=count, worst_ratio=w_ratio, worst_at=w_at, misses=misses, status=st)
 
     w12 = lambda k: k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64"  # noqa: E731
     out.append(vs("hessQuik-0.0.6", w12, 3.0, "W1/W2, n=1000, float64: ≥ 3× faster than hessQuik 0.0.6"))
@@ -104,16 +98,9 @@ def evaluate_targets(data: dict, ours=OURS_ALL) -> list[dict]:
     out.append(vs("torch.func", big3, 2.0, "W3, d ≥ 256: ≥ 2× faster than the trace of torch.func's Hessian"))
 
     # machine limit at large d
-    fr, miss, cnt = [], [], 0
-    for k, peers in g.items():
-        if k[0] in ("W1", "W2") and k[5] == 1000 and k[6] == "float64" and k[2] >= 256:
-            b = _best_ours(peers, ours)
-            if b is None:
-                continue
-            cnt += 1
-            fr.append((b["frac"], b.get("frac_fresh"), _pt(k)))
-            if b["frac"] < 0.5:
-                miss.append((_pt(k), b["frac"]))
+    large = [(k, b) for k, peers in g.items() if w12(k) and k[2] >= 256 and (b := _best_ours(peers, ours))]
+    fr, cnt = [(b["frac"], b.get("frac_fresh"), _pt(k)) for k, b in large], len(large)
+    miss = [(_pt(k), b["frac"]) for k, b in large if b["frac"] < 0.5]
     status = "not measured" if cnt == 0 else ("met" if not miss else "missed")
     target = "W1/W2, n=1000, d ≥ 256: ≥ 50% of the machine limit"
     out.append(dict(target=target, points=cnt, fractions=fr, misses=miss, status=status))
@@ -144,9 +131,8 @@ def _targets_md(targets: list[dict]) -> str:
         mark = {"met": "✅ met", "missed": "❌ missed", "not measured": "⚪ not measured"}[t["status"]]
         line = f"- **{t['target']}** — {mark}"
         if "worst_ratio" in t and t["worst_ratio"] is not None:
-            line += (
-                f" (worst ratio peer/ours = {t['worst_ratio']:.2f} at {t['worst_at']}, {t['points']} points)"
-            )
+            worst = f"{t['worst_ratio']:.2f} at {t['worst_at']}, {t['points']} points"
+            line += f" (worst ratio peer/ours = {worst})"
         if "fractions" in t and t["fractions"]:
             fs = [
                 f"{p}: {100 * f:.0f}% (fresh-alloc bound {100 * (ff or 0):.0f}%)"
@@ -183,9 +169,8 @@ def _grid(rows, keyfun, labelfun, cell, first=lambda r: []) -> tuple[list, list]
         byk.setdefault(keyfun(r), {})[r["peer"]] = r
     body = []
     for k in _point_keys(rows, keyfun):
-        cells = byk[k]
-        any_r = next(iter(cells.values()))
-        body.append(labelfun(any_r) + first(any_r) + [cell(cells.get(p)) for p in peers])
+        any_r = next(iter(byk[k].values()))
+        body.append(labelfun(any_r) + first(any_r) + [cell(byk[k].get(p)) for p in peers])
     return peers, body
 
 
@@ -255,8 +240,13 @@ def _machine_md(data) -> str:
     return "\n".join(machine_md(m)[2:-1] + extra + [f"- measured copy bandwidth: {bw}"])
 
 
-def _net_label(r) -> str:
-    return r["kind"] + (f" w={r['width']}" if r["kind"] == "mlp" else "")
+def _w4_label(r) -> list[str]:
+    return [
+        r["kind"] + (f" w={r['width']}" if r["kind"] == "mlp" else ""),
+        str(r["d"]),
+        str(r["n"]),
+        r["dtype"],
+    ]
 
 
 # per workload: row key, row label cells, label header
@@ -265,11 +255,7 @@ _LAYOUT = {
     "W5": (lambda r: (r["n"], r["d"]), lambda r: [str(r["n"]), str(r["d"])], ["n", "d"]),
     "W2": (lambda r: (r["d"], r["m"]), lambda r: [str(r["d"]), str(r["m"])], ["d", "m"]),
     "W3": (lambda r: (r["width"], r["d"]), lambda r: [str(r["width"]), str(r["d"])], ["width", "d"]),
-    "W4": (
-        lambda r: (r["kind"], r["width"], r["d"], r["dtype"]),
-        lambda r: [_net_label(r), str(r["d"]), str(r["n"]), r["dtype"]],
-        ["network", "d", "n", "dtype"],
-    ),
+    "W4": (lambda r: (r["kind"], r["width"], r["d"], r["dtype"]), _w4_label, ["network", "d", "n", "dtype"]),
 }
 
 
@@ -333,13 +319,10 @@ def markdown(data: dict, analysis: str | None = None) -> str:
         s += [f"## {w['title']}", ""]
         key, lab, hdr = _LAYOUT.get(name, _LAYOUT["W4"])
         s.append(_section(data, name, key, lab, hdr))
-        if name == "W4":
-            s += ["", _w4_extra(data)]
-        if name == "W5":
-            s += ["", _w5_extra(data)]
+        if (extra := {"W4": _w4_extra, "W5": _w5_extra}.get(name)) is not None:
+            s += ["", extra(data)]
         if not data.get("no_plots"):
-            for png in plots.get(name, []):
-                s += ["", f"![{name}]({png})"]
+            s += [line for png in plots.get(name, []) for line in ("", f"![{name}]({png})")]
         s.append("")
     s += agreement_md(data["rows"], ("peer", "dtype"), "each peer from this library's float64 NumPy result")
     s.append(f"{sum(r.get('status') == 'mismatch' for r in data['rows'])} mismatches.\n")
@@ -349,11 +332,10 @@ def markdown(data: dict, analysis: str | None = None) -> str:
     seen = set()
     for r in skipped:
         k = (r["peer"], r["kind"], r["d"], r["m"], r["width"], r["n"], r["dtype"], r["status"])
-        if k in seen:
-            continue
-        seen.add(k)
-        at = f"{r['kind']} d={r['d']} m={r['m']} w={r['width']} n={r['n']} {r['dtype']}"
-        s.append(f"- {r['peer']} at {at}: {r['status']} — {r.get('note', '')}")
+        if k not in seen:
+            seen.add(k)
+            at = f"{r['kind']} d={r['d']} m={r['m']} w={r['width']} n={r['n']} {r['dtype']}"
+            s.append(f"- {r['peer']} at {at}: {r['status']} — {r.get('note', '')}")
     if not data["notes"] and not skipped:
         s.append("- none")
     peers_notes = [p for p in data["peers"] if p.get("note")]

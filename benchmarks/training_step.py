@@ -8,10 +8,9 @@ MLP ``u: R^d -> R``: ``laplacian`` :math:`\frac1n\sum_k (\Delta u(x_k) + f_k)^2`
 residual), ``gradient`` :math:`\frac1n\sum_k \|\nabla u(x_k) - g_k\|^2` (Sobolev / Hermite) and
 ``hessian_diagonal`` :math:`\frac1n\sum_k \|\operatorname{diag}\nabla^2 u(x_k) - h_k\|^2`.
 
-The peers (:data:`REGISTRY`; the table's *Peers* paragraph in :func:`markdown` says what each
-runs) get the same weights (:mod:`benchmarks.nets`); each one's loss and weight gradient are
-checked against this library's float64 result (eager torch, ``mode="auto"``) before it is timed in
-``--repeat`` interleaved rounds (:func:`benchmarks.harness.check_then_time`).
+The peers (:data:`REGISTRY`; :func:`markdown` says what each runs) get the same weights; each
+one's loss and weight gradient are checked against this library's float64 result (eager torch,
+``mode="auto"``) before it is timed (:func:`benchmarks.harness.check_then_time`).
 """
 
 from __future__ import annotations
@@ -550,18 +549,14 @@ def plot(out: Path, data: dict, prefix: str = "w6") -> Path | None:
     """Step time against d, one panel per (loss, width, dtype)."""
     rows = data["rows"]
     cols = sorted({(r["width"], r["dtype"]) for r in rows}, key=lambda k: (k[0], k[1] != "float64"))
-    panels = [
-        (f"{loss}, width {w}, {dt}", lambda r, k=(loss, w, dt): (r["loss"], r["width"], r["dtype"]) == k)
-        for loss in LOSSES
-        if any(r["loss"] == loss for r in rows)
-        for w, dt in cols
-    ]
+    losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in rows)]
+    sel = lambda k: lambda r: (r["loss"], r["width"], r["dtype"]) == k  # noqa: E731
+    panels = [(f"{loss}, width {w}, {dt}", sel((loss, w, dt))) for loss in losses for w, dt in cols]
     title = data["title"] + (f". {data['label']}" if data.get("label") else "")
     peers, ncols = data["config"]["peers"], max(1, len(cols))
     path = out / f"{prefix}_step_time.png"
-    return harness.plot_series(
-        path, rows, panels, x="d", peers=peers, style=_STYLE, ylabel="step time (s)", title=title, ncols=ncols
-    )
+    kw = dict(x="d", peers=peers, style=_STYLE, ylabel="step time (s)", title=title, ncols=ncols)
+    return harness.plot_series(path, rows, panels, **kw)
 
 
 CSV_FIELDS = (

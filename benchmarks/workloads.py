@@ -1,16 +1,14 @@
 """Benchmark workloads W1–W5, in a quick (CI smoke) and a full size.
 
-W1  the hessQuik paper's scalar-output experiment: ResNet of width 16, depth 4
-    (antiTanh opening layer, tanh residual layers with h = 0.5, identity
-    output), m = 1, d = 2^0..2^10, n = 10 and n = 1000; value + gradient +
-    Hessian.
-W2  the paper's vector-output heatmap: the same ResNet with d and m over
-    2^0..2^6 (2^7 too in the full run where the output fits), n = 1000.
-W3  Laplacian of an MLP (tanh, width 64 and 256, depth 4, scalar output),
-    d in {16, 64, 256, 1024}, n = 256.
+W1  the hessQuik paper's scalar-output experiment: ResNet of width 16, depth 4 (antiTanh opening
+    layer, tanh residual layers with h = 0.5, identity output), m = 1, d = 2^0..2^10, n = 10 and
+    n = 1000; value + gradient + Hessian.
+W2  the paper's vector-output heatmap: the same ResNet with d and m over 2^0..2^6 (2^7 too in the
+    full run where the output fits), n = 1000.
+W3  Laplacian of an MLP (tanh, width 64 and 256, depth 4, scalar output), d in {16, 64, 256, 1024},
+    n = 256.
 W4  float32 against float64 (W1 at n = 1000 and W3 points).
-W5  batch scaling n = 1..10^5 at d = 16 (W1's network): the per-call
-    overhead and the asymptotic rate.
+W5  batch scaling n = 1..10^5 at d = 16 (W1's network): the per-call overhead and the asymptotic rate.
 """
 
 from __future__ import annotations

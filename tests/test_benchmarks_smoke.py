@@ -358,6 +358,14 @@ def test_retired_results_name_the_commit_that_holds_their_script():
     assert "6d911f3" in retired and not (root / "studies").exists()
 
 
+def test_benchmarks_stay_under_five_thousand_lines():
+    """Issue 21: the benchmark code (every .py and .sh under benchmarks/) stays under 5,000 lines;
+    retired workloads and studies live in git history (benchmarks/retired.md), not in the tree."""
+    files = [f for f in (Path(_ROOT) / "benchmarks").rglob("*") if f.suffix in (".py", ".sh")]
+    lines = sum(len(f.read_text().splitlines()) for f in files)
+    assert 0 < lines < 5000, f"benchmarks/ holds {lines} lines of .py/.sh"
+
+
 def test_harness_names_a_peer_that_fails_when_repeated():
     """A call that passed its check but raises in the timing rounds is recorded as an
     error with its message; the other peers of the point are still timed."""
