@@ -140,8 +140,8 @@ def kfac_operator(
     Block diagonal over the affine blocks of the dense and residual layers, each
     block :math:`A\otimes B` with :math:`A = \frac1N\sum_n\tilde a_n\tilde a_n^\top`
     (``(p+1, p+1)``, the bias folded in as an input of ones) and
-    :math:`B = w\sum_{n,c} g_{nc}g_{nc}^\top` ``(q, q)`` (module docstring of
-    :mod:`hessquik_core.curvature.kfac`). Equal to curvlinops'
+    :math:`B = w\sum_{n,c} g_{nc}g_{nc}^\top` ``(q, q)`` (the module docstring of
+    ``hessquik_core.curvature.kfac``). Equal to curvlinops'
     ``KFACLinearOperator(..., separate_weight_and_bias=False)`` for the same
     ``fisher_type`` (``"mc"`` in distribution: the random labels differ).
 
@@ -194,7 +194,7 @@ def ekfac_operator(
     r"""EKFAC: KFAC's eigenbasis :math:`U_A\otimes U_B` with eigenvalues corrected per example.
 
     :math:`\Lambda_{ij} = \sum_{n,c}(u_i^\top\tilde a_n)^2(v_j^\top g_{nc})^2` per block
-    (module docstring of :mod:`hessquik_core.curvature.kfac`); for ``"type-2"`` the
+    (the module docstring of ``hessquik_core.curvature.kfac``); for ``"type-2"`` the
     diagonal of the exact Gauss–Newton block in that basis. Equal to curvlinops'
     ``EKFACLinearOperator(..., separate_weight_and_bias=False)``.
 

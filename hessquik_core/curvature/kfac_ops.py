@@ -20,8 +20,8 @@ with :math:`D = \lambda_A\lambda_B^\top` (KFAC), the corrected eigenvalues
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .operators import LinearOperatorBase
 
@@ -58,7 +58,8 @@ class KroneckerBlock:
         return self.rows * self.cols
 
 
-class KroneckerEigen(NamedTuple):
+@dataclass(frozen=True)
+class KroneckerEigen:
     r"""The eigendecomposition of one block: :math:`\sum_{ij} D_{ij}\,(u_i\otimes v_j)(u_i\otimes v_j)^\top`.
 
     Attributes
@@ -379,7 +380,7 @@ class KFACOperator(_KroneckerBase):
                 else:
                     da_, db_ = da, db
                 den = (e.a_values + da_)[:, None] * (e.b_values + db_)[None, :]
-            out.append(e._replace(values=_reciprocal(xp, den, "KFACOperator.inverse")))
+            out.append(replace(e, values=_reciprocal(xp, den, "KFACOperator.inverse")))
         info = {**self.info, "damping": damping, "heuristic": heuristic}
         return KroneckerEigenOperator(self.blocks, out, xp, self.array_dtype, self.device, info)
 
@@ -436,7 +437,7 @@ class EKFACOperator(KroneckerEigenOperator):
             )
         d, _ = _check_damping(damping, False)
         out = [
-            e._replace(values=_reciprocal(self.xp, e.values + d, "EKFACOperator.inverse")) for e in self.eigen
+            replace(e, values=_reciprocal(self.xp, e.values + d, "EKFACOperator.inverse")) for e in self.eigen
         ]
         info = {**self.info, "damping": damping, "heuristic": heuristic}
         return KroneckerEigenOperator(self.blocks, out, self.xp, self.array_dtype, self.device, info)
