@@ -15,6 +15,10 @@ with :math:`D = \lambda_A\lambda_B^\top` (KFAC), the corrected eigenvalues
 (EKFAC), or the reciprocal of a damped version of either (the inverses):
 :class:`KroneckerEigenOperator`. Cost per block and column:
 :math:`O(r^2q + rq^2)`; memory: the factors, never a ``(P, P)`` array.
+
+(Over this package's ~400-line guide: three operator classes and the blocks they
+share, most of it the docstrings that state each operator's maths and damping
+convention; splitting them would separate KFAC from the inverses it builds.)
 """
 
 from __future__ import annotations

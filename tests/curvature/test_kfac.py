@@ -328,6 +328,15 @@ def test_bad_input_is_refused_before_any_work():
     icnn = hq.ICNN(3, [None, 4, 2], seed=0)
     with pytest.raises(ValueError, match=r"layer 0 is ICNNLayer: use hq.curvature.ggn_operator"):
         cv.kfac_operator(icnn, x, y, "cross_entropy")
+    with pytest.raises(TypeError, match="y must hold integer class labels or floating targets"):
+        cv.kfac_operator(net, x, y.astype(bool), "cross_entropy")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        with pytest.raises(TypeError, match=r"y must be an array of the same library as x \(numpy\)"):
+            cv.kfac_operator(net, x, torch.from_numpy(y), "cross_entropy")
     op = cv.kfac_operator(net, x, y, "cross_entropy")
     with pytest.raises(ValueError, match=r"shape \(74,\), got \(5,\)"):
         op @ np.ones(5)
