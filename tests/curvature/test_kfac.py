@@ -293,6 +293,23 @@ def test_generic_backend_and_numpy_through_torch():
         assert isinstance(D, np.ndarray) and rel(D, ref) <= 1e-12
 
 
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse"])
+def test_array_api_strict_arrays(kind):
+    xps = pytest.importorskip("array_api_strict")
+    net = _net()
+    x, y = _data(kind)
+    for ft in ("type-2", "mc", "empirical"):
+        for f in (cv.kfac_operator, cv.ekfac_operator):
+            ref = f(net, x, y, kind, fisher_type=ft, seed=1)
+            op = f(net, xps.asarray(x), xps.asarray(y), kind, fisher_type=ft, seed=1)
+            D = op.to_dense()
+            assert type(D).__module__.startswith("array_api_strict") and D.dtype == xps.float64
+            assert rel(np.asarray(D), ref.to_dense()) <= RTOL
+            v = xps.ones(op.size, dtype=xps.float64)
+            got = np.asarray(op.inverse(1e-2) @ v)
+            assert rel(got, ref.inverse(1e-2) @ np.ones(op.size)) <= 1e-10
+
+
 def test_dask_data_give_the_in_memory_numbers():
     dask = pytest.importorskip("dask")
     da = pytest.importorskip("dask.array")
