@@ -1,7 +1,7 @@
 r"""KFAC / EKFAC over Dask-held data: the factors are sums over examples, one task per chunk.
 
 :math:`A = \frac1N\sum_n\tilde a_n\tilde a_n^\top` and :math:`B = w\sum_{n,c}g_{nc}g_{nc}^\top`
-are sums of per-chunk sums (each chunk runs :func:`~hessquik_core.curvature.kfac.sweep`
+are sums of per-chunk sums (each chunk runs ``_kfac_sweep.Sweep``
 in memory, with the loss factor :math:`w` of the whole data); EKFAC's corrections
 need the eigenvectors of the totals, so they take a second pass. The ``"mc"``
 draws are made on the client for all ``N`` examples and sliced per chunk, so a
@@ -31,7 +31,7 @@ def build_chunked(net, x, y, loss, fisher_type, M, seed, keys, backend, ekfac, i
     import dask
     import dask.array as da
 
-    from ._kfac_sweep import corrections, grams, noise, sweep
+    from ._kfac_sweep import Sweep, corrections, grams, noise
 
     if not isinstance(x, da.Array):
         raise TypeError(f"x must be a dask array when y is one, got {type(x).__module__}.{type(x).__name__}")
@@ -54,13 +54,13 @@ def build_chunked(net, x, y, loss, fisher_type, M, seed, keys, backend, ekfac, i
 
     def part(i, xb, yb, vectors):
         nz = None if draws is None else draws[:, starts[i] : starts[i + 1]]
-        B, blocks, stacks = sweep(net, xb, yb, loss, w, fisher_type, nz, keys, backend)
-        xp = B.xp
-        to = B.be.to_numpy
+        sw = Sweep(net, xb, yb, loss, w, fisher_type, nz, keys, backend)
+        to = sw.B.be.to_numpy
         if vectors is None:
-            return blocks, [(np.asarray(to(a)), np.asarray(to(g))) for a, g in grams(xp, stacks)]
-        conv = [tuple(B.be.convert(u, xp=xp, dtype=B.dtype, device=B.device) for u in v) for v in vectors]
-        return blocks, [np.asarray(to(c)) for c in corrections(xp, stacks, conv)]
+            return sw.blocks, [(np.asarray(to(a)), np.asarray(to(g))) for a, g in grams(sw)]
+        be, xp = sw.B.be, sw.B.xp
+        conv = [tuple(be.convert(u, xp=xp, dtype=sw.B.dtype, device=sw.B.device) for u in v) for v in vectors]
+        return sw.blocks, [np.asarray(to(c)) for c in corrections(sw, conv)]
 
     first = dask.compute(*[dask.delayed(part)(i, xb, yb, None) for i, (xb, yb) in enumerate(zip(xs, ys))])
     blocks = first[0][0]

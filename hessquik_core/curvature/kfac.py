@@ -41,10 +41,12 @@ of the per-example second moment in that basis,
 
 which for ``"type-2"`` is exactly :math:`\mathrm{diag}(Q^\top G_\ell Q)`, :math:`Q = U_A\otimes U_B`.
 
-Cost: one forward sweep, one backward sweep with ``c`` directions (``m`` for
+Cost: one forward sweep, backward sweeps with ``c`` directions in all (``m`` for
 type-2, ``M`` for MC, 1 for empirical), :math:`O(N(p^2 + cq^2))` per layer for the factors and
-:math:`O(p^3 + q^3)` for their eigendecompositions (EKFAC, inverses); memory
-:math:`O(N c\,q)` for the backward stacks and :math:`O(p^2 + q^2)` per layer.
+:math:`O(p^3 + q^3)` for their eigendecompositions (EKFAC, inverses). Memory: the
+directions are swept in groups whose seeds and stacks, :math:`O(N c_g (m + q))`, fit
+``_kfac_sweep.GROUP_BUDGET`` (256 MiB; one group unless ``c`` is large), and
+:math:`O(p^2 + q^2)` per layer. EKFAC sweeps the groups a second time when there are several.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from .._array import namespace_of
 from .._dask_hook import chunked_plugin
 from ..layers.dense import SingleLayer
 from ..layers.resnet import ResnetLayer
-from ._kfac_sweep import corrections, grams, noise, sweep
+from ._kfac_sweep import Sweep, corrections, grams, noise
 from .kfac_ops import EKFACOperator, KFACOperator, KroneckerEigen
 from .layout import _check_torch_dtype, _network, parameter_layout
 from .losses import CrossEntropyLoss, MSELoss, get_loss
@@ -109,15 +111,15 @@ def _build(net, x, y, loss, fisher_type, mc_samples, seed, params, backend, ekfa
         return build_chunked(net, x, y, loss, fisher_type, M, seed, layout.keys, backend, ekfac, info)
     N = int(x.shape[0]) if getattr(x, "ndim", 0) == 2 else 0
     draws = noise(loss, fisher_type, M, N, net.out_features, seed)
-    B, blocks, stacks = sweep(net, x, y, loss, None, fisher_type, draws, layout.keys, backend)
-    xp = B.xp
-    factors = [(Sa / N, Sg) for Sa, Sg in grams(xp, stacks)]
-    out = {"blocks": blocks, "info": {**info, "N": N}, "x": B.inp.orig_x}
+    sw = Sweep(net, x, y, loss, None, fisher_type, draws, layout.keys, backend)
+    B, xp = sw.B, sw.B.xp
+    factors = [(Sa / N, Sg) for Sa, Sg in grams(sw)]
+    out = {"blocks": sw.blocks, "info": {**info, "N": N}, "x": B.inp.orig_x}
     if ekfac:
         vectors = [(xp.linalg.eigh(A)[1], xp.linalg.eigh(G)[1]) for A, G in factors]
         out["eigen"] = [
             KroneckerEigen(B.to_user(v), B.to_user(Ua), B.to_user(Ub))
-            for v, (Ua, Ub) in zip(corrections(xp, stacks, vectors), vectors)
+            for v, (Ua, Ub) in zip(corrections(sw, vectors), vectors)
         ]
     out["factors"] = [(B.to_user(A), B.to_user(G)) for A, G in factors]
     return out

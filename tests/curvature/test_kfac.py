@@ -237,6 +237,26 @@ def test_mc_is_seeded_and_tends_to_type_2(kind):
         assert 1e-5 < rel(B, Be) < 0.05
 
 
+def test_directions_swept_in_groups_give_the_same_numbers(monkeypatch):
+    """Many classes or MC samples: the backward directions go in groups under a memory budget."""
+    from hessquik_core.curvature import _kfac_sweep
+
+    net = _net()
+    x, y = _data("cross_entropy")
+    cases = [("type-2", 1), ("mc", 7)]
+    want = {
+        (ft, f.__name__): f(net, x, y, "cross_entropy", fisher_type=ft, mc_samples=M, seed=2).to_dense()
+        for ft, M in cases
+        for f in (cv.kfac_operator, cv.ekfac_operator)
+    }
+    # one direction per group: N·(m + 2·width)·8 bytes = 11·(4 + 10)·8
+    monkeypatch.setattr(_kfac_sweep, "GROUP_BUDGET", 11 * 14 * 8)
+    for ft, M in cases:
+        for f in (cv.kfac_operator, cv.ekfac_operator):
+            got = f(net, x, y, "cross_entropy", fisher_type=ft, mc_samples=M, seed=2).to_dense()
+            assert rel(got, want[(ft, f.__name__)]) <= 1e-13
+
+
 def test_params_keeps_the_selected_rows_of_each_block():
     net = _net()
     x, y = _data("cross_entropy")
