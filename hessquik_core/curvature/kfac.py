@@ -22,7 +22,7 @@ with the columns :math:`s_{nc}` of, per ``fisher_type``:
 
 * ``"type-2"``: :math:`S_n`, an exact square root of :math:`H_n` (MSE:
   :math:`\sqrt h\,I` for :math:`H_n = hI`; cross-entropy:
-  :math:`\sqrt{s_n}(\mathrm{diag}\sqrt{p_n} - p_n\sqrt{p_n}^\top)`), ``m`` backward sweeps in one;
+  :math:`\sqrt{s_n}(\mathrm{diag}\sqrt{p_n} - p_n\sqrt{p_n}^\top)`), ``m`` backward directions (one sweep, or groups);
 * ``"mc"``: :math:`\nabla_f\ell(f_n,\hat y_{nk})/\sqrt M` for ``M = mc_samples`` labels drawn
   from the model (MSE: :math:`\hat y = f + \varepsilon/\sqrt h`; cross-entropy:
   :math:`\hat y\sim\mathrm{softmax}(f_n)`, weighted by :math:`s_n`), whose expectation is the type-2 :math:`B`;
