@@ -13,7 +13,10 @@ For a network :math:`f(x;\theta)` with :math:`P` parameters, data
 * spectra: :func:`top_eigenpairs` (Lanczos), :func:`empirical_fisher_eigenpairs`,
   :func:`empirical_fisher_trace` (exact), :func:`hutchinson_trace`, :func:`hutchpp_trace`,
   :func:`hutchinson_diagonal`, :func:`spectral_density`;
-* :class:`LowRankApproximation`, :class:`FullRankApproximation` operators.
+* :class:`LowRankApproximation`, :class:`FullRankApproximation` operators;
+* Kronecker-factored curvature: :func:`kfac_operator` (KFAC, type-2 / MC / empirical
+  Fisher) and :func:`ekfac_operator` (eigenvalue-corrected), with damped inverses and
+  eigendecompositions from the factors (:class:`KFACOperator`, :class:`EKFACOperator`).
 
 Parameters are ordered as in ``net.state_dict()``, each flattened row-major
 (:class:`ParameterLayout`). Conventions and derivations: ``docs/curvature.md``.
@@ -28,8 +31,10 @@ any Array-API library); SciPy is imported only by ``method="scipy"`` Lanczos.
 (27, 27)
 """
 
-from . import approx, losses, params, spectra
+from . import approx, kfac, losses, params, spectra
 from .approx import FullRankApproximation, LowRankApproximation
+from .kfac import ekfac_operator, kfac_operator
+from .kfac_ops import EKFACOperator, KFACOperator, KroneckerBlock, KroneckerEigen, KroneckerEigenOperator
 from .losses import CrossEntropyLoss, Loss, MSELoss, get_loss
 from .params import (
     CurvatureOperator,
@@ -73,7 +78,12 @@ __all__ = [
     "CrossEntropyLoss",
     "CurvatureOperator",
     "DenseOperator",
+    "EKFACOperator",
     "FullRankApproximation",
+    "KFACOperator",
+    "KroneckerBlock",
+    "KroneckerEigen",
+    "KroneckerEigenOperator",
     "LanczosNoConvergence",
     "LinearOperatorBase",
     "Loss",
@@ -84,6 +94,7 @@ __all__ = [
     "TorchOrderOperator",
     "approx",
     "aslinearoperator",
+    "ekfac_operator",
     "empirical_fisher",
     "empirical_fisher_eigenpairs",
     "empirical_fisher_operator",
@@ -102,6 +113,8 @@ __all__ = [
     "hutchinson_trace",
     "hutchpp_trace",
     "hvp",
+    "kfac",
+    "kfac_operator",
     "lanczos_tridiagonal",
     "losses",
     "params",

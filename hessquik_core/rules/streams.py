@@ -198,7 +198,7 @@ def affine_rop(Y, RY, M, RM, Rb, ops):
 class ParamOut(NamedTuple):
     """A parameter block of the backward sweep, in the form the driver asked for."""
 
-    weight: Any  # "point": (N, c, p, q); "sum": (p, q); "kfac": (A, B)
+    weight: Any  # "point": (N, c, p, q); "sum": (p, q); "kfac": (A, B); "stacks": (Y, Zbar)
     bias: Any  # "point": (N, c, q); "sum": (q,); "kfac": None
 
 
@@ -213,7 +213,9 @@ def affine_params(Y, Zbar, bias: bool, mode: str, ops) -> ParamOut:
     * ``"kfac"`` (``c = 1``): the Gram matrices of the two stacks,
       :math:`A = \tilde Y^\top \tilde Y` (``(p+1, p+1)`` with the bias column
       :math:`\tilde Y_s = [Y_s, \delta_{s0}]`, else ``(p, p)``) and
-      :math:`B = \bar Z^\top \bar Z` ``(q, q)``, unnormalised sums over the ``S'·N`` rows.
+      :math:`B = \bar Z^\top \bar Z` ``(q, q)``, unnormalised sums over the ``S'·N`` rows;
+    * ``"stacks"``: ``(Y[:S'], Zbar)`` unreduced, for drivers that form their own
+      products (per-example projections of EKFAC).
     """
     xp = ops.xp
     r = Zbar.shape[1]
@@ -224,6 +226,8 @@ def affine_params(Y, Zbar, bias: bool, mode: str, ops) -> ParamOut:
         W = xp.matmul(Yp, Zp)
         bb = xp.permute_dims(Zbar[:, 0, ...], (1, 0, 2)) if bias else None
         return ParamOut(W, bb)
+    if mode == "stacks":  # the two stacks themselves (hessquik_core.curvature.kfac: KFAC of output losses)
+        return ParamOut((Ys, Zbar), None)
     S, N, p = Ys.shape
     q = Zbar.shape[-1]
     if mode == "sum":
@@ -242,7 +246,7 @@ def affine_params(Y, Zbar, bias: bool, mode: str, ops) -> ParamOut:
             a = xp.concat([a, xp.reshape(col, (S * N, 1))], axis=1)
         g = xp.reshape(Zbar[0, ...], (S * N, q))
         return ParamOut((xp.matrix_transpose(a) @ a, xp.matrix_transpose(g) @ g), None)
-    raise ValueError(f"mode must be 'point', 'sum' or 'kfac', got {mode!r}")  # pragma: no cover
+    raise ValueError(f"mode must be 'point', 'sum', 'kfac' or 'stacks', got {mode!r}")  # pragma: no cover
 
 
 def affine_input_adjoint(Zbar, M, ops):

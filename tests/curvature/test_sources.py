@@ -102,6 +102,9 @@ KEYWORDS = {
     "maxiter": (200,),
     "ncv": (12,),
     "return_info": (True,),
+    # kfac_operator / ekfac_operator ("mc" draws need a seed to compare: tests/curvature/test_kfac.py)
+    "fisher_type": ("empirical", "nope"),
+    "mc_samples": (0, 2),
 }
 
 #: arguments that mean nothing for Dask-held data: refused, with the message naming them
