@@ -11,7 +11,7 @@ loss-Hessian product :math:`\nabla^2 L\, v = R\{J^\top w\}
 automatic differentiation:
 
 **Forward** (as :func:`~hessquik_core.pinn.jvp`): every layer's streams
-:math:`Y` (value, tangents, second-order row; :mod:`hessquik_core.rules.streams`)
+:math:`Y` (value, tangents, second-order row; ``hessquik_core.rules.streams``)
 and their tangents :math:`RY`; for an affine layer :math:`Z = YK + b`,
 :math:`Y' = \Phi_\sigma(Z)` (dense) or :math:`Y' = Y + h\Phi_\sigma(Z)` (residual),
 
@@ -56,8 +56,8 @@ the adjoints :math:`\bar u, \bar G_i, \bar L` of the output rows,
 :func:`~hessquik_core.pinn.vjp` (one forward and R-forward, one backward and
 R-backward), memory the forward streams and their tangents.
 
-Layers with these rules: :class:`~hessquik_core.layers.SingleLayer` and
-:class:`~hessquik_core.layers.ResnetLayer` (:func:`unsupported` names any other).
+Layers with these rules: :class:`~hessquik_core.SingleLayer` and
+:class:`~hessquik_core.ResnetLayer` (``unsupported`` names any other).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def stream_hvp(
     Parameters
     ----------
     net : NN or Layer
-        Of :class:`~hessquik_core.layers.SingleLayer` / :class:`~hessquik_core.layers.ResnetLayer` leaves.
+        Of :class:`~hessquik_core.SingleLayer` / :class:`~hessquik_core.ResnetLayer` leaves.
     x : array of shape (n, d)
     needs : tuple of str
         The quantities swept together (as :func:`hessquik_core.pinn.vjp`'s mapping keys).

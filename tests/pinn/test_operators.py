@@ -314,18 +314,17 @@ def test_operator_at_its_parameters_and_tools():
     assert np.linalg.eigvalsh(H)[0] < 0
 
 
-def test_float32():
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_float32(lib):
     net = dense_net()
-    pr = make_problem(net, "allen_cahn", "torch")
-    H64 = pr.hessian_operator().to_dense()
+    H64 = to_np(make_problem(net, "allen_cahn", lib).hessian_operator().to_dense())
     rng = np.random.default_rng(1)
-    xi, xb = (torch.from_numpy(rng.uniform(0, 1, s).astype(np.float32)) for s in ((5, 2), (3, 2)))
-    p32 = pinn.Problem(
-        net, [pinn.Residual(xi, allen_cahn, ("value", "laplacian")), pinn.Residual(xb, boundary, weight=3.0)]
-    )
-    H32 = p32.hessian_operator().to_dense()
-    assert H32.dtype == torch.float32
-    assert rel(H32.double(), H64) < 1e-4
+    conv = torch.from_numpy if lib == "torch" else np.asarray
+    xi, xb = (conv(rng.uniform(0, 1, s).astype(np.float32)) for s in ((5, 2), (3, 2)))
+    terms = [pinn.Residual(xi, allen_cahn, ("value", "laplacian")), pinn.Residual(xb, boundary, weight=3.0)]
+    H32 = pinn.Problem(net, terms).hessian_operator().to_dense()
+    assert type(H32) is type(xi) and H32.dtype == xi.dtype and tuple(H32.shape) == H64.shape
+    assert rel(to_np(H32).astype(np.float64), H64) < 1e-4
 
 
 # --------------------------------------------------------------------------
@@ -389,3 +388,15 @@ def near_pole_t(u0):
         return q.laplacian + 1.0 / (q.value - (u0t + 0.05))
 
     return fn
+
+
+def test_array_api_strict_namespace():
+    xs = pytest.importorskip("array_api_strict")
+    net = resnet_net()
+    x = np.random.default_rng(4).uniform(0, 1, (4, 2))
+    pn = pinn.Problem(net, [pinn.Residual(x, burgers, CASES["burgers"][1])])
+    ps = pinn.Problem(net, [pinn.Residual(xs.asarray(x), burgers, CASES["burgers"][1])])
+    v = np.random.default_rng(0).standard_normal(pn.P)
+    Hv = ps.hessian_operator() @ xs.asarray(v)
+    assert type(Hv).__module__.startswith("array_api_strict") and Hv.shape == (pn.P,)
+    assert rel(np.asarray(Hv), pn.hessian_operator() @ v) <= 1e-14
