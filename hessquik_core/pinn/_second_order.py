@@ -77,7 +77,7 @@ from ..rules.streams import (
     phi_rop,
     phi_vjp,
 )
-from ._streams import Bound, Sweep, combined_seed, combined_values, input_streams, prepare_many
+from ._streams import QUANTITIES, Bound, Sweep, combined_seed, combined_values, input_streams, prepare_many
 from ._streams_bh_call import param_direction
 
 __all__ = ["stream_hvp", "unsupported"]
@@ -92,6 +92,9 @@ def unsupported(net: Any, needs: tuple[str, ...], weights: Any = None) -> str | 
     from ..curvature.layout import _network
 
     net = _network(net)
+    other = [q for q in needs if q not in QUANTITIES]
+    if other:  # e.g. the bi-Laplacian or directional derivatives: sweeps without an R-adjoint yet
+        return f"the quantities {other} have no exact second-order stream rule (only {QUANTITIES})"
     for i, leaf in enumerate(net._leaves()):
         if type(leaf) not in EXACT_LAYERS:
             return (

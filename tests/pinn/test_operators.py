@@ -400,3 +400,23 @@ def test_array_api_strict_namespace():
     Hv = ps.hessian_operator() @ xs.asarray(v)
     assert type(Hv).__module__.startswith("array_api_strict") and Hv.shape == (pn.P,)
     assert rel(np.asarray(Hv), pn.hessian_operator() @ v) <= 1e-14
+
+
+@pytest.mark.parametrize("netname", ["dense", "resnet"])
+def test_value_residual_is_curvature_mse_hessian(netname):
+    """A value-only residual ``u − y`` is half-MSE regression: the same Hessian as hq.curvature's
+    exact output-loss products (``param_rop_backward``, an independent code path)."""
+    net = NETS[netname]()
+    x = np.random.default_rng(6).uniform(0, 1, (7, 2))
+    y = np.sin(3 * x[:, :1]) * x[:, 1:]
+    pr = pinn.Problem(net, [pinn.Residual(x, lambda q, x: q.value - np.sin(3 * x[:, 0]) * x[:, 1])])
+    H = pr.hessian_operator().to_dense()
+    Hc = hq.curvature.hessian_operator(net, x, y, "mse").to_dense()
+    assert rel(H, Hc) <= 1e-13
+
+
+def test_unsupported_quantity_named():
+    from hessquik_core.pinn._second_order import unsupported
+
+    assert unsupported(dense_net(), ("value", "laplacian")) is None
+    assert "biharmonic" in unsupported(dense_net(), ("value", "biharmonic"))
