@@ -420,3 +420,39 @@ def test_unsupported_quantity_named():
 
     assert unsupported(dense_net(), ("value", "laplacian")) is None
     assert "biharmonic" in unsupported(dense_net(), ("value", "biharmonic"))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ACTS = ("tanh", "sin", "sigmoid", "softplus", "gelu", "antitanh")
+
+
+@st.composite
+def architectures(draw):
+    w = draw(st.integers(2, 4))
+    act = lambda: draw(st.sampled_from(ACTS))  # noqa: E731
+    layers = [hq.SingleLayer(2, w, act=act(), seed=draw(st.integers(0, 99)))]
+    for _ in range(draw(st.integers(0, 2))):
+        seed, bias = draw(st.integers(0, 99)), draw(st.booleans())
+        if draw(st.booleans()):
+            h = draw(st.sampled_from([0.3, 0.8]))
+            layers.append(hq.ResnetLayer(w, h=h, act=act(), bias=bias, seed=seed))
+        else:
+            layers.append(hq.SingleLayer(w, w, act=act(), bias=bias, seed=seed))
+    last = draw(st.sampled_from(("identity", *ACTS)))
+    layers.append(hq.SingleLayer(w, 1, act=last, seed=draw(st.integers(0, 99))))
+    return hq.NN(*layers), draw(st.sampled_from(sorted(CASES)))
+
+
+@settings(max_examples=8, deadline=None)
+@given(architectures())
+def test_random_architectures(arch):
+    """One product ``Hv`` against reverse-over-reverse of the nested-AD loss."""
+    net, case = arch
+    pr = make_problem(net, case, n=3, nb=2)
+    v = np.random.default_rng(0).standard_normal(pr.P)
+    loss, theta = torch_loss(pr, net)
+    vt = torch.from_numpy(v)
+    ref = torch.func.grad(lambda th: torch.dot(torch.func.grad(loss)(th), vt))(theta).numpy()
+    assert rel(pr.hessian_operator() @ v, ref) <= RTOL
