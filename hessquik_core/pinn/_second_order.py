@@ -52,9 +52,11 @@ the adjoints :math:`\bar u, \bar G_i, \bar L` of the output rows,
 
 (rows absent from a prefix adjoint drop out). So a value-only sweep reads
 :math:`\sigma''`, tangents :math:`\sigma'''`, a second-order row
-:math:`\sigma''''` (one order above the Jacobian's). Cost: about twice a
-:func:`~hessquik_core.pinn.vjp` (one forward and R-forward, one backward and
-R-backward), memory the forward streams and their tangents.
+:math:`\sigma''''` (one order above the Jacobian's). Cost: the forward sweep
+once (``TermSweep`` keeps it, with :math:`\sigma^{(j)}` of every layer), then
+per product the tangent pass, the backward pass and its R-image — about one
+:func:`~hessquik_core.pinn.jvp` and two :func:`~hessquik_core.pinn.vjp`; memory
+the forward streams and one direction's tangents.
 
 Layers with these rules: :class:`~hessquik_core.SingleLayer` and
 :class:`~hessquik_core.ResnetLayer` (``unsupported`` names any other).
@@ -80,7 +82,7 @@ from ..rules.streams import (
 from ._streams import QUANTITIES, Bound, Sweep, combined_seed, combined_values, input_streams, prepare_many
 from ._streams_bh_call import param_direction
 
-__all__ = ["stream_hvp", "unsupported"]
+__all__ = ["TermSweep", "unsupported"]
 
 #: layer types with exact second-order stream rules (the type itself, not subclasses,
 #: which may change the forward map)
@@ -145,15 +147,13 @@ def _d_phi_vjp(cache: PhiCache, s4: Any, RZ: Any, Ybar: Any, ops: Any) -> Any:
     return out[0] if len(out) == 1 else xp.concat(out, axis=1)
 
 
-def _forward(B: Bound, sw: Sweep, S: Any, Vs: list) -> tuple[Any, Any, list]:
-    """Streams and their tangents through every layer; per layer ``(Y, RY, RZ, phi, s4)``."""
+def _primal(B: Bound, sw: Sweep, S: Any) -> list:
+    """The streams through every layer (what the products share); per layer ``(Y, phi, s4)``."""
     spec, ops = sw.spec, B.be
     Y = input_streams(B, sw, S)
-    RY: Any = None  # the input streams do not depend on the parameters
     caches = []
-    for leaf, Pm, V in zip(B.leaves, B.params, Vs):
-        K, b = Pm["K"], Pm.get("b")
-        Z = affine_streams(Y, K, b, ops)
+    for leaf, Pm in zip(B.leaves, B.params):
+        Z = affine_streams(Y, Pm["K"], Pm.get("b"), ops)
         act = leaf.act
         if act.name == "identity":
             Yi, phi, s4 = Z, PhiCache(Z, None, None, None, None, spec, True), None
@@ -163,25 +163,35 @@ def _forward(B: Bound, sw: Sweep, S: Any, Vs: list) -> tuple[Any, Any, list]:
             # the adjoint's derivative reads one order more than the adjoint itself
             phi = phi._replace(s2=ds[2], s3=ds[3] if len(ds) > 3 else None)
             s4 = ds[4] if len(ds) > 4 else None
-        RZ = affine_rop(Y, RY, K, V["K"], V.get("b"), ops)
+        caches.append((Y, phi, s4))
+        Y = Y + leaf.h * Yi if isinstance(leaf, ResnetLayer) else Yi
+    return caches
+
+
+def _tangents(B: Bound, primal: list, Vs: list) -> tuple[Any, list]:
+    """The streams' tangents :math:`RY` along one direction; the output's and per layer ``(RY, RZ)``."""
+    ops = B.be
+    RY: Any = None  # the input streams do not depend on the parameters
+    out = []
+    for leaf, Pm, V, (Y, phi, _) in zip(B.leaves, B.params, Vs, primal):
+        RZ = affine_rop(Y, RY, Pm["K"], V["K"], V.get("b"), ops)
         Ri = phi_rop(phi, RZ, ops)
-        caches.append((Y, RY, RZ, phi, s4))
+        out.append((RY, RZ))
         if isinstance(leaf, ResnetLayer):
-            Y = Y + leaf.h * Yi
             RY = leaf.h * Ri if RY is None else RY + leaf.h * Ri
         else:
-            Y, RY = Yi, Ri
-    return Y, RY, caches
+            RY = Ri
+    return RY, out
 
 
-def _backward(B: Bound, caches: list, Vs: list, Ybar: Any, RYbar: Any) -> tuple[list, list]:
+def _backward(B: Bound, primal: list, tang: list, Vs: list, Ybar: Any, RYbar: Any) -> tuple[list, list]:
     """Adjoints and their R-images back through every layer; per-leaf ``{name: g}``, ``{name: Rg}``."""
     ops, xp = B.be, B.xp
     gs: list = [None] * len(B.leaves)
     Rgs: list = [None] * len(B.leaves)
     for i in range(len(B.leaves) - 1, -1, -1):
         leaf, Pm, V = B.leaves[i], B.params[i], Vs[i]
-        Y, RY, RZ, phi, s4 = caches[i]
+        (Y, phi, s4), (RY, RZ) = primal[i], tang[i]
         res = isinstance(leaf, ResnetLayer)
         hb, hRb = (leaf.h * Ybar, leaf.h * RYbar) if res else (Ybar, RYbar)
         Zbar = phi_vjp(phi, hb, ops)
@@ -211,52 +221,55 @@ def _flat(B: Bound, per_leaf: list) -> Any:
     return B.xp.concat(parts, axis=0)
 
 
-def stream_hvp(
-    net: Any,
-    x: Any,
-    needs: tuple[str, ...],
-    v: Any,
-    seeds: Callable[[dict], tuple[dict, dict]],
-    *,
-    weights: Any = None,
-    backend: str | None = None,
-) -> tuple[Any, Any]:
-    r""":math:`g = J^\top w` and its directional derivative :math:`R\{g\} = J^\top R\{w\} + R\{J^\top\} w`.
+class TermSweep:
+    r"""One term's stream sweep at fixed parameters, for repeated Hessian products.
+
+    The forward streams (and :math:`\sigma^{(j)}` at every layer) are computed once;
+    each :meth:`product` runs the tangent pass, the backward pass and its R-image.
 
     Parameters
     ----------
     net : NN or Layer
-        Of :class:`~hessquik_core.SingleLayer` / :class:`~hessquik_core.ResnetLayer` leaves.
+        Of :class:`~hessquik_core.SingleLayer` / :class:`~hessquik_core.ResnetLayer` leaves
+        (anything else: ``ValueError``, naming it, before any work).
     x : array of shape (n, d)
     needs : tuple of str
         The quantities swept together (as :func:`hessquik_core.pinn.vjp`'s mapping keys).
-    v : array of shape (P,)
-        The parameter direction (:class:`~hessquik_core.curvature.ParameterLayout` order).
-    seeds : callable
-        ``seeds(jv) -> (w, Rw)``: given :math:`Jv` of every quantity (``name -> (n, m)`` or
-        ``(n, d, m)``, ``x``'s library), the seed :math:`w` and its tangent :math:`R\{w\}`
-        (``name -> array`` of the quantity's shape; a name left out of ``Rw`` has tangent 0).
     weights : array of shape (d, r), optional
         ``S`` of ``"weighted_laplacian"``.
     backend : str, optional
-
-    Returns
-    -------
-    g, Rg : arrays of shape (P,)
-        In ``x``'s library.
     """
-    B, S, sw, names = prepare_many(net, x, needs, weights, backend)
-    why = unsupported(B.net, names)
-    if why is not None:
-        raise ValueError(f"exact loss-Hessian product unavailable: {why}")
-    Vs = param_direction(B, v)
-    _, RY, caches = _forward(B, sw, S, Vs)
-    jv = {k: B.to_user(a) for k, a in combined_values(B, sw, RY, names).items()}
-    w, Rw = seeds(jv)
-    Ybar = combined_seed(B, sw, w, "w")
-    if Rw:
-        RYbar = combined_seed(B, sw, Rw, "Rw")
-    else:
-        RYbar = B.xp.zeros_like(Ybar)
-    gs, Rgs = _backward(B, caches, Vs, Ybar, RYbar)
-    return B.to_user(_flat(B, gs)), B.to_user(_flat(B, Rgs))
+
+    def __init__(self, net: Any, x: Any, needs: tuple[str, ...], *, weights: Any = None, backend: Any = None):
+        why = unsupported(net, tuple(needs))
+        if why is not None:
+            raise ValueError(f"exact loss-Hessian product unavailable: {why}")
+        self.B, S, self.sw, self.names = prepare_many(net, x, needs, weights, backend)
+        self.primal = _primal(self.B, self.sw, S)
+
+    def product(self, v: Any, seeds: Callable[[dict], tuple[dict, dict]]) -> tuple[Any, Any]:
+        r""":math:`g = J^\top w` and its directional derivative :math:`R\{g\} = J^\top R\{w\} + R\{J^\top\} w`.
+
+        Parameters
+        ----------
+        v : array of shape (P,)
+            The parameter direction (:class:`~hessquik_core.curvature.ParameterLayout` order).
+        seeds : callable
+            ``seeds(jv) -> (w, Rw)``: given :math:`Jv` of every quantity (``name -> (n, m)`` or
+            ``(n, d, m)``, ``x``'s library), the seed :math:`w` and its tangent :math:`R\{w\}`
+            (``name -> array`` of the quantity's shape; a name left out of ``Rw`` has tangent 0).
+
+        Returns
+        -------
+        g, Rg : arrays of shape (P,)
+            In ``x``'s library.
+        """
+        B, sw = self.B, self.sw
+        Vs = param_direction(B, v)
+        RY, tang = _tangents(B, self.primal, Vs)
+        jv = {k: B.to_user(a) for k, a in combined_values(B, sw, RY, self.names).items()}
+        w, Rw = seeds(jv)
+        Ybar = combined_seed(B, sw, w, "w")
+        RYbar = combined_seed(B, sw, Rw, "Rw") if Rw else B.xp.zeros_like(Ybar)
+        gs, Rgs = _backward(B, self.primal, tang, Vs, Ybar, RYbar)
+        return B.to_user(_flat(B, gs)), B.to_user(_flat(B, Rgs))

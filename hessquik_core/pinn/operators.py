@@ -9,12 +9,16 @@ For :math:`L(\theta) = \frac12\|\rho(\theta)\|^2` (:class:`~hessquik_core.pinn.P
 :class:`GaussNewtonOperator` applies :math:`G` exactly, matrix-free
 (:math:`Gv = J^\top(Jv)` through the problem's ``jvp`` / ``vjp``, never an
 :math:`N\times P` or :math:`P\times P` array) or from the cached dense
-:math:`J`. :class:`LossHessianOperator` applies the full Hessian by central
-differences of the exact gradient :math:`J^\top\rho` (the second term needs
-second parameter derivatives of the input derivatives, which the library does
-not compute): :math:`\nabla^2L\,v \approx (\nabla L(\theta + hv) - \nabla L(\theta - hv))/(2h)`,
-error :math:`O(h^2)`, with :math:`h = \varepsilon^{1/3}\max(1,\|\theta\|)/\|v\|`
-by default (:math:`\approx 10^{-9}` relative in float64; use float64).
+:math:`J`. :class:`LossHessianOperator` applies the full Hessian exactly and
+without automatic differentiation on the network: the second term is the
+derivative of the vector–Jacobian product :math:`J^\top w` along :math:`v`
+(Pearlmutter's R-operator of the stream sweep,
+:mod:`~hessquik_core.pinn._second_order`) plus the residual's own curvature in
+the quantities (:mod:`~hessquik_core.pinn._second_order_fn`), for dense and
+residual layers. Elsewhere it refuses unless asked for central differences of
+the exact gradient (``exact=False``,
+:math:`\nabla^2L\,v \approx (\nabla L(\theta + hv) - \nabla L(\theta - hv))/(2h)`,
+about :math:`10^{-9}` relative in float64); its ``method`` says which.
 
 Both are operators at the parameters they were built at (the problem's
 network is moved there for each product and restored after), so
@@ -30,8 +34,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..curvature.operators import LinearOperatorBase
-from ._second_order import stream_hvp, unsupported
-from ._second_order_fn import fn_curvature
+from ._second_order import TermSweep, unsupported
+from ._second_order_fn import apply as fn_apply
+from ._second_order_fn import fn_hessian
 
 __all__ = ["GaussNewtonOperator", "LossHessianOperator"]
 
@@ -130,11 +135,13 @@ class LossHessianOperator(LinearOperatorBase):
 
     Notes
     -----
-    Cost of an exact product: per term one forward sweep with its parameter
-    tangents and one backward sweep with its R-image (about two
-    :meth:`~hessquik_core.pinn.Problem.vjp`), plus :math:`H_f\delta` (torch: one
-    reverse-over-reverse pass through ``fn``; NumPy: :math:`2KM` complex
-    evaluations of ``fn``, :math:`K` its scalar inputs per point, :math:`M = 32`).
+    Built at the first product and kept: per term the forward streams (memory as
+    for :func:`~hessquik_core.pinn.vjp`) and the per-point Hessians of ``fn``,
+    ``(N_t, K, K)`` with :math:`K` the scalar quantities it reads (torch: :math:`K`
+    reverse-over-reverse passes through ``fn``; NumPy: :math:`K^2 M` complex
+    evaluations of ``fn``, :math:`M = 32`). Each product then costs per term the
+    tangent pass, the backward pass and its R-image (about one
+    :meth:`~hessquik_core.pinn.Problem.jvp` plus two :meth:`~hessquik_core.pinn.Problem.vjp`).
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class LossHessianOperator(LinearOperatorBase):
         if part not in ("full", "residual"):
             raise ValueError(f"part must be 'full' or 'residual', got {part!r}")
         self.problem, self.part = problem, part
+        self._cache: list | None = None  # exact: per term its sweep and fn's Hessians (at the first product)
         self.theta = problem.parameters()
         xp = problem.xp
         if exact is False:
@@ -185,17 +193,27 @@ class LossHessianOperator(LinearOperatorBase):
         return (self._grad(self.theta + h * v) - self._grad(self.theta - h * v)) / (2 * h)
 
     # -- exact --------------------------------------------------------------------
+    def _terms(self) -> list:
+        """Per term: its sweep (forward streams kept) and the per-point Hessians of ``fn``, built once."""
+        if self._cache is None:
+            p, cache = self.problem, []
+            for t, li, name in zip(p.terms, p._linearization(), p.names):
+                sweep = TermSweep(p.net, t.points, t.needs, weights=t.weights)
+                Hf = fn_hessian(t.fn, li.data, t.points, p.xp, name, t.needs, li.coef)
+                cache.append((t, li, sweep, Hf))
+            self._cache = cache
+        return self._cache
+
     def _exact(self, v: Any) -> Any:
         p, xp = self.problem, self.xp
         full = self.part == "full"
         out: Any = None
-        for t, li, name in zip(p.terms, p._linearization(), p.names):
+        for t, li, sweep, Hf in self._terms():
             s2 = li.scale * li.scale
-            n = t.n
 
-            def seeds(jv: dict, t: Any = t, li: Any = li, name: str = name, n: int = n, s2: float = s2):
-                delta = {q: xp.reshape(jv[q], (n, li.coef[q].shape[1])) for q in t.needs}
-                Hd = fn_curvature(t.fn, li.data, t.points, xp, name, t.needs, delta, li.coef)
+            def seeds(jv: dict, t: Any = t, li: Any = li, Hf: Any = Hf, s2: float = s2) -> tuple:
+                delta = {q: xp.reshape(jv[q], (t.n, li.coef[q].shape[1])) for q in t.needs}
+                Hd = fn_apply(Hf, delta, tuple(li.data), xp)
                 w = {q: xp.reshape(li.coef[q] * (s2 * li.r)[:, None], p._shape(t, q)) for q in t.needs}
                 # the Gauss–Newton part c (cᵀδ) (full Hessian only) and the residual's curvature r H_f δ
                 cd: Any = sum(xp.sum(li.coef[q] * delta[q], axis=1) for q in t.needs)
@@ -207,7 +225,7 @@ class LossHessianOperator(LinearOperatorBase):
                     Rw[q] = xp.reshape(a, p._shape(t, q))
                 return w, Rw
 
-            _, Hv = stream_hvp(p.net, t.points, t.needs, v, seeds, weights=t.weights)
+            _, Hv = sweep.product(v, seeds)
             out = Hv if out is None else out + Hv
         return out
 
