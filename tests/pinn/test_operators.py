@@ -456,3 +456,23 @@ def test_random_architectures(arch):
     vt = torch.from_numpy(v)
     ref = torch.func.grad(lambda th: torch.dot(torch.func.grad(loss)(th), vt))(theta).numpy()
     assert rel(pr.hessian_operator() @ v, ref) <= RTOL
+
+
+@pytest.mark.parametrize("netname", ["dense", "resnet"])
+def test_residual_term_vanishes_at_a_solution(netname):
+    """With the source taken from the network itself (``r = 0``), ``∇²L = JᵀJ``."""
+    net = NETS[netname]()
+    x = np.random.default_rng(8).uniform(0, 1, (5, 2))
+    res = net(x, laplacian=True)
+    u0, lap0 = np.asarray(res.value)[:, 0], np.asarray(res.laplacian)[:, 0]
+    g = lap0 + u0 - u0**3
+
+    def fn(q, x):
+        return q.laplacian + q.value - q.value**3 - g
+
+    pr = pinn.Problem(net, [pinn.Residual(x, fn, ("value", "laplacian"))])
+    assert np.abs(pr.residuals()["term0"]).max() < 1e-13
+    R = pinn.LossHessianOperator(pr, part="residual").to_dense()
+    G = pr.ggn_operator().to_dense()
+    assert np.linalg.norm(R) <= 1e-12 * np.linalg.norm(G)
+    assert rel(pr.hessian_operator().to_dense(), G) <= 1e-12
