@@ -412,11 +412,13 @@ class Problem:
 
         return GaussNewtonOperator(self, matrix_free=matrix_free)
 
-    def hessian_operator(self, *, eps: float | None = None) -> Any:
-        """The loss Hessian as an operator; see :class:`~hessquik_core.pinn.operators.LossHessianOperator`."""
+    def hessian_operator(self, *, exact: bool | None = None, eps: float | None = None) -> Any:
+        """The loss Hessian as an operator: exact (default, where every layer and quantity has its
+        second-order rule, else refused) or, with ``exact=False``, central differences of the
+        exact gradient; see :class:`~hessquik_core.pinn.operators.LossHessianOperator`."""
         from .operators import LossHessianOperator
 
-        return LossHessianOperator(self, eps=eps)
+        return LossHessianOperator(self, exact=exact, eps=eps)
 
 
 def _detach(a: Any) -> Any:
