@@ -155,6 +155,10 @@ class GaussNewton(Optimizer):
         self.rcond = max(problem.N, problem.P) * eps if rcond is None else float(rcond)
         self.cg_maxiter, self.cg_tol = cg_maxiter, float(cg_tol)
         self._factors: tuple[Any, tuple] | None = None  # (theta, factors) of the last step
+        # distributed points serve only some solvers (hessquik_core.dask.DaskProblem)
+        check = getattr(problem, "check_optimizer", None)
+        if check is not None:
+            check(self)
         if solver != "cg":
             self._check_memory(max_memory)
 
