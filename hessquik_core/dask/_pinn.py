@@ -16,8 +16,9 @@ kernel :math:`JJ^\top` has the blocks :math:`J_aJ_b^\top`. Each chunk's term is
 one task running the in-memory :class:`~hessquik_core.pinn.Problem` on the
 chunk, with the term's weight set to :math:`w_t n_c/N_t` so that its scale
 :math:`\sqrt{w_t/N_t}` is the whole term's; the terms are added with the
-tree of :mod:`hessquik_core.dask` (:func:`~hessquik_core.dask._graph.tree_sum`,
-fan-in 8) that the curvature functions use on Dask data. The network travels
+tree of :mod:`hessquik_core.dask` (``_graph.tree_sum``, fan-in 8) that the
+curvature functions use on Dask data; ``solver="dense"`` reduces the chunks'
+QR R-factors of :math:`[J_c\ \rho_c]` in the same tree (TSQR). The network travels
 as one snapshot of its parameters per computation (one graph key).
 
 What comes back: sums of :math:`P` entries or :math:`P\times P` (the
@@ -58,7 +59,7 @@ __all__ = ["DaskGaussNewtonOperator", "DaskProblem", "residual_points"]
 _XP = aac.array_namespace(np.empty(0))
 
 #: the optimizers that run on a DaskProblem: they need only the loss, the gradient and J v / Jᵀ w
-SUPPORTED = "GaussNewton(solver='cg'), ENGD(problem, solver='cg'), Adam, LBFGS"
+SUPPORTED = "GaussNewton / ENGD with solver='dense' (TSQR) or 'cg', Adam, LBFGS"
 
 
 def residual_points(points: Any, data: Any) -> tuple[Any, Any, Any]:
@@ -127,14 +128,18 @@ class DaskProblem(Problem):
       numbers when computed: use ``gramian()`` (:math:`P^2`) when :math:`N \gg P`);
     * ``ggn_operator()``: :class:`DaskGaussNewtonOperator`, one tree reduction per product.
 
-    Optimizers: those that need only the loss, the gradient and :math:`Jv`,
-    :math:`J^\top w` (``GaussNewton(solver="cg")``, ``ENGD(solver="cg")``,
-    ``Adam``, ``LBFGS``); the dense and kernel solvers (SVD / QR of the whole
-    :math:`J` in one process) and KFAC are refused with a ``ValueError``.
+    Optimizers: ``GaussNewton`` and ``ENGD`` with ``solver="dense"`` (the thin
+    SVD of :math:`J` through the TSQR factor of :meth:`tsqr_factor`: the same
+    least-squares step as in memory, never :math:`J^\top J`; memory checked up
+    front by :meth:`tsqr_bytes`) or ``solver="cg"`` (CGLS through ``jvp`` /
+    ``vjp``), ``Adam``, ``LBFGS``. ``solver="kernel"`` (the QR of the
+    :math:`P\times N` matrix :math:`J^\top`, every row of :math:`J` in one process) and
+    ``KFAC`` (each term's Kronecker factors from its in-memory sweep) are refused
+    with a ``ValueError`` naming these.
     """
 
     #: the GaussNewton solvers that run on distributed points (see pinn.optim)
-    solvers = ("cg",)
+    solvers = ("dense", "cg")
 
     def __init__(self, net: Any, residuals: Any) -> None:
         if not (hasattr(net, "named_parameters") and hasattr(net, "in_features")):
@@ -183,18 +188,22 @@ class DaskProblem(Problem):
         self._theta: Any = None
         self._shared: Shared | None = None
         self._rho: Any = None
+        self._R: Any = None
         # one example per term on the client: bad residual functions fail here, before the cluster works
         self._probe()
 
     def __repr__(self) -> str:
         return f"DaskProblem(P={self.P}, N={self.N}, terms={list(self.names)}, chunks={len(self._chunks)})"
 
-    def check_optimizer(self, optimizer: Any) -> None:
-        """Refuse (``ValueError``) an optimizer or solver that needs all of :math:`J` in one process."""
+    def check_optimizer(self, optimizer: Any, max_memory: float | None) -> None:
+        """Refuse an optimizer or solver that needs all of :math:`J` in one process (``ValueError``),
+        and ``solver="dense"`` over ``max_memory`` (:class:`~hessquik_core.MemoryBudgetError`)."""
         from ..pinn import LBFGS, Adam, GaussNewton
 
         if isinstance(optimizer, GaussNewton):
             solver = getattr(optimizer, "solver", None)  # None: called before the solver is set
+            if solver == "dense":
+                self._check_tsqr_memory(max_memory)
             if solver is None or solver in self.solvers:
                 return
             what = f"{type(optimizer).__name__}(solver={solver!r})"
@@ -204,8 +213,72 @@ class DaskProblem(Problem):
             what = type(optimizer).__name__
         raise ValueError(
             f"{what} does not run on collocation points held by Dask (it needs all of J, or each "
-            f"term's Kronecker factors, in one process); what does: {SUPPORTED}"
+            f"term's Kronecker factors, in one process; the kernel form factors the N x N JJᵀ); "
+            f"what does: {SUPPORTED}"
         )
+
+    def tsqr_bytes(self) -> float:
+        r"""Peak bytes of ``solver="dense"``: the largest chunk task (its quantities' Jacobians,
+        :math:`J_c`, :math:`[J_c\ \rho_c]` and its R) and the client's R and SVD (:math:`\approx 4(P+1)^2`)."""
+        d, m, P = int(self.net.in_features), self.m, self.P
+        per = {
+            "value": m,
+            "laplacian": m,
+            "weighted_laplacian": m,
+            "gradient": d * m,
+            "hessian_diagonal": d * m,
+        }
+        task = max(
+            c * (sum(per[q] for q in t.needs) + 2) * (P + 1) + (P + 1) ** 2
+            for t, (p, _) in zip(self.terms, self._arrays)
+            for c in p.chunks[0]
+        )
+        return float(self.dtype.itemsize * (task + 4 * (P + 1) ** 2))
+
+    def _check_tsqr_memory(self, max_memory: float | None) -> None:
+        from ..backends import backend_for
+        from ..engine.plan import MemoryBudgetError
+
+        need = self.tsqr_bytes()
+        budget = 0.5 * float(backend_for(_XP).available_memory("cpu")) if max_memory is None else max_memory
+        if need > budget:
+            raise MemoryBudgetError(
+                f"solver='dense' on dask points needs about {need / 2**20:.1f} MiB (the largest chunk's "
+                f"[J_c rho_c] and the (P+1) x (P+1) R with P = {self.P}), over the budget of "
+                f"{budget / 2**20:.1f} MiB; use solver='cg' (matrix-free, O(N + P) memory) or smaller chunks"
+            )
+
+    def tsqr_factor(self) -> Any:
+        r""":math:`R` of :math:`[J\ \rho] = Q R` ``(k, P + 1)``, :math:`k = \min(N, P + 1)`, by TSQR (cached per θ).
+
+        Each chunk task returns the R-factor of its rows :math:`[J_c\ \rho_c]`; the tree
+        stacks up to 8 of them and keeps the R of their QR, which is the R of all their rows
+        (:math:`[A; B] = \mathrm{diag}(Q_A, Q_B)[R_A; R_B]`). So :math:`R_{:, :P}` is the R of :math:`J`
+        and :math:`c = R_{:, P} = Q^\top\rho` — the least-squares data without :math:`J` in one
+        process and without :math:`J^\top J`.
+        """
+        self._fresh()
+        if self._R is None:
+            k = min(self.N, self.P + 1)
+            self._R = self._sum("tsqr", "tsqr", (), (k, self.P + 1), combine=_stack_r)
+        return self._R
+
+    def tsqr_direction(self, damping: float, rcond: float) -> Any:
+        r"""The Gauss–Newton step of ``solver="dense"`` from :meth:`tsqr_factor`.
+
+        With :math:`[J\ \rho] = Q[R\ c]` and the SVD :math:`R = \tilde U\Sigma V^\top`,
+        :math:`J = (Q\tilde U)\Sigma V^\top` is the thin SVD of :math:`J`, so the in-memory
+        step is :math:`d = V\,\mathrm{diag}(f(\sigma))\,\tilde U^\top c`, and
+        :math:`\rho^\top Jd = c^\top Rd`, :math:`\|Jd\|^2 = \|Rd\|^2` (:math:`Q` has orthonormal columns).
+        """
+        from ..pinn._solvers import Direction, _filter
+
+        Raug = self.tsqr_factor()
+        R, c = Raug[:, : self.P], Raug[:, self.P]
+        U, s, Vh = np.linalg.svd(R, full_matrices=False)
+        d = Vh.T @ (_filter(_XP, s, damping, rcond) * (U.T @ c))
+        Rd = R @ d
+        return Direction(d, float(c @ Rd), float(Rd @ Rd))
 
     def _probe(self) -> None:
         for spec, (p, data) in zip(self._specs, self._arrays):
@@ -221,7 +294,7 @@ class DaskProblem(Problem):
     def _fresh(self) -> None:
         theta = self.parameters()
         if self._theta is None or not bool(np.all(theta == self._theta)):
-            self._theta, self._rho = theta, None
+            self._theta, self._rho, self._R = theta, None, None
             self._shared = Shared(snapshot(self.net), "numpy", str(self.dtype), {"terms": self._specs})
 
     def _net(self) -> Shared:
@@ -252,12 +325,22 @@ class DaskProblem(Problem):
         return layer, keys, deps
 
     def _sum(
-        self, prefix: str, method: str, args: tuple, shape: tuple, w: Any = None, shared: Any = None
+        self,
+        prefix: str,
+        method: str,
+        args: tuple,
+        shape: tuple,
+        w: Any = None,
+        shared: Any = None,
+        combine: Any = None,
     ) -> Any:
-        """``Σ_c chunk_c.<method>(*args)`` computed (a tree of fan-in 8), NumPy of ``shape``."""
+        """``Σ_c chunk_c.<method>(*args)`` computed (a tree of fan-in 8), NumPy of ``shape``.
+
+        ``combine``: another associative reduction than the sum (:func:`_stack_r`).
+        """
         name = token("pinn-" + prefix)
         layer, keys, deps = self._tasks(name, method, args, w, shared)
-        root = tree_sum(layer, keys, name)
+        root = tree_sum(layer, keys, name, combine)
         out = f"{name}-total"
         key = (out, *((0,) * len(shape)))
         hlg = graph(out, {key: root}, deps, extra_layers={name: (layer, {c.name for c in deps})})
@@ -418,6 +501,9 @@ def _chunk(xb: Any, db: Any, shared: Shared, ti: int, c: int, method: str, *args
         return pb.vjp(args[0])
     if method == "gramian":
         return pb.gramian()
+    if method == "tsqr":
+        Jc, rho = pb.jacobian(), pb.residual_vector()
+        return np.linalg.qr(np.concatenate([Jc, rho[:, None]], axis=1), mode="r")
     if method == "ggn":
         V, matrix_free = args
         if not matrix_free:
@@ -425,3 +511,8 @@ def _chunk(xb: Any, db: Any, shared: Shared, ti: int, c: int, method: str, *args
             return J.T @ (J @ V)
         return np.stack([pb.vjp(pb.jvp(V[:, j])) for j in range(V.shape[1])], axis=1)
     raise ValueError(f"unknown chunk method {method!r}")  # pragma: no cover - internal
+
+
+def _stack_r(parts: list) -> Any:
+    """The R-factor of the stacked R-factors (a TSQR tree node): the R of all their rows."""
+    return np.linalg.qr(np.concatenate(parts, axis=0), mode="r")

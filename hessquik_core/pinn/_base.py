@@ -69,7 +69,7 @@ class Optimizer:
         # a problem that serves only some optimizers (collocation points on a Dask cluster) refuses the others
         check = getattr(problem, "check_optimizer", None)
         if check is not None:
-            check(self)
+            check(self, None)
         self.problem = problem
         self.history: list[StepRecord] = []
         #: set when the optimizer cannot make progress any more (tolerance met or stalled), with the reason

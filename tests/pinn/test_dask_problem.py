@@ -163,37 +163,25 @@ def test_operator_keeps_its_parameters_and_feeds_the_spectral_tools():
     assert rel(np.sort(np.asarray(vals))[::-1], top) <= 1e-10  # Lanczos, not the reduction, sets this
 
 
-def test_sums_are_tree_reductions():
+def test_sums_are_tree_reductions(monkeypatch):
     """One task per chunk, added with fan-in 8: 20 chunks reach the root in two levels."""
+    import hessquik_core.dask._pinn as mod
+
     rng = np.random.default_rng(1)
     x = da.from_array(rng.uniform(size=(200, 2)), chunks=(10, 2))
     net = hq.FullyConnectedNN([2, 4, 1], act="tanh", output_act=None, seed=0)
     dist = pinn.Problem(net, [pinn.Residual(x, lambda q, x: q.value - 1.0)])
     seen = []
-    real = DaskProblem._sum
+    real = mod.tree_sum
 
-    def spy(self, prefix, method, args, shape, w=None, shared=None):
-        import hessquik_core.dask._pinn as mod
+    def counting(layer, keys, name, combine=None):
+        root = real(layer, keys, name, combine)
+        seen.append(sorted({k[0].rsplit("-", 1)[-1] for k in layer if isinstance(k, tuple)}))
+        return root
 
-        keep = mod.tree_sum
-
-        def counting(layer, keys, name):
-            root = keep(layer, keys, name)
-            seen.append(sorted({k[0].rsplit("-", 1)[-1] for k in layer if isinstance(k, tuple)}))
-            return root
-
-        mod.tree_sum = counting
-        try:
-            return real(self, prefix, method, args, shape, w, shared)
-        finally:
-            mod.tree_sum = keep
-
-    DaskProblem._sum = spy  # type: ignore[method-assign]
-    try:
-        with dask.config.set(scheduler="sync"):
-            dist.gramian()
-    finally:
-        DaskProblem._sum = real  # type: ignore[method-assign]
+    monkeypatch.setattr(mod, "tree_sum", counting)
+    with dask.config.set(scheduler="sync"):
+        dist.gramian()
     assert seen == [["chunk", "sum0", "sum1"]]
 
 
@@ -207,10 +195,11 @@ def test_sums_are_tree_reductions():
     [
         lambda p: pinn.GaussNewton(p, solver="cg", damping=1.0, line_search="grid"),
         lambda p: pinn.ENGD(p, solver="cg", damping=1.0),
+        lambda p: pinn.GaussNewton(p, solver="dense", damping=1e-2),
         lambda p: pinn.Adam(p, lr=1e-2),
         lambda p: pinn.LBFGS(p),
     ],
-    ids=["gauss-newton-cg", "engd-cg", "adam", "lbfgs"],
+    ids=["gauss-newton-cg", "engd-cg", "gauss-newton-dense", "adam", "lbfgs"],
 )
 def test_one_optimizer_step_matches_in_memory(make, scheduler):
     net, mem, dist, _ = _problems()
@@ -231,12 +220,56 @@ def test_one_optimizer_step_matches_in_memory(make, scheduler):
     assert rel(dist.parameters(), theta_mem) <= RTOL
 
 
+def _small():
+    """A small network whose J is well conditioned (κ ≈ 7e3): R and the pseudo-inverse step are
+    then determined to rounding (for an ill-conditioned J both vary at the level κ(J)·ε between
+    any two implementations, in-memory or not)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.0, 1.0, (137, 2))
+    net = hq.FullyConnectedNN([2, 3, 1], act="tanh", output_act=None, seed=0)
+
+    def fn(q, x):
+        return -q.laplacian + q.value**3 - np.sin(x[:, 0])
+
+    mem = pinn.Problem(net, [pinn.Residual(x, fn, ("value", "laplacian"))])
+    dist = pinn.Problem(
+        net, [pinn.Residual(da.from_array(x, chunks=(CHUNKS, 2)), fn, ("value", "laplacian"))]
+    )
+    return mem, dist
+
+
+def test_tsqr_factor_is_the_r_of_j_and_rho(scheduler):
+    """The tree of stacked R-factors gives the R of [J ρ] without gathering J."""
+    _, mem, dist, _ = _problems()
+    R = dist.tsqr_factor()
+    A = np.concatenate([mem.jacobian(), mem.residual_vector()[:, None]], axis=1)
+    assert R.shape == (mem.P + 1, mem.P + 1) and np.allclose(R, np.triu(R), rtol=0, atol=0)
+    assert rel(R.T @ R, A.T @ A) <= RTOL  # backward stable whatever J's conditioning
+    mem, dist = _small()
+    R = dist.tsqr_factor()
+    ref = np.linalg.qr(np.concatenate([mem.jacobian(), mem.residual_vector()[:, None]], axis=1), mode="r")
+    sign = np.sign(np.diag(R) * np.diag(ref))  # rows are unique up to sign
+    assert rel(sign[:, None] * R, ref) <= RTOL
+
+
+def test_engd_step_matches_in_memory(scheduler):
+    """ENGD's defaults (pseudo-inverse, solver="dense": the TSQR route on dask points)."""
+    mem, dist = _small()
+    theta0 = mem.parameters()
+    rec_mem = pinn.ENGD(mem).step()
+    theta_mem = mem.parameters()
+    dist.set_parameters(theta0)
+    rec = pinn.ENGD(dist).step()
+    assert rec.accepted and rec.step_size == rec_mem.step_size and rec.damping == 0.0
+    assert rel(dist.parameters() - theta0, theta_mem - theta0) <= RTOL
+    assert abs(rec.loss - rec_mem.loss) <= RTOL * rec_mem.loss
+
+
 @pytest.mark.parametrize(
     "make, what",
     [
-        (lambda p: pinn.GaussNewton(p), "GaussNewton(solver='dense')"),
         (lambda p: pinn.GaussNewton(p, solver="kernel"), "GaussNewton(solver='kernel')"),
-        (lambda p: pinn.ENGD(p), "ENGD(solver='dense')"),
+        (lambda p: pinn.ENGD(p, solver="kernel"), "ENGD(solver='kernel')"),
         (lambda p: pinn.KFAC(p), "KFAC"),
     ],
 )
@@ -244,7 +277,15 @@ def test_optimizers_needing_all_of_J_are_refused(make, what):
     _, _, dist, _ = _problems()
     with pytest.raises(ValueError, match="does not run on collocation points held by Dask") as err:
         make(dist)
-    assert what in str(err.value) and "GaussNewton(solver='cg')" in str(err.value)
+    assert what in str(err.value) and "solver='dense' (TSQR) or 'cg'" in str(err.value)
+
+
+def test_dense_solver_memory_is_checked_up_front():
+    _, _, dist, _ = _problems()
+    with pytest.raises(hq.MemoryBudgetError, match="solver='cg'"):
+        pinn.GaussNewton(dist, solver="dense", max_memory=1e4)
+    assert dist.tsqr_bytes() > 8 * (dist.P + 1) ** 2
+    pinn.GaussNewton(dist, solver="cg", max_memory=1e4)  # matrix-free: nothing to refuse
 
 
 def test_float32_stays_float32():
@@ -274,3 +315,22 @@ def test_bad_input_before_anything_is_computed():
     # a residual function that fails is found on one point on the client, at construction
     with pytest.raises(ValueError, match="did not declare"):
         pinn.Problem(net, [pinn.Residual(da.from_array(x, chunks=(20, 2)), lambda q, x: q.laplacian)])
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_per_point_data_in_memory(library):
+    """``data=`` rows reach ``fn(q, x, data)``: the same problem as closing over the array."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.0, 1.0, (25, 2))
+    f = np.cos(x[:, 1])
+    net = hq.FullyConnectedNN([2, 5, 1], act="tanh", output_act=None, seed=0)
+    if library == "torch":
+        torch = pytest.importorskip("torch")
+        x, f = torch.from_numpy(x), torch.from_numpy(f)
+        net.to("torch")
+    with_data = pinn.Problem(net, [pinn.Residual(x, interior, ("value", "laplacian"), data=f)])
+    closed = pinn.Problem(net, [pinn.Residual(x, lambda q, x: interior(q, x, f), ("value", "laplacian"))])
+    assert with_data.loss() == closed.loss()
+    J, Jc = with_data.jacobian(), closed.jacobian()
+    assert type(J) is type(Jc) and bool((J == Jc).all())
+    assert with_data.terms[0].data is f and with_data.terms[0].point_fn is interior
