@@ -40,6 +40,7 @@ from .._dask_hook import is_dask
 from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ..curvature.operators import LinearOperatorBase
+from ..pinn._linearize import residual_derivatives
 from ..pinn.problem import Problem, Residual
 from ._graph import (
     Shared,
@@ -284,7 +285,11 @@ class DaskProblem(Problem):
         for spec, (p, data) in zip(self._specs, self._arrays):
             x0 = np.asarray(p[:1].compute(scheduler="sync"))
             d0 = None if data is None else np.asarray(data[:1].compute(scheduler="sync"))
-            _chunk_problem(self.net, spec, x0, d0).loss()
+            pb = _chunk_problem(self.net, spec, x0, d0)
+            t = pb.terms[0]
+            data = pb._quantities(t)
+            r = pb._residual(0, data, check=False)  # non-finite values are the data's: found when computed
+            residual_derivatives(t.fn, data, t.points, pb.xp, spec.name, t.needs, r)
 
     # -- parameters and the snapshot every computation ships -------------------------
     def parameters(self) -> Any:

@@ -212,7 +212,7 @@ class Problem:
     change (any new parameter array, e.g. :meth:`set_parameters`, invalidates them).
     """
 
-    def __new__(cls, net: Any, residuals: Sequence[Residual]) -> Problem:
+    def __new__(cls, net: Any, residuals: Sequence[Residual], *args: Any, **kwargs: Any) -> Problem:
         # collocation points held in chunks (Dask): the plugin's subclass sums over them in trees
         terms = [residuals] if isinstance(residuals, Residual) else residuals
         if cls is Problem and isinstance(terms, (list, tuple)):

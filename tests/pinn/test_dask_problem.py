@@ -4,13 +4,15 @@ The same residual terms are built twice, on NumPy points and on Dask arrays
 chunked along the points (uneven chunks, data chunked alike, a NumPy boundary
 term mixed in); every quantity and one optimizer step must agree to 1e-13
 relative (float64), on the threaded scheduler and on a ``distributed``
-``LocalCluster`` (in-process workers: the products ship the network and the
-user's residual function through the scheduler).
+``LocalCluster`` of two worker processes (the products ship the network
+snapshot and the user's residual functions, pickled, to the workers).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,13 +31,22 @@ CHUNKS = (40, 40, 57)  # uneven: the chunk weights w n_c / N must add up to the 
 
 @pytest.fixture(scope="module")
 def client():
-    """In-process workers (two, one thread each; inproc comms), any free dashboard port (no port warning)."""
+    """Two worker processes, one thread each, localhost only: the network snapshot and the user's
+    residual functions travel pickled, as on a real cluster (set up as in tests/test_dask.py)."""
+    root = str(Path(hq.__file__).resolve().parents[1])
+    path = os.pathsep.join(
+        p for p in (root, str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p
+    )
     cluster = distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
-        processes=False,
+        processes=True,
+        memory_limit="768MiB",
+        host="127.0.0.1",
+        # None would still bind the HTTP server to 8787 and warn when it is taken; port 0 is any free one
         dashboard_address="127.0.0.1:0",
         silence_logs=logging.CRITICAL,
+        env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
     )
     c = distributed.Client(cluster, set_as_default=False)
     try:
@@ -194,7 +205,7 @@ def test_sums_are_tree_reductions(monkeypatch):
     "make",
     [
         lambda p: pinn.GaussNewton(p, solver="cg", damping=1.0, line_search="grid"),
-        lambda p: pinn.ENGD(p, solver="cg", damping=1.0),
+        lambda p: pinn.ENGD(p, solver="cg", damping=1.0, grid_full=False),
         lambda p: pinn.GaussNewton(p, solver="dense", damping=1e-2),
         lambda p: pinn.Adam(p, lr=1e-2),
         lambda p: pinn.LBFGS(p),
@@ -334,3 +345,46 @@ def test_per_point_data_in_memory(library):
     J, Jc = with_data.jacobian(), closed.jacobian()
     assert type(J) is type(Jc) and bool((J == Jc).all())
     assert with_data.terms[0].data is f and with_data.terms[0].point_fn is interior
+
+
+def test_weighted_laplacian_and_vector_outputs():
+    """The terms' other forms travel too: S of the weighted Laplacian, m = 2 outputs, gradients."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1.0, 1.0, (90, 3))
+    S = rng.standard_normal((3, 2))
+    net = hq.FullyConnectedNN([3, 5, 2], act="tanh", output_act=None, seed=0)
+
+    def diffusion(q, x):
+        return q.weighted_laplacian[:, 0] + q.value[:, 1] ** 2
+
+    def transport(q, x):
+        return q.gradient[:, 0, 1] * q.value[:, 0] - x[:, 2]
+
+    def terms(points):
+        return [
+            pinn.Residual(points, diffusion, ("value", "weighted_laplacian"), weights=S, name="diffusion"),
+            pinn.Residual(points, transport, ("value", "gradient"), weight=0.5, name="transport"),
+        ]
+
+    mem = pinn.Problem(net, terms(x))
+    dist = pinn.Problem(net, terms(da.from_array(x, chunks=(30, 3))))
+    v = rng.standard_normal(mem.P)
+    with dask.config.set(scheduler="threads"):
+        assert abs(dist.loss() - mem.loss()) <= RTOL * mem.loss()
+        assert rel(dist.gramian(), mem.gramian()) <= RTOL
+        assert rel(dist.jvp(v).compute(), mem.jvp(v)) <= RTOL
+        assert rel(dist.jacobian().compute(), mem.jacobian()) <= RTOL
+        H = dist.hessian_operator() @ v  # central differences of the tree-reduced gradient
+        assert rel(H, mem.hessian_operator() @ v) <= 1e-6
+
+
+def test_non_finite_residuals_fail_the_computation():
+    x = da.from_array(np.random.default_rng(5).uniform(size=(40, 2)), chunks=(10, 2))
+    f = np.zeros(40)
+    f[25] = np.nan  # one bad source value in the third chunk
+    net = hq.FullyConnectedNN([2, 4, 1], act="tanh", output_act=None, seed=0)
+    bad = pinn.Problem(net, [pinn.Residual(x, lambda q, x, f: q.value - f, data=f, name="src")])
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match="'src' has 1 non-finite entries"):
+            bad.loss()
+        assert bad.loss_at(bad.parameters()) == np.inf  # the line searches' trial losses
