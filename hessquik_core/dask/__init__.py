@@ -18,7 +18,8 @@ See ``docs/dask.md``.
 
 from ._curvature import DaskCurvatureOperator, DaskSource, curvature_source
 from ._network import call
-from ._pinn import DaskGaussNewtonOperator, DaskProblem, residual_points
+from ._pinn import DaskGaussNewtonOperator, DaskProblem
+from ._pinn_chunks import residual_points
 
 #: the plugin's problem class for hq.pinn.Problem with dask points (hessquik_core._dask_hook)
 PinnProblem = DaskProblem

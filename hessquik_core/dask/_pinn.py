@@ -37,74 +37,18 @@ import array_api_compat as aac
 import numpy as np
 
 from .._dask_hook import is_dask
-from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ..curvature.operators import LinearOperatorBase
-from ..pinn._linearize import residual_derivatives
 from ..pinn.problem import Problem, Residual
-from ._graph import (
-    Shared,
-    check_chunk,
-    check_chunked,
-    da,
-    graph,
-    meta_like,
-    snapshot,
-    to_numpy,
-    token,
-    tree_sum,
-)
+from ._graph import Shared, da, graph, meta_like, snapshot, to_numpy, token, tree_sum
+from ._pinn_chunks import Term, chunk, chunk_bytes, probe, stack_r, tsqr_step
 
-__all__ = ["DaskGaussNewtonOperator", "DaskProblem", "residual_points"]
+__all__ = ["DaskGaussNewtonOperator", "DaskProblem"]
 
 _XP = aac.array_namespace(np.empty(0))
 
 #: the optimizers that run on a DaskProblem: they need only the loss, the gradient and J v / Jᵀ w
 SUPPORTED = "GaussNewton / ENGD with solver='dense' (TSQR) or 'cg', Adam, LBFGS"
-
-
-def residual_points(points: Any, data: Any) -> tuple[Any, Any, Any]:
-    """Check Dask ``points`` ``(n, d)`` and their ``data``; return ``(points, data, xp)``.
-
-    ``points`` must be chunked along axis 0 only, with NumPy chunks;
-    ``data`` (optional) a Dask array chunked like them along axis 0, or an
-    in-memory NumPy array (chunked like them here).
-    """
-    if not is_dask(points):
-        raise TypeError(
-            "data is a dask array but points are not: give the points as a dask array chunked "
-            "like the data, dask.array.from_array(points, chunks=(data.chunks[0], -1))"
-        )
-    if points.ndim != 2 or points.shape[0] < 1:
-        raise ValueError(f"points must have shape (n, d) with n >= 1, got {tuple(points.shape)}")
-    lib = check_chunked(points, "points")
-    if not owner_of(points._meta).interchange:  # host chunks: θ and the P-sized results are NumPy
-        raise TypeError(f"points must have NumPy chunks for a pinn.Problem, got {lib} chunks")
-    if not np.issubdtype(points.dtype, np.floating):
-        raise TypeError(f"points must be floating (float32 or float64), got dtype {points.dtype}")
-    if data is not None:
-        if not is_dask(data):
-            data = np.asarray(data)
-            if data.ndim < 1 or data.shape[0] != points.shape[0]:
-                raise ValueError(
-                    f"data must have one row per point, shape ({points.shape[0]}, ...), got {tuple(data.shape)}"
-                )
-            data = da.from_array(data, chunks=(points.chunks[0], *data.shape[1:]))
-        if data.ndim < 1 or data.shape[0] != points.shape[0]:
-            raise ValueError(
-                f"data must have one row per point, shape ({points.shape[0]}, ...), got {tuple(data.shape)}"
-            )
-        check_chunked(data, "data", batch_chunks=points.chunks[0])
-    return points, data, _XP
-
-
-class _Term:
-    """What a chunk task needs of a residual term (the dask arrays stay on the client)."""
-
-    def __init__(self, t: Residual, name: str) -> None:
-        self.fn, self.needs, self.weights = t.point_fn, t.needs, t.weights
-        self.weight, self.name, self.n = t.weight, name, t.n
-        self.has_data = t.data is not None
 
 
 class DaskProblem(Problem):
@@ -184,7 +128,7 @@ class DaskProblem(Problem):
         self.layout = parameter_layout(net)
         self.P, self.N = self.layout.size, sum(t.n for t in residuals)
         self.m = int(net.out_features)
-        self._specs = [_Term(t, name) for t, name in zip(residuals, names)]
+        self._specs = [Term(t, name) for t, name in zip(residuals, names)]
         self._chunks = tuple(c for p, _ in self._arrays for c in p.chunks[0])
         self._theta: Any = None
         self._shared: Shared | None = None
@@ -221,20 +165,12 @@ class DaskProblem(Problem):
     def tsqr_bytes(self) -> float:
         r"""Peak bytes of ``solver="dense"``: the largest chunk task (its quantities' Jacobians,
         :math:`J_c`, :math:`[J_c\ \rho_c]` and its R) and the client's R and SVD (:math:`\approx 4(P+1)^2`)."""
-        d, m, P = int(self.net.in_features), self.m, self.P
-        per = {
-            "value": m,
-            "laplacian": m,
-            "weighted_laplacian": m,
-            "gradient": d * m,
-            "hessian_diagonal": d * m,
-        }
-        task = max(
-            c * (sum(per[q] for q in t.needs) + 2) * (P + 1) + (P + 1) ** 2
-            for t, (p, _) in zip(self.terms, self._arrays)
-            for c in p.chunks[0]
-        )
+        P = self.P
+        task = max(chunk_bytes(t.needs, c, int(self.net.in_features), self.m, P) for t, c in self._sizes())
         return float(self.dtype.itemsize * (task + 4 * (P + 1) ** 2))
+
+    def _sizes(self) -> Any:
+        return ((t, c) for t, (p, _) in zip(self.terms, self._arrays) for c in p.chunks[0])
 
     def _check_tsqr_memory(self, max_memory: float | None) -> None:
         from ..backends import backend_for
@@ -261,7 +197,7 @@ class DaskProblem(Problem):
         self._fresh()
         if self._R is None:
             k = min(self.N, self.P + 1)
-            self._R = self._sum("tsqr", "tsqr", (), (k, self.P + 1), combine=_stack_r)
+            self._R = self._sum("tsqr", "tsqr", (), (k, self.P + 1), combine=stack_r)
         return self._R
 
     def tsqr_direction(self, damping: float, rcond: float) -> Any:
@@ -272,24 +208,11 @@ class DaskProblem(Problem):
         step is :math:`d = V\,\mathrm{diag}(f(\sigma))\,\tilde U^\top c`, and
         :math:`\rho^\top Jd = c^\top Rd`, :math:`\|Jd\|^2 = \|Rd\|^2` (:math:`Q` has orthonormal columns).
         """
-        from ..pinn._solvers import Direction, _filter
-
-        Raug = self.tsqr_factor()
-        R, c = Raug[:, : self.P], Raug[:, self.P]
-        U, s, Vh = np.linalg.svd(R, full_matrices=False)
-        d = Vh.T @ (_filter(_XP, s, damping, rcond) * (U.T @ c))
-        Rd = R @ d
-        return Direction(d, float(c @ Rd), float(Rd @ Rd))
+        return tsqr_step(self.tsqr_factor(), self.P, damping, rcond)
 
     def _probe(self) -> None:
         for spec, (p, data) in zip(self._specs, self._arrays):
-            x0 = np.asarray(p[:1].compute(scheduler="sync"))
-            d0 = None if data is None else np.asarray(data[:1].compute(scheduler="sync"))
-            pb = _chunk_problem(self.net, spec, x0, d0)
-            t = pb.terms[0]
-            data = pb._quantities(t)
-            r = pb._residual(0, data, check=False)  # non-finite values are the data's: found when computed
-            residual_derivatives(t.fn, data, t.points, pb.xp, spec.name, t.needs, r)
+            probe(self.net, spec, p, data)
 
     # -- parameters and the snapshot every computation ships -------------------------
     def parameters(self) -> Any:
@@ -323,7 +246,7 @@ class DaskProblem(Problem):
                 k = (name + "-chunk", len(keys))
                 dref = None if data is None else (data.name, c, *((0,) * (data.ndim - 1)))
                 extra = () if w is None else ((w.name, len(keys)),)
-                layer[k] = (_chunk, (p.name, c, 0), dref, skey, ti, c, method, *args, *extra)
+                layer[k] = (chunk, (p.name, c, 0), dref, skey, ti, c, method, *args, *extra)
                 keys.append(k)
         if w is not None:
             deps.append(w)
@@ -462,62 +385,3 @@ class DaskGaussNewtonOperator(LinearOperatorBase):
         V = np.asarray(to_numpy(V), dtype=self.problem.dtype)
         shape = (self.problem.P, int(V.shape[1]))
         return self.problem._sum("ggn", "ggn", (V, self.matrix_free), shape, shared=self._shared)
-
-
-def _chunk_problem(net: Any, spec: _Term, xb: Any, db: Any) -> Problem:
-    """The in-memory problem of one chunk: weight :math:`w_t n_c/N_t`, so its scale is the term's."""
-    n = int(xb.shape[0])
-    res = Residual(
-        xb,
-        spec.fn,
-        spec.needs,
-        weight=spec.weight * n / spec.n,
-        name=spec.name,
-        weights=spec.weights,
-        data=db,
-    )
-    return Problem(net, [res])
-
-
-def _chunk(xb: Any, db: Any, shared: Shared, ti: int, c: int, method: str, *args: Any) -> Any:
-    """One chunk's contribution: a row block or a partial sum (NumPy)."""
-    check_chunk(xb, shared.lib, shared.dtype, "points", c)
-    spec = shared.extra["terms"][ti]
-    if db is not None and spec.has_data and db.shape[0] != xb.shape[0]:  # pragma: no cover - chunked alike
-        raise ValueError(f"chunk {c} of data has {db.shape[0]} rows, the points {xb.shape[0]}")
-    pb = _chunk_problem(shared.net, spec, xb, db)
-    if method == "rho":
-        return pb.residual_vector()
-    if method == "r":
-        return pb.residuals()[spec.name]
-    if method == "loss":
-        return np.asarray(pb.loss(), dtype=shared.dtype)
-    if method == "loss_unchecked":  # the line searches' trial losses: non-finite is inf, not an error
-        t = pb.terms[0]
-        r = pb._residual(0, pb._quantities(t), check=False)
-        return np.asarray(0.5 * t.weight / t.n * np.sum(r * r), dtype=shared.dtype)
-    if method == "gradient":
-        return pb.gradient()
-    if method == "jacobian":
-        return pb.jacobian()
-    if method == "jvp":
-        return pb.jvp(args[0])
-    if method == "vjp":
-        return pb.vjp(args[0])
-    if method == "gramian":
-        return pb.gramian()
-    if method == "tsqr":
-        Jc, rho = pb.jacobian(), pb.residual_vector()
-        return np.linalg.qr(np.concatenate([Jc, rho[:, None]], axis=1), mode="r")
-    if method == "ggn":
-        V, matrix_free = args
-        if not matrix_free:
-            J = pb.jacobian()
-            return J.T @ (J @ V)
-        return np.stack([pb.vjp(pb.jvp(V[:, j])) for j in range(V.shape[1])], axis=1)
-    raise ValueError(f"unknown chunk method {method!r}")  # pragma: no cover - internal
-
-
-def _stack_r(parts: list) -> Any:
-    """The R-factor of the stacked R-factors (a TSQR tree node): the R of all their rows."""
-    return np.linalg.qr(np.concatenate(parts, axis=0), mode="r")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import array_api_compat as aac
@@ -39,6 +38,7 @@ from .._dask_hook import chunked_plugin
 from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ._linearize import QUANTITIES, evaluate_residual, residual_derivatives
+from ._point_data import bind_data
 from .jacobian import jvp, quantities_and_jacobians, vjp
 
 __all__ = ["Problem", "Residual"]
@@ -74,17 +74,10 @@ class Residual:
         (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
         required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
     data : array of shape (n, ...), optional
-        Per-point data of the residual (e.g. source values :math:`f(x_i)`), row
-        :math:`i` belonging to point :math:`i`; ``fn`` is then called
-        ``fn(q, x, data)`` with the rows of the points it is given. The points'
-        library; with Dask points a Dask array chunked like them along axis 0
-        (or an in-memory array, chunked like them when the problem is built).
-
-    Notes
-    -----
-    ``points`` (and ``data``) may be Dask arrays chunked along the points only: the
-    :class:`Problem` then sums over their chunks as tree reductions
-    (:class:`hessquik_core.dask.DaskProblem`, ``docs/pinn.md``).
+        Per-point data (e.g. :math:`f(x_i)`), row :math:`i` for point :math:`i`: ``fn`` is
+        then called ``fn(q, x, data)`` with the rows of the points it is given.
+        ``points`` and ``data`` may be Dask arrays chunked along the points: see
+        :class:`hessquik_core.dask.DaskProblem`.
     """
 
     def __init__(
@@ -140,18 +133,9 @@ class Residual:
                 raise ValueError(
                     f"weights must have shape ({points.shape[1]}, r), got {tuple(weights.shape)}"
                 )
-        if data is not None and plugin is None:
-            data = as_plain_array(data, "data")
-            if namespace_of(data, "data").__name__ != xp.__name__:
-                raise TypeError(f"data must be an array of the points' library, got {type(data).__module__}")
-            if data.ndim < 1 or data.shape[0] != points.shape[0]:
-                raise ValueError(
-                    f"data must have one row per point, shape ({points.shape[0]}, ...), got {tuple(data.shape)}"
-                )
         self.weights = weights
         # fn of (q, x) for the problem; point_fn and data for the chunks of distributed points
-        self.point_fn, self.data = fn, data
-        fn = fn if data is None or plugin is not None else partial(_with_data, fn, data)
+        self.point_fn, (fn, self.data) = fn, bind_data(fn, data, points, xp, plugin is not None)
         self.points, self.fn, self.weight, self.name = points, fn, float(weight), name
         # computed in QUANTITIES order
         self.needs = tuple(q for q in QUANTITIES if q in needs)
@@ -163,11 +147,6 @@ class Residual:
 
     def __repr__(self) -> str:
         return f"Residual(name={self.name!r}, n={self.n}, needs={self.needs}, weight={self.weight})"
-
-
-def _with_data(fn: Callable[..., Any], data: Any, q: Any, x: Any) -> Any:
-    """``fn(q, x, data)``: a residual with per-point data as the problem calls it, ``fn(q, x)``."""
-    return fn(q, x, data)
 
 
 @dataclass
@@ -215,11 +194,9 @@ class Problem:
     def __new__(cls, net: Any, residuals: Sequence[Residual], *args: Any, **kwargs: Any) -> Problem:
         # collocation points held in chunks (Dask): the plugin's subclass sums over them in trees
         terms = [residuals] if isinstance(residuals, Residual) else residuals
-        if cls is Problem and isinstance(terms, (list, tuple)):
-            plugin = chunked_plugin(*(getattr(t, "points", None) for t in terms))
-            if plugin is not None:
-                return super().__new__(plugin.PinnProblem)
-        return super().__new__(cls)
+        seq = isinstance(terms, (list, tuple))
+        plugin = chunked_plugin(*(getattr(t, "points", None) for t in terms)) if seq else None
+        return super().__new__(cls if plugin is None or cls is not Problem else plugin.PinnProblem)
 
     def __init__(self, net: Any, residuals: Sequence[Residual]) -> None:
         if not (hasattr(net, "named_parameters") and hasattr(net, "in_features")):

@@ -109,6 +109,8 @@ def test_problem_with_dask_points_is_distributed():
     assert isinstance(dist, DaskProblem) and isinstance(dist, pinn.Problem)
     assert (dist.N, dist.P, dist.names) == (mem.N, mem.P, mem.names)
     assert "chunks=4" in repr(dist)  # three interior chunks and the NumPy boundary term as one
+    one = pinn.Problem(dist.net, (dist.terms[0],))  # a tuple, or one Residual, works as well
+    assert isinstance(one, DaskProblem) and isinstance(pinn.Problem(dist.net, dist.terms[0]), DaskProblem)
 
 
 def test_sums_and_rows_match_in_memory(scheduler):
