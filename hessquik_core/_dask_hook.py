@@ -10,7 +10,10 @@ A plugin module provides
 
 * ``call(net, x, **call_arguments)``: ``net(x, ...)`` for a chunked ``x``;
 * ``curvature_source(net, x, y, loss, *, batch_size, backend, cache_forward, params)``:
-  the data source of a curvature computation (see ``hessquik_core/curvature/sources.py``).
+  the data source of a curvature computation (see ``hessquik_core/curvature/sources.py``);
+* ``residual_points(points, data) -> (points, data, xp)`` and ``PinnProblem``:
+  a ``hq.pinn.Residual`` on chunked points and the ``hq.pinn.Problem`` subclass
+  that sums over them (``hessquik_core/pinn/problem.py``).
 """
 
 from __future__ import annotations

@@ -9,12 +9,20 @@ the rest of the library does so only when it meets a Dask array
 * every :mod:`hessquik_core.curvature` function and operator given dask
   ``x, y`` (same function, same arguments): its data source is a
   :class:`DaskSource`, tree reductions of per-chunk partial sums;
-  operators are :class:`DaskCurvatureOperator`.
+  operators are :class:`DaskCurvatureOperator`;
+* ``hq.pinn.Residual`` given dask points: ``hq.pinn.Problem`` is a
+  :class:`DaskProblem`, its sums over the points tree reductions.
 
 See ``docs/dask.md``.
 """
 
 from ._curvature import DaskCurvatureOperator, DaskSource, curvature_source
 from ._network import call
+from ._pinn import DaskGaussNewtonOperator, DaskProblem
+from ._pinn_chunks import residual_points
 
-__all__ = ["DaskCurvatureOperator", "DaskSource", "call", "curvature_source"]
+#: the plugin's problem class for hq.pinn.Problem with dask points (hessquik_core._dask_hook)
+PinnProblem = DaskProblem
+
+__all__ = ["DaskCurvatureOperator", "DaskGaussNewtonOperator", "DaskProblem", "DaskSource", "call"]
+__all__ += ["curvature_source", "residual_points"]

@@ -160,15 +160,19 @@ def _add(a, b):
     return a + b
 
 
-def tree_sum(layer: dict, keys: list, name: str) -> Any:
+def tree_sum(layer: dict, keys: list, name: str, combine: Any = None) -> Any:
     """Add tasks to ``layer`` summing the values of ``keys`` (arrays or tuples of
-    arrays) in a tree of fan-in :data:`SPLIT_EVERY`; return the root key."""
+    arrays) in a tree of fan-in :data:`SPLIT_EVERY`; return the root key.
+
+    ``combine`` (default :func:`add_all`) takes the list of up to :data:`SPLIT_EVERY`
+    values of one node; any associative reduction works (e.g. stacking QR R-factors)."""
+    combine = add_all if combine is None else combine
     level = 0
     while len(keys) > 1:
         nxt = []
         for j in range(0, len(keys), SPLIT_EVERY):
             k = (f"{name}-sum{level}", j // SPLIT_EVERY)
-            layer[k] = (add_all, list(keys[j : j + SPLIT_EVERY]))
+            layer[k] = (combine, list(keys[j : j + SPLIT_EVERY]))
             nxt.append(k)
         keys, level = nxt, level + 1
     return keys[0]

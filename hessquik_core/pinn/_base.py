@@ -66,6 +66,10 @@ class Optimizer:
     def __init__(self, problem: Problem) -> None:
         if not isinstance(problem, Problem):
             raise TypeError(f"problem must be a hessquik_core.pinn.Problem, got {type(problem).__name__}")
+        # a problem that serves only some optimizers (collocation points on a Dask cluster) refuses the others
+        check = getattr(problem, "check_optimizer", None)
+        if check is not None:
+            check(self, None)
         self.problem = problem
         self.history: list[StepRecord] = []
         #: set when the optimizer cannot make progress any more (tolerance met or stalled), with the reason

@@ -155,7 +155,11 @@ class GaussNewton(Optimizer):
         self.rcond = max(problem.N, problem.P) * eps if rcond is None else float(rcond)
         self.cg_maxiter, self.cg_tol = cg_maxiter, float(cg_tol)
         self._factors: tuple[Any, tuple] | None = None  # (theta, factors) of the last step
-        if solver != "cg":
+        # distributed points serve only some solvers, with their own memory check (hessquik_core.dask.DaskProblem)
+        check = getattr(problem, "check_optimizer", None)
+        if check is not None:
+            check(self, max_memory)
+        elif solver != "cg":
             self._check_memory(max_memory)
 
     def _check_memory(self, max_memory: float | None) -> None:
@@ -179,6 +183,8 @@ class GaussNewton(Optimizer):
         p = self.problem
         if self.solver == "cg":
             return cgls(p, rho, self.damping, self.cg_maxiter, self.cg_tol)
+        if hasattr(p, "tsqr_direction"):  # distributed points: "dense" from the tree-reduced R of [J ρ]
+            return p.tsqr_direction(self.damping, self.rcond)
         J = p.jacobian()
         if self._factors is None or not bool(p.xp.all(self._factors[0] == theta)):
             make = dense_factors if self.solver == "dense" else kernel_factors

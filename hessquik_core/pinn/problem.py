@@ -34,9 +34,11 @@ from typing import Any
 import array_api_compat as aac
 
 from .._array import as_plain_array, namespace_of
+from .._dask_hook import chunked_plugin
 from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ._linearize import QUANTITIES, evaluate_residual, residual_derivatives
+from ._point_data import bind_data
 from .jacobian import jvp, quantities_and_jacobians, vjp
 
 __all__ = ["Problem", "Residual"]
@@ -71,6 +73,11 @@ class Residual:
         :math:`S` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)`
         (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
         required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
+    data : array of shape (n, ...), optional
+        Per-point data (e.g. :math:`f(x_i)`), row :math:`i` for point :math:`i`: ``fn`` is
+        then called ``fn(q, x, data)`` with the rows of the points it is given.
+        ``points`` and ``data`` may be Dask arrays chunked along the points: see
+        :class:`hessquik_core.dask.DaskProblem`.
     """
 
     def __init__(
@@ -82,9 +89,14 @@ class Residual:
         weight: float = 1.0,
         name: str | None = None,
         weights: Any = None,
+        data: Any = None,
     ) -> None:
-        points = as_plain_array(points, "points")
-        xp = namespace_of(points, "points")
+        plugin = chunked_plugin(points, data)
+        if plugin is not None:  # points held in chunks (Dask): the plugin checks them and their data
+            points, data, xp = plugin.residual_points(points, data)
+        else:
+            points = as_plain_array(points, "points")
+            xp = namespace_of(points, "points")
         if points.ndim != 2 or points.shape[0] < 1:
             raise ValueError(f"points must have shape (n, d) with n >= 1, got {tuple(points.shape)}")
         if not xp.isdtype(points.dtype, "real floating"):
@@ -122,6 +134,8 @@ class Residual:
                     f"weights must have shape ({points.shape[1]}, r), got {tuple(weights.shape)}"
                 )
         self.weights = weights
+        # fn of (q, x) for the problem; point_fn and data for the chunks of distributed points
+        self.point_fn, (fn, self.data) = fn, bind_data(fn, data, points, xp, plugin is not None)
         self.points, self.fn, self.weight, self.name = points, fn, float(weight), name
         # computed in QUANTITIES order
         self.needs = tuple(q for q in QUANTITIES if q in needs)
@@ -176,6 +190,13 @@ class Problem:
     Results at the current parameters are cached until the parameters
     change (any new parameter array, e.g. :meth:`set_parameters`, invalidates them).
     """
+
+    def __new__(cls, net: Any, residuals: Sequence[Residual], *args: Any, **kwargs: Any) -> Problem:
+        # collocation points held in chunks (Dask): the plugin's subclass sums over them in trees
+        terms = [residuals] if isinstance(residuals, Residual) else residuals
+        seq = isinstance(terms, (list, tuple))
+        plugin = chunked_plugin(*(getattr(t, "points", None) for t in terms)) if seq else None
+        return super().__new__(cls if plugin is None or cls is not Problem else plugin.PinnProblem)
 
     def __init__(self, net: Any, residuals: Sequence[Residual]) -> None:
         if not (hasattr(net, "named_parameters") and hasattr(net, "in_features")):
