@@ -137,6 +137,11 @@ class Loss:
     def _d1(self, F, T, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _value_and_d1(self, F, T, xp):
+        """``(_value, _d1)`` in one go: a loss whose two share work (the cross-entropy's
+        log-sum-exp) overrides it; the gradient pass calls this."""
+        return self._value(F, T, xp), self._d1(F, T, xp)
+
     def _hvp(self, F, T, R, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -450,6 +455,12 @@ class CrossEntropyLoss(Loss):
 
     def _d1(self, F, T, xp):
         return xp.sum(T, axis=-1, keepdims=True) * self._softmax(F, xp) - T
+
+    def _value_and_d1(self, F, T, xp):
+        # the log-sum-exp once for both (the same numbers as _value and _d1)
+        lse = self._lse(F, xp)
+        s = xp.sum(T, axis=-1)
+        return s * lse - xp.sum(T * F, axis=-1), s[:, None] * xp.exp(F - lse[:, None]) - T
 
     def _hvp(self, F, T, R, xp):
         # s (diag(p) - p pᵀ) r = s p ⊙ (r - p·r), for R : (N, k, m)

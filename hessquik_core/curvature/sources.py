@@ -27,7 +27,7 @@ import numpy as np
 from .._array import as_plain_array, namespace_of
 from .._dask_hook import chunked_plugin
 from ..backends import backend_for
-from .layout import _check_torch_dtype, _network
+from .layout import _check_torch_dtype, _network_views
 from .losses import Loss, get_loss
 from .operators import _check_batch_size, _lib_name, _same_library
 from .problem import CurvatureOperator, _Bound, _convert
@@ -119,10 +119,10 @@ class _Problem:
     def __init__(
         self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None, partial=False
     ):
-        original, net = net, _network(net)
+        original, (net, views) = net, _network_views(net)
         _check_torch_dtype(original, x)
         self.loss: Loss = get_loss(loss)
-        self.B = B = _Bound(net, x, backend)
+        self.B = B = _Bound(net, x, backend, views)
         # the differentiated parameters (params=): their layout, and where they sit in the full θ
         self.layout, index = resolve_params(original, B.layout, params)
         self.index = self.position = None
@@ -197,7 +197,7 @@ class _Problem:
         B, xp = self.B, self.B.xp
         val = grad = None
         for xb, Tb in self.chunks:
-            v, g = B.grad_pass(xb, Tb, self.loss, self.w, False)
+            v, g = B.fused_grad_pass(xb, Tb, self.loss, self.w)
             v = xp.sum(v)
             val, grad = (v, g) if val is None else (val + v, grad + g)
         return B.to_user(self.w * val), B.to_user(self.select(grad))
