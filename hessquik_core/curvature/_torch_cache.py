@@ -23,7 +23,7 @@ A change of structure (``model.double()``, ``p.data = ...``, a replaced submodul
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,9 @@ class _Entry:
     versions: tuple  # the tensors' version counters when ``net`` was converted
     net: Any  # from_torch(module) at ``versions``
     views: list | None  # per leaf of ``net``: local name -> view of the module's tensor (or None)
+    # what calls derive from the structure alone (the leaves' plan, the trainable selection,
+    # the parameters' dtypes): it lives as long as the entry
+    memo: dict = field(default_factory=dict)
 
 
 # torch module -> _Entry; weak, so that a dropped model takes its conversion with it

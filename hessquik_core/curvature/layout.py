@@ -300,26 +300,37 @@ def _network(net):
 
 
 def _network_views(net):
-    """``(network, views)``: :func:`_network`, except that for a torch module whose
+    """``(network, views, memo)``: :func:`_network`, except that for a torch module whose
     weights can be read through views of its own tensors (``views``, one dict per
-    leaf) the network may hold older values; ``views`` is ``None`` otherwise."""
+    leaf) the network may hold older values; ``views`` is ``None`` otherwise. ``memo``:
+    the cache entry's dict of what depends on the module's structure alone (``None``
+    for a hessquik-core network)."""
     if not (hasattr(net, "named_parameters") and hasattr(net, "_leaves")) and model_backend(net) is not None:
         from ._torch_cache import converted
 
         e = converted(net, ParameterLayout, fresh=False)
-        return e.net, e.views
-    return _network(net), None
+        return e.net, e.views, e.memo
+    return _network(net), None, None
 
 
-def _check_torch_dtype(model, x):
+def _check_torch_dtype(model, x, memo=None):
     """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
-    computing a float32 model in float64 (or back) silently would differ from what the model does."""
+    computing a float32 model in float64 (or back) silently would differ from what the model does.
+    ``memo``: the model's cache entry memo (:func:`_network_views`), which keeps the dtypes."""
     if model is _net_like(model) or not hasattr(x, "dtype"):
         return
     xd = str(x.dtype).split(".")[-1]
-    for name, p in model.named_parameters():
-        pd = str(p.dtype).split(".")[-1]
-        if p.is_floating_point() and pd != xd:
+    dtypes = None if memo is None else memo.get("dtypes")
+    if dtypes is None:
+        dtypes = [
+            (name, str(p.dtype).split(".")[-1])
+            for name, p in model.named_parameters()
+            if p.is_floating_point()
+        ]
+        if memo is not None:
+            memo["dtypes"] = dtypes
+    for name, pd in dtypes:
+        if pd != xd:
             raise TypeError(
                 f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
                 f"mix, and curvature does too rather than compute in another precision than the model; "

@@ -39,24 +39,65 @@ def _detached(a):
     return owner_of(a).detached(a)
 
 
-def _views_serve(views, inp, dtype, device) -> bool:
+def _views_serve(views, inp, dtype, device, memo) -> bool:
     """Whether a torch model's weight views can be this call's parameters: the call runs
-    in torch (not converted) in the views' dtype and device."""
+    in their library (not converted), dtype and device (remembered in ``memo``)."""
     if inp.converted:
         return False
     lib = inp.be.library
-    return all(
-        v is None or (owner_of(v).library == lib and v.dtype == dtype and aac.device(v) == device)
-        for d in views
-        for v in d.values()
-    )
+    key = ("serves", lib, dtype, device)
+    ok = memo.get(key)
+    if ok is None:
+        ok = memo[key] = all(
+            v is None or (owner_of(v).library == lib and v.dtype == dtype and aac.device(v) == device)
+            for d in views
+            for v in d.values()
+        )
+    return ok
+
+
+def _plan(net):
+    """What a call needs of the network's structure alone: ``(layout, leaves, slots, fused)``
+    (a cached plan's ``leaves`` may belong to an older conversion: calls take their own).
+
+    ``slots[i]``: leaf ``i``'s ``(local parameter name, index in the layout)``;
+    ``fused[i]``: whether leaf ``i`` has the fused gradient steps (:meth:`_Bound.fused_grad_pass`).
+    """
+    layout = parameter_layout(net)
+    leaves = list(net._leaves())
+    all_slots = []
+    j = 0
+    for leaf in leaves:
+        slots = []
+        for k, _ in leaf.named_parameters():
+            if j >= len(layout.keys) or not layout.keys[j].endswith(k):
+                raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
+            slots.append((leaf.local_param_name(k), j))
+            j += 1
+        all_slots.append(slots)
+    if j != len(layout.keys):  # pragma: no cover - structural invariant
+        raise RuntimeError("leaf parameters do not cover state_dict")
+    for leaf in leaves:
+        if not hasattr(leaf, "param_vjp"):
+            raise TypeError(f"layer {leaf!r} has no parameter derivatives")
+    return layout, leaves, all_slots, [hasattr(leaf, "param_grad_forward") for leaf in leaves]
 
 
 class _Bound:
-    """Network leaves and their parameters in the call's namespace, dtype and device."""
+    """Network leaves and their parameters in the call's namespace, dtype and device.
 
-    def __init__(self, net, x, backend, views=None):
-        self.layout = parameter_layout(net)
+    ``views`` / ``memo``: a torch model's weight views and the memo of its cache entry
+    (``hessquik_core/curvature/_torch_cache.py``), where the network is one's conversion;
+    ``fresh()``: that conversion with current values, for a call the views cannot serve.
+    """
+
+    def __init__(self, net, x, backend, views=None, memo=None, fresh=None):
+        plan = None if memo is None else memo.get("plan")
+        if plan is None:
+            plan = _plan(net)
+            if memo is not None:
+                memo["plan"] = plan
+        self.layout, _, self.slots, self.fused = plan
         # the one call-resolution path, shared with network calls
         inp = resolve_input(net, x, backend)
         if x.shape[0] < 1:
@@ -68,34 +109,20 @@ class _Bound:
         self.be, self.xp, self.x = be, xp, x
         self.dtype, self.device = x.dtype, aac.device(x)
         key = inp.cache_key
-        self.leaves = list(net._leaves())
-        if views is not None and _views_serve(views, inp, self.dtype, self.device):
-            # a torch model's own weights, read in place (hessquik_core/curvature/_torch_cache.py)
+        if views is not None and _views_serve(views, inp, self.dtype, self.device, memo):
+            # a torch model's own weights, read in place (hessquik_core/curvature/_torch_cache.py);
+            # the network (structure only here) may hold older values
+            self.leaves = list(net._leaves())
             self.params = views
         else:
+            if views is not None and fresh is not None:
+                net = fresh()  # the values are read from the network: its current conversion
+            self.leaves = list(net._leaves())
             self.params = [
                 {k: _detached(v) for k, v in leaf._eval_params(key, be, xp, self.dtype, self.device).items()}
                 for leaf in self.leaves
             ]
         self.x = x = _detached(x)
-        # per leaf: (local parameter name, index in the layout)
-        self.slots = []
-        j = 0
-        for leaf in self.leaves:
-            slots = []
-            for k, _ in leaf.named_parameters():
-                if j >= len(self.layout.keys) or not self.layout.keys[j].endswith(k):
-                    raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
-                slots.append((leaf.local_param_name(k), j))
-                j += 1
-            self.slots.append(slots)
-        if j != len(self.layout.keys):  # pragma: no cover - structural invariant
-            raise RuntimeError("leaf parameters do not cover state_dict")
-        for leaf in self.leaves:
-            if not hasattr(leaf, "param_vjp"):
-                raise TypeError(f"layer {leaf!r} has no parameter derivatives")
-        # leaves with the fused gradient steps (fused_grad_pass)
-        self.fused = [hasattr(leaf, "param_grad_forward") for leaf in self.leaves]
 
     # -- conversions between the user's library and the call's ---------------
     def to_call(self, a):

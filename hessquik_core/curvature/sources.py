@@ -27,7 +27,7 @@ import numpy as np
 from .._array import as_plain_array, namespace_of
 from .._dask_hook import chunked_plugin
 from ..backends import backend_for
-from .layout import _check_torch_dtype, _network_views
+from .layout import _check_torch_dtype, _network, _network_views
 from .losses import Loss, get_loss
 from .operators import _check_batch_size, _lib_name, _same_library
 from .problem import CurvatureOperator, _Bound, _convert
@@ -119,12 +119,18 @@ class _Problem:
     def __init__(
         self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None, partial=False
     ):
-        original, (net, views) = net, _network_views(net)
-        _check_torch_dtype(original, x)
+        original, (net, views, memo) = net, _network_views(net)
+        _check_torch_dtype(original, x, memo)
         self.loss: Loss = get_loss(loss)
-        self.B = B = _Bound(net, x, backend, views)
+        self.B = B = _Bound(net, x, backend, views, memo, lambda: _network(original))
         # the differentiated parameters (params=): their layout, and where they sit in the full θ
-        self.layout, index = resolve_params(original, B.layout, params)
+        # (a torch model's default selection depends on requires_grad, part of its cache key)
+        if params is None and memo is not None:
+            if "selection" not in memo:
+                memo["selection"] = resolve_params(original, B.layout, None)
+            self.layout, index = memo["selection"]
+        else:
+            self.layout, index = resolve_params(original, B.layout, params)
         self.index = self.position = None
         if index is not None:
             P = B.layout.size
