@@ -51,18 +51,27 @@ _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _keys(module) -> tuple[tuple, tuple]:
-    """``(structure, versions)`` of ``module``, read cheaply (no tensor data is touched)."""
+    """``(structure, versions)`` of ``module``, read cheaply (no tensor data is touched).
+
+    One walk over the submodules' own dicts (``named_parameters`` and ``named_buffers``
+    would each walk the tree again; a module reached twice is listed twice, which keeps
+    the key deterministic)."""
     import torch.nn.modules.module as tmod
 
-    mods = tuple(
-        (name, type(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
-        for name, m in module.named_modules()
-    )
     be = model_backend(module)
     assert be is not None  # a torch module (the caller checked)
-    tensors = [*module.named_parameters(), *module.named_buffers()]
+    mods, tensors = [], []
+    stack = [("", module)]
+    while stack:
+        name, m = stack.pop()
+        mods.append((name, type(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks)))
+        for group in (m._parameters, m._buffers):
+            for k, t in group.items():
+                if t is not None:
+                    tensors.append((f"{name}.{k}", t))
+        stack.extend((f"{name}.{k}", c) for k, c in reversed(m._modules.items()) if c is not None)
     structure = (
-        mods,
+        tuple(mods),
         tuple(
             (name, id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), be.requires_grad(t))
             for name, t in tensors

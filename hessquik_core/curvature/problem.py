@@ -108,7 +108,6 @@ class _Bound:
         be, xp, x = inp.be, inp.xp, inp.x
         self.be, self.xp, self.x = be, xp, x
         self.dtype, self.device = x.dtype, aac.device(x)
-        key = inp.cache_key
         if views is not None and _views_serve(views, inp, self.dtype, self.device, memo):
             # a torch model's own weights, read in place (hessquik_core/curvature/_torch_cache.py);
             # the network (structure only here) may hold older values
@@ -119,7 +118,10 @@ class _Bound:
                 net = fresh()  # the values are read from the network: its current conversion
             self.leaves = list(net._leaves())
             self.params = [
-                {k: _detached(v) for k, v in leaf._eval_params(key, be, xp, self.dtype, self.device).items()}
+                {
+                    k: _detached(v)
+                    for k, v in leaf._eval_params(inp.cache_key, be, xp, self.dtype, self.device).items()
+                }
                 for leaf in self.leaves
             ]
         self.x = x = _detached(x)
