@@ -79,7 +79,7 @@ class Activation:
         gradient pass that kept only ``z`` and ``value`` :math:`= \sigma(z)` from the
         forward pass (``hessquik_core.curvature``'s fused gradient).
 
-        Default: ``σ′(z) * dl`` with ``σ′`` from :meth:`_eval`, the same numbers as
+        Default: ``σ′(z) * dl`` with ``σ′`` from ``_eval``, the same numbers as
         the unfused pass. An activation whose derivative is a polynomial of its value
         overrides it to skip re-evaluating ``σ′`` (tanh: :math:`(1 - t^2)\,dl`, one
         fused kernel where the backend has one, see ``Backend.tanh_vjp``).
