@@ -114,6 +114,9 @@ class TorchBackend(Backend):
     def sum_into(self, a, out):
         torch.sum(a, dim=0, out=out)
 
+    def log_softmax(self, F):
+        return torch.log_softmax(F, dim=-1)
+
     def tanh_vjp(self, t, dl, *, xp=None):
         """``(1 - t²) * dl`` in one pass (``aten::tanh_backward``, the kernel of torch's own autograd)."""
         return torch.ops.aten.tanh_backward(dl, t)

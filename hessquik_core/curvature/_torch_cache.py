@@ -50,7 +50,7 @@ class _Entry:
 _CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _keys(module) -> tuple[tuple, tuple]:
+def _keys(module, be) -> tuple[tuple, tuple]:
     """``(structure, versions)`` of ``module``, read cheaply (no tensor data is touched).
 
     One walk over the submodules' own dicts (``named_parameters`` and ``named_buffers``
@@ -58,8 +58,6 @@ def _keys(module) -> tuple[tuple, tuple]:
     the key deterministic)."""
     import torch.nn.modules.module as tmod
 
-    be = model_backend(module)
-    assert be is not None  # a torch module (the caller checked)
     mods, tensors = [], []
     stack = [("", module)]
     while stack:
@@ -93,15 +91,18 @@ def _convert(module):
         ) from err
 
 
-def converted(module, layout_cls, fresh: bool = True) -> _Entry:
+def converted(module, layout_cls, fresh: bool = True, be=None) -> _Entry:
     """The cache entry of ``module`` (converted on a miss); ``layout_cls`` is
-    :class:`~hessquik_core.curvature.ParameterLayout` (handed in: its module imports this one).
+    :class:`~hessquik_core.curvature.ParameterLayout` (handed in: its module imports this one);
+    ``be``: ``model_backend(module)`` where the caller has it.
 
     ``fresh=True``: ``entry.net`` holds the module's current values. ``fresh=False``
     (the caller reads the values through ``entry.views``): ``entry.net`` may hold
     older values where ``entry.views`` is not ``None``; it is still fresh otherwise.
     """
-    structure, versions = _keys(module)
+    be = model_backend(module) if be is None else be  # the backend of the model's library
+    assert be is not None  # a torch module (the caller checked)
+    structure, versions = _keys(module, be)
     e = _CONVERTED.get(module)
     if e is not None and e.structure == structure:
         if e.versions != versions and (fresh or e.views is None):

@@ -305,10 +305,11 @@ def _network_views(net):
     leaf) the network may hold older values; ``views`` is ``None`` otherwise. ``memo``:
     the cache entry's dict of what depends on the module's structure alone (``None``
     for a hessquik-core network)."""
-    if not (hasattr(net, "named_parameters") and hasattr(net, "_leaves")) and model_backend(net) is not None:
+    be = None if hasattr(net, "_leaves") else model_backend(net)
+    if be is not None:
         from ._torch_cache import converted
 
-        e = converted(net, ParameterLayout, fresh=False)
+        e = converted(net, ParameterLayout, fresh=False, be=be)
         return e.net, e.views, e.memo
     return _network(net), None, None
 
@@ -316,8 +317,8 @@ def _network_views(net):
 def _check_torch_dtype(model, x, memo=None):
     """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
     computing a float32 model in float64 (or back) silently would differ from what the model does.
-    ``memo``: the model's cache entry memo (:func:`_network_views`), which keeps the dtypes."""
-    if model is _net_like(model) or not hasattr(x, "dtype"):
+    ``memo``: the torch model's cache entry memo (:func:`_network_views`), which keeps the dtypes."""
+    if (memo is None and model is _net_like(model)) or not hasattr(x, "dtype"):
         return
     xd = str(x.dtype).split(".")[-1]
     dtypes = None if memo is None else memo.get("dtypes")

@@ -194,7 +194,7 @@ class _Bound:
             inputs.append(u)
             u, cache = leaf.param_grad_forward(u, P, be) if f else leaf.evaluate(u, P, 1, be)
             caches.append(cache)
-        value, dl = loss._value_and_d1(u, T, xp)
+        value, dl = loss._value_and_d1(u, T, xp, be)
         dl = w * dl
         # a mutable library with every leaf fused: the GEMMs write straight into θ's slots
         # (no concatenation of P entries afterwards)
