@@ -7,6 +7,8 @@ is converted again after each in-place update. Each gradient is compared with to
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,21 @@ def test_model_without_views_reconverts_after_an_update(conversions):
     got = torch.as_tensor(cv.parameter_layout(m).to_torch_order(g2, m))
     assert float((got - ref).abs().max()) <= 1e-14 * float(ref.abs().max())
     assert not torch.equal(g1, g2)
+
+
+def test_operator_is_a_snapshot_of_the_weights():
+    """An operator keeps the weights it was built with (and its kept forward pass): a later
+    in-place update of the model is not mixed into its products."""
+    m, x, y = _setup()
+    loss = nn.CrossEntropyLoss()
+    for kind in (cv.hessian_operator, cv.ggn_operator):
+        op = kind(m, x, y, loss)
+        v = torch.linspace(-1.0, 1.0, op.shape[0], dtype=torch.float64)
+        before = op @ v
+        ref = kind(copy.deepcopy(m), x, y, loss) @ v
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(2.0)
+        assert torch.equal(op @ v, before) and torch.equal(before, ref)
+        after = kind(m, x, y, loss) @ v  # a new operator sees the update
+        assert float((after - before).abs().max()) > 1e-3

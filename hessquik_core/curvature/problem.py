@@ -113,7 +113,9 @@ class _Bound:
             # the network (structure only here) may hold older values
             self.leaves = list(net._leaves())
             self.params = views
+            self.live = True  # the weights follow in-place updates of the model (see snapshot)
         else:
+            self.live = False
             if views is not None and fresh is not None:
                 net = fresh()  # the values are read from the network: its current conversion
             self.leaves = list(net._leaves())
@@ -125,6 +127,17 @@ class _Bound:
                 for leaf in self.leaves
             ]
         self.x = x = _detached(x)
+
+    def snapshot(self) -> None:
+        """Copy the parameters where they are views of a torch model's tensors, so that a
+        lasting object (an operator, with its kept forward passes) keeps the weights it was
+        built with instead of following the model's later in-place updates."""
+        if self.live:
+            copy = self.xp.asarray
+            self.params = [
+                {k: None if v is None else copy(v, copy=True) for k, v in d.items()} for d in self.params
+            ]
+            self.live = False
 
     # -- conversions between the user's library and the call's ---------------
     def to_call(self, a):

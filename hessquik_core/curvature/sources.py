@@ -262,7 +262,9 @@ class _Problem:
         return self.B.to_user(self._rows())
 
     def operator(self, kind, block_size=None, memory_budget=None):
-        """The :class:`CurvatureOperator` of ``kind`` over these data."""
+        """The :class:`CurvatureOperator` of ``kind`` over these data (a snapshot of the
+        weights: a torch model's later in-place updates are not seen)."""
+        self.B.snapshot()
         return CurvatureOperator(self, kind, block_size, memory_budget)
 
     def product(self, kind, v, block_size=None, memory_budget=None):
