@@ -74,6 +74,18 @@ class Activation:
             out = self._eval_high(z, order, xp, value)
         return out if value is None else (value, *out[1:])
 
+    def vjp(self, z, value, dl, ops):
+        r""":math:`\sigma'(z) \odot dl` (same shape as ``z``), the backward step of a
+        gradient pass that kept only ``z`` and ``value`` :math:`= \sigma(z)` from the
+        forward pass (``hessquik_core.curvature``'s fused gradient).
+
+        Default: ``σ′(z) * dl`` with ``σ′`` from ``_eval``, the same numbers as
+        the unfused pass. An activation whose derivative is a polynomial of its value
+        overrides it to skip re-evaluating ``σ′`` (tanh: :math:`(1 - t^2)\,dl`, one
+        fused kernel where the backend has one, see ``Backend.tanh_vjp``).
+        """
+        return self._eval(z, 1, ops.xp)[1] * dl
+
     def _eval(self, z, order, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 

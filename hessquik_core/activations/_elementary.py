@@ -56,6 +56,10 @@ class Identity(Activation):
         """``None``: no module (a ``Linear`` alone; blocks place ``nn.Identity``)."""
         return None
 
+    def vjp(self, z, value, dl, ops):
+        """``σ′ = 1``: ``dl`` itself (``1 * dl`` is exact, so no multiply)."""
+        return dl
+
     def _eval(self, z, order, xp):
         if order == 0:
             return z, None, None
@@ -206,6 +210,10 @@ class Tanh(Activation):
     hessquik_name = "tanhActivation"
 
     max_order = 4
+
+    def vjp(self, z, value, dl, ops):
+        r""":math:`(1 - t^2)\,dl` from the value ``t = tanh z`` (``Backend.tanh_vjp``)."""
+        return ops.tanh_vjp(value, dl)
 
     def _eval(self, z, order, xp):
         t = xp.tanh(z)

@@ -102,6 +102,25 @@ class TorchBackend(Backend):
             return out.reshape(c.shape)
         return torch.matmul(a, b).add_(c)
 
+    def linear(self, u, K, b, *, xp=None):
+        """``u @ K + b`` as one ``addmm`` (BLAS ``beta = 1`` on the broadcast bias), as ``nn.Linear``."""
+        if b is None or u.ndim != 2:
+            return super().linear(u, K, b, xp=xp)
+        return torch.addmm(b, u, K)
+
+    def mm_into(self, a, b, out):
+        torch.mm(a, b, out=out)
+
+    def sum_into(self, a, out):
+        torch.sum(a, dim=0, out=out)
+
+    def log_softmax(self, F):
+        return torch.log_softmax(F, dim=-1)
+
+    def tanh_vjp(self, t, dl, *, xp=None):
+        """``(1 - t²) * dl`` in one pass (``aten::tanh_backward``, the kernel of torch's own autograd)."""
+        return torch.ops.aten.tanh_backward(dl, t)
+
     def addcmul(self, acc, a, b, *, xp=None):
         """``acc + a * b``, fused and written into ``acc`` (a temporary the engine owns)."""
         return acc.addcmul_(a, b)

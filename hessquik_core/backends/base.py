@@ -263,6 +263,32 @@ class Backend:
         """``c + mm(a, b)``."""
         return c + self.mm(a, b, xp=xp)
 
+    def linear(self, u, K, b, *, xp=None):
+        """``u @ K + b`` for ``u : (n, p)``, ``K : (p, q)``, ``b : (q,)`` or ``None``
+        (a layer's pre-activation; torch: one ``addmm``, as ``nn.Linear``)."""
+        z = self.mm(u, K, xp=xp)
+        return z if b is None else z + b
+
+    def log_softmax(self, F):
+        """``log softmax`` over the last axis of ``F : (n, m)``: ``(F - max) - log Σ exp(F - max)``
+        (torch: one kernel)."""
+        xp = self.xp
+        Fs = F - xp.max(F, axis=-1, keepdims=True)
+        return Fs - xp.log(xp.sum(xp.exp(Fs), axis=-1, keepdims=True))
+
+    def tanh_vjp(self, t, dl, *, xp=None):
+        """``(1 - t²) * dl``: tanh's backward step from its value ``t`` (torch: one fused kernel)."""
+        return (1.0 - t * t) * dl
+
+    def mm_into(self, a, b, out):
+        """``out[...] = a @ b`` for 2-D ``a``, ``b`` (mutable libraries; NumPy and torch
+        write the GEMM's result there directly, no temporary)."""
+        out[...] = self.mm(a, b)
+
+    def sum_into(self, a, out):
+        """``out[...] = Σ_n a[n]`` (the sum over axis 0; mutable libraries)."""
+        out[...] = self.xp.sum(a, axis=0)
+
     def addcmul(self, acc, a, b, *, xp=None):
         """``acc + a * b``; a mutable library writes into ``acc``, which must be
         a temporary the engine owns (never a caller's array or a parameter)."""
@@ -349,6 +375,11 @@ class Ops(Protocol):
     def mm(self, a: Any, b: Any, *, xp: Any = None) -> Any: ...
     def addmm(self, c: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
     def addcmul(self, acc: Any, a: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def linear(self, u: Any, K: Any, b: Any, *, xp: Any = None) -> Any: ...
+    def tanh_vjp(self, t: Any, dl: Any, *, xp: Any = None) -> Any: ...
+    def log_softmax(self, F: Any) -> Any: ...
+    def mm_into(self, a: Any, b: Any, out: Any) -> None: ...
+    def sum_into(self, a: Any, out: Any) -> None: ...
     def sum_squares(self, a: Any, *, axis: int, xp: Any = None) -> Any: ...
     def einsum(self, subscripts: str, a: Any, b: Any, *, xp: Any = None) -> Any: ...
     def view(self, a: Any, shape: Any) -> Any: ...

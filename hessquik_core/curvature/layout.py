@@ -9,7 +9,7 @@ vector for a network, layer or torch model (converted once with
 
 from __future__ import annotations
 
-import weakref
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +75,7 @@ class ParameterLayout:
         off = 0
         for k, a in named:
             shape = tuple(int(s) for s in a.shape)
-            size = int(np.prod(shape, dtype=np.int64))
+            size = math.prod(shape)
             keys.append(k)
             shapes.append(shape)
             offsets.append(off)
@@ -284,67 +284,54 @@ class ParameterLayout:
         return _take(a, idx, a.ndim - 1)
 
 
-# torch module -> (its state key, the converted network): a curvature call on an unchanged
-# model (the common loop: gradient, step, gradient, ...) reuses the conversion
-_CONVERTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _torch_state_key(module) -> tuple:
-    """What the conversion of ``module`` depends on, cheaply: the modules (type, training
-    flag, hooks), every parameter and buffer (identity, storage, version counter, dtype,
-    device, shape) and the global hooks. An in-place change through torch (an optimiser
-    step, ``p.copy_`` under ``no_grad``) bumps the version counter and so invalidates the
-    entry; a write through ``p.data`` does not (torch's autograd cannot see it either)."""
-    import torch.nn.modules.module as tmod
-
-    mods = tuple(
-        (name, type(m), m.training, len(m._forward_hooks), len(m._forward_pre_hooks))
-        for name, m in module.named_modules()
-    )
-    tensors = tuple(
-        (name, id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
-        for name, t in (*module.named_parameters(), *module.named_buffers())
-    )
-    hooks = tuple(len(getattr(tmod, n, ())) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
-    return mods, tensors, hooks
-
-
 def _network(net):
     """``net`` itself, or the hessquik-core network equal to a torch module (``from_torch``,
-    cached while the module and its parameters are unchanged, see :func:`_torch_state_key`)."""
+    cached while the module is unchanged, see :mod:`hessquik_core.curvature._torch_cache`)."""
     if hasattr(net, "named_parameters") and hasattr(net, "_leaves"):
         return net
     if model_backend(net) is not None:  # a torch model (the only library with one)
-        from ..interop import from_torch
+        from ._torch_cache import converted
 
-        key = _torch_state_key(net)
-        hit = _CONVERTED.get(net)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        try:
-            out = from_torch(net)
-            _CONVERTED[net] = (key, out)
-            return out
-        except ValueError as err:
-            raise ValueError(
-                f"net is a torch module: curvature functions convert it with hessquik_core.from_torch, "
-                f"which refused it: {err}"
-            ) from err
+        return converted(net, ParameterLayout).net
     raise TypeError(
         "net must be a hessquik_core network or layer, or a torch nn.Sequential "
         f"(converted with hessquik_core.from_torch), got {type(net).__name__}"
     )
 
 
-def _check_torch_dtype(model, x):
+def _network_views(net):
+    """``(network, views, memo)``: :func:`_network`, except that for a torch module whose
+    weights can be read through views of its own tensors (``views``, one dict per
+    leaf) the network may hold older values; ``views`` is ``None`` otherwise. ``memo``:
+    the cache entry's dict of what depends on the module's structure alone (``None``
+    for a hessquik-core network)."""
+    be = None if hasattr(net, "_leaves") else model_backend(net)
+    if be is not None:
+        from ._torch_cache import converted
+
+        e = converted(net, ParameterLayout, fresh=False, be=be)
+        return e.net, e.views, e.memo
+    return _network(net), None, None
+
+
+def _check_torch_dtype(model, x, memo=None):
     """A torch model's floating parameters and ``x`` must share a dtype, as torch itself requires:
-    computing a float32 model in float64 (or back) silently would differ from what the model does."""
-    if model is _net_like(model) or not hasattr(x, "dtype"):
+    computing a float32 model in float64 (or back) silently would differ from what the model does.
+    ``memo``: the torch model's cache entry memo (:func:`_network_views`), which keeps the dtypes."""
+    if (memo is None and model is _net_like(model)) or not hasattr(x, "dtype"):
         return
     xd = str(x.dtype).split(".")[-1]
-    for name, p in model.named_parameters():
-        pd = str(p.dtype).split(".")[-1]
-        if p.is_floating_point() and pd != xd:
+    dtypes = None if memo is None else memo.get("dtypes")
+    if dtypes is None:
+        dtypes = [
+            (name, str(p.dtype).split(".")[-1])
+            for name, p in model.named_parameters()
+            if p.is_floating_point()
+        ]
+        if memo is not None:
+            memo["dtypes"] = dtypes
+    for name, pd in dtypes:
+        if pd != xd:
             raise TypeError(
                 f"the torch model's parameters are {pd} ({name!r}) and x is {xd}: torch refuses this "
                 f"mix, and curvature does too rather than compute in another precision than the model; "

@@ -137,6 +137,11 @@ class Loss:
     def _d1(self, F, T, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _value_and_d1(self, F, T, xp, ops=None):
+        """``(_value, _d1)`` in one go: a loss whose two share work (the cross-entropy's
+        log-softmax) overrides it; the gradient pass calls this (``ops``: the call's backend)."""
+        return self._value(F, T, xp), self._d1(F, T, xp)
+
     def _hvp(self, F, T, R, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -450,6 +455,18 @@ class CrossEntropyLoss(Loss):
 
     def _d1(self, F, T, xp):
         return xp.sum(T, axis=-1, keepdims=True) * self._softmax(F, xp) - T
+
+    def _value_and_d1(self, F, T, xp, ops=None):
+        # through the log-softmax, as torch: log p = (F - max) - log Σ exp(F - max)
+        # (one kernel where the backend has it), ℓ = -Σ_j T_j log p_j (= s·lse - T·F),
+        # ∂ℓ/∂F = s·p - T with s = Σ_j T_j
+        if ops is not None:
+            logp = ops.log_softmax(F)
+        else:
+            Fs = F - xp.max(F, axis=-1, keepdims=True)
+            logp = Fs - xp.log(xp.sum(xp.exp(Fs), axis=-1, keepdims=True))
+        s = xp.sum(T, axis=-1, keepdims=True)
+        return -xp.sum(T * logp, axis=-1), s * xp.exp(logp) - T
 
     def _hvp(self, F, T, R, xp):
         # s (diag(p) - p pᵀ) r = s p ⊙ (r - p·r), for R : (N, k, m)

@@ -39,11 +39,65 @@ def _detached(a):
     return owner_of(a).detached(a)
 
 
-class _Bound:
-    """Network leaves and their parameters in the call's namespace, dtype and device."""
+def _views_serve(views, inp, dtype, device, memo) -> bool:
+    """Whether a torch model's weight views can be this call's parameters: the call runs
+    in their library (not converted), dtype and device (remembered in ``memo``)."""
+    if inp.converted:
+        return False
+    lib = inp.be.library
+    key = ("serves", lib, dtype, device)
+    ok = memo.get(key)
+    if ok is None:
+        ok = memo[key] = all(
+            v is None or (owner_of(v).library == lib and v.dtype == dtype and aac.device(v) == device)
+            for d in views
+            for v in d.values()
+        )
+    return ok
 
-    def __init__(self, net, x, backend):
-        self.layout = parameter_layout(net)
+
+def _plan(net):
+    """What a call needs of the network's structure alone: ``(layout, leaves, slots, fused)``
+    (a cached plan's ``leaves`` may belong to an older conversion: calls take their own).
+
+    ``slots[i]``: leaf ``i``'s ``(local parameter name, index in the layout)``;
+    ``fused[i]``: whether leaf ``i`` has the fused gradient steps (:meth:`_Bound.fused_grad_pass`).
+    """
+    layout = parameter_layout(net)
+    leaves = list(net._leaves())
+    all_slots = []
+    j = 0
+    for leaf in leaves:
+        slots = []
+        for k, _ in leaf.named_parameters():
+            if j >= len(layout.keys) or not layout.keys[j].endswith(k):
+                raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
+            slots.append((leaf.local_param_name(k), j))
+            j += 1
+        all_slots.append(slots)
+    if j != len(layout.keys):  # pragma: no cover - structural invariant
+        raise RuntimeError("leaf parameters do not cover state_dict")
+    for leaf in leaves:
+        if not hasattr(leaf, "param_vjp"):
+            raise TypeError(f"layer {leaf!r} has no parameter derivatives")
+    return layout, leaves, all_slots, [hasattr(leaf, "param_grad_forward") for leaf in leaves]
+
+
+class _Bound:
+    """Network leaves and their parameters in the call's namespace, dtype and device.
+
+    ``views`` / ``memo``: a torch model's weight views and the memo of its cache entry
+    (``hessquik_core/curvature/_torch_cache.py``), where the network is one's conversion;
+    ``fresh()``: that conversion with current values, for a call the views cannot serve.
+    """
+
+    def __init__(self, net, x, backend, views=None, memo=None, fresh=None):
+        plan = None if memo is None else memo.get("plan")
+        if plan is None:
+            plan = _plan(net)
+            if memo is not None:
+                memo["plan"] = plan
+        self.layout, _, self.slots, self.fused = plan
         # the one call-resolution path, shared with network calls
         inp = resolve_input(net, x, backend)
         if x.shape[0] < 1:
@@ -54,29 +108,36 @@ class _Bound:
         be, xp, x = inp.be, inp.xp, inp.x
         self.be, self.xp, self.x = be, xp, x
         self.dtype, self.device = x.dtype, aac.device(x)
-        key = inp.cache_key
-        self.leaves = list(net._leaves())
-        self.params = [
-            {k: _detached(v) for k, v in leaf._eval_params(key, be, xp, self.dtype, self.device).items()}
-            for leaf in self.leaves
-        ]
+        if views is not None and _views_serve(views, inp, self.dtype, self.device, memo):
+            # a torch model's own weights, read in place (hessquik_core/curvature/_torch_cache.py);
+            # the network (structure only here) may hold older values
+            self.leaves = list(net._leaves())
+            self.params = views
+            self.live = True  # the weights follow in-place updates of the model (see snapshot)
+        else:
+            self.live = False
+            if views is not None and fresh is not None:
+                net = fresh()  # the values are read from the network: its current conversion
+            self.leaves = list(net._leaves())
+            self.params = [
+                {
+                    k: _detached(v)
+                    for k, v in leaf._eval_params(inp.cache_key, be, xp, self.dtype, self.device).items()
+                }
+                for leaf in self.leaves
+            ]
         self.x = x = _detached(x)
-        # per leaf: (local parameter name, index in the layout)
-        self.slots = []
-        j = 0
-        for leaf in self.leaves:
-            slots = []
-            for k, _ in leaf.named_parameters():
-                if j >= len(self.layout.keys) or not self.layout.keys[j].endswith(k):
-                    raise RuntimeError("leaf parameters do not follow state_dict order")  # pragma: no cover
-                slots.append((leaf.local_param_name(k), j))
-                j += 1
-            self.slots.append(slots)
-        if j != len(self.layout.keys):  # pragma: no cover - structural invariant
-            raise RuntimeError("leaf parameters do not cover state_dict")
-        for leaf in self.leaves:
-            if not hasattr(leaf, "param_vjp"):
-                raise TypeError(f"layer {leaf!r} has no parameter derivatives")
+
+    def snapshot(self) -> None:
+        """Copy the parameters where they are views of a torch model's tensors, so that a
+        lasting object (an operator, with its kept forward passes) keeps the weights it was
+        built with instead of following the model's later in-place updates."""
+        if self.live:
+            copy = self.xp.asarray
+            self.params = [
+                {k: None if v is None else copy(v, copy=True) for k, v in d.items()} for d in self.params
+            ]
+            self.live = False
 
     # -- conversions between the user's library and the call's ---------------
     def to_call(self, a):
@@ -127,6 +188,50 @@ class _Bound:
             if slots:
                 return self.layout.offsets[slots[0][1]]
         return self.layout.size
+
+    def fused_grad_pass(self, x, T, loss, w):
+        """Loss values ``(n,)`` and ``∇θ`` ``(P,)`` of ``w Σ ℓ_n``: :meth:`grad_pass`'s numbers
+        (the same operations, up to the rounding of a fused kernel), with less work.
+
+        A leaf with ``param_grad_forward`` / ``param_grad_backward`` (the dense layer)
+        keeps only ``z`` and ``σ(z)`` forward and forms ``δ = σ'(z) ⊙ dl`` in its backward
+        step (tanh: one fused kernel from the value, as torch's autograd), its
+        pre-activation is one ``addmm``, and the first leaf skips ``∂C/∂x``; any other leaf
+        runs its ``evaluate`` / ``param_vjp``. The loss gives value and ``∂ℓ/∂f`` together.
+        """
+        xp, be = self.xp, self.be
+        leaves, fused = self.leaves, self.fused
+        inputs, caches = [], []
+        u = x
+        for leaf, P, f in zip(leaves, self.params, fused):
+            inputs.append(u)
+            u, cache = leaf.param_grad_forward(u, P, be) if f else leaf.evaluate(u, P, 1, be)
+            caches.append(cache)
+        value, dl = loss._value_and_d1(u, T, xp, be)
+        dl = w * dl
+        # a mutable library with every leaf fused: the GEMMs write straight into θ's slots
+        # (no concatenation of P entries afterwards)
+        flat = outs = None
+        if be.mutable and all(fused):
+            flat = xp.empty((self.layout.size,), dtype=self.dtype, device=self.device)
+            lay = self.layout
+            outs = [
+                {
+                    name: be.view(flat[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
+                    for name, j in slots
+                }
+                for slots in self.slots
+            ]
+        grads = [None] * len(leaves)
+        for i in range(len(leaves) - 1, -1, -1):
+            P = self.params[i]
+            if outs is not None:
+                dl, _ = leaves[i].param_grad_backward(caches[i], P, inputs[i], dl, i > 0, be, outs[i])
+            elif fused[i]:
+                dl, grads[i] = leaves[i].param_grad_backward(caches[i], P, inputs[i], dl, i > 0, be)
+            else:
+                dl, grads[i] = leaves[i].param_vjp(caches[i], P, inputs[i], dl, False, be)
+        return value, (flat if flat is not None else self.join(grads, ()))
 
     def grad_pass(self, x, T, loss, w, per_example):
         """Loss values ``(n,)`` and ``∇θ`` of ``w Σ ℓ_n``: ``(P,)``, or per example ``(n, P)``."""

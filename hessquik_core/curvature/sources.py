@@ -22,13 +22,15 @@ source. A source refuses an argument that means nothing for it (a
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .._array import as_plain_array, namespace_of
 from .._dask_hook import chunked_plugin
 from ..backends import backend_for
-from .layout import _check_torch_dtype, _network
-from .losses import Loss, get_loss
+from .layout import _check_torch_dtype, _network, _network_views
+from .losses import CrossEntropyLoss, Loss, MSELoss, _TorchMSELoss, get_loss
 from .operators import _check_batch_size, _lib_name, _same_library
 from .problem import CurvatureOperator, _Bound, _convert
 from .selection import resolve_params
@@ -86,6 +88,49 @@ def curvature_problem(net, x, y, loss, batch_size=None, backend=None, cache_forw
     return _Problem(net, x, y, loss, batch_size, backend, cache_forward, params)
 
 
+# the targets of recent calls, for labels that are passed again unchanged (full-batch
+# training passes the same y every step): key -> (weak reference to y, its version, w, targets)
+_TARGETS: dict = {}
+_TARGETS_KEPT = 4
+# losses whose repr states every option (so that it can key the targets)
+_DESCRIBED_LOSSES = (MSELoss, CrossEntropyLoss, _TorchMSELoss)
+
+
+def _targets(loss, y, B, m, bs, partial):
+    """``(w, [T_b])``: the loss weight (1 for a chunk's partial sum) and the call-namespace
+    targets of each mini-batch of ``bs`` examples.
+
+    Kept (up to :data:`_TARGETS_KEPT` calls) for labels ``y`` with an in-place version
+    counter (torch) and a loss fully described by its ``repr``: the same tensor, unchanged
+    (same version), with the same loss, width, dtype, device and batch size, gets the same
+    targets without recomputing them (the label checks, the one-hot, the counted weights);
+    an entry is dropped when its labels are garbage-collected.
+    """
+    version = getattr(y, "_version", None)
+    key = None
+    if isinstance(version, int) and type(loss) in _DESCRIBED_LOSSES:
+        key = (id(y), repr(loss), m, str(B.dtype), str(B.device), B.be.name, bs, partial)
+        hit = _TARGETS.get(key)
+        if hit is not None and hit[0]() is y and hit[1] == version:
+            return hit[2], hit[3]
+    N = y.shape[0]
+    w = 1.0 if partial else loss.weight_for(y)
+    yc = B.to_call(y)
+    Ts = [
+        loss._targets(min(i + bs, N) - i, m, B.dtype, yc[i : min(i + bs, N), ...], B.xp)
+        for i in range(0, N, bs)
+    ]
+    if key is not None:
+        try:  # the entry goes when y does: the targets are not kept past the labels' lifetime
+            ref = weakref.ref(y, lambda _ref, key=key: _TARGETS.pop(key, None))
+        except TypeError:  # pragma: no cover - an array type without weak references
+            return w, Ts
+        while len(_TARGETS) >= _TARGETS_KEPT:
+            _TARGETS.pop(next(iter(_TARGETS)))
+        _TARGETS[key] = (ref, version, w, Ts)
+    return w, Ts
+
+
 #: what a data source offers the public curvature functions (the in-memory :class:`_Problem`
 #: and every chunked source; tests/curvature/test_sources.py checks both have them)
 SOURCE_METHODS = (
@@ -119,12 +164,18 @@ class _Problem:
     def __init__(
         self, net, x, y, loss, batch_size=None, backend=None, cache_forward=None, params=None, partial=False
     ):
-        original, net = net, _network(net)
-        _check_torch_dtype(original, x)
+        original, (net, views, memo) = net, _network_views(net)
+        _check_torch_dtype(original, x, memo)
         self.loss: Loss = get_loss(loss)
-        self.B = B = _Bound(net, x, backend)
+        self.B = B = _Bound(net, x, backend, views, memo, lambda: _network(original))
         # the differentiated parameters (params=): their layout, and where they sit in the full θ
-        self.layout, index = resolve_params(original, B.layout, params)
+        # (a torch model's default selection depends on requires_grad, part of its cache key)
+        if params is None and memo is not None:
+            if "selection" not in memo:
+                memo["selection"] = resolve_params(original, B.layout, None)
+            self.layout, index = memo["selection"]
+        else:
+            self.layout, index = resolve_params(original, B.layout, params)
         self.index = self.position = None
         if index is not None:
             P = B.layout.size
@@ -140,16 +191,11 @@ class _Problem:
             raise ValueError(f"y must have {N} rows (one per example), got shape {tuple(y.shape)}")
         self.N = N
         self.m = net.out_features
-        # w of the loss (1/N, 1/Σ counted weights or 1) and the empirical Fisher's 1/N
-        self.w = 1.0 if partial else self.loss.weight_for(y)
         self.fisher_w = 1.0 if partial else 1.0 / N
         bs = _check_batch_size(batch_size, N)
-        yc = B.to_call(y)
-        self.chunks = []
-        for i in range(0, N, bs):
-            xb = B.x[i : min(i + bs, N), ...]
-            Tb = self.loss._targets(xb.shape[0], self.m, B.dtype, yc[i : min(i + bs, N), ...], B.xp)
-            self.chunks.append((xb, Tb))
+        # w of the loss (1/N, 1/Σ counted weights or 1) and the targets of each mini-batch
+        self.w, Ts = _targets(self.loss, y, B, self.m, bs, partial)
+        self.chunks = [(B.x[i : min(i + bs, N), ...], T) for i, T in zip(range(0, N, bs), Ts)]
         self.batch_size = bs
         # the forward pass does not depend on the directions: keep it between
         # products (like autograd's retained graph) unless mini-batches ask to save memory
@@ -197,7 +243,7 @@ class _Problem:
         B, xp = self.B, self.B.xp
         val = grad = None
         for xb, Tb in self.chunks:
-            v, g = B.grad_pass(xb, Tb, self.loss, self.w, False)
+            v, g = B.fused_grad_pass(xb, Tb, self.loss, self.w)
             v = xp.sum(v)
             val, grad = (v, g) if val is None else (val + v, grad + g)
         return B.to_user(self.w * val), B.to_user(self.select(grad))
@@ -216,7 +262,9 @@ class _Problem:
         return self.B.to_user(self._rows())
 
     def operator(self, kind, block_size=None, memory_budget=None):
-        """The :class:`CurvatureOperator` of ``kind`` over these data."""
+        """The :class:`CurvatureOperator` of ``kind`` over these data (a snapshot of the
+        weights: a torch model's later in-place updates are not seen)."""
+        self.B.snapshot()
         return CurvatureOperator(self, kind, block_size, memory_budget)
 
     def product(self, kind, v, block_size=None, memory_budget=None):

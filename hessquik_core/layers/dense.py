@@ -138,6 +138,37 @@ class SingleLayer(Layer):
             g["b"] = delta if per_example else ops.xp.sum(delta, axis=0)
         return dlu, g
 
+    # the fused gradient pass (hessquik_core.curvature value_and_gradient): the forward
+    # keeps z and σ(z) only, the backward forms δ = σ'(z) ⊙ dl in one step (tanh from its value)
+    def param_grad_forward(self, u, params, ops):
+        r"""Forward step of the gradient pass: :math:`z = uK + b` (one ``addmm`` where the
+        backend has it), returns ``(σ(z), (z, σ(z)))``; no :math:`\sigma'` is formed here."""
+        z = ops.linear(u, params["K"], params["b"])
+        s = self.act(z, 0, xp=ops.xp)[0]
+        return s, (z, s)
+
+    def param_grad_backward(self, cache, params, u, dl, need_dlu, ops, out=None):
+        r"""Backward step of the gradient pass: :math:`\delta = \sigma'(z) \odot dl`
+        (``Activation.vjp``), :math:`\partial C/\partial K = u^\top \delta`,
+        :math:`\partial C/\partial b = \sum_n \delta_n`, and :math:`\delta K^\top`
+        only when ``need_dlu`` (not at the first layer). Returns ``(dl_u | None, grads)``;
+        with ``out`` (a mutable library's views ``{"K": (p, q), "b": (q,)}`` of the flat
+        gradient) the gradients are written there (``grads`` is ``out``)."""
+        z, s = cache
+        delta = self.act.vjp(z, s, dl, ops)
+        xp = ops.xp
+        if out is not None:
+            ops.mm_into(xp.matrix_transpose(u), delta, out["K"])
+            if params["b"] is not None:
+                ops.sum_into(delta, out["b"])
+            g = out
+        else:
+            g = {"K": weight_gradient(u, delta, False, ops)}
+            if params["b"] is not None:
+                g["b"] = xp.sum(delta, axis=0)
+        dlu = ops.mm(delta, ops.xp.matrix_transpose(params["K"])) if need_dlu else None
+        return dlu, g
+
     def param_rop_forward(self, cache, params, u, Ru, V, ops):
         r"""Forward R-pass: :math:`R z = (Ru) K + u V_K + V_b`, :math:`R f = \sigma' \odot Rz`.
 
