@@ -36,6 +36,7 @@ import array_api_compat as aac
 from .._array import as_plain_array, namespace_of
 from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
+from . import _problem_higher as hi
 from ._linearize import QUANTITIES, evaluate_residual, residual_derivatives
 from .jacobian import jvp, quantities_and_jacobians, vjp
 
@@ -62,7 +63,9 @@ class Residual:
     needs : sequence of str
         The quantities ``fn`` reads, from ``"value"``, ``"gradient"``,
         ``"laplacian"``, ``"hessian_diagonal"``, ``"weighted_laplacian"``
-        (the last combines with ``"value"`` only: it takes a sweep of its own).
+        (the last combines with ``"value"`` only: it takes a sweep of its own), and of
+        order 3–4 ``"biharmonic"`` (:math:`\Delta^2 u`), ``"directional"`` or
+        ``"pure_partial"`` (one of the two; ``docs/higher_order.md``).
     weight : float
         :math:`w_t \ge 0`; the term adds :math:`\frac{w_t}{2n}\|r\|^2` to the loss.
     name : str, optional
@@ -71,6 +74,14 @@ class Residual:
         :math:`S` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)`
         (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
         required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
+    directions : array of shape (d, K), optional
+        The columns :math:`v_c` of ``"directional"`` (:math:`\partial^k u[v_c, \dots, v_c]`,
+        ``q.directional (n, K)``); the points' library and dtype.
+    coords : sequence of int, optional
+        The coordinates ``i`` of ``"pure_partial"`` (:math:`\partial^k u/\partial x_i^k`,
+        ``q.pure_partial (n, len(coords))``).
+    order : int, optional
+        ``k`` in 1–4, required with ``"directional"`` and ``"pure_partial"``.
     """
 
     def __init__(
@@ -82,6 +93,9 @@ class Residual:
         weight: float = 1.0,
         name: str | None = None,
         weights: Any = None,
+        directions: Any = None,
+        coords: Any = None,
+        order: int | None = None,
     ) -> None:
         points = as_plain_array(points, "points")
         xp = namespace_of(points, "points")
@@ -125,6 +139,8 @@ class Residual:
         self.points, self.fn, self.weight, self.name = points, fn, float(weight), name
         # computed in QUANTITIES order
         self.needs = tuple(q for q in QUANTITIES if q in needs)
+        # directions / coords / order of a third- or fourth-order directional quantity
+        self.taylor = hi.taylor_options(self.needs, points, directions, coords, order)
 
     @property
     def n(self) -> int:
@@ -207,6 +223,8 @@ class Problem:
             names.append(t.name if t.name is not None else f"term{i}")
         if len(set(names)) != len(names):
             raise ValueError(f"residual names must be unique, got {names}")
+        for t in residuals:  # a higher-order quantity's Jacobian rule, refused here by layer name
+            hi.check_supported(net, t.needs, t.taylor)
         self.net, self.terms, self.names = net, residuals, tuple(names)
         self.layout = parameter_layout(net)
         self.P, self.N = self.layout.size, sum(t.n for t in residuals)
@@ -253,11 +271,9 @@ class Problem:
             laplacian="laplacian" in t.needs,
             hessian_diagonal="hessian_diagonal" in t.needs,
         )
-        out = {
-            q: _detach(_squeeze(getattr(res, q), self.m, self.xp))
-            for q in t.needs
-            if q != "weighted_laplacian"
-        }
+        out = {q: _detach(_squeeze(getattr(res, q), self.m, self.xp)) for q in t.needs if q in QUANTITIES[:4]}
+        higher = hi.quantities(self.net, t.points, t.needs, t.taylor)  # Δ²u, ∂ᵏu[v,…,v], ∂ᵏu/∂x_iᵏ
+        out.update({q: _detach(_squeeze(a, self.m, self.xp)) for q, a in higher.items()})
         if t.weights is not None:  # tr(SSᵀ∇²u) = tr(Sᵀ∇²u S): the forward Laplacian along the columns of S
             lap = self.net(t.points, laplacian=True, directions=t.weights, mode="forward").laplacian
             out["weighted_laplacian"] = _detach(_squeeze(lap, self.m, self.xp))
@@ -328,7 +344,7 @@ class Problem:
         if self._jac is None:
             xp, rows = self.xp, []
             for t, li in zip(self.terms, lin):
-                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs, weights=t.weights)
+                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs, weights=t.weights, **t.taylor)
                 Jt = 0.0
                 for q in t.needs:
                     c = li.coef[q]  # (n, K)
@@ -341,6 +357,9 @@ class Problem:
     def _shape(self, t: Residual, q: str) -> tuple[int, ...]:
         """The unsqueezed shape of quantity ``q`` of term ``t`` (contract 2: ``(n, m)`` or ``(n, d, m)``)."""
         per_coordinate = q in ("gradient", "hessian_diagonal")
+        if q in ("directional", "pure_partial"):  # (n, K, m), one row per direction
+            o = t.taylor
+            return (t.n, int(o["directions"].shape[1]) if "directions" in o else len(o["coords"]), self.m)
         return (t.n, *((int(self.net.in_features),) if per_coordinate else ()), self.m)
 
     def _coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:
@@ -355,7 +374,10 @@ class Problem:
         v = self._vector(v, self.P, "v")
         xp, out = self.xp, []
         for t, li in zip(self.terms, self._linearization()):
-            jq = jvp(self.net, t.points, t.needs, v, weights=t.weights)
+            swept, taylor = hi.split(t.needs)  # a directional quantity takes a sweep of its own
+            jq = jvp(self.net, t.points, swept, v, weights=t.weights) if swept else {}
+            if taylor is not None:
+                jq[taylor] = jvp(self.net, t.points, taylor, v, **t.taylor)
             acc = 0.0
             for q in t.needs:
                 c = li.coef[q]
@@ -373,7 +395,12 @@ class Problem:
         for t, li in zip(self.terms, self._linearization()):
             wt = li.scale * w[start : start + t.n]
             start += t.n
-            g = vjp(self.net, t.points, self._coefficients(t, li, wt), weights=t.weights)
+            seeds = self._coefficients(t, li, wt)
+            swept, taylor = hi.split(t.needs)  # a directional quantity takes a sweep of its own
+            g = vjp(self.net, t.points, {q: seeds[q] for q in swept}, weights=t.weights) if swept else None
+            if taylor is not None:
+                gt = vjp(self.net, t.points, taylor, seeds[taylor], **t.taylor)
+                g = gt if g is None else g + gt
             out = g if out is None else out + g
         return out
 
