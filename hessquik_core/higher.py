@@ -48,6 +48,7 @@ import array_api_compat as aac
 
 from ._array import as_batch, as_plain_array, namespace_of, resolve_input
 from .engine import higher_steps as S
+from .pinn import _streams_bh_train  # noqa: F401 - installs the analytic weight gradient of the flag's route
 from .rules import taylor as T
 
 if TYPE_CHECKING:

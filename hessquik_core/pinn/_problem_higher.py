@@ -28,7 +28,15 @@ from ..curvature.layout import _network
 from . import _streams_bh as bh
 from . import _streams_taylor as tay
 
-__all__ = ["HIGHER", "TaylorOptions", "check_supported", "quantities", "split", "taylor_options"]
+__all__ = [
+    "HIGHER",
+    "TaylorOptions",
+    "check_supported",
+    "directions_count",
+    "quantities",
+    "split",
+    "taylor_options",
+]
 
 #: the quantities of order > 2 a residual may declare
 HIGHER = ("biharmonic", "directional", "pure_partial")
@@ -94,6 +102,11 @@ def taylor_options(
     if V.ndim != 2 or V.shape[0] != d or V.shape[1] < 1:
         raise ValueError(f"directions must have shape ({d}, K) with K >= 1, got {tuple(V.shape)}")
     return TaylorOptions(directions=xp.asarray(V, copy=True), order=order)
+
+
+def directions_count(opts: TaylorOptions) -> int:
+    """``K``: the directions (or coordinates) of a residual's directional quantity."""
+    return int(opts["directions"].shape[1]) if "directions" in opts else len(opts["coords"])
 
 
 def check_supported(net: Any, needs: tuple[str, ...], opts: TaylorOptions) -> None:

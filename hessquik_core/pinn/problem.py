@@ -74,14 +74,9 @@ class Residual:
         :math:`S` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)`
         (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
         required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
-    directions : array of shape (d, K), optional
-        The columns :math:`v_c` of ``"directional"`` (:math:`\partial^k u[v_c, \dots, v_c]`,
-        ``q.directional (n, K)``); the points' library and dtype.
-    coords : sequence of int, optional
-        The coordinates ``i`` of ``"pure_partial"`` (:math:`\partial^k u/\partial x_i^k`,
-        ``q.pure_partial (n, len(coords))``).
-    order : int, optional
-        ``k`` in 1–4, required with ``"directional"`` and ``"pure_partial"``.
+    directions, coords, order : optional
+        ``V (d, K)`` of ``"directional"`` (:math:`\partial^k u[v_c, \dots, v_c]`, ``q.directional (n, K)``),
+        coordinates of ``"pure_partial"`` (:math:`\partial^k u/\partial x_i^k`), ``k`` in 1–4.
     """
 
     def __init__(
@@ -358,8 +353,7 @@ class Problem:
         """The unsqueezed shape of quantity ``q`` of term ``t`` (contract 2: ``(n, m)`` or ``(n, d, m)``)."""
         per_coordinate = q in ("gradient", "hessian_diagonal")
         if q in ("directional", "pure_partial"):  # (n, K, m), one row per direction
-            o = t.taylor
-            return (t.n, int(o["directions"].shape[1]) if "directions" in o else len(o["coords"]), self.m)
+            return (t.n, hi.directions_count(t.taylor), self.m)
         return (t.n, *((int(self.net.in_features),) if per_coordinate else ()), self.m)
 
     def _coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:

@@ -7,13 +7,51 @@ packed Hessian (``d(d+1)/2``), :math:`\nabla\Delta u` (``d``), :math:`\Delta u` 
 weight matrix against the forward Laplacian's ``d + 2``. The gradient and the
 Laplacian come from the same sweep when asked (``gradient=True``,
 ``laplacian=True``). The same sweep as :func:`~hessquik_core.higher.biharmonic`.
+
+**Training.** When autograd records the call through the *parameters* (not
+through ``x``), the sweep can run as one custom-gradient function whose backward
+pass is the AD-free :math:`J^\top w` of the per-point parameter Jacobians
+(``hessquik_core.pinn._streams_bh_train``). That machinery lives in the
+application tier, which the engine may not import; it registers itself here
+(:func:`register_training`) when the package is imported, and the planner asks
+:func:`trains_analytically` for the call's training answer (``ctx.training``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 from ..cost import FLOPS_PER_BYTE, RouteCost
 from ..higher_steps import biharmonic_rule, biharmonic_streams, biharmonic_width, sweep
 from ..result import Result
+
+
+class TrainingRule(NamedTuple):
+    """The analytic weight gradient of a recorded bi-Laplacian call.
+
+    ``applies(leaves, ctx) -> bool``: may this call run as the custom-gradient function?
+    ``run(leaves, params, ctx, evaluate) -> (u, g, L, B)``: the four outputs, recorded by
+    the function; ``evaluate(params, x)`` is this route's sweep (``(u, g, L, B)``, full
+    shapes), for the forward pass and for a differentiable (double) backward pass.
+    """
+
+    applies: Callable[[Any, Any], bool]
+    run: Callable[..., tuple]
+
+
+_TRAINING: list[TrainingRule] = []
+
+
+def register_training(rule: TrainingRule) -> None:
+    """Install the analytic weight gradient (one; a second registration replaces it)."""
+    _TRAINING[:] = [rule]
+
+
+def trains_analytically(leaves, ctx) -> bool:
+    """Would a recorded ``biharmonic=True`` call run with the analytic weight gradient?"""
+    return bool(_TRAINING) and _TRAINING[0].applies(leaves, ctx)
+
 
 #: array operations per leaf of the bi-Laplacian step (the rule's element-wise
 #: terms: products, sums, the triangle gathers), for the per-operation overhead
@@ -59,28 +97,39 @@ class BiharmonicRoute:
         return "forward"
 
     def run(self, leaves, params, ctx) -> Result:
-        xp, x, d = ctx.xp, ctx.x, ctx.d
-        dev = ctx.device
-        seed = (xp.eye(d, dtype=x.dtype, device=dev)[None, :, :], None, None, None, None)
-        rule = biharmonic_rule(d, xp, x.dtype, dev)
-        u, (g, _, _, L, B) = sweep(leaves, params, x, seed, rule, 4, ctx.be)
-        n, m = u.shape
+        def evaluate(params, x):
+            return _evaluate(leaves, params, x, ctx)
 
-        def full(a, shape):
-            # a field that stayed identically zero (a linear network) is None in the carry
-            if a is None:
-                return xp.zeros(shape, dtype=u.dtype, device=dev)
-            return a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
-
+        if ctx.training == "analytic" and _TRAINING:
+            u, g, L, B = _TRAINING[0].run(leaves, params, ctx, evaluate)
+        else:
+            u, g, L, B = evaluate(params, ctx.x)
         return Result(
             value=u,
-            gradient=full(g, (n, d, m)) if ctx.gradient else None,
-            laplacian=full(L, (n, m)) if ctx.laplacian else None,
-            biharmonic=full(B, (n, m)),
+            gradient=g if ctx.gradient else None,
+            laplacian=L if ctx.laplacian else None,
+            biharmonic=B,
         )
+
+
+def _evaluate(leaves, params, x, ctx) -> tuple:
+    """``(u (n, m), ∇u (n, d, m), Δu (n, m), Δ²u (n, m))`` by one sweep."""
+    xp, d, dev = ctx.xp, ctx.d, ctx.device
+    seed = (xp.eye(d, dtype=x.dtype, device=dev)[None, :, :], None, None, None, None)
+    rule = biharmonic_rule(d, xp, x.dtype, dev)
+    u, (g, _, _, L, B) = sweep(leaves, params, x, seed, rule, 4, ctx.be)
+    n, m = u.shape
+
+    def full(a, shape):
+        # a field that stayed identically zero (a linear network) is None in the carry
+        if a is None:
+            return xp.zeros(shape, dtype=u.dtype, device=dev)
+        return a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
+
+    return u, full(g, (n, d, m)), full(L, (n, m)), full(B, (n, m))
 
 
 #: the one instance
 BIHARMONIC = BiharmonicRoute()
 
-__all__ = ["BIHARMONIC", "BiharmonicRoute"]
+__all__ = ["BIHARMONIC", "BiharmonicRoute", "TrainingRule", "register_training", "trains_analytically"]
