@@ -179,3 +179,91 @@ def test_float32_and_no_grad():
     with torch.no_grad():  # not recorded: the plain sweep, no function on the graph
         r = net(x.float(), biharmonic=True)
     assert r.biharmonic.grad_fn is None
+
+
+# --------------------------------------------------------------------------
+# hq.taylor_derivatives / hq.pure_partials (pinn/_streams_taylor_train)
+# --------------------------------------------------------------------------
+
+TFN = "_TaylorBackward"
+V3 = np.array([[1.0, -0.4], [0.3, 0.9], [-0.7, 0.2]])
+
+
+def taylor_step(net, params, x, analytic, order, *, wrt_x=False, create_graph=False):
+    before = analytic_weight_gradient(analytic)
+    try:
+        V = V3[: net.in_features]
+        D = hq.taylor_derivatives(net, x, V, order)
+        pp = hq.pure_partials(net, x, [net.in_features - 1], order)
+        loss = (D[-1] ** 2).mean() + (pp**2).sum() + sum(Dj.sum() for Dj in D[:-1])
+        if order > 1:
+            loss = loss + (D[0] * D[1]).sum()
+        used = on_graph(D[-1], TFN) and on_graph(pp, TFN)
+        inputs = [*params, x] if wrt_x else list(params)
+        grads = torch.autograd.grad(loss, inputs, create_graph=create_graph, materialize_grads=True)
+    finally:
+        analytic_weight_gradient(before)
+    return loss, grads, used
+
+
+@pytest.mark.parametrize("name", sorted(nets()))
+@pytest.mark.parametrize("order", [1, 3, 4])
+def test_taylor_analytic_equals_taped(name, order):
+    net = nets()[name]
+    params = torch_parameters(net)
+    x = torch.tensor(np.random.default_rng(6).standard_normal((5, net.in_features)))
+    la, ga, used_a = taylor_step(net, params, x, True, order)
+    lt, gt, used_t = taylor_step(net, params, x, False, order)
+    assert used_a and not used_t
+    assert float(la.detach()) == pytest.approx(float(lt.detach()), rel=1e-14)
+    close(ga, gt, 1e-12)
+
+
+def test_pure_partial_against_torch_func():
+    """The weight gradient of mean((u_xxx)²) by torch.func (three nested jacrev along e_1)."""
+    from torch.func import functional_call, jacrev, vmap
+
+    tnet = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    net = hq.from_torch(tnet)
+    params = torch_parameters(net)
+    x = torch.tensor(np.random.default_rng(7).standard_normal((6, 2)))
+    before = analytic_weight_gradient(True)
+    try:
+        pp = hq.pure_partials(net, x, [1], 3)
+        assert on_graph(pp, TFN)
+        g = torch.autograd.grad((pp**2).mean(), params, materialize_grads=True)
+    finally:
+        analytic_weight_gradient(before)
+    theta = {k: v.detach().clone() for k, v in tnet.named_parameters()}
+    e1 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+    def u_xxx(th, xi):
+        def along(t):
+            return functional_call(tnet, th, (xi + t * e1,))[0]
+
+        return jacrev(jacrev(jacrev(along)))(torch.zeros((), dtype=torch.float64))
+
+    ref = torch.func.grad(lambda th: (vmap(u_xxx, in_dims=(None, 0))(th, x) ** 2).mean())(theta)
+    close(g, [ref["0.weight"].T, ref["0.bias"], ref["2.weight"].T, ref["2.bias"]], 1e-12)
+
+
+def test_taylor_taped_where_it_does_not_apply_and_double_backward():
+    net = nets()["resnet_sin_m2"]
+    params = torch_parameters(net)
+    xr = torch.tensor(np.random.default_rng(8).standard_normal((4, 3)), requires_grad=True)
+    _, ga, used = taylor_step(net, params, xr, True, 3, wrt_x=True)
+    _, gt, _ = taylor_step(net, params, xr, False, 3, wrt_x=True)
+    assert not used  # x records: the taped path
+    close(ga, gt, 0.0)
+    x = xr.detach()
+    out = []
+    for analytic in (True, False):
+        _, g, used = taylor_step(net, params, x, analytic, 4, create_graph=True)
+        assert used is analytic
+        out.append(torch.autograd.grad(sum((gi**2).sum() for gi in g), params, materialize_grads=True))
+    close(out[0], out[1], 1e-12)
+    ln = hq.NN(
+        hq.SingleLayer(2, 4, act="tanh", seed=0), hq.LayerNorm(4, seed=1), hq.SingleLayer(4, 1, seed=2)
+    )
+    _, _, used = taylor_step(ln, torch_parameters(ln), x[:, :2], True, 3)
+    assert not used  # no stream Jacobian for layer norm
