@@ -331,3 +331,25 @@ def test_kirchhoff_plate_example_gauss_newton(tmp_path):
     # measured in --quick mode (seed 0, 200 + 80 points, 30 steps): 6.9e-4 and 4.9e-4
     assert out["rel_l2_error"] < 5e-3
     assert out["rel_residual"] < 5e-3
+
+
+def test_array_api_strict_and_float32():
+    """The generic backend gives NumPy's numbers; float32 agrees with float64 to its precision."""
+    xs = pytest.importorskip("array_api_strict")
+    net = make_net()
+    x = points(5)
+
+    def fn(q, x):
+        return q.gradient[:, 0] + 6.0 * q.value * q.gradient[:, 1] + q.pure_partial[:, 0] + q.biharmonic
+
+    def make(X):
+        needs = ("value", "gradient", "biharmonic", "pure_partial")
+        return pinn.Problem(net, [pinn.Residual(X, fn, needs, coords=(1,), order=3)])
+
+    pn, ps, p32 = make(x), make(xs.asarray(x)), make(x.astype(np.float32))
+    Js = ps.jacobian()
+    assert type(Js).__module__.startswith("array_api_strict") and Js.shape == (5, pn.P)
+    assert rel(np.asarray(Js), pn.jacobian()) <= 1e-14
+    assert rel(np.asarray(ps.gradient()), pn.gradient()) <= 1e-14
+    J32 = p32.jacobian()
+    assert J32.dtype == np.float32 and rel(J32, pn.jacobian()) <= 1e-5
