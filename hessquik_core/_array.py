@@ -158,6 +158,10 @@ class CallContext:
     V: Any = None
     #: :math:`\Delta^2 u` (the bi-Laplacian route, :mod:`hessquik_core.engine.routes.higher`)
     biharmonic: bool = False
+    #: :math:`\partial^3 u[v,v,v]` / :math:`\partial^4 u[v,v,v,v]` along the columns of ``V``
+    #: (the Taylor route, :mod:`hessquik_core.engine.routes.higher`)
+    third_derivative: bool = False
+    fourth_derivative: bool = False
     backend: str = "numpy"
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
@@ -202,7 +206,14 @@ class CallContext:
 
     @property
     def derivatives(self) -> bool:
-        return self.gradient or self.divergence or self.second_order or self.biharmonic
+        return (
+            self.gradient or self.divergence or self.second_order or self.biharmonic or self.taylor_order > 0
+        )
+
+    @property
+    def taylor_order(self) -> int:
+        """4 with ``fourth_derivative``, 3 with ``third_derivative`` only, else 0."""
+        return 4 if self.fourth_derivative else (3 if self.third_derivative else 0)
 
     @property
     def k(self) -> int:
@@ -335,6 +346,8 @@ def resolve_call(
     hessian_diagonal,
     divergence=False,
     biharmonic=False,
+    third_derivative=False,
+    fourth_derivative=False,
     admit=None,
 ) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
@@ -345,6 +358,8 @@ def resolve_call(
     (:func:`~hessquik_core._inputs.admission`): a refused call never materialises ``x``."""
     divergence = _bool("divergence", divergence)
     biharmonic = _bool("biharmonic", biharmonic)
+    third_derivative = _bool("third_derivative", third_derivative)
+    fourth_derivative = _bool("fourth_derivative", fourth_derivative)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
@@ -358,6 +373,14 @@ def resolve_call(
 
         for leaf in net._leaves():  # with hq.biharmonic's messages
             check_leaf(leaf, 4, "biharmonic")
+    if third_derivative or fourth_derivative:
+        from .engine.higher_steps import check_taylor_call  # the engine package imports this module
+
+        flags = dict(
+            gradient=gradient, hessian=hessian, laplacian=laplacian, hessian_diagonal=hessian_diagonal
+        )
+        flags.update(divergence=divergence, biharmonic=biharmonic)
+        check_taylor_call(net, mode, directions, third_derivative, fourth_derivative, flags)
 
     inp = resolve_input(net, x, backend, convert=admit is None)
     d, m = net.in_features, net.out_features
@@ -391,6 +414,11 @@ def resolve_call(
 
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
+    if (third_derivative or fourth_derivative) and V is not None and V.shape[0] != d:
+        raise ValueError(
+            f"third_derivative / fourth_derivative take directions of shape ({d}, k) (one input direction "
+            f"per column), got shape {tuple(V.shape)}"
+        )
     # with directions, their first axis picks the side they fit
     if mode == "auto" and V is not None:
         if V.shape[0] == d:
@@ -425,6 +453,8 @@ def resolve_call(
         divergence=divergence,
         V=V,
         biharmonic=biharmonic,
+        third_derivative=third_derivative,
+        fourth_derivative=fourth_derivative,
         backend=inp.backend,
         orig_x=x,
         native=native if inp.converted else None,

@@ -61,3 +61,32 @@ def test_jax_grad_of_a_biharmonic_loss_matches_nested_ad():
             assert got[k].shape == p[k].shape and got[k].dtype == jnp.float64
             scale = float(jnp.max(jnp.abs(ref[k])))
             assert float(jnp.max(jnp.abs(got[k] - ref[k]))) <= 1e-12 * scale, k
+
+
+def test_jax_grad_of_a_fourth_derivative_loss_matches_nested_ad():
+    net = hq.FullyConnectedNN([2, 5, 1], act="tanh", output_act=None, seed=0)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 2)))
+    V = jnp.asarray([[1.0, 0.5], [0.0, -1.0]])
+    p = jax_parameters(net, dtype=jnp.float64)
+
+    def loss(p):
+        r = functional_call(net, p, x, fourth_derivative=True, directions=V)
+        return jnp.mean(r.fourth_derivative**2)
+
+    def u(p, xi):
+        return (jnp.tanh(xi @ p["0.K"] + p["0.b"]) @ p["1.K"] + p["1.b"])[0]
+
+    def d4(p, xi, v):
+        g = lambda t: u(p, xi + t * v)  # noqa: E731
+        for _ in range(4):
+            g = jax.grad(g)
+        return g(0.0)
+
+    def ref_loss(p):
+        D = jax.vmap(lambda xi: jax.vmap(lambda v: d4(p, xi, v))(V.T))(x)
+        return jnp.mean(D**2)
+
+    ref, got = jax.grad(ref_loss)(p), jax.jit(jax.grad(loss))(p)
+    for k in ("0.K", "0.b", "1.K"):
+        scale = float(jnp.max(jnp.abs(ref[k])))
+        assert float(jnp.max(jnp.abs(got[k] - ref[k]))) <= 1e-12 * scale, k

@@ -174,6 +174,11 @@ def _notes(leaves, ctx: CallContext, p) -> list:
             f"bi-Laplacian sweep: d(d+1)/2 + 2d + 3 = {s} streams per feature through each weight "
             f"matrix (the forward Laplacian's: d + 2 = {ctx.d + 2}); no (n, d, d, d, d) array"
         )
+    elif ctx.taylor_order:
+        k, o = ctx.k, ctx.taylor_order
+        notes.append(
+            f"Taylor sweep of order {o}: {o}k + 1 = {o * k + 1} streams per feature (k = {k} directions)"
+        )
     elif ctx.route:
         q = leaves[0].cost_shapes[0][1]
         what = "Gram root R (RᵀR = MᵀM)" if ctx.route == "gram-laplacian" else "pre-activation coordinates"

@@ -281,8 +281,35 @@ __all__ = [
     "biharmonic_streams",
     "biharmonic_width",
     "check_leaf",
+    "check_taylor_call",
     "declared",
     "run",
     "steps",
     "sweep",
 ]
+
+
+def check_taylor_call(net, mode, directions, third: bool, fourth: bool, others: dict) -> None:
+    """The combinations ``third_derivative`` / ``fourth_derivative`` take (the call flags of
+    the route ``"forward/taylor"``): one forward Taylor sweep along the columns of
+    ``directions`` (required), nothing else; every leaf with an order-3/4 rule and
+    activations supplying it (:func:`check_leaf`, named)."""
+    what = " and ".join(k for k, v in (("third_derivative", third), ("fourth_derivative", fourth)) if v)
+    if directions is None:
+        raise ValueError(
+            f"{what}=True needs directions=V of shape (d, k): the derivatives are taken along its columns "
+            "(for the pure partial ∂ᵏu/∂x_iᵏ use the unit vector e_i, or hq.pure_partials)"
+        )
+    if mode == "backward":
+        raise ValueError(
+            f"{what}=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
+        )
+    extra = [k for k, v in others.items() if v]
+    if extra:
+        raise ValueError(
+            f"{what}=True combines only with third_derivative / fourth_derivative (one Taylor sweep), "
+            f"not with {', '.join(extra)}: make a separate call (hq.taylor_derivatives gives every order "
+            "up to 4 at once)"
+        )
+    for leaf in net._leaves():  # with hq.taylor_derivatives' messages
+        check_leaf(leaf, 4 if fourth else 3, "fourth_derivative" if fourth else "third_derivative")

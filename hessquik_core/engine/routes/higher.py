@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ...rules import taylor as T
 from ..cost import FLOPS_PER_BYTE, RouteCost
-from ..higher_steps import biharmonic_rule, biharmonic_streams, biharmonic_width, sweep
+from ..higher_steps import Rule, biharmonic_rule, biharmonic_streams, biharmonic_width, sweep
 from ..result import Result
 
 
@@ -132,4 +133,67 @@ def _evaluate(leaves, params, x, ctx) -> tuple:
 #: the one instance
 BIHARMONIC = BiharmonicRoute()
 
-__all__ = ["BIHARMONIC", "BiharmonicRoute", "TrainingRule", "register_training", "trains_analytically"]
+
+class TaylorRoute:
+    r"""``net(x, third_derivative=True, fourth_derivative=True, directions=V)``: one forward
+    Taylor sweep carrying :math:`z_j = \partial^j z[v, \dots, v]`, ``j = 1 … K``
+    (``K = 4`` with ``fourth_derivative``, else 3), along the ``k`` columns of ``V``, mapped
+    through :math:`\sigma` by Faà di Bruno (:func:`~hessquik_core.rules.taylor.taylor_act`):
+    the sweep of :func:`~hessquik_core.higher.taylor_derivatives`. Applies to every call with
+    either flag (the call resolution refuses other combinations) and to no other; the only
+    route computing them, hence preferred."""
+
+    name = "forward/taylor"
+    sweep = "taylor"
+    preferred = True
+
+    def applies(self, ctx, leaves) -> bool:
+        return ctx.taylor_order > 0
+
+    def cost(self, ctx, leaves, n, report, training):
+        """GEMM flops ``2 n p q (K k + 1)`` per weight matrix ``(p, q)``, element-wise
+        traffic about ``2K`` passes over each layer's ``(n, K k + 1, q)`` carry, working
+        memory four such carries."""
+        S = ctx.taylor_order * ctx.k + 1
+        size = ctx.itemsize
+        shapes = [s for leaf in leaves for s in leaf.cost_shapes]
+        q_max = max([ctx.d, ctx.m, *(w for s in shapes for w in s)])
+        per_example = 4.0 * S * q_max * size
+        return RouteCost(
+            mode="forward",
+            flops=sum(2.0 * n * p * q * S for p, q in shapes),
+            peak_bytes=per_example * n,
+            per_example_bytes=per_example,
+            ops=_OPS_PER_LEAF * len(leaves),
+            bytes_moved=sum(2.0 * ctx.taylor_order * n * S * q * size for _, q in shapes),
+            flops_per_byte=FLOPS_PER_BYTE,
+        )
+
+    def mode(self, ctx) -> str:
+        return "forward"
+
+    def run(self, leaves, params, ctx) -> Result:
+        xp, K = ctx.xp, ctx.taylor_order
+        u, c = sweep(
+            leaves, params, ctx.x, T.taylor_seed(ctx.V, K), Rule(T.taylor_act, T.taylor_mul), K, ctx.be
+        )
+        n, m = u.shape
+        shape = (n, ctx.k, m)
+
+        def full(a):
+            if a is None:  # identically zero (a network of low polynomial degree)
+                return xp.zeros(shape, dtype=u.dtype, device=ctx.device)
+            return a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
+
+        return Result(
+            value=u,
+            third_derivative=full(c[2]) if ctx.third_derivative else None,
+            fourth_derivative=full(c[3]) if ctx.fourth_derivative else None,
+        )
+
+
+#: the one instance
+TAYLOR = TaylorRoute()
+
+__all__ = ["BIHARMONIC", "TAYLOR", "BiharmonicRoute", "TaylorRoute", "TrainingRule", "register_training"]
+__all__ += ["trains_analytically"]
