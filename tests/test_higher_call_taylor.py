@@ -109,3 +109,46 @@ def test_refusals():
         low(x, fourth_derivative=True, directions=V)
     with pytest.raises(ValueError, match=r"order 4.*order3"):
         hq.taylor_derivatives(low, x, V, 4)
+
+
+def _on_graph(t, name="_TaylorRouteBackward") -> bool:
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if type(f).__name__ == name:
+            return True
+        stack.extend(g for g, _ in f.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("wrt_x", [False, True])
+def test_analytic_weight_gradient_of_the_flags(wrt_x):
+    """Dense/residual layers: the route runs as one function with the streams' adjoint as its
+    backward (pinn/_streams_taylor_train); x recording gradients takes the taped path."""
+    torch = pytest.importorskip("torch")
+    from hessquik_core.training import analytic_weight_gradient, torch_parameters
+
+    net = make_network("resnet", 3, "tanh", 5)
+    params = torch_parameters(net)
+    x = torch.tensor(np.random.default_rng(5).standard_normal((4, 3)), requires_grad=wrt_x)
+    Vt = torch.tensor(V)
+    out = {}
+    for analytic in (True, False):
+        before = analytic_weight_gradient(analytic)
+        try:
+            r = net(x, third_derivative=True, fourth_derivative=True, directions=Vt)
+            loss = (r.fourth_derivative**2).mean() + (r.third_derivative * r.value[:, None, :]).sum()
+            used = _on_graph(r.fourth_derivative)
+            inputs = [*params, x] if wrt_x else params
+            g = torch.autograd.grad(loss, inputs, create_graph=True, materialize_grads=True)
+            h = torch.autograd.grad(sum((gi**2).sum() for gi in g), params, materialize_grads=True)
+        finally:
+            analytic_weight_gradient(before)
+        assert used is (analytic and not wrt_x)
+        out[analytic] = (g, h)
+    for a, b in zip(out[True][0] + out[True][1], out[False][0] + out[False][1]):
+        a, b = a.detach(), b.detach()
+        assert float((a - b).abs().max()) <= 1e-12 * max(float(b.abs().max()), 1e-300)

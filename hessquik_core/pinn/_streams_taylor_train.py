@@ -1,5 +1,7 @@
 r"""The analytic weight gradient of :func:`hessquik_core.taylor_derivatives` (and
-:func:`~hessquik_core.pure_partials`) on torch.
+:func:`~hessquik_core.pure_partials`, and of the call flags ``third_derivative`` /
+``fourth_derivative``: :func:`route_applies`, :func:`route_run`, registered with
+``hessquik_core.engine.routes.higher``) on torch.
 
 A loss :math:`\ell(D_1, \dots, D_k)` of the directional derivatives
 :math:`D_j = \partial^j u[v, \dots, v]` ``(n, K, m)`` has the weight gradient
@@ -30,7 +32,7 @@ from ..backends.base import SWITCHES
 from . import _streams_taylor as tay
 from ._streams import Bound
 
-__all__ = ["run"]
+__all__ = ["route_applies", "route_run", "run"]
 
 
 def _eligible(net, x, backend, order: int) -> bool:
@@ -120,3 +122,93 @@ def _analytic(net, x, directions, order: int, cots, keys, need) -> tuple:
     got = [g[k] for g, ks in zip(grads, keys) for k in ks]
     # a block no used output reaches is exactly zero: None says the same to autograd
     return tuple(g if nd and bool(torch.any(g != 0)) else None for g, nd in zip(got, need))
+
+
+# --------------------------------------------------------------------------
+# the call flags third_derivative / fourth_derivative (route "forward/taylor")
+# --------------------------------------------------------------------------
+
+
+def route_applies(leaves, ctx) -> bool:
+    """Does a recorded ``third_derivative`` / ``fourth_derivative`` call run with the analytic
+    weight gradient? (The same conditions as the functions'.)"""
+    ops = ctx.be
+    if not (SWITCHES.analytic_step and ops.autograd):  # torch: the only library with autograd here
+        return False
+    if not ops.autograd_enabled() or ops.is_tracing() or ops.records_autograd([ctx.x]):
+        return False
+    try:
+        tay.check_supported(
+            leaves, ctx.taylor_order, "fourth_derivative" if ctx.fourth_derivative else "third_derivative"
+        )
+    except ValueError:
+        return False
+    return bool(leaves)
+
+
+def route_run(leaves, params, ctx, evaluate) -> tuple:
+    """``(u, D_1, …, D_K)`` recorded as one function whose backward seeds row ``j`` of the
+    output's Taylor streams with the cotangent of ``D_j`` (row 0, the value, in the first
+    direction's group) and runs their adjoint once."""
+    import torch
+
+    from ._streams_bh_train import _bound
+
+    keys = [list(P) for P in params]
+    flat = [P[k] for P, ks in zip(params, keys) for k in ks]
+    K = ctx.taylor_order
+
+    def unflatten(ts):
+        it = iter(ts)
+        return [{k: next(it) for k in ks} for ks in keys]
+
+    class _TaylorRoute(torch.autograd.Function):
+        @staticmethod
+        def forward(fctx, x, *flat):
+            fctx.save_for_backward(x, *flat)
+            fctx.set_materialize_grads(False)
+            return tuple(a.contiguous() for a in evaluate(unflatten(flat), x))
+
+        @staticmethod
+        def backward(fctx, *cots):
+            x, *saved = fctx.saved_tensors
+            need = fctx.needs_input_grad[1:]
+            used = [j for j, c in enumerate(cots) if c is not None]
+            if not used:
+                return (None, *(None for _ in need))
+            if torch.is_grad_enabled():  # create_graph=True: differentiate the recorded sweep
+                wrt = [t for t, n in zip(saved, need) if n]
+                outs = evaluate(unflatten(saved), x)
+                got = iter(
+                    torch.autograd.grad(
+                        [outs[j] for j in used],
+                        wrt,
+                        [cots[j] for j in used],
+                        create_graph=True,
+                        allow_unused=True,
+                    )
+                )
+                return (None, *(next(got) if n else None for n in need))
+            B = _bound(leaves, unflatten([t.detach() for t in saved]), x.detach(), ctx)
+            xp = ctx.xp
+            n, k, m = x.shape[0], ctx.k, ctx.m
+            zero = xp.zeros((n, k, m), dtype=x.dtype, device=ctx.device)
+            gu = cots[0]
+            row0 = zero if gu is None else xp.concat([gu[:, None, :], zero[:, 1:, :]], axis=1)
+            rows = [row0] + [zero if c is None else c for c in cots[1:]]
+            Ybar = xp.stack([xp.reshape(r, (n * k, m)) for r in rows], axis=0)[None, ...]
+            _, caches = tay._forward(B, ctx.V, K)
+            grads = tay._backward(B, caches, Ybar, "sum")
+            got = [g[kk] for g, ks in zip(grads, keys) for kk in ks]
+            return (None, *(g if nd and bool(torch.any(g != 0)) else None for g, nd in zip(got, need)))
+
+    return _TaylorRoute.apply(ctx.x, *flat)
+
+
+def _register() -> None:
+    from ..engine.routes.higher import TrainingRule, register_training
+
+    register_training(TrainingRule(route_applies, route_run), "taylor")
+
+
+_register()

@@ -69,7 +69,7 @@ def route_kind(leaves, ctx) -> str | None:
     the backend's library has no autograd (``net.cost(..., training=True)``)."""
     if not ctx.be.autograd:
         return None
-    if getattr(ctx, "biharmonic", False):  # its own route and custom-gradient function
+    if ctx.biharmonic or ctx.taylor_order:  # routes/higher.py: their own custom-gradient functions
         from .higher import trains_analytically
 
         return ANALYTIC if trains_analytically(leaves, ctx) else TAPED

@@ -29,29 +29,36 @@ from ..result import Result
 
 
 class TrainingRule(NamedTuple):
-    """The analytic weight gradient of a recorded bi-Laplacian call.
+    """The analytic weight gradient of a recorded call of one of this module's routes.
 
     ``applies(leaves, ctx) -> bool``: may this call run as the custom-gradient function?
-    ``run(leaves, params, ctx, evaluate) -> (u, g, L, B)``: the four outputs, recorded by
-    the function; ``evaluate(params, x)`` is this route's sweep (``(u, g, L, B)``, full
-    shapes), for the forward pass and for a differentiable (double) backward pass.
+    ``run(leaves, params, ctx, evaluate) -> tuple``: the route's outputs, recorded by the
+    function; ``evaluate(params, x)`` is the route's sweep (the bi-Laplacian's
+    ``(u, ∇u, Δu, Δ²u)``, the Taylor route's ``(u, D_1, …, D_K)``, full shapes), for the
+    forward pass and for a differentiable (double) backward pass.
     """
 
     applies: Callable[[Any, Any], bool]
     run: Callable[..., tuple]
 
 
-_TRAINING: list[TrainingRule] = []
+#: route sweep ("biharmonic", "taylor") -> its training rule
+_TRAINING: dict[str, TrainingRule] = {}
 
 
-def register_training(rule: TrainingRule) -> None:
-    """Install the analytic weight gradient (one; a second registration replaces it)."""
-    _TRAINING[:] = [rule]
+def register_training(rule: TrainingRule, sweep: str = "biharmonic") -> None:
+    """Install the analytic weight gradient of the route ``sweep`` (a second one replaces it)."""
+    _TRAINING[sweep] = rule
+
+
+def _rule_of(ctx) -> TrainingRule | None:
+    return _TRAINING.get("taylor" if ctx.taylor_order else "biharmonic")
 
 
 def trains_analytically(leaves, ctx) -> bool:
-    """Would a recorded ``biharmonic=True`` call run with the analytic weight gradient?"""
-    return bool(_TRAINING) and _TRAINING[0].applies(leaves, ctx)
+    """Would a recorded call of this module's routes run with the analytic weight gradient?"""
+    rule = _rule_of(ctx)
+    return rule is not None and rule.applies(leaves, ctx)
 
 
 #: array operations per leaf of the bi-Laplacian step (the rule's element-wise
@@ -101,8 +108,9 @@ class BiharmonicRoute:
         def evaluate(params, x):
             return _evaluate(leaves, params, x, ctx)
 
-        if ctx.training == "analytic" and _TRAINING:
-            u, g, L, B = _TRAINING[0].run(leaves, params, ctx, evaluate)
+        rule = _rule_of(ctx)
+        if ctx.training == "analytic" and rule is not None:
+            u, g, L, B = rule.run(leaves, params, ctx, evaluate)
         else:
             u, g, L, B = evaluate(params, ctx.x)
         return Result(
@@ -173,23 +181,34 @@ class TaylorRoute:
         return "forward"
 
     def run(self, leaves, params, ctx) -> Result:
-        xp, K = ctx.xp, ctx.taylor_order
-        u, c = sweep(
-            leaves, params, ctx.x, T.taylor_seed(ctx.V, K), Rule(T.taylor_act, T.taylor_mul), K, ctx.be
-        )
-        n, m = u.shape
-        shape = (n, ctx.k, m)
+        def evaluate(params, x):
+            return _taylor(leaves, params, x, ctx)
 
-        def full(a):
-            if a is None:  # identically zero (a network of low polynomial degree)
-                return xp.zeros(shape, dtype=u.dtype, device=ctx.device)
-            return a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
-
+        rule = _rule_of(ctx)
+        if ctx.training == "analytic" and rule is not None:
+            u, *D = rule.run(leaves, params, ctx, evaluate)
+        else:
+            u, *D = evaluate(params, ctx.x)
         return Result(
             value=u,
-            third_derivative=full(c[2]) if ctx.third_derivative else None,
-            fourth_derivative=full(c[3]) if ctx.fourth_derivative else None,
+            third_derivative=D[2] if ctx.third_derivative else None,
+            fourth_derivative=D[3] if ctx.fourth_derivative else None,
         )
+
+
+def _taylor(leaves, params, x, ctx) -> tuple:
+    """``(u (n, m), D_1, …, D_K)``, ``D_j = ∂ʲu[v,…,v] (n, k, m)``, by one Taylor sweep."""
+    xp, K = ctx.xp, ctx.taylor_order
+    u, c = sweep(leaves, params, x, T.taylor_seed(ctx.V, K), Rule(T.taylor_act, T.taylor_mul), K, ctx.be)
+    n, m = u.shape
+    shape = (n, ctx.k, m)
+
+    def full(a):
+        if a is None:  # identically zero (a network of low polynomial degree)
+            return xp.zeros(shape, dtype=u.dtype, device=ctx.device)
+        return a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
+
+    return (u, *(full(a) for a in c))
 
 
 #: the one instance
