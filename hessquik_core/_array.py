@@ -158,8 +158,7 @@ class CallContext:
     V: Any = None
     #: :math:`\Delta^2 u` (the bi-Laplacian route, :mod:`hessquik_core.engine.routes.higher`)
     biharmonic: bool = False
-    #: :math:`\partial^3 u[v,v,v]` / :math:`\partial^4 u[v,v,v,v]` along the columns of ``V``
-    #: (the Taylor route, :mod:`hessquik_core.engine.routes.higher`)
+    #: :math:`\partial^3 u[v,v,v]` / :math:`\partial^4 u[v,v,v,v]` along ``V`` (the Taylor route, same module)
     third_derivative: bool = False
     fourth_derivative: bool = False
     backend: str = "numpy"
@@ -207,7 +206,11 @@ class CallContext:
     @property
     def derivatives(self) -> bool:
         return (
-            self.gradient or self.divergence or self.second_order or self.biharmonic or self.taylor_order > 0
+            self.gradient
+            or self.divergence
+            or self.second_order
+            or self.biharmonic
+            or bool(self.taylor_order)
         )
 
     @property
@@ -307,32 +310,6 @@ def resolve_input(net, x, backend, convert: bool = True) -> InputContext:
     return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
 
 
-def _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence) -> None:
-    """The combinations ``biharmonic=True`` takes: the bi-Laplacian sweep runs forward
-    over all ``d`` coordinates and carries the value, gradient and Laplacian besides
-    (``gradient=True``, ``laplacian=True`` come from it); nothing else."""
-    if mode == "backward":
-        raise ValueError(
-            "biharmonic=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
-        )
-    if directions is not None:
-        raise ValueError(
-            "biharmonic=True is the sum over all coordinates (Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u): it cannot be "
-            "combined with directions (for derivatives along directions see hq.taylor_derivatives)"
-        )
-    extra = [
-        k
-        for k, v in (("hessian", hessian), ("hessian_diagonal", hessian_diagonal), ("divergence", divergence))
-        if v
-    ]
-    if extra:
-        raise ValueError(
-            f"biharmonic=True combines with gradient=True and laplacian=True (from the same sweep), "
-            f"not with {', '.join(extra)}: make a separate call for "
-            f"{'it' if len(extra) == 1 else 'them'}"
-        )
-
-
 def resolve_call(
     net,
     x,
@@ -368,19 +345,17 @@ def resolve_call(
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if biharmonic:
-        _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence)
-        from .engine.higher_steps import check_leaf  # the engine package imports this module
+        from .engine.higher_steps import check_biharmonic_call, check_leaf  # the engine imports this module
+
+        check_biharmonic_call(mode, directions, hessian, hessian_diagonal, divergence)
 
         for leaf in net._leaves():  # with hq.biharmonic's messages
             check_leaf(leaf, 4, "biharmonic")
     if third_derivative or fourth_derivative:
         from .engine.higher_steps import check_taylor_call  # the engine package imports this module
 
-        flags = dict(
-            gradient=gradient, hessian=hessian, laplacian=laplacian, hessian_diagonal=hessian_diagonal
-        )
-        flags.update(divergence=divergence, biharmonic=biharmonic)
-        check_taylor_call(net, mode, directions, third_derivative, fourth_derivative, flags)
+        others = (gradient, hessian, laplacian, hessian_diagonal, divergence, biharmonic)
+        check_taylor_call(net, mode, directions, third_derivative, fourth_derivative, others)
 
     inp = resolve_input(net, x, backend, convert=admit is None)
     d, m = net.in_features, net.out_features
@@ -414,11 +389,6 @@ def resolve_call(
 
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
-    if (third_derivative or fourth_derivative) and V is not None and V.shape[0] != d:
-        raise ValueError(
-            f"third_derivative / fourth_derivative take directions of shape ({d}, k) (one input direction "
-            f"per column), got shape {tuple(V.shape)}"
-        )
     # with directions, their first axis picks the side they fit
     if mode == "auto" and V is not None:
         if V.shape[0] == d:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .._array import CallContext, _check_biharmonic
+from .._array import CallContext
 from ..backends import autograd_backend, home_backend
 from ..rules import affine
 from .cost import CostReport
-from .higher_steps import biharmonic_streams
+from .higher_steps import biharmonic_streams, check_biharmonic_call
 from .plan import VALUE, _result_fields, estimate_routes, plan
 from .routes import analytic_step
 
@@ -73,7 +73,7 @@ def explain(
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
     if biharmonic:
-        _check_biharmonic(
+        check_biharmonic_call(
             mode, None if num_directions is None else num_directions, hessian, hessian_diagonal, divergence
         )
     derivatives = bool(gradient or hessian or laplacian or hessian_diagonal or divergence)
