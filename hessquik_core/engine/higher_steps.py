@@ -301,7 +301,7 @@ def check_biharmonic_call(mode, directions, hessian, hessian_diagonal, divergenc
     if directions is not None:
         raise ValueError(
             "biharmonic=True is the sum over all coordinates (Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u): it cannot be "
-            "combined with directions (for derivatives along directions see hq.taylor_derivatives)"
+            "combined with directions (along directions: third_derivative=, fourth_derivative= or hq.taylor_derivatives)"
         )
     extra = [
         k
