@@ -64,7 +64,8 @@ def pyplot():
 
 def plot_solution_and_loss(path, X, Y, exact, approx, history, switch_step, *, names, xy_labels, loss_title):
     """The figure of a trained 2-D PINN example: exact field, network field (shared colour scale),
-    their absolute difference, and the training loss with the Adam → L-BFGS switch marked.
+    their absolute difference, and the training loss with the Adam → L-BFGS switch marked
+    (``switch_step=None``: no switch).
 
     ``names = (exact title, network title, difference title)``; ``xy_labels = (x label, y label)``."""
     plt = pyplot()
@@ -82,9 +83,12 @@ def plot_solution_and_loss(path, X, Y, exact, approx, history, switch_step, *, n
         a.set_xlabel(xy_labels[0])
         a.set_ylabel(xy_labels[1])
     ax[3].semilogy(history)
-    ax[3].axvline(switch_step, color="gray", ls="--", lw=1, label="Adam → L-BFGS")
-    ax[3].legend()
-    ax[3].set_xlabel("step (Adam, then L-BFGS outer steps)")
+    if switch_step is None:  # one optimizer throughout (e.g. Gauss-Newton)
+        ax[3].set_xlabel("step")
+    else:
+        ax[3].axvline(switch_step, color="gray", ls="--", lw=1, label="Adam → L-BFGS")
+        ax[3].legend()
+        ax[3].set_xlabel("step (Adam, then L-BFGS outer steps)")
     ax[3].set_title(loss_title)
     ax[3].grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=110)

@@ -158,6 +158,9 @@ class CallContext:
     V: Any = None
     #: :math:`\Delta^2 u` (the bi-Laplacian route, :mod:`hessquik_core.engine.routes.higher`)
     biharmonic: bool = False
+    #: :math:`\partial^3 u[v,v,v]` / :math:`\partial^4 u[v,v,v,v]` along ``V`` (the Taylor route, same module)
+    third_derivative: bool = False
+    fourth_derivative: bool = False
     backend: str = "numpy"
     orig_x: Any = None
     #: the caller's backend when the call runs in another library, else ``None``
@@ -202,7 +205,18 @@ class CallContext:
 
     @property
     def derivatives(self) -> bool:
-        return self.gradient or self.divergence or self.second_order or self.biharmonic
+        return (
+            self.gradient
+            or self.divergence
+            or self.second_order
+            or self.biharmonic
+            or bool(self.taylor_order)
+        )
+
+    @property
+    def taylor_order(self) -> int:
+        """4 with ``fourth_derivative``, 3 with ``third_derivative`` only, else 0."""
+        return 4 if self.fourth_derivative else (3 if self.third_derivative else 0)
 
     @property
     def k(self) -> int:
@@ -296,32 +310,6 @@ def resolve_input(net, x, backend, convert: bool = True) -> InputContext:
     return InputContext(xc, be.xp, be, chosen.name, x, native, converted)
 
 
-def _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence) -> None:
-    """The combinations ``biharmonic=True`` takes: the bi-Laplacian sweep runs forward
-    over all ``d`` coordinates and carries the value, gradient and Laplacian besides
-    (``gradient=True``, ``laplacian=True`` come from it); nothing else."""
-    if mode == "backward":
-        raise ValueError(
-            "biharmonic=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
-        )
-    if directions is not None:
-        raise ValueError(
-            "biharmonic=True is the sum over all coordinates (Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u): it cannot be "
-            "combined with directions (for derivatives along directions see hq.taylor_derivatives)"
-        )
-    extra = [
-        k
-        for k, v in (("hessian", hessian), ("hessian_diagonal", hessian_diagonal), ("divergence", divergence))
-        if v
-    ]
-    if extra:
-        raise ValueError(
-            f"biharmonic=True combines with gradient=True and laplacian=True (from the same sweep), "
-            f"not with {', '.join(extra)}: make a separate call for "
-            f"{'it' if len(extra) == 1 else 'them'}"
-        )
-
-
 def resolve_call(
     net,
     x,
@@ -335,6 +323,8 @@ def resolve_call(
     hessian_diagonal,
     divergence=False,
     biharmonic=False,
+    third_derivative=False,
+    fourth_derivative=False,
     admit=None,
 ) -> CallContext:
     """Validate a network call and build its :class:`CallContext`.
@@ -345,6 +335,8 @@ def resolve_call(
     (:func:`~hessquik_core._inputs.admission`): a refused call never materialises ``x``."""
     divergence = _bool("divergence", divergence)
     biharmonic = _bool("biharmonic", biharmonic)
+    third_derivative = _bool("third_derivative", third_derivative)
+    fourth_derivative = _bool("fourth_derivative", fourth_derivative)
     gradient = _bool("gradient", gradient)
     hessian = _bool("hessian", hessian)
     laplacian = _bool("laplacian", laplacian)
@@ -353,11 +345,17 @@ def resolve_call(
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if biharmonic:
-        _check_biharmonic(mode, directions, hessian, hessian_diagonal, divergence)
-        from .engine.higher_steps import check_leaf  # the engine package imports this module
+        from .engine.higher_steps import check_biharmonic_call, check_leaf  # the engine imports this module
+
+        check_biharmonic_call(mode, directions, hessian, hessian_diagonal, divergence)
 
         for leaf in net._leaves():  # with hq.biharmonic's messages
             check_leaf(leaf, 4, "biharmonic")
+    if third_derivative or fourth_derivative:
+        from .engine.higher_steps import check_taylor_call  # the engine package imports this module
+
+        others = (gradient, hessian, laplacian, hessian_diagonal, divergence, biharmonic)
+        check_taylor_call(net, mode, directions, third_derivative, fourth_derivative, others)
 
     inp = resolve_input(net, x, backend, convert=admit is None)
     d, m = net.in_features, net.out_features
@@ -425,6 +423,8 @@ def resolve_call(
         divergence=divergence,
         V=V,
         biharmonic=biharmonic,
+        third_derivative=third_derivative,
+        fourth_derivative=fourth_derivative,
         backend=inp.backend,
         orig_x=x,
         native=native if inp.converted else None,

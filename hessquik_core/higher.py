@@ -32,7 +32,10 @@ a request needs (:attr:`~hessquik_core.activations.Activation.max_order`).
 
 Every result is an ordinary array expression of the weights in ``x``'s
 library, dtype and device, so a loss built from it trains with torch
-autograd. The bi-Laplacian is also a flag of the network call,
+autograd; where the per-point parameter Jacobians exist (dense and residual layers,
+activations with :math:`\sigma^{(k+1)}`) the weight gradient is analytic: one
+custom-gradient function whose backward is the streams' adjoint
+(``pinn/_streams_bh_train.py``, ``pinn/_streams_taylor_train.py``). The bi-Laplacian is also a flag of the network call,
 ``net(x, biharmonic=True)`` (the route :mod:`hessquik_core.engine.routes.higher`;
 :func:`biharmonic` without ``full`` calls it); the directional derivatives and
 pure partials are functions only.
@@ -48,6 +51,8 @@ import array_api_compat as aac
 
 from ._array import as_batch, as_plain_array, namespace_of, resolve_input
 from .engine import higher_steps as S
+from .pinn import _streams_bh_train  # noqa: F401 - installs the analytic weight gradient of the flag's route
+from .pinn import _streams_taylor_train as _taylor_train
 from .rules import taylor as T
 
 if TYPE_CHECKING:
@@ -277,19 +282,24 @@ def taylor_derivatives(net: NN, x: Any, directions: Any, order: int, *, backend:
         V = xp.asarray(_to(directions, xp), dtype=dtype, device=dev)
         return T.taylor_seed(V, order)
 
-    inp, u, c = _sweep(
-        net,
-        x,
-        backend,
-        seed,
-        lambda *_: _Rule(T.taylor_act, T.taylor_mul),
-        order,
-        "taylor_derivatives",
-        order * directions.shape[1] + 1,
-    )
-    n, m = u.shape
-    k = directions.shape[1]
-    return tuple(_back(inp, _full(a, (n, k, m), inp.xp, u)) for a in c)
+    def compute() -> tuple:
+        inp, u, c = _sweep(
+            net,
+            x,
+            backend,
+            seed,
+            lambda *_: _Rule(T.taylor_act, T.taylor_mul),
+            order,
+            "taylor_derivatives",
+            order * directions.shape[1] + 1,
+        )
+        n, m = u.shape
+        k = directions.shape[1]
+        return tuple(_back(inp, _full(a, (n, k, m), inp.xp, u)) for a in c)
+
+    # torch training: the analytic weight gradient where it applies (pinn/_streams_taylor_train)
+    recorded = _taylor_train.run(net, x, directions, order, backend, compute)
+    return compute() if recorded is None else recorded
 
 
 def _to(a, xp):

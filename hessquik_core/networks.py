@@ -110,6 +110,7 @@ class NN(Module):
         with ``biharmonic``; ``admit``: see :func:`~hessquik_core._array.resolve_call`;
         ``out_what``: names an ``out=`` use."""
         directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, *more = flags
+        more += [False] * (3 - len(more))  # biharmonic, third_derivative, fourth_derivative
         x, lead = batch_input(x, self.in_features, out_what)
         ctx = resolve_call(
             self,
@@ -122,7 +123,9 @@ class NN(Module):
             laplacian=laplacian,
             hessian_diagonal=hessian_diagonal,
             divergence=divergence,
-            biharmonic=more[0] if more else False,
+            biharmonic=more[0],
+            third_derivative=more[1],
+            fourth_derivative=more[2],
             admit=admit,
         )
         return ctx, lead
@@ -140,6 +143,8 @@ class NN(Module):
         hessian_diagonal: bool = False,
         divergence: bool = False,
         biharmonic: bool = False,
+        third_derivative: bool = False,
+        fourth_derivative: bool = False,
         max_memory: float | None = None,
         progress: bool | None = None,
         out: Result | None = None,
@@ -184,6 +189,13 @@ class NN(Module):
             ``gradient``, ``laplacian`` from the same sweep). Refused up front: ``directions``,
             ``mode="backward"``, ``hessian``, ``hessian_diagonal``, ``divergence``, ``out=``,
             Dask arrays, activations without σ⁗, layer types without an order-4 rule.
+        third_derivative, fourth_derivative : bool
+            :math:`\partial^3 u[v, v, v]` / :math:`\partial^4 u[v, v, v, v]` along every column
+            ``v`` of ``directions`` ``V : (d, k)`` (required), shape (n, k, m) each, exact: one
+            forward Taylor sweep of ``3k + 1`` / ``4k + 1`` numbers per feature (the entries of
+            :func:`~hessquik_core.higher.taylor_derivatives`). Refused up front: no ``directions``,
+            ``mode="backward"``, any other derivative flag in the same call, ``out=``, Dask
+            arrays, activations without σ‴ / σ⁗, layer types without an order-3/4 rule.
         max_memory : float, optional
             Byte budget for the call's working memory (the temporaries of
             the chain rule). Default: half the memory available on ``x``'s
@@ -231,17 +243,31 @@ class NN(Module):
         """
         if biharmonic is True and out is not None:
             raise ValueError("biharmonic=True does not take out= buffers: call without out=")
+        if (third_derivative is True or fourth_derivative is True) and out is not None:
+            raise ValueError(
+                "third_derivative / fourth_derivative do not take out= buffers: call without out="
+            )
         plugin = chunked_plugin(x)
         if plugin is not None:  # one task per batch chunk, lazy results: hessquik_core/dask/_network.py
             if biharmonic is not False:
                 raise TypeError("biharmonic=True is not supported for Dask arrays: call on a computed array")
+            if third_derivative is not False or fourth_derivative is not False:
+                raise TypeError(
+                    "third_derivative / fourth_derivative are not supported for Dask arrays: call on a computed array"
+                )
             if out is not None:
                 raise TypeError("out= is not supported for Dask arrays: their results are lazy Dask arrays")
-            kw = {k: v for k, v in locals().items() if k not in ("self", "x", "out", "plugin", "biharmonic")}
+            kw = {
+                k: v
+                for k, v in locals().items()
+                if k
+                not in ("self", "x", "out", "plugin", "biharmonic", "third_derivative", "fourth_derivative")
+            }
             return plugin.call(self, x, **kw)
         leaves = list(self._leaves())
         ctx, lead = self._resolve(  # the memory plan refuses before x is converted (admission)
             x, directions, mode, backend, gradient, hessian, laplacian, hessian_diagonal, divergence, biharmonic,
+            third_derivative, fourth_derivative,
             admit=admission(leaves, max_memory, out is not None), out_what=None if out is None else "out=",
         )  # fmt: skip
         single = lead == ()

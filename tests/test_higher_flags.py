@@ -55,7 +55,7 @@ def test_unpacking_order_and_result_protocol():
     net = _net()
     # new fields come after the existing ones: old unpacking unchanged
     assert FIELDS[:6] == ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence")
-    assert FIELDS[-1] == "biharmonic"
+    assert FIELDS[6:] == ("biharmonic", "third_derivative", "fourth_derivative")
     f, g, L, B = net(X, gradient=True, laplacian=True, biharmonic=True)
     assert g.shape == (7, 3, 2) and L.shape == (7, 2) and B.shape == (7, 2)
     f, B2 = net(X, biharmonic=True)

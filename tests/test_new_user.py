@@ -9,8 +9,9 @@ import hessquik_core as hq
 from hessquik_core.engine import FIELDS
 
 #: the quantities one call can request together (biharmonic=True has its own route
-#: and combines only with gradient and laplacian: tests/test_higher_flags.py)
-TOGETHER = tuple(f for f in FIELDS[1:] if f != "biharmonic")
+#: and combines only with gradient and laplacian: tests/test_higher_flags.py; the
+#: third/fourth directional derivatives need directions: tests/test_higher_call_taylor.py)
+TOGETHER = tuple(f for f in FIELDS[1:] if f not in ("biharmonic", "third_derivative", "fourth_derivative"))
 
 torch = pytest.importorskip("torch")
 

@@ -35,6 +35,7 @@ def test_every_route_is_a_route():
         "forward/gram-laplacian",
         "forward/divergence",
         "forward/biharmonic",
+        "forward/taylor",
     ]
     for r in plan.ROUTES:
         assert all(callable(getattr(r, f)) for f in ("applies", "cost", "mode", "run"))

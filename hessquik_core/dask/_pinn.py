@@ -39,6 +39,7 @@ import numpy as np
 from .._dask_hook import is_dask
 from ..curvature.layout import flatten_parameters, parameter_layout
 from ..curvature.operators import LinearOperatorBase
+from ..pinn import _problem_higher as hi
 from ..pinn.problem import Problem, Residual
 from ._graph import Shared, da, graph, meta_like, snapshot, to_numpy, token, tree_sum
 from ._pinn_chunks import Term, chunk, chunk_bytes, probe, stack_r, tsqr_step
@@ -123,6 +124,8 @@ class DaskProblem(Problem):
             self._arrays.append((p, data))
         if len(set(names)) != len(names):
             raise ValueError(f"residual names must be unique, got {names}")
+        for t in residuals:  # a higher-order quantity's Jacobian rule, refused here by layer name
+            hi.check_supported(net, t.needs, t.taylor)
         self.xp, self.device = _XP, "cpu"
         self.net, self.terms, self.names = net, residuals, tuple(names)
         self.layout = parameter_layout(net)

@@ -77,6 +77,8 @@ class Term:
         self.fn, self.needs, self.weights = t.point_fn, t.needs, t.weights
         self.weight, self.name, self.n = t.weight, name, t.n
         self.has_data = t.data is not None
+        # directions / coords / order of a third- or fourth-order quantity, passed on as given
+        self.taylor = dict(t.taylor)
 
 
 def chunk_problem(net: Any, spec: Term, xb: Any, db: Any) -> Problem:
@@ -90,6 +92,7 @@ def chunk_problem(net: Any, spec: Term, xb: Any, db: Any) -> Problem:
         name=spec.name,
         weights=spec.weights,
         data=db,
+        **spec.taylor,
     )
     return Problem(net, [res])
 

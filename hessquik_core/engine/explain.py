@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .._array import CallContext, _check_biharmonic
+from .._array import CallContext
 from ..backends import autograd_backend, home_backend
 from ..rules import affine
 from .cost import CostReport
-from .higher_steps import biharmonic_streams
+from .higher_steps import biharmonic_streams, check_biharmonic_call
 from .plan import VALUE, _result_fields, estimate_routes, plan
 from .routes import analytic_step
 
@@ -73,7 +73,7 @@ def explain(
     if divergence and d != m:
         raise ValueError(f"divergence needs as many outputs as inputs (d == m), got d={d}, m={m}")
     if biharmonic:
-        _check_biharmonic(
+        check_biharmonic_call(
             mode, None if num_directions is None else num_directions, hessian, hessian_diagonal, divergence
         )
     derivatives = bool(gradient or hessian or laplacian or hessian_diagonal or divergence)
@@ -173,6 +173,11 @@ def _notes(leaves, ctx: CallContext, p) -> list:
         notes.append(
             f"bi-Laplacian sweep: d(d+1)/2 + 2d + 3 = {s} streams per feature through each weight "
             f"matrix (the forward Laplacian's: d + 2 = {ctx.d + 2}); no (n, d, d, d, d) array"
+        )
+    elif ctx.taylor_order:
+        k, o = ctx.k, ctx.taylor_order
+        notes.append(
+            f"Taylor sweep of order {o}: {o}k + 1 = {o * k + 1} streams per feature (k = {k} directions)"
         )
     elif ctx.route:
         q = leaves[0].cost_shapes[0][1]

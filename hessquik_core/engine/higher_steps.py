@@ -280,9 +280,70 @@ __all__ = [
     "biharmonic_rule",
     "biharmonic_streams",
     "biharmonic_width",
+    "check_biharmonic_call",
     "check_leaf",
+    "check_taylor_call",
     "declared",
     "run",
     "steps",
     "sweep",
 ]
+
+
+def check_biharmonic_call(mode, directions, hessian, hessian_diagonal, divergence) -> None:
+    """The combinations ``biharmonic=True`` takes: the bi-Laplacian sweep runs forward
+    over all ``d`` coordinates and carries the value, gradient and Laplacian besides
+    (``gradient=True``, ``laplacian=True`` come from it); nothing else."""
+    if mode == "backward":
+        raise ValueError(
+            "biharmonic=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
+        )
+    if directions is not None:
+        raise ValueError(
+            "biharmonic=True is the sum over all coordinates (Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u): it cannot be "
+            "combined with directions (along directions: third_derivative=, fourth_derivative= or hq.taylor_derivatives)"
+        )
+    extra = [
+        k
+        for k, v in (("hessian", hessian), ("hessian_diagonal", hessian_diagonal), ("divergence", divergence))
+        if v
+    ]
+    if extra:
+        raise ValueError(
+            f"biharmonic=True combines with gradient=True and laplacian=True (from the same sweep), "
+            f"not with {', '.join(extra)}: make a separate call for "
+            f"{'it' if len(extra) == 1 else 'them'}"
+        )
+
+
+def check_taylor_call(net, mode, directions, third: bool, fourth: bool, others: tuple) -> None:
+    """The combinations ``third_derivative`` / ``fourth_derivative`` take (the call flags of
+    the route ``"forward/taylor"``): one forward Taylor sweep along the columns of
+    ``directions`` (required), nothing else; every leaf with an order-3/4 rule and
+    activations supplying it (:func:`check_leaf`, named)."""
+    what = " and ".join(k for k, v in (("third_derivative", third), ("fourth_derivative", fourth)) if v)
+    if directions is None:
+        raise ValueError(
+            f"{what}=True needs directions=V of shape (d, k): the derivatives are taken along its columns "
+            "(for the pure partial ∂ᵏu/∂x_iᵏ use the unit vector e_i, or hq.pure_partials)"
+        )
+    d = net.in_features
+    if len(directions) != d:  # the first axis (d, k): input directions only
+        raise ValueError(
+            f"third_derivative / fourth_derivative take directions of shape ({d}, k) (one input direction "
+            f"per column), got shape {tuple(getattr(directions, 'shape', (len(directions),)))}"
+        )
+    if mode == "backward":
+        raise ValueError(
+            f"{what}=True runs one forward sweep: mode must be 'auto' or 'forward', got 'backward'"
+        )
+    names = ("gradient", "hessian", "laplacian", "hessian_diagonal", "divergence", "biharmonic")
+    extra = [k for k, v in zip(names, others) if v]
+    if extra:
+        raise ValueError(
+            f"{what}=True combines only with third_derivative / fourth_derivative (one Taylor sweep), "
+            f"not with {', '.join(extra)}: make a separate call (hq.taylor_derivatives gives every order "
+            "up to 4 at once)"
+        )
+    for leaf in net._leaves():  # with hq.taylor_derivatives' messages
+        check_leaf(leaf, 4 if fourth else 3, "fourth_derivative" if fourth else "third_derivative")

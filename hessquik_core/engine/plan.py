@@ -18,7 +18,7 @@ from .routes import analytic_step
 from .routes.base import Route
 from .routes.classic import ClassicRoute
 from .routes.highdim import DIVERGENCE, GRAM_LAPLACIAN
-from .routes.higher import BIHARMONIC
+from .routes.higher import BIHARMONIC, TAYLOR
 from .routes.value import VALUE as VALUE_ROUTE
 
 
@@ -190,6 +190,7 @@ ROUTES: tuple[Route, ...] = (
     GRAM_LAPLACIAN,
     DIVERGENCE,
     BIHARMONIC,
+    TAYLOR,
 )
 _BY_NAME = {r.name: r for r in ROUTES}
 
@@ -332,6 +333,7 @@ def _result_bytes(ctx: CallContext, n: int) -> float:
     entries += d * m if ctx.hessian_diagonal else 0
     entries += m if ctx.laplacian else 0
     entries += ctx.m if ctx.biharmonic else 0
+    entries += ctx.k * ctx.m * (int(ctx.third_derivative) + int(ctx.fourth_derivative))
     return float(n * entries * ctx.itemsize)
 
 
@@ -345,6 +347,8 @@ def _result_fields(ctx: CallContext) -> str:
         "laplacian": (n, m),
         "divergence": (n,),
         "biharmonic": (n, ctx.m),
+        "third_derivative": (n, ctx.k, ctx.m),
+        "fourth_derivative": (n, ctx.k, ctx.m),
     }
     parts = [f"value {(n, ctx.m)}"]
     parts += [f"{name} {shape}" for name, shape in shapes.items() if getattr(ctx, name)]

@@ -9,7 +9,17 @@ from typing import Any, Literal
 MODES = ("auto", "forward", "backward")
 
 #: the array fields of :class:`Result`, in order
-FIELDS = ("value", "gradient", "hessian", "laplacian", "hessian_diagonal", "divergence", "biharmonic")
+FIELDS = (
+    "value",
+    "gradient",
+    "hessian",
+    "laplacian",
+    "hessian_diagonal",
+    "divergence",
+    "biharmonic",
+    "third_derivative",
+    "fourth_derivative",
+)
 
 
 #: an array of any supported library (NumPy, torch, CuPy, Array-API)
@@ -18,7 +28,7 @@ Array = Any
 
 @dataclass
 class Result:
-    """What a network call returns; entries not requested are ``None``.
+    r"""What a network call returns; entries not requested are ``None``.
 
     Arrays are of ``x``'s library (NumPy, torch, CuPy, ...), in its dtype
     and on its device. For a single point ``x`` of shape ``(d,)`` every
@@ -32,7 +42,8 @@ class Result:
 
     **Unpacking** yields exactly the requested quantities, never a
     ``None``: the value first, then, of those asked for, gradient, hessian,
-    laplacian, hessian_diagonal, divergence, biharmonic, in this fixed order
+    laplacian, hessian_diagonal, divergence, biharmonic, third_derivative,
+    fourth_derivative, in this fixed order
     (the order of the attributes below). So ``f, g = net(x, gradient=True)``,
     ``f, g, L = net(x, gradient=True, laplacian=True)`` and hessQuik's
     ``f, df, d2f = net(x, gradient=True, hessian=True)`` all mean what they
@@ -67,6 +78,11 @@ class Result:
     biharmonic : array or None
         ``(n, m)``, the bi-Laplacian Δ²u = Σᵢⱼ ∂ᵢ²∂ⱼ²u
         (``net(x, biharmonic=True)``).
+    third_derivative, fourth_derivative : array or None
+        ``(n, k, m)`` with ``directions`` ``V : (d, k)``: column ``c`` holds
+        :math:`\partial^3 u[v_c, v_c, v_c]` (resp. :math:`\partial^4 u[v_c, \dots, v_c]`),
+        the entries ``2`` and ``3`` of ``hq.taylor_derivatives(net, x, V, 4)``
+        (``net(x, third_derivative=True, directions=V)``).
     mode : {"forward", "backward"} or None
         The route actually taken.
     """
@@ -80,6 +96,8 @@ class Result:
     hessian_diagonal: Array = None
     divergence: Array = None
     biharmonic: Array = None
+    third_derivative: Array = None
+    fourth_derivative: Array = None
     mode: Literal["forward", "backward"] | None = None
 
     def __repr__(self) -> str:

@@ -43,7 +43,16 @@ from ..backends import owner_of
 __all__ = ["QUANTITIES", "PointQuantities", "evaluate_residual", "residual_derivatives"]
 
 #: the quantities a residual may declare in ``needs``, in the order they are computed
-QUANTITIES = ("value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian")
+QUANTITIES = (
+    "value",
+    "gradient",
+    "laplacian",
+    "hessian_diagonal",
+    "weighted_laplacian",
+    "biharmonic",
+    "directional",
+    "pure_partial",
+)
 
 #: the complex step (any h far below the rounding unit works; 1e-20 is safe in complex64 too)
 _H = 1e-20
@@ -55,7 +64,10 @@ class PointQuantities:
     With one output (``m == 1``) the output axis is dropped: ``value (n,)``,
     ``gradient (n, d)``, ``laplacian (n,)``, ``hessian_diagonal (n, d)``; with
     ``m > 1`` it is kept last (``value (n, m)``, ``gradient (n, d, m)``, ...);
-    ``weighted_laplacian (n,)`` is :math:`\\mathrm{tr}(SS^\\top\\nabla^2 u)` for the residual's ``weights``.
+    ``weighted_laplacian (n,)`` is :math:`\\mathrm{tr}(SS^\\top\\nabla^2 u)` for the residual's ``weights``;
+    ``biharmonic (n,)`` is :math:`\\Delta^2 u`; ``directional (n, K)`` and ``pure_partial (n, K)``
+    are :math:`\\partial^k u[v_c, \\dots, v_c]` for the residual's ``directions`` and
+    :math:`\\partial^k u/\\partial x_i^k` for its ``coords`` (``order = k``).
     Reading a quantity the residual did not declare in ``needs`` raises
     :class:`ValueError` naming the residual.
     """
@@ -97,6 +109,27 @@ class PointQuantities:
     def weighted_laplacian(self) -> Any:
         """:math:`\\mathrm{tr}(SS^\\top\\nabla^2 u)`, ``(n,)`` (``(n, m)``), for the residual's ``weights`` ``S``."""
         return self._get("weighted_laplacian")
+
+    @property
+    def biharmonic(self) -> Any:
+        """:math:`\\Delta^2 u`, ``(n,)`` (``(n, m)``)."""
+        return self._get("biharmonic")
+
+    @property
+    def directional(self) -> Any:
+        """:math:`\\partial^k u[v_c, \\dots, v_c]` per column ``v_c`` of the residual's ``directions``.
+
+        ``(n, K)`` (``(n, K, m)``).
+        """
+        return self._get("directional")
+
+    @property
+    def pure_partial(self) -> Any:
+        """:math:`\\partial^k u/\\partial x_i^k` per coordinate ``i`` of the residual's ``coords``.
+
+        ``(n, K)`` (``(n, K, m)``).
+        """
+        return self._get("pure_partial")
 
     def __repr__(self) -> str:
         return f"PointQuantities({', '.join(f'{k}{tuple(v.shape)}' for k, v in self._data.items())})"

@@ -49,6 +49,7 @@ import math
 from typing import Any
 
 from ._base import Optimizer, StepRecord
+from ._problem_higher import HIGHER
 from .jacobian import kfac_factors
 from .problem import Problem
 
@@ -112,6 +113,13 @@ class KFAC(Optimizer):
         damping_min: float = 1e-12,
     ) -> None:
         super().__init__(problem)
+        higher = [(name, q) for name, t in zip(problem.names, problem.terms) for q in t.needs if q in HIGHER]
+        if higher:  # no Kronecker factors for the order-3/4 streams (yet): refused before any work
+            name, q = higher[0]
+            raise ValueError(
+                f"KFAC has no Kronecker factors for {q!r} (residual {name!r}); use GaussNewton or ENGD, "
+                "which take the exact Jacobian of the order-3/4 quantities"
+            )
         for name, val in (("damping", damping), ("lr", lr)):
             if (
                 isinstance(val, bool)

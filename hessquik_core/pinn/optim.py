@@ -48,7 +48,11 @@ def _components(problem: Problem) -> int:
     """:math:`\\sum_t n_t K_t`: rows of the per-quantity Jacobians :math:`\\partial q/\\partial\\theta`."""
     d, m = int(problem.net.in_features), problem.m
     per = {"value": m, "laplacian": m, "weighted_laplacian": m, "gradient": d * m, "hessian_diagonal": d * m}
-    return sum(t.n * sum(per[q] for q in t.needs) for t in problem.terms)
+    per["biharmonic"] = m
+    # "directional" / "pure_partial": K directions of the term, (n, K, m)
+    return sum(
+        t.n * sum(per[q] if q in per else problem._shape(t, q)[1] * m for q in t.needs) for t in problem.terms
+    )
 
 
 def solver_bytes(problem: Problem, solver: str) -> float:

@@ -27,7 +27,7 @@ Curvature operators: :mod:`hessquik_core.pinn.operators`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,116 +37,12 @@ from .._array import as_plain_array, namespace_of
 from .._dask_hook import chunked_plugin
 from ..backends import owner_of
 from ..curvature.layout import flatten_parameters, parameter_layout
+from . import _problem_higher as hi
 from ._linearize import QUANTITIES, evaluate_residual, residual_derivatives
-from ._point_data import bind_data
 from .jacobian import jvp, quantities_and_jacobians, vjp
+from .residual import Residual
 
 __all__ = ["Problem", "Residual"]
-
-
-class Residual:
-    r"""One residual term :math:`r_i = f(q(x_i), x_i)` of a :class:`Problem`.
-
-    Parameters
-    ----------
-    points : array of shape (n, d)
-        Collocation points (interior, boundary or initial), floating.
-    fn : callable
-        ``fn(q, x) -> r (n,)``: ``q`` is a :class:`~hessquik_core.pinn.PointQuantities`
-        (``q.value (n,)``, ``q.gradient (n, d)``, ``q.laplacian (n,)``,
-        ``q.hessian_diagonal (n, d)`` for one output; the output axis kept
-        last for ``m > 1``), ``x`` the points. Linear (``-q.laplacian - f``) or
-        nonlinear (``q.laplacian + q.value - q.value**3``) in the quantities, but
-        **point-wise**: ``r_i`` depends on row ``i`` only. With NumPy (and
-        other non-torch libraries) ``fn`` must be real-analytic code that
-        accepts complex arrays (its derivative is a complex step; see
-        :mod:`~hessquik_core.pinn._linearize`).
-    needs : sequence of str
-        The quantities ``fn`` reads, from ``"value"``, ``"gradient"``,
-        ``"laplacian"``, ``"hessian_diagonal"``, ``"weighted_laplacian"``
-        (the last combines with ``"value"`` only: it takes a sweep of its own).
-    weight : float
-        :math:`w_t \ge 0`; the term adds :math:`\frac{w_t}{2n}\|r\|^2` to the loss.
-    name : str, optional
-        For messages and :meth:`Problem.residuals` (default ``"term<i>"``).
-    weights : array of shape (d, r), optional
-        :math:`S` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)`
-        (e.g. :math:`\sigma` of a diffusion :math:`\frac12\mathrm{tr}(\sigma\sigma^\top\nabla^2u)`);
-        required for, and only for, ``"weighted_laplacian"``; the points' library and dtype.
-    data : array of shape (n, ...), optional
-        Per-point data (e.g. :math:`f(x_i)`), row :math:`i` for point :math:`i`: ``fn`` is
-        then called ``fn(q, x, data)`` with the rows of the points it is given.
-        ``points`` and ``data`` may be Dask arrays chunked along the points: see
-        :class:`hessquik_core.dask.DaskProblem`.
-    """
-
-    def __init__(
-        self,
-        points: Any,
-        fn: Callable[..., Any],
-        needs: Sequence[str] = ("value",),
-        *,
-        weight: float = 1.0,
-        name: str | None = None,
-        weights: Any = None,
-        data: Any = None,
-    ) -> None:
-        plugin = chunked_plugin(points, data)
-        if plugin is not None:  # points held in chunks (Dask): the plugin checks them and their data
-            points, data, xp = plugin.residual_points(points, data)
-        else:
-            points = as_plain_array(points, "points")
-            xp = namespace_of(points, "points")
-        if points.ndim != 2 or points.shape[0] < 1:
-            raise ValueError(f"points must have shape (n, d) with n >= 1, got {tuple(points.shape)}")
-        if not xp.isdtype(points.dtype, "real floating"):
-            raise TypeError(f"points must be floating (float32 or float64), got dtype {points.dtype}")
-        if not callable(fn):
-            raise TypeError(f"fn must be callable fn(q, x) -> (n,), got {type(fn).__name__}")
-        if isinstance(needs, str):
-            needs = (needs,)
-        needs = tuple(needs)
-        bad = [q for q in needs if q not in QUANTITIES]
-        if bad or not needs:
-            raise ValueError(f"needs must be a non-empty subset of {QUANTITIES}, got {needs}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise TypeError(f"weight must be a finite number, got {weight!r}")
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
-        if ("weighted_laplacian" in needs) != (weights is not None):
-            raise ValueError(
-                "weights (S, shape (d, r)) are required for, and only for, needs containing "
-                f"'weighted_laplacian'; got needs={needs} and weights={'given' if weights is not None else None}"
-            )
-        if "weighted_laplacian" in needs and not set(needs) <= {"value", "weighted_laplacian"}:
-            raise ValueError(
-                f"'weighted_laplacian' combines with 'value' only (it takes a sweep of its own), got needs={needs}; "
-                f"use two Residual terms"
-            )
-        if weights is not None:
-            weights = as_plain_array(weights, "weights")
-            if namespace_of(weights, "weights").__name__ != xp.__name__ or weights.dtype != points.dtype:
-                raise TypeError(f"weights must be an array of the points' library and dtype {points.dtype}")
-            if weights.ndim != 2 or weights.shape[0] != points.shape[1]:
-                raise ValueError(
-                    f"weights must have shape ({points.shape[1]}, r), got {tuple(weights.shape)}"
-                )
-        self.weights = weights
-        # fn of (q, x) for the problem; point_fn and data for the chunks of distributed points
-        self.point_fn, (fn, self.data) = fn, bind_data(fn, data, points, xp, plugin is not None)
-        self.points, self.fn, self.weight, self.name = points, fn, float(weight), name
-        # computed in QUANTITIES order
-        self.needs = tuple(q for q in QUANTITIES if q in needs)
-
-    @property
-    def n(self) -> int:
-        """The number of points."""
-        return int(self.points.shape[0])
-
-    def __repr__(self) -> str:
-        return f"Residual(name={self.name!r}, n={self.n}, needs={self.needs}, weight={self.weight})"
 
 
 @dataclass
@@ -228,6 +124,8 @@ class Problem:
             names.append(t.name if t.name is not None else f"term{i}")
         if len(set(names)) != len(names):
             raise ValueError(f"residual names must be unique, got {names}")
+        for t in residuals:  # a higher-order quantity's Jacobian rule, refused here by layer name
+            hi.check_supported(net, t.needs, t.taylor)
         self.net, self.terms, self.names = net, residuals, tuple(names)
         self.layout = parameter_layout(net)
         self.P, self.N = self.layout.size, sum(t.n for t in residuals)
@@ -274,11 +172,9 @@ class Problem:
             laplacian="laplacian" in t.needs,
             hessian_diagonal="hessian_diagonal" in t.needs,
         )
-        out = {
-            q: _detach(_squeeze(getattr(res, q), self.m, self.xp))
-            for q in t.needs
-            if q != "weighted_laplacian"
-        }
+        out = {q: _detach(_squeeze(getattr(res, q), self.m, self.xp)) for q in t.needs if q in QUANTITIES[:4]}
+        higher = hi.quantities(self.net, t.points, t.needs, t.taylor)  # Δ²u, ∂ᵏu[v,…,v], ∂ᵏu/∂x_iᵏ
+        out.update({q: _detach(_squeeze(a, self.m, self.xp)) for q, a in higher.items()})
         if t.weights is not None:  # tr(SSᵀ∇²u) = tr(Sᵀ∇²u S): the forward Laplacian along the columns of S
             lap = self.net(t.points, laplacian=True, directions=t.weights, mode="forward").laplacian
             out["weighted_laplacian"] = _detach(_squeeze(lap, self.m, self.xp))
@@ -349,7 +245,7 @@ class Problem:
         if self._jac is None:
             xp, rows = self.xp, []
             for t, li in zip(self.terms, lin):
-                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs, weights=t.weights)
+                _, jacs = quantities_and_jacobians(self.net, t.points, t.needs, weights=t.weights, **t.taylor)
                 Jt = 0.0
                 for q in t.needs:
                     c = li.coef[q]  # (n, K)
@@ -362,6 +258,8 @@ class Problem:
     def _shape(self, t: Residual, q: str) -> tuple[int, ...]:
         """The unsqueezed shape of quantity ``q`` of term ``t`` (contract 2: ``(n, m)`` or ``(n, d, m)``)."""
         per_coordinate = q in ("gradient", "hessian_diagonal")
+        if q in ("directional", "pure_partial"):  # (n, K, m), one row per direction
+            return (t.n, hi.directions_count(t.taylor), self.m)
         return (t.n, *((int(self.net.in_features),) if per_coordinate else ()), self.m)
 
     def _coefficients(self, t: Residual, lin: _Linearization, w: Any) -> dict[str, Any]:
@@ -376,7 +274,10 @@ class Problem:
         v = self._vector(v, self.P, "v")
         xp, out = self.xp, []
         for t, li in zip(self.terms, self._linearization()):
-            jq = jvp(self.net, t.points, t.needs, v, weights=t.weights)
+            swept, taylor = hi.split(t.needs)  # a directional quantity takes a sweep of its own
+            jq = jvp(self.net, t.points, swept, v, weights=t.weights) if swept else {}
+            if taylor is not None:
+                jq[taylor] = jvp(self.net, t.points, taylor, v, **t.taylor)
             acc = 0.0
             for q in t.needs:
                 c = li.coef[q]
@@ -394,7 +295,12 @@ class Problem:
         for t, li in zip(self.terms, self._linearization()):
             wt = li.scale * w[start : start + t.n]
             start += t.n
-            g = vjp(self.net, t.points, self._coefficients(t, li, wt), weights=t.weights)
+            seeds = self._coefficients(t, li, wt)
+            swept, taylor = hi.split(t.needs)  # a directional quantity takes a sweep of its own
+            g = vjp(self.net, t.points, {q: seeds[q] for q in swept}, weights=t.weights) if swept else None
+            if taylor is not None:
+                gt = vjp(self.net, t.points, taylor, seeds[taylor], **t.taylor)
+                g = gt if g is None else g + gt
             out = g if out is None else out + g
         return out
 

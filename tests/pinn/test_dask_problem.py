@@ -390,3 +390,25 @@ def test_non_finite_residuals_fail_the_computation():
         with pytest.raises(ValueError, match="'src' has 1 non-finite entries"):
             bad.loss()
         assert bad.loss_at(bad.parameters()) == np.inf  # the line searches' trial losses
+
+
+@pytest.mark.parametrize(
+    "needs, options",
+    [(("value", "biharmonic"), {}), (("pure_partial",), dict(coords=(1,), order=3))],
+)
+def test_higher_order_residual_on_dask_points(needs, options):
+    """Δ²u and a pure third partial on chunked points: the chunks get the term's coords/order."""
+    rng = np.random.default_rng(5)
+    net = hq.FullyConnectedNN([2, 6, 5, 1], act="tanh", output_act=None, seed=3)
+    x = rng.uniform(-1.0, 1.0, (90, 2))
+
+    def fn(q, z):
+        return (q.biharmonic - q.value) if "biharmonic" in needs else q.pure_partial[:, 0] - z[:, 0]
+
+    mem = pinn.Problem(net, [pinn.Residual(x, fn, needs, **options)])
+    dsk = pinn.Problem(net, [pinn.Residual(da.from_array(x, chunks=(30, 2)), fn, needs, **options)])
+    assert isinstance(dsk, DaskProblem)
+    with dask.config.set(scheduler="threads"):
+        assert rel(dsk.loss(), mem.loss()) <= RTOL
+        assert rel(dsk.gradient(), mem.gradient()) <= RTOL
+        assert rel(dsk.gramian(), mem.gramian()) <= RTOL

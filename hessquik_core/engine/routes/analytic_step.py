@@ -69,6 +69,10 @@ def route_kind(leaves, ctx) -> str | None:
     the backend's library has no autograd (``net.cost(..., training=True)``)."""
     if not ctx.be.autograd:
         return None
+    if ctx.biharmonic or ctx.taylor_order:  # routes/higher.py: their own custom-gradient functions
+        from .higher import trains_analytically
+
+        return ANALYTIC if trains_analytically(leaves, ctx) else TAPED
     return ANALYTIC if applies(leaves, ctx, mode="forward") else TAPED
 
 

@@ -27,8 +27,10 @@ class ClassicRoute:
         self._sweep = sweep
 
     def applies(self, ctx, leaves) -> bool:
-        # Δ²u has a route of its own (routes/higher.py)
-        return ctx.derivatives and not ctx.biharmonic and ctx.mode in ("auto", self._mode)
+        # Δ²u and ∂³u, ∂⁴u along directions have routes of their own (routes/higher.py)
+        return (
+            ctx.derivatives and not (ctx.biharmonic or ctx.taylor_order) and ctx.mode in ("auto", self._mode)
+        )
 
     def cost(self, ctx, leaves, n, report, training):
         return report.routes[self._mode]
