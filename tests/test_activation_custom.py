@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 
 import hessquik_core as hq
 from hessquik_core.activations import ACTIVATIONS
-
-torch = pytest.importorskip("torch")
 
 
 def _fns():
@@ -90,6 +89,7 @@ def test_backend_agnostic_on_every_backend(style, lib, rng):
             )
 
 
+@needs_torch
 def test_numpy_only_function_on_torch_says_to_accept_xp():
     """Issue 24: no bare 'unsupported operand type(s) for *: numpy.ndarray and Tensor'."""
     c = np.float64(0.5)
@@ -175,6 +175,7 @@ def test_registering_again_replaces_a_custom_but_never_a_builtin(registered):
 # --------------------------------------------------------------------------
 
 
+@needs_torch
 @pytest.mark.parametrize("register", [False, True])
 def test_to_torch_evaluates_the_activation_through_torch(register, rng):
     from hessquik_core.activations.torch_modules import ActivationModule
@@ -201,6 +202,7 @@ def test_to_torch_evaluates_the_activation_through_torch(register, rng):
         ACTIVATIONS.pop("softsin2", None)
 
 
+@needs_torch
 def test_every_registered_activation_has_a_torch_twin():
     """One mechanism: the twin is found through the activation class, for every one."""
     for name, cls in ACTIVATIONS.items():

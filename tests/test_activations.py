@@ -7,12 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 from _reference import ACTIVATIONS, torch_act
 
 import hessquik_core as hq
 from hessquik_core.activations import get_activation
-
-torch = pytest.importorskip("torch")
 
 ALL = [get_activation(name) for name in ACTIVATIONS] + [
     hq.Softplus(beta=2.5),
@@ -52,6 +51,7 @@ def _autograd(act, z: np.ndarray):
     return s.detach().numpy(), d1.detach().numpy(), d2.detach().numpy()
 
 
+@needs_torch
 @pytest.mark.parametrize("act", ALL, ids=IDS)
 def test_matches_autograd_float64(act):
     z = _grid()
@@ -153,6 +153,7 @@ def test_registry_errors():
         get_activation(int)
 
 
+@needs_torch
 def test_softplus_parameters():
     a = hq.Softplus(beta=3.0, threshold=7.0)
     assert a.config() == {"beta": 3.0, "threshold": 7.0}
@@ -187,6 +188,7 @@ def _torch_module(act):
     return lambda z: torch.exp(-(z * z))
 
 
+@needs_torch
 @pytest.mark.parametrize("act", NEW, ids=NEW_IDS)
 def test_new_match_torch_modules_float64(act):
     """σ against torch.nn.GELU / nn.Mish themselves; σ', σ'' by autograd on them."""
@@ -459,6 +461,7 @@ def test_every_builtin_supplies_order_four():
     assert {a.name for a in ALL} >= {n for n, c in hq.activations.ACTIVATIONS.items() if c.by_name}
 
 
+@needs_torch
 @pytest.mark.parametrize("act", HIGH, ids=[i for a, i in zip(ALL, IDS) if a.max_order >= 4])
 def test_derivatives_up_to_order_four_match_autograd(act):
     z = _grid(-8.0, 8.0, 161)

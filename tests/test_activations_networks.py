@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 from _reference import TORCH_TWINS, rel_err, truth
 
 import hessquik_core as hq
-
-torch = pytest.importorskip("torch")
 
 F64_TOL = 1e-12
 F32_TOL = 32 * float(np.finfo(np.float32).eps)
@@ -61,6 +60,7 @@ def diag(H):
     return np.diagonal(H, axis1=1, axis2=2).transpose(0, 2, 1)
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", NETS)
 @pytest.mark.parametrize("act", list(ACTS), ids=list(ACTS))
 def test_torch_func_every_quantity_and_mode(kind, act, rng):
@@ -93,6 +93,7 @@ def test_torch_func_every_quantity_and_mode(kind, act, rng):
         close(net(x, divergence=True, mode=mode).divergence, div, what=f"{mode} divergence-only")
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", NETS)
 @pytest.mark.parametrize("act", list(ACTS), ids=list(ACTS))
 def test_torch_func_directional(kind, act, rng):
@@ -118,6 +119,7 @@ def test_torch_func_directional(kind, act, rng):
     close(r.hessian_diagonal, diag(H @ W), what="diag(H W)")
 
 
+@needs_torch
 @pytest.mark.parametrize("kind", NETS)
 @pytest.mark.parametrize("act", ["gelu", "gelu-tanh", "mish", "gaussian"])
 def test_float32_against_float64_truth(kind, act, rng):
@@ -143,6 +145,7 @@ def test_taylor_rates(act, rng):
         assert report.passed, str(report)
 
 
+@needs_torch
 @pytest.mark.parametrize("act", ["gelu", "gelu-tanh", "mish"])
 def test_torch_round_trip(act, rng):
     net, d = _net("fully-connected", ACTS[act], seed=7)
@@ -165,6 +168,7 @@ def test_torch_round_trip(act, rng):
     close(r1.hessian, r0.hessian, 1e-15, "round-trip hessian")
 
 
+@needs_torch
 def test_from_torch_gelu_mish_silu(rng):
     tm = torch.nn.Sequential(
         torch.nn.Linear(3, 5),
@@ -202,6 +206,7 @@ def test_save_load_round_trip(act, rng, tmp_path):
     np.testing.assert_array_equal(r1.laplacian, r0.laplacian)
 
 
+@needs_torch
 def test_unregistered_custom_activation_is_not_saved_but_exported(tmp_path):
     """Saving needs register=True (tests/test_activation_custom.py); to_torch wraps it."""
     net, _ = _net("single", ACTS["custom"])

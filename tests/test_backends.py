@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 from _reference import build, representative_only_on_jax
 
 import hessquik_core as hq
@@ -78,20 +79,20 @@ def test_numpy_directions_accepted_with_any_library(lib, rng):
 # forcing a backend
 # --------------------------------------------------------------------------
 
-torch = pytest.importorskip("torch")
 xs = pytest.importorskip("array_api_strict")
+_TENSOR = torch.Tensor if torch is not None else None  # the expected type (torch params only)
 
 
 @pytest.mark.parametrize(
     "make, forced, expect",
     [
-        (np.asarray, "torch", np.ndarray),
+        pytest.param(np.asarray, "torch", np.ndarray, marks=needs_torch),
         (np.asarray, "generic", np.ndarray),
         (np.asarray, "numpy", np.ndarray),
-        (lambda a: torch.from_numpy(a), "numpy", torch.Tensor),
-        (lambda a: torch.from_numpy(a), "generic", torch.Tensor),
+        pytest.param(lambda a: torch.from_numpy(a), "numpy", _TENSOR, marks=needs_torch),
+        pytest.param(lambda a: torch.from_numpy(a), "generic", _TENSOR, marks=needs_torch),
         (lambda a: xs.asarray(a), "numpy", type(xs.asarray(1.0))),
-        (lambda a: xs.asarray(a), "torch", type(xs.asarray(1.0))),
+        pytest.param(lambda a: xs.asarray(a), "torch", type(xs.asarray(1.0)), marks=needs_torch),
         (lambda a: xs.asarray(a), "generic", type(xs.asarray(1.0))),
     ],
 )
@@ -116,6 +117,7 @@ def test_backend_forcing_returns_input_library(make, forced, expect, dtype, rng)
             )
 
 
+@needs_torch
 def test_torch_backend_from_numpy_with_numpy_directions(rng):
     net, d = build("QuadraticLayer", "tanh")  # m = 1: W (1, 2) can only be backward
     x = rng.normal(size=(2, d))
@@ -130,10 +132,10 @@ def test_torch_backend_from_numpy_with_numpy_directions(rng):
 @pytest.mark.parametrize(
     "x_make, v_make",
     [
-        (np.asarray, lambda a: torch.from_numpy(a)),
+        pytest.param(np.asarray, lambda a: torch.from_numpy(a), marks=needs_torch),
         (np.asarray, lambda a: xs.asarray(a)),
-        (lambda a: torch.from_numpy(a), lambda a: xs.asarray(a)),
-        (lambda a: xs.asarray(a), lambda a: torch.from_numpy(a)),
+        pytest.param(lambda a: torch.from_numpy(a), lambda a: xs.asarray(a), marks=needs_torch),
+        pytest.param(lambda a: xs.asarray(a), lambda a: torch.from_numpy(a), marks=needs_torch),
     ],
 )
 def test_mixed_direction_libraries_rejected(x_make, v_make, rng):
@@ -171,6 +173,7 @@ def _n_params(net):
     return len(net.parameters())
 
 
+@needs_torch
 def test_cache_reused_and_invalidated(count_torch_conversions, rng):
     calls = count_torch_conversions
     net, d = build("nested-NN", "tanh")
@@ -208,6 +211,7 @@ def test_cache_reused_and_invalidated(count_torch_conversions, rng):
     assert not torch.allclose(r4.value, r3.value)
 
 
+@needs_torch
 def test_cache_sees_torch_in_place_updates(rng):
     net, d = build("QuadraticICNNLayer", "softplus")
     ref_net, _ = build("QuadraticICNNLayer", "softplus")
@@ -226,6 +230,7 @@ def test_cache_sees_torch_in_place_updates(rng):
             np.testing.assert_allclose(getattr(r, name).numpy(), getattr(want, name), rtol=tol, atol=tol)
 
 
+@needs_torch
 def test_optimizer_step_is_seen(rng):
     net, d = build("nested-NN", "tanh")
     net.to("torch", requires_grad=True)
@@ -255,6 +260,7 @@ def _loss_numpy(net, x, mode):
     )
 
 
+@needs_torch
 @pytest.mark.parametrize("mode", ["forward", "backward"])
 @pytest.mark.parametrize("kind", ["nested-NN", "ICNN-chain", "QuadraticICNNLayer"])
 def test_autograd_matches_finite_differences(kind, mode, rng):
@@ -285,6 +291,7 @@ def test_autograd_matches_finite_differences(kind, mode, rng):
         np.testing.assert_allclose(grads[key], fd, rtol=1e-6, atol=1e-7, err_msg=key)
 
 
+@needs_torch
 def test_autograd_to_input(rng):
     """x.requires_grad: d/dx of a Laplacian loss equals torch.func on the gradient of Δf."""
     net, d = build("nested-NN", "tanh")

@@ -57,6 +57,7 @@ def test_smoke_plots(tmp_path):
 def test_w6_training_step_smoke(tmp_path):
     """W6 (training step) on a tiny grid: every peer's loss and weight gradient agree
     with this library's before they are timed, and the tables are written."""
+    pytest.importorskip("torch")  # the step and its peers are torch programs
     ts = pytest.importorskip("benchmarks.training_step")
     peers = "ours-auto,torch.func,hessQuik-0.0.6"
     rc = ts.main(

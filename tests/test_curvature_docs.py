@@ -4,20 +4,21 @@ reference to 1e-12."""
 
 from __future__ import annotations
 
-import re
+import importlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _doc_blocks import python_blocks, run_page_blocks, skip_if_any
 
 pytest.importorskip("scipy")
-torch = pytest.importorskip("torch")
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "curvature.md"
 
 
 def _blocks():
-    return re.findall(r"^```python\n(.*?)^```", PAGE.read_text(encoding="utf-8"), re.S | re.M)
+    return python_blocks("curvature.md")
 
 
 def test_curvature_page_code_runs_and_the_opg_example_is_exact(monkeypatch, tmp_path):
@@ -28,13 +29,16 @@ def test_curvature_page_code_runs_and_the_opg_example_is_exact(monkeypatch, tmp_
     code = [line.split("#")[0] for b in blocks for line in b.splitlines()]
     assert not [c for c in code if "..." in c], "a block holds a literal '...'"
     ns: dict = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # the torch blocks (a torch model and loss) are skipped without torch; the OPG example is NumPy
+    torch = importlib.import_module("torch") if importlib.util.find_spec("torch") else None
+    threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"docs/curvature.md block {i}", "exec"), ns)
+        skipped = run_page_blocks("curvature.md", ns)
     finally:
-        torch.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
     errors = ns["errors"]
     assert set(errors) >= {"eigenvalues", "trace", "low rank QΛQᵀ", "full rank QΛQᵀ + λ̃(I − QQᵀ)"}
     assert max(errors.values()) <= 1e-12
@@ -49,6 +53,7 @@ def test_curvature_page_code_runs_and_the_opg_example_is_exact(monkeypatch, tmp_
     assert ns["quality"]["low rank"] == pytest.approx(0.017, abs=1e-3)
     assert ns["quality"]["full rank"] == pytest.approx(0.017, abs=1e-3)
     assert np.linalg.matrix_rank(ns["G"]) == 100
+    skip_if_any("curvature.md", skipped, len(blocks))
 
 
 def test_the_stated_cost_of_the_incremental_approximation():

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch
 from _reference import rel_err, torch_layer, truth
 
 import hessquik_core as hq
 from hessquik_core.engine import highdim
 from hessquik_core.engine.cost import estimate
 from hessquik_core.rules import affine
-
-pytest.importorskip("torch")
 
 
 def _net(d, w, m, *, out="identity", residual=False, first_residual=False, seed=0):
@@ -50,6 +49,7 @@ class _Spy:
 # --------------------------------------------------------------------------
 
 
+@needs_torch
 @pytest.mark.parametrize("out", ["identity", "tanh"])
 @pytest.mark.parametrize("residual", [False, True])
 def test_divergence_route_matches_jacrev_trace(monkeypatch, out, residual):
@@ -87,6 +87,7 @@ def test_divergence_explicit_modes_keep_the_classic_sweeps(monkeypatch, kw):
     assert rel_err(r.divergence, net(x, divergence=True).divergence) <= 1e-12
 
 
+@needs_torch
 @pytest.mark.parametrize(
     "make",
     [
@@ -106,6 +107,7 @@ def test_divergence_falls_back_where_the_shape_does_not_allow(monkeypatch, make)
     assert rel_err(r.divergence, np.trace(grad, axis1=1, axis2=2)) <= 1e-12
 
 
+@needs_torch
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("m", [1, 3])
 def test_gram_laplacian_matches_torch_func(monkeypatch, residual, m):
@@ -132,6 +134,7 @@ def test_gram_laplacian_only_for_a_laplacian_alone(monkeypatch):
     assert spy.calls == 0
 
 
+@needs_torch
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("blocks", [False, True])
 def test_hessian_diagonal_blocked_matches_torch_func(monkeypatch, blocks, packed):
@@ -149,6 +152,7 @@ def test_hessian_diagonal_blocked_matches_torch_func(monkeypatch, blocks, packed
     assert rel_err(np.sum(r.hessian_diagonal, axis=1), net(x, laplacian=True).laplacian) <= 1e-12
 
 
+@needs_torch
 def test_laplacian_without_gradient_skips_the_first_layer_gradient():
     d, w = 16, 4
     net = _net(d, w, 1)
@@ -166,6 +170,7 @@ def test_laplacian_without_gradient_skips_the_first_layer_gradient():
 # --------------------------------------------------------------------------
 
 
+@needs_torch
 def test_routes_on_torch_and_generic(monkeypatch):
     import torch
 
@@ -186,6 +191,7 @@ def test_routes_on_torch_and_generic(monkeypatch):
     assert spy_l.calls == 2 and spy_d.calls == 2
 
 
+@needs_torch
 def test_gram_laplacian_differentiable_in_torch():
     """The route under autograd: d(Σ Δu)/dx against torch.func's third derivative."""
     import torch
@@ -363,6 +369,7 @@ def test_routes_in_float32_against_float64():
     assert rel_err(np.sum(diag32, axis=1), lap64) <= 1e-4
 
 
+@needs_torch
 def test_gram_laplacian_weight_gradient_matches_backward_route(monkeypatch):
     """A training step through the route: the weight gradient of a Laplacian loss
     (autograd through Cholesky of the Gram matrix) equals the classic route's."""

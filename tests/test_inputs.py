@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 
 import hessquik_core as hq
 import hessquik_core._array as arr
 import hessquik_core._inputs as inputs
 from hessquik_core import MemoryBudgetError
-
-torch = pytest.importorskip("torch")
 
 ALL = dict(gradient=True, hessian=True, laplacian=True, hessian_diagonal=True)
 
@@ -66,6 +65,7 @@ def test_leading_axes_divergence_and_point_entries():
     np.testing.assert_allclose(np.trace(res.gradient, axis1=-2, axis2=-1), res.divergence, rtol=1e-13)
 
 
+@needs_torch
 def test_leading_axes_directions_and_torch():
     d, m, k = 3, 2, 4
     net = _net(d, m)
@@ -78,6 +78,7 @@ def test_leading_axes_directions_and_torch():
     assert torch.equal(res.hessian.reshape(10, k, k, m), flat.hessian)
 
 
+@needs_torch
 def test_leading_axes_autograd_flows_through_the_reshape():
     net = _net(2, 1)
     x0 = torch.randn(3, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -180,6 +181,7 @@ def _no_conversion(monkeypatch):
     return calls
 
 
+@needs_torch
 def test_refused_before_conversion_of_a_broadcast_view(monkeypatch):
     d = 4096
     net = hq.FullyConnectedNN([d, 2, 1], act="tanh", seed=0)
@@ -196,6 +198,7 @@ def test_refused_before_conversion_of_a_broadcast_view(monkeypatch):
     assert calls == []
 
 
+@needs_torch
 def test_accepted_broadcast_view_is_converted_once_and_equals_the_materialised_call(monkeypatch):
     d = 3
     net = _net(d, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 
 import hessquik_core as hq
 from hessquik_core.engine import FIELDS
@@ -12,8 +13,6 @@ from hessquik_core.engine import FIELDS
 #: and combines only with gradient and laplacian: tests/test_higher_flags.py; the
 #: third/fourth directional derivatives need directions: tests/test_higher_call_taylor.py)
 TOGETHER = tuple(f for f in FIELDS[1:] if f not in ("biharmonic", "third_derivative", "fourth_derivative"))
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture
@@ -75,6 +74,7 @@ def test_unpacking_refuses_a_wrong_count(net, x):
         f, df, d2f = net(x)
 
 
+@needs_torch
 def test_compat_triple_unchanged(x):
     from hessquik_core.compat import networks as cnet
 
@@ -93,6 +93,7 @@ def _kinds(net):
     return {(type(p).__module__.split(".")[0], str(p.dtype).split(".")[-1]) for p in net.parameters()}
 
 
+@needs_torch
 def test_to_device_strings_and_dtypes(net, x):
     ref = net(x, gradient=True).gradient
     assert net.to(torch.float32) is net
@@ -117,6 +118,7 @@ def test_to_device_strings_and_dtypes(net, x):
     np.testing.assert_allclose(net(x, gradient=True).gradient, ref, rtol=1e-5, atol=1e-7)  # float32 trip
 
 
+@needs_torch
 def test_to_keeps_trainable_tensors_trainable(net):
     net.to("torch", requires_grad=True)
     net.to(torch.float32)
@@ -127,6 +129,7 @@ def test_to_keeps_trainable_tensors_trainable(net):
     assert not any(p.requires_grad for p in net.parameters())
 
 
+@needs_torch
 def test_to_refuses_unknown_and_leaves_module_untouched(net):
     before = {k: v.copy() for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match="unknown backend or device 'tensorflow'"):
@@ -147,6 +150,7 @@ def test_to_refuses_unknown_and_leaves_module_untouched(net):
         assert isinstance(v, np.ndarray) and v.tobytes() == before[k].tobytes()
 
 
+@needs_torch
 @pytest.mark.cuda
 def test_to_cuda(net, x):
     if not torch.cuda.is_available():
@@ -189,6 +193,7 @@ def test_output_activation_default_and_linear(x, tmp_path):
 # -- 11: a single point ----------------------------------------------------------------
 
 
+@needs_torch
 @pytest.mark.parametrize("mode", ["forward", "backward"])
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_single_point_every_quantity(net, x, mode, lib):
@@ -218,6 +223,7 @@ def test_single_point_with_directions(x, mode):
     np.testing.assert_allclose(one.hessian, batch.hessian[1], rtol=1e-13)
 
 
+@needs_torch
 def test_single_point_keeps_autograd_and_input(net, x):
     xt = torch.from_numpy(x[0].copy()).requires_grad_(True)
     keep = xt.detach().clone()
@@ -252,6 +258,7 @@ def test_cost_title_names_the_request():
     assert net.cost(10, laplacian=True).request == "value + gradient + Laplacian"
 
 
+@needs_torch
 def test_load_with_a_device_alone(net, tmp_path):
     hq.save(net, tmp_path / "n.hqk")
     back = hq.load(tmp_path / "n.hqk", device="cpu")

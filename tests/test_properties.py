@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 from _reference import ACTIVATIONS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,10 +147,10 @@ def test_directional_equals_contracted(case, k, seed):
     close(r.hessian_diagonal, np.diagonal(H @ W, axis1=1, axis2=2).transpose(0, 2, 1), "backward diag only")
 
 
-torch = pytest.importorskip("torch")
 xs = pytest.importorskip("array_api_strict")
 
 
+@needs_torch
 @SETTINGS
 @given(networks(), st.sampled_from(["forward", "backward"]), st.booleans())
 def test_backends_agree(case, mode, lap_only):

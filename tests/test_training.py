@@ -13,12 +13,11 @@ import importlib.util
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 
 import hessquik_core as hq
 from hessquik_core import training
 from hessquik_core.training import fit, functional_call, jax_parameters, torch_parameters
-
-torch = pytest.importorskip("torch")
 
 
 def _resnet(d=3, m=2):
@@ -66,6 +65,7 @@ def _weights(net, n, d, rng):
     return [rng.standard_normal(s) for s in ((n, m), (n, d, m), (n, d, d, m), (n, m), (n, d, m))]
 
 
+@needs_torch
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("mode", ["forward", "backward"])
 def test_torch_autograd_matches_finite_differences(name, mode, rng):
@@ -107,6 +107,7 @@ def test_torch_autograd_matches_finite_differences(name, mode, rng):
         assert abs(fd_i - grads[key][idx]) <= 1e-6 * max(1.0, abs(fd_i)), (key, idx, fd_i, grads[key][idx])
 
 
+@needs_torch
 @pytest.mark.parametrize("what", ["hessian", "laplacian", "hessian_diagonal"])
 def test_taylor_remainder_is_second_order(what, rng):
     """|L(θ+εv) - L(θ) - ε<∇L, v>| = O(ε²): halving ε divides the remainder by ~4."""
@@ -135,6 +136,7 @@ def test_taylor_remainder_is_second_order(what, rng):
     assert np.all(np.abs(rates - 2.0) < 0.25), rates
 
 
+@needs_torch
 def test_float32_autograd_agrees_with_float64(rng):
     net64, net32 = _resnet(), _resnet()
     x = rng.standard_normal((6, 3))
@@ -149,6 +151,7 @@ def test_float32_autograd_agrees_with_float64(rng):
     assert rel < 1e-5, rel
 
 
+@needs_torch
 def test_torch_parameters_leaves_idempotent_and_trainable(rng):
     net = _resnet()
     x = torch.from_numpy(rng.standard_normal((8, 3)))
@@ -205,6 +208,7 @@ def test_functional_call_is_pure_and_validates(rng):
     assert all(a is b for a, b in zip(homes, net.parameters()))
 
 
+@needs_torch
 def test_fit_decreases_loss_and_validates(rng):
     net = hq.NN(hq.SingleLayer(2, 8, act="tanh", seed=0), hq.SingleLayer(8, 1, seed=1))
     x = torch.from_numpy(rng.uniform(-1, 1, (64, 2)))
@@ -242,6 +246,7 @@ def _tiny_problem(rng):
     return loss, torch_parameters(net)
 
 
+@needs_torch
 def test_fit_lbfgs_stops_when_it_stalls_and_reports_why(rng):
     loss, params = _tiny_problem(rng)
     hist = fit(loss, params, steps=400, optimizer="lbfgs", lr=1.0)
@@ -252,6 +257,7 @@ def test_fit_lbfgs_stops_when_it_stalls_and_reports_why(rng):
     assert "stalled" in repr(hist)
 
 
+@needs_torch
 def test_fit_tol_stops_on_small_relative_change(rng):
     loss, params = _tiny_problem(rng)
     lines = []
@@ -268,12 +274,14 @@ def test_fit_tol_stops_on_small_relative_change(rng):
             fit(loss, params, steps=1, tol=bad)
 
 
+@needs_torch
 def test_fit_stops_on_a_nonfinite_loss(rng):
     loss, params = _tiny_problem(rng)
     hist = fit(lambda: loss() * float("nan"), params, steps=10)
     assert hist.reason == "nonfinite" and not hist.converged and len(hist) == 1
 
 
+@needs_torch
 def test_module_docstring_example():
     res = doctest.testmod(training, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0
@@ -310,6 +318,7 @@ def test_jax_grad_matches_torch_autograd(mode, rng):
         np.testing.assert_allclose(np.asarray(g_jit[k]), ref, rtol=1e-10, atol=1e-12, err_msg=k)
 
 
+@needs_torch
 @pytest.mark.parametrize("chunk", [1, 7, 64, 100])
 def test_backward_in_chunks_matches_one_backward(chunk, rng):
     # the chunked gradient of a mean Laplacian loss equals the one-call gradient

@@ -120,12 +120,18 @@ def _import(name: str):
     return importlib.import_module(_MODULES[name])  # a backend module added since (found by _discover)
 
 
+def _imported(lib: str) -> bool:
+    """Whether ``lib`` has been imported. ``sys.modules[lib] = None`` is Python's way of
+    blocking an import (``import lib`` then raises ImportError): that is *not* imported."""
+    return sys.modules.get(lib) is not None
+
+
 def backend_for(xp) -> Backend:
     """The native backend of namespace ``xp``: the library's own where it has
     one (only libraries already imported can own ``xp``), else the generic
     backend bound to ``xp``."""
     for name, lib in _LIBRARIES.items():
-        if lib in sys.modules:
+        if _imported(lib):
             be = get_backend(name)
             if be.owns_namespace(xp):
                 return be
@@ -179,7 +185,7 @@ def model_backend(obj) -> Backend | None:
     """The backend of the library whose model ``obj`` is (a ``torch.nn.Module``:
     the torch backend), ``None`` for anything else; only imported libraries are asked."""
     for name, lib in _LIBRARIES.items():
-        if lib in sys.modules and get_backend(name).is_model(obj):
+        if _imported(lib) and get_backend(name).is_model(obj):
             return get_backend(name)
     return None
 

@@ -9,14 +9,12 @@ import math
 
 import numpy as np
 import pytest
+from _checks import twin_curvature_truth  # noqa: E402
+from _optional import needs_torch, torch
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch
 
 import hessquik_core as hq
 from hessquik_core import curvature as cv
-
-torch = pytest.importorskip("torch")
-
-from _checks import twin_curvature_truth  # noqa: E402
 
 
 def _fourier_net(trainable=False):
@@ -67,12 +65,14 @@ def _x(n=5, d=3, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d))
 
 
+@needs_torch
 @pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_input_derivatives_vs_torch_func(make):
     net = make()
     check_input_derivatives(net, _f(net), _x(), rtol=1e-12)
 
 
+@needs_torch
 def test_fourier_first_layer_packed_and_auto():
     """Many directions (packed forward Hessian) and mode='auto'."""
     net = hq.NN(hq.FourierFeatures(5, 3, seed=1), hq.SingleLayer(6, 2, act="tanh", seed=2))
@@ -84,6 +84,7 @@ def test_fourier_first_layer_packed_and_auto():
     np.testing.assert_allclose(r.laplacian, f.laplacian, rtol=1e-12, atol=1e-13)
 
 
+@needs_torch
 def test_divergence_vs_torch_func():
     net = hq.NN(hq.FourierFeatures(3, 2, seed=0), hq.SingleLayer(4, 3, act="tanh", seed=1))
     x = _x(4, 3)
@@ -126,6 +127,7 @@ def test_taylor_rates(make, mode):
     assert rep.passed, rep
 
 
+@needs_torch
 @pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_save_load_and_torch_round_trip(make):
     net = make()
@@ -134,6 +136,7 @@ def test_save_load_and_torch_round_trip(make):
     check_to_torch(net, x)
 
 
+@needs_torch
 def test_torch_twin_trainable_flag():
     tm = hq.to_torch(_fourier_net(trainable=True))
     assert tm[0].B.requires_grad
@@ -177,6 +180,7 @@ def test_bad_input():
         hq.PeriodicEmbedding(2, periods=[1.0], trainable="yes")
 
 
+@needs_torch
 def test_frozen_and_trainable_parameters():
     """A frozen ``B`` is saved and used but not trained: in state_dict, not in
     parameters() nor in the curvature layout; the torch twin holds a buffer."""
@@ -198,6 +202,7 @@ def test_frozen_and_trainable_parameters():
     assert hq.PeriodicEmbedding.parameter_shapes(pe.config()) == {"omega": (2,)}
 
 
+@needs_torch
 @pytest.mark.parametrize("make", MAKES, ids=MAKE_IDS)
 def test_curvature_vs_torch_func(make):
     net = make()

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _optional import needs_torch, torch
 from _reference import torch_act
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch
 
 import hessquik_core as hq
-
-torch = pytest.importorskip("torch")
 
 
 def _torch_gated(blk, x):
@@ -37,6 +36,7 @@ def _torch_dense(layer, x):
     return torch_act(layer.act, x @ K + b)
 
 
+@needs_torch
 @pytest.mark.parametrize("act", ["tanh", "sin", "softplus"])
 def test_gated_mlp_inside_a_network(act):
     first = hq.SingleLayer(3, 4, act="tanh", seed=0)
@@ -50,6 +50,7 @@ def test_gated_mlp_inside_a_network(act):
     check_input_derivatives(net, f, x)
 
 
+@needs_torch
 def test_gated_mlp_first_and_followed():
     blk = hq.GatedMLP(3, 4, 1, 3, act="tanh", seed=2)
     last = hq.SingleLayer(3, 2, act="tanh", seed=3)
@@ -92,6 +93,7 @@ def test_gated_mlp_float32_and_taylor():
         assert hq.checks.taylor_check(net, x, mode=mode, seed=0).passed
 
 
+@needs_torch
 def test_gated_mlp_parameter_gradients_against_autograd():
     """hq.curvature's gradient and per-example gradients (the blocks' param_vjp)
     against torch autograd through the same network's value."""
@@ -117,6 +119,7 @@ def _copy(net):
     return back
 
 
+@needs_torch
 def test_gated_residual_derivatives_and_twin():
     inner = hq.NN(hq.GatedMLP(3, 4, 1, 3, act="tanh", seed=7))
     res = hq.GatedResidual(inner)

@@ -10,14 +10,12 @@ import sys
 
 import numpy as np
 import pytest
+from _checks import twin_curvature_truth  # noqa: E402
+from _optional import needs_torch, torch
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch, torch_truth
 
 import hessquik_core as hq
 from hessquik_core import curvature as cv
-
-torch = pytest.importorskip("torch")
-
-from _checks import twin_curvature_truth  # noqa: E402
 
 
 def _net(affine=True, eps=1e-5):
@@ -44,12 +42,14 @@ def _x(n=5, d=3, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d))
 
 
+@needs_torch
 @pytest.mark.parametrize("affine", [True, False])
 def test_input_derivatives_vs_torch_func(affine):
     net = _net(affine)
     check_input_derivatives(net, _f(net), _x(), rtol=1e-12)
 
 
+@needs_torch
 def test_first_layer_and_auto():
     """LayerNorm first (shared seed, zero input Hessian), packed forward Hessian, auto."""
     rng = np.random.default_rng(1)
@@ -64,6 +64,7 @@ def test_first_layer_and_auto():
     np.testing.assert_allclose(a.hessian, b.hessian, rtol=1e-12, atol=1e-13)
 
 
+@needs_torch
 @pytest.mark.parametrize("affine", [True, False])
 def test_last_and_only_layer(affine):
     """LayerNorm last (shared output seed, no incoming second-order adjoint) and
@@ -162,6 +163,7 @@ def test_structured_steps_match_generic_rule():
         )
 
 
+@needs_torch
 def test_divergence_vs_torch_func():
     net = hq.NN(hq.SingleLayer(3, 3, act="tanh", seed=0), hq.LayerNorm(3))
     x = _x(4, 3)
@@ -191,6 +193,7 @@ def test_taylor_rates(mode):
     assert rep.passed, rep
 
 
+@needs_torch
 @pytest.mark.parametrize("affine", [True, False])
 def test_save_load_and_torch_round_trip(affine):
     net = _net(affine, eps=1e-3)
@@ -202,6 +205,7 @@ def test_save_load_and_torch_round_trip(affine):
     assert len(ln) == 1 and ln[0].eps == 1e-3
 
 
+@needs_torch
 def test_from_plain_torch_layer_norm():
     torch.manual_seed(0)
     tm = torch.nn.Sequential(
@@ -234,6 +238,7 @@ def test_config_cost_and_bad_input():
         hq.LayerNorm(3, elementwise_affine=1)
 
 
+@needs_torch
 @pytest.mark.parametrize("affine", [True, False])
 def test_curvature_vs_torch_func(affine):
     net = _net(affine)

@@ -14,11 +14,10 @@ import pathlib
 import numpy as np
 import pytest
 from _checks import check_parameter_passes
+from _optional import needs_torch, torch
 from layer_checks import check_input_derivatives, check_save_load, check_to_torch
 
 import hessquik_core as hq
-
-torch = pytest.importorskip("torch")
 
 
 def _net(w0=30.0, bias=True):
@@ -39,12 +38,14 @@ def _x(n=5, d=3, seed=0):
     return 0.3 * np.random.default_rng(seed).standard_normal((n, d))
 
 
+@needs_torch
 @pytest.mark.parametrize("w0, bias", [(30.0, True), (1.5, False)])
 def test_input_derivatives_vs_torch_func_on_the_twin(w0, bias):
     net = _net(w0, bias)
     check_input_derivatives(net, _twin_f(net), _x(), rtol=1e-12, atol=1e-12)
 
 
+@needs_torch
 def test_siren_alone_first_layer_routes():
     """A SIREN layer as the whole network: the first-layer trace/diagonal shortcut and
     the packed forward Hessian (many directions)."""
@@ -52,6 +53,7 @@ def test_siren_alone_first_layer_routes():
     check_input_derivatives(net, _twin_f(net), _x(4, 6, 2), backends=(None,))
 
 
+@needs_torch
 @pytest.mark.parametrize("bias", [True, False])
 def test_parameter_passes_vs_torch_func_on_the_twin(bias):
     net = _net(w0=2.0, bias=bias)
@@ -60,12 +62,14 @@ def test_parameter_passes_vs_torch_func_on_the_twin(bias):
     check_parameter_passes(net, x, y, rtol=1e-12, atol=1e-12)
 
 
+@needs_torch
 def test_parameter_passes_at_w0_30():
     net = _net()
     x, y = _x(3), np.random.default_rng(4).standard_normal((3, 2))
     check_parameter_passes(net, x, y, rtol=1e-12, atol=1e-12)
 
 
+@needs_torch
 def test_save_load_and_torch_round_trip(tmp_path):
     net = _net()
     x = _x()
@@ -172,6 +176,7 @@ def test_declared_structure_is_what_the_layer_computes():
     ) == {"K"}
 
 
+@needs_torch
 def test_high_dimensional_laplacian_route():
     """At d > width the Gram-root Laplacian route is planned for a SIREN first layer
     (chosen from the declaration) and agrees with torch.func on the twin."""
@@ -189,6 +194,7 @@ def test_high_dimensional_laplacian_route():
     )
 
 
+@needs_torch
 def test_analytic_training_step():
     """A SIREN network's torch training step runs the analytic sweep, with the gradients
     of the taped path."""
