@@ -366,6 +366,17 @@ class DaskProblem(Problem):
         """:math:`G = J^\\top J` as a :class:`DaskGaussNewtonOperator` (one tree reduction per product)."""
         return DaskGaussNewtonOperator(self, matrix_free=matrix_free)
 
+    def hessian_operator(self, *, exact: bool | None = None, eps: float | None = None) -> Any:
+        r"""The loss Hessian :math:`\nabla^2 L = \sum_c \nabla^2 L_c` as a :class:`DaskHessianOperator`.
+
+        The loss is a sum over chunks (each chunk's rows carry its term's scale), so its
+        Hessian is the sum of the chunks' in-memory Hessians: each task applies
+        ``Problem.hessian_operator(exact=exact, eps=eps)`` of its chunk, the tree adds them.
+        ``exact`` as in memory: exact where every layer and quantity has its rule (else refused,
+        checked here on the client), central differences of each chunk's gradient with ``False``.
+        """
+        return DaskHessianOperator(self, exact=exact, eps=eps)
+
 
 class DaskGaussNewtonOperator(LinearOperatorBase):
     r"""The Gauss–Newton matrix :math:`G = \sum_c J_c^\top J_c` of a :class:`DaskProblem`, as an operator.
@@ -388,3 +399,36 @@ class DaskGaussNewtonOperator(LinearOperatorBase):
         V = np.asarray(to_numpy(V), dtype=self.problem.dtype)
         shape = (self.problem.P, int(V.shape[1]))
         return self.problem._sum("ggn", "ggn", (V, self.matrix_free), shape, shared=self._shared)
+
+
+class DaskHessianOperator(DaskGaussNewtonOperator):
+    r"""The loss Hessian :math:`\sum_c \nabla^2 L_c` of a :class:`DaskProblem`, as an operator.
+
+    ``op @ V`` is one distributed computation: each chunk's task applies its in-memory
+    :class:`~hessquik_core.pinn.operators.LossHessianOperator` (exact, AD-free, or
+    central differences with ``exact=False``) and the tree adds the results; taken at
+    the parameters it was built at. ``method`` says which, as in memory.
+    """
+
+    def __init__(self, problem: DaskProblem, *, exact: bool | None = None, eps: float | None = None) -> None:
+        from ..pinn.operators import LossHessianOperator
+
+        super().__init__(problem)
+        # the in-memory rules and refusals, decided once on the client (a probe chunk of each term)
+        probe_op = LossHessianOperator(
+            Problem(problem.net, [_probe_term(t) for t in problem.terms]), exact=exact, eps=eps
+        )
+        self.method, self.eps = probe_op.method, eps
+        self.exact = probe_op.method == "exact"
+
+    def _matmat(self, V: Any) -> Any:
+        V = np.asarray(to_numpy(V), dtype=self.problem.dtype)
+        shape = (self.problem.P, int(V.shape[1]))
+        return self.problem._sum("hessian", "hessian", (V, self.exact, self.eps), shape, shared=self._shared)
+
+
+def _probe_term(t: Residual) -> Residual:
+    """A one-point, in-memory copy of residual term ``t`` (for client-side checks)."""
+    x = np.asarray(t.points[:1])
+    data = None if t.data is None else np.asarray(t.data[:1])
+    return Residual(x, t.point_fn, t.needs, name=t.name, weights=t.weights, data=data, **dict(t.taylor))

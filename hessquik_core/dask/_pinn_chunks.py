@@ -133,6 +133,9 @@ def chunk(xb: Any, db: Any, shared: Shared, ti: int, c: int, method: str, *args:
             J = pb.jacobian()
             return J.T @ (J @ V)
         return np.stack([pb.vjp(pb.jvp(V[:, j])) for j in range(V.shape[1])], axis=1)
+    if method == "hessian":
+        V, exact, eps = args
+        return pb.hessian_operator(exact=exact, eps=eps) @ V
     raise ValueError(f"unknown chunk method {method!r}")  # pragma: no cover - internal
 
 
