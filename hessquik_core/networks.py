@@ -11,6 +11,7 @@ and :meth:`NN.cost` each document every keyword of a call with its shapes (what
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -378,6 +379,10 @@ class NN(Module):
         >>> print(hq.FullyConnectedNN([64, 32, 1], act="tanh", seed=0).cost(100, hessian=True).chosen)
         backward
         """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            what = f"an array of shape {tuple(n.shape)}" if hasattr(n, "shape") else repr(n)
+            err = ValueError if isinstance(n, numbers.Integral) and not isinstance(n, bool) else TypeError
+            raise err(f"n must be the number of examples, a positive int (x.shape[0]); got {what}")
         return explain(
             list(self._leaves()),
             int(n),

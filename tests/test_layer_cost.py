@@ -72,3 +72,12 @@ def test_a_layer_states_its_own_cost():
     x = np.random.default_rng(0).standard_normal((10, 4))
     assert costly(x, gradient=True).mode == "backward"
     np.testing.assert_allclose(costly(x, gradient=True).gradient, plain(x, gradient=True).gradient)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((3, 2)), 2.5, True, 0, "10"])
+def test_cost_refuses_what_is_not_a_count_of_examples(bad):
+    """``net.cost(x)`` (an array where the number of examples goes) says what to pass."""
+    net = hq.FullyConnectedNN([2, 4, 1], seed=0)
+    err = ValueError if type(bad) is int else TypeError  # a count, but not positive
+    with pytest.raises(err, match=r"n must be the number of examples.*x\.shape\[0\]"):
+        net.cost(bad)
