@@ -18,11 +18,11 @@ See ``docs/dask.md``.
 
 from ._curvature import DaskCurvatureOperator, DaskSource, curvature_source
 from ._network import call
-from ._pinn import DaskGaussNewtonOperator, DaskProblem
+from ._pinn import DaskGaussNewtonOperator, DaskHessianOperator, DaskProblem
 from ._pinn_chunks import residual_points
 
 #: the plugin's problem class for hq.pinn.Problem with dask points (hessquik_core._dask_hook)
 PinnProblem = DaskProblem
 
-__all__ = ["DaskCurvatureOperator", "DaskGaussNewtonOperator", "DaskProblem", "DaskSource", "call"]
+__all__ = ["DaskCurvatureOperator", "DaskGaussNewtonOperator", "DaskHessianOperator", "DaskProblem", "DaskSource", "call"]
 __all__ += ["curvature_source", "residual_points"]
