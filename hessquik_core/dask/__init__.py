@@ -24,5 +24,12 @@ from ._pinn_chunks import residual_points
 #: the plugin's problem class for hq.pinn.Problem with dask points (hessquik_core._dask_hook)
 PinnProblem = DaskProblem
 
-__all__ = ["DaskCurvatureOperator", "DaskGaussNewtonOperator", "DaskHessianOperator", "DaskProblem", "DaskSource", "call"]
+__all__ = [
+    "DaskCurvatureOperator",
+    "DaskGaussNewtonOperator",
+    "DaskHessianOperator",
+    "DaskProblem",
+    "DaskSource",
+    "call",
+]
 __all__ += ["curvature_source", "residual_points"]
