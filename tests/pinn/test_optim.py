@@ -191,6 +191,28 @@ def test_fixed_damping_stall_stops_run():
     assert len(recs) == 1 and opt.converged is not None and "lowers the loss" in opt.converged
 
 
+def test_engd_retries_a_failed_pseudo_inverse_step_with_damping():
+    """A pseudo-inverse direction no grid point accepts is retried on the same J with
+    λ = 10^{2j-12} σ₁² (the first accepted λ is this step's only); without the retry ENGD stops."""
+    pr = poisson_problem()
+    opt = pinn.ENGD(pr)
+    theta, rho, J = pr.parameters(), pr.residual_vector(), pr.jacobian()
+    s1 = np.linalg.svd(J, compute_uv=False)[0]
+    real = pr.loss_at
+    # every trial of the undamped direction and of the first retry (λ = 1e-12 σ₁²) "fails"
+    pr.loss_at = lambda th, **kw: np.inf if opt.damping < 1e-11 * s1**2 else real(th, **kw)  # type: ignore[method-assign]
+    rec = opt.step()
+    pr.loss_at = real  # type: ignore[method-assign]
+    assert rec.accepted and opt.converged is None
+    assert rec.damping == pytest.approx(1e-10 * s1**2) and opt.damping == 0.0  # next step undamped again
+    d = svd_step(dense_factors(J, np), rho, 1e-10 * s1**2, opt.rcond, np, J).d
+    np.testing.assert_allclose(pr.parameters(), theta - rec.step_size * d, rtol=1e-12, atol=1e-14)
+    assert rec.loss < rec.loss_before
+    off = pinn.ENGD(poisson_problem(), retry_damping=False)
+    off.problem.loss_at = lambda th, **kw: np.inf if off.damping < 1e-11 * s1**2 else real(th, **kw)  # type: ignore[method-assign]
+    assert not off.step().accepted and off.converged is not None
+
+
 def test_run_budget_and_callback(capsys):
     pr = poisson_problem()
     opt = pinn.Adam(pr, lr=1e-2)
