@@ -213,6 +213,44 @@ def test_engd_retries_a_failed_pseudo_inverse_step_with_damping():
     assert not off.step().accepted and off.converged is not None
 
 
+def test_engd_adaptive_rcond_follows_the_progress_of_its_steps():
+    """rcond="adaptive" (ENGD's default): starts at 1e-7, ×100 after a step shorter than 2^-8
+    (capped at 1e-7), ÷100 after a step lowering the loss by < 10 % (floored at max(N, P)ε)."""
+    from hessquik_core.pinn.optim import RCOND_START
+
+    pr = poisson_problem()
+    opt = pinn.ENGD(pr)
+    floor = max(pr.N, pr.P) * np.finfo(np.float64).eps
+    assert opt.rcond_adaptive and opt.rcond == RCOND_START == 1e-7 and opt.rcond_floor == floor
+    real = opt._search
+    plan = iter([(0.5, 0.95), (0.5, 0.95), (2.0**-10, 0.5), (0.5, 0.5), (0.5, 0.95)])
+
+    def scripted(theta, rho, loss0):  # the real direction, a scripted step length and loss ratio
+        direc, _, _ = real(theta, rho, loss0)
+        alpha, ratio = next(plan)
+        return direc, alpha, ratio * loss0
+
+    opt._search = scripted  # type: ignore[method-assign]
+    seen = []
+    for _ in range(5):
+        rec = opt.step()
+        seen.append((rec.extra["rcond"], opt.rcond))
+    assert seen == [
+        (1e-7, pytest.approx(1e-9)),  # slow progress: let in smaller singular values
+        (pytest.approx(1e-9), pytest.approx(1e-11)),
+        (pytest.approx(1e-11), pytest.approx(1e-9)),  # a short step: cut more again
+        (pytest.approx(1e-9), pytest.approx(1e-9)),  # good progress: keep
+        (pytest.approx(1e-9), pytest.approx(1e-11)),
+    ]
+    for _ in range(10):  # never below the floor
+        opt._search = lambda th, r, l0: (real(th, r, l0)[0], 0.5, 0.99 * l0)  # type: ignore[method-assign]
+        opt.step()
+    assert opt.rcond == floor
+    assert pinn.GaussNewton(pr).rcond == floor and not pinn.GaussNewton(pr).rcond_adaptive
+    with pytest.raises(ValueError, match="rcond must be a float, None or 'adaptive'"):
+        pinn.ENGD(pr, rcond="auto")
+
+
 def test_run_budget_and_callback(capsys):
     pr = poisson_problem()
     opt = pinn.Adam(pr, lr=1e-2)
