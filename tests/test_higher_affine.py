@@ -365,3 +365,79 @@ def test_cost_refuses_what_the_call_refuses():
         net.cost(100, third_derivative=True, num_directions=2, mode="backward")
     low = hq.FullyConnectedNN([3, 4, 1], act="softplus", output_act=None, seed=0)
     assert low.cost(10, fourth_derivative=True, num_directions=1).route == "forward/taylor"
+
+
+# --------------------------------------------------------------------------
+# the SIREN layer's second-order stream passes, the generic backend, float32
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("quantity", ["value", "gradient", "laplacian", "hessian_diagonal"])
+def test_siren_second_order_jacobians_against_nested_ad(quantity, lib):
+    """``SirenLayer.stream_forward / stream_vjp / stream_rop``: J, Jv and Jᵀw of the quantities a
+    ``Residual`` of order ≤ 2 reads, against ``jacrev`` of nested AD."""
+    net = nets()["siren"]
+    u = torch_u(net)
+    X = torch.tensor(POINTS)
+    theta = _t(hq.curvature.flatten_parameters(net))
+    hess = jacrev(jacrev(u, argnums=1), argnums=1)
+
+    def q(th):  # (n, c): c = 1 or d
+        if quantity == "value":
+            return vmap(u, in_dims=(None, 0))(th, X)[:, None]
+        if quantity == "gradient":
+            return vmap(jacrev(u, argnums=1), in_dims=(None, 0))(th, X)
+        H = vmap(hess, in_dims=(None, 0))(th, X)
+        diag = torch.diagonal(H, dim1=1, dim2=2)
+        return diag.sum(1, keepdim=True) if quantity == "laplacian" else diag
+
+    J_ref = jacrev(q)(theta).numpy()
+    n, c, P = J_ref.shape
+    conv = torch.from_numpy if lib == "torch" else np.asarray
+    x = conv(POINTS)
+    J = pinn.jacobian(net, x, quantity)
+    assert isinstance(J, torch.Tensor if lib == "torch" else np.ndarray)
+    assert rel(np.reshape(to_np(J), (n, c, P)), J_ref) <= RTOL
+    rng = np.random.default_rng(4)
+    v, w = rng.standard_normal(P), rng.standard_normal((n, c))
+    assert rel(np.reshape(to_np(pinn.jvp(net, x, quantity, conv(v))), (n, c)), J_ref @ v) <= RTOL
+    shape = (n, c, 1) if c > 1 else (n, 1)
+    Jtw = pinn.vjp(net, x, quantity, conv(np.reshape(w, shape)))
+    assert rel(Jtw, np.einsum("nc,ncp->p", w, J_ref)) <= RTOL
+    with pytest.raises(ValueError, match=r"layer 0 \(SirenLayer\) has no Kronecker-factored curvature"):
+        pinn.kfac_factors(net, POINTS, "laplacian")
+
+
+def test_array_api_strict_and_float32():
+    """The generic backend gives NumPy's numbers; float32 agrees with float64 to its precision."""
+    xs = pytest.importorskip("array_api_strict")
+    for name in ("siren", "fourier_mlp"):
+        net = nets()[name]
+        for quantity, kw in (("biharmonic", {}), ("pure_partial", {"coords": [0, 1], "order": 4})):
+            J = pinn.jacobian(net, POINTS, quantity, **kw)
+            Js = pinn.jacobian(net, xs.asarray(POINTS), quantity, **kw)
+            assert type(Js).__module__.startswith("array_api_strict") and Js.shape == J.shape
+            assert rel(np.asarray(Js), J) <= 1e-14
+            J32 = pinn.jacobian(net, POINTS.astype(np.float32), quantity, **kw)
+            assert J32.dtype == np.float32 and rel(J32, J) <= 1e-5
+
+
+def test_double_backward_through_the_analytic_function_is_exact():
+    """A penalty on the weight gradient (``create_graph=True``) of a Fourier-feature network."""
+    net = nets()["fourier_mlp"]
+    params = torch_parameters(net)
+    x = torch.from_numpy(POINTS)
+    out = []
+    for analytic in (True, False):
+        before = analytic_weight_gradient(analytic)
+        try:
+            B = net(x, biharmonic=True).biharmonic
+            assert on_graph(B, "_BiharmonicBackward") is analytic
+            g = torch.autograd.grad((B**2).mean(), params, create_graph=True, materialize_grads=True)
+            pen = sum((gi**2).sum() for gi in g)
+            out.append(torch.autograd.grad(pen, params, materialize_grads=True))
+        finally:
+            analytic_weight_gradient(before)
+    for a, b in zip(*out):
+        assert float((a - b).abs().max()) <= RTOL * float(b.abs().max())
