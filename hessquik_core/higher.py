@@ -32,8 +32,9 @@ a request needs (:attr:`~hessquik_core.activations.Activation.max_order`).
 
 Every result is an ordinary array expression of the weights in ``x``'s
 library, dtype and device, so a loss built from it trains with torch
-autograd; where the per-point parameter Jacobians exist (dense and residual layers,
-activations with :math:`\sigma^{(k+1)}`) the weight gradient is analytic: one
+autograd; where the per-point parameter Jacobians exist (layers declaring affine
+structure: dense, residual, SIREN, Fourier features; activations with
+:math:`\sigma^{(k+1)}`) the weight gradient is analytic: one
 custom-gradient function whose backward is the streams' adjoint
 (``pinn/_streams_bh_train.py``, ``pinn/_streams_taylor_train.py``). The bi-Laplacian is also a flag of the network call,
 ``net(x, biharmonic=True)`` (the route :mod:`hessquik_core.engine.routes.higher`;

@@ -319,7 +319,7 @@ class NN(Module):
         self,
         n: int,
         *,
-        gradient: bool = True,
+        gradient: bool | None = None,
         hessian: bool = False,
         laplacian: bool = False,
         hessian_diagonal: bool = False,
@@ -331,6 +331,8 @@ class NN(Module):
         max_memory: float | None = None,
         training: bool = False,
         biharmonic: bool = False,
+        third_derivative: bool = False,
+        fourth_derivative: bool = False,
     ):
         """Estimated cost of a call on ``n`` examples, and what the planner does with it.
 
@@ -350,7 +352,8 @@ class NN(Module):
             Number of examples.
         gradient, hessian, laplacian, hessian_diagonal, divergence : bool
             The request, as for :meth:`__call__` (``gradient`` defaults to True
-            here: pass ``gradient=False`` to price a value-only call, a Laplacian,
+            here, False with ``third_derivative`` / ``fourth_derivative``: pass
+            ``gradient=False`` to price a value-only call, a Laplacian,
             divergence or diagonal alone).
         num_directions : int, optional
             ``k`` columns of ``directions`` instead of ``d`` tangents / ``m``
@@ -368,6 +371,11 @@ class NN(Module):
         biharmonic : bool
             Price ``net(x, biharmonic=True, ...)``: the route ``"forward/biharmonic"``
             (:math:`d(d+1)/2 + 2d + 3` streams per feature through each weight matrix).
+        third_derivative, fourth_derivative : bool
+            Price ``net(x, third_derivative=True, fourth_derivative=True, directions=V)``
+            with ``V : (d, k)``, ``k = num_directions`` (required): the route
+            ``"forward/taylor"`` (:math:`Kk + 1` streams per feature, ``K`` = 4 with
+            ``fourth_derivative``, else 3).
         training : bool
             Price a torch training step (the call recorded by autograd, then
             its backward pass), as a call on tensors that require grad would be.
@@ -388,7 +396,7 @@ class NN(Module):
             int(n),
             d=self.in_features,
             m=self.out_features,
-            gradient=bool(gradient),
+            gradient=not (third_derivative or fourth_derivative) if gradient is None else bool(gradient),
             hessian=bool(hessian),
             laplacian=bool(laplacian),
             hessian_diagonal=bool(hessian_diagonal),
@@ -400,6 +408,8 @@ class NN(Module):
             max_memory=max_memory,
             training=bool(training),
             biharmonic=bool(biharmonic),
+            third_derivative=bool(third_derivative),
+            fourth_derivative=bool(fourth_derivative),
         )
 
     def _cost(self, ctx, leaves, n, modes=("forward", "backward")):

@@ -16,7 +16,7 @@ from .._array import CallContext
 from ..backends import autograd_backend, home_backend
 from ..rules import affine
 from .cost import CostReport
-from .higher_steps import biharmonic_streams, check_biharmonic_call
+from .higher_steps import biharmonic_streams, check_biharmonic_call, check_taylor_request
 from .plan import VALUE, _result_fields, estimate_routes, plan
 from .routes import analytic_step
 
@@ -58,12 +58,16 @@ def explain(
     max_memory=None,
     training: bool = False,
     biharmonic: bool = False,
+    third_derivative: bool = False,
+    fourth_derivative: bool = False,
 ) -> CostReport:
     """The cost report of a request, with the planner's decisions (module docstring).
 
     ``num_directions`` with ``mode="auto"``: directions fix the mode by their
     first axis, so the plan is made for the cheaper of the two (as if the
-    directions had that side's length)."""
+    directions had that side's length). With ``third_derivative`` /
+    ``fourth_derivative`` it is the ``k`` of the call's ``directions (d, k)``,
+    required as the call requires ``directions`` (the route ``"forward/taylor"``)."""
     if n < 0:
         raise ValueError(f"n must be a number of examples >= 0, got {n}")
     if itemsize not in (4, 8):
@@ -75,6 +79,18 @@ def explain(
     if biharmonic:
         check_biharmonic_call(
             mode, None if num_directions is None else num_directions, hessian, hessian_diagonal, divergence
+        )
+    taylor = bool(third_derivative or fourth_derivative)
+    if taylor:
+        if isinstance(num_directions, bool) or not isinstance(num_directions, int) or num_directions < 1:
+            what = "fourth_derivative" if fourth_derivative else "third_derivative"
+            raise ValueError(
+                f"{what}=True is priced along the k columns of the call's directions (d, k): give "
+                f"num_directions=k, a positive int (1 per pure partial), got {num_directions!r}"
+            )
+        others = (gradient, hessian, laplacian, hessian_diagonal, divergence, biharmonic)
+        check_taylor_request(
+            leaves, d, mode, (d, num_directions), bool(third_derivative), bool(fourth_derivative), others
         )
     derivatives = bool(gradient or hessian or laplacian or hessian_diagonal or divergence)
     # a training step is priced on the library with autograd; an evaluation on the home library
@@ -95,8 +111,14 @@ def explain(
         hessian_diagonal=bool(hessian_diagonal),
         divergence=bool(divergence),
         biharmonic=bool(biharmonic),
+        third_derivative=bool(third_derivative),
+        fourth_derivative=bool(fourth_derivative),
         backend=be.name,
     )
+    if taylor:  # one forward sweep along the columns of directions (d, k)
+        ctx = replace(
+            ctx, mode="forward", V=xp.broadcast_to(xp.zeros((1, 1), dtype=dtype), (d, num_directions))
+        )
     answer = None
     if training:
         answer = analytic_step.route_kind(leaves, ctx)
@@ -120,7 +142,7 @@ def explain(
         training=answer,
     )
     notes = []
-    if num_directions is not None:
+    if num_directions is not None and not taylor:
         side = report.chosen if mode == "auto" or not derivatives else mode
         rows = d if side == "forward" else m
         ctx = replace(
@@ -135,6 +157,11 @@ def explain(
     ctx = p.call  # the settled call
     request = report.request + (" + divergence" if divergence else "")
     request = request + (" + biharmonic" if biharmonic else "")
+    request += "".join(
+        f" + {k}"
+        for k, on in (("third_derivative", third_derivative), ("fourth_derivative", fourth_derivative))
+        if on
+    )
     notes += _notes(leaves, ctx, p)
     return replace(
         report,

@@ -283,6 +283,7 @@ __all__ = [
     "check_biharmonic_call",
     "check_leaf",
     "check_taylor_call",
+    "check_taylor_request",
     "declared",
     "run",
     "steps",
@@ -321,17 +322,25 @@ def check_taylor_call(net, mode, directions, third: bool, fourth: bool, others: 
     the route ``"forward/taylor"``): one forward Taylor sweep along the columns of
     ``directions`` (required), nothing else; every leaf with an order-3/4 rule and
     activations supplying it (:func:`check_leaf`, named)."""
+    shape = None
+    if directions is not None:
+        shape = tuple(getattr(directions, "shape", None) or (len(directions),))
+    check_taylor_request(list(net._leaves()), net.in_features, mode, shape, third, fourth, others)
+
+
+def check_taylor_request(leaves, d: int, mode, shape, third: bool, fourth: bool, others: tuple) -> None:
+    """:func:`check_taylor_call` on the leaves, ``d`` and the shape of ``directions``
+    (``None``: not given), as ``net.cost`` prices a call."""
     what = " and ".join(k for k, v in (("third_derivative", third), ("fourth_derivative", fourth)) if v)
-    if directions is None:
+    if shape is None:
         raise ValueError(
             f"{what}=True needs directions=V of shape (d, k): the derivatives are taken along its columns "
             "(for the pure partial ∂ᵏu/∂x_iᵏ use the unit vector e_i, or hq.pure_partials)"
         )
-    d = net.in_features
-    if len(directions) != d:  # the first axis (d, k): input directions only
+    if shape[0] != d:  # the first axis (d, k): input directions only
         raise ValueError(
             f"third_derivative / fourth_derivative take directions of shape ({d}, k) (one input direction "
-            f"per column), got shape {tuple(getattr(directions, 'shape', (len(directions),)))}"
+            f"per column), got shape {shape}"
         )
     if mode == "backward":
         raise ValueError(
@@ -345,5 +354,5 @@ def check_taylor_call(net, mode, directions, third: bool, fourth: bool, others: 
             f"not with {', '.join(extra)}: make a separate call (hq.taylor_derivatives gives every order "
             "up to 4 at once)"
         )
-    for leaf in net._leaves():  # with hq.taylor_derivatives' messages
+    for leaf in leaves:  # with hq.taylor_derivatives' messages
         check_leaf(leaf, 4 if fourth else 3, "fourth_derivative" if fourth else "third_derivative")

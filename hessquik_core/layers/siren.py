@@ -21,7 +21,7 @@ import numpy as np
 
 from ..activations import Sin
 from ..carry import Adjoints, Request, Tangents
-from ..rules import affine
+from ..rules import affine, streams
 from ..rules.directions import weight_gradient
 from .affine_structure import AffineStructure
 from .base import Layer, check_int, lazy_torch_class, register_layer, rng_of
@@ -222,6 +222,38 @@ class SirenLayer(Layer):
         if r.Rgb is not None:
             g["b"] = w0 * r.Rgb
         return r.dl_u, r.Rdl_u, g
+
+    # -- streams: per-point parameter Jacobians (hessquik_core.pinn) ----------------
+    # Y' = Φ_sin(Y M + b') with M = ω0 K, b' = ω0 b: the dense layer's streams, the
+    # blocks of (M, b') times ω0. Not Kronecker-factored (KFAC takes dense layers only).
+    def stream_activations(self) -> tuple:
+        return (_SIN,)
+
+    def stream_forward(self, Y, params, spec, ops):
+        r"""Streams :math:`Y' = \Phi_{\sin}(YM + b')` (``hessquik_core.rules.streams``)."""
+        M, b = self._Mb(params)
+        Yo, phi = streams.phi_forward(streams.affine_streams(Y, M, b, ops), _SIN, spec, ops)
+        return Yo, (Y, phi, M)
+
+    def stream_vjp(self, cache, params, Ybar, mode, need_input, ops):
+        r""":math:`\bar Z = \Phi_{\sin}^\top(\bar Y)`; per point :math:`\partial_K = \omega_0\sum_s Y_s^\top \bar Z_s`,
+        :math:`\partial_b = \omega_0\bar z`; input adjoint :math:`\bar Z M^\top`."""
+        if mode not in ("point", "sum"):
+            raise ValueError(f"SirenLayer has no Kronecker-factored curvature (mode {mode!r})")
+        Y, phi, M = cache
+        Zbar = streams.phi_vjp(phi, Ybar, ops)
+        out = streams.affine_params(Y, Zbar, params["b"] is not None, mode, ops)
+        Yin = streams.affine_input_adjoint(Zbar, M, ops) if need_input else None
+        w0 = self.w0
+        return Yin, (
+            {"K": w0 * out.weight} if out.bias is None else {"K": w0 * out.weight, "b": w0 * out.bias}
+        )
+
+    def stream_rop(self, cache, params, RY, V, ops):
+        r""":math:`R Y' = \Phi_{\sin}'(Z)[RY\,M + \omega_0 (Y V_K + V_b)]`."""
+        Y, phi, M = cache
+        RM, Rb = self._Mb({"K": V["K"], "b": V.get("b")})
+        return streams.phi_rop(phi, streams.affine_rop(Y, RY, M, RM, Rb, ops), ops)
 
     # -- torch twin -----------------------------------------------------------------
     @classmethod

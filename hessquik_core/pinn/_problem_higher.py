@@ -13,8 +13,9 @@ with ``order = k`` in 1–4 given to the residual (one of ``"directional"`` and
 ``"pure_partial"`` per term: one set of directions). Their values come from
 :func:`hessquik_core.biharmonic`, :func:`~hessquik_core.taylor_derivatives` and
 :func:`~hessquik_core.pure_partials`; their per-point parameter Jacobians and the
-matrix-free products from :mod:`hessquik_core.pinn.jacobian` (dense and residual
-layers with :math:`\sigma^{(k+1)}`, :math:`\sigma^{(5)}` for :math:`\Delta^2 u`), which
+matrix-free products from :mod:`hessquik_core.pinn.jacobian` (layers declaring
+affine structure — dense, residual, SIREN, Fourier features — with
+:math:`\sigma^{(k+1)}`, :math:`\sigma^{(5)}` for :math:`\Delta^2 u`), which
 refuses any other layer or activation by name. The directional quantities take a
 sweep of their own, so :math:`Jv` and :math:`J^\top w` of a term combining them with
 other quantities are the sum of two sweeps' results (this module splits them).

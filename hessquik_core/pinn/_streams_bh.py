@@ -29,8 +29,22 @@ sweep per output component. The adjoint of the map above differentiates
 fifth-order total derivative, and forward mode over the parameters (the
 R-pass, used by :func:`~hessquik_core.pinn.jvp`) needs it just the same. The
 fifth derivatives are supplied here (:func:`sigma5`) for the activations where
-they are closed forms: tanh, sin, antiTanh, sigmoid, identity, quadratic;
-another activation is refused by name.
+they are closed forms: tanh, sin, antiTanh, sigmoid, identity, quadratic, and the
+sine/cosine blocks of Fourier features; another activation is refused by name.
+
+The layers: every layer that declares its affine structure
+(:meth:`~hessquik_core.layers.Layer.affine_structure`,
+:math:`f(u) = \rho\,u + h\,\sigma(uM + b)`: dense, residual, SIREN and
+Fourier-feature layers, and any layer of a user that declares it) is swept by
+that structure alone, without knowing its class: :math:`Z = YM + b` row by row,
+:math:`A = Y [+] h\,\Phi(Z)`, the blocks of :math:`M` and :math:`b` mapped to the
+layer's own parameters by the structure's ``pullback`` (SIREN:
+:math:`\partial K = \omega_0\,\partial M`; Fourier features:
+:math:`\partial B = 2\pi(\partial M_{:, :F} + \partial M_{:, F:})`), and the R-pass
+reads the tangent of :math:`(M, b)` along a parameter direction :math:`V` as the
+structure at :math:`V` (:func:`tangent`) — :math:`M` and :math:`b` are *linear* in
+the parameters for every built-in layer, which that relies on. Another layer is
+refused by name.
 
 Cost per layer: the streams are ``S = 3 + 2d + d²`` rows, and the per-point block
 one batched GEMM of inner size ``S``. The Hessian is kept full (``d²`` rows, each
@@ -42,15 +56,21 @@ does, would save ``d(d-1)/2`` rows — not done yet.
 from __future__ import annotations
 
 from ..activations import Activation, AntiTanh, Identity, Quadratic, Sigmoid, Sin, Tanh
-from ..layers.dense import SingleLayer
-from ..layers.resnet import ResnetLayer
+from ..layers.affine_structure import AffineStructure, SinCos
 from ..rules import streams as st
 
-#: the layers whose bi-Laplacian streams are implemented
-SUPPORTED = (SingleLayer, ResnetLayer)
+#: what the refusals name: the layers that have the per-point Jacobians of orders 3-4
+DECLARED = (
+    "layers declaring affine structure (Layer.affine_structure): dense, residual, SIREN and "
+    "Fourier-feature layers"
+)
 
-#: activations with a closed-form fifth derivative (:func:`sigma5`)
-FIFTH = (Tanh, Sin, AntiTanh, Sigmoid, Identity, Quadratic)
+#: activations with a closed-form fifth derivative (:func:`sigma5`); ``SinCos`` is the
+#: column-block activation of Fourier features' declared structure
+FIFTH = (Tanh, Sin, AntiTanh, Sigmoid, Identity, Quadratic, SinCos)
+
+#: their names, as the refusals list them
+FIFTH_NAMES = "tanh, sin, antiTanh, sigmoid, identity, quadratic (and Fourier features' sin/cos)"
 
 
 def rows(d: int) -> int:
@@ -63,8 +83,13 @@ def sigma5(act: Activation, z, xp):
 
     tanh: :math:`8(1-t^2)(15t^4 - 15t^2 + 2)`; antiTanh: tanh's
     :math:`\sigma''''= 8t(1-t^2)(2-3t^2)`; sigmoid: :math:`s(1-s)(120s^4 - 240s^3 +
-    150s^2 - 30s + 1)`; sin: :math:`\cos z`; identity, quadratic: 0.
+    150s^2 - 30s + 1)`; sin: :math:`\cos z`; the sine/cosine blocks of Fourier
+    features: :math:`\cos z` on the first ``F`` columns, :math:`-\sin z` on the rest;
+    identity, quadratic: 0.
     """
+    if isinstance(act, SinCos):
+        F = act.features
+        return xp.concat([xp.cos(z[..., :F]), -xp.sin(z[..., F:])], axis=-1)
     if isinstance(act, Sin):
         return xp.cos(z)
     if isinstance(act, (Tanh, AntiTanh)):
@@ -80,22 +105,57 @@ def sigma5(act: Activation, z, xp):
     return xp.zeros_like(z)  # identity, quadratic
 
 
-def check_supported(leaves) -> None:
-    """Refuse, before any work, a layer other than dense/residual or an activation
-    without a closed-form fifth derivative."""
+def declared(leaf) -> AffineStructure | None:
+    """The leaf's declared affine structure without parameters (its activation and
+    form), or ``None`` where it declares none."""
+    fn = getattr(leaf, "affine_structure", None)
+    return fn() if callable(fn) else None
+
+
+def has_order(act, order: int) -> bool:
+    """Does ``act`` supply :math:`\\sigma^{(order)}` (the fifth from :func:`sigma5`)?"""
+    if order == 5:
+        return isinstance(act, FIFTH)
+    return getattr(act, "name", None) == "identity" or getattr(act, "max_order", 2) >= order
+
+
+def check_leaves(leaves, order: int, what: str, detail: str) -> None:
+    """Refuse, before any work, a layer that declares no affine structure or an
+    activation without :math:`\\sigma^{(order)}`, naming the layer (``what``: the
+    quantity, ``detail``: what its Jacobian is of)."""
     for i, leaf in enumerate(leaves):
-        if type(leaf) not in SUPPORTED:
+        form = declared(leaf)
+        if form is None:
             raise ValueError(
-                f"quantity 'biharmonic': layer {i} ({type(leaf).__name__}) is not supported for per-point "
-                "Jacobians of the bi-Laplacian yet (supported: SingleLayer, ResnetLayer)"
+                f"{what}: layer {i} ({type(leaf).__name__}) is not supported for per-point Jacobians of "
+                f"{detail} yet (supported: {DECLARED})"
             )
-        act = leaf.act
-        if not isinstance(act, FIFTH):
-            names = ", ".join(a.name for a in FIFTH)
+        act = form.act
+        if not has_order(act, order):
+            need = (
+                f"σ up to the fifth derivative, available for: {FIFTH_NAMES}"
+                if order == 5
+                else f"σ up to order {order} (max_order {order})"
+            )
             raise ValueError(
-                f"quantity 'biharmonic': layer {i} ({type(leaf).__name__}) uses {act!r}; the Jacobian of "
-                f"the bi-Laplacian needs σ up to the fifth derivative, available for: {names}"
+                f"{what}: layer {i} ({type(leaf).__name__}) uses {act!r}; its per-point Jacobian of "
+                f"{detail} needs {need}"
             )
+
+
+def supported(leaves, order: int) -> bool:
+    """:func:`check_leaves` as a yes/no (the training routes' test)."""
+    try:
+        check_leaves(leaves, order, "", "")
+    except ValueError:
+        return False
+    return bool(leaves)
+
+
+def check_supported(leaves) -> None:
+    """Refuse, before any work, a layer without declared affine structure or an activation
+    without a closed-form fifth derivative (the bi-Laplacian's Jacobian needs it)."""
+    check_leaves(leaves, 5, "quantity 'biharmonic'", "the bi-Laplacian")
 
 
 # --------------------------------------------------------------------------
@@ -265,43 +325,74 @@ class Phi:
 
 
 # --------------------------------------------------------------------------
-# the layers
+# the layers, by their declared affine structure f(u) = [u +] h σ(uM + b)
 # --------------------------------------------------------------------------
 
 
 def layer_forward(leaf, Y, P, d, ops, phi_of=None):
-    """Streams out of one dense/residual layer and its cache ``(Y, Phi)``; ``phi_of(Z, act)``
-    builds the activation's stream map (default: the bi-Laplacian's :class:`Phi`)."""
-    Z = st.affine_streams(Y, P["K"], P.get("b"), ops)
-    phi = Phi(Z, leaf.act, d, ops.xp) if phi_of is None else phi_of(Z, leaf.act)
+    """Streams out of one layer declaring affine structure, and its cache ``(Y, Phi, structure)``;
+    ``phi_of(Z, act)`` builds the activation's stream map (default: the bi-Laplacian's :class:`Phi`)."""
+    form = leaf.affine_structure(P)
+    Z = st.affine_streams(Y, form.M, form.b, ops)
+    phi = Phi(Z, form.act, d, ops.xp) if phi_of is None else phi_of(Z, form.act)
     A = phi.forward()
-    if isinstance(leaf, ResnetLayer):
-        A = Y + leaf.h * A
-    return A, (Y, phi)
+    if form.scale != 1.0:
+        A = form.scale * A
+    if form.residual:
+        A = Y + A
+    return A, (Y, phi, form)
+
+
+def _trainable(leaf) -> bool:
+    """Has the layer trainable parameters (frozen Fourier features have none: no blocks)?"""
+    return next(iter(leaf.named_parameters()), None) is not None
 
 
 def layer_vjp(leaf, cache, P, Ybar, mode, need_input, ops):
-    """Parameter blocks (``mode`` as :func:`~hessquik_core.rules.streams.affine_params`)
-    and the input adjoint of one layer."""
-    Y, phi = cache
-    res = isinstance(leaf, ResnetLayer)
-    Zbar = phi.vjp(leaf.h * Ybar if res else Ybar)
-    out = st.affine_params(Y, Zbar, P.get("b") is not None, mode, ops)
+    """Parameter blocks (``mode`` as :func:`~hessquik_core.rules.streams.affine_params`; the
+    blocks of ``M`` and ``b`` mapped to the layer's parameter names by the structure's
+    ``pullback``) and the input adjoint of one layer."""
+    Y, phi, form = cache
+    Zbar = phi.vjp(Ybar if form.scale == 1.0 else form.scale * Ybar)
+    blocks: dict = {}
+    if _trainable(leaf):
+        if form.pullback is None:  # the contract: a structure built with parameters maps back to them
+            raise TypeError(f"{type(leaf).__name__}.affine_structure(params) returned no pullback")
+        out = st.affine_params(Y, Zbar, form.b is not None, mode, ops)
+        blocks = dict(form.pullback(out.weight, out.bias))
     Yin = None
     if need_input:
-        Yin = st.affine_input_adjoint(Zbar, P["K"], ops)
-        if res:
+        Yin = st.affine_input_adjoint(Zbar, form.M, ops)
+        if form.residual:
             Yin = Ybar + Yin
-    return Yin, ({"K": out.weight} if out.bias is None else {"K": out.weight, "b": out.bias})
+    return Yin, blocks
+
+
+def tangent(leaf, P, V, xp) -> AffineStructure | None:
+    r"""The tangent :math:`(\dot M, \dot b)` of the layer's structure along the parameter
+    direction ``V`` (local names; a parameter without a direction, a frozen one, has
+    none): the structure evaluated at the direction, exact because :math:`M` and
+    :math:`b` are linear in the parameters; ``None`` when nothing moves."""
+    if not V:
+        return None
+    at = {k: V[k] if k in V else (None if a is None else xp.zeros_like(a)) for k, a in P.items()}
+    return leaf.affine_structure(at)
 
 
 def layer_rop(leaf, cache, P, RY, V, ops):
-    """R-pass of one layer: :math:`RY' = \\Phi'(Z)[RY\\,K + Y V_K + V_b]` (+ :math:`RY` residual)."""
-    Y, phi = cache
-    RZ = st.affine_rop(Y, RY, P["K"], V["K"], V.get("b"), ops)
-    RA = phi.rop(RZ)
-    if isinstance(leaf, ResnetLayer):
-        RA = leaf.h * RA if RY is None else RY + leaf.h * RA
+    """R-pass of one layer: :math:`RY' = [RY +]\\,h\\,\\Phi'(Z)[RY\\,M + Y \\dot M + \\dot b]`
+    (``None`` while nothing depends on the parameters)."""
+    Y, phi, form = cache
+    dot = tangent(leaf, P, V, ops.xp)
+    if dot is None:
+        RZ = None if RY is None else ops.mm(RY, form.M)
+    else:
+        RZ = st.affine_rop(Y, RY, form.M, dot.M, dot.b, ops)
+    RA = None if RZ is None else phi.rop(RZ)
+    if RA is not None and form.scale != 1.0:
+        RA = form.scale * RA
+    if form.residual and RY is not None:
+        RA = RY if RA is None else RY + RA
     return RA
 
 

@@ -102,7 +102,7 @@ def rop(B, Vs):
 
 
 # --------------------------------------------------------------------------
-# the bi-Laplacian's sweep (dense and residual layers)
+# the bi-Laplacian's sweep (layers declaring affine structure)
 # --------------------------------------------------------------------------
 
 

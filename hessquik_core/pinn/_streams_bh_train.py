@@ -20,8 +20,9 @@ gradients and whose ``x`` does not (the ``x``-gradient of :math:`\Delta^2 u` is 
 fifth-order input derivative the streams do not carry: such a call takes the
 taped path), eager torch (no ``torch.compile`` / ``torch.func`` tracing: they trace
 the generic sweep), the switch :func:`hessquik_core.training.analytic_weight_gradient`
-on, and a network of dense and residual layers whose activations supply
-:math:`\sigma^{(5)}` (tanh, sin, antiTanh, sigmoid, identity, quadratic). Anything
+on, and a network of layers declaring affine structure (dense, residual, SIREN,
+Fourier features) whose activations supply :math:`\sigma^{(5)}` (tanh, sin, antiTanh,
+sigmoid, identity, quadratic). Anything
 else runs the taped sweep, unchanged.
 
 The forward pass is the route's own sweep (the values are those of an untaped
@@ -39,7 +40,7 @@ from typing import Any
 from ..backends.base import SWITCHES
 from ..engine.routes.higher import TrainingRule, register_training
 from . import _streams_bh_call as call
-from ._streams_bh import FIFTH, SUPPORTED
+from ._streams_bh import supported
 
 __all__ = ["applies", "run"]
 
@@ -51,7 +52,7 @@ def applies(leaves, ctx) -> bool:
         return False
     if not ops.autograd_enabled() or ops.is_tracing() or ops.records_autograd([ctx.x]):
         return False
-    return bool(leaves) and all(type(f) in SUPPORTED and isinstance(f.act, FIFTH) for f in leaves)
+    return supported(leaves, 5)
 
 
 def _bound(leaves, params, x, ctx) -> Any:
@@ -111,16 +112,19 @@ def run(leaves, params, ctx, evaluate) -> tuple:
                     )
                 )
                 return (None, *(next(got) if n else None for n in need))
-            plain = unflatten([t.detach() for t in saved])
+            plain = unflatten([None if t is None else t.detach() for t in saved])
             B = _bound(leaves, plain, x.detach(), ctx)
             named = {"value": gu, "gradient": gg, "laplacian": gL, "biharmonic": gB}
             ws = {k: g for k, g in named.items() if g is not None}
             _, caches = call.forward(B)
             grads = call.backward(B, caches, call.seed(B, ws), "sum")
-            got = [g[k] for g, ks in zip(grads, keys) for k in ks]
+            got = [g.get(k) for g, ks in zip(grads, keys) for k in ks]
             # a block no used output reaches (the read-out bias of a loss without the value) is
             # exactly zero: None says the same to autograd and matches the taped path's "unused"
-            return (None, *(g if n and bool(torch.any(g != 0)) else None for g, n in zip(got, need)))
+            return (
+                None,
+                *(g if n and g is not None and bool(torch.any(g != 0)) else None for g, n in zip(got, need)),
+            )
 
     return _Biharmonic.apply(ctx.x, *flat)
 

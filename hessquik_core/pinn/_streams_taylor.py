@@ -26,7 +26,7 @@ from typing import Any
 
 from ..rules.streams import StreamSpec
 from ._streams import Bound, Sweep, assemble, check_memory
-from ._streams_bh import FIFTH, SUPPORTED, layer_forward, layer_rop, layer_vjp, sigma5
+from ._streams_bh import check_leaves, layer_forward, layer_rop, layer_vjp, sigma5
 
 #: the quantities of this module
 TAYLOR = ("directional", "pure_partial")
@@ -91,26 +91,11 @@ class TaylorPhi:
 
 
 def check_supported(leaves, order: int, what: str) -> None:
-    """Refuse a layer other than dense/residual, or an activation without :math:`\\sigma^{(order+1)}`."""
-    for i, leaf in enumerate(leaves):
-        if type(leaf) not in SUPPORTED:
-            raise ValueError(
-                f"quantity {what!r}: layer {i} ({type(leaf).__name__}) is not supported for per-point "
-                "Jacobians of third- and fourth-order derivatives yet (supported: SingleLayer, ResnetLayer)"
-            )
-        act = leaf.act
-        ok = isinstance(act, FIFTH) if order + 1 == 5 else getattr(act, "max_order", 2) >= order + 1
-        if not ok:
-            names = ", ".join(a.name for a in FIFTH)
-            need = (
-                f"σ up to the fifth derivative, available for: {names}"
-                if order + 1 == 5
-                else f"σ up to order {order + 1} (max_order {order + 1})"
-            )
-            raise ValueError(
-                f"quantity {what!r} of order {order}: layer {i} ({type(leaf).__name__}) uses {act!r}; "
-                f"its per-point Jacobian needs {need}"
-            )
+    """Refuse a layer without declared affine structure (named), or an activation without
+    :math:`\\sigma^{(order+1)}` (:func:`~hessquik_core.pinn._streams_bh.check_leaves`)."""
+    check_leaves(
+        leaves, order + 1, f"quantity {what!r} of order {order}", "third- and fourth-order derivatives"
+    )
 
 
 def directions_of(B: Bound, quantity: str, directions, coords, order):

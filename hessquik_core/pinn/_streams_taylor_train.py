@@ -16,7 +16,8 @@ Where it applies (:func:`run` returns ``None`` otherwise, and the caller runs th
 sweep): a batch ``x (n, d)`` of torch that does not require gradients while some
 parameter does, grad mode on, no ``torch.compile`` / ``torch.func`` tracing, the switch
 :func:`hessquik_core.training.analytic_weight_gradient` on, no ``backend=`` other than
-the points' own, and dense/residual layers whose activations supply
+the points' own, and layers declaring affine structure (dense, residual, SIREN, Fourier
+features) whose activations supply
 :math:`\sigma^{(k+1)}` (:func:`~hessquik_core.pinn._streams_taylor.check_supported`).
 The forward pass is the function's own sweep (the same values as untaped); the
 backward recomputes the streams. A second backward pass (``create_graph=True``)
@@ -119,9 +120,9 @@ def _analytic(net, x, directions, order: int, cots, keys, need) -> tuple:
     rows: list[Any] = [zero] + [zero if c is None else xp.reshape(c, (N, m)) for c in cots]
     _, caches = tay._forward(B, V, order)
     grads = tay._backward(B, caches, xp.stack(rows, axis=0)[None, ...], "sum")
-    got = [g[k] for g, ks in zip(grads, keys) for k in ks]
+    got = [g.get(k) for g, ks in zip(grads, keys) for k in ks]
     # a block no used output reaches is exactly zero: None says the same to autograd
-    return tuple(g if nd and bool(torch.any(g != 0)) else None for g, nd in zip(got, need))
+    return tuple(g if nd and g is not None and bool(torch.any(g != 0)) else None for g, nd in zip(got, need))
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def route_run(leaves, params, ctx, evaluate) -> tuple:
                     )
                 )
                 return (None, *(next(got) if n else None for n in need))
-            B = _bound(leaves, unflatten([t.detach() for t in saved]), x.detach(), ctx)
+            B = _bound(leaves, unflatten([None if t is None else t.detach() for t in saved]), x.detach(), ctx)
             xp = ctx.xp
             n, k, m = x.shape[0], ctx.k, ctx.m
             zero = xp.zeros((n, k, m), dtype=x.dtype, device=ctx.device)
@@ -199,8 +200,14 @@ def route_run(leaves, params, ctx, evaluate) -> tuple:
             Ybar = xp.stack([xp.reshape(r, (n * k, m)) for r in rows], axis=0)[None, ...]
             _, caches = tay._forward(B, ctx.V, K)
             grads = tay._backward(B, caches, Ybar, "sum")
-            got = [g[kk] for g, ks in zip(grads, keys) for kk in ks]
-            return (None, *(g if nd and bool(torch.any(g != 0)) else None for g, nd in zip(got, need)))
+            got = [g.get(kk) for g, ks in zip(grads, keys) for kk in ks]
+            return (
+                None,
+                *(
+                    g if nd and g is not None and bool(torch.any(g != 0)) else None
+                    for g, nd in zip(got, need)
+                ),
+            )
 
     return _TaylorRoute.apply(ctx.x, *flat)
 

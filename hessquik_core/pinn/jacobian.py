@@ -9,12 +9,12 @@ order) and a quantity :math:`q(x;\theta)` computed by a forward Taylor sweep,
 * ``"laplacian"``: :math:`\Delta u` — ``(n, m, P)``,
 * ``"hessian_diagonal"``: :math:`\partial_{ii} u` — ``(n, d, m, P)``,
 * ``"weighted_laplacian"``: :math:`\mathrm{tr}(S S^\top \nabla^2 u)` for ``weights = S : (d, r)`` — ``(n, m, P)``,
-* ``"biharmonic"``: :math:`\Delta^2 u` — ``(n, m, P)`` (dense and residual layers;
-  its own sweep, :mod:`hessquik_core.pinn._streams_bh`),
+* ``"biharmonic"``: :math:`\Delta^2 u` — ``(n, m, P)`` (affine-structure layers:
+  dense, residual, SIREN, Fourier features; :mod:`hessquik_core.pinn._streams_bh`),
 * ``"directional"``: :math:`\partial^k u[v, \dots, v]` for each column ``v`` of
   ``directions = V : (d, K)``, and ``"pure_partial"``: :math:`\partial^k u/\partial x_i^k` for
   ``coords = (i, …)`` (``K = len(coords)``), ``order = k`` in 1–4 — ``(n, K, m, P)``
-  (dense and residual layers, :mod:`hessquik_core.pinn._streams_taylor`),
+  (layers declaring affine structure, :mod:`hessquik_core.pinn._streams_taylor`),
 
 this module returns :math:`J_i = \partial q(x_i;\theta)/\partial\theta` for every
 point, and the matrix-free products :math:`J v` and :math:`J^\top w`.
@@ -138,7 +138,7 @@ def jacobian(
     x : array of shape (n, d)
         The points; the result is in ``x``'s library, dtype and device.
     quantity : {"value", "gradient", "laplacian", "hessian_diagonal", "weighted_laplacian", "biharmonic"}
-        ``"biharmonic"``, ``"directional"``, ``"pure_partial"``: dense/residual layers only.
+        ``"biharmonic"``, ``"directional"``, ``"pure_partial"``: affine-structure layers only.
     weights : array of shape (d, r), optional
         ``S`` of the weighted Laplacian :math:`\mathrm{tr}(SS^\top\nabla^2 u)` (required
         for, and only for, ``"weighted_laplacian"``).
