@@ -71,7 +71,7 @@ def _keys(module, be) -> tuple[tuple, tuple]:
     structure = (
         tuple(mods),
         tuple(
-            (name, id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), be.requires_grad(t))
+            (name, id(t), t.data_ptr(), t.dtype, t.device, t.shape, be.requires_grad(t))
             for name, t in tensors
         ),
         tuple(len(getattr(tmod, n, ())) for n in ("_global_forward_hooks", "_global_forward_pre_hooks")),
