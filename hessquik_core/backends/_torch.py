@@ -112,7 +112,14 @@ class TorchBackend(Backend):
         return torch.addmm(b, u, K)
 
     def mm_into(self, a, b, out):
-        torch.mm(a, b, out=out)
+        p, q = out.shape
+        if 1 < q < 16 and 4 * q <= p:
+            # a result with a few columns (a classifier's last weight gradient, uᵀδ): BLAS runs
+            # the transposed product (q, p), torch's own layout of that gradient, up to 2x faster
+            # (measured on CPU at q = 3, 10); the copy into place costs p·q numbers
+            out.copy_(torch.mm(b.mT, a.mT).mT)
+        else:
+            torch.mm(a, b, out=out)
 
     def sum_into(self, a, out):
         torch.sum(a, dim=0, out=out)

@@ -4,7 +4,7 @@ r"""The gradient of a torch model's training loss on its common call, with no pe
 conversion cache reads through views (``hessquik_core/curvature/_torch_cache.py``:
 every ``nn.Linear`` model), torch ``x`` and ``y`` of the model's dtype and device,
 one mini-batch (``batch_size`` ``None`` or at least ``N``), no ``params=`` and no
-``backend=``, is one :func:`~hessquik_core.curvature.problem.fused_pass` over the
+``backend=``, is one ``_fused.fused_pass`` over the
 model's own tensors with a loss head straight from the raw targets
 (:meth:`~hessquik_core.curvature.Loss._direct`: torch's cross-entropy kernels for
 integer labels, one subtraction and a dot product for the squared error). What a
@@ -27,10 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..backends import model_backend, owner_of
+from ._fused import fused_pass
 from ._torch_cache import converted
 from .layout import ParameterLayout, _check_torch_dtype
 from .losses import get_loss
-from .problem import _plan, fused_pass
+from .problem import _plan
 from .selection import resolve_params
 
 __all__ = ["lean_value_and_gradient"]

@@ -232,3 +232,31 @@ def test_lean_route_declines_without_views_or_torch():
     assert _lean.lean_value_and_gradient(model, x, y, lossf, 6, None, None) is not None
     assert _lean.lean_value_and_gradient(model, x, y, lossf, None, "torch", None) is None
     assert _lean.lean_value_and_gradient(model, x, y, lossf, None, None, "all") is None
+
+
+@pytest.mark.parametrize("shape", [(64, 3), (16, 3), (8, 3), (64, 64), (10, 64), (64, 1)])
+def test_mm_into_either_layout(shape):
+    """torch's ``mm_into`` computes a few-column ``uᵀδ`` as the transposed product (faster on
+    BLAS) and copies it into place: the same numbers, written only into its slot."""
+    from hessquik_core.backends import get_backend
+
+    p, q = shape
+    u, d = torch.randn(50, p, dtype=torch.float64), torch.randn(50, q, dtype=torch.float64)
+    flat = torch.full((p * q + 2,), 7.0, dtype=torch.float64)
+    out = flat[1 : 1 + p * q].view(p, q)
+    get_backend("torch").mm_into(u.mT, d, out)
+    ref = u.T @ d
+    assert float((out - ref).abs().max()) <= 1e-14 * float(ref.abs().max())
+    assert float(flat[0]) == 7.0 and float(flat[-1]) == 7.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_classifier_with_a_narrow_last_layer(general, dtype):
+    """A last layer of 32 -> 3 (its weight gradient takes the transposed-product layout)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)).to(
+        dtype
+    )
+    x = torch.randn(64, 5, dtype=dtype)
+    _agree(model, x, _labels(64), nn.CrossEntropyLoss())
+    assert general == []
