@@ -276,6 +276,15 @@ class Backend:
         Fs = F - xp.max(F, axis=-1, keepdims=True)
         return Fs - xp.log(xp.sum(xp.exp(Fs), axis=-1, keepdims=True))
 
+    def cross_entropy_labels(self, F, y, weight, ignore_index: int, reduction: str):
+        r"""Cross-entropy of logits ``F : (n, m)``, integer labels ``y : (n,)``, by the library's kernels:
+        ``(C, ∂C/∂F, D)``, :math:`C = \frac1D\sum_n a_n\omega_{y_n}(\mathrm{lse}(f_n) - f_{ny_n})`,
+        :math:`a_n = 0` where :math:`y_n` is ``ignore_index`` (else 1), class weights :math:`\omega` (host
+        ``weight`` (m,) or ``None``), :math:`D = \sum_n a_n\omega_{y_n}` (``"mean"``; 1 for ``"sum"``).
+        ``None`` without such kernels (the default), or for a label outside ``[0, m)`` that is not
+        ``ignore_index`` (the caller's general route names it). torch: ``nll_loss`` & co."""
+        return None
+
     def tanh_vjp(self, t, dl, *, xp=None):
         """``(1 - t²) * dl``: tanh's backward step from its value ``t`` (torch: one fused kernel)."""
         return (1.0 - t * t) * dl
@@ -378,6 +387,7 @@ class Ops(Protocol):
     def linear(self, u: Any, K: Any, b: Any, *, xp: Any = None) -> Any: ...
     def tanh_vjp(self, t: Any, dl: Any, *, xp: Any = None) -> Any: ...
     def log_softmax(self, F: Any) -> Any: ...
+    def cross_entropy_labels(self, F: Any, y: Any, weight: Any, ignore_index: int, reduction: str) -> Any: ...
     def mm_into(self, a: Any, b: Any, out: Any) -> None: ...
     def sum_into(self, a: Any, out: Any) -> None: ...
     def sum_squares(self, a: Any, *, axis: int, xp: Any = None) -> Any: ...

@@ -22,6 +22,7 @@ A change of structure (``model.double()``, ``p.data = ...``, a replaced submodul
 
 from __future__ import annotations
 
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,10 +56,9 @@ def _keys(module, be) -> tuple[tuple, tuple]:
 
     One walk over the submodules' own dicts (``named_parameters`` and ``named_buffers``
     would each walk the tree again; a module reached twice is listed twice, which keeps
-    the key deterministic)."""
-    import torch.nn.modules.module as tmod
-
-    mods, tensors = [], []
+    the key deterministic). A tensor is named by its module's dotted path and its key."""
+    tmod = sys.modules["torch.nn.modules.module"]  # imported with the module given
+    mods, tensors, versions = [], [], []
     stack = [("", module)]
     while stack:
         name, m = stack.pop()
@@ -66,17 +66,17 @@ def _keys(module, be) -> tuple[tuple, tuple]:
         for group in (m._parameters, m._buffers):
             for k, t in group.items():
                 if t is not None:
-                    tensors.append((f"{name}.{k}", t))
-        stack.extend((f"{name}.{k}", c) for k, c in reversed(m._modules.items()) if c is not None)
-    structure = (
-        tuple(mods),
-        tuple(
-            (name, id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape), be.requires_grad(t))
-            for name, t in tensors
-        ),
-        tuple(len(getattr(tmod, n, ())) for n in ("_global_forward_hooks", "_global_forward_pre_hooks")),
+                    tensors.append(
+                        (name, k, id(t), t.data_ptr(), t.dtype, t.device, t.shape, be.requires_grad(t))
+                    )
+                    versions.append(t._version)
+        if m._modules:
+            stack.extend((f"{name}.{k}", c) for k, c in reversed(m._modules.items()) if c is not None)
+    hooks = (
+        len(getattr(tmod, "_global_forward_hooks", ())),
+        len(getattr(tmod, "_global_forward_pre_hooks", ())),
     )
-    return structure, tuple(t._version for _, t in tensors)
+    return (tuple(mods), tuple(tensors), hooks), tuple(versions)
 
 
 def _convert(module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._lean import lean_value_and_gradient
 from .sources import curvature_problem
 
 __all__ = ["gradient", "per_example_gradients", "value_and_gradient"]
@@ -60,6 +61,10 @@ def value_and_gradient(
     gradient : array of shape (P,)
         :math:`\\nabla_\\theta C` in :class:`ParameterLayout` order.
     """
+    # a torch model's common call (one mini-batch, its own dtype and device): no set-up per call
+    lean = lean_value_and_gradient(net, x, y, loss, batch_size, backend, params)
+    if lean is not None:
+        return lean
     return curvature_problem(net, x, y, loss, batch_size, backend, params=params).value_and_gradient()
 
 

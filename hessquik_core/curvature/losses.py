@@ -142,6 +142,18 @@ class Loss:
         log-softmax) overrides it; the gradient pass calls this (``ops``: the call's backend)."""
         return self._value(F, T, xp), self._d1(F, T, xp)
 
+    def _direct(self, y, n, m, dtype, ops):
+        r"""The reduced loss of a whole call straight from its raw targets, where that is cheaper
+        than preparing them (``_targets``) for a mini-batch loop: a function ``F -> (C, ∂C/∂F)``
+        (0-d, ``(n, m)``, the weight :math:`w` included) of the outputs ``F : (n, m)`` of
+        dtype ``dtype``, or ``None`` (the default) when this loss has none for ``y``. The
+        function itself returns ``None`` only for targets the general route refuses (it then
+        raises the error). ``ops``: the call's backend; ``y``: the user's targets, same library
+        and device as ``F``, ``n`` rows (checked by the caller,
+        ``hessquik_core/curvature/_lean.py``).
+        """
+        return None
+
     def _hvp(self, F, T, R, xp):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -268,8 +280,26 @@ class MSELoss(Loss):
         r = F - T
         return 0.5 * xp.sum(r * r, axis=-1)
 
+    def _c(self, m: int) -> float:
+        r"""The scale :math:`c` of :math:`\ell = c\cdot\tfrac12\lVert f - y\rVert^2` (1 here; torch's
+        MSE: see :class:`_TorchMSELoss`)."""
+        return 1.0
+
     def _d1(self, F, T, xp):
         return F - T
+
+    def _direct(self, y, n, m, dtype, ops):
+        # C = w c ½ Σ r², ∂C/∂F = w c r, r = F - y: a subtraction, a dot product, two scalings
+        if y.dtype != dtype or tuple(y.shape) != (n, m):
+            return None  # the general route casts or refuses
+        y = ops.detached(y)
+        k = self._c(m) * self.weight(n)
+
+        def total(F):
+            r = F - y
+            return (0.5 * k) * ops.sum_squares(ops.view(r, (n * m,)), axis=0), k * r
+
+        return total
 
     def _hvp(self, F, T, R, xp):
         return R
@@ -467,6 +497,26 @@ class CrossEntropyLoss(Loss):
             logp = Fs - xp.log(xp.sum(xp.exp(Fs), axis=-1, keepdims=True))
         s = xp.sum(T, axis=-1, keepdims=True)
         return -xp.sum(T * logp, axis=-1), s * xp.exp(logp) - T
+
+    def _direct(self, y, n, m, dtype, ops):
+        # integer labels without label smoothing: the library's cross-entropy kernels (torch: those
+        # of its autograd), no one-hot targets, no label checks unless a kernel refuses a label
+        if self.label_smoothing or y.ndim != 1 or not ops.xp.isdtype(y.dtype, "integral"):
+            return None
+        cw = self.class_weight
+        if cw is not None and cw.shape != (m,):
+            return None  # the general route names the shapes
+
+        def total(F):
+            r = ops.cross_entropy_labels(F, y, cw, self.ignore_index, self.reduction)
+            if r is None:
+                return None
+            C, dF, D = r
+            if self.reduction == "mean" and not float(D):
+                return None  # every label ignored or of weight 0: the general route refuses (torch: nan)
+            return C, dF
+
+        return total
 
     def _hvp(self, F, T, R, xp):
         # s (diag(p) - p pᵀ) r = s p ⊙ (r - p·r), for R : (N, k, m)

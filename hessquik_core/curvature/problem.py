@@ -20,6 +20,7 @@ import numpy as np
 from .._array import check_max_memory, resolve_input
 from ..backends import owner_of
 from ..rules.directions import fill_rows
+from ._fused import fused_pass
 from .layout import parameter_layout
 from .operators import LinearOperatorBase, _check_batch_size
 
@@ -191,47 +192,19 @@ class _Bound:
 
     def fused_grad_pass(self, x, T, loss, w):
         """Loss values ``(n,)`` and ``∇θ`` ``(P,)`` of ``w Σ ℓ_n``: :meth:`grad_pass`'s numbers
-        (the same operations, up to the rounding of a fused kernel), with less work.
-
-        A leaf with ``param_grad_forward`` / ``param_grad_backward`` (the dense layer)
-        keeps only ``z`` and ``σ(z)`` forward and forms ``δ = σ'(z) ⊙ dl`` in its backward
-        step (tanh: one fused kernel from the value, as torch's autograd), its
-        pre-activation is one ``addmm``, and the first leaf skips ``∂C/∂x``; any other leaf
-        runs its ``evaluate`` / ``param_vjp``. The loss gives value and ``∂ℓ/∂f`` together.
-        """
+        (the same operations, up to the rounding of a fused kernel), with less work
+        (:func:`fused_pass`)."""
         xp, be = self.xp, self.be
-        leaves, fused = self.leaves, self.fused
-        inputs, caches = [], []
-        u = x
-        for leaf, P, f in zip(leaves, self.params, fused):
-            inputs.append(u)
-            u, cache = leaf.param_grad_forward(u, P, be) if f else leaf.evaluate(u, P, 1, be)
-            caches.append(cache)
-        value, dl = loss._value_and_d1(u, T, xp, be)
-        dl = w * dl
-        # a mutable library with every leaf fused: the GEMMs write straight into θ's slots
-        # (no concatenation of P entries afterwards)
-        flat = outs = None
-        if be.mutable and all(fused):
-            flat = xp.empty((self.layout.size,), dtype=self.dtype, device=self.device)
-            lay = self.layout
-            outs = [
-                {
-                    name: be.view(flat[lay.offsets[j] : lay.offsets[j] + lay.sizes[j]], lay.shapes[j])
-                    for name, j in slots
-                }
-                for slots in self.slots
-            ]
-        grads = [None] * len(leaves)
-        for i in range(len(leaves) - 1, -1, -1):
-            P = self.params[i]
-            if outs is not None:
-                dl, _ = leaves[i].param_grad_backward(caches[i], P, inputs[i], dl, i > 0, be, outs[i])
-            elif fused[i]:
-                dl, grads[i] = leaves[i].param_grad_backward(caches[i], P, inputs[i], dl, i > 0, be)
-            else:
-                dl, grads[i] = leaves[i].param_vjp(caches[i], P, inputs[i], dl, False, be)
-        return value, (flat if flat is not None else self.join(grads, ()))
+
+        def head(F):
+            value, dl = loss._value_and_d1(F, T, xp, be)
+            return value, w * dl
+
+        out = fused_pass(
+            self.leaves, self.params, self.fused, self.slots, self.layout, be, x, self.device, head, self.join
+        )
+        assert out is not None  # head never declines
+        return out
 
     def grad_pass(self, x, T, loss, w, per_example):
         """Loss values ``(n,)`` and ``∇θ`` of ``w Σ ℓ_n``: ``(P,)``, or per example ``(n, P)``."""

@@ -91,6 +91,8 @@ def test_torch_model_matches_autograd(dtype, lossf):
 
 
 def test_targets_follow_their_labels():
+    # params="all" (every parameter of this model): the general route, which keeps targets (the
+    # lean route, tests/curvature/test_gradient_lean.py, prepares none)
     m = _model(torch.float64)
     x = torch.randn(16, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (16,))
@@ -102,14 +104,14 @@ def test_targets_follow_their_labels():
         return torch.cat([p.grad.T.reshape(-1) if p.ndim == 2 else p.grad for p in m.parameters()])
 
     for _ in range(2):  # the second call is served from the kept targets
-        assert float((cv.gradient(m, x, y, lossf) - ref(lossf, y)).abs().max()) <= 1e-15
+        assert float((cv.gradient(m, x, y, lossf, params="all") - ref(lossf, y)).abs().max()) <= 1e-15
     y[0] = (y[0] + 1) % 3  # in place: a new version
-    assert float((cv.gradient(m, x, y, lossf) - ref(lossf, y)).abs().max()) <= 1e-15
+    assert float((cv.gradient(m, x, y, lossf, params="all") - ref(lossf, y)).abs().max()) <= 1e-15
     y[1] = -100  # ignored by torch's default ignore_index
     ign = nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.1)
     assert float((cv.gradient(m, x, y, ign) - ref(ign, y)).abs().max()) <= 1e-15
     y[1] = 2
-    assert float((cv.gradient(m, x, y, lossf) - ref(lossf, y)).abs().max()) <= 1e-15
+    assert float((cv.gradient(m, x, y, lossf, params="all") - ref(lossf, y)).abs().max()) <= 1e-15
     n = len(sources._TARGETS)
     assert n >= 1
     del y
