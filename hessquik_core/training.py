@@ -39,9 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from ._module import Module, _as_home
-from .engine.routes.switches import analytic_weight_gradient, step_workspace
+from .engine.routes.switches import analytic_higher_order_gradient, analytic_weight_gradient, step_workspace
 
 __all__ = [
+    "analytic_higher_order_gradient",
     "analytic_weight_gradient",
     "backward_in_chunks",
     "FitHistory",

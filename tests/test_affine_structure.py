@@ -17,6 +17,16 @@ from hessquik_core.rules import affine
 OPS = get_backend("numpy")
 
 
+@pytest.fixture(autouse=True)
+def _analytic_higher_order_on():
+    """This module tests the AD-free order-3/4 weight gradient, an opt-in (slower than taping)."""
+    from hessquik_core.training import analytic_higher_order_gradient
+
+    before = analytic_higher_order_gradient(True)
+    yield
+    analytic_higher_order_gradient(before)
+
+
 class ScaledLayer(hq.SingleLayer):
     r"""A SIREN-style subclass, :math:`f(u) = \sigma(w_0 (uK + b))`: declares ``M = w_0 K``,
     ``b = w_0 b``, and computes its steps with that ``M`` (the affine rule)."""

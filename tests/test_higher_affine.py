@@ -32,6 +32,16 @@ RTOL = 1e-12
 V2 = np.array([[1.0, 0.3], [-0.5, 0.8]])
 
 
+@pytest.fixture(autouse=True)
+def _analytic_higher_order_on():
+    """This module tests the AD-free order-3/4 weight gradient, an opt-in (slower than taping)."""
+    from hessquik_core.training import analytic_higher_order_gradient
+
+    before = analytic_higher_order_gradient(True)
+    yield
+    analytic_higher_order_gradient(before)
+
+
 def nets() -> dict:
     return {
         "siren": hq.NN(

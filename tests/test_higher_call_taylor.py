@@ -17,6 +17,16 @@ RTOL = 1e-11
 V = np.array([[1.0, -0.5], [0.3, 0.8], [-0.2, 0.4]])
 
 
+@pytest.fixture(autouse=True)
+def _analytic_higher_order_on():
+    """This module tests the AD-free order-3/4 weight gradient, an opt-in (slower than taping)."""
+    from hessquik_core.training import analytic_higher_order_gradient
+
+    before = analytic_higher_order_gradient(True)
+    yield
+    analytic_higher_order_gradient(before)
+
+
 @pytest.mark.parametrize("kind", ["single", "resnet", "icnn", "quadratic", "quadratic_icnn", "nested"])
 def test_against_nested_ad_and_the_function(kind):
     torch = pytest.importorskip("torch")  # noqa: F841 - the reference

@@ -19,6 +19,16 @@ from hessquik_core.training import functional_call, jax_parameters  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _analytic_higher_order_on():
+    """This module tests the AD-free order-3/4 weight gradient, an opt-in (slower than taping)."""
+    from hessquik_core.training import analytic_higher_order_gradient
+
+    before = analytic_higher_order_gradient(True)
+    yield
+    analytic_higher_order_gradient(before)
+
+
+@pytest.fixture(autouse=True)
 def _x64():
     old = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)

@@ -18,26 +18,9 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple, Protocol
 
-
-class Switches:
-    """Process-wide switches of the training-step machinery, set through
-    :func:`hessquik_core.training.analytic_weight_gradient` and
-    :func:`hessquik_core.training.step_workspace`. They live here, at the bottom
-    of the import graph, so that neither the route reading one nor the backend
-    reading the other imports :mod:`hessquik_core.training`."""
-
-    #: recorded training steps of affine chains take the analytic weight gradient
-    analytic_step: bool = True
-    #: those steps keep their large stacks in a reused workspace
-    step_workspace: bool = True
-    #: who computes the GEMMs of a stacked sweep on the CPU: ``"library"`` (the array
-    #: library's own), ``"auto"`` (measured once per process: the faster of the library
-    #: and NumPy's BLAS) or ``"host"`` (NumPy, for tests); see ``backends/_torch_gemm.py``
-    gemm_provider: str = "library"
-
-
-#: the one instance
-SWITCHES = Switches()
+# re-exported: the switches' historic home (routes and backends import them from here)
+from .switches import SWITCHES as SWITCHES
+from .switches import Switches as Switches
 
 
 class SweepLayer(NamedTuple):

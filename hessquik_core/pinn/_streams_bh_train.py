@@ -48,7 +48,8 @@ __all__ = ["applies", "run"]
 def applies(leaves, ctx) -> bool:
     """Does a recorded bi-Laplacian call run with the analytic weight gradient?"""
     ops = ctx.be
-    if not (SWITCHES.analytic_step and ops.autograd):  # torch: the only library with autograd here
+    # torch: the only library with autograd here; the order-3/4 gradient is an opt-in
+    if not (SWITCHES.analytic_step and SWITCHES.analytic_higher_order and ops.autograd):
         return False
     if not ops.autograd_enabled() or ops.is_tracing() or ops.records_autograd([ctx.x]):
         return False

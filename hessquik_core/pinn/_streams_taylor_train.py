@@ -39,7 +39,9 @@ __all__ = ["route_applies", "route_run", "run"]
 def _eligible(net, x, backend, order: int) -> bool:
     from ..backends import owner_of
 
-    if backend is not None or getattr(x, "ndim", None) != 2 or not SWITCHES.analytic_step:
+    if backend is not None or getattr(x, "ndim", None) != 2:
+        return False
+    if not (SWITCHES.analytic_step and SWITCHES.analytic_higher_order):
         return False
     be = owner_of(x)
     if not be.autograd or not be.autograd_enabled() or be.is_tracing() or be.records_autograd([x]):
@@ -134,7 +136,8 @@ def route_applies(leaves, ctx) -> bool:
     """Does a recorded ``third_derivative`` / ``fourth_derivative`` call run with the analytic
     weight gradient? (The same conditions as the functions'.)"""
     ops = ctx.be
-    if not (SWITCHES.analytic_step and ops.autograd):  # torch: the only library with autograd here
+    # torch: the only library with autograd here; the order-3/4 gradient is an opt-in
+    if not (SWITCHES.analytic_step and SWITCHES.analytic_higher_order and ops.autograd):
         return False
     if not ops.autograd_enabled() or ops.is_tracing() or ops.records_autograd([ctx.x]):
         return False

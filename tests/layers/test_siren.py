@@ -20,6 +20,16 @@ from layer_checks import check_input_derivatives, check_save_load, check_to_torc
 import hessquik_core as hq
 
 
+@pytest.fixture(autouse=True)
+def _analytic_higher_order_on():
+    """This module tests the AD-free order-3/4 weight gradient, an opt-in (slower than taping)."""
+    from hessquik_core.training import analytic_higher_order_gradient
+
+    before = analytic_higher_order_gradient(True)
+    yield
+    analytic_higher_order_gradient(before)
+
+
 def _net(w0=30.0, bias=True):
     rng = np.random.default_rng(7)
     return hq.NN(

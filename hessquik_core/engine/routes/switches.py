@@ -10,7 +10,7 @@ from __future__ import annotations
 from ...backends import loaded
 from ...backends.base import SWITCHES
 
-__all__ = ["analytic_weight_gradient", "step_workspace"]
+__all__ = ["analytic_higher_order_gradient", "analytic_weight_gradient", "step_workspace"]
 
 
 def analytic_weight_gradient(enabled: bool | None = None) -> bool:
@@ -51,6 +51,43 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     before = SWITCHES.analytic_step
     if enabled is not None:
         SWITCHES.analytic_step = enabled
+    return before
+
+
+def analytic_higher_order_gradient(enabled: bool | None = None) -> bool:
+    r"""Whether recorded order-3/4 calls use the AD-free weight gradient (default off).
+
+    A torch call of ``biharmonic=True``, ``third_derivative`` / ``fourth_derivative``,
+    :func:`~hessquik_core.higher.biharmonic`, :func:`~hessquik_core.higher.taylor_derivatives` or
+    :func:`~hessquik_core.higher.pure_partials` through layers that declare affine structure,
+    recorded through the parameters (not ``x``), can run as one
+    ``torch.autograd.Function`` whose backward is :math:`J^\top w` of the per-point
+    parameter Jacobians (:mod:`hessquik_core.pinn`), exact to rounding, double
+    backward included. It is off by default because it is slower: measured
+    1.4–2.4× the time of autograd through the sweep (tanh MLPs 64×4 at d = 2, 5 and
+    768-768-512-512 at d = 5; session 7). :func:`analytic_weight_gradient` ``(False)``
+    turns it off too.
+
+    Parameters
+    ----------
+    enabled : bool or None
+        ``True`` / ``False`` set the switch (process-wide); ``None`` only reads it.
+
+    Returns
+    -------
+    bool
+        The setting before the call.
+
+    Raises
+    ------
+    TypeError
+        If ``enabled`` is neither a bool nor None.
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    before = SWITCHES.analytic_higher_order
+    if enabled is not None:
+        SWITCHES.analytic_higher_order = enabled
     return before
 
 
