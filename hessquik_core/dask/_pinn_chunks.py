@@ -9,6 +9,7 @@ and the client turns the root's R into the Gauss–Newton step (:func:`tsqr_step
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import array_api_compat as aac
@@ -135,6 +136,8 @@ def chunk(xb: Any, db: Any, shared: Shared, ti: int, c: int, method: str, *args:
         return np.stack([pb.vjp(pb.jvp(V[:, j])) for j in range(V.shape[1])], axis=1)
     if method == "hessian":
         V, exact, eps = args
+        if not exact:  # central differences move the weights: not those the scheduler's threads share
+            pb = chunk_problem(copy.deepcopy(shared.net), spec, xb, db)
         return pb.hessian_operator(exact=exact, eps=eps) @ V
     raise ValueError(f"unknown chunk method {method!r}")  # pragma: no cover - internal
 
