@@ -93,16 +93,21 @@ def check_to_torch(net, x):
     np.testing.assert_allclose(hq.from_torch(tm)(x).value, net(x).value, rtol=1e-13, atol=1e-14)
 
 
-def uses_analytic_sweep(t) -> bool:
-    """Is the analytic training-step Function (``backends/_torch_step._Sweep``) on
-    the autograd graph of the torch tensor ``t``?"""
+def on_graph(t, name: str) -> bool:
+    """Is an autograd node of type ``name`` on the graph of the torch tensor ``t``?"""
     stack, seen = [t.grad_fn], set()
     while stack:
         f = stack.pop()
         if f is None or f in seen:
             continue
         seen.add(f)
-        if type(f).__name__ == "_SweepBackward":
+        if type(f).__name__ == name:
             return True
         stack.extend(g for g, _ in f.next_functions)
     return False
+
+
+def uses_analytic_sweep(t) -> bool:
+    """Is the analytic training-step Function (``backends/_torch_step._Sweep``) on
+    the autograd graph of the torch tensor ``t``?"""
+    return on_graph(t, "_SweepBackward")

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+from layer_checks import on_graph  # noqa: E402
 
 import hessquik_core as hq
 from hessquik_core import pinn
@@ -255,19 +256,6 @@ def test_layers_without_the_rule_are_refused_by_name():
 # --------------------------------------------------------------------------
 # the analytic weight gradient on torch
 # --------------------------------------------------------------------------
-
-
-def on_graph(t, name) -> bool:
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if type(f).__name__ == name:
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
 
 
 def _losses(net, x):

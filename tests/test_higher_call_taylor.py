@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _higher_reference import f1_of, nested_directional
 from _reference import make_network, rel_err
+from layer_checks import on_graph
 
 import hessquik_core as hq
 from hessquik_core.activations import Activation
@@ -121,19 +122,6 @@ def test_refusals():
         hq.taylor_derivatives(low, x, V, 4)
 
 
-def _on_graph(t, name="_TaylorRouteBackward") -> bool:
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if type(f).__name__ == name:
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
-
-
 @pytest.mark.parametrize("wrt_x", [False, True])
 def test_analytic_weight_gradient_of_the_flags(wrt_x):
     """Dense/residual layers: the route runs as one function with the streams' adjoint as its
@@ -151,7 +139,7 @@ def test_analytic_weight_gradient_of_the_flags(wrt_x):
         try:
             r = net(x, third_derivative=True, fourth_derivative=True, directions=Vt)
             loss = (r.fourth_derivative**2).mean() + (r.third_derivative * r.value[:, None, :]).sum()
-            used = _on_graph(r.fourth_derivative)
+            used = on_graph(r.fourth_derivative, "_TaylorRouteBackward")
             inputs = [*params, x] if wrt_x else params
             g = torch.autograd.grad(loss, inputs, create_graph=True, materialize_grads=True)
             h = torch.autograd.grad(sum((gi**2).sum() for gi in g), params, materialize_grads=True)

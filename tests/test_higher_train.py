@@ -14,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from layer_checks import on_graph as _on_graph  # noqa: E402
+
 import hessquik_core as hq  # noqa: E402
 from hessquik_core.training import analytic_weight_gradient, torch_parameters  # noqa: E402
 
@@ -28,20 +30,6 @@ def _analytic_higher_order_on():
     before = analytic_higher_order_gradient(True)
     yield
     analytic_higher_order_gradient(before)
-
-
-def on_graph(t, name=FN) -> bool:
-    """Is the autograd node ``name`` on the graph of ``t``?"""
-    stack, seen = [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if type(f).__name__ == name:
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
 
 
 def nets():
@@ -304,3 +292,8 @@ def test_the_ad_free_order_four_gradient_is_an_opt_in():
     from hessquik_core.backends.switches import Switches
 
     assert Switches().analytic_higher_order is False
+
+
+def on_graph(t, name=FN) -> bool:
+    """Is the autograd node ``name`` on the graph of ``t``?"""
+    return _on_graph(t, name)
