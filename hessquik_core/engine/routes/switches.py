@@ -13,6 +13,20 @@ from ...backends.base import SWITCHES
 __all__ = ["analytic_higher_order_gradient", "analytic_weight_gradient", "step_workspace"]
 
 
+def _check_enabled(enabled: bool | None) -> None:
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+
+
+def _toggle(name: str, enabled: bool | None) -> bool:
+    """Set the switch ``name`` of :data:`SWITCHES` unless ``enabled`` is None; return its old value."""
+    _check_enabled(enabled)
+    before = getattr(SWITCHES, name)
+    if enabled is not None:
+        setattr(SWITCHES, name, enabled)
+    return before
+
+
 def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     r"""Whether eager torch training steps use the analytic weight gradient.
 
@@ -46,12 +60,7 @@ def analytic_weight_gradient(enabled: bool | None = None) -> bool:
     TypeError
         If ``enabled`` is neither a bool nor None.
     """
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    before = SWITCHES.analytic_step
-    if enabled is not None:
-        SWITCHES.analytic_step = enabled
-    return before
+    return _toggle("analytic_step", enabled)
 
 
 def analytic_higher_order_gradient(enabled: bool | None = None) -> bool:
@@ -83,12 +92,7 @@ def analytic_higher_order_gradient(enabled: bool | None = None) -> bool:
     TypeError
         If ``enabled`` is neither a bool nor None.
     """
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    before = SWITCHES.analytic_higher_order
-    if enabled is not None:
-        SWITCHES.analytic_higher_order = enabled
-    return before
+    return _toggle("analytic_higher_order", enabled)
 
 
 def step_workspace(enabled: bool | None = None, *, release: bool = False) -> dict:
@@ -126,8 +130,7 @@ def step_workspace(enabled: bool | None = None, *, release: bool = False) -> dic
     TypeError
         If ``enabled`` is neither a bool nor None, or ``release`` is not a bool.
     """
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    _check_enabled(enabled)
     if not isinstance(release, bool):
         raise TypeError(f"release must be a bool, got {release!r}")
     # only the backends in use already are asked: this never imports a library
