@@ -8,12 +8,10 @@ in the middle of a computation.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +20,8 @@ dask = pytest.importorskip("dask")
 pytest.importorskip("dask.core")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
+
+from _dask_cluster import local_client  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
 from hessquik_core import curvature as cv  # noqa: E402
@@ -34,26 +34,8 @@ FIELDS = ("value", "gradient", "hessian", "laplacian", "hessian_diagonal")
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes, one thread each, a small memory limit, localhost only."""
-    root = str(Path(hq.__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit="768MiB",
-        host="127.0.0.1",
-        # None would still bind the HTTP server to 8787 and warn when it is taken
-        # (another cluster running); port 0 on localhost is any free port, no warning
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.CRITICAL,
-        env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-    )
-    c = distributed.Client(cluster, set_as_default=False)
-    try:
+    with local_client() as c:
         yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 @pytest.fixture(params=["threads", "cluster"])

@@ -10,8 +10,6 @@ snapshot and the user's residual functions, pickled, to the workers).
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ import pytest
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
+
+from _dask_cluster import local_client  # noqa: E402
 
 import hessquik_core as hq  # noqa: E402
 from hessquik_core import pinn  # noqa: E402
@@ -31,29 +31,10 @@ CHUNKS = (40, 40, 57)  # uneven: the chunk weights w n_c / N must add up to the 
 
 @pytest.fixture(scope="module")
 def client():
-    """Two worker processes, one thread each, localhost only: the network snapshot and the user's
-    residual functions travel pickled, as on a real cluster (set up as in tests/test_dask.py)."""
-    root = str(Path(hq.__file__).resolve().parents[1])
-    path = os.pathsep.join(
-        p for p in (root, str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")) if p
-    )
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit="768MiB",
-        host="127.0.0.1",
-        # None would still bind the HTTP server to 8787 and warn when it is taken; port 0 is any free one
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.CRITICAL,
-        env={"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-    )
-    c = distributed.Client(cluster, set_as_default=False)
-    try:
+    """Two worker processes (tests/_dask_cluster.py): the network snapshot and the user's
+    residual functions travel pickled, as on a real cluster; this folder is on their path."""
+    with local_client(str(Path(__file__).parent)) as c:
         yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 @pytest.fixture(params=["threads", "cluster"])

@@ -15,41 +15,15 @@ import hessquik_core as hq
 from hessquik_core.engine.plan import MemoryBudgetError
 
 torch = pytest.importorskip("torch")
-import array_api_compat.torch as ctorch  # noqa: E402
+from test_jacobian import torch_model  # noqa: E402  (one functional reference for every layer type)
 from torch.func import jacrev, vmap  # noqa: E402
 
 RTOL = 1e-11
 
 
-def torch_model(net):
-    """``f(theta, x) -> (m,)`` for one point of a dense/residual network."""
-    layout = hq.curvature.parameter_layout(net)
-    leaves = list(net._leaves())
-    slots, j = [], 0
-    for leaf in leaves:
-        s = []
-        for k, _ in leaf.named_parameters():
-            s.append((leaf.local_param_name(k), j))
-            j += 1
-        slots.append(s)
-
-    def f(theta, x):
-        u = x
-        for leaf, s in zip(leaves, slots):
-            P = {
-                name: theta[layout.offsets[i] : layout.offsets[i] + layout.sizes[i]].reshape(layout.shapes[i])
-                for name, i in s
-            }
-            a = leaf.act.derivatives(u @ P["K"] + (P["b"] if "b" in P else 0.0), 0, xp=ctorch)[0]
-            u = u + leaf.h * a if isinstance(leaf, hq.ResnetLayer) else a
-        return u
-
-    return f
-
-
 def reference(net, x):
     """``(Δ²u (n, m), J (n, m, P))`` by nested torch autograd, float64, as NumPy."""
-    f = torch_model(net)
+    f, _ = torch_model(net)
     th = torch.tensor(np.asarray(hq.curvature.flatten_parameters(net), dtype=np.float64))
 
     # reverse over reverse: torch's forward AD would load its jit-scripted decompositions
@@ -302,7 +276,7 @@ def test_caller_arrays_untouched():
 
 def reference_directional(net, x, V, k):
     """``(∂ᵏu[v,…,v] (n, K, m), J (n, K, m, P))``: k nested jacrev of ``s -> u(x + s v)``."""
-    f = torch_model(net)
+    f, _ = torch_model(net)
     th = torch.tensor(np.asarray(hq.curvature.flatten_parameters(net), dtype=np.float64))
     Vt = torch.tensor(np.asarray(V, dtype=np.float64))
 

@@ -16,30 +16,11 @@ import hessquik_core as hq
 from hessquik_core import pinn
 
 torch = pytest.importorskip("torch")
+from test_problem import make_net, torch_u  # noqa: E402  (one functional reference for both files)
 from torch.func import jacrev, vmap  # noqa: E402
 
 RTOL = 1e-12
 PI = np.pi
-
-
-def make_net(widths=(2, 5, 4, 1), seed=0):
-    return hq.FullyConnectedNN(list(widths), act="tanh", output_act=None, seed=seed)
-
-
-def torch_u(net):
-    """``u(theta, x) -> scalar`` for one point of a tanh MLP with linear read-out."""
-    layout = hq.curvature.parameter_layout(net)
-    n_layers = len(list(net._leaves()))
-
-    def u(theta, x):
-        P = layout.unflatten(theta)
-        h = x
-        for i in range(n_layers):
-            z = h @ P[f"{i}.K"] + P[f"{i}.b"]
-            h = torch.tanh(z) if i < n_layers - 1 else z
-        return h[0]
-
-    return u
 
 
 def points(n, seed=1):
